@@ -1,0 +1,64 @@
+"""Kernels behind ReAttention's two hot spots, with a dispatch between Triton and torch.
+
+``score_topk`` scores every middle key against every query of a chunk and keeps the top-k;
+``scope_attention`` attends over the gathered, re-positioned scope. Each has a Triton
+implementation (CUDA) and a torch twin of identical signature (CPU, and the reference).
+The choice is ``ReAttentionConfig.backend``: ``"auto"`` (Triton on CUDA when importable,
+torch otherwise), ``"triton"`` or ``"torch"``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .torch_ops import scope_attention_torch, score_topk_torch
+
+__all__ = ["resolve_backend", "score_topk", "scope_attention", "score_topk_torch", "scope_attention_torch"]
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``"auto" | "triton" | "torch"`` -> the backend that will actually run on ``device``."""
+    if backend == "torch":
+        return "torch"
+    if backend == "triton":
+        if not _triton_available():
+            raise ImportError("backend='triton' needs triton: pip install triton")
+        return "triton"
+    return "triton" if device.type == "cuda" and _triton_available() else "torch"
+
+
+def score_topk(q: torch.Tensor, k: torch.Tensor, top_k: int, backend: str = "torch") -> torch.Tensor:
+    """Dispatch for :func:`score_topk_torch` (same signature, ``backend`` already resolved)."""
+    if backend == "triton":
+        from .triton_topk import score_topk_triton
+
+        return score_topk_triton(q, k, top_k)
+    return score_topk_torch(q, k, top_k)
+
+
+def scope_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    gather_idx: torch.Tensor,
+    key_pos: torch.Tensor,
+    q_pos: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    scaling: float,
+    backend: str = "torch",
+) -> torch.Tensor:
+    """Dispatch for :func:`scope_attention_torch` (same signature, ``backend`` already resolved)."""
+    if backend == "triton":
+        from .triton_attention import scope_attention_triton
+
+        return scope_attention_triton(q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling)
+    return scope_attention_torch(q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling)
