@@ -1,0 +1,61 @@
+"""reattn-llm: whole books and PDFs as raw context for a local Hugging Face model (ReAttention).
+
+Public API: :class:`ReAttentionLLM` (a LangChain LLM), :class:`ChatReAttention`,
+:class:`ReAttentionConfig`, :func:`load_document`, :func:`patch` / :func:`unpatch`.
+Heavy imports (the integrations, the engine) happen on first attribute access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .cache import ReAttentionCache
+from .config import ReAttentionConfig
+from .errors import (
+    ConfigError,
+    ContextTooLongError,
+    DocumentError,
+    ReAttentionError,
+    UnsupportedModelError,
+)
+from .patch import patch, unpatch
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "ReAttentionLLM": ".integrations.langchain",
+    "ChatReAttention": ".integrations.langchain",
+    "load_document": ".documents",
+    "load_documents": ".documents",
+    "Document": ".documents",
+    "Engine": ".engine",
+}
+
+__all__ = [
+    "ChatReAttention",
+    "ConfigError",
+    "ContextTooLongError",
+    "Document",
+    "DocumentError",
+    "Engine",
+    "ReAttentionCache",
+    "ReAttentionConfig",
+    "ReAttentionError",
+    "ReAttentionLLM",
+    "UnsupportedModelError",
+    "load_document",
+    "load_documents",
+    "patch",
+    "unpatch",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'reattn_llm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

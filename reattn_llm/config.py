@@ -1,0 +1,131 @@
+"""``ReAttentionConfig``: the sizes of the bounded attention scope, with the paper's defaults.
+
+Every forward attends to ``[ global (G) | selected spans (<= max_spans * span) | local (L) ]``
+and the scope is bounded by construction: ``G + max_spans * span + L <= window``, where the
+window is the model's trained length. Unset sizes are filled in by :meth:`ReAttentionConfig.resolve`
+from the window: the paper's defaults (G 32, span 32, k 4, L 4096, 127 spans: an 8192-token
+scope) for windows of 8192 and more, and for a smaller window W: L = W/2 and as many spans as fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import ConfigError
+
+Mode = Literal["reattention", "streaming", "full"]
+Backend = Literal["auto", "triton", "torch"]
+
+PAPER_SCOPE = 8192
+PAPER_GLOBAL = 32
+PAPER_SPAN = 32
+PAPER_LOCAL = 4096
+PAPER_TOP_K = 4
+MAX_PREFILL_CHUNK = 1024
+_MODES = ("reattention", "streaming", "full")
+_BACKENDS = ("auto", "triton", "torch")
+
+
+@dataclass(frozen=True)
+class ReAttentionConfig:
+    """How ReAttention bounds every attention call.
+
+    Attributes:
+        global_size: G, the first tokens every query always sees (attention sinks).
+        local_size: L, the last tokens every query always sees (holds the current chunk).
+        span_size: tokens of one selected span, centred on a top-k hit.
+        top_k: hits per (query head, query token) in the position-agnostic scoring.
+        max_spans: spans kept per layer per forward (the most-voted hits). 0 = streaming.
+        chunk_size: queries per prefill chunk (and per in-layer split of a long forward); <= L.
+        window: the trained context W that positions must stay under; default: the model's
+            ``max_position_embeddings``.
+        mode: ``"reattention"``; ``"streaming"`` (global + local only, StreamingLLM);
+            ``"full"`` (the stock model, full attention: the baseline).
+        backend: kernels: ``"auto"`` (Triton on CUDA, torch on CPU), ``"triton"`` or ``"torch"``.
+    """
+
+    global_size: int | None = None
+    local_size: int | None = None
+    span_size: int | None = None
+    top_k: int = PAPER_TOP_K
+    max_spans: int | None = None
+    chunk_size: int | None = None
+    window: int | None = None
+    mode: Mode = "reattention"
+    backend: Backend = "auto"
+
+    def __post_init__(self) -> None:
+        if self.mode not in _MODES:
+            raise ConfigError(f"mode={self.mode!r} is not one of {_MODES}.")
+        if self.backend not in _BACKENDS:
+            raise ConfigError(f"backend={self.backend!r} is not one of {_BACKENDS}.")
+        for name in ("global_size", "local_size", "span_size", "top_k", "chunk_size", "window"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"{name}={value!r}: must be a positive integer.")
+        if self.max_spans is not None and (not isinstance(self.max_spans, int) or self.max_spans < 0):
+            raise ConfigError(f"max_spans={self.max_spans!r}: must be an integer >= 0 (0 means streaming).")
+        if self.is_resolved:
+            self._check_complete(self)
+
+    @property
+    def is_resolved(self) -> bool:
+        """True once every size is a concrete number (see :meth:`resolve`)."""
+        return None not in (
+            self.global_size, self.local_size, self.span_size, self.max_spans, self.chunk_size, self.window
+        )
+
+    @property
+    def scope(self) -> int:
+        """The most keys one query can see: ``G + max_spans * span + L`` (needs a resolved config)."""
+        if not self.is_resolved:
+            raise ConfigError("scope needs a resolved config: call resolve(window) first.")
+        return self.global_size + self.max_spans * self.span_size + self.local_size  # type: ignore[operator]
+
+    def resolve(self, model_window: int | None = None) -> ReAttentionConfig:
+        """Fill every unset size from the window and validate; returns a new, complete config.
+
+        Args:
+            model_window: the model's ``max_position_embeddings``; ignored when ``window`` is set.
+        """
+        window = self.window or model_window
+        if window is None or window < 8:
+            raise ConfigError(
+                f"window={window!r}: give ReAttentionConfig(window=...) the model's trained context length "
+                "(at least 8 tokens)."
+            )
+        scope = min(window, PAPER_SCOPE)
+        g = self.global_size if self.global_size is not None else min(PAPER_GLOBAL, max(1, scope // 16))
+        span = self.span_size if self.span_size is not None else min(PAPER_SPAN, max(1, scope // 16))
+        local = self.local_size if self.local_size is not None else scope // 2
+        if self.mode == "streaming":
+            spans = 0
+        elif self.max_spans is not None:
+            spans = self.max_spans
+        else:
+            spans = max(0, (scope - g - local) // span)
+        chunk = self.chunk_size if self.chunk_size is not None else max(1, min(MAX_PREFILL_CHUNK, local // 2))
+        resolved = dataclasses.replace(
+            self, global_size=g, local_size=local, span_size=span, max_spans=spans, chunk_size=chunk, window=window
+        )
+        self._check_complete(resolved)
+        return resolved
+
+    @staticmethod
+    def _check_complete(c: ReAttentionConfig) -> None:
+        scope = c.scope
+        if scope > c.window:  # type: ignore[operator]
+            over = scope - c.window  # type: ignore[operator]
+            raise ConfigError(
+                f"The attention scope G + max_spans*span + L = {c.global_size} + {c.max_spans}*{c.span_size} + "
+                f"{c.local_size} = {scope} exceeds the window {c.window} by {over}: lower max_spans to "
+                f"{max(0, (c.window - c.global_size - c.local_size) // c.span_size)} "  # type: ignore[operator]
+                f"or local_size to {max(0, c.local_size - over)}, or raise window if the model was trained longer."
+            )
+        if c.chunk_size > c.local_size:  # type: ignore[operator]
+            raise ConfigError(
+                f"chunk_size={c.chunk_size} is larger than local_size={c.local_size}: the local window must hold the "
+                f"current chunk; use chunk_size <= {c.local_size}."
+            )

@@ -1,0 +1,251 @@
+"""Apply ReAttention to a stock transformers model, reversibly, without copying modeling code.
+
+What ``patch(model, config)`` installs:
+
+* a forward pre-hook on every ``self_attn`` that swaps ``position_embeddings`` for the identity
+  (cos = 1, sin = 0), so the stock code hands the cache and the attention function un-rotated
+  queries and keys, exactly;
+* a pre-hook on the model's rotary module that computes the (unused) stock embeddings at
+  position 0, so no position at or beyond the window is ever evaluated;
+* ``config._attn_implementation = "reattention"``: the function in :mod:`reattn_llm.attention`,
+  registered with ``AttentionInterface`` (and a mask function with ``AttentionMaskInterface``);
+* a pre-hook on the base model that supplies a :class:`ReAttentionCache` when the caller asks for
+  a cache but passes none, and a ``generate`` wrapper that does the same for generation.
+
+``unpatch`` (or leaving the ``with`` block) removes all of it and restores the stock model.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.cache_utils import Cache
+from transformers.masking_utils import AttentionMaskInterface
+
+from .attention import ATTN_NAME, reattention_forward, reattention_mask
+from .cache import ReAttentionCache
+from .config import ReAttentionConfig
+from .errors import UnsupportedModelError
+from .rope import RopeTable, check_rope
+from .selection import Scope
+
+#: ``config.model_type`` values ReAttention patches exactly.
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+_registered = False
+
+
+def _register() -> None:
+    global _registered
+    if not _registered:
+        AttentionInterface.register(ATTN_NAME, reattention_forward)
+        AttentionMaskInterface.register(ATTN_NAME, reattention_mask)
+        _registered = True
+
+
+class SelectionRecorder:
+    """Counts, per absolute cache row, how often a selection drew on it (for citations).
+
+    ``counts[t]`` is the number of (layer, forward) selections whose spans contained row t,
+    for batch row 0. Opt-in: the engine switches it on while it decodes an answer.
+    """
+
+    def __init__(self) -> None:
+        self.counts: torch.Tensor | None = None
+
+    def add(self, rows: torch.Tensor, valid: torch.Tensor | None, total: int) -> None:
+        """``rows [B, S]`` absolute cache rows (< ``total``), ``valid [B, S]`` bool."""
+        r = rows[0]
+        w = valid[0].float() if valid is not None else torch.ones(r.shape, device=r.device)
+        if self.counts is None or self.counts.device != r.device:
+            self.counts = torch.zeros(total, device=r.device)
+        elif self.counts.numel() < total:
+            grown = torch.zeros(max(total, int(self.counts.numel() * 1.25)), device=r.device)
+            grown[: self.counts.numel()] = self.counts
+            self.counts = grown
+        self.counts.index_add_(0, r, w)
+
+    def reset(self) -> None:
+        self.counts = None
+
+
+@dataclass
+class PatchState:
+    """What the attention function of a patched model needs, shared by all its layers."""
+
+    config: ReAttentionConfig
+    rope: RopeTable
+    recorder: SelectionRecorder | None = None
+    max_position: torch.Tensor | None = None
+    track_positions: bool = True
+    layers: list[nn.Module] = field(default_factory=list)
+
+    def note_positions(self, scope: Scope) -> None:
+        """Keep the largest RoPE position applied (a device scalar: no host sync)."""
+        if self.track_positions:
+            m = scope.q_pos.max()
+            self.max_position = m if self.max_position is None else torch.maximum(self.max_position, m)
+
+    def largest_position(self) -> int:
+        """The largest RoPE position applied since patching (or the last reset), -1 if none."""
+        return -1 if self.max_position is None else int(self.max_position)
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    base = getattr(model, "model", None)
+    if base is not None and hasattr(base, "layers"):
+        return base
+    if hasattr(model, "layers"):
+        return model
+    raise UnsupportedModelError(f"{type(model).__name__}: no decoder layers found (expected model.model.layers).")
+
+
+def check_supported(model: nn.Module) -> None:
+    """Raise :class:`UnsupportedModelError` unless ReAttention can patch ``model`` exactly."""
+    cfg = getattr(model, "config", None)
+    mtype = getattr(cfg, "model_type", None)
+    if mtype not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"model_type {mtype!r} is not supported by ReAttention. Supported families: "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)} (e.g. Llama 3.x, SmolLM2, Mistral, Qwen2.5, Qwen3)."
+        )
+    check_rope(cfg)
+    base = _base_model(model)
+    if not hasattr(base, "rotary_emb"):
+        raise UnsupportedModelError(f"{type(model).__name__}: no shared rotary module (model.rotary_emb) found.")
+
+
+def model_window(model_config: Any) -> int:
+    """The trained context length: ``max_position_embeddings``."""
+    w = getattr(model_config, "max_position_embeddings", None)
+    if not w:
+        raise UnsupportedModelError("the model config has no max_position_embeddings; pass ReAttentionConfig(window=...).")
+    return int(w)
+
+
+class PatchHandle:
+    """A patched model; ``unpatch()`` (or the end of a ``with`` block) restores the stock model."""
+
+    def __init__(self, model: nn.Module, state: PatchState | None) -> None:
+        self.model = model
+        self.state = state
+        self._hooks: list[Any] = []
+        self._saved_attn: Any = None
+        self.active = False
+
+    def __enter__(self) -> PatchHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unpatch()
+
+    def unpatch(self) -> None:
+        """Remove every hook and restore the attention implementation and ``generate``."""
+        if not self.active:
+            return
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        self.model.config._attn_implementation = self._saved_attn
+        if "generate" in vars(self.model):
+            del self.model.generate
+        if self.state is not None:
+            for layer in self.state.layers:
+                if hasattr(layer, "_reattn_state"):
+                    del layer._reattn_state
+        if getattr(self.model, "_reattn_handle", None) is self:
+            del self.model._reattn_handle
+        self.active = False
+
+
+def _identity_rope(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    pe = kwargs.get("position_embeddings")
+    if pe is None:
+        raise RuntimeError("ReAttention expects position_embeddings as a keyword argument of self_attn.")
+    cos, sin = pe
+    kwargs["position_embeddings"] = (torch.ones_like(cos), torch.zeros_like(sin))
+    return args, kwargs
+
+
+def patch(model: nn.Module, config: ReAttentionConfig | None = None) -> PatchHandle:
+    """Apply ReAttention to a supported transformers causal LM in place.
+
+    Args:
+        model: a Llama / Mistral / Qwen2 / Qwen3 model (``*ForCausalLM`` or the base model).
+        config: sizes; unset ones are resolved against the model's window. ``mode="full"``
+            leaves the model stock (the handle is a no-op), ``"streaming"`` keeps no middle spans.
+
+    Returns:
+        A :class:`PatchHandle`; use it as a context manager or call ``unpatch()``.
+    """
+    config = config or ReAttentionConfig()
+    check_supported(model)
+    existing = getattr(model, "_reattn_handle", None)
+    if existing is not None:
+        existing.unpatch()
+    resolved = config.resolve(model_window(model.config))
+    if resolved.mode == "full":
+        return PatchHandle(model, None)
+    _register()
+    base = _base_model(model)
+    state = PatchState(config=resolved, rope=RopeTable(base.rotary_emb, resolved.window))  # type: ignore[arg-type]
+    handle = PatchHandle(model, state)
+    handle._saved_attn = model.config._attn_implementation
+    for layer in base.layers:
+        attn = layer.self_attn
+        attn._reattn_state = state
+        state.layers.append(attn)
+        handle._hooks.append(attn.register_forward_pre_hook(_identity_rope, with_kwargs=True))
+
+    def rotary_pre(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if state.rope.building:
+            return None
+        if len(args) >= 2:
+            args = (args[0], torch.zeros_like(args[1]), *args[2:])
+        elif "position_ids" in kwargs:
+            kwargs["position_ids"] = torch.zeros_like(kwargs["position_ids"])
+        return args, kwargs
+
+    handle._hooks.append(base.rotary_emb.register_forward_pre_hook(rotary_pre, with_kwargs=True))
+    num_layers = len(base.layers)
+
+    def base_pre(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        pkv = kwargs.get("past_key_values")
+        use_cache = kwargs.get("use_cache")
+        if use_cache is None:
+            use_cache = getattr(model.config, "use_cache", True)
+        if pkv is None and use_cache:
+            kwargs["past_key_values"] = ReAttentionCache(num_layers)
+        elif isinstance(pkv, Cache) and any(getattr(pkv, "is_sliding", []) or []):
+            raise ValueError(
+                "This cache drops old tokens (sliding-window layers), which ReAttention needs: pass "
+                "reattn_llm.ReAttentionCache() or no cache at all."
+            )
+        return args, kwargs
+
+    handle._hooks.append(base.register_forward_pre_hook(base_pre, with_kwargs=True))
+    stock_generate = model.generate
+
+    @functools.wraps(stock_generate)
+    def generate(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("past_key_values") is None:
+            kwargs["past_key_values"] = ReAttentionCache(num_layers)
+        return stock_generate(*args, **kwargs)
+
+    model.generate = generate  # type: ignore[method-assign]
+    model.config._attn_implementation = ATTN_NAME
+    model._reattn_handle = handle
+    handle.active = True
+    return handle
+
+
+def unpatch(model: nn.Module) -> None:
+    """Restore a model patched by :func:`patch` (no-op if it is not patched)."""
+    handle = getattr(model, "_reattn_handle", None)
+    if handle is not None:
+        handle.unpatch()

@@ -1,0 +1,72 @@
+"""RoPE tables taken from the model's own rotary module, for positions below the window.
+
+ReAttention re-applies RoPE itself, at contiguous positions ``0..n-1`` of the scope, so it only
+ever needs ``cos/sin`` for positions below the trained window. The tables come from calling the
+model's rotary module once (so every static scaling, linear, llama3 or yarn, including yarn's
+attention factor, is exactly the model's), cached per device and dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import UnsupportedModelError
+
+#: RoPE types whose frequencies do not depend on the sequence length.
+STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+
+def rope_type(model_config: Any) -> str:
+    """The model's RoPE type (``"default"`` when unset)."""
+    params = getattr(model_config, "rope_parameters", None) or getattr(model_config, "rope_scaling", None) or {}
+    if isinstance(params, dict) and "rope_type" not in params and params:
+        # per-layer-type dicts (Gemma-style): every entry must be static
+        types = {p.get("rope_type", "default") for p in params.values() if isinstance(p, dict)}
+        return "default" if not types else ",".join(sorted(types))
+    return (params or {}).get("rope_type", (params or {}).get("type", "default")) or "default"
+
+
+def check_rope(model_config: Any) -> None:
+    """Raise :class:`UnsupportedModelError` for RoPE types whose frequencies depend on length."""
+    kinds = rope_type(model_config).split(",")
+    bad = [k for k in kinds if k not in STATIC_ROPE_TYPES]
+    if bad:
+        raise UnsupportedModelError(
+            f"RoPE type {bad[0]!r} changes its frequencies with the sequence length, which ReAttention's "
+            f"fixed re-positioning cannot reproduce. Supported RoPE types: {', '.join(STATIC_ROPE_TYPES)}. "
+            "Use a checkpoint with static RoPE, or edit config.rope_parameters to a static type."
+        )
+
+
+class RopeTable:
+    """``cos, sin [window, R]`` from the model's rotary module, built lazily per (device, dtype).
+
+    ``R`` is the rotary width (head_dim, or less for partial rotary). ``calls`` counts how often
+    the rotary module was run here; positions passed to it are always ``0..window-1``.
+    """
+
+    def __init__(self, rotary: nn.Module, window: int) -> None:
+        self.rotary = rotary
+        self.window = window
+        self._tables: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.building = False
+
+    def get(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, sin)``, each ``[window, R]`` on ``device`` in ``dtype``."""
+        key = (device, dtype)
+        table = self._tables.get(key)
+        if table is None:
+            pos = torch.arange(self.window, device=device)[None]
+            probe = torch.zeros(1, 1, device=device, dtype=dtype)
+            self.building = True
+            try:
+                with torch.no_grad():
+                    cos, sin = self.rotary(probe, pos)
+            finally:
+                self.building = False
+            table = (cos[0].to(dtype), sin[0].to(dtype))
+            self._tables[key] = table
+        return table

@@ -1,0 +1,118 @@
+"""One span selection per layer per forward: pool top-k hits, clip by votes, expand, merge.
+
+Everything here is fixed-shape tensor work (no ``nonzero``, no ``unique``, no ``.item()``): the
+number of selected tokens varies, so it is returned as a padded index tensor with a validity
+mask, and the caller derives contiguous positions from the mask with a cumulative sum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Scope:
+    """The keys one query chunk attends to, in scope order.
+
+    Attributes:
+        gather_idx: ``[B, N]`` int64 rows of the cache (padding rows hold a valid dummy index).
+        key_pos: ``[B, N]`` int64 RoPE positions ``0..n_b-1`` in order, -1 for padding.
+        q_pos: ``[B, Q]`` int64 RoPE positions of the chunk's queries (the last ``Q`` of ``n_b``).
+        middle: ``[B, S]`` int64 absolute cache rows of the selected middle tokens, or None.
+        middle_valid: ``[B, S]`` bool, which entries of ``middle`` are real, or None.
+    """
+
+    gather_idx: torch.Tensor
+    key_pos: torch.Tensor
+    q_pos: torch.Tensor
+    middle: torch.Tensor | None = None
+    middle_valid: torch.Tensor | None = None
+
+
+def select_spans(
+    hits: torch.Tensor, middle_len: int, max_spans: int, span_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pool the top-k hits of all heads and queries into at most ``max_spans`` merged spans.
+
+    Args:
+        hits: ``[B, ...]`` int64 middle positions in ``[0, middle_len)`` (e.g. ``[B, H, Q, k]``).
+        middle_len: M, the number of middle keys.
+        max_spans: hits kept per batch row: the most voted, ties to the earlier position.
+        span_size: each kept hit c becomes ``[c - span//2, c - span//2 + span)``, cut at 0 and M.
+
+    Returns:
+        ``sel [B, S]`` int64 middle positions in increasing order among valid entries, and
+        ``valid [B, S]`` bool, with ``S = min(max_spans, M) * span_size``. Overlapping spans are
+        merged (each position appears once).
+    """
+    b = hits.shape[0]
+    m = middle_len
+    dev = hits.device
+    flat = hits.reshape(b, -1)
+    votes = torch.zeros(b, m, dtype=torch.int64, device=dev)
+    votes.scatter_add_(1, flat, torch.ones_like(flat))
+    n_keep = min(max_spans, m)
+    # Most votes first; among equal votes the earlier position wins (larger tiebreak value).
+    order_key = votes * m + (m - 1 - torch.arange(m, device=dev))
+    top = order_key.topk(n_keep, dim=1).values
+    counts = top // m
+    pos = (m - 1) - (top % m)
+    pos = torch.where(counts > 0, pos, torch.full_like(pos, m))  # invalid hits sort last, empty spans
+    pos, _ = pos.sort(dim=1)
+    half = span_size // 2
+    start = (pos - half).clamp(min=0)
+    end = (pos - half + span_size).clamp(max=m)
+    start = torch.where(pos < m, start, torch.full_like(start, m))
+    end = torch.where(pos < m, end, torch.full_like(end, m))
+    # Merge overlaps: a span starts no earlier than every previous span's end.
+    prev_end = torch.cat([torch.zeros_like(end[:, :1]), end[:, :-1].cummax(dim=1).values], dim=1)
+    eff_start = torch.maximum(start, prev_end)
+    cand = start[:, :, None] + torch.arange(span_size, device=dev)  # [B, n_keep, span]
+    valid = (cand >= eff_start[:, :, None]) & (cand < end[:, :, None])
+    sel = cand.clamp(max=m - 1).reshape(b, -1)
+    return sel, valid.reshape(b, -1)
+
+
+def full_scope(batch: int, total: int, q_len: int, device: torch.device) -> Scope:
+    """Every key ``0..T-1`` at its own position: the stock model's attention (T <= G + L)."""
+    idx = torch.arange(total, device=device).expand(batch, total)
+    q_pos = torch.arange(total - q_len, total, device=device).expand(batch, q_len)
+    return Scope(gather_idx=idx, key_pos=idx, q_pos=q_pos)
+
+
+def build_scope(
+    sel: torch.Tensor | None,
+    valid: torch.Tensor | None,
+    total: int,
+    q_len: int,
+    global_size: int,
+    local_size: int,
+    batch: int,
+    device: torch.device,
+) -> Scope:
+    """Global + selected middle + local, re-positioned contiguously from 0.
+
+    Args:
+        sel, valid: ``[B, S]`` from :func:`select_spans` (middle-relative), or None (streaming).
+        total: T, keys visible to this chunk (the chunk is the last ``q_len`` of them).
+    """
+    glob = torch.arange(global_size, device=device).expand(batch, global_size)
+    loc = torch.arange(total - local_size, total, device=device).expand(batch, local_size)
+    ones_g = torch.ones(batch, global_size, dtype=torch.bool, device=device)
+    ones_l = torch.ones(batch, local_size, dtype=torch.bool, device=device)
+    if sel is None or sel.shape[1] == 0:
+        idx = torch.cat([glob, loc], dim=1)
+        mask = torch.cat([ones_g, ones_l], dim=1)
+        middle = middle_valid = None
+    else:
+        middle = sel + global_size
+        middle_valid = valid
+        idx = torch.cat([glob, middle, loc], dim=1)
+        mask = torch.cat([ones_g, valid, ones_l], dim=1)
+    key_pos = mask.long().cumsum(dim=1) - 1
+    n = key_pos[:, -1:] + 1  # [B, 1] keys in scope
+    q_pos = n - q_len + torch.arange(q_len, device=device)
+    key_pos = torch.where(mask, key_pos, torch.full_like(key_pos, -1))
+    return Scope(gather_idx=idx, key_pos=key_pos, q_pos=q_pos, middle=middle, middle_valid=middle_valid)
