@@ -1,0 +1,50 @@
+"""Small helpers shared by the Triton kernels (no kernels here)."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def interpreting() -> bool:
+    """True when Triton runs its CPU interpreter (``TRITON_INTERPRET=1``): CPU tensors are allowed."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Multiprocessors of ``device`` (4 under the interpreter / on CPU, to exercise split paths)."""
+    if device.type != "cuda":
+        return 4
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def next_pow2(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def check_device(name: str, *tensors: torch.Tensor) -> None:
+    """All tensors on one device; CUDA unless the interpreter runs."""
+    dev = tensors[0].device
+    for t in tensors:
+        if t.device != dev:
+            raise ValueError(f"{name}: all tensors must be on one device, got {dev} and {t.device}")
+    if dev.type != "cuda" and not interpreting():
+        raise ValueError(f"{name}: the Triton kernels need CUDA tensors (got {dev}); use backend='torch' on CPU")
+
+
+def check_float(name: str, what: str, t: torch.Tensor) -> None:
+    if t.dtype not in _DTYPES:
+        raise ValueError(f"{name}: {what} must be float16, bfloat16 or float32, got {t.dtype}")

@@ -1,0 +1,358 @@
+"""Bounded-scope attention in Triton (twin: :func:`scope_attention_torch`).
+
+Flash-attention forward over the gathered scope, reading the KV cache in place: the gathered
+K/V are never copied. One program per (row block, batch, KV head, key split); a row is one
+(query, query head) pair of the KV head's GQA group, laid out query-major (row = i * g + j), so
+each gathered K/V tile is loaded once for the whole group. Per key tile the program
+
+* loads ``gather_idx`` / ``key_pos`` of the tile and the K rows ``k_cache[b, kv, idx]`` by
+  pointer arithmetic, as two halves (rotate-half RoPE needs no permuted second load),
+* rotates them at their scope positions with the ``cos``/``sin`` rows of ``key_pos`` (fp32 math,
+  rounded to the input dtype for the tensor cores), the queries having been rotated at ``q_pos``
+  once on entry,
+* scores ``q1.k1 + q2.k2`` (two half-width dots), masks ``0 <= key_pos <= q_pos`` (causal,
+  bottom-right for the chunk), runs the online softmax in exp2 and accumulates ``P @ V`` with V
+  gathered the same way.
+
+Short query counts (decode: one query per head) split the scope over programs (flash-decoding)
+and a second tiny kernel combines the partial results; long chunks run unsplit. Optionally
+(``CAUSAL_SKIP``) a tile whose smallest valid position is beyond the row block's largest query
+position is skipped without loading K/V.
+
+Partial rotary tables (``cos.shape[-1] < D``, e.g. Phi-3) fall back to the torch twin.
+Rows that see no key at all return zeros (the twin returns NaN there); the core never builds
+such rows, since the local window always holds the current chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._triton_utils import cdiv, check_device, check_float, next_pow2, sm_count
+from .torch_ops import scope_attention_torch
+
+__all__ = ["scope_attention_triton"]
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _scope_attn_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    idx_ptr,
+    kpos_ptr,
+    qpos_ptr,
+    cos_ptr,
+    sin_ptr,
+    o_ptr,
+    po_ptr,
+    pml_ptr,
+    Q,
+    N,
+    G,
+    ROWS,
+    KEYS_PER_SPLIT,
+    SPLITS,
+    HKV,
+    qk_scale,
+    sq_b,
+    sq_h,
+    sq_q,
+    sq_d,
+    sk_b,
+    sk_h,
+    sk_t,
+    sk_d,
+    sv_b,
+    sv_h,
+    sv_t,
+    sv_d,
+    si_b,
+    si_n,
+    sp_b,
+    sp_n,
+    sqp_b,
+    sqp_q,
+    sc_p,
+    sc_r,
+    ss_p,
+    ss_r,
+    D: tl.constexpr,
+    DH: tl.constexpr,
+    BLOCK_DH: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL_SKIP: tl.constexpr,
+    IEEE: tl.constexpr,
+    SPLIT: tl.constexpr,
+):
+    pid_r = tl.program_id(0)
+    pid = tl.program_id(1)
+    split = pid % SPLITS
+    bk = pid // SPLITS
+    kvh = bk % HKV
+    b = bk // HKV
+    b64 = b.to(tl.int64)
+    H = HKV * G
+    dtype = q_ptr.dtype.element_ty
+
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    rvalid = rows < ROWS
+    qi = rows // G
+    h = kvh * G + rows % G
+    dh = tl.arange(0, BLOCK_DH)
+    dhv = dh < DH
+    qpos = tl.load(qpos_ptr + b64 * sqp_b + qi * sqp_q, mask=rvalid, other=-1).to(tl.int32)
+    qp = tl.maximum(qpos, 0)
+    qrow = q_ptr + b64 * sq_b + h.to(tl.int64) * sq_h + qi.to(tl.int64) * sq_q
+    qm = rvalid[:, None] & dhv[None, :]
+    q1 = tl.load(qrow[:, None] + dh[None, :] * sq_d, mask=qm, other=0.0).to(tl.float32)
+    q2 = tl.load(qrow[:, None] + (dh[None, :] + DH) * sq_d, mask=qm, other=0.0).to(tl.float32)
+    crow = cos_ptr + qp.to(tl.int64)[:, None] * sc_p
+    srow = sin_ptr + qp.to(tl.int64)[:, None] * ss_p
+    c1 = tl.load(crow + dh[None, :] * sc_r, mask=qm, other=0.0).to(tl.float32)
+    c2 = tl.load(crow + (dh[None, :] + DH) * sc_r, mask=qm, other=0.0).to(tl.float32)
+    s1 = tl.load(srow + dh[None, :] * ss_r, mask=qm, other=0.0).to(tl.float32)
+    s2 = tl.load(srow + (dh[None, :] + DH) * ss_r, mask=qm, other=0.0).to(tl.float32)
+    q1r = (q1 * c1 - q2 * s1).to(dtype)
+    q2r = (q2 * c2 + q1 * s2).to(dtype)
+    qmax = tl.max(tl.where(rvalid, qpos, -1), axis=0)
+
+    d = tl.arange(0, BLOCK_D)
+    dv = d < D
+    k_base = k_ptr + b64 * sk_b + kvh.to(tl.int64) * sk_h
+    v_base = v_ptr + b64 * sv_b + kvh.to(tl.int64) * sv_h
+    idx_base = idx_ptr + b64 * si_b
+    kpos_base = kpos_ptr + b64 * sp_b
+
+    m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_R], tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
+    start = split * KEYS_PER_SPLIT
+    end = tl.minimum(start + KEYS_PER_SPLIT, N)
+    offs_n = tl.arange(0, BLOCK_N)
+    for n0 in range(start, end, BLOCK_N):
+        offs = n0 + offs_n
+        nv = offs < end
+        kpos = tl.load(kpos_base + offs * sp_n, mask=nv, other=-1).to(tl.int32)
+        if CAUSAL_SKIP:
+            kmin = tl.min(tl.where(kpos >= 0, kpos, 2147483647), axis=0)
+            if kmin <= qmax:
+                m_i, l_i, acc = _attend_tile(
+                    q1r, q2r, qpos, m_i, l_i, acc, kpos, offs, nv, idx_base, si_n, k_base, sk_t, sk_d,
+                    v_base, sv_t, sv_d, cos_ptr, sc_p, sc_r, sin_ptr, ss_p, ss_r, qk_scale, dh, dhv, d, dv,
+                    DH, IEEE, dtype,
+                )
+        else:
+            m_i, l_i, acc = _attend_tile(
+                q1r, q2r, qpos, m_i, l_i, acc, kpos, offs, nv, idx_base, si_n, k_base, sk_t, sk_d,
+                v_base, sv_t, sv_d, cos_ptr, sc_p, sc_r, sin_ptr, ss_p, ss_r, qk_scale, dh, dhv, d, dv,
+                DH, IEEE, dtype,
+            )
+
+    row_id = (b64 * H + h) * Q + qi  # [BLOCK_R]: (b, h, i) flattened
+    if SPLIT:
+        # partial results: acc [B, H, Q, SPLITS, D] (unnormalised), (m, l) [B, H, Q, SPLITS, 2]
+        prow = row_id * SPLITS + split
+        tl.store(po_ptr + prow[:, None] * D + d[None, :], acc, mask=rvalid[:, None] & dv[None, :])
+        tl.store(pml_ptr + prow * 2, m_i, mask=rvalid)
+        tl.store(pml_ptr + prow * 2 + 1, l_i, mask=rvalid)
+    else:
+        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        orow = ((b64 * Q + qi) * H + h) * D  # output [B, Q, H, D] contiguous
+        tl.store(o_ptr + orow[:, None] + d[None, :], out.to(dtype), mask=rvalid[:, None] & dv[None, :])
+
+
+@triton.jit
+def _attend_tile(
+    q1r, q2r, qpos, m_i, l_i, acc, kpos, offs, nv, idx_base, si_n, k_base, sk_t, sk_d,
+    v_base, sv_t, sv_d, cos_ptr, sc_p, sc_r, sin_ptr, ss_p, ss_r, qk_scale, dh, dhv, d, dv,
+    DH: tl.constexpr, IEEE: tl.constexpr, dtype: tl.constexpr,
+):
+    """One key tile of the online softmax: gather, rotate, score, mask, accumulate."""
+    idx = tl.load(idx_base + offs * si_n, mask=nv, other=0).to(tl.int64)
+    kp = tl.maximum(kpos, 0).to(tl.int64)
+    km = nv[:, None] & dhv[None, :]
+    krow = k_base + idx[:, None] * sk_t
+    k1 = tl.load(krow + dh[None, :] * sk_d, mask=km, other=0.0).to(tl.float32)
+    k2 = tl.load(krow + (dh[None, :] + DH) * sk_d, mask=km, other=0.0).to(tl.float32)
+    crow = cos_ptr + kp[:, None] * sc_p
+    srow = sin_ptr + kp[:, None] * ss_p
+    c1 = tl.load(crow + dh[None, :] * sc_r, mask=km, other=0.0).to(tl.float32)
+    c2 = tl.load(crow + (dh[None, :] + DH) * sc_r, mask=km, other=0.0).to(tl.float32)
+    s1 = tl.load(srow + dh[None, :] * ss_r, mask=km, other=0.0).to(tl.float32)
+    s2 = tl.load(srow + (dh[None, :] + DH) * ss_r, mask=km, other=0.0).to(tl.float32)
+    k1r = (k1 * c1 - k2 * s1).to(dtype)
+    k2r = (k2 * c2 + k1 * s2).to(dtype)
+    if IEEE:
+        s = tl.dot(q1r, tl.trans(k1r), input_precision="ieee")
+        s = tl.dot(q2r, tl.trans(k2r), s, input_precision="ieee")
+    else:
+        s = tl.dot(q1r, tl.trans(k1r))
+        s = tl.dot(q2r, tl.trans(k2r), s)
+    vis = (kpos[None, :] >= 0) & (kpos[None, :] <= qpos[:, None])
+    s = tl.where(vis, s * qk_scale, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(s - m_use[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    v = tl.load(v_base + idx[:, None] * sv_t + d[None, :] * sv_d, mask=nv[:, None] & dv[None, :], other=0.0)
+    if IEEE:
+        acc = acc * alpha[:, None] + tl.dot(p.to(dtype), v, input_precision="ieee")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _combine_kernel(
+    po_ptr, pml_ptr, o_ptr, Q, H, SPLITS,
+    D: tl.constexpr, BLOCK_D: tl.constexpr, SP: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)  # (b * H + h) * Q + i
+    b = row // (H * Q)
+    h = (row // Q) % H
+    qi = row % Q
+    sidx = tl.arange(0, SP)
+    sv = sidx < SPLITS
+    m = tl.load(pml_ptr + (row * SPLITS + sidx) * 2, mask=sv, other=float("-inf"))
+    l = tl.load(pml_ptr + (row * SPLITS + sidx) * 2 + 1, mask=sv, other=0.0)
+    mmax = tl.max(m, axis=0)
+    mu = tl.where(mmax == float("-inf"), 0.0, mmax)
+    w = tl.exp2(m - mu)
+    L = tl.sum(w * l, axis=0)
+    d = tl.arange(0, BLOCK_D)
+    dv = d < D
+    acc = tl.load(po_ptr + (row * SPLITS + sidx)[:, None] * D + d[None, :], mask=sv[:, None] & dv[None, :], other=0.0)
+    out = tl.sum(acc * w[:, None], axis=0) / tl.where(L == 0.0, 1.0, L)
+    tl.store(o_ptr + ((b * Q + qi) * H + h) * D + d, out.to(o_ptr.dtype.element_ty), mask=dv)
+
+
+def _pick_config(rows: int, N: int, D: int, n_sm: int) -> dict:
+    bd = next_pow2(D)
+    if rows <= 64:  # decode / tiny chunks: split the scope (flash-decoding)
+        return dict(BLOCK_R=max(16, next_pow2(rows)), BLOCK_N=64 if bd <= 128 else 32, CAUSAL_SKIP=False,
+                    num_warps=4, num_stages=3, target=2 * n_sm, min_tiles=2)
+    if bd <= 64:
+        return dict(BLOCK_R=128, BLOCK_N=64, CAUSAL_SKIP=False, num_warps=4, num_stages=3,
+                    target=n_sm, min_tiles=16)
+    if bd <= 128:
+        return dict(BLOCK_R=128, BLOCK_N=64, CAUSAL_SKIP=False, num_warps=8, num_stages=2,
+                    target=n_sm, min_tiles=16)
+    return dict(BLOCK_R=64, BLOCK_N=32, CAUSAL_SKIP=False, num_warps=8, num_stages=2, target=n_sm, min_tiles=16)
+
+
+def _launch(q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling, cfg) -> torch.Tensor:
+    B, H, Q, D = q.shape
+    Hkv = k_cache.shape[1]
+    N = gather_idx.shape[1]
+    g = H // Hkv
+    rows = g * Q
+    BLOCK_R, BLOCK_N = cfg["BLOCK_R"], cfg["BLOCK_N"]
+    n_rb = cdiv(rows, BLOCK_R)
+    tiles = cdiv(N, BLOCK_N)
+    base = n_rb * B * Hkv
+    splits = cfg.get("splits")
+    if splits is None:
+        splits = max(1, min(cdiv(cfg["target"], base), cdiv(tiles, cfg["min_tiles"])))
+    tiles_per_split = cdiv(tiles, splits)
+    splits = cdiv(tiles, tiles_per_split)
+    out = torch.empty((B, Q, H, D), device=q.device, dtype=q.dtype)
+    split = splits > 1
+    if split:
+        po = torch.empty((B, H, Q, splits, D), device=q.device, dtype=torch.float32)
+        pml = torch.empty((B, H, Q, splits, 2), device=q.device, dtype=torch.float32)
+    else:
+        po = pml = out
+    DH = D // 2
+    _scope_attn_kernel[(n_rb, B * Hkv * splits)](
+        q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, out, po, pml,
+        Q, N, g, rows, tiles_per_split * BLOCK_N, splits, Hkv, float(scaling) * _LOG2E,
+        *q.stride(), *k_cache.stride(), *v_cache.stride(), *gather_idx.stride(), *key_pos.stride(),
+        *q_pos.stride(), *cos.stride(), *sin.stride(),
+        D=D, DH=DH, BLOCK_DH=max(16, next_pow2(DH)), BLOCK_D=max(16, next_pow2(D)), BLOCK_R=BLOCK_R,
+        BLOCK_N=BLOCK_N, CAUSAL_SKIP=cfg["CAUSAL_SKIP"], IEEE=q.dtype == torch.float32, SPLIT=split,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    if split:
+        _combine_kernel[(B * H * Q,)](
+            po, pml, out, Q, H, splits, D=D, BLOCK_D=max(16, next_pow2(D)), SP=max(2, next_pow2(splits)),
+            num_warps=4 if D > 64 else 2,
+        )
+    return out
+
+
+def scope_attention_triton(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    gather_idx: torch.Tensor,
+    key_pos: torch.Tensor,
+    q_pos: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    scaling: float,
+    *,
+    _config: dict | None = None,
+) -> torch.Tensor:
+    """Attention of un-rotated queries over a gathered scope of the cache (Triton); same contract
+    as :func:`scope_attention_torch`.
+
+    Args:
+        q: ``[B, H, Q, D]`` un-rotated queries (any strides).
+        k_cache, v_cache: ``[B, Hkv, T, D]`` un-rotated keys / values (views of the cache buffers).
+        gather_idx: ``[B, N]`` integer rows of the cache, in scope order (padding: any valid row).
+        key_pos: ``[B, N]`` integer scope position of each gathered key, -1 for padding.
+        q_pos: ``[B, Q]`` integer position of each query.
+        cos, sin: ``[P, R]`` RoPE tables (rotate-half layout); ``R < D`` falls back to the twin.
+        scaling: softmax scale.
+
+    Returns:
+        ``[B, Q, H, D]`` in ``q``'s dtype; query i sees key j iff ``0 <= key_pos[j] <= q_pos[i]``.
+    """
+    name = "scope_attention_triton"
+    if q.dim() != 4 or k_cache.dim() != 4 or v_cache.dim() != 4:
+        raise ValueError(f"{name}: q, k_cache, v_cache must be 4-D")
+    B, H, Q, D = q.shape
+    if k_cache.shape != v_cache.shape or k_cache.shape[0] != B or k_cache.shape[3] != D:
+        raise ValueError(f"{name}: k_cache {tuple(k_cache.shape)} / v_cache {tuple(v_cache.shape)} do not match q {tuple(q.shape)}")
+    Hkv = k_cache.shape[1]
+    if Hkv == 0 or H % Hkv != 0:
+        raise ValueError(f"{name}: query heads {H} not a multiple of KV heads {Hkv}")
+    if gather_idx.dim() != 2 or gather_idx.shape[0] != B or key_pos.shape != gather_idx.shape:
+        raise ValueError(f"{name}: gather_idx {tuple(gather_idx.shape)} and key_pos {tuple(key_pos.shape)} must be [B, N]")
+    if q_pos.shape != (B, Q):
+        raise ValueError(f"{name}: q_pos {tuple(q_pos.shape)} must be [B, Q] = {(B, Q)}")
+    if cos.dim() != 2 or cos.shape != sin.shape:
+        raise ValueError(f"{name}: cos {tuple(cos.shape)} and sin {tuple(sin.shape)} must be [P, R]")
+    for what, t in (("gather_idx", gather_idx), ("key_pos", key_pos), ("q_pos", q_pos)):
+        if t.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"{name}: {what} must be int64 or int32, got {t.dtype}")
+    check_float(name, "q", q)
+    if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise ValueError(f"{name}: q, k_cache, v_cache dtypes differ: {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
+    check_float(name, "cos", cos)
+    check_device(name, q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin)
+    if D % 2 != 0 or not 2 <= D <= 256:
+        raise ValueError(f"{name}: head dim {D} must be even and <= 256")
+    if cos.shape[1] != D:
+        if cos.shape[1] > D:
+            raise ValueError(f"{name}: rotary width {cos.shape[1]} > head dim {D}")
+        # partial rotary (Phi-3): the torch twin handles it
+        return scope_attention_torch(q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling)
+    N = gather_idx.shape[1]
+    if B * H * Q == 0:
+        return torch.empty((B, Q, H, D), device=q.device, dtype=q.dtype)
+    if N == 0:
+        return torch.zeros((B, Q, H, D), device=q.device, dtype=q.dtype)
+    cfg = _pick_config((H // Hkv) * Q, N, D, sm_count(q.device))
+    if _config:
+        cfg.update(_config)
+    return _launch(q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling, cfg)
+

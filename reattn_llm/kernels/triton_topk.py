@@ -1,0 +1,356 @@
+"""Fused, exact position-agnostic scoring + top-k in Triton (twin: :func:`score_topk_torch`).
+
+For each (batch, query head, query) the ``top_k`` middle keys with the largest raw ``q . k``
+(un-rotated, no scale), accumulated in fp32. The ``[H, Q, M]`` score matrix never exists.
+
+Algorithm (two launches, no host sync):
+
+1. ``_score_topk_kernel``: one program per (row block, batch, KV head, key split). A row is one
+   (query, query head) pair of the KV head's group, laid out query-major (row = i * g + j), so
+   every K tile is loaded once per program and shared by the whole GQA group. Each K tile is
+   scored by one ``tl.dot`` (fp32 accumulation; IEEE for fp32 inputs), tails are masked with
+   -inf, and a running per-row top-k is kept in registers:
+
+   * **grouped mode** (many rows, prefill): the tile's scores are reduced to *group maxima*
+     first, a group being ``2*CI`` keys that one thread already holds in the wgmma accumulator
+     layout (columns ``8c + 2t + e`` for a fixed ``t`` and ``c`` in a block of ``CI``), so the
+     reduction is register-only. The running top-k keeps the best ``top_k`` *groups*. That is
+     exact for keys: each true top-k key lies in one of the ``top_k`` groups with the largest
+     maxima (if a group holding a top-k key x had ``top_k`` groups with larger maxima, there would
+     be ``top_k`` keys larger than x). The insertion loop stops as soon as no row of the tile
+     beats its current k-th best (``EARLY_EXIT``), so after warm-up a tile costs one dot, one
+     register max and a compare.
+   * **plain mode** (few rows, decode): the same loop on the key scores themselves; decode is
+     memory-bound, so the per-key work is free.
+
+   Each program writes its split's candidates: ``[B, H, Q, splits, top_k]`` values and ids.
+2. ``_merge_refine_kernel``: one program per row merges the candidates of all splits; in grouped
+   mode it then rescoring the ``top_k * 2*CI`` keys of the chosen groups exactly (fp32) and
+   keeps the top-k keys. Ties go to the lower key index.
+
+Supported: head dims up to 256 (any even size; non powers of two are masked), any ``M``, any
+GQA group size, fp16 / bf16 / fp32, strided views (the middle slice of the cache buffer).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._triton_utils import cdiv, check_device, check_float, next_pow2, sm_count
+
+__all__ = ["score_topk_triton"]
+
+MAX_TOP_K = 32
+
+
+@triton.jit
+def _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP: tl.constexpr):
+    """One step of the running top-k: rows with ``need`` (their best remaining candidate ``m``
+    beats their k-th best ``thr``) replace their worst slot by it; the candidate is knocked out."""
+    gi = tl.min(tl.where(gm == m[:, None], gidx, 2147483647), axis=1)
+    pos = tl.min(tl.where(vals == thr[:, None], colk, KP), axis=1)
+    repl = (colk == pos[:, None]) & need[:, None]
+    vals = tl.where(repl, m[:, None], vals)
+    ids = tl.where(repl, gi[:, None], ids)
+    thr = tl.min(vals, axis=1)
+    gm = tl.where(gidx == gi[:, None], float("-inf"), gm)
+    m = tl.max(gm, axis=1)
+    need = m > thr
+    return vals, ids, thr, gm, m, need
+
+
+@triton.jit
+def _score_topk_kernel(
+    q_ptr,
+    k_ptr,
+    cand_v_ptr,
+    cand_i_ptr,
+    Q,
+    M,
+    G,
+    ROWS,
+    KEYS_PER_SPLIT,
+    SPLITS,
+    HKV,
+    sq_b,
+    sq_h,
+    sq_q,
+    sq_d,
+    sk_b,
+    sk_h,
+    sk_m,
+    sk_d,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    TOPK: tl.constexpr,
+    KP: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CI: tl.constexpr,
+    EARLY_EXIT: tl.constexpr,
+    PREFETCH: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    pid_r = tl.program_id(0)
+    pid = tl.program_id(1)
+    split = pid % SPLITS
+    bk = pid // SPLITS
+    kvh = bk % HKV
+    b = bk // HKV
+
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    rvalid = rows < ROWS
+    qi = rows // G
+    h = kvh * G + rows % G
+    offs_d = tl.arange(0, BLOCK_D)
+    dvalid = offs_d < D
+    q_off = b.to(tl.int64) * sq_b + h.to(tl.int64) * sq_h + qi.to(tl.int64) * sq_q
+    q = tl.load(
+        q_ptr + q_off[:, None] + offs_d[None, :] * sq_d, mask=rvalid[:, None] & dvalid[None, :], other=0.0
+    )
+
+    k_base = k_ptr + b.to(tl.int64) * sk_b + kvh.to(tl.int64) * sk_h
+    start = split * KEYS_PER_SPLIT
+    end = tl.minimum(start + KEYS_PER_SPLIT, M)
+    offs_n = tl.arange(0, BLOCK_N)
+
+    if CI > 0:
+        NCB: tl.constexpr = BLOCK_N // (8 * CI)
+        GPT: tl.constexpr = NCB * 4  # groups per tile
+    else:
+        GPT: tl.constexpr = BLOCK_N
+    gcol = tl.arange(0, GPT)[None, :]
+    colk = tl.arange(0, KP)[None, :]
+    NEG = float("-inf")
+    vals = tl.where(colk < TOPK, NEG, float("inf")) + tl.zeros([BLOCK_R, KP], tl.float32)
+    ids = tl.full([BLOCK_R, KP], -1, tl.int32)
+    thr = tl.full([BLOCK_R], NEG, tl.float32)
+
+    kt = k_base + start.to(tl.int64) * sk_m
+    k_offs = offs_n[:, None] * sk_m + offs_d[None, :] * sk_d
+    if PREFETCH:  # manual double buffering through registers (control flow below defeats the pipeliner)
+        kv_next = tl.load(kt + k_offs, mask=((start + offs_n) < end)[:, None] & dvalid[None, :], other=0.0)
+    for n0 in range(start, end, BLOCK_N):
+        nvalid = (n0 + offs_n) < end
+        if PREFETCH:
+            kv = kv_next
+            kv_next = tl.load(
+                kt + BLOCK_N * sk_m + k_offs,
+                mask=((n0 + BLOCK_N + offs_n) < end)[:, None] & dvalid[None, :],
+                other=0.0,
+            )
+        else:
+            kv = tl.load(kt + k_offs, mask=nvalid[:, None] & dvalid[None, :], other=0.0)
+        if IEEE:
+            s = tl.dot(q, tl.trans(kv), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(kv))
+        s = tl.where(nvalid[None, :], s, NEG)
+        if CI > 0:
+            s5 = tl.reshape(s, [BLOCK_R, NCB, CI, 4, 2])
+            gm = tl.max(tl.max(s5, axis=4), axis=2)  # [BLOCK_R, NCB, 4]
+            gm = tl.reshape(gm, [BLOCK_R, GPT])
+            gidx = gcol + (n0 // BLOCK_N) * GPT
+        else:
+            gm = s
+            gidx = gcol + n0
+        m = tl.max(gm, axis=1)
+        need = m > thr
+        if EARLY_EXIT == 1:  # data-dependent loop (blocks software pipelining of the K loads)
+            cnt = tl.sum(need.to(tl.int32), axis=0)
+            it = 0
+            while (cnt > 0) & (it < TOPK):
+                vals, ids, thr, gm, m, need = _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP)
+                cnt = tl.sum(need.to(tl.int32), axis=0)
+                it += 1
+        elif EARLY_EXIT == 2:  # skip the whole insertion when no row of the tile beats its k-th best
+            if tl.max(need.to(tl.int32), axis=0) > 0:
+                for _ in tl.static_range(TOPK):
+                    vals, ids, thr, gm, m, need = _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP)
+        else:
+            for _ in tl.static_range(TOPK):
+                vals, ids, thr, gm, m, need = _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP)
+        kt += BLOCK_N * sk_m
+
+    # candidates [B, H, Q, SPLITS, TOPK], contiguous
+    H = HKV * G
+    row_off = ((b.to(tl.int64) * H + h) * Q + qi) * (SPLITS * TOPK) + split * TOPK
+    omask = rvalid[:, None] & (colk < TOPK)
+    tl.store(cand_v_ptr + row_off[:, None] + colk, vals, mask=omask)
+    tl.store(cand_i_ptr + row_off[:, None] + colk, ids, mask=omask)
+
+
+@triton.jit
+def _merge_refine_kernel(
+    cand_v_ptr,
+    cand_i_ptr,
+    q_ptr,
+    k_ptr,
+    out_ptr,
+    Q,
+    M,
+    G,
+    H,
+    C,
+    sq_b,
+    sq_h,
+    sq_q,
+    sq_d,
+    sk_b,
+    sk_h,
+    sk_m,
+    sk_d,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    TOPK: tl.constexpr,
+    KK: tl.constexpr,
+    KP: tl.constexpr,
+    CP: tl.constexpr,
+    CI: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)  # = (b * H + h) * Q + qi
+    c = tl.arange(0, CP)
+    cmask = c < C
+    cv = tl.load(cand_v_ptr + row * C + c, mask=cmask, other=float("-inf"))
+    cid = tl.load(cand_i_ptr + row * C + c, mask=cmask, other=-1)
+    if CI == 0:
+        for t in tl.static_range(KK):
+            m = tl.max(cv, axis=0)
+            sel = tl.min(tl.where(cv == m, cid, 2147483647), axis=0)
+            tl.store(out_ptr + row * KK + t, sel.to(tl.int64))
+            cv = tl.where((cid == sel) & (cv == m), float("-inf"), cv)
+    else:
+        # 1. the TOPK best groups over all splits
+        colk = tl.arange(0, KP)
+        grp = tl.full([KP], -1, tl.int32)
+        for t in tl.static_range(TOPK):
+            m = tl.max(cv, axis=0)
+            sel = tl.min(tl.where(cv == m, cid, 2147483647), axis=0)
+            grp = tl.where(colk == t, sel, grp)
+            cv = tl.where((cid == sel) & (cv == m), float("-inf"), cv)
+        # 2. their keys: group (tile, cb, t) holds columns 8 * (cb * CI + ci) + 2 * t + e
+        S: tl.constexpr = 2 * CI
+        GPT: tl.constexpr = (BLOCK_N // (8 * CI)) * 4
+        mem = tl.arange(0, S)
+        tile = grp // GPT
+        loc = grp % GPT
+        key = (
+            tile[:, None] * BLOCK_N
+            + 8 * ((loc // 4)[:, None] * CI + (mem // 2)[None, :])
+            + 2 * (loc % 4)[:, None]
+            + (mem % 2)[None, :]
+        )  # [KP, S]
+        kvalid = (grp[:, None] >= 0) & (key < M)
+        key = tl.reshape(key, [KP * S])
+        kvalid = tl.reshape(kvalid, [KP * S])
+        b = row // (H * Q)
+        h = (row // Q) % H
+        qi = row % Q
+        kvh = h // G
+        offs_d = tl.arange(0, BLOCK_D)
+        dvalid = offs_d < D
+        q = tl.load(q_ptr + b * sq_b + h * sq_h + qi * sq_q + offs_d * sq_d, mask=dvalid, other=0.0).to(tl.float32)
+        kb = k_ptr + b * sk_b + kvh * sk_h
+        kt = tl.load(
+            kb + key.to(tl.int64)[:, None] * sk_m + offs_d[None, :] * sk_d,
+            mask=kvalid[:, None] & dvalid[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        s = tl.sum(kt * q[None, :], axis=1)
+        s = tl.where(kvalid, s, float("-inf"))
+        for t in tl.static_range(KK):
+            m = tl.max(s, axis=0)
+            sel = tl.min(tl.where(s == m, key, 2147483647), axis=0)
+            tl.store(out_ptr + row * KK + t, sel.to(tl.int64))
+            s = tl.where(key == sel, float("-inf"), s)
+
+
+def _pick_config(rows: int, M: int, D: int, n_sm: int, batch_heads: int) -> dict:
+    """Tile configuration for ``rows = g * Q`` rows per KV head and ``M`` keys."""
+    bd = next_pow2(D)
+    if rows <= 64:  # decode / tiny chunks: memory-bound, plain mode
+        cfg = dict(BLOCK_R=max(16, next_pow2(rows)), BLOCK_N=128 if bd <= 128 else 64, CI=0, EARLY_EXIT=0, PREFETCH=False,
+                   num_warps=4, num_stages=4 if bd <= 128 else 3, target=8 * n_sm, min_tiles=4)
+    else:
+        cfg = dict(BLOCK_R=128, BLOCK_N=128 if bd <= 128 else 64, CI=4, EARLY_EXIT=2, PREFETCH=True,
+                   num_warps=8, num_stages=3 if bd <= 128 else 2, target=4 * n_sm, min_tiles=8)
+    return cfg
+
+
+def _launch(q: torch.Tensor, k: torch.Tensor, top_k: int, cfg: dict) -> torch.Tensor:
+    B, H, Q, D = q.shape
+    Hkv, M = k.shape[1], k.shape[2]
+    g = H // Hkv
+    kk = min(top_k, M)
+    rows = g * Q
+    BLOCK_R, BLOCK_N, CI = cfg["BLOCK_R"], cfg["BLOCK_N"], cfg["CI"]
+    if CI > 0 and BLOCK_N % (8 * CI) != 0:
+        raise ValueError(f"BLOCK_N={BLOCK_N} must be a multiple of 8*CI={8 * CI}")
+    n_rb = cdiv(rows, BLOCK_R)
+    tiles = cdiv(M, BLOCK_N)
+    base = n_rb * B * Hkv
+    splits = cfg.get("splits")
+    if splits is None:
+        splits = max(1, min(cdiv(cfg["target"], base), cdiv(tiles, cfg["min_tiles"])))
+    tiles_per_split = cdiv(tiles, splits)
+    keys_per_split = tiles_per_split * BLOCK_N
+    splits = cdiv(tiles, tiles_per_split)
+    kp = next_pow2(top_k)
+    cand_v = torch.empty((B, H, Q, splits, top_k), device=q.device, dtype=torch.float32)
+    cand_i = torch.empty((B, H, Q, splits, top_k), device=q.device, dtype=torch.int32)
+    ieee = q.dtype == torch.float32
+    _score_topk_kernel[(n_rb, B * Hkv * splits)](
+        q, k, cand_v, cand_i, Q, M, g, rows, keys_per_split, splits, Hkv,
+        *q.stride(), *k.stride(),
+        D=D, BLOCK_D=max(16, next_pow2(D)), TOPK=top_k, KP=kp, BLOCK_R=BLOCK_R, BLOCK_N=BLOCK_N, CI=CI,
+        EARLY_EXIT=cfg["EARLY_EXIT"], PREFETCH=cfg["PREFETCH"], IEEE=ieee, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    out = torch.empty((B, H, Q, kk), device=q.device, dtype=torch.int64)
+    C = splits * top_k
+    _merge_refine_kernel[(B * H * Q,)](
+        cand_v, cand_i, q, k, out, Q, M, g, H, C, *q.stride(), *k.stride(),
+        D=D, BLOCK_D=max(16, next_pow2(D)), TOPK=top_k, KK=kk, KP=kp, CP=next_pow2(C), CI=CI, BLOCK_N=BLOCK_N,
+        num_warps=4 if CI > 0 else 1,
+    )
+    return out
+
+
+def score_topk_triton(q: torch.Tensor, k: torch.Tensor, top_k: int, *, _config: dict | None = None) -> torch.Tensor:
+    """Exact position-agnostic top-k (Triton); same contract as :func:`score_topk_torch`.
+
+    Args:
+        q: ``[B, H, Q, D]`` un-rotated queries (any strides).
+        k: ``[B, Hkv, M, D]`` un-rotated middle keys (any strides, e.g. a slice of the cache buffer).
+        top_k: keys per (batch, head, query), 1..32.
+
+    Returns:
+        ``[B, H, Q, min(top_k, M)]`` int64 indices into ``[0, M)``, best first; ties go to the
+        lower index.
+    """
+    name = "score_topk_triton"
+    if q.dim() != 4 or k.dim() != 4:
+        raise ValueError(f"{name}: q [B,H,Q,D] and k [B,Hkv,M,D] must be 4-D, got {tuple(q.shape)}, {tuple(k.shape)}")
+    B, H, Q, D = q.shape
+    if k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(f"{name}: q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch or head dim")
+    Hkv, M = k.shape[1], k.shape[2]
+    if Hkv == 0 or H % Hkv != 0:
+        raise ValueError(f"{name}: query heads {H} not a multiple of KV heads {Hkv}")
+    if not 1 <= D <= 256:
+        raise ValueError(f"{name}: head dim {D} not in 1..256")
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise ValueError(f"{name}: top_k={top_k} not in 1..{MAX_TOP_K}")
+    check_float(name, "q", q)
+    if k.dtype != q.dtype:
+        raise ValueError(f"{name}: q is {q.dtype} but k is {k.dtype}")
+    check_device(name, q, k)
+    kk = min(top_k, M)
+    if B * H * Q == 0 or kk == 0:
+        return torch.empty((B, H, Q, kk), device=q.device, dtype=torch.int64)
+    cfg = _pick_config((H // Hkv) * Q, M, D, sm_count(q.device), B * Hkv)
+    if _config:
+        cfg.update(_config)
+    return _launch(q, k, top_k, cfg)

@@ -1,0 +1,243 @@
+"""Kernel checks run under Triton's CPU interpreter (``TRITON_INTERPRET=1``), in a subprocess.
+
+Not a pytest module: :mod:`tests.test_kernels` runs ``python tests/kernel_cases.py [names...]``
+with the interpreter switched on before triton is imported, and reads one JSON line per case.
+Each case compares the Triton kernel with its torch twin and an fp64 reference:
+
+* top-k: the returned index sets equal the reference's, ties aside (the fp64 scores of the
+  returned indices, sorted, equal the reference top-k scores), no duplicates, in range;
+* attention: relative error vs fp64 <= 2x the twin's error at the same precision.
+
+fp16 and fp32 only: the 3.9 interpreter's ``tl.dot`` is wrong for bf16 (bf16 runs on the GPU,
+``benchmarks/gpu_kernels_check.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+F16, F32 = torch.float16, torch.float32
+
+
+def rope_tables(P: int, R: int, base: float = 10000.0, dtype=torch.float32):
+    inv = 1.0 / base ** (torch.arange(0, R, 2, dtype=torch.float64) / R)
+    f = torch.outer(torch.arange(P, dtype=torch.float64), inv)
+    e = torch.cat([f, f], -1)
+    return e.cos().to(dtype), e.sin().to(dtype)
+
+
+# ----------------------------------------------------------------------------- top-k
+
+
+def topk_check(q, k, top_k, got, tol_scale=1.0):
+    """Raise AssertionError unless ``got`` is an exact top-k of q.k (ties aside)."""
+    from reattn_llm.kernels.torch_ops import score_topk_torch
+
+    B, H, Q, D = q.shape
+    Hkv, M = k.shape[1], k.shape[2]
+    kk = min(top_k, M)
+    assert got.shape == (B, H, Q, kk), f"shape {tuple(got.shape)} != {(B, H, Q, kk)}"
+    assert got.dtype == torch.int64
+    assert int(got.min()) >= 0 and int(got.max()) < M, "index out of range"
+    srt = got.sort(-1).values
+    assert bool((srt[..., 1:] != srt[..., :-1]).all()), "duplicate indices"
+    s = torch.einsum("bhqd,bhmd->bhqm", q.double(), k.double().repeat_interleave(H // Hkv, 1))
+    ref_v = s.topk(kk, dim=-1).values
+    got_v = s.gather(-1, got).sort(-1, descending=True).values
+    # fp32 accumulation of D products: a few ulps of sum |q_d k_d|
+    mag = torch.einsum("bhqd,bhmd->bhqm", q.double().abs(), k.double().abs().repeat_interleave(H // Hkv, 1))
+    tol = 4 * D * 2.0**-24 * mag.max().item() * tol_scale + 1e-12
+    err = (ref_v - got_v).abs().max().item()
+    assert err <= tol, f"returned scores differ from the reference top-k by {err:.3g} (tol {tol:.3g})"
+    twin = score_topk_torch(q, k, top_k)
+    twin_v = s.gather(-1, twin).sort(-1, descending=True).values
+    err_t = (twin_v - got_v).abs().max().item()
+    assert err_t <= tol, f"kernel and twin disagree beyond ties: {err_t:.3g}"
+    return {"max_score_gap": err}
+
+
+def topk_case(B, H, Hkv, Q, M, D, top_k, dtype, config=None, seed=0, pad=7, transpose_q=False):
+    from reattn_llm.kernels.triton_topk import score_topk_triton
+
+    torch.manual_seed(seed)
+    if transpose_q:
+        q = torch.randn(B, Q, H, D, dtype=dtype).transpose(1, 2)
+    else:
+        q = torch.randn(B, H, Q, D, dtype=dtype)
+    buf = torch.randn(B, Hkv, M + 2 * pad, D, dtype=dtype)  # the middle slice of a larger cache
+    k = buf[:, :, pad : pad + M]
+    got = score_topk_triton(q, k, top_k, _config=config)
+    return topk_check(q, k, top_k, got)
+
+
+def topk_planted_case(dtype, config=None):
+    """Two true hits in one 128-key block (and in one kernel group): an approximate per-block
+    top-1 would miss one of them; the exact kernel must return both."""
+    from reattn_llm.kernels.triton_topk import score_topk_triton
+
+    torch.manual_seed(1)
+    B, H, Hkv, Q, M, D = 1, 4, 2, 3, 1025, 64
+    q = torch.randn(B, H, Q, D, dtype=dtype)
+    k = torch.randn(B, Hkv, M, D, dtype=dtype) * 0.1
+    # keys 256 and 257 (same 128-block, same 8-column group) and 600 align with every query of head 0
+    for j, a in ((256, 3.0), (257, 2.5), (600, 2.0)):
+        k[0, 0, j] = (q[0, 0].float().mean(0) * a).to(dtype)
+    got = score_topk_triton(q, k, 4, _config=config)
+    hits0 = set(got[0, 0].flatten().tolist())
+    assert {256, 257, 600} <= hits0, f"planted hits missing: {sorted(hits0)}"
+    return topk_check(q, k, 4, got)
+
+
+GROUPED_SMALL = dict(BLOCK_R=32, BLOCK_N=32, CI=2, EARLY_EXIT=2, PREFETCH=True, num_warps=4, num_stages=1)
+GROUPED_CI1 = dict(BLOCK_R=16, BLOCK_N=16, CI=1, EARLY_EXIT=1, PREFETCH=False, num_warps=4, num_stages=1)
+GROUPED_EE0 = dict(BLOCK_R=32, BLOCK_N=64, CI=4, EARLY_EXIT=0, PREFETCH=False, num_warps=4, num_stages=1, splits=3)
+PLAIN_SPLIT = dict(BLOCK_R=16, BLOCK_N=32, CI=0, EARLY_EXIT=0, PREFETCH=True, num_warps=4, num_stages=1, splits=5)
+
+
+def topk_cases():
+    cases = {}
+    for dt in (F16, F32):
+        n = "f16" if dt == F16 else "f32"
+        cases[f"topk_decode_M97_g3_{n}"] = lambda dt=dt: topk_case(2, 6, 2, 1, 97, 64, 4, dt)
+        cases[f"topk_M1025_g4_d128_{n}"] = lambda dt=dt: topk_case(1, 8, 2, 16, 1025, 128, 4, dt)
+        cases[f"topk_M1025_g8_grouped_default_{n}"] = lambda dt=dt: topk_case(1, 8, 1, 9, 1025, 64, 4, dt)
+        cases[f"topk_M1025_g4_grouped_small_{n}"] = lambda dt=dt: topk_case(1, 8, 2, 16, 1025, 64, 4, dt, GROUPED_SMALL, transpose_q=True)
+        cases[f"topk_M97_g3_grouped_ci1_while_{n}"] = lambda dt=dt: topk_case(2, 6, 2, 5, 97, 64, 4, dt, GROUPED_CI1)
+        cases[f"topk_planted_grouped_{n}"] = lambda dt=dt: topk_planted_case(dt, GROUPED_SMALL)
+        cases[f"topk_planted_plain_{n}"] = lambda dt=dt: topk_planted_case(dt, PLAIN_SPLIT)
+    cases["topk_M1025_g7_ee0_splits_f16"] = lambda: topk_case(1, 7, 1, 5, 1025, 64, 4, F16, GROUPED_EE0)
+    cases["topk_M97_d256_g2_f16"] = lambda: topk_case(1, 4, 2, 3, 97, 256, 4, F16)
+    cases["topk_M97_d96_g1_f32"] = lambda: topk_case(1, 2, 2, 3, 97, 96, 4, F32)
+    cases["topk_k16_f32"] = lambda: topk_case(1, 4, 4, 2, 300, 64, 16, F32, PLAIN_SPLIT)
+    cases["topk_k16_grouped_f16"] = lambda: topk_case(1, 4, 1, 8, 300, 64, 16, F16, GROUPED_SMALL)
+    cases["topk_k_gt_M_f32"] = lambda: topk_case(1, 3, 1, 2, 5, 64, 8, F32)
+    cases["topk_k3_grouped_M33_f32"] = lambda: topk_case(1, 4, 1, 8, 33, 64, 3, F32, GROUPED_SMALL)
+    return cases
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def attn_inputs(B, H, Hkv, Q, T, N, D, dtype, R=None, seed=0, shuffle=True, transpose_q=False):
+    torch.manual_seed(seed)
+    R = D if R is None else R
+    if transpose_q:
+        q = torch.randn(B, Q, H, D, dtype=dtype).transpose(1, 2)
+    else:
+        q = torch.randn(B, H, Q, D, dtype=dtype)
+    k_buf = torch.randn(B, Hkv, T + 5, D, dtype=dtype)
+    v_buf = torch.randn(B, Hkv, T + 5, D, dtype=dtype)
+    kc, vc = k_buf[:, :, :T], v_buf[:, :, :T]  # views of larger buffers, like the cache
+    idx = torch.stack([torch.randperm(T)[:N] if shuffle else torch.randperm(T)[:N].sort().values for _ in range(B)])
+    kpos = torch.arange(N).expand(B, N).clone()
+    if N > 12:  # padding entries (position -1) inside the scope; positions stay a permutation otherwise
+        kpos[:, N // 3 : N // 3 + 3] = -1
+    qpos = (torch.arange(Q) + N - Q).expand(B, Q).clone()  # bottom-right: the chunk is the scope's tail
+    cos, sin = rope_tables(N + 3, R)
+    return q, kc, vc, idx, kpos, qpos, cos, sin
+
+
+def attn_case(B, H, Hkv, Q, T, N, D, dtype, config=None, R=None, transpose_q=False, shuffle=True):
+    from reattn_llm.kernels.torch_ops import scope_attention_torch
+    from reattn_llm.kernels.triton_attention import scope_attention_triton
+
+    args = attn_inputs(B, H, Hkv, Q, T, N, D, dtype, R=R, transpose_q=transpose_q, shuffle=shuffle)
+    scale = D**-0.5
+    got = scope_attention_triton(*args, scale, _config=config)
+    assert got.shape == (B, Q, H, D) and got.dtype == dtype
+    assert bool(torch.isfinite(got).all()), "non-finite output"
+    twin = scope_attention_torch(*args, scale)
+    ref = scope_attention_torch(*[a.double() if a.is_floating_point() else a for a in args], scale)
+    e_k = ((got.double() - ref).norm() / ref.norm()).item()
+    e_t = ((twin.double() - ref).norm() / ref.norm()).item()
+    assert e_k <= 2 * e_t + 1e-9, f"kernel error {e_k:.3g} > 2x twin error {e_t:.3g}"
+    return {"err_kernel": e_k, "err_twin": e_t}
+
+
+PREFILL_SMALL = dict(BLOCK_R=32, BLOCK_N=32, CAUSAL_SKIP=True, num_warps=4, num_stages=1, splits=1)
+PREFILL_SPLIT = dict(BLOCK_R=32, BLOCK_N=16, CAUSAL_SKIP=False, num_warps=4, num_stages=1, splits=3)
+
+
+def attn_cases():
+    cases = {}
+    for dt in (F16, F32):
+        n = "f16" if dt == F16 else "f32"
+        cases[f"attn_decode_N97_g3_{n}"] = lambda dt=dt: attn_case(2, 6, 2, 1, 300, 97, 64, dt)
+        cases[f"attn_chunk16_N1025_g4_d128_{n}"] = lambda dt=dt: attn_case(1, 8, 2, 16, 1500, 1025, 128, dt)
+        cases[f"attn_prefill_default_g8_{n}"] = lambda dt=dt: attn_case(1, 8, 1, 17, 400, 300, 64, dt, transpose_q=True)
+        cases[f"attn_causal_skip_g3_{n}"] = lambda dt=dt: attn_case(1, 3, 1, 40, 400, 200, 64, dt, PREFILL_SMALL)
+    cases["attn_split_g7_f16"] = lambda: attn_case(1, 7, 1, 9, 400, 200, 64, F16, PREFILL_SPLIT)
+    cases["attn_d256_g2_f16"] = lambda: attn_case(1, 4, 2, 5, 300, 97, 256, F16)
+    cases["attn_d96_g1_f32"] = lambda: attn_case(1, 2, 2, 4, 300, 97, 96, F32)
+    cases["attn_partial_rotary_falls_back_f32"] = lambda: attn_case(1, 4, 2, 3, 200, 97, 64, F32, R=32)
+    cases["attn_sorted_b2_f16"] = lambda: attn_case(2, 4, 1, 8, 300, 130, 64, F16, PREFILL_SMALL, shuffle=False)
+    return cases
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+
+def errors_case():
+    from reattn_llm.kernels.triton_attention import scope_attention_triton
+    from reattn_llm.kernels.triton_topk import score_topk_triton
+
+    q = torch.randn(1, 4, 2, 64)
+    k = torch.randn(1, 3, 10, 64)
+    bad = [
+        lambda: score_topk_triton(q, k, 4),  # 4 heads over 3 KV heads
+        lambda: score_topk_triton(q, torch.randn(1, 2, 10, 32), 4),
+        lambda: score_topk_triton(q, torch.randn(1, 2, 10, 64, dtype=F16), 4),
+        lambda: score_topk_triton(q.long(), torch.randn(1, 2, 10, 64).long(), 4),
+        lambda: score_topk_triton(q, torch.randn(1, 2, 10, 64), 0),
+        lambda: scope_attention_triton(
+            q, torch.randn(1, 2, 10, 64), torch.randn(1, 2, 10, 64), torch.zeros(1, 5, dtype=torch.long),
+            torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long), torch.ones(8, 64),
+            torch.zeros(8, 64), 0.1,
+        ),
+    ]
+    for i, f in enumerate(bad):
+        try:
+            f()
+        except ValueError:
+            continue
+        raise AssertionError(f"bad call {i} raised no ValueError")
+    empty = score_topk_triton(q, torch.randn(1, 2, 0, 64), 4)
+    assert empty.shape == (1, 4, 2, 0)
+    return {}
+
+
+def all_cases():
+    cases = {}
+    cases.update(topk_cases())
+    cases.update(attn_cases())
+    cases["argument_errors"] = errors_case
+    return cases
+
+
+def main(names):
+    cases = all_cases()
+    if names == ["--list"]:
+        print(json.dumps(sorted(cases)))
+        return
+    for name in names or sorted(cases):
+        t0 = time.time()
+        try:
+            info = cases[name]()
+            res = {"name": name, "ok": True, "info": info}
+        except Exception as e:  # noqa: BLE001 - reported to the parent test
+            res = {"name": name, "ok": False, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()}
+        res["seconds"] = round(time.time() - t0, 2)
+        print("CASE " + json.dumps(res), flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
+    main(sys.argv[1:])
