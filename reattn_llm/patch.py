@@ -31,11 +31,9 @@ from .attention import ATTN_NAME, reattention_forward, reattention_mask
 from .cache import ReAttentionCache
 from .config import ReAttentionConfig
 from .errors import UnsupportedModelError
-from .rope import RopeTable, check_rope
+from .rope import RopeTable
 from .selection import Scope
-
-#: ``config.model_type`` values ReAttention patches exactly.
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+from .support import check_model_config
 
 _registered = False
 
@@ -107,14 +105,7 @@ def _base_model(model: nn.Module) -> nn.Module:
 
 def check_supported(model: nn.Module) -> None:
     """Raise :class:`UnsupportedModelError` unless ReAttention can patch ``model`` exactly."""
-    cfg = getattr(model, "config", None)
-    mtype = getattr(cfg, "model_type", None)
-    if mtype not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedModelError(
-            f"model_type {mtype!r} is not supported by ReAttention. Supported families: "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)} (e.g. Llama 3.x, SmolLM2, Mistral, Qwen2.5, Qwen3)."
-        )
-    check_rope(cfg)
+    check_model_config(getattr(model, "config", None))
     base = _base_model(model)
     if not hasattr(base, "rotary_emb"):
         raise UnsupportedModelError(f"{type(model).__name__}: no shared rotary module (model.rotary_emb) found.")

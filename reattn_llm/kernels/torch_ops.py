@@ -17,7 +17,8 @@ _SCORE_BLOCK_ELEMS = 1 << 24
 
 def score_topk_torch(q: torch.Tensor, k: torch.Tensor, top_k: int) -> torch.Tensor:
     """Exact position-agnostic top-k: for each (batch, query head, query) the ``top_k`` middle keys
-    with the largest raw dot product ``q . k`` (no scaling, no softmax), scored in fp32.
+    with the largest raw dot product ``q . k`` (no scaling, no softmax), scored in fp32
+    (fp64 for fp64 inputs).
 
     Args:
         q: ``[B, H, Q, D]`` un-rotated queries.
@@ -34,12 +35,13 @@ def score_topk_torch(q: torch.Tensor, k: torch.Tensor, top_k: int) -> torch.Tens
     g = H // Hkv
     kk = min(top_k, M)
     # [B, Hkv, g*Q, D]: query heads of one KV group side by side (h = kv * g + j).
-    qg = q.float().reshape(B, Hkv, g * Q, D)
+    acc = torch.promote_types(q.dtype, torch.float32)
+    qg = q.to(acc).reshape(B, Hkv, g * Q, D)
     block = max(256, _SCORE_BLOCK_ELEMS // max(1, B * H * Q))
     best_v: torch.Tensor | None = None
     best_i: torch.Tensor | None = None
     for start in range(0, M, block):
-        kb = k[:, :, start : start + block].float()
+        kb = k[:, :, start : start + block].to(acc)
         s = torch.matmul(qg, kb.transpose(-1, -2))  # [B, Hkv, g*Q, blk]
         v, i = s.topk(min(kk, s.shape[-1]), dim=-1)
         i = i + start

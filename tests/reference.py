@@ -1,0 +1,73 @@
+"""A slow, literal reference of ReAttention (SPEC section 1), written independently of the package.
+
+Plain Python loops, sets and float64; used only by the tests to check the fast implementation.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+
+def rotate(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor, scale: float) -> torch.Tensor:
+    """RoPE (rotate-half) of ``x [h, n, D]`` at integer positions ``pos [n]``, in float64."""
+    freqs = pos.double()[:, None] * inv_freq.double()[None]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    cos, sin = emb.cos() * scale, emb.sin() * scale
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def literal_selection(q: torch.Tensor, k_mid: torch.Tensor, top_k: int, max_spans: int, span: int) -> list[int]:
+    """Middle positions selected for one chunk: ``q [H, Q, D]``, ``k_mid [Hkv, M, D]``."""
+    h_q, n_q, _ = q.shape
+    h_kv, m, _ = k_mid.shape
+    group = h_q // h_kv
+    votes: Counter[int] = Counter()
+    for h in range(h_q):
+        scores = q[h].double() @ k_mid[h // group].double().T  # [Q, M]
+        for i in range(n_q):
+            row = scores[i].tolist()
+            best = sorted(range(m), key=lambda j: (-row[j], j))[: min(top_k, m)]
+            votes.update(best)
+    hits = sorted(votes, key=lambda c: (-votes[c], c))[:max_spans]
+    chosen: set[int] = set()
+    for c in hits:
+        chosen.update(range(max(0, c - span // 2), min(m, c - span // 2 + span)))
+    return sorted(chosen)
+
+
+def literal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg, inv_freq: torch.Tensor, rope_scale: float,
+    scaling: float,
+) -> torch.Tensor:
+    """One layer: ``q [B, H, Q, D]`` un-rotated (the last Q of T), ``k, v [B, Hkv, T, D]`` un-rotated
+    -> ``[B, Q, H, D]``, splitting the queries into chunks when beyond ``G + L``."""
+    b_sz, h_q, n_q, d = q.shape
+    h_kv, total = k.shape[1], k.shape[2]
+    group = h_q // h_kv
+    g, loc = cfg.global_size, cfg.local_size
+    out = torch.zeros(b_sz, n_q, h_q, v.shape[-1], dtype=torch.float64)
+    chunk = n_q if total <= g + loc else cfg.chunk_size
+    for b in range(b_sz):
+        for c0 in range(0, n_q, chunk):
+            c1 = min(n_q, c0 + chunk)
+            seen = total - n_q + c1
+            if seen <= g + loc:
+                idx = list(range(seen))
+            else:
+                mid = literal_selection(q[b, :, c0:c1], k[b, :, g : seen - loc], cfg.top_k, cfg.max_spans,
+                                        cfg.span_size) if cfg.max_spans else []
+                idx = list(range(g)) + [g + j for j in mid] + list(range(seen - loc, seen))
+            n = len(idx)
+            kk = rotate(k[b][:, idx].double(), torch.arange(n), inv_freq, rope_scale)
+            vv = v[b][:, idx].double()
+            qq = rotate(q[b, :, c0:c1].double(), torch.arange(n - (c1 - c0), n), inv_freq, rope_scale)
+            for h in range(h_q):
+                s = (qq[h] @ kk[h // group].T) * scaling  # [Qc, n]
+                for i in range(c1 - c0):
+                    visible = n - (c1 - c0) + i + 1
+                    p = torch.softmax(s[i, :visible], dim=-1)
+                    out[b, c0 + i, h] = p @ vv[h // group, :visible]
+    return out
