@@ -96,10 +96,24 @@ def topk_planted_case(dtype, config=None):
     return topk_check(q, k, 4, got)
 
 
-GROUPED_SMALL = dict(BLOCK_R=32, BLOCK_N=32, CI=2, EARLY_EXIT=2, PREFETCH=True, num_warps=4, num_stages=1)
-GROUPED_CI1 = dict(BLOCK_R=16, BLOCK_N=16, CI=1, EARLY_EXIT=1, PREFETCH=False, num_warps=4, num_stages=1)
-GROUPED_EE0 = dict(BLOCK_R=32, BLOCK_N=64, CI=4, EARLY_EXIT=0, PREFETCH=False, num_warps=4, num_stages=1, splits=3)
-PLAIN_SPLIT = dict(BLOCK_R=16, BLOCK_N=32, CI=0, EARLY_EXIT=0, PREFETCH=True, num_warps=4, num_stages=1, splits=5)
+def topk_dup_case(dtype, config=None):
+    """Many exactly equal scores (repeated key rows, as repeated tokens give in layer 0)."""
+    from reattn_llm.kernels.triton_topk import score_topk_triton
+
+    torch.manual_seed(2)
+    B, H, Hkv, Q, M, D = 1, 4, 2, 6, 700, 64
+    q = torch.randn(B, H, Q, D, dtype=dtype)
+    base = torch.randn(B, Hkv, 7, D, dtype=dtype)
+    k = base[:, :, torch.randint(0, 7, (M,))].contiguous()
+    got = score_topk_triton(q, k, 4, _config=config)
+    return topk_check(q, k, 4, got)
+
+
+GROUPED_SMALL = dict(BLOCK_R=32, BLOCK_N=32, CI=2, EARLY_EXIT=2, num_warps=4, num_stages=1)
+GROUPED_PACK = dict(BLOCK_R=32, BLOCK_N=32, CI=2, EARLY_EXIT=0, PACK=True, num_warps=4, num_stages=1, splits=2)
+GROUPED_CI1 = dict(BLOCK_R=16, BLOCK_N=16, CI=1, EARLY_EXIT=1, num_warps=4, num_stages=1)
+GROUPED_EE0 = dict(BLOCK_R=32, BLOCK_N=64, CI=4, EARLY_EXIT=0, num_warps=4, num_stages=1, splits=3)
+PLAIN_SPLIT = dict(BLOCK_R=16, BLOCK_N=32, CI=0, EARLY_EXIT=0, num_warps=4, num_stages=1, splits=5)
 
 
 def topk_cases():
@@ -112,6 +126,9 @@ def topk_cases():
         cases[f"topk_M1025_g4_grouped_small_{n}"] = lambda dt=dt: topk_case(1, 8, 2, 16, 1025, 64, 4, dt, GROUPED_SMALL, transpose_q=True)
         cases[f"topk_M97_g3_grouped_ci1_while_{n}"] = lambda dt=dt: topk_case(2, 6, 2, 5, 97, 64, 4, dt, GROUPED_CI1)
         cases[f"topk_planted_grouped_{n}"] = lambda dt=dt: topk_planted_case(dt, GROUPED_SMALL)
+        cases[f"topk_planted_packed_{n}"] = lambda dt=dt: topk_planted_case(dt, GROUPED_PACK)
+        cases[f"topk_M1025_g3_packed_{n}"] = lambda dt=dt: topk_case(1, 6, 2, 11, 1025, 64, 4, dt, GROUPED_PACK)
+        cases[f"topk_duplicate_keys_packed_{n}"] = lambda dt=dt: topk_dup_case(dt, GROUPED_PACK)
         cases[f"topk_planted_plain_{n}"] = lambda dt=dt: topk_planted_case(dt, PLAIN_SPLIT)
     cases["topk_M1025_g7_ee0_splits_f16"] = lambda: topk_case(1, 7, 1, 5, 1025, 64, 4, F16, GROUPED_EE0)
     cases["topk_M97_d256_g2_f16"] = lambda: topk_case(1, 4, 2, 3, 97, 256, 4, F16)
@@ -163,6 +180,7 @@ def attn_case(B, H, Hkv, Q, T, N, D, dtype, config=None, R=None, transpose_q=Fal
 
 
 PREFILL_SMALL = dict(BLOCK_R=32, BLOCK_N=32, CAUSAL_SKIP=True, num_warps=4, num_stages=1, splits=1)
+PREFILL_PREROT = dict(BLOCK_R=32, BLOCK_N=16, CAUSAL_SKIP=False, PREROT=True, num_warps=4, num_stages=1, splits=2)
 PREFILL_SPLIT = dict(BLOCK_R=32, BLOCK_N=16, CAUSAL_SKIP=False, num_warps=4, num_stages=1, splits=3)
 
 
@@ -174,6 +192,8 @@ def attn_cases():
         cases[f"attn_chunk16_N1025_g4_d128_{n}"] = lambda dt=dt: attn_case(1, 8, 2, 16, 1500, 1025, 128, dt)
         cases[f"attn_prefill_default_g8_{n}"] = lambda dt=dt: attn_case(1, 8, 1, 17, 400, 300, 64, dt, transpose_q=True)
         cases[f"attn_causal_skip_g3_{n}"] = lambda dt=dt: attn_case(1, 3, 1, 40, 400, 200, 64, dt, PREFILL_SMALL)
+    cases["attn_prerot_split_g4_f16"] = lambda: attn_case(2, 8, 2, 12, 400, 150, 64, F16, PREFILL_PREROT)
+    cases["attn_prerot_d128_f32"] = lambda: attn_case(1, 4, 1, 20, 400, 150, 128, F32, PREFILL_PREROT)
     cases["attn_split_g7_f16"] = lambda: attn_case(1, 7, 1, 9, 400, 200, 64, F16, PREFILL_SPLIT)
     cases["attn_d256_g2_f16"] = lambda: attn_case(1, 4, 2, 5, 300, 97, 256, F16)
     cases["attn_d96_g1_f32"] = lambda: attn_case(1, 2, 2, 4, 300, 97, 96, F32)

@@ -90,6 +90,7 @@ def _scope_attn_kernel(
     CAUSAL_SKIP: tl.constexpr,
     IEEE: tl.constexpr,
     SPLIT: tl.constexpr,
+    PREROT: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     pid = tl.program_id(1)
@@ -146,13 +147,13 @@ def _scope_attn_kernel(
                 m_i, l_i, acc = _attend_tile(
                     q1r, q2r, qpos, m_i, l_i, acc, kpos, offs, nv, idx_base, si_n, k_base, sk_t, sk_d,
                     v_base, sv_t, sv_d, cos_ptr, sc_p, sc_r, sin_ptr, ss_p, ss_r, qk_scale, dh, dhv, d, dv,
-                    DH, IEEE, dtype,
+                    DH, IEEE, dtype, PREROT,
                 )
         else:
             m_i, l_i, acc = _attend_tile(
                 q1r, q2r, qpos, m_i, l_i, acc, kpos, offs, nv, idx_base, si_n, k_base, sk_t, sk_d,
                 v_base, sv_t, sv_d, cos_ptr, sc_p, sc_r, sin_ptr, ss_p, ss_r, qk_scale, dh, dhv, d, dv,
-                DH, IEEE, dtype,
+                DH, IEEE, dtype, PREROT,
             )
 
     row_id = (b64 * H + h) * Q + qi  # [BLOCK_R]: (b, h, i) flattened
@@ -172,23 +173,28 @@ def _scope_attn_kernel(
 def _attend_tile(
     q1r, q2r, qpos, m_i, l_i, acc, kpos, offs, nv, idx_base, si_n, k_base, sk_t, sk_d,
     v_base, sv_t, sv_d, cos_ptr, sc_p, sc_r, sin_ptr, ss_p, ss_r, qk_scale, dh, dhv, d, dv,
-    DH: tl.constexpr, IEEE: tl.constexpr, dtype: tl.constexpr,
+    DH: tl.constexpr, IEEE: tl.constexpr, dtype: tl.constexpr, PREROT: tl.constexpr,
 ):
     """One key tile of the online softmax: gather, rotate, score, mask, accumulate."""
     idx = tl.load(idx_base + offs * si_n, mask=nv, other=0).to(tl.int64)
-    kp = tl.maximum(kpos, 0).to(tl.int64)
     km = nv[:, None] & dhv[None, :]
-    krow = k_base + idx[:, None] * sk_t
-    k1 = tl.load(krow + dh[None, :] * sk_d, mask=km, other=0.0).to(tl.float32)
-    k2 = tl.load(krow + (dh[None, :] + DH) * sk_d, mask=km, other=0.0).to(tl.float32)
-    crow = cos_ptr + kp[:, None] * sc_p
-    srow = sin_ptr + kp[:, None] * ss_p
-    c1 = tl.load(crow + dh[None, :] * sc_r, mask=km, other=0.0).to(tl.float32)
-    c2 = tl.load(crow + (dh[None, :] + DH) * sc_r, mask=km, other=0.0).to(tl.float32)
-    s1 = tl.load(srow + dh[None, :] * ss_r, mask=km, other=0.0).to(tl.float32)
-    s2 = tl.load(srow + (dh[None, :] + DH) * ss_r, mask=km, other=0.0).to(tl.float32)
-    k1r = (k1 * c1 - k2 * s1).to(dtype)
-    k2r = (k2 * c2 + k1 * s2).to(dtype)
+    if PREROT:  # keys already gathered + rotated into a contiguous scope buffer (row = scope index)
+        krow = k_base + offs.to(tl.int64)[:, None] * sk_t
+        k1r = tl.load(krow + dh[None, :] * sk_d, mask=km, other=0.0)
+        k2r = tl.load(krow + (dh[None, :] + DH) * sk_d, mask=km, other=0.0)
+    else:
+        kp = tl.maximum(kpos, 0).to(tl.int64)
+        krow = k_base + idx[:, None] * sk_t
+        k1 = tl.load(krow + dh[None, :] * sk_d, mask=km, other=0.0).to(tl.float32)
+        k2 = tl.load(krow + (dh[None, :] + DH) * sk_d, mask=km, other=0.0).to(tl.float32)
+        crow = cos_ptr + kp[:, None] * sc_p
+        srow = sin_ptr + kp[:, None] * ss_p
+        c1 = tl.load(crow + dh[None, :] * sc_r, mask=km, other=0.0).to(tl.float32)
+        c2 = tl.load(crow + (dh[None, :] + DH) * sc_r, mask=km, other=0.0).to(tl.float32)
+        s1 = tl.load(srow + dh[None, :] * ss_r, mask=km, other=0.0).to(tl.float32)
+        s2 = tl.load(srow + (dh[None, :] + DH) * ss_r, mask=km, other=0.0).to(tl.float32)
+        k1r = (k1 * c1 - k2 * s1).to(dtype)
+        k2r = (k2 * c2 + k1 * s2).to(dtype)
     if IEEE:
         s = tl.dot(q1r, tl.trans(k1r), input_precision="ieee")
         s = tl.dot(q2r, tl.trans(k2r), s, input_precision="ieee")
@@ -208,6 +214,39 @@ def _attend_tile(
     else:
         acc = acc * alpha[:, None] + tl.dot(p.to(dtype), v)
     return m_new, l_i, acc
+
+
+@triton.jit
+def _rotate_keys_kernel(
+    k_ptr, idx_ptr, kpos_ptr, cos_ptr, sin_ptr, out_ptr, N, HKV,
+    sk_b, sk_h, sk_t, sk_d, si_b, si_n, sp_b, sp_n, sc_p, sc_r, ss_p, ss_r,
+    DH: tl.constexpr, BLOCK_DH: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """``out[b, kv, n] = rope(k_cache[b, kv, idx[b, n]], key_pos[b, n])``: the scope's keys,
+    gathered and rotated once per call (``out`` is ``[B, Hkv, N, 2*DH]`` contiguous)."""
+    pid_n = tl.program_id(0)
+    pid = tl.program_id(1)
+    kvh = pid % HKV
+    b = (pid // HKV).to(tl.int64)
+    offs = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nv = offs < N
+    dh = tl.arange(0, BLOCK_DH)
+    km = nv[:, None] & (dh < DH)[None, :]
+    idx = tl.load(idx_ptr + b * si_b + offs * si_n, mask=nv, other=0).to(tl.int64)
+    kp = tl.maximum(tl.load(kpos_ptr + b * sp_b + offs * sp_n, mask=nv, other=0), 0).to(tl.int64)
+    krow = k_ptr + b * sk_b + kvh.to(tl.int64) * sk_h + idx[:, None] * sk_t
+    k1 = tl.load(krow + dh[None, :] * sk_d, mask=km, other=0.0).to(tl.float32)
+    k2 = tl.load(krow + (dh[None, :] + DH) * sk_d, mask=km, other=0.0).to(tl.float32)
+    crow = cos_ptr + kp[:, None] * sc_p
+    srow = sin_ptr + kp[:, None] * ss_p
+    c1 = tl.load(crow + dh[None, :] * sc_r, mask=km, other=0.0).to(tl.float32)
+    c2 = tl.load(crow + (dh[None, :] + DH) * sc_r, mask=km, other=0.0).to(tl.float32)
+    s1 = tl.load(srow + dh[None, :] * ss_r, mask=km, other=0.0).to(tl.float32)
+    s2 = tl.load(srow + (dh[None, :] + DH) * ss_r, mask=km, other=0.0).to(tl.float32)
+    dtype = out_ptr.dtype.element_ty
+    orow = out_ptr + ((b * HKV + kvh) * N + offs)[:, None] * (2 * DH)
+    tl.store(orow + dh[None, :], (k1 * c1 - k2 * s1).to(dtype), mask=km)
+    tl.store(orow + DH + dh[None, :], (k2 * c2 + k1 * s2).to(dtype), mask=km)
 
 
 @triton.jit
@@ -234,18 +273,39 @@ def _combine_kernel(
     tl.store(o_ptr + ((b * Q + qi) * H + h) * D + d, out.to(o_ptr.dtype.element_ty), mask=dv)
 
 
+# Tuning hook for benchmarks: ``{"decode": {...}, "prefill": {...}}`` merged into the picked config.
+CONFIG_OVERRIDES: dict[str, dict] = {"decode": {}, "prefill": {}}
+
+
 def _pick_config(rows: int, N: int, D: int, n_sm: int) -> dict:
     bd = next_pow2(D)
     if rows <= 64:  # decode / tiny chunks: split the scope (flash-decoding)
-        return dict(BLOCK_R=max(16, next_pow2(rows)), BLOCK_N=64 if bd <= 128 else 32, CAUSAL_SKIP=False,
-                    num_warps=4, num_stages=3, target=2 * n_sm, min_tiles=2)
-    if bd <= 64:
-        return dict(BLOCK_R=128, BLOCK_N=64, CAUSAL_SKIP=False, num_warps=4, num_stages=3,
-                    target=n_sm, min_tiles=16)
+        cfg = dict(BLOCK_R=max(16, next_pow2(rows)), BLOCK_N=64 if bd <= 128 else 32, CAUSAL_SKIP=False,
+                   num_warps=4, num_stages=3, target=2 * n_sm, min_tiles=2)
+        cfg.update(CONFIG_OVERRIDES["decode"])
+        return cfg
+    if bd <= 128:  # H100 sweep (benchmarks/kernels.py --sweep): 510 us vs 593 for R128 N64 w8
+        cfg = dict(BLOCK_R=128, BLOCK_N=32, num_warps=4, num_stages=3)
+    else:
+        cfg = dict(BLOCK_R=64, BLOCK_N=32, num_warps=8, num_stages=2)
+    cfg.update(CAUSAL_SKIP=False, PREROT=True, target=n_sm, min_tiles=16)
     if bd <= 128:
-        return dict(BLOCK_R=128, BLOCK_N=64, CAUSAL_SKIP=False, num_warps=8, num_stages=2,
-                    target=n_sm, min_tiles=16)
-    return dict(BLOCK_R=64, BLOCK_N=32, CAUSAL_SKIP=False, num_warps=8, num_stages=2, target=n_sm, min_tiles=16)
+        cfg.update(CONFIG_OVERRIDES["prefill"])
+    return cfg
+
+
+def rotate_keys(k_cache, gather_idx, key_pos, cos, sin, dtype) -> torch.Tensor:
+    """``[B, Hkv, N, D]``: the scope's keys gathered from the cache and rotated at ``key_pos``."""
+    B, Hkv, _, D = k_cache.shape
+    N = gather_idx.shape[1]
+    out = torch.empty((B, Hkv, N, D), device=k_cache.device, dtype=dtype)
+    RB = 64
+    _rotate_keys_kernel[(cdiv(N, RB), B * Hkv)](
+        k_cache, gather_idx, key_pos, cos, sin, out, N, Hkv,
+        *k_cache.stride(), *gather_idx.stride(), *key_pos.stride(), *cos.stride(), *sin.stride(),
+        DH=D // 2, BLOCK_DH=max(16, next_pow2(D // 2)), BLOCK_N=RB, num_warps=4,
+    )
+    return out
 
 
 def _launch(q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling, cfg) -> torch.Tensor:
@@ -271,14 +331,19 @@ def _launch(q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling, 
     else:
         po = pml = out
     DH = D // 2
+    prerot = bool(cfg.get("PREROT", False))
+    # PREROT: gather + rotate the scope's keys once per call (N*D elements, a few % of the
+    # attention's time), so the row-block programs, which each read every key, skip the RoPE math
+    # and its cos/sin traffic; values are still read from the cache in place.
+    k_src = rotate_keys(k_cache, gather_idx, key_pos, cos, sin, q.dtype) if prerot else k_cache
     _scope_attn_kernel[(n_rb, B * Hkv * splits)](
-        q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, out, po, pml,
+        q, k_src, v_cache, gather_idx, key_pos, q_pos, cos, sin, out, po, pml,
         Q, N, g, rows, tiles_per_split * BLOCK_N, splits, Hkv, float(scaling) * _LOG2E,
-        *q.stride(), *k_cache.stride(), *v_cache.stride(), *gather_idx.stride(), *key_pos.stride(),
+        *q.stride(), *k_src.stride(), *v_cache.stride(), *gather_idx.stride(), *key_pos.stride(),
         *q_pos.stride(), *cos.stride(), *sin.stride(),
         D=D, DH=DH, BLOCK_DH=max(16, next_pow2(DH)), BLOCK_D=max(16, next_pow2(D)), BLOCK_R=BLOCK_R,
         BLOCK_N=BLOCK_N, CAUSAL_SKIP=cfg["CAUSAL_SKIP"], IEEE=q.dtype == torch.float32, SPLIT=split,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        PREROT=prerot, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if split:
         _combine_kernel[(B * H * Q,)](
@@ -352,6 +417,8 @@ def scope_attention_triton(
     if N == 0:
         return torch.zeros((B, Q, H, D), device=q.device, dtype=q.dtype)
     cfg = _pick_config((H // Hkv) * Q, N, D, sm_count(q.device))
+    if q.dtype == torch.float32:  # IEEE fp32 dots run on the FMA units: small tiles, no spills
+        cfg.update(BLOCK_R=min(cfg["BLOCK_R"], 32), BLOCK_N=min(cfg["BLOCK_N"], 32), num_warps=4, num_stages=1)
     if _config:
         cfg.update(_config)
     return _launch(q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling, cfg)

@@ -11,7 +11,7 @@ Algorithm (two launches, no host sync):
    scored by one ``tl.dot`` (fp32 accumulation; IEEE for fp32 inputs), tails are masked with
    -inf, and a running per-row top-k is kept in registers:
 
-   * **grouped mode** (many rows, prefill): the tile's scores are reduced to *group maxima*
+   * **grouped mode** (many rows, prefill; bf16/fp16): the tile's scores are reduced to *group maxima*
      first, a group being ``2*CI`` keys that one thread already holds in the wgmma accumulator
      layout (columns ``8c + 2t + e`` for a fixed ``t`` and ``c`` in a block of ``CI``), so the
      reduction is register-only. The running top-k keeps the best ``top_k`` *groups*. That is
@@ -62,6 +62,78 @@ def _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP: tl.constexpr):
 
 
 @triton.jit
+def _topk_tile(
+    q, kptrs, n0, end, offs_n, dvalid, vals, ids, thr, gcol, colk,
+    BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, GPT: tl.constexpr, CI: tl.constexpr, TOPK: tl.constexpr,
+    KP: tl.constexpr, EARLY_EXIT: tl.constexpr, PACK: tl.constexpr, IEEE: tl.constexpr, EVEN_D: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    """Score one K tile against the row block and merge it into the running top-k."""
+    NEG: tl.constexpr = float("-inf")
+    if MASKED:
+        nvalid = (n0 + offs_n) < end
+        if EVEN_D:
+            kv = tl.load(kptrs, mask=nvalid[:, None], other=0.0)
+        else:
+            kv = tl.load(kptrs, mask=nvalid[:, None] & dvalid[None, :], other=0.0)
+    else:
+        if EVEN_D:
+            kv = tl.load(kptrs)
+        else:
+            kv = tl.load(kptrs, mask=dvalid[None, :], other=0.0)
+    if IEEE:
+        s = tl.dot(q, tl.trans(kv), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(kv))
+    if MASKED:
+        s = tl.where(nvalid[None, :], s, NEG)
+    if CI > 0:
+        # group = the 2*CI columns one thread holds in the MMA accumulator: a register-only max
+        NCB: tl.constexpr = BLOCK_N // (8 * CI)
+        s5 = tl.reshape(s, [BLOCK_R, NCB, CI, 4, 2])
+        gm = tl.max(tl.max(s5, axis=4), axis=2)  # [BLOCK_R, NCB, 4]
+        gm = tl.reshape(gm, [BLOCK_R, GPT])
+        gidx = gcol + (n0 // BLOCK_N) * GPT
+    else:
+        gm = s
+        gidx = gcol + n0
+    if PACK:
+        # the group's index in the low bits of its max: one max yields value and group, and a
+        # knock-out is an equality test. The truncation (log2(GPT) low mantissa bits) is far below
+        # the fp32 rounding of a D-term dot product; the refine pass rescores keys exactly.
+        tile = n0 // BLOCK_N
+        packed = ((gm.to(tl.int32, bitcast=True) & ~(GPT - 1)) | gcol).to(tl.float32, bitcast=True)
+        gm = tl.where(gm == NEG, NEG, packed)
+    m = tl.max(gm, axis=1)
+    need = m > thr
+    if PACK:
+        for _ in tl.static_range(TOPK):
+            pos = tl.min(tl.where(vals == thr[:, None], colk, KP), axis=1)
+            repl = (colk == pos[:, None]) & need[:, None]
+            vals = tl.where(repl, m[:, None], vals)
+            ids = tl.where(repl, tile, ids)
+            thr = tl.min(vals, axis=1)
+            gm = tl.where(gm == m[:, None], NEG, gm)
+            m = tl.max(gm, axis=1)
+            need = m > thr
+    elif EARLY_EXIT == 1:  # data-dependent loop (defeats software pipelining of the K loads)
+        cnt = tl.sum(need.to(tl.int32), axis=0)
+        it = 0
+        while (cnt > 0) & (it < TOPK):
+            vals, ids, thr, gm, m, need = _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP)
+            cnt = tl.sum(need.to(tl.int32), axis=0)
+            it += 1
+    elif EARLY_EXIT == 2:  # skip the insertion when no row of the tile beats its k-th best
+        if tl.max(need.to(tl.int32), axis=0) > 0:
+            for _ in tl.static_range(TOPK):
+                vals, ids, thr, gm, m, need = _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP)
+    else:
+        for _ in tl.static_range(TOPK):
+            vals, ids, thr, gm, m, need = _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP)
+    return vals, ids, thr
+
+
+@triton.jit
 def _score_topk_kernel(
     q_ptr,
     k_ptr,
@@ -90,7 +162,7 @@ def _score_topk_kernel(
     BLOCK_N: tl.constexpr,
     CI: tl.constexpr,
     EARLY_EXIT: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    PACK: tl.constexpr,
     IEEE: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
@@ -106,6 +178,7 @@ def _score_topk_kernel(
     h = kvh * G + rows % G
     offs_d = tl.arange(0, BLOCK_D)
     dvalid = offs_d < D
+    EVEN_D: tl.constexpr = D == BLOCK_D
     q_off = b.to(tl.int64) * sq_b + h.to(tl.int64) * sq_h + qi.to(tl.int64) * sq_q
     q = tl.load(
         q_ptr + q_off[:, None] + offs_d[None, :] * sq_d, mask=rvalid[:, None] & dvalid[None, :], other=0.0
@@ -114,70 +187,45 @@ def _score_topk_kernel(
     k_base = k_ptr + b.to(tl.int64) * sk_b + kvh.to(tl.int64) * sk_h
     start = split * KEYS_PER_SPLIT
     end = tl.minimum(start + KEYS_PER_SPLIT, M)
+    full_end = start + ((end - start) // BLOCK_N) * BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
 
     if CI > 0:
-        NCB: tl.constexpr = BLOCK_N // (8 * CI)
-        GPT: tl.constexpr = NCB * 4  # groups per tile
+        GPT: tl.constexpr = (BLOCK_N // (8 * CI)) * 4  # groups per tile
     else:
         GPT: tl.constexpr = BLOCK_N
     gcol = tl.arange(0, GPT)[None, :]
     colk = tl.arange(0, KP)[None, :]
-    NEG = float("-inf")
-    vals = tl.where(colk < TOPK, NEG, float("inf")) + tl.zeros([BLOCK_R, KP], tl.float32)
+    if PACK:
+        # slots start at distinct finite sentinels just above -inf (-FLT_MAX, -FLT_MAX + ulp, ...)
+        sent = (-8388609 - colk + tl.zeros([BLOCK_R, KP], tl.int32)).to(tl.float32, bitcast=True)
+        vals = tl.where(colk < TOPK, sent, float("inf"))
+        thr = tl.min(vals, axis=1)
+    else:
+        vals = tl.where(colk < TOPK, float("-inf"), float("inf")) + tl.zeros([BLOCK_R, KP], tl.float32)
+        thr = tl.full([BLOCK_R], float("-inf"), tl.float32)
     ids = tl.full([BLOCK_R, KP], -1, tl.int32)
-    thr = tl.full([BLOCK_R], NEG, tl.float32)
 
     kt = k_base + start.to(tl.int64) * sk_m
     k_offs = offs_n[:, None] * sk_m + offs_d[None, :] * sk_d
-    if PREFETCH:  # manual double buffering through registers (control flow below defeats the pipeliner)
-        kv_next = tl.load(kt + k_offs, mask=((start + offs_n) < end)[:, None] & dvalid[None, :], other=0.0)
-    for n0 in range(start, end, BLOCK_N):
-        nvalid = (n0 + offs_n) < end
-        if PREFETCH:
-            kv = kv_next
-            kv_next = tl.load(
-                kt + BLOCK_N * sk_m + k_offs,
-                mask=((n0 + BLOCK_N + offs_n) < end)[:, None] & dvalid[None, :],
-                other=0.0,
-            )
-        else:
-            kv = tl.load(kt + k_offs, mask=nvalid[:, None] & dvalid[None, :], other=0.0)
-        if IEEE:
-            s = tl.dot(q, tl.trans(kv), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(kv))
-        s = tl.where(nvalid[None, :], s, NEG)
-        if CI > 0:
-            s5 = tl.reshape(s, [BLOCK_R, NCB, CI, 4, 2])
-            gm = tl.max(tl.max(s5, axis=4), axis=2)  # [BLOCK_R, NCB, 4]
-            gm = tl.reshape(gm, [BLOCK_R, GPT])
-            gidx = gcol + (n0 // BLOCK_N) * GPT
-        else:
-            gm = s
-            gidx = gcol + n0
-        m = tl.max(gm, axis=1)
-        need = m > thr
-        if EARLY_EXIT == 1:  # data-dependent loop (blocks software pipelining of the K loads)
-            cnt = tl.sum(need.to(tl.int32), axis=0)
-            it = 0
-            while (cnt > 0) & (it < TOPK):
-                vals, ids, thr, gm, m, need = _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP)
-                cnt = tl.sum(need.to(tl.int32), axis=0)
-                it += 1
-        elif EARLY_EXIT == 2:  # skip the whole insertion when no row of the tile beats its k-th best
-            if tl.max(need.to(tl.int32), axis=0) > 0:
-                for _ in tl.static_range(TOPK):
-                    vals, ids, thr, gm, m, need = _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP)
-        else:
-            for _ in tl.static_range(TOPK):
-                vals, ids, thr, gm, m, need = _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP)
+    for n0 in range(start, full_end, BLOCK_N):  # full tiles: no masks
+        vals, ids, thr = _topk_tile(
+            q, kt + k_offs, n0, end, offs_n, dvalid, vals, ids, thr, gcol, colk,
+            BLOCK_R, BLOCK_N, GPT, CI, TOPK, KP, EARLY_EXIT, PACK, IEEE, EVEN_D, False,
+        )
         kt += BLOCK_N * sk_m
+    if full_end < end:  # the split's partial last tile
+        vals, ids, thr = _topk_tile(
+            q, kt + k_offs, full_end, end, offs_n, dvalid, vals, ids, thr, gcol, colk,
+            BLOCK_R, BLOCK_N, GPT, CI, TOPK, KP, EARLY_EXIT, PACK, IEEE, EVEN_D, True,
+        )
 
     # candidates [B, H, Q, SPLITS, TOPK], contiguous
     H = HKV * G
     row_off = ((b.to(tl.int64) * H + h) * Q + qi) * (SPLITS * TOPK) + split * TOPK
     omask = rvalid[:, None] & (colk < TOPK)
+    if PACK:  # (tile, low bits) -> group id; sentinels -> -1
+        ids = tl.where(ids >= 0, ids * GPT + (vals.to(tl.int32, bitcast=True) & (GPT - 1)), -1)
     tl.store(cand_v_ptr + row_off[:, None] + colk, vals, mask=omask)
     tl.store(cand_i_ptr + row_off[:, None] + colk, ids, mask=omask)
 
@@ -268,15 +316,23 @@ def _merge_refine_kernel(
             s = tl.where(key == sel, float("-inf"), s)
 
 
+# Tuning hook for benchmarks: ``{"decode": {...}, "prefill": {...}}`` merged into the picked config.
+CONFIG_OVERRIDES: dict[str, dict] = {"decode": {}, "prefill": {}}
+
+
 def _pick_config(rows: int, M: int, D: int, n_sm: int, batch_heads: int) -> dict:
     """Tile configuration for ``rows = g * Q`` rows per KV head and ``M`` keys."""
     bd = next_pow2(D)
     if rows <= 64:  # decode / tiny chunks: memory-bound, plain mode
-        cfg = dict(BLOCK_R=max(16, next_pow2(rows)), BLOCK_N=128 if bd <= 128 else 64, CI=0, EARLY_EXIT=0, PREFETCH=False,
-                   num_warps=4, num_stages=4 if bd <= 128 else 3, target=8 * n_sm, min_tiles=4)
+        cfg = dict(BLOCK_R=max(16, next_pow2(rows)), BLOCK_N=128 if bd <= 128 else 64, CI=0, EARLY_EXIT=0,
+                   num_warps=4, num_stages=3, target=16 * n_sm, min_tiles=4)
+        cfg.update(CONFIG_OVERRIDES["decode"])
     else:
-        cfg = dict(BLOCK_R=128, BLOCK_N=128 if bd <= 128 else 64, CI=4, EARLY_EXIT=2, PREFETCH=True,
-                   num_warps=8, num_stages=3 if bd <= 128 else 2, target=4 * n_sm, min_tiles=8)
+        # H100 sweep (benchmarks/kernels.py --sweep): 464 TFLOP/s at 2048 x 128K, d 128, top-4
+        cfg = dict(BLOCK_R=128, BLOCK_N=128 if bd <= 128 else 64, CI=4, EARLY_EXIT=0, PACK=True,
+                   num_warps=8, num_stages=2, target=4 * n_sm, min_tiles=8)
+        if bd <= 128:
+            cfg.update(CONFIG_OVERRIDES["prefill"])
     return cfg
 
 
@@ -306,7 +362,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, top_k: int, cfg: dict) -> torch.Te
         q, k, cand_v, cand_i, Q, M, g, rows, keys_per_split, splits, Hkv,
         *q.stride(), *k.stride(),
         D=D, BLOCK_D=max(16, next_pow2(D)), TOPK=top_k, KP=kp, BLOCK_R=BLOCK_R, BLOCK_N=BLOCK_N, CI=CI,
-        EARLY_EXIT=cfg["EARLY_EXIT"], PREFETCH=cfg["PREFETCH"], IEEE=ieee, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        EARLY_EXIT=cfg["EARLY_EXIT"], PACK=cfg.get("PACK", False) and CI > 0, IEEE=ieee, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     out = torch.empty((B, H, Q, kk), device=q.device, dtype=torch.int64)
     C = splits * top_k
@@ -351,6 +407,9 @@ def score_topk_triton(q: torch.Tensor, k: torch.Tensor, top_k: int, *, _config: 
     if B * H * Q == 0 or kk == 0:
         return torch.empty((B, H, Q, kk), device=q.device, dtype=torch.int64)
     cfg = _pick_config((H // Hkv) * Q, M, D, sm_count(q.device), B * Hkv)
+    if q.dtype == torch.float32:  # IEEE fp32 dots run on the FMA units: small tiles, plain mode
+        cfg.update(BLOCK_N=min(cfg["BLOCK_N"], 64), num_warps=4, num_stages=1, CI=0, EARLY_EXIT=0, PACK=False)
+        cfg["BLOCK_R"] = min(cfg["BLOCK_R"], 64)
     if _config:
         cfg.update(_config)
     return _launch(q, k, top_k, cfg)

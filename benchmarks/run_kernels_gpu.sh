@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One device call: GPU correctness checks, then kernel (and optionally end-to-end) benchmarks.
+#   bash benchmarks/run_kernels_gpu.sh "--micro --sweep" "llama32k"
+# Logs and JSON land in $OUT (or ./gpu_out when OUT is unset).
+set -o pipefail
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1 PYTHONWARNINGS=ignore
+MICRO=${1:-"--micro --sweep"}
+E2E=${2:-""}
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)"
+if [ -z "$SKIP_CHECK" ]; then
+  python3 benchmarks/gpu_kernels_check.py --json "$OUT/check.json" 2>&1 | tee "$OUT/check.log" | grep -v '^PASS'
+fi
+args=($MICRO)
+if [ -n "$E2E" ]; then args+=(--e2e "$E2E"); fi
+python3 benchmarks/kernels.py "${args[@]}" --json "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log" | grep -v -- '-sweep\]'
