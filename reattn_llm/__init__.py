@@ -44,11 +44,11 @@ __all__ = [
     "ReAttentionError",
     "ReAttentionLLM",
     "UnsupportedModelError",
+    "__version__",
     "load_document",
     "load_documents",
     "patch",
     "unpatch",
-    "__version__",
 ]
 
 

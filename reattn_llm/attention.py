@@ -2,8 +2,9 @@
 
 It receives un-rotated queries ``[B, H, Q, D]`` and all un-rotated keys/values so far
 ``[B, Hkv, T, D]`` (the chunk is the last ``Q`` of them), and returns ``[B, Q, H, D]``.
-A forward with more queries than one chunk is split into chunks of ``chunk_size``, each
-selecting against the keys before it, so any single ``model(ids)`` call stays in distribution.
+A forward with more queries than one chunk is split into chunks of ``chunk_size`` (the last
+``tail_size`` queries apart), each selecting against the keys before it, so any single
+``model(ids)`` call stays in distribution.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .kernels import resolve_backend, score_topk, scope_attention
+from .config import chunk_bounds
+from .kernels import resolve_backend, scope_attention, score_topk
 from .selection import Scope, build_scope, full_scope, select_spans
 
 if TYPE_CHECKING:
@@ -76,11 +78,12 @@ def reattention_forward(
     cos, sin = state.rope.get(query.device, query.dtype)
     q_len, total = query.shape[2], key.shape[2]
     start = total - q_len
-    chunk = q_len if total <= cfg.global_size + cfg.local_size else cfg.chunk_size  # type: ignore[operator]
+    within = total <= cfg.global_size + cfg.local_size  # type: ignore[operator]
+    bounds = [(0, q_len)] if within else chunk_bounds(q_len, cfg.chunk_size, cfg.tail_size)  # type: ignore[arg-type]
     outs = []
-    for c0 in range(0, q_len, chunk):  # type: ignore[arg-type]
-        qc = query[:, :, c0 : c0 + chunk]
-        seen = start + c0 + qc.shape[2]
+    for c0, c1 in bounds:
+        qc = query[:, :, c0:c1]
+        seen = start + c1
         scope = plan_scope(state, qc, key, seen, layer_idx, backend)
         state.note_positions(scope)
         outs.append(

@@ -39,6 +39,9 @@ class ReAttentionConfig:
         top_k: hits per (query head, query token) in the position-agnostic scoring.
         max_spans: spans kept per layer per forward (the most-voted hits). 0 = streaming.
         chunk_size: queries per prefill chunk (and per in-layer split of a long forward); <= L.
+        tail_size: the last tokens of a prompt (at most this many) form a chunk of their own, so
+            the selection that feeds the first answer token is voted by the question alone, not
+            by the end of the document before it. 0 turns this off.
         window: the trained context W that positions must stay under; default: the model's
             ``max_position_embeddings``.
         mode: ``"reattention"``; ``"streaming"`` (global + local only, StreamingLLM);
@@ -52,6 +55,7 @@ class ReAttentionConfig:
     top_k: int = PAPER_TOP_K
     max_spans: int | None = None
     chunk_size: int | None = None
+    tail_size: int = 32
     window: int | None = None
     mode: Mode = "reattention"
     backend: Backend = "auto"
@@ -65,6 +69,8 @@ class ReAttentionConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"{name}={value!r}: must be a positive integer.")
+        if not isinstance(self.tail_size, int) or self.tail_size < 0:
+            raise ConfigError(f"tail_size={self.tail_size!r}: must be an integer >= 0 (0 turns it off).")
         if self.max_spans is not None and (not isinstance(self.max_spans, int) or self.max_spans < 0):
             raise ConfigError(f"max_spans={self.max_spans!r}: must be an integer >= 0 (0 means streaming).")
         if self.is_resolved:
@@ -129,3 +135,16 @@ class ReAttentionConfig:
                 f"chunk_size={c.chunk_size} is larger than local_size={c.local_size}: the local window must hold the "
                 f"current chunk; use chunk_size <= {c.local_size}."
             )
+
+
+def chunk_bounds(total: int, chunk: int, tail: int) -> list[tuple[int, int]]:
+    """Split ``total`` queries into ``[start, end)`` chunks of at most ``chunk``; when more than
+    one chunk is needed, the last ``min(tail, chunk)`` queries form a chunk of their own."""
+    if total <= chunk:
+        return [(0, total)]
+    tail = min(tail, chunk)
+    body = total - tail if tail else total
+    bounds = [(s, min(s + chunk, body)) for s in range(0, body, chunk)]
+    if tail:
+        bounds.append((body, total))
+    return bounds

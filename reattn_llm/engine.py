@@ -19,10 +19,18 @@ import torch
 from .cache import ReAttentionCache
 from .capacity import Capacity, estimate_capacity
 from .citations import Citation, cite
-from .config import ReAttentionConfig
+from .config import ReAttentionConfig, chunk_bounds
 from .errors import ContextTooLongError, OutOfMemoryError
 from .fifo import FifoLock
-from .models import DEFAULT_MODEL, is_default, load_config, load_model, load_tokenizer, resolve_device, resolve_dtype
+from .models import (
+    DEFAULT_MODEL,
+    is_default,
+    load_config,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+)
 from .patch import PatchHandle, SelectionRecorder, model_window, patch
 
 ProgressFn = Callable[[int, int, float], None]
@@ -188,18 +196,20 @@ class Engine:
     def prefill(
         self, ids: torch.Tensor, cache: ReAttentionCache, on_progress: ProgressFn | None = None
     ) -> torch.Tensor:
-        """Feed ``ids [1, T]`` in chunks of ``chunk_size``; return the last logits ``[1, V]``."""
+        """Feed ``ids [1, T]`` in chunks of ``chunk_size`` (the last ``tail_size`` tokens apart);
+        return the last logits ``[1, V]``."""
         total = ids.shape[1]
-        chunk = self.config.chunk_size if self.config.mode != "full" else 2048
+        cfg = self.config
+        chunk = cfg.chunk_size if cfg.mode != "full" else 2048
         bar = self._bar(total)
         t0 = time.perf_counter()
         logits = None
         try:
-            for s in range(0, total, chunk):  # type: ignore[arg-type]
-                piece = ids[:, s : s + chunk]  # type: ignore[operator]
+            for s, e in chunk_bounds(total, chunk, cfg.tail_size):  # type: ignore[arg-type]
+                piece = ids[:, s:e]
                 out = self.model(input_ids=piece, past_key_values=cache, use_cache=True, logits_to_keep=1)
                 logits = out.logits[:, -1]
-                done = s + piece.shape[1]
+                done = e
                 if bar is not None:
                     bar.update(piece.shape[1])
                 if on_progress is not None:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .cache import ReAttentionCache
+from .config import chunk_bounds
 
 _INTRO = (
     "There is an important piece of information hidden inside a lot of irrelevant text. "
@@ -52,12 +53,13 @@ class PasskeyResult:
 
 
 @torch.inference_mode()
-def greedy_continue(model: Any, ids: torch.Tensor, chunk: int, max_new_tokens: int) -> list[int]:
-    """Chunked prefill of ``ids [1, T]`` through a fresh :class:`ReAttentionCache`, then greedy decode."""
+def greedy_continue(model: Any, ids: torch.Tensor, chunk: int, max_new_tokens: int, tail: int = 32) -> list[int]:
+    """Chunked prefill of ``ids [1, T]`` (as the engine does it: the last ``tail`` tokens apart)
+    through a fresh :class:`ReAttentionCache`, then greedy decode."""
     cache = ReAttentionCache(model.config.num_hidden_layers, reserve=ids.shape[1] + max_new_tokens)
     logits = None
-    for s in range(0, ids.shape[1], chunk):
-        logits = model(input_ids=ids[:, s : s + chunk], past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+    for s, e in chunk_bounds(ids.shape[1], chunk, tail):
+        logits = model(input_ids=ids[:, s:e], past_key_values=cache, use_cache=True, logits_to_keep=1).logits
     out: list[int] = []
     for _ in range(max_new_tokens):
         nxt = int(logits[0, -1].argmax())  # type: ignore[index]

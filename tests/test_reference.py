@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import literal_attention
+from tiny_models import distinct_ids, tiny_model
 from transformers import AttentionInterface
 
 from reattn_llm import ReAttentionConfig, patch
-from reference import literal_attention
-from tiny_models import distinct_ids, tiny_model
 
 REF_NAME = "reattention_literal_reference"
 

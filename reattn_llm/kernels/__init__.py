@@ -13,7 +13,7 @@ import torch
 
 from .torch_ops import scope_attention_torch, score_topk_torch
 
-__all__ = ["resolve_backend", "score_topk", "scope_attention", "score_topk_torch", "scope_attention_torch"]
+__all__ = ["resolve_backend", "scope_attention", "scope_attention_torch", "score_topk", "score_topk_torch"]
 
 
 def _triton_available() -> bool:

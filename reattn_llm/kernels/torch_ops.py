@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Upper bound on the fp32 score block materialised at once by the twin (elements).
-_SCORE_BLOCK_ELEMS = 1 << 24
+# Upper bound on the fp32 score block materialised at once by the twin (elements): 64 MB on CPU,
+# 1 GB on a GPU.
+_SCORE_BLOCK_ELEMS = {"cpu": 1 << 24, "cuda": 1 << 28}
 
 
 def score_topk_torch(q: torch.Tensor, k: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -37,7 +38,7 @@ def score_topk_torch(q: torch.Tensor, k: torch.Tensor, top_k: int) -> torch.Tens
     # [B, Hkv, g*Q, D]: query heads of one KV group side by side (h = kv * g + j).
     acc = torch.promote_types(q.dtype, torch.float32)
     qg = q.to(acc).reshape(B, Hkv, g * Q, D)
-    block = max(256, _SCORE_BLOCK_ELEMS // max(1, B * H * Q))
+    block = max(256, _SCORE_BLOCK_ELEMS.get(q.device.type, 1 << 24) // max(1, B * H * Q))
     best_v: torch.Tensor | None = None
     best_i: torch.Tensor | None = None
     for start in range(0, M, block):

@@ -1,0 +1,98 @@
+"""The engine: loading the default model, generation loop, stop strings, streaming, errors."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from reattn_llm import ContextTooLongError, ReAttentionConfig
+from reattn_llm.engine import Engine, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine.shared(config=ReAttentionConfig(window=1024), progress=False).load()
+
+
+def test_construction_is_cheap_and_shared():
+    a = Engine.shared(config=ReAttentionConfig(window=1024), progress=False)
+    b = Engine.shared(config=ReAttentionConfig(window=1024), progress=False)
+    assert a is b
+    fresh = Engine(model=None, progress=False)
+    assert fresh._model is None  # nothing loaded by the constructor
+
+
+def test_greedy_answer_and_usage(engine):
+    c = engine.complete("What is the capital of France? Answer in one word.", SamplingParams(max_new_tokens=12))
+    assert "Paris" in c.text
+    assert c.prompt_tokens == len(engine.encode("What is the capital of France? Answer in one word.")[0])
+    assert 0 < c.completion_tokens <= 12 and c.finish_reason in ("stop", "length")
+    assert c.model_name == "SmolLM2-135M-Instruct"
+
+
+def test_stream_deltas_concatenate_to_the_completion(engine):
+    gen = engine.generate("Count from one to five in words.", SamplingParams(max_new_tokens=20))
+    deltas = []
+    while True:
+        try:
+            deltas.append(next(gen))
+        except StopIteration as stop:
+            final = stop.value
+            break
+    assert len(deltas) > 1 and "".join(deltas) == final.text
+
+
+def test_stop_string_is_honoured_and_not_emitted(engine):
+    full = engine.complete("Count from one to five in words.", SamplingParams(max_new_tokens=20)).text
+    words = full.split()
+    assert len(words) >= 3
+    stop = words[2]
+    c = engine.complete("Count from one to five in words.", SamplingParams(max_new_tokens=20, stop=[stop]))
+    assert stop not in c.text and full.startswith(c.text.rstrip()[: max(1, len(c.text.rstrip()))])
+    assert c.finish_reason == "stop"
+
+
+def test_sampling_is_seeded(engine):
+    p = SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.9, seed=7)
+    a = engine.complete("Write a word.", p).text
+    b = engine.complete("Write a word.", p).text
+    assert a == b
+
+
+def test_prompt_beyond_capacity_raises_before_prefill(engine, monkeypatch):
+    from reattn_llm.capacity import Capacity
+
+    monkeypatch.setattr(engine, "capacity", lambda: Capacity(50, 1, 1, 0, 0, "cpu"))
+    monkeypatch.setattr(engine, "prefill", lambda *a, **k: pytest.fail("prefill must not run"))
+    with pytest.raises(ContextTooLongError, match="holds at most 50 tokens"):
+        engine.complete("word " * 60, SamplingParams(max_new_tokens=4))
+
+
+def test_empty_prompt_is_refused(engine):
+    with pytest.raises(ValueError, match="empty"):
+        engine.complete("", SamplingParams(max_new_tokens=4), chat=False)
+
+
+def test_bad_sampling_params():
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        SamplingParams(max_new_tokens=0)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0)
+
+
+def test_unsupported_model_is_refused_before_weights(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=1).save_pretrained(tmp_path)
+    from reattn_llm import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="gpt2"):
+        Engine(model=str(tmp_path), progress=False).load()
+
+
+def test_importing_the_package_does_not_import_a_top_level_kernels_module():
+    import reattn_llm  # noqa: F401
+    import reattn_llm.kernels  # noqa: F401
+
+    assert "kernels" not in sys.modules
