@@ -20,11 +20,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import torch
 
-from reattn_llm.kernels.torch_ops import scope_attention_torch, score_topk_torch  # noqa: E402
-from reattn_llm.kernels.triton_attention import scope_attention_triton  # noqa: E402
-from reattn_llm.kernels.triton_topk import score_topk_triton  # noqa: E402
+from reattn_llm.kernels.torch_ops import scope_attention_torch, score_topk_torch
+from reattn_llm.kernels.triton_attention import scope_attention_triton
+from reattn_llm.kernels.triton_topk import score_topk_triton
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
@@ -44,7 +44,9 @@ def check_topk(q, k, top_k, got):
     Hkv, M = k.shape[1], k.shape[2]
     g = H // Hkv
     kk = min(top_k, M)
-    assert got.shape == (B, H, Q, kk) and got.dtype == torch.int64, f"shape/dtype {tuple(got.shape)} {got.dtype}"
+    assert got.shape == (B, H, Q, kk) and got.dtype == torch.int64, (
+        f"shape/dtype {tuple(got.shape)} {got.dtype}"
+    )
     assert int(got.min()) >= 0 and int(got.max()) < M, "index out of range"
     srt = got.sort(-1).values
     assert bool((srt[..., 1:] != srt[..., :-1]).all()), "duplicate indices"
@@ -160,7 +162,7 @@ def main() -> int:
         try:
             info = fn()
             ok, err = True, ""
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             ok, err, info = False, f"{type(e).__name__}: {e}", {}
             failed += 1
         torch.cuda.empty_cache()

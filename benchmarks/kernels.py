@@ -20,6 +20,9 @@ Sections
 modules' ``CONFIG_OVERRIDES``) before the later sections run.
 """
 
+# Timed closures run immediately (inside bench) before their tensors are deleted:
+# ruff: noqa: F821, B023
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +34,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import torch
 
 DEV = "cuda"
 BF16 = torch.bfloat16
@@ -50,7 +53,15 @@ def bench(fn, warmup=10, rep=50):
 
 
 def row(section, what, value, unit, baseline=None, base_value=None, note=""):
-    r = dict(section=section, what=what, value=value, unit=unit, baseline=baseline, base_value=base_value, note=note)
+    r = dict(
+        section=section,
+        what=what,
+        value=value,
+        unit=unit,
+        baseline=baseline,
+        base_value=base_value,
+        note=note,
+    )
     RESULTS["rows"].append(r)
     b = f" | {baseline}: {base_value:.4g}" if baseline is not None and base_value is not None else ""
     log(f"[{section}] {what}: {value:.4g} {unit}{b} {note}")
@@ -113,13 +124,56 @@ def matmul_only(q, k, chunk=16384):
 
 
 PREFILL_SWEEP = [
-    dict(name="pack w4 s2", BLOCK_R=128, BLOCK_N=128, CI=4, EARLY_EXIT=0, PACK=True, num_warps=4, num_stages=2),
-    dict(name="pack w4 s3", BLOCK_R=128, BLOCK_N=128, CI=4, EARLY_EXIT=0, PACK=True, num_warps=4, num_stages=3),
-    dict(name="pack w8 s2", BLOCK_R=128, BLOCK_N=128, CI=4, EARLY_EXIT=0, PACK=True, num_warps=8, num_stages=2),
-    dict(name="pack ci8 w4 s2", BLOCK_R=128, BLOCK_N=128, CI=8, EARLY_EXIT=0, PACK=True, num_warps=4, num_stages=2),
-    dict(name="pack ci2 w4 s2", BLOCK_R=128, BLOCK_N=128, CI=2, EARLY_EXIT=0, PACK=True, num_warps=4, num_stages=2),
-    dict(name="nopack ee0 w4 s2 (run 1 best)", BLOCK_R=128, BLOCK_N=128, CI=4, EARLY_EXIT=0, PACK=False, num_warps=4, num_stages=2),
-    dict(name="pack w4 s2 splits1", BLOCK_R=128, BLOCK_N=128, CI=4, EARLY_EXIT=0, PACK=True, num_warps=4, num_stages=2, splits=1),
+    dict(
+        name="pack w4 s2", BLOCK_R=128, BLOCK_N=128, CI=4, EARLY_EXIT=0, PACK=True, num_warps=4, num_stages=2
+    ),
+    dict(
+        name="pack w4 s3", BLOCK_R=128, BLOCK_N=128, CI=4, EARLY_EXIT=0, PACK=True, num_warps=4, num_stages=3
+    ),
+    dict(
+        name="pack w8 s2", BLOCK_R=128, BLOCK_N=128, CI=4, EARLY_EXIT=0, PACK=True, num_warps=8, num_stages=2
+    ),
+    dict(
+        name="pack ci8 w4 s2",
+        BLOCK_R=128,
+        BLOCK_N=128,
+        CI=8,
+        EARLY_EXIT=0,
+        PACK=True,
+        num_warps=4,
+        num_stages=2,
+    ),
+    dict(
+        name="pack ci2 w4 s2",
+        BLOCK_R=128,
+        BLOCK_N=128,
+        CI=2,
+        EARLY_EXIT=0,
+        PACK=True,
+        num_warps=4,
+        num_stages=2,
+    ),
+    dict(
+        name="nopack ee0 w4 s2 (run 1 best)",
+        BLOCK_R=128,
+        BLOCK_N=128,
+        CI=4,
+        EARLY_EXIT=0,
+        PACK=False,
+        num_warps=4,
+        num_stages=2,
+    ),
+    dict(
+        name="pack w4 s2 splits1",
+        BLOCK_R=128,
+        BLOCK_N=128,
+        CI=4,
+        EARLY_EXIT=0,
+        PACK=True,
+        num_warps=4,
+        num_stages=2,
+        splits=1,
+    ),
 ]
 
 DECODE_SWEEP = [
@@ -146,7 +200,13 @@ def scoring(sweep: bool):
     ms_mm = bench(lambda: matmul_only(q, k), warmup=3, rep=10)
     row("scoring", "baseline: cuBLAS bf16 scores only (no top-k)", flops / (ms_mm * 1e-3) / 1e12, "TFLOP/s")
     ms_tk = bench(lambda: torch_topk_baseline(q, k, 4), warmup=2, rep=5)
-    row("scoring", "baseline: torch matmul + topk, top-4", flops / (ms_tk * 1e-3) / 1e12, "TFLOP/s", note=f"{ms_tk:.2f} ms")
+    row(
+        "scoring",
+        "baseline: torch matmul + topk, top-4",
+        flops / (ms_tk * 1e-3) / 1e12,
+        "TFLOP/s",
+        note=f"{ms_tk:.2f} ms",
+    )
     best = None
     configs = PREFILL_SWEEP if sweep else []
     for c in configs:
@@ -156,11 +216,19 @@ def scoring(sweep: bool):
         c.setdefault("min_tiles", 8)
         try:
             ms = bench(lambda c=c: triton_topk.score_topk_triton(q, k, 4, _config=c), warmup=3, rep=10)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             log(f"[scoring sweep] {name}: FAILED {type(e).__name__}: {str(e)[:200]}")
             continue
         tf = flops / (ms * 1e-3) / 1e12
-        row("scoring-sweep", f"prefill top-4 [{name}]", tf, "TFLOP/s", "cuBLAS scores only", flops / (ms_mm * 1e-3) / 1e12, f"{ms:.2f} ms")
+        row(
+            "scoring-sweep",
+            f"prefill top-4 [{name}]",
+            tf,
+            "TFLOP/s",
+            "cuBLAS scores only",
+            flops / (ms_mm * 1e-3) / 1e12,
+            f"{ms:.2f} ms",
+        )
         if best is None or ms < best[0]:
             best = (ms, name, c)
     if best is not None:
@@ -170,8 +238,15 @@ def scoring(sweep: bool):
         }
     for top_k in (4, 1):
         ms = bench(lambda: triton_topk.score_topk_triton(q, k, top_k), warmup=3, rep=10)
-        row("scoring", f"prefill 2048x128K H32/8 d128 bf16 top-{top_k} (Triton, exact{', installed' if best else ''})", flops / (ms * 1e-3) / 1e12,
-            "TFLOP/s", "cuBLAS scores only", flops / (ms_mm * 1e-3) / 1e12, f"{ms:.2f} ms; target >= 400")
+        row(
+            "scoring",
+            f"prefill 2048x128K H32/8 d128 bf16 top-{top_k} (Triton, exact{', installed' if best else ''})",
+            flops / (ms * 1e-3) / 1e12,
+            "TFLOP/s",
+            "cuBLAS scores only",
+            flops / (ms_mm * 1e-3) / 1e12,
+            f"{ms:.2f} ms; target >= 400",
+        )
     del q, kbuf, k
     torch.cuda.empty_cache()
     # --- the e2e prefill's own shape: a 1024-query chunk against 64K middle keys
@@ -181,8 +256,15 @@ def scoring(sweep: bool):
     fl = 2 * 32 * 1024 * 65536 * 128
     ms = bench(lambda: triton_topk.score_topk_triton(q, k, 4), warmup=3, rep=20)
     ms_mm = bench(lambda: matmul_only(q, k), warmup=3, rep=10)
-    row("scoring", "chunk 1024x64K H32/8 d128 bf16 top-4 (Triton, exact)", fl / (ms * 1e-3) / 1e12, "TFLOP/s",
-        "cuBLAS scores only", fl / (ms_mm * 1e-3) / 1e12, f"{ms * 1e3:.0f} us")
+    row(
+        "scoring",
+        "chunk 1024x64K H32/8 d128 bf16 top-4 (Triton, exact)",
+        fl / (ms * 1e-3) / 1e12,
+        "TFLOP/s",
+        "cuBLAS scores only",
+        fl / (ms_mm * 1e-3) / 1e12,
+        f"{ms * 1e3:.0f} us",
+    )
     del q, kbuf, k
     torch.cuda.empty_cache()
 
@@ -194,7 +276,13 @@ def scoring(sweep: bool):
         k = kbuf[:, :, 32 : 32 + M]
         kbytes = k.numel() * 2
         ms_b = bench(lambda: torch_topk_baseline(q, k, 4, chunk=M), warmup=3, rep=20)
-        row("decode-scoring", f"baseline torch matmul+topk M={M}", kbytes / (ms_b * 1e-3) / 1e12, "TB/s of K", note=f"{ms_b * 1e3:.1f} us")
+        row(
+            "decode-scoring",
+            f"baseline torch matmul+topk M={M}",
+            kbytes / (ms_b * 1e-3) / 1e12,
+            "TB/s of K",
+            note=f"{ms_b * 1e3:.1f} us",
+        )
         configs = DECODE_SWEEP if (sweep and best_dec is None) else [None]
         for c in configs:
             if c is not None:
@@ -206,22 +294,37 @@ def scoring(sweep: bool):
                 name = "installed"
             try:
                 ms = bench(lambda c=c: triton_topk.score_topk_triton(q, k, 4, _config=c), warmup=5, rep=40)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 log(f"[decode sweep] {name}: FAILED {type(e).__name__}: {str(e)[:200]}")
                 continue
             bw = kbytes / (ms * 1e-3)
-            row("decode-scoring-sweep" if c is not None else "decode-scoring",
-                f"decode M={M} [{name}]", bw / 1e12, "TB/s of K", "copy rate", copy_bw / 1e12,
-                f"{ms * 1e3:.1f} us = {100 * bw / copy_bw:.0f}% of copy; target >= 75%")
+            row(
+                "decode-scoring-sweep" if c is not None else "decode-scoring",
+                f"decode M={M} [{name}]",
+                bw / 1e12,
+                "TB/s of K",
+                "copy rate",
+                copy_bw / 1e12,
+                f"{ms * 1e3:.1f} us = {100 * bw / copy_bw:.0f}% of copy; target >= 75%",
+            )
             if c is not None and (best_dec is None or ms < best_dec[0]):
                 best_dec = (ms, name, c)
         if best_dec is not None and not triton_topk.CONFIG_OVERRIDES["decode"]:
-            triton_topk.CONFIG_OVERRIDES["decode"] = {k_: v for k_, v in best_dec[2].items() if k_ != "BLOCK_R"}
+            triton_topk.CONFIG_OVERRIDES["decode"] = {
+                k_: v for k_, v in best_dec[2].items() if k_ != "BLOCK_R"
+            }
             RESULTS["decode_scoring_best"] = best_dec[1]
             ms = bench(lambda: triton_topk.score_topk_triton(q, k, 4), warmup=5, rep=40)
             bw = kbytes / (ms * 1e-3)
-            row("decode-scoring", f"decode M={M} [installed: {best_dec[1]}]", bw / 1e12, "TB/s of K", "copy rate",
-                copy_bw / 1e12, f"{ms * 1e3:.1f} us = {100 * bw / copy_bw:.0f}% of copy")
+            row(
+                "decode-scoring",
+                f"decode M={M} [installed: {best_dec[1]}]",
+                bw / 1e12,
+                "TB/s of K",
+                "copy rate",
+                copy_bw / 1e12,
+                f"{ms * 1e3:.1f} us = {100 * bw / copy_bw:.0f}% of copy",
+            )
         del q, kbuf, k
         torch.cuda.empty_cache()
 
@@ -234,7 +337,14 @@ ATTN_PREFILL_SWEEP = [
     dict(name="prerot R128 N32 w4 s3", BLOCK_R=128, BLOCK_N=32, PREROT=True, num_warps=4, num_stages=3),
     dict(name="prerot R128 N128 w8 s2", BLOCK_R=128, BLOCK_N=128, PREROT=True, num_warps=8, num_stages=2),
     dict(name="prerot R64 N64 w4 s3", BLOCK_R=64, BLOCK_N=64, PREROT=True, num_warps=4, num_stages=3),
-    dict(name="fused R128 N32 w4 s3 (run 1 best)", BLOCK_R=128, BLOCK_N=32, PREROT=False, num_warps=4, num_stages=3),
+    dict(
+        name="fused R128 N32 w4 s3 (run 1 best)",
+        BLOCK_R=128,
+        BLOCK_N=32,
+        PREROT=False,
+        num_warps=4,
+        num_stages=3,
+    ),
 ]
 ATTN_DECODE_SWEEP = [
     dict(name="N64 w4 s3 t2", BLOCK_N=64, num_warps=4, num_stages=3, target_mult=2),
@@ -281,15 +391,29 @@ def attention(sweep: bool):
         qr = apply_rope(q, cos[qpos], sin[qpos]).contiguous()
         if Q > 1:
             mask = (kpos[:, None, :] <= qpos[:, :, None])[:, None]
-            ms_sd = bench(lambda: F.scaled_dot_product_attention(qr, kg, vg, attn_mask=mask, scale=scale), warmup=3, rep=20)
+            ms_sd = bench(
+                lambda: F.scaled_dot_product_attention(qr, kg, vg, attn_mask=mask, scale=scale),
+                warmup=3,
+                rep=20,
+            )
             ms_fl = bench(lambda: F.scaled_dot_product_attention(qr, kg, vg, scale=scale), warmup=3, rep=20)
-            row("attention", "baseline: SDPA (flash, no mask) on pre-gathered K/V, prefill Q1024 N8192",
-                flops / (ms_fl * 1e-3) / 1e12, "TFLOP/s", note=f"{ms_fl * 1e3:.0f} us")
+            row(
+                "attention",
+                "baseline: SDPA (flash, no mask) on pre-gathered K/V, prefill Q1024 N8192",
+                flops / (ms_fl * 1e-3) / 1e12,
+                "TFLOP/s",
+                note=f"{ms_fl * 1e3:.0f} us",
+            )
         else:
             ms_sd = bench(lambda: F.scaled_dot_product_attention(qr, kg, vg, scale=scale), warmup=3, rep=20)
             ms_fl = ms_sd
         row("attention", f"baseline: torch twin (gather+RoPE+SDPA) {kind}", ms_tw * 1e3, "us")
-        row("attention", f"baseline: SDPA on pre-gathered K/V {kind}{' (mask)' if Q > 1 else ''}", ms_sd * 1e3, "us")
+        row(
+            "attention",
+            f"baseline: SDPA on pre-gathered K/V {kind}{' (mask)' if Q > 1 else ''}",
+            ms_sd * 1e3,
+            "us",
+        )
         configs = (ATTN_PREFILL_SWEEP if Q > 1 else ATTN_DECODE_SWEEP) if sweep else [None]
         best = None
         for c in configs:
@@ -304,12 +428,21 @@ def attention(sweep: bool):
             else:
                 name = "installed"
             try:
-                ms = bench(lambda c=c: triton_attention.scope_attention_triton(*args, _config=c), warmup=3, rep=20)
-            except Exception as e:  # noqa: BLE001
+                ms = bench(
+                    lambda c=c: triton_attention.scope_attention_triton(*args, _config=c), warmup=3, rep=20
+                )
+            except Exception as e:
                 log(f"[attention sweep] {name}: FAILED {type(e).__name__}: {str(e)[:200]}")
                 continue
-            row("attention-sweep" if c is not None else "attention", f"Triton {kind} [{name}]", ms * 1e3, "us",
-                "twin", ms_tw * 1e3, f"{flops / (ms * 1e-3) / 1e12:.0f} TFLOP/s; SDPA pre-gathered {ms_fl * 1e3:.0f} us")
+            row(
+                "attention-sweep" if c is not None else "attention",
+                f"Triton {kind} [{name}]",
+                ms * 1e3,
+                "us",
+                "twin",
+                ms_tw * 1e3,
+                f"{flops / (ms * 1e-3) / 1e12:.0f} TFLOP/s; SDPA pre-gathered {ms_fl * 1e3:.0f} us",
+            )
             if c is not None and (best is None or ms < best[0]):
                 best = (ms, name, c)
         if best is not None:
@@ -318,13 +451,29 @@ def attention(sweep: bool):
             }
             RESULTS[f"attn_{kind}_best"] = best[1]
             ms = bench(lambda: triton_attention.scope_attention_triton(*args), warmup=3, rep=20)
-            row("attention", f"Triton {kind} [installed: {best[1]}]", ms * 1e3, "us", "twin", ms_tw * 1e3,
-                f"{flops / (ms * 1e-3) / 1e12:.0f} TFLOP/s; SDPA pre-gathered {ms_fl * 1e3:.0f} us")
+            row(
+                "attention",
+                f"Triton {kind} [installed: {best[1]}]",
+                ms * 1e3,
+                "us",
+                "twin",
+                ms_tw * 1e3,
+                f"{flops / (ms * 1e-3) / 1e12:.0f} TFLOP/s; SDPA pre-gathered {ms_fl * 1e3:.0f} us",
+            )
         if Q > 1:
-            ms_rot = bench(lambda: triton_attention.rotate_keys(kc, idx, kpos, cos, sin, BF16), warmup=3, rep=20)
+            ms_rot = bench(
+                lambda: triton_attention.rotate_keys(kc, idx, kpos, cos, sin, BF16), warmup=3, rep=20
+            )
             ms_all = bench(lambda: triton_attention.scope_attention_triton(*args), warmup=3, rep=20)
-            row("attention", "of which: gather + rotate K once (PREROT copy)", ms_rot * 1e3, "us", "whole Triton prefill",
-                ms_all * 1e3, f"{100 * ms_rot / ms_all:.1f}% of the attention call")
+            row(
+                "attention",
+                "of which: gather + rotate K once (PREROT copy)",
+                ms_rot * 1e3,
+                "us",
+                "whole Triton prefill",
+                ms_all * 1e3,
+                f"{100 * ms_rot / ms_all:.1f}% of the attention call",
+            )
         del q, kg, vg, qr
         torch.cuda.empty_cache()
     del kc, vc
@@ -339,16 +488,35 @@ def build_model(kind: str):
 
     if kind == "llama8b":
         cfg = LlamaConfig(
-            hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-            num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072, rms_norm_eps=1e-5,
-            rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+            hidden_size=4096,
+            intermediate_size=14336,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            max_position_embeddings=131072,
+            rms_norm_eps=1e-5,
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
         )
     else:  # SmolLM2-135M
         cfg = LlamaConfig(
-            hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-            num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, rms_norm_eps=1e-5,
-            rope_parameters={"rope_type": "default", "rope_theta": 100000.0}, tie_word_embeddings=True,
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            vocab_size=49152,
+            max_position_embeddings=8192,
+            rms_norm_eps=1e-5,
+            rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+            tie_word_embeddings=True,
         )
     cfg._attn_implementation = "sdpa"
     old = torch.get_default_dtype()
@@ -386,12 +554,26 @@ def stock_decode_static(model, T, steps=8, warm=3):
 
     cache = StaticCache(config=model.config, max_cache_len=T + warm + steps + 1)
     tok = torch.randint(0, model.config.vocab_size, (1, 1), device=DEV)
-    model(tok, past_key_values=cache, cache_position=torch.tensor([0], device=DEV), use_cache=True, logits_to_keep=1)
+    model(
+        tok,
+        past_key_values=cache,
+        cache_position=torch.tensor([0], device=DEV),
+        use_cache=True,
+        logits_to_keep=1,
+    )
     times = []
     for s in range(warm + steps):
         pos = T + s
-        dt, _ = sync_time(lambda: model(tok, past_key_values=cache, cache_position=torch.tensor([pos], device=DEV),
-                                        position_ids=torch.tensor([[pos]], device=DEV), use_cache=True, logits_to_keep=1))
+        dt, _ = sync_time(
+            lambda: model(
+                tok,
+                past_key_values=cache,
+                cache_position=torch.tensor([pos], device=DEV),
+                position_ids=torch.tensor([[pos]], device=DEV),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        )
         if s >= warm:
             times.append(dt)
     del cache
@@ -445,15 +627,26 @@ def reattn_prefill_decode(model, ids, steps=8, warm=3, piece=None, time_budget=N
     peak = torch.cuda.max_memory_allocated()
     if profile_label:
         try:
-            profile_steps(lambda: model(tok, past_key_values=pkv, use_cache=True, logits_to_keep=1), 3, profile_label)
+            profile_steps(
+                lambda: model(tok, past_key_values=pkv, use_cache=True, logits_to_keep=1), 3, profile_label
+            )
             chunk = ids[:, :1024]
-            profile_steps(lambda: model(chunk, past_key_values=pkv, use_cache=True, logits_to_keep=1), 1,
-                          profile_label + ": one 1024-token prefill chunk")
-        except Exception as e:  # noqa: BLE001
+            profile_steps(
+                lambda: model(chunk, past_key_values=pkv, use_cache=True, logits_to_keep=1),
+                1,
+                profile_label + ": one 1024-token prefill chunk",
+            )
+        except Exception as e:
             log(f"profile failed: {e}")
     del pkv
-    return dict(prefill_s=t_total, tokens=done, decode_s=sorted(times)[len(times) // 2], peak_prefill=peak_prefill,
-                peak=peak, cache_bytes=cache_bytes)
+    return dict(
+        prefill_s=t_total,
+        tokens=done,
+        decode_s=sorted(times)[len(times) // 2],
+        peak_prefill=peak_prefill,
+        peak=peak,
+        cache_bytes=cache_bytes,
+    )
 
 
 def e2e(which: list[str]):
@@ -487,20 +680,49 @@ def e2e(which: list[str]):
             torch.cuda.empty_cache()
             h = patch(model, ReAttentionConfig(backend="triton"))
             try:
-                r = reattn_prefill_decode(model, ids, profile_label=f"ReAttention decode {w}" if w == "llama32k" else None)
+                r = reattn_prefill_decode(
+                    model, ids, profile_label=f"ReAttention decode {w}" if w == "llama32k" else None
+                )
             finally:
                 h.unpatch()
             gc.collect()
             torch.cuda.empty_cache()
             tag = f"Llama-3.1-8B shape, {T // 1024}K"
-            row("e2e", f"{tag}: prefill ReAttention", r["prefill_s"], "s", "stock SDPA", t_stock,
-                f"ratio {r['prefill_s'] / t_stock:.2f} (target <= 1.1)")
-            row("e2e", f"{tag}: decode/token ReAttention", r["decode_s"] * 1e3, "ms", "stock SDPA StaticCache",
-                d_stock * 1e3, f"ratio {r['decode_s'] / d_stock:.2f} (target <= 0.85)")
-            row("e2e", f"{tag}: peak memory ReAttention", r["peak"] / 2**30, "GiB", "stock prefill", peak_stock / 2**30,
-                "peak allocated; the whole-sequence MLP activations of one forward dominate both")
-            row("e2e", f"{tag}: KV cache after prefill, ReAttention", r["cache_bytes"] / 2**30, "GiB",
-                "stock DynamicCache", cache_stock / 2**30)
+            row(
+                "e2e",
+                f"{tag}: prefill ReAttention",
+                r["prefill_s"],
+                "s",
+                "stock SDPA",
+                t_stock,
+                f"ratio {r['prefill_s'] / t_stock:.2f} (target <= 1.1)",
+            )
+            row(
+                "e2e",
+                f"{tag}: decode/token ReAttention",
+                r["decode_s"] * 1e3,
+                "ms",
+                "stock SDPA StaticCache",
+                d_stock * 1e3,
+                f"ratio {r['decode_s'] / d_stock:.2f} (target <= 0.85)",
+            )
+            row(
+                "e2e",
+                f"{tag}: peak memory ReAttention",
+                r["peak"] / 2**30,
+                "GiB",
+                "stock prefill",
+                peak_stock / 2**30,
+                "peak allocated; the whole-sequence MLP activations of one forward dominate both",
+            )
+            row(
+                "e2e",
+                f"{tag}: KV cache after prefill, ReAttention",
+                r["cache_bytes"] / 2**30,
+                "GiB",
+                "stock DynamicCache",
+                cache_stock / 2**30,
+            )
         del model
         gc.collect()
         torch.cuda.empty_cache()
@@ -515,13 +737,27 @@ def e2e(which: list[str]):
             reattn_prefill_decode(model, ids[:, :16384], steps=1, warm=1)  # compile
             gc.collect()
             torch.cuda.empty_cache()
-            r = reattn_prefill_decode(model, ids, piece=65536, time_budget=float(os.environ.get("SMOL_BUDGET_S", "240")))
+            r = reattn_prefill_decode(
+                model, ids, piece=65536, time_budget=float(os.environ.get("SMOL_BUDGET_S", "240"))
+            )
         finally:
             h.unpatch()
         tag = f"SmolLM2-135M shape, {r['tokens'] // 1024}K"
-        row("e2e", f"{tag}: prefill ReAttention", r["prefill_s"], "s", note=f"{r['tokens'] / r['prefill_s']:.0f} tok/s")
+        row(
+            "e2e",
+            f"{tag}: prefill ReAttention",
+            r["prefill_s"],
+            "s",
+            note=f"{r['tokens'] / r['prefill_s']:.0f} tok/s",
+        )
         row("e2e", f"{tag}: decode/token ReAttention", r["decode_s"] * 1e3, "ms")
-        row("e2e", f"{tag}: peak memory", r["peak"] / 2**30, "GiB", note=f"cache {r['cache_bytes'] / 2**30:.1f} GiB")
+        row(
+            "e2e",
+            f"{tag}: peak memory",
+            r["peak"] / 2**30,
+            "GiB",
+            note=f"cache {r['cache_bytes'] / 2**30:.1f} GiB",
+        )
         del model
         gc.collect()
         torch.cuda.empty_cache()
@@ -535,10 +771,12 @@ def main() -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     RESULTS["device"] = torch.cuda.get_device_name()
-    import triton
     import transformers
+    import triton
 
-    RESULTS["versions"] = dict(torch=torch.__version__, triton=triton.__version__, transformers=transformers.__version__)
+    RESULTS["versions"] = dict(
+        torch=torch.__version__, triton=triton.__version__, transformers=transformers.__version__
+    )
     log(RESULTS["device"], RESULTS["versions"])
     try:
         if args.micro:
@@ -552,7 +790,9 @@ def main() -> int:
     finally:
         from reattn_llm.kernels import triton_attention, triton_topk
 
-        RESULTS["installed_configs"] = dict(topk=triton_topk.CONFIG_OVERRIDES, attention=triton_attention.CONFIG_OVERRIDES)
+        RESULTS["installed_configs"] = dict(
+            topk=triton_topk.CONFIG_OVERRIDES, attention=triton_attention.CONFIG_OVERRIDES
+        )
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(RESULTS, f, indent=1, default=str)
@@ -560,7 +800,9 @@ def main() -> int:
         log("|---|---|---|---|---|---|---|")
         for r in RESULTS["rows"]:
             bv = f"{r['base_value']:.4g}" if r["base_value"] is not None else ""
-            log(f"| {r['section']} | {r['what']} | {r['value']:.4g} | {r['unit']} | {r['baseline'] or ''} | {bv} | {r['note']} |")
+            base = r["baseline"] or ""
+            cells = [r["section"], r["what"], f"{r['value']:.4g}", r["unit"], base, bv, r["note"]]
+            log("| " + " | ".join(cells) + " |")
     return 0
 
 

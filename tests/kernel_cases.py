@@ -22,7 +22,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import torch
 
 F16, F32 = torch.float16, torch.float32
 
@@ -110,7 +110,9 @@ def topk_dup_case(dtype, config=None):
 
 
 GROUPED_SMALL = dict(BLOCK_R=32, BLOCK_N=32, CI=2, EARLY_EXIT=2, num_warps=4, num_stages=1)
-GROUPED_PACK = dict(BLOCK_R=32, BLOCK_N=32, CI=2, EARLY_EXIT=0, PACK=True, num_warps=4, num_stages=1, splits=2)
+GROUPED_PACK = dict(
+    BLOCK_R=32, BLOCK_N=32, CI=2, EARLY_EXIT=0, PACK=True, num_warps=4, num_stages=1, splits=2
+)
 GROUPED_CI1 = dict(BLOCK_R=16, BLOCK_N=16, CI=1, EARLY_EXIT=1, num_warps=4, num_stages=1)
 GROUPED_EE0 = dict(BLOCK_R=32, BLOCK_N=64, CI=4, EARLY_EXIT=0, num_warps=4, num_stages=1, splits=3)
 PLAIN_SPLIT = dict(BLOCK_R=16, BLOCK_N=32, CI=0, EARLY_EXIT=0, num_warps=4, num_stages=1, splits=5)
@@ -123,11 +125,17 @@ def topk_cases():
         cases[f"topk_decode_M97_g3_{n}"] = lambda dt=dt: topk_case(2, 6, 2, 1, 97, 64, 4, dt)
         cases[f"topk_M1025_g4_d128_{n}"] = lambda dt=dt: topk_case(1, 8, 2, 16, 1025, 128, 4, dt)
         cases[f"topk_M1025_g8_grouped_default_{n}"] = lambda dt=dt: topk_case(1, 8, 1, 9, 1025, 64, 4, dt)
-        cases[f"topk_M1025_g4_grouped_small_{n}"] = lambda dt=dt: topk_case(1, 8, 2, 16, 1025, 64, 4, dt, GROUPED_SMALL, transpose_q=True)
-        cases[f"topk_M97_g3_grouped_ci1_while_{n}"] = lambda dt=dt: topk_case(2, 6, 2, 5, 97, 64, 4, dt, GROUPED_CI1)
+        cases[f"topk_M1025_g4_grouped_small_{n}"] = lambda dt=dt: topk_case(
+            1, 8, 2, 16, 1025, 64, 4, dt, GROUPED_SMALL, transpose_q=True
+        )
+        cases[f"topk_M97_g3_grouped_ci1_while_{n}"] = lambda dt=dt: topk_case(
+            2, 6, 2, 5, 97, 64, 4, dt, GROUPED_CI1
+        )
         cases[f"topk_planted_grouped_{n}"] = lambda dt=dt: topk_planted_case(dt, GROUPED_SMALL)
         cases[f"topk_planted_packed_{n}"] = lambda dt=dt: topk_planted_case(dt, GROUPED_PACK)
-        cases[f"topk_M1025_g3_packed_{n}"] = lambda dt=dt: topk_case(1, 6, 2, 11, 1025, 64, 4, dt, GROUPED_PACK)
+        cases[f"topk_M1025_g3_packed_{n}"] = lambda dt=dt: topk_case(
+            1, 6, 2, 11, 1025, 64, 4, dt, GROUPED_PACK
+        )
         cases[f"topk_duplicate_keys_packed_{n}"] = lambda dt=dt: topk_dup_case(dt, GROUPED_PACK)
         cases[f"topk_planted_plain_{n}"] = lambda dt=dt: topk_planted_case(dt, PLAIN_SPLIT)
     cases["topk_M1025_g7_ee0_splits_f16"] = lambda: topk_case(1, 7, 1, 5, 1025, 64, 4, F16, GROUPED_EE0)
@@ -153,7 +161,9 @@ def attn_inputs(B, H, Hkv, Q, T, N, D, dtype, R=None, seed=0, shuffle=True, tran
     k_buf = torch.randn(B, Hkv, T + 5, D, dtype=dtype)
     v_buf = torch.randn(B, Hkv, T + 5, D, dtype=dtype)
     kc, vc = k_buf[:, :, :T], v_buf[:, :, :T]  # views of larger buffers, like the cache
-    idx = torch.stack([torch.randperm(T)[:N] if shuffle else torch.randperm(T)[:N].sort().values for _ in range(B)])
+    idx = torch.stack(
+        [torch.randperm(T)[:N] if shuffle else torch.randperm(T)[:N].sort().values for _ in range(B)]
+    )
     kpos = torch.arange(N).expand(B, N).clone()
     if N > 12:  # padding entries (position -1) inside the scope; positions stay a permutation otherwise
         kpos[:, N // 3 : N // 3 + 3] = -1
@@ -180,7 +190,9 @@ def attn_case(B, H, Hkv, Q, T, N, D, dtype, config=None, R=None, transpose_q=Fal
 
 
 PREFILL_SMALL = dict(BLOCK_R=32, BLOCK_N=32, CAUSAL_SKIP=True, num_warps=4, num_stages=1, splits=1)
-PREFILL_PREROT = dict(BLOCK_R=32, BLOCK_N=16, CAUSAL_SKIP=False, PREROT=True, num_warps=4, num_stages=1, splits=2)
+PREFILL_PREROT = dict(
+    BLOCK_R=32, BLOCK_N=16, CAUSAL_SKIP=False, PREROT=True, num_warps=4, num_stages=1, splits=2
+)
 PREFILL_SPLIT = dict(BLOCK_R=32, BLOCK_N=16, CAUSAL_SKIP=False, num_warps=4, num_stages=1, splits=3)
 
 
@@ -190,15 +202,21 @@ def attn_cases():
         n = "f16" if dt == F16 else "f32"
         cases[f"attn_decode_N97_g3_{n}"] = lambda dt=dt: attn_case(2, 6, 2, 1, 300, 97, 64, dt)
         cases[f"attn_chunk16_N1025_g4_d128_{n}"] = lambda dt=dt: attn_case(1, 8, 2, 16, 1500, 1025, 128, dt)
-        cases[f"attn_prefill_default_g8_{n}"] = lambda dt=dt: attn_case(1, 8, 1, 17, 400, 300, 64, dt, transpose_q=True)
-        cases[f"attn_causal_skip_g3_{n}"] = lambda dt=dt: attn_case(1, 3, 1, 40, 400, 200, 64, dt, PREFILL_SMALL)
+        cases[f"attn_prefill_default_g8_{n}"] = lambda dt=dt: attn_case(
+            1, 8, 1, 17, 400, 300, 64, dt, transpose_q=True
+        )
+        cases[f"attn_causal_skip_g3_{n}"] = lambda dt=dt: attn_case(
+            1, 3, 1, 40, 400, 200, 64, dt, PREFILL_SMALL
+        )
     cases["attn_prerot_split_g4_f16"] = lambda: attn_case(2, 8, 2, 12, 400, 150, 64, F16, PREFILL_PREROT)
     cases["attn_prerot_d128_f32"] = lambda: attn_case(1, 4, 1, 20, 400, 150, 128, F32, PREFILL_PREROT)
     cases["attn_split_g7_f16"] = lambda: attn_case(1, 7, 1, 9, 400, 200, 64, F16, PREFILL_SPLIT)
     cases["attn_d256_g2_f16"] = lambda: attn_case(1, 4, 2, 5, 300, 97, 256, F16)
     cases["attn_d96_g1_f32"] = lambda: attn_case(1, 2, 2, 4, 300, 97, 96, F32)
     cases["attn_partial_rotary_falls_back_f32"] = lambda: attn_case(1, 4, 2, 3, 200, 97, 64, F32, R=32)
-    cases["attn_sorted_b2_f16"] = lambda: attn_case(2, 4, 1, 8, 300, 130, 64, F16, PREFILL_SMALL, shuffle=False)
+    cases["attn_sorted_b2_f16"] = lambda: attn_case(
+        2, 4, 1, 8, 300, 130, 64, F16, PREFILL_SMALL, shuffle=False
+    )
     return cases
 
 
@@ -218,9 +236,15 @@ def errors_case():
         lambda: score_topk_triton(q.long(), torch.randn(1, 2, 10, 64).long(), 4),
         lambda: score_topk_triton(q, torch.randn(1, 2, 10, 64), 0),
         lambda: scope_attention_triton(
-            q, torch.randn(1, 2, 10, 64), torch.randn(1, 2, 10, 64), torch.zeros(1, 5, dtype=torch.long),
-            torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long), torch.ones(8, 64),
-            torch.zeros(8, 64), 0.1,
+            q,
+            torch.randn(1, 2, 10, 64),
+            torch.randn(1, 2, 10, 64),
+            torch.zeros(1, 5, dtype=torch.long),
+            torch.zeros(1, 4, dtype=torch.long),
+            torch.zeros(1, 2, dtype=torch.long),
+            torch.ones(8, 64),
+            torch.zeros(8, 64),
+            0.1,
         ),
     ]
     for i, f in enumerate(bad):
@@ -252,8 +276,13 @@ def main(names):
         try:
             info = cases[name]()
             res = {"name": name, "ok": True, "info": info}
-        except Exception as e:  # noqa: BLE001 - reported to the parent test
-            res = {"name": name, "ok": False, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()}
+        except Exception as e:
+            res = {
+                "name": name,
+                "ok": False,
+                "error": f"{type(e).__name__}: {e}",
+                "trace": traceback.format_exc(),
+            }
         res["seconds"] = round(time.time() - t0, 2)
         print("CASE " + json.dumps(res), flush=True)
 

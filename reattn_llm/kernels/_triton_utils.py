@@ -42,7 +42,9 @@ def check_device(name: str, *tensors: torch.Tensor) -> None:
         if t.device != dev:
             raise ValueError(f"{name}: all tensors must be on one device, got {dev} and {t.device}")
     if dev.type != "cuda" and not interpreting():
-        raise ValueError(f"{name}: the Triton kernels need CUDA tensors (got {dev}); use backend='torch' on CPU")
+        raise ValueError(
+            f"{name}: the Triton kernels need CUDA tensors (got {dev}); use backend='torch' on CPU"
+        )
 
 
 def check_float(name: str, what: str, t: torch.Tensor) -> None:

@@ -1,23 +1,28 @@
 """Bounded-scope attention in Triton (twin: :func:`scope_attention_torch`).
 
-Flash-attention forward over the gathered scope, reading the KV cache in place: the gathered
-K/V are never copied. One program per (row block, batch, KV head, key split); a row is one
-(query, query head) pair of the KV head's GQA group, laid out query-major (row = i * g + j), so
-each gathered K/V tile is loaded once for the whole group. Per key tile the program
+Flash-attention forward over the gathered scope, indexing the KV cache in place. One program per
+(row block, batch, KV head, key split); a row is one (query, query head) pair of the KV head's
+GQA group, laid out query-major (row = i * g + j), so each K/V tile is loaded once for the whole
+group. Queries are rotated at ``q_pos`` once on entry. Per key tile the program
 
 * loads ``gather_idx`` / ``key_pos`` of the tile and the K rows ``k_cache[b, kv, idx]`` by
-  pointer arithmetic, as two halves (rotate-half RoPE needs no permuted second load),
-* rotates them at their scope positions with the ``cos``/``sin`` rows of ``key_pos`` (fp32 math,
-  rounded to the input dtype for the tensor cores), the queries having been rotated at ``q_pos``
-  once on entry,
+  pointer arithmetic, as two halves (rotate-half RoPE needs no permuted second load), and
+  rotates them at their scope positions with the ``cos``/``sin`` rows of ``key_pos`` (fp32 math,
+  rounded to the input dtype for the tensor cores),
 * scores ``q1.k1 + q2.k2`` (two half-width dots), masks ``0 <= key_pos <= q_pos`` (causal,
   bottom-right for the chunk), runs the online softmax in exp2 and accumulates ``P @ V`` with V
-  gathered the same way.
+  gathered from the cache by index.
 
-Short query counts (decode: one query per head) split the scope over programs (flash-decoding)
-and a second tiny kernel combines the partial results; long chunks run unsplit. Optionally
-(``CAUSAL_SKIP``) a tile whose smallest valid position is beyond the row block's largest query
-position is skipped without loading K/V.
+Long chunks (prefill, the default ``PREROT``): every row-block program reads every scope key, so
+re-rotating K in each of them costs more (cos/sin traffic, RoPE math) than rotating once:
+``rotate_keys`` gathers + rotates the scope's keys into an ``[B, Hkv, N, D]`` buffer first
+(N * D elements; 21 us of a 511 us call on the H100 at N 8192, about 0.7% of a 128K prefill),
+then the programs read that buffer; V is still read from the cache in place.
+Short query counts (decode: one query per head) stay fully fused (nothing is copied), split the
+scope over programs (flash-decoding) and a second tiny kernel combines the partial results.
+Optionally (``CAUSAL_SKIP``) a tile whose smallest valid position is beyond the row block's
+largest query position is skipped without loading K/V (it defeats software pipelining, so it is
+off by default).
 
 Partial rotary tables (``cos.shape[-1] < D``, e.g. Phi-3) fall back to the torch twin.
 Rows that see no key at all return zeros (the twin returns NaN there); the core never builds
@@ -145,15 +150,73 @@ def _scope_attn_kernel(
             kmin = tl.min(tl.where(kpos >= 0, kpos, 2147483647), axis=0)
             if kmin <= qmax:
                 m_i, l_i, acc = _attend_tile(
-                    q1r, q2r, qpos, m_i, l_i, acc, kpos, offs, nv, idx_base, si_n, k_base, sk_t, sk_d,
-                    v_base, sv_t, sv_d, cos_ptr, sc_p, sc_r, sin_ptr, ss_p, ss_r, qk_scale, dh, dhv, d, dv,
-                    DH, IEEE, dtype, PREROT,
+                    q1r,
+                    q2r,
+                    qpos,
+                    m_i,
+                    l_i,
+                    acc,
+                    kpos,
+                    offs,
+                    nv,
+                    idx_base,
+                    si_n,
+                    k_base,
+                    sk_t,
+                    sk_d,
+                    v_base,
+                    sv_t,
+                    sv_d,
+                    cos_ptr,
+                    sc_p,
+                    sc_r,
+                    sin_ptr,
+                    ss_p,
+                    ss_r,
+                    qk_scale,
+                    dh,
+                    dhv,
+                    d,
+                    dv,
+                    DH,
+                    IEEE,
+                    dtype,
+                    PREROT,
                 )
         else:
             m_i, l_i, acc = _attend_tile(
-                q1r, q2r, qpos, m_i, l_i, acc, kpos, offs, nv, idx_base, si_n, k_base, sk_t, sk_d,
-                v_base, sv_t, sv_d, cos_ptr, sc_p, sc_r, sin_ptr, ss_p, ss_r, qk_scale, dh, dhv, d, dv,
-                DH, IEEE, dtype, PREROT,
+                q1r,
+                q2r,
+                qpos,
+                m_i,
+                l_i,
+                acc,
+                kpos,
+                offs,
+                nv,
+                idx_base,
+                si_n,
+                k_base,
+                sk_t,
+                sk_d,
+                v_base,
+                sv_t,
+                sv_d,
+                cos_ptr,
+                sc_p,
+                sc_r,
+                sin_ptr,
+                ss_p,
+                ss_r,
+                qk_scale,
+                dh,
+                dhv,
+                d,
+                dv,
+                DH,
+                IEEE,
+                dtype,
+                PREROT,
             )
 
     row_id = (b64 * H + h) * Q + qi  # [BLOCK_R]: (b, h, i) flattened
@@ -171,9 +234,38 @@ def _scope_attn_kernel(
 
 @triton.jit
 def _attend_tile(
-    q1r, q2r, qpos, m_i, l_i, acc, kpos, offs, nv, idx_base, si_n, k_base, sk_t, sk_d,
-    v_base, sv_t, sv_d, cos_ptr, sc_p, sc_r, sin_ptr, ss_p, ss_r, qk_scale, dh, dhv, d, dv,
-    DH: tl.constexpr, IEEE: tl.constexpr, dtype: tl.constexpr, PREROT: tl.constexpr,
+    q1r,
+    q2r,
+    qpos,
+    m_i,
+    l_i,
+    acc,
+    kpos,
+    offs,
+    nv,
+    idx_base,
+    si_n,
+    k_base,
+    sk_t,
+    sk_d,
+    v_base,
+    sv_t,
+    sv_d,
+    cos_ptr,
+    sc_p,
+    sc_r,
+    sin_ptr,
+    ss_p,
+    ss_r,
+    qk_scale,
+    dh,
+    dhv,
+    d,
+    dv,
+    DH: tl.constexpr,
+    IEEE: tl.constexpr,
+    dtype: tl.constexpr,
+    PREROT: tl.constexpr,
 ):
     """One key tile of the online softmax: gather, rotate, score, mask, accumulate."""
     idx = tl.load(idx_base + offs * si_n, mask=nv, other=0).to(tl.int64)
@@ -218,9 +310,29 @@ def _attend_tile(
 
 @triton.jit
 def _rotate_keys_kernel(
-    k_ptr, idx_ptr, kpos_ptr, cos_ptr, sin_ptr, out_ptr, N, HKV,
-    sk_b, sk_h, sk_t, sk_d, si_b, si_n, sp_b, sp_n, sc_p, sc_r, ss_p, ss_r,
-    DH: tl.constexpr, BLOCK_DH: tl.constexpr, BLOCK_N: tl.constexpr,
+    k_ptr,
+    idx_ptr,
+    kpos_ptr,
+    cos_ptr,
+    sin_ptr,
+    out_ptr,
+    N,
+    HKV,
+    sk_b,
+    sk_h,
+    sk_t,
+    sk_d,
+    si_b,
+    si_n,
+    sp_b,
+    sp_n,
+    sc_p,
+    sc_r,
+    ss_p,
+    ss_r,
+    DH: tl.constexpr,
+    BLOCK_DH: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """``out[b, kv, n] = rope(k_cache[b, kv, idx[b, n]], key_pos[b, n])``: the scope's keys,
     gathered and rotated once per call (``out`` is ``[B, Hkv, N, 2*DH]`` contiguous)."""
@@ -251,8 +363,15 @@ def _rotate_keys_kernel(
 
 @triton.jit
 def _combine_kernel(
-    po_ptr, pml_ptr, o_ptr, Q, H, SPLITS,
-    D: tl.constexpr, BLOCK_D: tl.constexpr, SP: tl.constexpr,
+    po_ptr,
+    pml_ptr,
+    o_ptr,
+    Q,
+    H,
+    SPLITS,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    SP: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)  # (b * H + h) * Q + i
     b = row // (H * Q)
@@ -261,14 +380,16 @@ def _combine_kernel(
     sidx = tl.arange(0, SP)
     sv = sidx < SPLITS
     m = tl.load(pml_ptr + (row * SPLITS + sidx) * 2, mask=sv, other=float("-inf"))
-    l = tl.load(pml_ptr + (row * SPLITS + sidx) * 2 + 1, mask=sv, other=0.0)
+    lsum = tl.load(pml_ptr + (row * SPLITS + sidx) * 2 + 1, mask=sv, other=0.0)
     mmax = tl.max(m, axis=0)
     mu = tl.where(mmax == float("-inf"), 0.0, mmax)
     w = tl.exp2(m - mu)
-    L = tl.sum(w * l, axis=0)
+    L = tl.sum(w * lsum, axis=0)
     d = tl.arange(0, BLOCK_D)
     dv = d < D
-    acc = tl.load(po_ptr + (row * SPLITS + sidx)[:, None] * D + d[None, :], mask=sv[:, None] & dv[None, :], other=0.0)
+    acc = tl.load(
+        po_ptr + (row * SPLITS + sidx)[:, None] * D + d[None, :], mask=sv[:, None] & dv[None, :], other=0.0
+    )
     out = tl.sum(acc * w[:, None], axis=0) / tl.where(L == 0.0, 1.0, L)
     tl.store(o_ptr + ((b * Q + qi) * H + h) * D + d, out.to(o_ptr.dtype.element_ty), mask=dv)
 
@@ -280,8 +401,15 @@ CONFIG_OVERRIDES: dict[str, dict] = {"decode": {}, "prefill": {}}
 def _pick_config(rows: int, N: int, D: int, n_sm: int) -> dict:
     bd = next_pow2(D)
     if rows <= 64:  # decode / tiny chunks: split the scope (flash-decoding)
-        cfg = dict(BLOCK_R=max(16, next_pow2(rows)), BLOCK_N=64 if bd <= 128 else 32, CAUSAL_SKIP=False,
-                   num_warps=4, num_stages=3, target=2 * n_sm, min_tiles=2)
+        cfg = dict(
+            BLOCK_R=max(16, next_pow2(rows)),
+            BLOCK_N=64 if bd <= 128 else 32,
+            CAUSAL_SKIP=False,
+            num_warps=4,
+            num_stages=3,
+            target=2 * n_sm,
+            min_tiles=2,
+        )
         cfg.update(CONFIG_OVERRIDES["decode"])
         return cfg
     if bd <= 128:  # H100 sweep (benchmarks/kernels.py --sweep): 510 us vs 593 for R128 N64 w8
@@ -301,9 +429,23 @@ def rotate_keys(k_cache, gather_idx, key_pos, cos, sin, dtype) -> torch.Tensor:
     out = torch.empty((B, Hkv, N, D), device=k_cache.device, dtype=dtype)
     RB = 64
     _rotate_keys_kernel[(cdiv(N, RB), B * Hkv)](
-        k_cache, gather_idx, key_pos, cos, sin, out, N, Hkv,
-        *k_cache.stride(), *gather_idx.stride(), *key_pos.stride(), *cos.stride(), *sin.stride(),
-        DH=D // 2, BLOCK_DH=max(16, next_pow2(D // 2)), BLOCK_N=RB, num_warps=4,
+        k_cache,
+        gather_idx,
+        key_pos,
+        cos,
+        sin,
+        out,
+        N,
+        Hkv,
+        *k_cache.stride(),
+        *gather_idx.stride(),
+        *key_pos.stride(),
+        *cos.stride(),
+        *sin.stride(),
+        DH=D // 2,
+        BLOCK_DH=max(16, next_pow2(D // 2)),
+        BLOCK_N=RB,
+        num_warps=4,
     )
     return out
 
@@ -337,17 +479,57 @@ def _launch(q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling, 
     # and its cos/sin traffic; values are still read from the cache in place.
     k_src = rotate_keys(k_cache, gather_idx, key_pos, cos, sin, q.dtype) if prerot else k_cache
     _scope_attn_kernel[(n_rb, B * Hkv * splits)](
-        q, k_src, v_cache, gather_idx, key_pos, q_pos, cos, sin, out, po, pml,
-        Q, N, g, rows, tiles_per_split * BLOCK_N, splits, Hkv, float(scaling) * _LOG2E,
-        *q.stride(), *k_src.stride(), *v_cache.stride(), *gather_idx.stride(), *key_pos.stride(),
-        *q_pos.stride(), *cos.stride(), *sin.stride(),
-        D=D, DH=DH, BLOCK_DH=max(16, next_pow2(DH)), BLOCK_D=max(16, next_pow2(D)), BLOCK_R=BLOCK_R,
-        BLOCK_N=BLOCK_N, CAUSAL_SKIP=cfg["CAUSAL_SKIP"], IEEE=q.dtype == torch.float32, SPLIT=split,
-        PREROT=prerot, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        q,
+        k_src,
+        v_cache,
+        gather_idx,
+        key_pos,
+        q_pos,
+        cos,
+        sin,
+        out,
+        po,
+        pml,
+        Q,
+        N,
+        g,
+        rows,
+        tiles_per_split * BLOCK_N,
+        splits,
+        Hkv,
+        float(scaling) * _LOG2E,
+        *q.stride(),
+        *k_src.stride(),
+        *v_cache.stride(),
+        *gather_idx.stride(),
+        *key_pos.stride(),
+        *q_pos.stride(),
+        *cos.stride(),
+        *sin.stride(),
+        D=D,
+        DH=DH,
+        BLOCK_DH=max(16, next_pow2(DH)),
+        BLOCK_D=max(16, next_pow2(D)),
+        BLOCK_R=BLOCK_R,
+        BLOCK_N=BLOCK_N,
+        CAUSAL_SKIP=cfg["CAUSAL_SKIP"],
+        IEEE=q.dtype == torch.float32,
+        SPLIT=split,
+        PREROT=prerot,
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     if split:
         _combine_kernel[(B * H * Q,)](
-            po, pml, out, Q, H, splits, D=D, BLOCK_D=max(16, next_pow2(D)), SP=max(2, next_pow2(splits)),
+            po,
+            pml,
+            out,
+            Q,
+            H,
+            splits,
+            D=D,
+            BLOCK_D=max(16, next_pow2(D)),
+            SP=max(2, next_pow2(splits)),
             num_warps=4 if D > 64 else 2,
         )
     return out
@@ -386,12 +568,17 @@ def scope_attention_triton(
         raise ValueError(f"{name}: q, k_cache, v_cache must be 4-D")
     B, H, Q, D = q.shape
     if k_cache.shape != v_cache.shape or k_cache.shape[0] != B or k_cache.shape[3] != D:
-        raise ValueError(f"{name}: k_cache {tuple(k_cache.shape)} / v_cache {tuple(v_cache.shape)} do not match q {tuple(q.shape)}")
+        raise ValueError(
+            f"{name}: k_cache {tuple(k_cache.shape)} / v_cache {tuple(v_cache.shape)} "
+            f"do not match q {tuple(q.shape)}"
+        )
     Hkv = k_cache.shape[1]
     if Hkv == 0 or H % Hkv != 0:
         raise ValueError(f"{name}: query heads {H} not a multiple of KV heads {Hkv}")
     if gather_idx.dim() != 2 or gather_idx.shape[0] != B or key_pos.shape != gather_idx.shape:
-        raise ValueError(f"{name}: gather_idx {tuple(gather_idx.shape)} and key_pos {tuple(key_pos.shape)} must be [B, N]")
+        raise ValueError(
+            f"{name}: gather_idx {tuple(gather_idx.shape)} and key_pos {tuple(key_pos.shape)} must be [B, N]"
+        )
     if q_pos.shape != (B, Q):
         raise ValueError(f"{name}: q_pos {tuple(q_pos.shape)} must be [B, Q] = {(B, Q)}")
     if cos.dim() != 2 or cos.shape != sin.shape:
@@ -401,7 +588,9 @@ def scope_attention_triton(
             raise ValueError(f"{name}: {what} must be int64 or int32, got {t.dtype}")
     check_float(name, "q", q)
     if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
-        raise ValueError(f"{name}: q, k_cache, v_cache dtypes differ: {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
+        raise ValueError(
+            f"{name}: q, k_cache, v_cache dtypes differ: {q.dtype}, {k_cache.dtype}, {v_cache.dtype}"
+        )
     check_float(name, "cos", cos)
     check_device(name, q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin)
     if D % 2 != 0 or not 2 <= D <= 256:
@@ -418,8 +607,9 @@ def scope_attention_triton(
         return torch.zeros((B, Q, H, D), device=q.device, dtype=q.dtype)
     cfg = _pick_config((H // Hkv) * Q, N, D, sm_count(q.device))
     if q.dtype == torch.float32:  # IEEE fp32 dots run on the FMA units: small tiles, no spills
-        cfg.update(BLOCK_R=min(cfg["BLOCK_R"], 32), BLOCK_N=min(cfg["BLOCK_N"], 32), num_warps=4, num_stages=1)
+        cfg.update(
+            BLOCK_R=min(cfg["BLOCK_R"], 32), BLOCK_N=min(cfg["BLOCK_N"], 32), num_warps=4, num_stages=1
+        )
     if _config:
         cfg.update(_config)
     return _launch(q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling, cfg)
-

@@ -8,28 +8,34 @@ Algorithm (two launches, no host sync):
 1. ``_score_topk_kernel``: one program per (row block, batch, KV head, key split). A row is one
    (query, query head) pair of the KV head's group, laid out query-major (row = i * g + j), so
    every K tile is loaded once per program and shared by the whole GQA group. Each K tile is
-   scored by one ``tl.dot`` (fp32 accumulation; IEEE for fp32 inputs), tails are masked with
-   -inf, and a running per-row top-k is kept in registers:
+   scored by one ``tl.dot`` (fp32 accumulation; IEEE for fp32 inputs); full tiles run unmasked,
+   the split's partial last tile is peeled off and masked with -inf. A running per-row top-k
+   lives in registers:
 
-   * **grouped mode** (many rows, prefill; bf16/fp16): the tile's scores are reduced to *group maxima*
-     first, a group being ``2*CI`` keys that one thread already holds in the wgmma accumulator
-     layout (columns ``8c + 2t + e`` for a fixed ``t`` and ``c`` in a block of ``CI``), so the
-     reduction is register-only. The running top-k keeps the best ``top_k`` *groups*. That is
-     exact for keys: each true top-k key lies in one of the ``top_k`` groups with the largest
-     maxima (if a group holding a top-k key x had ``top_k`` groups with larger maxima, there would
-     be ``top_k`` keys larger than x). The insertion loop stops as soon as no row of the tile
-     beats its current k-th best (``EARLY_EXIT``), so after warm-up a tile costs one dot, one
-     register max and a compare.
-   * **plain mode** (few rows, decode): the same loop on the key scores themselves; decode is
-     memory-bound, so the per-key work is free.
+   * **grouped mode** (more than 64 rows per KV head: prefill; bf16/fp16): each tile's scores are
+     first reduced to *group maxima*, a group being the ``2*CI`` keys one thread already holds in
+     the wgmma accumulator (columns ``8c + 2t + e`` for a fixed ``t`` and ``c`` in a block of
+     ``CI``), so the reduction is register-only. The running top-k keeps the best ``top_k``
+     *groups*. That is exact for keys: each true top-k key lies in one of the ``top_k`` groups
+     with the largest maxima (if a group holding a top-k key x had ``top_k`` groups with larger
+     maxima, there would be ``top_k`` keys larger than x). With ``PACK`` (the default) the group's
+     index rides in the low mantissa bits of its max, so one max yields value and group and the
+     knock-out is an equality test; the truncation (4 bits) is far below the fp32 rounding of a
+     D-term dot, and only ranks groups: keys are rescored exactly in step 2.
+     (``EARLY_EXIT`` 1/2 variants skip insertions data-dependently; they defeat Triton's software
+     pipelining and measured slower on the H100, so they stay as tested alternatives.)
+   * **plain mode** (decode, tiny chunks, fp32): the same insertion on the key scores
+     themselves; decode is memory-bound, so the per-key work hides under the K stream.
 
    Each program writes its split's candidates: ``[B, H, Q, splits, top_k]`` values and ids.
 2. ``_merge_refine_kernel``: one program per row merges the candidates of all splits; in grouped
-   mode it then rescoring the ``top_k * 2*CI`` keys of the chosen groups exactly (fp32) and
-   keeps the top-k keys. Ties go to the lower key index.
+   mode it then rescores the ``top_k * 2*CI`` keys of the chosen groups exactly (fp32) and keeps
+   the top-k keys. Ties go to the lower key index.
 
-Supported: head dims up to 256 (any even size; non powers of two are masked), any ``M``, any
-GQA group size, fp16 / bf16 / fp32, strided views (the middle slice of the cache buffer).
+Supported: head dims up to 256 (any size; non powers of two are masked), any ``M``, any GQA
+group size, top_k up to 32, fp16 / bf16 / fp32, strided views (the middle slice of the cache).
+Measured on an H100 (BENCHMARKS.md, "Kernels"): 465 TFLOP/s for 2048 queries x 128K keys,
+32/8 heads, d 128, bf16, top-4; decode reads K at 79% (128K) to 99% (1M) of the copy rate.
 """
 
 from __future__ import annotations
@@ -63,9 +69,27 @@ def _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP: tl.constexpr):
 
 @triton.jit
 def _topk_tile(
-    q, kptrs, n0, end, offs_n, dvalid, vals, ids, thr, gcol, colk,
-    BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, GPT: tl.constexpr, CI: tl.constexpr, TOPK: tl.constexpr,
-    KP: tl.constexpr, EARLY_EXIT: tl.constexpr, PACK: tl.constexpr, IEEE: tl.constexpr, EVEN_D: tl.constexpr,
+    q,
+    kptrs,
+    n0,
+    end,
+    offs_n,
+    dvalid,
+    vals,
+    ids,
+    thr,
+    gcol,
+    colk,
+    BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    GPT: tl.constexpr,
+    CI: tl.constexpr,
+    TOPK: tl.constexpr,
+    KP: tl.constexpr,
+    EARLY_EXIT: tl.constexpr,
+    PACK: tl.constexpr,
+    IEEE: tl.constexpr,
+    EVEN_D: tl.constexpr,
     MASKED: tl.constexpr,
 ):
     """Score one K tile against the row block and merge it into the running top-k."""
@@ -210,14 +234,54 @@ def _score_topk_kernel(
     k_offs = offs_n[:, None] * sk_m + offs_d[None, :] * sk_d
     for n0 in range(start, full_end, BLOCK_N):  # full tiles: no masks
         vals, ids, thr = _topk_tile(
-            q, kt + k_offs, n0, end, offs_n, dvalid, vals, ids, thr, gcol, colk,
-            BLOCK_R, BLOCK_N, GPT, CI, TOPK, KP, EARLY_EXIT, PACK, IEEE, EVEN_D, False,
+            q,
+            kt + k_offs,
+            n0,
+            end,
+            offs_n,
+            dvalid,
+            vals,
+            ids,
+            thr,
+            gcol,
+            colk,
+            BLOCK_R,
+            BLOCK_N,
+            GPT,
+            CI,
+            TOPK,
+            KP,
+            EARLY_EXIT,
+            PACK,
+            IEEE,
+            EVEN_D,
+            False,
         )
         kt += BLOCK_N * sk_m
     if full_end < end:  # the split's partial last tile
         vals, ids, thr = _topk_tile(
-            q, kt + k_offs, full_end, end, offs_n, dvalid, vals, ids, thr, gcol, colk,
-            BLOCK_R, BLOCK_N, GPT, CI, TOPK, KP, EARLY_EXIT, PACK, IEEE, EVEN_D, True,
+            q,
+            kt + k_offs,
+            full_end,
+            end,
+            offs_n,
+            dvalid,
+            vals,
+            ids,
+            thr,
+            gcol,
+            colk,
+            BLOCK_R,
+            BLOCK_N,
+            GPT,
+            CI,
+            TOPK,
+            KP,
+            EARLY_EXIT,
+            PACK,
+            IEEE,
+            EVEN_D,
+            True,
         )
 
     # candidates [B, H, Q, SPLITS, TOPK], contiguous
@@ -300,7 +364,9 @@ def _merge_refine_kernel(
         kvh = h // G
         offs_d = tl.arange(0, BLOCK_D)
         dvalid = offs_d < D
-        q = tl.load(q_ptr + b * sq_b + h * sq_h + qi * sq_q + offs_d * sq_d, mask=dvalid, other=0.0).to(tl.float32)
+        q = tl.load(q_ptr + b * sq_b + h * sq_h + qi * sq_q + offs_d * sq_d, mask=dvalid, other=0.0).to(
+            tl.float32
+        )
         kb = k_ptr + b * sk_b + kvh * sk_h
         kt = tl.load(
             kb + key.to(tl.int64)[:, None] * sk_m + offs_d[None, :] * sk_d,
@@ -324,13 +390,30 @@ def _pick_config(rows: int, M: int, D: int, n_sm: int, batch_heads: int) -> dict
     """Tile configuration for ``rows = g * Q`` rows per KV head and ``M`` keys."""
     bd = next_pow2(D)
     if rows <= 64:  # decode / tiny chunks: memory-bound, plain mode
-        cfg = dict(BLOCK_R=max(16, next_pow2(rows)), BLOCK_N=128 if bd <= 128 else 64, CI=0, EARLY_EXIT=0,
-                   num_warps=4, num_stages=3, target=16 * n_sm, min_tiles=4)
+        cfg = dict(
+            BLOCK_R=max(16, next_pow2(rows)),
+            BLOCK_N=128 if bd <= 128 else 64,
+            CI=0,
+            EARLY_EXIT=0,
+            num_warps=4,
+            num_stages=3,
+            target=16 * n_sm,
+            min_tiles=4,
+        )
         cfg.update(CONFIG_OVERRIDES["decode"])
     else:
         # H100 sweep (benchmarks/kernels.py --sweep): 464 TFLOP/s at 2048 x 128K, d 128, top-4
-        cfg = dict(BLOCK_R=128, BLOCK_N=128 if bd <= 128 else 64, CI=4, EARLY_EXIT=0, PACK=True,
-                   num_warps=8, num_stages=2, target=4 * n_sm, min_tiles=8)
+        cfg = dict(
+            BLOCK_R=128,
+            BLOCK_N=128 if bd <= 128 else 64,
+            CI=4,
+            EARLY_EXIT=0,
+            PACK=True,
+            num_warps=8,
+            num_stages=2,
+            target=4 * n_sm,
+            min_tiles=8,
+        )
         if bd <= 128:
             cfg.update(CONFIG_OVERRIDES["prefill"])
     return cfg
@@ -359,22 +442,63 @@ def _launch(q: torch.Tensor, k: torch.Tensor, top_k: int, cfg: dict) -> torch.Te
     cand_i = torch.empty((B, H, Q, splits, top_k), device=q.device, dtype=torch.int32)
     ieee = q.dtype == torch.float32
     _score_topk_kernel[(n_rb, B * Hkv * splits)](
-        q, k, cand_v, cand_i, Q, M, g, rows, keys_per_split, splits, Hkv,
-        *q.stride(), *k.stride(),
-        D=D, BLOCK_D=max(16, next_pow2(D)), TOPK=top_k, KP=kp, BLOCK_R=BLOCK_R, BLOCK_N=BLOCK_N, CI=CI,
-        EARLY_EXIT=cfg["EARLY_EXIT"], PACK=cfg.get("PACK", False) and CI > 0, IEEE=ieee, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        q,
+        k,
+        cand_v,
+        cand_i,
+        Q,
+        M,
+        g,
+        rows,
+        keys_per_split,
+        splits,
+        Hkv,
+        *q.stride(),
+        *k.stride(),
+        D=D,
+        BLOCK_D=max(16, next_pow2(D)),
+        TOPK=top_k,
+        KP=kp,
+        BLOCK_R=BLOCK_R,
+        BLOCK_N=BLOCK_N,
+        CI=CI,
+        EARLY_EXIT=cfg["EARLY_EXIT"],
+        PACK=cfg.get("PACK", False) and CI > 0,
+        IEEE=ieee,
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     out = torch.empty((B, H, Q, kk), device=q.device, dtype=torch.int64)
     C = splits * top_k
     _merge_refine_kernel[(B * H * Q,)](
-        cand_v, cand_i, q, k, out, Q, M, g, H, C, *q.stride(), *k.stride(),
-        D=D, BLOCK_D=max(16, next_pow2(D)), TOPK=top_k, KK=kk, KP=kp, CP=next_pow2(C), CI=CI, BLOCK_N=BLOCK_N,
+        cand_v,
+        cand_i,
+        q,
+        k,
+        out,
+        Q,
+        M,
+        g,
+        H,
+        C,
+        *q.stride(),
+        *k.stride(),
+        D=D,
+        BLOCK_D=max(16, next_pow2(D)),
+        TOPK=top_k,
+        KK=kk,
+        KP=kp,
+        CP=next_pow2(C),
+        CI=CI,
+        BLOCK_N=BLOCK_N,
         num_warps=4 if CI > 0 else 1,
     )
     return out
 
 
-def score_topk_triton(q: torch.Tensor, k: torch.Tensor, top_k: int, *, _config: dict | None = None) -> torch.Tensor:
+def score_topk_triton(
+    q: torch.Tensor, k: torch.Tensor, top_k: int, *, _config: dict | None = None
+) -> torch.Tensor:
     """Exact position-agnostic top-k (Triton); same contract as :func:`score_topk_torch`.
 
     Args:
@@ -388,7 +512,9 @@ def score_topk_triton(q: torch.Tensor, k: torch.Tensor, top_k: int, *, _config: 
     """
     name = "score_topk_triton"
     if q.dim() != 4 or k.dim() != 4:
-        raise ValueError(f"{name}: q [B,H,Q,D] and k [B,Hkv,M,D] must be 4-D, got {tuple(q.shape)}, {tuple(k.shape)}")
+        raise ValueError(
+            f"{name}: q [B,H,Q,D] and k [B,Hkv,M,D] must be 4-D, got {tuple(q.shape)}, {tuple(k.shape)}"
+        )
     B, H, Q, D = q.shape
     if k.shape[0] != B or k.shape[3] != D:
         raise ValueError(f"{name}: q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch or head dim")
