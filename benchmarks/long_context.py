@@ -27,8 +27,14 @@ BANDS = [(0, 2048), (2048, 8192), (8192, 16384), (16384, 32768), (32768, 65536),
 MODES = ("full", "streaming", "reattention")
 
 
-def _config(mode: str, window: int | None) -> ReAttentionConfig:
-    return ReAttentionConfig(mode=mode, window=window)  # type: ignore[arg-type]
+_SIZES = ("window", "global_size", "local_size", "span_size", "max_spans", "top_k", "chunk_size", "tail_size")
+
+
+def _config(mode: str, args: argparse.Namespace) -> ReAttentionConfig:
+    sizes = {k: getattr(args, k) for k in _SIZES if getattr(args, k) is not None}
+    if mode == "streaming":
+        sizes.pop("max_spans", None)
+    return ReAttentionConfig(mode=mode, **sizes)  # type: ignore[arg-type]
 
 
 def run_ppl(model, tok, args) -> dict:
@@ -39,7 +45,7 @@ def run_ppl(model, tok, args) -> dict:
     ids = ids.to(model.device)
     results = {"tokens": ids.shape[1], "modes": {}}
     for mode in args.modes:
-        handle = patch(model, _config(mode, args.window))
+        handle = patch(model, _config(mode, args))
         t0 = time.perf_counter()
         nll = token_nll(model, ids, args.chunk)
         if model.device.type == "cuda":
@@ -64,12 +70,12 @@ def run_passkey(model, tok, args) -> dict:
     rng = random.Random(args.seed)
     results = {"modes": {}}
     for mode in args.modes:
-        handle = patch(model, _config(mode, args.window))
+        handle = patch(model, _config(mode, args))
         rows = []
         for n in args.lengths:
             for depth in args.depths:
                 t0 = time.perf_counter()
-                r = passkey_trial(model, tok, n, depth, random_passkey(rng), chunk=args.chunk)
+                r = passkey_trial(model, tok, n, depth, random_passkey(rng), chunk=args.chunk, tail=args.tail_size or 16)
                 rows.append({"length": n, "tokens": r.tokens, "depth": depth, "found": r.found,
                              "answer": r.answer, "seconds": time.perf_counter() - t0})
                 print(f"[passkey] {mode} {n} {depth}: {r.found} {r.answer!r}", file=sys.stderr, flush=True)
@@ -97,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--depths", default="0.1,0.5,0.9")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--chunk", type=int, default=1024)
-    ap.add_argument("--window", type=int, default=None, help="override the trained window (shrinks the scope)")
+    for k in _SIZES:
+        ap.add_argument("--" + k.replace("_", "-"), type=int, default=None, help=f"ReAttentionConfig.{k}")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--seed", type=int, default=0)

@@ -55,7 +55,7 @@ class ReAttentionConfig:
     top_k: int = PAPER_TOP_K
     max_spans: int | None = None
     chunk_size: int | None = None
-    tail_size: int = 32
+    tail_size: int = 16
     window: int | None = None
     mode: Mode = "reattention"
     backend: Backend = "auto"

@@ -180,6 +180,7 @@ def load_document(
     password: str | None = None,
     max_pages: int | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    on_page: Callable[[int, int], None] | None = None,
 ) -> Document:
     """Read a whole PDF or text file into a :class:`Document`.
 
@@ -190,6 +191,7 @@ def load_document(
         timeout_s: wall-clock budget for reading a PDF; past it the call raises
             :class:`CorruptDocumentError` instead of waiting (the check runs between pages and
             between the operators of a page).
+        on_page: called as ``on_page(done, total)`` after each PDF page (progress bars).
 
     Raises:
         DocumentNotFoundError: the path does not exist or is a directory.
@@ -217,7 +219,9 @@ def load_document(
     named_pdf = Path(source).suffix.lower() == ".pdf"
     if _is_pdf(data):
         try:
-            return _load_pdf(data, source, password=password, max_pages=max_pages, timeout_s=timeout_s)
+            return _load_pdf(
+                data, source, password=password, max_pages=max_pages, timeout_s=timeout_s, on_page=on_page
+            )
         except CorruptDocumentError as pdf_error:
             if named_pdf or data.startswith(_PDF_MAGIC):
                 raise
@@ -473,10 +477,16 @@ class _PdfContent:
 
 
 def _load_pdf(
-    data: bytes, source: str, *, password: str | None, max_pages: int | None, timeout_s: float
+    data: bytes,
+    source: str,
+    *,
+    password: str | None,
+    max_pages: int | None,
+    timeout_s: float,
+    on_page: Callable[[int, int], None] | None = None,
 ) -> Document:
     deadline = _Deadline(source, timeout_s)
-    content = deadline.run(lambda: _read_pdf(data, source, password, max_pages, deadline))
+    content = deadline.run(lambda: _read_pdf(data, source, password, max_pages, deadline, on_page))
     _check_has_text(content.page_texts, content.unreadable, source)
     text, spans = _assemble(content.page_texts)
     metadata: dict[str, Any] = {
@@ -495,7 +505,12 @@ def _load_pdf(
 
 
 def _read_pdf(
-    data: bytes, source: str, password: str | None, max_pages: int | None, deadline: _Deadline
+    data: bytes,
+    source: str,
+    password: str | None,
+    max_pages: int | None,
+    deadline: _Deadline,
+    on_page: Callable[[int, int], None] | None = None,
 ) -> _PdfContent:
     """Open, unlock and extract the PDF (runs in the worker thread)."""
     reader = _open_pdf(data, source, password)
@@ -506,7 +521,7 @@ def _read_pdf(
     if total == 0:
         raise EmptyDocumentError(f"{source} is a PDF with zero pages: there is nothing to read.")
     count = total if max_pages is None else min(total, max_pages)
-    page_texts, unreadable = _extract_pages(reader, count, source, deadline)
+    page_texts, unreadable = _extract_pages(reader, count, source, deadline, on_page)
     return _PdfContent(page_texts, unreadable, total, _pdf_title(reader), reader.is_encrypted)
 
 
@@ -553,7 +568,11 @@ def _page_count(reader: PdfReader, source: str) -> int:
 
 
 def _extract_pages(
-    reader: PdfReader, count: int, source: str, deadline: _Deadline
+    reader: PdfReader,
+    count: int,
+    source: str,
+    deadline: _Deadline,
+    on_page: Callable[[int, int], None] | None = None,
 ) -> tuple[list[str], list[tuple[int, Exception]]]:
     """Cleaned text of the first ``count`` pages; a page whose text cannot be read stays empty."""
     texts: list[str] = []
@@ -571,6 +590,8 @@ def _extract_pages(
             raw = ""
         texts.append(clean_text(raw if isinstance(raw, str) else ""))
         deadline.check()
+        if on_page is not None:
+            on_page(index + 1, count)
     return texts, unreadable
 
 

@@ -53,7 +53,7 @@ class PasskeyResult:
 
 
 @torch.inference_mode()
-def greedy_continue(model: Any, ids: torch.Tensor, chunk: int, max_new_tokens: int, tail: int = 32) -> list[int]:
+def greedy_continue(model: Any, ids: torch.Tensor, chunk: int, max_new_tokens: int, tail: int = 16) -> list[int]:
     """Chunked prefill of ``ids [1, T]`` (as the engine does it: the last ``tail`` tokens apart)
     through a fresh :class:`ReAttentionCache`, then greedy decode."""
     cache = ReAttentionCache(model.config.num_hidden_layers, reserve=ids.shape[1] + max_new_tokens)
@@ -69,12 +69,12 @@ def greedy_continue(model: Any, ids: torch.Tensor, chunk: int, max_new_tokens: i
 
 
 def passkey_trial(
-    model: Any, tokenizer: Any, n_tokens: int, depth: float, passkey: str, chunk: int = 1024
+    model: Any, tokenizer: Any, n_tokens: int, depth: float, passkey: str, chunk: int = 1024, tail: int = 16
 ) -> PasskeyResult:
     """Hide ``passkey`` at ``depth`` of an ``n_tokens`` prompt and ask for it (greedy, 8 tokens)."""
     text = passkey_prompt(tokenizer, n_tokens, depth, passkey)
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids.to(model.device)
-    out = greedy_continue(model, ids, chunk, max_new_tokens=8)
+    out = greedy_continue(model, ids, chunk, max_new_tokens=8, tail=tail)
     answer = tokenizer.decode(out, skip_special_tokens=True)
     return PasskeyResult(ids.shape[1], depth, passkey, answer, passkey in answer)
 
