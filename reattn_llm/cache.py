@@ -3,7 +3,9 @@
 ``ReAttentionCache`` is a transformers ``Cache`` whose layers keep every key *before* RoPE (the
 patch feeds them un-rotated) and every value, in buffers ``[B, Hkv, capacity, D]`` that grow
 geometrically (or to a reserved size) instead of being re-concatenated each step.
-``update`` returns views of the filled part, ``[B, Hkv, T, D]``.
+``update`` returns views of the filled part, ``[B, Hkv, T, D]``. The key view carries the
+layer's :class:`~reattn_llm.two_level.KeySummaries` as ``_reattn_summaries`` (block summaries
+for two-level selection, kept across forwards and dropped when rows are cropped or moved).
 """
 
 from __future__ import annotations
@@ -13,8 +15,27 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from .two_level import KeySummaries
+
 _MIN_CAPACITY = 256
 _GROWTH = 1.5
+
+
+class MemoryBudget:
+    """A cap on the bytes all K/V buffers of one cache may hold; growing past it raises
+    ``torch.OutOfMemoryError``, exactly like running out of device memory."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._held: dict[int, int] = {}
+
+    def charge(self, owner: object, nbytes: int) -> None:
+        held = sum(v for k, v in self._held.items() if k != id(owner))
+        if held + nbytes > self.max_bytes:
+            raise torch.OutOfMemoryError(
+                f"KV cache budget exceeded: {held + nbytes} bytes > max {self.max_bytes} bytes"
+            )
+        self._held[id(owner)] = nbytes
 
 
 class ReAttentionLayer(CacheLayerMixin):
@@ -24,12 +45,14 @@ class ReAttentionLayer(CacheLayerMixin):
     is_sliding = False
     is_croppable = True
 
-    def __init__(self, reserve: int = 0, **kwargs: Any) -> None:
+    def __init__(self, reserve: int = 0, budget: MemoryBudget | None = None, **kwargs: Any) -> None:
         super().__init__()
         self.length = 0
         self.reserve_tokens = reserve
+        self.budget = budget
         self._k: torch.Tensor | None = None
         self._v: torch.Tensor | None = None
+        self.summaries = KeySummaries()
 
     # -- buffers ------------------------------------------------------------------------------
     @property
@@ -44,6 +67,8 @@ class ReAttentionLayer(CacheLayerMixin):
     def _allocate(self, capacity: int, key_like: torch.Tensor, value_like: torch.Tensor) -> None:
         b, h, _, dk = key_like.shape
         dv = value_like.shape[-1]
+        if self.budget is not None:
+            self.budget.charge(self, b * h * capacity * (dk * key_like.element_size() + dv * value_like.element_size()))
         k = key_like.new_empty(b, h, capacity, dk)
         v = value_like.new_empty(b, h, capacity, dv)
         if self._k is not None and self.length:
@@ -58,6 +83,7 @@ class ReAttentionLayer(CacheLayerMixin):
         else:
             self.keys = self._k[:, :, : self.length]
             self.values = self._v[:, :, : self.length]  # type: ignore[index]
+            self.keys._reattn_summaries = self.summaries  # type: ignore[attr-defined]
 
     def reserve(self, total_tokens: int) -> None:
         """Make room for ``total_tokens`` in one allocation (avoids growth copies in a long prefill)."""
@@ -92,15 +118,17 @@ class ReAttentionLayer(CacheLayerMixin):
         return -1
 
     def nbytes(self) -> int:
-        """Bytes held by this layer's buffers (capacity, not just the filled part)."""
+        """Bytes held by this layer's buffers (capacity, not just the filled part), block summaries included."""
         if self._k is None:
             return 0
-        return self._k.numel() * self._k.element_size() + self._v.numel() * self._v.element_size()  # type: ignore[union-attr]
+        kv = self._k.numel() * self._k.element_size() + self._v.numel() * self._v.element_size()  # type: ignore[union-attr]
+        return kv + self.summaries.nbytes()
 
     def reset(self) -> None:
         self.length = 0
         self._k = self._v = None
         self.is_initialized = False
+        self.summaries.clear()
         self._sync_views()
 
     def crop(self, tokens_to_remove: int) -> None:
@@ -108,24 +136,28 @@ class ReAttentionLayer(CacheLayerMixin):
         the first ``tokens_to_remove`` when it is positive."""
         new_len = self.length + tokens_to_remove if tokens_to_remove < 0 else min(self.length, tokens_to_remove)
         self.length = max(0, new_len)
+        self.summaries.truncate(self.length)
         self._sync_views()
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         if self._k is not None:
             self._k = self._k.index_select(0, beam_idx.to(self._k.device))
             self._v = self._v.index_select(0, beam_idx.to(self._v.device))  # type: ignore[union-attr]
+            self.summaries.clear()
             self._sync_views()
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self._k is not None:
             self._k = self._k.repeat_interleave(repeats, dim=0)
             self._v = self._v.repeat_interleave(repeats, dim=0)  # type: ignore[union-attr]
+            self.summaries.clear()
             self._sync_views()
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self._k is not None:
             self._k = self._k[indices]
             self._v = self._v[indices]  # type: ignore[index]
+            self.summaries.clear()
             self._sync_views()
 
 
@@ -135,13 +167,15 @@ class ReAttentionCache(Cache):
     Args:
         num_layers: decoder layers; if omitted, layers are added as ``update`` reaches them.
         reserve: tokens to preallocate per layer at first use (e.g. the prompt length).
+        max_bytes: optional cap on the K/V bytes of all layers (see :class:`MemoryBudget`).
     """
 
-    def __init__(self, num_layers: int | None = None, reserve: int = 0) -> None:
+    def __init__(self, num_layers: int | None = None, reserve: int = 0, max_bytes: int | None = None) -> None:
+        budget = MemoryBudget(max_bytes) if max_bytes else None
         if num_layers is None:
-            super().__init__(layer_class_to_replicate=lambda: ReAttentionLayer(reserve))  # type: ignore[arg-type]
+            super().__init__(layer_class_to_replicate=lambda: ReAttentionLayer(reserve, budget))  # type: ignore[arg-type]
         else:
-            super().__init__(layers=[ReAttentionLayer(reserve) for _ in range(num_layers)])
+            super().__init__(layers=[ReAttentionLayer(reserve, budget) for _ in range(num_layers)])
         self._reserve = reserve
 
     def reserve(self, total_tokens: int) -> None:

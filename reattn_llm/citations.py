@@ -21,7 +21,7 @@ _FILE = re.compile(r"^=== (.+) ===$", re.MULTILINE)
 
 @dataclass(frozen=True)
 class Citation:
-    """A character range of the prompt the answer drew on, with its share of all selections."""
+    """A character range of the prompt the answer drew on, with its share of the salience."""
 
     start: int
     end: int
@@ -43,8 +43,22 @@ def _last_before(pattern: re.Pattern[str], text: str, pos: int) -> tuple[list[in
     return starts, values
 
 
+def salience(counts: torch.Tensor, width: int = 129) -> torch.Tensor:
+    """How much more a token was selected than its neighbourhood: ``counts`` minus their moving
+    average over ``width`` tokens, clipped at 0.
+
+    Raw counts are biased towards some places whatever the question (the tokens just after the
+    global window attract many top-k hits, like attention sinks); a span the answer really drew
+    on stands out as a plateau above its surroundings.
+    """
+    c = counts.float()[None, None]
+    w = min(width, 2 * (c.shape[-1] // 2) - 1) if c.shape[-1] > 2 else 1
+    avg = torch.nn.functional.avg_pool1d(c, w, stride=1, padding=w // 2, count_include_pad=False)
+    return (c - avg).clamp(min=0)[0, 0]
+
+
 def cite(text: str, tokenizer: Any, ids: list[int], counts: torch.Tensor, top: int = 5) -> list[Citation]:
-    """Rank contiguous runs of selected prompt tokens by their selection counts.
+    """Rank contiguous runs of salient prompt tokens (see :func:`salience`).
 
     Args:
         text: the exact prompt text that was tokenized into ``ids``.
@@ -55,6 +69,10 @@ def cite(text: str, tokenizer: Any, ids: list[int], counts: torch.Tensor, top: i
     offsets = enc["offset_mapping"]
     if list(enc["input_ids"]) != list(ids) or counts.numel() == 0 or float(counts.sum()) == 0:
         return []
+    counts = salience(counts)
+    if float(counts.max()) <= 0:
+        return []
+    counts = torch.where(counts >= 0.25 * counts.max(), counts, torch.zeros_like(counts))
     total = float(counts.sum())
     nz = (counts > 0).tolist()
     runs: list[tuple[int, int, float]] = []

@@ -8,8 +8,10 @@ budget, and streams text deltas. Requests are served one at a time in arrival or
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +22,7 @@ from .cache import ReAttentionCache
 from .capacity import Capacity, estimate_capacity
 from .citations import Citation, cite
 from .config import ReAttentionConfig, chunk_bounds
+from .doc_cache import Prefix, grid_length, load_prefix, save_prefix
 from .errors import ContextTooLongError, OutOfMemoryError
 from .fifo import FifoLock
 from .models import (
@@ -83,6 +86,9 @@ class Engine:
         dtype: ``"auto"`` (bf16 on CUDA, fp32 on CPU) or a dtype / name.
         config: ReAttention sizes; default: the paper's, scaled to the model's window.
         progress: show a prefill progress bar for prompts longer than one chunk.
+        keep_prefix: keep the last prompt's K/V so that the next prompt sharing its beginning
+            (the same document, another question) prefills only its own tokens.
+        max_cache_bytes: cap on the KV cache of one request (default: device memory is the cap).
 
     Construction is cheap; weights load on first use (:meth:`load`).
     """
@@ -98,8 +104,16 @@ class Engine:
         dtype: str | torch.dtype | None = "auto",
         config: ReAttentionConfig | None = None,
         progress: bool = True,
+        keep_prefix: bool = True,
+        max_cache_bytes: int | None = None,
     ) -> None:
+        if max_cache_bytes is not None and max_cache_bytes <= 0:
+            raise ValueError(f"max_cache_bytes={max_cache_bytes}: must be positive (or None for no cap).")
+        self.max_cache_bytes = max_cache_bytes
         self.model_id = model
+        self.keep_prefix = keep_prefix
+        self._prefix: Prefix | None = None
+        self.last_prefill_tokens = 0
         self.model_name = DEFAULT_MODEL if is_default(model) else str(model)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -176,9 +190,12 @@ class Engine:
 
     def capacity(self) -> Capacity:
         """How many tokens this model can hold on this device (KV bytes per token vs memory)."""
-        return estimate_capacity(
+        cap = estimate_capacity(
             load_config(self.model_id), self.device, self.dtype, self.config, weights_loaded=self._model is not None
         )
+        if self.max_cache_bytes is not None:
+            cap = dataclasses.replace(cap, max_tokens=min(cap.max_tokens, self.max_cache_bytes // cap.kv_bytes_per_token))
+        return cap
 
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         """Raise :class:`ContextTooLongError` before any prefill if the request cannot fit."""
@@ -194,18 +211,27 @@ class Engine:
     # -- the loop ------------------------------------------------------------------------------
     @torch.inference_mode()
     def prefill(
-        self, ids: torch.Tensor, cache: ReAttentionCache, on_progress: ProgressFn | None = None
+        self,
+        ids: torch.Tensor,
+        cache: ReAttentionCache,
+        on_progress: ProgressFn | None = None,
+        start: int = 0,
+        tail: int | None = None,
     ) -> torch.Tensor:
-        """Feed ``ids [1, T]`` in chunks of ``chunk_size`` (the last ``tail_size`` tokens apart);
+        """Feed ``ids [1, T]`` from ``start`` (a multiple of the chunk: the cache already holds
+        ``ids[:, :start]``) in chunks of ``chunk_size``, the last ``tail_size`` tokens apart;
         return the last logits ``[1, V]``."""
         total = ids.shape[1]
         cfg = self.config
-        chunk = cfg.chunk_size if cfg.mode != "full" else 2048
-        bar = self._bar(total)
+        chunk = self.prefill_chunk
+        tail = cfg.tail_size if tail is None else tail
+        bar = self._bar(total - start)
         t0 = time.perf_counter()
         logits = None
+        self.last_prefill_tokens = total - start
         try:
-            for s, e in chunk_bounds(total, chunk, cfg.tail_size):  # type: ignore[arg-type]
+            for s, e in chunk_bounds(total - start, chunk, tail):
+                s, e = s + start, e + start
                 piece = ids[:, s:e]
                 out = self.model(input_ids=piece, past_key_values=cache, use_cache=True, logits_to_keep=1)
                 logits = out.logits[:, -1]
@@ -213,12 +239,79 @@ class Engine:
                 if bar is not None:
                     bar.update(piece.shape[1])
                 if on_progress is not None:
-                    on_progress(done, total, time.perf_counter() - t0)
+                    on_progress(done - start, total - start, time.perf_counter() - t0)
         finally:
             if bar is not None:
                 bar.close()
         assert logits is not None  # total >= 1 is checked by generate()
         return logits
+
+    @property
+    def prefill_chunk(self) -> int:
+        """Tokens per prefill forward (the config's chunk; 2048 for the stock baseline)."""
+        return self.config.chunk_size if self.config.mode != "full" else 2048  # type: ignore[return-value]
+
+    # -- reusable prefixes ---------------------------------------------------------------------
+    def _cache_for(self, ids: list[int], reserve: int) -> tuple[ReAttentionCache, int]:
+        """A cache holding the longest reusable prefix of ``ids`` (and how many tokens that is)."""
+        prefix, self._prefix = self._prefix, None
+        if prefix is not None and self.keep_prefix:
+            n = prefix.reuse_length(ids, self.prefill_chunk)
+            if n > 0:
+                for layer in prefix.cache.layers:
+                    layer.crop(n)  # type: ignore[union-attr]
+                prefix.cache.reserve(reserve)
+                return prefix.cache, n
+        del prefix
+        return ReAttentionCache(self.model.config.num_hidden_layers, reserve=reserve, max_bytes=self.max_cache_bytes), 0
+
+    def _keep(self, ids: list[int], cache: ReAttentionCache, reusable: int) -> None:
+        if self.keep_prefix:
+            self._prefix = Prefix(ids=list(ids), reusable=reusable, cache=cache)
+
+    def forget_prefix(self) -> None:
+        """Free the kept K/V of the last prompt."""
+        self._prefix = None
+
+    def _meta(self) -> dict[str, str]:
+        return {"model": self.model_name, "dtype": str(self.dtype), "config": repr(self.config)}
+
+    @torch.inference_mode()
+    def warm(self, text: str, chat: bool = True) -> int:
+        """Prefill a document alone (as the start of a later prompt ``text + question``) and keep
+        it; returns the tokens that later prompts can reuse."""
+        a, _ = self.encode(text + "\n\nA", chat=chat)
+        b, _ = self.encode(text + "\n\nB", chat=chat)
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        ids = a[:n]
+        with self._lock:
+            cache, start = self._cache_for(ids, len(ids))
+            try:
+                if start < len(ids):
+                    self.prefill(torch.tensor([ids], device=self.device), cache, start=start, tail=0)
+            except BaseException:
+                del cache
+                raise
+            reusable = (len(ids) // self.prefill_chunk) * self.prefill_chunk
+            self._keep(ids, cache, reusable)
+        return reusable
+
+    def save_prefix(self, path: str) -> int:
+        """Save the kept prefix (see :meth:`warm`) to ``path``; returns the tokens saved."""
+        with self._lock:
+            if self._prefix is None or self._prefix.reusable == 0:
+                raise ValueError("No reusable document prefix to save: call warm(document) (or ask once) first.")
+            save_prefix(self._prefix, path, self._meta())
+            return self._prefix.reusable
+
+    def load_prefix(self, path: str) -> int:
+        """Load a prefix saved by :meth:`save_prefix` (checked against this model and config)."""
+        prefix = load_prefix(path, self._meta(), self.device)
+        with self._lock:
+            self._prefix = prefix
+        return prefix.reusable
 
     @torch.inference_mode()
     def decode_one_token(self, token: torch.Tensor, cache: ReAttentionCache) -> torch.Tensor:
@@ -252,7 +345,7 @@ class Engine:
         model = self.model
         tok = self.tokenizer
         state = self._handle.state if self._handle is not None else None
-        cache = ReAttentionCache(model.config.num_hidden_layers, reserve=len(ids) + params.max_new_tokens)
+        cache, start = self._cache_for(ids, len(ids) + params.max_new_tokens)
         gen = torch.Generator(device=self.device)
         if params.seed is not None:
             gen.manual_seed(params.seed)
@@ -263,7 +356,7 @@ class Engine:
         recorder = None
         try:
             t0 = time.perf_counter()
-            logits = self.prefill(torch.tensor([ids], device=self.device), cache, on_progress)
+            logits = self.prefill(torch.tensor([ids], device=self.device), cache, on_progress, start=start)
             t1 = time.perf_counter()
             if cite_sources and state is not None:
                 recorder = state.recorder = SelectionRecorder()
@@ -302,6 +395,7 @@ class Engine:
             citations: list[Citation] = []
             if recorder is not None and recorder.counts is not None:
                 citations = cite(text, tok, ids, recorder.counts[: len(ids)].float().cpu())
+            self._keep(ids, cache, grid_length(len(ids), self.prefill_chunk, self.config.tail_size))
             return Completion(
                 text=emitted,
                 prompt_tokens=len(ids),
@@ -314,6 +408,12 @@ class Engine:
                 max_position=state.largest_position() if state is not None else len(ids) + len(out_ids) - 1,
             )
         except torch.OutOfMemoryError as e:
+            cache = None  # type: ignore[assignment]
+            self._prefix = None
+            if e.__traceback__ is not None and e.__traceback__.tb_next is not None:
+                traceback.clear_frames(e.__traceback__.tb_next)  # frames below still hold the cache
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
             raise OutOfMemoryError(
                 f"Ran out of memory with {len(ids)} prompt tokens on {self.device}; the request's cache was freed. "
                 "Use a shorter document, a smaller local_size/chunk_size, or a device with more memory."
@@ -321,7 +421,7 @@ class Engine:
         finally:
             if state is not None:
                 state.recorder = None
-            del cache
+            cache = None  # type: ignore[assignment]  # a kept prefix holds its own reference
 
     def complete(self, prompt: str | list[dict[str, str]], params: SamplingParams | None = None, **kw: Any) -> Completion:
         """Run :meth:`generate` to the end and return the :class:`Completion`."""
