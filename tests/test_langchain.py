@@ -335,12 +335,6 @@ def test_lcel_over_a_real_pdf_answers_from_far_outside_the_local_window(
     assert info["max_position"] < small_config.window  # positions never left the trained (shrunk) window
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="citations.cite() ranks raw selection counts, which pile up at the start of the middle "
-    "region (ties go to the earliest position): the cited range spans the whole prompt, so no page "
-    "is named. Needs a baseline-relative score in reattn_llm.citations.",
-)
 def test_citations_name_the_page_of_the_planted_fact(tmp_path, small_config):
     doc = load_document(write_text_pdf(tmp_path / "planted.pdf", FILLER_PAGES))
     assert len(doc.pages) == 5 and doc.page_at(doc.text.index(PLANTED_ANSWER)) == PLANTED_PAGE

@@ -164,7 +164,6 @@ def test_query_engine_answers_from_a_long_document_in_one_call(planted_query, pl
             assert node.node.get_content() == engine.text[node.node.start_char_idx : node.node.end_char_idx]
 
 
-@pytest.mark.xfail(strict=True, reason="citations.cite() names no page yet (see tests/test_langchain.py)")
 def test_query_engine_cites_the_page_of_the_answer(planted_query):
     _, response, _, _ = planted_query
     assert PLANTED_PAGE in response.metadata["cited_pages"]
