@@ -34,7 +34,19 @@ def _config(mode: str, args: argparse.Namespace) -> ReAttentionConfig:
     sizes = {k: getattr(args, k) for k in _SIZES if getattr(args, k) is not None}
     if mode == "streaming":
         sizes.pop("max_spans", None)
-    return ReAttentionConfig(mode=mode, **sizes)  # type: ignore[arg-type]
+    mode, _, selection = mode.partition("/")
+    return ReAttentionConfig(mode=mode, selection=selection or "exact", **sizes)  # type: ignore[arg-type]
+
+
+def _runs(args: argparse.Namespace) -> list[str]:
+    """``--modes`` with ``reattention`` once per ``--selection`` (``reattention/two_level`` for two-level)."""
+    out = []
+    for mode in args.modes:
+        if mode == "reattention":
+            out += [mode if sel == "exact" else f"{mode}/{sel}" for sel in args.selection]
+        else:
+            out.append(mode)
+    return out
 
 
 def run_ppl(model, tok, args) -> dict:
@@ -44,7 +56,7 @@ def run_ppl(model, tok, args) -> dict:
         ids = ids[:, : args.max_tokens]
     ids = ids.to(model.device)
     results = {"tokens": ids.shape[1], "modes": {}}
-    for mode in args.modes:
+    for mode in _runs(args):
         handle = patch(model, _config(mode, args))
         t0 = time.perf_counter()
         nll = token_nll(model, ids, args.chunk)
@@ -69,7 +81,7 @@ def run_ppl(model, tok, args) -> dict:
 def run_passkey(model, tok, args) -> dict:
     rng = random.Random(args.seed)
     results = {"modes": {}}
-    for mode in args.modes:
+    for mode in _runs(args):
         handle = patch(model, _config(mode, args))
         rows = []
         for n in args.lengths:
@@ -103,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--depths", default="0.1,0.5,0.9")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--chunk", type=int, default=1024)
+    ap.add_argument("--selection", default="exact",
+                    help="ReAttentionConfig.selection of mode reattention: exact, two_level, or a comma list")
     for k in _SIZES:
         ap.add_argument("--" + k.replace("_", "-"), type=int, default=None, help=f"ReAttentionConfig.{k}")
     ap.add_argument("--device", default="auto")
@@ -113,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.depths = [float(x) for x in args.depths.split(",")]
     args.modes = args.modes.split(",")
+    args.selection = args.selection.split(",")
     device = resolve_device(args.device)
     model, tok = load_model(None, device, resolve_dtype(args.dtype, device))
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "

@@ -16,6 +16,7 @@ import torch
 from .config import chunk_bounds
 from .kernels import resolve_backend, scope_attention, score_topk
 from .selection import Scope, build_scope, full_scope, select_spans
+from .two_level import two_level_topk
 
 if TYPE_CHECKING:
     from .patch import PatchState
@@ -40,12 +41,25 @@ def plan_scope(
     m = total - g - loc  # type: ignore[operator]
     sel = valid = None
     if cfg.max_spans:
-        hits = score_topk(q, k[:, :, g : g + m], cfg.top_k, backend=backend)  # [B, H, Qc, k]
+        if cfg.selection == "two_level":
+            hits = _two_level_hits(cfg, q, k, g, m, backend)
+        else:
+            hits = score_topk(q, k[:, :, g : g + m], cfg.top_k, backend=backend)  # [B, H, Qc, k]
         sel, valid = select_spans(hits, m, cfg.max_spans, cfg.span_size)  # type: ignore[arg-type]
     scope = build_scope(sel, valid, total, qc, g, loc, b, q.device)  # type: ignore[arg-type]
     if state.recorder is not None and scope.middle is not None:
         state.recorder.add(scope.middle, scope.middle_valid, total)
     return scope
+
+
+def _two_level_hits(cfg: Any, q: torch.Tensor, k: torch.Tensor, g: int, m: int, backend: str) -> torch.Tensor:
+    """Two-level top-k over the middle ``k[:, :, g:g+m]``, reading the cache layer's block summaries
+    (attached to the key view by :class:`~reattn_llm.cache.ReAttentionLayer`) when there are any."""
+    bs = cfg.summary_block
+    n_full = m // bs
+    store = getattr(k, "_reattn_summaries", None)
+    summaries = store.get(k, g, bs, n_full) if store is not None and n_full > cfg.candidates else None
+    return two_level_topk(q, k[:, :, g : g + m], cfg.top_k, cfg.candidates, bs, backend, summaries)
 
 
 def reattention_forward(

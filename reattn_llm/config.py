@@ -17,6 +17,7 @@ from .errors import ConfigError
 
 Mode = Literal["reattention", "streaming", "full"]
 Backend = Literal["auto", "triton", "torch"]
+Selection = Literal["exact", "two_level"]
 
 PAPER_SCOPE = 8192
 PAPER_GLOBAL = 32
@@ -26,6 +27,8 @@ PAPER_TOP_K = 4
 MAX_PREFILL_CHUNK = 1024
 _MODES = ("reattention", "streaming", "full")
 _BACKENDS = ("auto", "triton", "torch")
+_SELECTIONS = ("exact", "two_level")
+CANDIDATES_PER_SPAN = 4
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,14 @@ class ReAttentionConfig:
         mode: ``"reattention"``; ``"streaming"`` (global + local only, StreamingLLM);
             ``"full"`` (the stock model, full attention: the baseline).
         backend: kernels: ``"auto"`` (Triton on CUDA, torch on CPU), ``"triton"`` or ``"torch"``.
+        selection: ``"exact"`` scores every middle key (the paper); ``"two_level"`` first ranks
+            blocks of keys by an upper bound of q.k from per-block min/max summaries, then scores
+            exactly only the keys of the best ``candidate_blocks`` blocks per KV head
+            (:mod:`reattn_llm.two_level`): about ``block_size`` times less scoring, approximate.
+        candidate_blocks: blocks per KV head that two-level selection scores exactly; default
+            ``4 * max_spans`` (:attr:`candidates`). When they cover the whole middle, the result is
+            the exact selection's.
+        block_size: keys per summarised block for two-level selection; default ``span_size``.
     """
 
     global_size: int | None = None
@@ -59,12 +70,24 @@ class ReAttentionConfig:
     window: int | None = None
     mode: Mode = "reattention"
     backend: Backend = "auto"
+    selection: Selection = "exact"
+    candidate_blocks: int | None = None
+    block_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in _MODES:
             raise ConfigError(f"mode={self.mode!r} is not one of {_MODES}.")
         if self.backend not in _BACKENDS:
             raise ConfigError(f"backend={self.backend!r} is not one of {_BACKENDS}.")
+        if self.selection not in _SELECTIONS:
+            raise ConfigError(f"selection={self.selection!r} is not one of {_SELECTIONS}.")
+        for name in ("candidate_blocks", "block_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(
+                    f"{name}={value!r}: must be a positive integer (or None for the default), used by "
+                    "selection='two_level'."
+                )
         for name in ("global_size", "local_size", "span_size", "top_k", "chunk_size", "window"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -89,6 +112,25 @@ class ReAttentionConfig:
         if not self.is_resolved:
             raise ConfigError("scope needs a resolved config: call resolve(window) first.")
         return self.global_size + self.max_spans * self.span_size + self.local_size  # type: ignore[operator]
+
+    @property
+    def summary_block(self) -> int:
+        """Keys per summarised block of two-level selection: ``block_size``, else ``span_size``."""
+        if self.block_size is not None:
+            return self.block_size
+        if self.span_size is None:
+            raise ConfigError("summary_block needs span_size or block_size: call resolve(window) first.")
+        return self.span_size
+
+    @property
+    def candidates(self) -> int:
+        """Blocks per KV head scored exactly by two-level selection: ``candidate_blocks``, else
+        ``4 * max_spans`` (at least 1)."""
+        if self.candidate_blocks is not None:
+            return self.candidate_blocks
+        if self.max_spans is None:
+            raise ConfigError("candidates needs max_spans or candidate_blocks: call resolve(window) first.")
+        return max(1, CANDIDATES_PER_SPAN * self.max_spans)
 
     def resolve(self, model_window: int | None = None) -> ReAttentionConfig:
         """Fill every unset size from the window and validate; returns a new, complete config.

@@ -1,0 +1,268 @@
+"""Exact vs two-level selection: scoring time, FLOPs, and how much of the exact selection survives.
+
+    python benchmarks/selection.py                                   # CPU, M = 8K and 32K keys
+    python benchmarks/selection.py --device cuda --lengths 32768,131072,1048576 --no-recall
+
+Shape: the default model (SmolLM2-135M: 9 query heads, 3 KV heads, head dim 64) with the
+default config for its 8192 window (G 32, span 32, 127 spans, top-4, chunk 1024), so two-level
+selection scores ``candidate_blocks = 4 * 127 = 508`` blocks of 32 keys exactly (``--candidates``
+adds other budgets). For each middle length M it times, per layer call:
+
+* ``exact``: :func:`score_topk` over all M keys (what a forward does now);
+* ``two-level``: :func:`two_level_topk` with the block summaries already in the cache (as they
+  are in a prefill: each block is summarised once), plus, separately, the cost of summarising
+  one chunk's new keys (``summ``);
+
+for a prefill chunk (Q = 1024) and a decode step (Q = 1), and counts FLOPs: exact
+``2·H·Q·M·D``; two-level ``4·H·Q·(M/bs)·D`` (level 1, a dot of width 2D per block) plus
+``2·H·Q·(C·bs + r)·D`` (level 2).
+
+``--recall`` (default on CPU) measures quality on real keys: the default model reads Emma in
+streaming mode (so the cache holds real un-rotated keys; streaming keeps that prefill linear),
+and at G + M + L tokens the queries of the chunk ending there are captured at every
+``--layer-stride``-th layer with that chunk's middle keys; exact and two-level selections are
+compared: *hit recall* (share of the exact top-k hits, per (head, query), that two-level
+returns) and *span recall* (share of the middle tokens that exact selection puts in the scope
+that two-level puts there too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from reattn_llm.kernels import resolve_backend, score_topk
+from reattn_llm.selection import select_spans
+from reattn_llm.two_level import block_summaries, level1_k, two_level_topk
+
+H, HKV, D = 9, 3, 64
+G, SPAN, SPANS, TOP_K, CHUNK, LOCAL = 32, 32, 127, 4, 1024, 4096
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, dev: torch.device, reps: int) -> float:
+    fn()
+    _sync(dev)
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(dev)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def flops(q: int, m: int, c: int, bs: int) -> tuple[float, float]:
+    """(exact, two-level) scoring FLOPs of one layer call (two-level as :func:`two_level_topk` runs it)."""
+    exact = 2.0 * H * q * m * D
+    n_full = m // bs
+    c = max(c, -(-TOP_K // bs))
+    if c >= n_full:
+        return exact, exact
+    k1 = level1_k(TOP_K, c, (H // HKV) * q, n_full)
+    c = min(c, (H // HKV) * q * k1)
+    level2 = c * bs + (m - n_full * bs)
+    return exact, 4.0 * H * q * n_full * D + 2.0 * H * q * level2 * D
+
+
+def run_speed(args, dev: torch.device, dtype: torch.dtype) -> list[dict]:
+    backend = resolve_backend(args.backend, dev)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    rows = []
+    for m in args.lengths:
+        k = torch.randn(1, HKV, m, D, device=dev, dtype=dtype, generator=gen)
+        k[..., 3] += 4.0  # an outlier channel, like real keys
+        summ = block_summaries(k, SPAN)
+        new = k[:, :, :CHUNK]
+        for qn in (CHUNK, 1):
+            q = torch.randn(1, H, qn, D, device=dev, dtype=dtype, generator=gen)
+            reps = args.reps if qn == 1 or m <= 32768 else max(1, args.reps // 2)
+            t_exact = _time(lambda q=q, k=k: score_topk(q, k, TOP_K, backend=backend), dev, reps)
+            for c in args.candidates:
+                t_two = _time(
+                    lambda q=q, k=k, c=c, s=summ: two_level_topk(q, k, TOP_K, c, SPAN, backend, s), dev, reps
+                )
+                t_summ = _time(lambda n=new: block_summaries(n, SPAN), dev, reps) if qn > 1 else 0.0
+                f_exact, f_two = flops(qn, m, c, SPAN)
+                row = dict(
+                    M=m,
+                    Q=qn,
+                    C=c,
+                    exact_ms=t_exact * 1e3,
+                    two_level_ms=t_two * 1e3,
+                    summ_ms=t_summ * 1e3,
+                    exact_gflop=f_exact / 1e9,
+                    two_level_gflop=f_two / 1e9,
+                )
+                rows.append(row)
+                print(f"[speed] {row}", file=sys.stderr, flush=True)
+        del k, summ
+    return rows
+
+
+@torch.inference_mode()
+def capture(args, dev: torch.device) -> dict[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Real un-rotated ``(queries, middle keys)`` per sampled layer, for each M in ``args.lengths``:
+    the queries of the 1024-token chunk that ends at ``G + M + L`` tokens, and that chunk's middle."""
+    from reattn_llm import ReAttentionCache, ReAttentionConfig, patch
+    from reattn_llm.models import load_model
+
+    model, tok = load_model(None, dev, torch.float32)
+    text = Path(args.text).read_text(encoding="utf-8")
+    ends = {G + m + LOCAL: m for m in args.lengths}
+    total = max(ends)
+    ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids[:, :total].to(dev)
+    if ids.shape[1] < total:
+        raise SystemExit(f"{args.text} has only {ids.shape[1]} tokens, fewer than {total}")
+    cuts = sorted(set(range(0, total, CHUNK)) | {e - CHUNK for e in ends} | set(ends))
+    layers = list(range(1, model.config.num_hidden_layers, args.layer_stride))
+    qs: dict[int, torch.Tensor] = {}
+    hooks = []
+    for li in layers:
+
+        def hook(mod, inp, out, li=li):
+            qs[li] = out.reshape(out.shape[0], out.shape[1], H, D).transpose(1, 2).contiguous()
+
+        hooks.append(model.model.layers[li].self_attn.q_proj.register_forward_hook(hook))
+    cache = ReAttentionCache(model.config.num_hidden_layers, reserve=total)
+    out: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    t0 = time.perf_counter()
+    with patch(model, ReAttentionConfig(mode="streaming")):
+        for a, b in itertools.pairwise(cuts):
+            model(input_ids=ids[:, a:b], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            if b in ends:
+                m = ends[b]
+                out[m] = [(qs[li], cache.layers[li].keys[:, :, G : G + m].clone()) for li in layers]
+    for h in hooks:
+        h.remove()
+    print(
+        f"[recall] read {total} tokens (streaming), layers {layers}: {time.perf_counter() - t0:.0f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+    return out
+
+
+def run_recall(args, dev: torch.device) -> list[dict]:
+    path = Path(args.capture_file) if args.capture_file else None
+    data = torch.load(path) if path is not None and path.exists() else None
+    if data is None or any(m not in data for m in args.lengths):
+        data = capture(args, dev)
+        if path is not None:
+            torch.save(data, path)
+    rows = []
+    for m in args.lengths:
+        for c in args.candidates:
+            hit_r, span_r = [], []
+            for q, kmid in data[m]:
+                exact = score_topk(q, kmid, TOP_K)
+                two = two_level_topk(q, kmid, TOP_K, c, SPAN)
+                hit_r.append(float((two[..., :, None] == exact[..., None, :]).any(-2).float().mean()))
+                se, ve = select_spans(exact, m, SPANS, SPAN)
+                st, vt = select_spans(two, m, SPANS, SPAN)
+                a = torch.zeros(m, dtype=torch.bool, device=dev)
+                b = torch.zeros(m, dtype=torch.bool, device=dev)
+                a[se[0][ve[0]]] = True
+                b[st[0][vt[0]]] = True
+                span_r.append(float((a & b).sum() / a.sum()))
+            row = dict(
+                M=m,
+                C=c,
+                hit_recall=statistics.mean(hit_r),
+                span_recall=statistics.mean(span_r),
+                span_recall_min=min(span_r),
+                layers=len(data[m]),
+                tokens=G + m + LOCAL,
+            )
+            rows.append(row)
+            print(f"[recall] {row}", file=sys.stderr, flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lengths", default="8192,32768", help="middle lengths M")
+    ap.add_argument("--candidates", default=f"{4 * SPANS},128", help="candidate_blocks values")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="auto", help="auto: fp32 on CPU, bf16 on CUDA")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--recall", action=argparse.BooleanOptionalAction, default=None)
+    ap.add_argument("--layer-stride", type=int, default=3)
+    ap.add_argument(
+        "--text", default=str(Path(__file__).resolve().parents[2] / "shared/data/texts/austen_emma.txt")
+    )
+    ap.add_argument(
+        "--capture-file", default=None, help="keep the captured queries/keys here (reused if present)"
+    )
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    args.lengths = [int(x) for x in args.lengths.split(",")]
+    args.candidates = [int(x) for x in args.candidates.split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    dtype = {
+        "auto": torch.bfloat16 if dev.type == "cuda" else torch.float32,
+        "fp32": torch.float32,
+        "bf16": torch.bfloat16,
+        "fp16": torch.float16,
+    }[args.dtype]
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    print(
+        f"device {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, {dtype}, "
+        f"backend {resolve_backend(args.backend, dev)}",
+        file=sys.stderr,
+    )
+    res: dict = {
+        "device": name,
+        "torch": torch.__version__,
+        "dtype": str(dtype),
+        "speed": run_speed(args, dev, dtype),
+    }
+    print(
+        f"\nScoring per layer call, {H}/{HKV} heads, d {D}, top-{TOP_K}, blocks of {SPAN} ({name}, {dtype})"
+    )
+    print(
+        "| M keys | Q | C blocks | exact ms | two-level ms | speed-up | + summarise chunk ms | exact GFLOP | "
+        "two-level GFLOP | FLOP ratio |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in res["speed"]:
+        print(
+            f"| {r['M']} | {r['Q']} | {r['C']} | {r['exact_ms']:.2f} | {r['two_level_ms']:.2f} | "
+            f"{r['exact_ms'] / r['two_level_ms']:.1f}x | {r['summ_ms']:.2f} | {r['exact_gflop']:.2f} | "
+            f"{r['two_level_gflop']:.2f} | {r['exact_gflop'] / r['two_level_gflop']:.1f}x |"
+        )
+    if args.recall if args.recall is not None else dev.type == "cpu":
+        res["recall"] = run_recall(args, dev)
+        print(
+            f"\nTwo-level vs exact selection on real keys (Emma, {res['recall'][0]['layers']} layers, "
+            "the 1024 queries ending at G + M + L tokens)"
+        )
+        print("| M keys | C blocks | hit recall | span recall (mean) | span recall (worst layer) |")
+        print("|---|---|---|---|---|")
+        for r in res["recall"]:
+            print(
+                f"| {r['M']} | {r['C']} | {r['hit_recall']:.3f} | {r['span_recall']:.3f} | "
+                f"{r['span_recall_min']:.3f} |"
+            )
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

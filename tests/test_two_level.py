@@ -1,0 +1,193 @@
+"""Two-level selection: the block bound, exactness when every block is a candidate, the cache's
+incremental summaries, and passkey retrieval with the real default model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fixtures_core import smollm2  # noqa: F401  (session fixture)
+from tiny_models import distinct_ids, tiny_model
+
+from reattn_llm import ConfigError, ReAttentionCache, ReAttentionConfig, patch
+from reattn_llm.cache import ReAttentionLayer
+from reattn_llm.kernels import score_topk_torch
+from reattn_llm.two_level import KeySummaries, block_bounds, block_summaries, level1_k, two_level_topk
+
+
+def _scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``[B, H, Q, M]`` raw q.k in fp64, query head h reading KV head h // g."""
+    g = q.shape[1] // k.shape[1]
+    return torch.einsum("bhqd,bhmd->bhqm", q.double(), k.double().repeat_interleave(g, dim=1))
+
+
+def _same_hits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and bool((a.sort(-1).values == b.sort(-1).values).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("bs", [1, 7, 32])
+def test_bound_is_an_upper_bound_of_every_key_in_its_block(dtype, bs):
+    g = torch.Generator().manual_seed(bs)
+    q = torch.randn(2, 6, 9, 64, generator=g, dtype=dtype) * 3
+    k = torch.randn(2, 2, 20 * bs + bs // 2, 64, generator=g, dtype=dtype)
+    k[..., 5] += 40  # an outlier channel, as real keys have
+    bounds = block_bounds(q, block_summaries(k, bs))  # [B, H, Q, 20]
+    assert bounds.shape == (2, 6, 9, 20)
+    s = _scores(q, k)[..., : 20 * bs].reshape(2, 6, 9, 20, bs)
+    # fp32 sums round: allow the summation error bound 2·D·eps·sum|q_d||k_d|
+    mag = torch.einsum("bhqd,bhmd->bhqm", q.double().abs(), k.double().abs().repeat_interleave(3, dim=1))
+    tol = 2 * 64 * torch.finfo(dtype).eps * mag[..., : 20 * bs].reshape(2, 6, 9, 20, bs).amax(-1)
+    assert (s.amax(-1) <= bounds.double() + tol).all()
+    if bs == 1:  # a block of one key: the bound is the score itself
+        assert torch.allclose(bounds.double(), s[..., 0], rtol=1e-4, atol=1e-3)
+
+
+def test_summaries_match_a_literal_min_max():
+    k = torch.randn(1, 3, 50, 8)
+    s = block_summaries(k, 16)
+    assert s.shape == (1, 3, 3, 16)
+    for j in range(3):
+        blk = k[:, :, 16 * j : 16 * j + 16]
+        assert torch.equal(s[:, :, j, :8], blk.max(dim=2).values)
+        assert torch.equal(s[:, :, j, 8:], blk.min(dim=2).values)
+
+
+@pytest.mark.parametrize("m,bs,c", [(200, 8, 25), (203, 8, 25), (203, 8, 40), (64, 16, 4)])
+def test_all_blocks_candidates_is_exact_selection(m, bs, c):
+    g = torch.Generator().manual_seed(m + c)
+    q = torch.randn(2, 6, 5, 16, generator=g)
+    k = torch.randn(2, 2, m, 16, generator=g)
+    assert c * bs >= m - bs + 1  # every full block fits the budget
+    assert torch.equal(two_level_topk(q, k, 4, c, bs), score_topk_torch(q, k, 4))
+
+
+def test_level_two_finds_planted_hits_in_candidate_blocks_and_the_partial_tail():
+    """Keys are small noise except planted strong keys; level 1 must find their blocks and level 2
+    must map gathered indices back to the right middle positions (GQA, batch 2, partial tail)."""
+    gen = torch.Generator().manual_seed(0)
+    b, hkv, grp, nq, d, bs, m = 2, 2, 3, 4, 32, 8, 8 * 40 + 5
+    u = torch.nn.functional.normalize(torch.randn(b, hkv, d, generator=gen), dim=-1)  # per KV head
+    q = (
+        0.3 * torch.randn(b, hkv * grp, nq, d, generator=gen)
+        + 2 * u.repeat_interleave(grp, dim=1)[:, :, None]
+    )
+    k = 0.05 * torch.randn(b, hkv, m, d, generator=gen)
+    # strongest first; rows >= 320 lie in the partial tail block, which has no summary
+    planted = {
+        (0, 0): [17, 90, 91, 250],
+        (0, 1): [321, 3, 160],
+        (1, 0): [44, 322, 200],
+        (1, 1): [8, 9, 10, 300],
+    }
+    for (bi, hi), rows in planted.items():
+        for j, r in enumerate(rows):
+            k[bi, hi, r] = (4.0 - 0.5 * j) * u[bi, hi]
+    exact = score_topk_torch(q, k, 2)
+    two = two_level_topk(q, k, 2, candidate_blocks=6, block_size=bs)
+    assert _same_hits(two, exact)
+    for (bi, hi), rows in planted.items():  # the hits are the two strongest planted rows
+        assert set(two[bi, hi * grp : (hi + 1) * grp].flatten().tolist()) == set(rows[:2])
+
+
+def test_two_level_reduces_to_top_k_of_its_candidates():
+    """Whatever level 1 picks, every returned hit scores at least as high as any other key of the
+    KV head's candidate blocks (checked against a literal per-row search)."""
+    gen = torch.Generator().manual_seed(4)
+    q = torch.randn(1, 4, 6, 16, generator=gen, dtype=torch.float64)
+    k = torch.randn(1, 2, 8 * 30 + 3, 16, generator=gen, dtype=torch.float64)
+    hits = two_level_topk(q, k, 3, candidate_blocks=5, block_size=8)
+    s = _scores(q, k)
+    for h in range(4):
+        cand = {int(p) // 8 for hq in range(2 * (h // 2), 2 * (h // 2) + 2) for p in hits[0, hq].flatten()}
+        allowed = [r for r in range(k.shape[2]) if r // 8 in cand or r >= 240]
+        for i in range(6):
+            got = s[0, h, i, hits[0, h, i]].sort(descending=True).values
+            best = s[0, h, i, allowed].sort(descending=True).values[:3]
+            assert torch.equal(got, best)
+
+
+def test_level1_votes_per_row():
+    assert level1_k(4, 60, 3 * 1024, 4000) == 8  # prefill: 2·top_k
+    assert level1_k(4, 508, 3, 4000) == 32  # decode: as many as allowed, to name the candidates
+    assert level1_k(4, 508, 3, 10) == 10
+
+
+def test_cache_keeps_summaries_incrementally_and_forgets_cropped_rows():
+    layer = ReAttentionLayer()
+    ks = [torch.randn(1, 2, n, 8) for n in (5, 30, 1, 40)]
+    origin, bs = 4, 8
+    for piece in ks:
+        keys, _ = layer.update(piece, piece)
+        store = keys._reattn_summaries
+        assert store is layer.summaries
+        n = (keys.shape[2] - origin) // bs
+        got = store.get(keys, origin, bs, n)
+        assert torch.equal(got, block_summaries(keys[:, :, origin:], bs)[:, :, :n])
+    assert layer.summaries.done == (76 - origin) // bs
+    layer.crop(-20)  # 56 rows left: blocks reaching past row 56 are forgotten
+    assert layer.summaries.done == (56 - origin) // bs
+    new = torch.randn(1, 2, 24, 8)
+    keys, _ = layer.update(new, new)
+    assert torch.equal(store.get(keys, origin, bs, 9), block_summaries(keys[:, :, origin:], bs)[:, :, :9])
+    layer.reset()
+    assert layer.summaries.done == 0
+    # a different block size or origin starts over
+    s = KeySummaries()
+    kk = torch.randn(1, 1, 64, 4)
+    s.get(kk, 0, 8, 8)
+    assert torch.equal(s.get(kk, 0, 16, 4), block_summaries(kk, 16))
+
+
+def test_config_fields_and_errors():
+    c = ReAttentionConfig(selection="two_level").resolve(8192)
+    assert c.candidates == 4 * 127 and c.summary_block == 32
+    c = ReAttentionConfig(selection="two_level", candidate_blocks=9, block_size=64).resolve(8192)
+    assert c.candidates == 9 and c.summary_block == 64
+    with pytest.raises(ConfigError, match="selection="):
+        ReAttentionConfig(selection="approx")  # type: ignore[arg-type]
+    for name in ("candidate_blocks", "block_size"):
+        with pytest.raises(ConfigError, match=name):
+            ReAttentionConfig(**{name: 0})
+
+
+def _prefill_logits(model, ids, chunk):
+    cache = ReAttentionCache(model.config.num_hidden_layers)
+    with torch.no_grad():
+        out = [
+            model(ids[:, s : s + chunk], past_key_values=cache).logits for s in range(0, ids.shape[1], chunk)
+        ]
+    return torch.cat(out, 1), cache
+
+
+def test_patched_model_equals_exact_when_candidates_cover_the_middle_and_runs_when_they_do_not():
+    model = tiny_model("llama", heads=6, kv_heads=2, head_dim=64, window=128).double()
+    base = dict(global_size=4, local_size=48, span_size=8, max_spans=6, top_k=3, chunk_size=16)
+    ids = distinct_ids(1, 200, seed=1)
+    with patch(model, ReAttentionConfig(**base)):
+        exact, _ = _prefill_logits(model, ids, 40)
+    with patch(model, ReAttentionConfig(**base, selection="two_level", candidate_blocks=40)):
+        two, _ = _prefill_logits(model, ids, 40)  # 40 blocks of 8 >= the middle (< 200 keys)
+    assert torch.equal(two, exact)
+    with patch(model, ReAttentionConfig(**base, selection="two_level", candidate_blocks=3)) as h:
+        approx, cache = _prefill_logits(model, ids, 40)
+        assert h.state.largest_position() < 128
+    assert torch.isfinite(approx).all()
+    assert cache.layers[0].summaries.done == (200 - 4 - 48) // 8  # the cache summarised the middle's blocks
+
+
+def test_two_level_finds_the_passkey_at_every_depth_beyond_3x_window(smollm2):  # noqa: F811
+    """The small-window passkey test of test_passkey.py with two-level selection, candidates
+    cut to 8 blocks of 16 keys (at most ~10% of the ~1,340 middle keys)."""
+    from test_passkey import DEPTHS, KEYS, LENGTH, SMALL
+
+    from reattn_llm.evaluation import passkey_trial
+
+    model, tok = smollm2
+    cfg = ReAttentionConfig(**SMALL, selection="two_level", candidate_blocks=8)
+    with patch(model, cfg) as handle:
+        results = [
+            passkey_trial(model, tok, LENGTH, d, k, chunk=128) for d, k in zip(DEPTHS, KEYS, strict=True)
+        ]
+        largest = handle.state.largest_position()
+    assert [r.found for r in results] == [True] * 5, [r.answer for r in results]
+    assert largest < SMALL["window"]
