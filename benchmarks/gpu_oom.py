@@ -20,6 +20,7 @@ def main() -> int:
     eng = Engine(None, device="cuda", progress=False, keep_prefix=False).load()
     small = passkey_prompt(eng.tokenizer, 20_000, 0.5, "46172")
     big = passkey_prompt(eng.tokenizer, 400_000, 0.5, "46172")  # ~9 GiB of bf16 K/V
+    eng.complete(small, SamplingParams(max_new_tokens=2), chat=False)  # warm-up: one-time workspaces
     free, _ = torch.cuda.mem_get_info(dev)
     ballast = torch.empty(free - (4 << 30), dtype=torch.uint8, device=dev)  # leave ~4 GiB
     eng.check_fits = lambda *a: None  # type: ignore[method-assign]  # let the prompt reach the prefill

@@ -63,7 +63,7 @@ def run_doc_cache(args: argparse.Namespace) -> dict:
 
     eng = Engine(None, device=args.device, dtype=args.dtype, progress=False).load()
     text = passkey_prompt(eng.tokenizer, args.tokens, 0.5, "62718")
-    doc, question = text.rsplit("\n", 1)
+    doc = text.rsplit("\n", 1)[0]
     _sync(eng.device)
     t0 = time.perf_counter()
     kept = eng.warm(doc, chat=False)
@@ -73,10 +73,12 @@ def run_doc_cache(args: argparse.Namespace) -> dict:
     eng.save_prefix(args.path)
     save_s = time.perf_counter() - t1
     size = Path(args.path).stat().st_size
+    print(f"[doc-cache] {kept} tokens prefilled in {prefill_s:.1f} s, saved in {save_s:.1f} s ({size / 2**30:.1f} GiB)",
+          file=sys.stderr, flush=True)
     del eng
     child = subprocess.run(
         [sys.executable, __file__, "doc-cache-answer", "--path", args.path, "--device", args.device,
-         "--dtype", args.dtype, "--prompt", doc + "\n" + question],
+         "--dtype", args.dtype, "--tokens", str(args.tokens)],
         capture_output=True, text=True, check=True,
     )
     answer = json.loads(child.stdout.strip().splitlines()[-1])
@@ -100,8 +102,9 @@ def doc_cache_answer(args: argparse.Namespace) -> None:
     eng.load_prefix(args.path)
     _sync(eng.device)
     load_s = time.perf_counter() - t1
+    prompt = passkey_prompt(eng.tokenizer, args.tokens, 0.5, "62718")  # the parent's prompt, rebuilt
     t2 = time.perf_counter()
-    c = eng.complete(args.prompt, SamplingParams(max_new_tokens=8), chat=False)
+    c = eng.complete(prompt, SamplingParams(max_new_tokens=8), chat=False)
     answer_s = time.perf_counter() - t2
     print(json.dumps({"model_load_s": load_model_s, "load_s": load_s, "answer_s": answer_s,
                       "load_and_answer_s": load_s + answer_s, "prefilled": eng.last_prefill_tokens,
@@ -117,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk", type=int, default=1024)
     ap.add_argument("--tokens", type=int, default=1 << 20)
     ap.add_argument("--path", default="/tmp/reattn-doc.safetensors")
-    ap.add_argument("--prompt", default="")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--seed", type=int, default=0)
