@@ -22,8 +22,15 @@ from reattn_llm import ReAttentionConfig, patch
 from reattn_llm.evaluation import passkey_trial, perplexity_by_band, random_passkey, token_nll
 from reattn_llm.models import load_model, resolve_device, resolve_dtype
 
-BANDS = [(0, 2048), (2048, 8192), (8192, 16384), (16384, 32768), (32768, 65536), (65536, 131072),
-         (131072, 10**12)]
+BANDS = [
+    (0, 2048),
+    (2048, 8192),
+    (8192, 16384),
+    (16384, 32768),
+    (32768, 65536),
+    (65536, 131072),
+    (131072, 10**12),
+]
 MODES = ("full", "streaming", "reattention")
 
 
@@ -87,9 +94,19 @@ def run_passkey(model, tok, args) -> dict:
         for n in args.lengths:
             for depth in args.depths:
                 t0 = time.perf_counter()
-                r = passkey_trial(model, tok, n, depth, random_passkey(rng), chunk=args.chunk, tail=args.tail_size or 16)
-                rows.append({"length": n, "tokens": r.tokens, "depth": depth, "found": r.found,
-                             "answer": r.answer, "seconds": time.perf_counter() - t0})
+                r = passkey_trial(
+                    model, tok, n, depth, random_passkey(rng), chunk=args.chunk, tail=args.tail_size or 16
+                )
+                rows.append(
+                    {
+                        "length": n,
+                        "tokens": r.tokens,
+                        "depth": depth,
+                        "found": r.found,
+                        "answer": r.answer,
+                        "seconds": time.perf_counter() - t0,
+                    }
+                )
                 print(f"[passkey] {mode} {n} {depth}: {r.found} {r.answer!r}", file=sys.stderr, flush=True)
         pos = handle.state.largest_position() if handle.state is not None else max(args.lengths)
         handle.unpatch()
@@ -109,14 +126,19 @@ def run_passkey(model, tok, args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["ppl", "passkey"])
-    ap.add_argument("--text", default=str(Path(__file__).resolve().parents[2] / "shared/data/texts/austen_emma.txt"))
+    ap.add_argument(
+        "--text", default=str(Path(__file__).resolve().parents[2] / "shared/data/texts/austen_emma.txt")
+    )
     ap.add_argument("--max-tokens", type=int, default=0)
     ap.add_argument("--lengths", default="8192,16384,32768,65536,131072")
     ap.add_argument("--depths", default="0.1,0.5,0.9")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--chunk", type=int, default=1024)
-    ap.add_argument("--selection", default="exact",
-                    help="ReAttentionConfig.selection of mode reattention: exact, two_level, or a comma list")
+    ap.add_argument(
+        "--selection",
+        default="exact",
+        help="ReAttentionConfig.selection of mode reattention: exact, two_level, or a comma list",
+    )
     for k in _SIZES:
         ap.add_argument("--" + k.replace("_", "-"), type=int, default=None, help=f"ReAttentionConfig.{k}")
     ap.add_argument("--device", default="auto")
@@ -130,8 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     args.selection = args.selection.split(",")
     device = resolve_device(args.device)
     model, tok = load_model(None, device, resolve_dtype(args.dtype, device))
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
-          f"torch {torch.__version__}, dtype {model.dtype}", file=sys.stderr)
+    print(
+        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
+        f"torch {torch.__version__}, dtype {model.dtype}",
+        file=sys.stderr,
+    )
     res = run_ppl(model, tok, args) if args.what == "ppl" else run_passkey(model, tok, args)
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1))

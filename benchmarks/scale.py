@@ -43,23 +43,42 @@ def run_passkey(args: argparse.Namespace) -> list[dict]:
                 r = passkey_trial(model, tok, n, depth, random_passkey(rng), chunk=args.chunk)
                 _sync(device)
                 secs = time.perf_counter() - t0
-                peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-                rows.append({"tokens": r.tokens, "depth": depth, "found": r.found, "answer": r.answer,
-                             "seconds": secs, "peak_gib": peak, "selection": args.selection})
-                print(f"[passkey] {args.selection} {r.tokens} tokens depth {depth}: {r.found} {r.answer!r} "
-                      f"{secs:.1f} s peak {peak:.1f} GiB", file=sys.stderr, flush=True)
+                peak = (
+                    torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+                )
+                rows.append(
+                    {
+                        "tokens": r.tokens,
+                        "depth": depth,
+                        "found": r.found,
+                        "answer": r.answer,
+                        "seconds": secs,
+                        "peak_gib": peak,
+                        "selection": args.selection,
+                    }
+                )
+                print(
+                    f"[passkey] {args.selection} {r.tokens} tokens depth {depth}: {r.found} {r.answer!r} "
+                    f"{secs:.1f} s peak {peak:.1f} GiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
         largest = handle.state.largest_position()
-    print(f"\n| selection | tokens | depth | found | prefill+answer s | peak GiB |  (largest position {largest})")
+    print(
+        f"\n| selection | tokens | depth | found | prefill+answer s | peak GiB |  (largest position {largest})"
+    )
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['selection']} | {r['tokens']:,} | {r['depth']} | {r['found']} | {r['seconds']:.1f} | "
-              f"{r['peak_gib']:.1f} |")
+        print(
+            f"| {r['selection']} | {r['tokens']:,} | {r['depth']} | {r['found']} | {r['seconds']:.1f} | "
+            f"{r['peak_gib']:.1f} |"
+        )
     return rows
 
 
 def run_doc_cache(args: argparse.Namespace) -> dict:
     """Prefill a long document once (timed), save it; then a fresh process loads it and answers."""
-    from reattn_llm.engine import Engine, SamplingParams
+    from reattn_llm.engine import Engine
 
     eng = Engine(None, device=args.device, dtype=args.dtype, progress=False).load()
     text = passkey_prompt(eng.tokenizer, args.tokens, 0.5, "62718")
@@ -73,22 +92,48 @@ def run_doc_cache(args: argparse.Namespace) -> dict:
     eng.save_prefix(args.path)
     save_s = time.perf_counter() - t1
     size = Path(args.path).stat().st_size
-    print(f"[doc-cache] {kept} tokens prefilled in {prefill_s:.1f} s, saved in {save_s:.1f} s ({size / 2**30:.1f} GiB)",
-          file=sys.stderr, flush=True)
+    print(
+        f"[doc-cache] {kept} tokens prefilled in {prefill_s:.1f} s, saved in {save_s:.1f} s ({size / 2**30:.1f} GiB)",
+        file=sys.stderr,
+        flush=True,
+    )
     del eng
     child = subprocess.run(
-        [sys.executable, __file__, "doc-cache-answer", "--path", args.path, "--device", args.device,
-         "--dtype", args.dtype, "--tokens", str(args.tokens)],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            __file__,
+            "doc-cache-answer",
+            "--path",
+            args.path,
+            "--device",
+            args.device,
+            "--dtype",
+            args.dtype,
+            "--tokens",
+            str(args.tokens),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     answer = json.loads(child.stdout.strip().splitlines()[-1])
-    res = {"tokens": kept, "first_prefill_s": prefill_s, "save_s": save_s, "file_gib": size / 2**30, **answer,
-           "ratio": answer["load_and_answer_s"] / prefill_s}
-    print("\n| document tokens | first prefill s | save s | file GiB | fresh process: load s | answer s "
-          "| load+answer / prefill | new tokens prefilled | answer |")
+    res = {
+        "tokens": kept,
+        "first_prefill_s": prefill_s,
+        "save_s": save_s,
+        "file_gib": size / 2**30,
+        **answer,
+        "ratio": answer["load_and_answer_s"] / prefill_s,
+    }
+    print(
+        "\n| document tokens | first prefill s | save s | file GiB | fresh process: load s | answer s "
+        "| load+answer / prefill | new tokens prefilled | answer |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {kept:,} | {prefill_s:.1f} | {save_s:.1f} | {res['file_gib']:.1f} | {answer['load_s']:.1f} | "
-          f"{answer['answer_s']:.1f} | {res['ratio']:.3f} | {answer['prefilled']} | {answer['text']!r} |")
+    print(
+        f"| {kept:,} | {prefill_s:.1f} | {save_s:.1f} | {res['file_gib']:.1f} | {answer['load_s']:.1f} | "
+        f"{answer['answer_s']:.1f} | {res['ratio']:.3f} | {answer['prefilled']} | {answer['text']!r} |"
+    )
     return res
 
 
@@ -106,9 +151,18 @@ def doc_cache_answer(args: argparse.Namespace) -> None:
     t2 = time.perf_counter()
     c = eng.complete(prompt, SamplingParams(max_new_tokens=8), chat=False)
     answer_s = time.perf_counter() - t2
-    print(json.dumps({"model_load_s": load_model_s, "load_s": load_s, "answer_s": answer_s,
-                      "load_and_answer_s": load_s + answer_s, "prefilled": eng.last_prefill_tokens,
-                      "text": c.text}))
+    print(
+        json.dumps(
+            {
+                "model_load_s": load_model_s,
+                "load_s": load_s,
+                "answer_s": answer_s,
+                "load_and_answer_s": load_s + answer_s,
+                "prefilled": eng.last_prefill_tokens,
+                "text": c.text,
+            }
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

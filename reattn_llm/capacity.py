@@ -83,12 +83,18 @@ def working_reserve(model_config: Any, config: ReAttentionConfig, dtype: torch.d
 
 
 def estimate_capacity(
-    model_config: Any, device: torch.device, dtype: torch.dtype, config: ReAttentionConfig, weights_loaded: bool = False
+    model_config: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+    config: ReAttentionConfig,
+    weights_loaded: bool = False,
 ) -> Capacity:
     """The most tokens (prompt + answer) whose KV cache fits in free memory after the weights."""
     per_tok = kv_bytes_per_token(model_config, dtype)
     avail = available_bytes(device)
-    weights = 0 if weights_loaded else parameter_count(model_config) * torch.empty((), dtype=dtype).element_size()
+    weights = (
+        0 if weights_loaded else parameter_count(model_config) * torch.empty((), dtype=dtype).element_size()
+    )
     reserve = working_reserve(model_config, config, dtype)
     usable = max(0, int(avail * _SAFETY) - weights - reserve)
     return Capacity(usable // per_tok, per_tok, avail, weights, reserve, str(device))

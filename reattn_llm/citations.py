@@ -31,8 +31,14 @@ class Citation:
     snippet: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"start": self.start, "end": self.end, "score": round(self.score, 4), "page": self.page,
-                "source": self.source, "snippet": self.snippet}
+        return {
+            "start": self.start,
+            "end": self.end,
+            "score": round(self.score, 4),
+            "page": self.page,
+            "source": self.source,
+            "snippet": self.snippet,
+        }
 
 
 def _last_before(pattern: re.Pattern[str], text: str, pos: int) -> tuple[list[int], list[str]]:

@@ -35,7 +35,9 @@ PROMPT = "{document}\n\nAnswer the question using the document above.\nQuestion:
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and ReAttention settings")
-    g.add_argument("--model", default=None, help="Hub id or local folder (default: embedded SmolLM2-135M-Instruct)")
+    g.add_argument(
+        "--model", default=None, help="Hub id or local folder (default: embedded SmolLM2-135M-Instruct)"
+    )
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--dtype", default="auto", help="auto | bf16 | fp16 | fp32")
     g.add_argument("--mode", default="reattention", choices=["reattention", "streaming", "full"])
@@ -53,7 +55,9 @@ def _config(a: argparse.Namespace) -> ReAttentionConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="reattn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="reattn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
     ask = sub.add_parser("ask", help="answer a question over one or more PDF/text files")
     ask.add_argument("files", nargs="+", help="PDF or text files, then the question as the last argument")
@@ -63,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--cite", action="store_true", help="print the pages the answer drew on")
     ask.add_argument("--no-progress", action="store_true", help="no progress bars")
     _config_args(ask)
-    info = sub.add_parser("info", help="pages, tokens, memory and time for this machine, before any model work")
+    info = sub.add_parser(
+        "info", help="pages, tokens, memory and time for this machine, before any model work"
+    )
     info.add_argument("files", nargs="+")
     info.add_argument("--password", default=None)
     _config_args(info)
@@ -113,13 +119,22 @@ def cmd_info(a: argparse.Namespace) -> int:
         ("pages", str(len(doc.pages)) if doc.metadata.get("format") != "text" else "1 (text)"),
         ("characters", f"{len(doc):,}"),
         ("tokens", f"{tokens:,} ({engine.model_name} tokenizer)"),
-        ("trained window", f"{c.window:,} tokens; scope {c.scope:,} = G {c.global_size} + "
-                           f"{c.max_spans} spans x {c.span_size} + L {c.local_size}"),
+        (
+            "trained window",
+            f"{c.window:,} tokens; scope {c.scope:,} = G {c.global_size} + "
+            f"{c.max_spans} spans x {c.span_size} + L {c.local_size}",
+        ),
         ("device", f"{engine.device} ({engine.dtype})"),
         ("KV cache", f"{plan.kv_bytes / gib:.2f} GiB"),
-        ("peak memory (est.)", f"{plan.peak_bytes / gib:.2f} GiB of {plan.capacity.available_bytes / gib:.1f} GiB free"),
+        (
+            "peak memory (est.)",
+            f"{plan.peak_bytes / gib:.2f} GiB of {plan.capacity.available_bytes / gib:.1f} GiB free",
+        ),
         ("capacity", f"{plan.capacity.max_tokens:,} tokens -> {'fits' if plan.fits else 'DOES NOT FIT'}"),
-        ("prefill time (est.)", f"{plan.prefill_seconds:.1f} s at {plan.device_flops / 1e9:.0f} GFLOP/s measured"),
+        (
+            "prefill time (est.)",
+            f"{plan.prefill_seconds:.1f} s at {plan.device_flops / 1e9:.0f} GFLOP/s measured",
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -168,7 +183,7 @@ def cmd_ask(a: argparse.Namespace) -> int:
     from .engine import Engine
 
     if len(a.files) < 2:
-        raise _Usage("ask needs at least one file and a question: reattn ask FILE [FILE...] \"question\"")
+        raise _Usage('ask needs at least one file and a question: reattn ask FILE [FILE...] "question"')
     *files, question = a.files
     progress = not a.no_progress and sys.stderr.isatty()
     engine = Engine(a.model, device=a.device, dtype=a.dtype, config=_config(a), progress=progress)
@@ -187,8 +202,11 @@ def cmd_demo(a: argparse.Namespace) -> int:
     text = SAMPLE.read_text(encoding="utf-8")
     engine = Engine(None, config=ReAttentionConfig(**DEMO_CONFIG), progress=not a.no_progress)
     c = engine.config
-    print(f"Sample: {SAMPLE.name} ({engine.count_tokens(text):,} tokens), model {engine.model_name} with its window "
-          f"shrunk to {c.window} tokens (local {c.local_size}), so most of the text lies outside it.", file=sys.stderr)
+    print(
+        f"Sample: {SAMPLE.name} ({engine.count_tokens(text):,} tokens), model {engine.model_name} with its window "
+        f"shrunk to {c.window} tokens (local {c.local_size}), so most of the text lies outside it.",
+        file=sys.stderr,
+    )
     print(f"Question: {a.question}", file=sys.stderr)
     _answer(engine, PROMPT.format(document=text, question=a.question), 64, 0.0, cite=False)
     return EXIT_OK

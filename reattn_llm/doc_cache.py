@@ -82,8 +82,12 @@ def save_prefix(prefix: Prefix, path: str | os.PathLike[str], meta: dict[str, An
         tensors[f"k.{i}"] = layer.keys[:, :, :n].contiguous().cpu()  # type: ignore[union-attr,index]
         tensors[f"v.{i}"] = layer.values[:, :, :n].contiguous().cpu()  # type: ignore[union-attr,index]
     sums = {name: fingerprint(t) for name, t in tensors.items()}
-    header = {"format": FORMAT, "tokens": str(n), "checksums": json.dumps(sums),
-              **{k: str(v) for k, v in meta.items()}}
+    header = {
+        "format": FORMAT,
+        "tokens": str(n),
+        "checksums": json.dumps(sums),
+        **{k: str(v) for k, v in meta.items()},
+    }
     tmp = Path(str(path) + ".tmp")
     save_file(tensors, str(tmp), metadata=header)
     os.replace(tmp, path)
@@ -101,14 +105,18 @@ def load_prefix(path: str | os.PathLike[str], meta: dict[str, Any], device: torc
             names = list(f.keys())
             tensors = {name: f.get_tensor(name) for name in names}
     except Exception as e:  # safetensors raises its own errors on truncated/garbled files
-        raise CacheFileError(f"{path} is not a readable document cache (truncated or corrupt: {e}). "
-                             "Delete it and prefill the document again.") from e
+        raise CacheFileError(
+            f"{path} is not a readable document cache (truncated or corrupt: {e}). "
+            "Delete it and prefill the document again."
+        ) from e
     if header.get("format") != FORMAT:
         raise CacheFileError(f"{path}: not a reattn-llm document cache (format {header.get('format')!r}).")
     for key, want in meta.items():
         if header.get(key) != str(want):
-            raise CacheFileError(f"{path} was made with {key}={header.get(key)!r}, but this engine has "
-                                 f"{key}={want!r}: prefill the document again with this model and config.")
+            raise CacheFileError(
+                f"{path} was made with {key}={header.get(key)!r}, but this engine has "
+                f"{key}={want!r}: prefill the document again with this model and config."
+            )
     try:
         sums = json.loads(header["checksums"])
     except (KeyError, ValueError) as e:
@@ -120,8 +128,10 @@ def load_prefix(path: str | os.PathLike[str], meta: dict[str, Any], device: torc
     for name, t in tensors.items():
         moved = t.to(device)
         if fingerprint(moved) != sums[name]:
-            raise CacheFileError(f"{path}: checksum mismatch in {name!r}: the file is corrupt. "
-                                 "Delete it and prefill the document again.")
+            raise CacheFileError(
+                f"{path}: checksum mismatch in {name!r}: the file is corrupt. "
+                "Delete it and prefill the document again."
+            )
         tensors[name] = moved
     for i in range(layers):
         cache.update(tensors[f"k.{i}"], tensors[f"v.{i}"], i)

@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -93,7 +93,7 @@ class Engine:
     Construction is cheap; weights load on first use (:meth:`load`).
     """
 
-    _shared: dict[tuple, Engine] = {}
+    _shared: ClassVar[dict[tuple, Engine]] = {}
     _shared_lock = threading.Lock()
 
     def __init__(
@@ -191,10 +191,16 @@ class Engine:
     def capacity(self) -> Capacity:
         """How many tokens this model can hold on this device (KV bytes per token vs memory)."""
         cap = estimate_capacity(
-            load_config(self.model_id), self.device, self.dtype, self.config, weights_loaded=self._model is not None
+            load_config(self.model_id),
+            self.device,
+            self.dtype,
+            self.config,
+            weights_loaded=self._model is not None,
         )
         if self.max_cache_bytes is not None:
-            cap = dataclasses.replace(cap, max_tokens=min(cap.max_tokens, self.max_cache_bytes // cap.kv_bytes_per_token))
+            cap = dataclasses.replace(
+                cap, max_tokens=min(cap.max_tokens, self.max_cache_bytes // cap.kv_bytes_per_token)
+            )
         return cap
 
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
@@ -263,7 +269,9 @@ class Engine:
                 prefix.cache.reserve(reserve)
                 return prefix.cache, n
         del prefix
-        return ReAttentionCache(self.model.config.num_hidden_layers, reserve=reserve, max_bytes=self.max_cache_bytes), 0
+        return ReAttentionCache(
+            self.model.config.num_hidden_layers, reserve=reserve, max_bytes=self.max_cache_bytes
+        ), 0
 
     def _keep(self, ids: list[int], cache: ReAttentionCache, reusable: int) -> None:
         if self.keep_prefix:
@@ -302,7 +310,9 @@ class Engine:
         """Save the kept prefix (see :meth:`warm`) to ``path``; returns the tokens saved."""
         with self._lock:
             if self._prefix is None or self._prefix.reusable == 0:
-                raise ValueError("No reusable document prefix to save: call warm(document) (or ask once) first.")
+                raise ValueError(
+                    "No reusable document prefix to save: call warm(document) (or ask once) first."
+                )
             save_prefix(self._prefix, path, self._meta())
             return self._prefix.reusable
 
@@ -340,9 +350,14 @@ class Engine:
         return completion
 
     def _generate_locked(
-        self, ids: list[int], text: str, params: SamplingParams, cite_sources: bool, on_progress: ProgressFn | None
+        self,
+        ids: list[int],
+        text: str,
+        params: SamplingParams,
+        cite_sources: bool,
+        on_progress: ProgressFn | None,
     ) -> Iterator[str]:
-        model = self.model
+        self.load()
         tok = self.tokenizer
         state = self._handle.state if self._handle is not None else None
         cache, start = self._cache_for(ids, len(ids) + params.max_new_tokens)
@@ -372,14 +387,14 @@ class Engine:
                 if cut is not None:
                     full, finish = full[:cut], "stop"
                     if len(full) > len(emitted):
-                        yield full[len(emitted):]
+                        yield full[len(emitted) :]
                     emitted = full
                     break
                 safe = len(full) - hold
                 if full.endswith("\ufffd"):
                     safe = min(safe, len(full) - 1)
                 if safe > len(emitted):
-                    yield full[len(emitted):safe]
+                    yield full[len(emitted) : safe]
                     emitted = full[:safe]
                 if len(out_ids) == params.max_new_tokens:
                     break
@@ -389,7 +404,7 @@ class Engine:
             if finish == "length":
                 full = tok.decode(out_ids, skip_special_tokens=True)
                 if len(full) > len(emitted):
-                    yield full[len(emitted):]
+                    yield full[len(emitted) :]
                 emitted = full
             t2 = time.perf_counter()
             citations: list[Citation] = []
@@ -423,7 +438,9 @@ class Engine:
                 state.recorder = None
             cache = None  # type: ignore[assignment]  # a kept prefix holds its own reference
 
-    def complete(self, prompt: str | list[dict[str, str]], params: SamplingParams | None = None, **kw: Any) -> Completion:
+    def complete(
+        self, prompt: str | list[dict[str, str]], params: SamplingParams | None = None, **kw: Any
+    ) -> Completion:
         """Run :meth:`generate` to the end and return the :class:`Completion`."""
         it = self.generate(prompt, params, **kw)
         while True:

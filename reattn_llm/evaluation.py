@@ -53,7 +53,9 @@ class PasskeyResult:
 
 
 @torch.inference_mode()
-def greedy_continue(model: Any, ids: torch.Tensor, chunk: int, max_new_tokens: int, tail: int = 16) -> list[int]:
+def greedy_continue(
+    model: Any, ids: torch.Tensor, chunk: int, max_new_tokens: int, tail: int = 16
+) -> list[int]:
     """Chunked prefill of ``ids [1, T]`` (as the engine does it: the last ``tail`` tokens apart)
     through a fresh :class:`ReAttentionCache`, then greedy decode."""
     cache = ReAttentionCache(model.config.num_hidden_layers, reserve=ids.shape[1] + max_new_tokens)
@@ -64,7 +66,9 @@ def greedy_continue(model: Any, ids: torch.Tensor, chunk: int, max_new_tokens: i
     for _ in range(max_new_tokens):
         nxt = int(logits[0, -1].argmax())  # type: ignore[index]
         out.append(nxt)
-        logits = model(input_ids=torch.tensor([[nxt]], device=ids.device), past_key_values=cache, use_cache=True).logits
+        logits = model(
+            input_ids=torch.tensor([[nxt]], device=ids.device), past_key_values=cache, use_cache=True
+        ).logits
     return out
 
 

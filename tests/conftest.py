@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+# --- core: the real default model, loaded once ---------------------------------------------------
+
 # --- integrations (LangChain / LlamaIndex): one shrunk-window engine of the default model --------
 
 #: ``shared/data`` beside the repository (PDFs and texts); tests that need it skip without it.
@@ -123,3 +125,16 @@ FILLER_PAGES = [
     [_TOPICS[(7 * p + i) % len(_TOPICS)] for i in range(10)] for p in range(5)
 ]
 FILLER_PAGES[PLANTED_PAGE - 1].insert(5, PLANTED_FACT)
+
+
+# --- core: the real default model, loaded once ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """``(model, tokenizer)``: SmolLM2-135M-Instruct from the embedded GGUF, fp32 on CPU."""
+    import torch
+
+    from reattn_llm.models import load_model
+
+    return load_model(None, torch.device("cpu"), torch.float32)

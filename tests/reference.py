@@ -19,7 +19,9 @@ def rotate(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor, scale: fl
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
-def literal_selection(q: torch.Tensor, k_mid: torch.Tensor, top_k: int, max_spans: int, span: int) -> list[int]:
+def literal_selection(
+    q: torch.Tensor, k_mid: torch.Tensor, top_k: int, max_spans: int, span: int
+) -> list[int]:
     """Middle positions selected for one chunk: ``q [H, Q, D]``, ``k_mid [Hkv, M, D]``."""
     h_q, n_q, _ = q.shape
     h_kv, m, _ = k_mid.shape
@@ -39,12 +41,17 @@ def literal_selection(q: torch.Tensor, k_mid: torch.Tensor, top_k: int, max_span
 
 
 def literal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg, inv_freq: torch.Tensor, rope_scale: float,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cfg,
+    inv_freq: torch.Tensor,
+    rope_scale: float,
     scaling: float,
 ) -> torch.Tensor:
     """One layer: ``q [B, H, Q, D]`` un-rotated (the last Q of T), ``k, v [B, Hkv, T, D]`` un-rotated
     -> ``[B, Q, H, D]``, splitting the queries into chunks when beyond ``G + L``."""
-    b_sz, h_q, n_q, d = q.shape
+    b_sz, h_q, n_q, _ = q.shape
     h_kv, total = k.shape[1], k.shape[2]
     group = h_q // h_kv
     g, loc = cfg.global_size, cfg.local_size
@@ -62,8 +69,13 @@ def literal_attention(
             if seen <= g + loc:
                 idx = list(range(seen))
             else:
-                mid = literal_selection(q[b, :, c0:c1], k[b, :, g : seen - loc], cfg.top_k, cfg.max_spans,
-                                        cfg.span_size) if cfg.max_spans else []
+                mid = (
+                    literal_selection(
+                        q[b, :, c0:c1], k[b, :, g : seen - loc], cfg.top_k, cfg.max_spans, cfg.span_size
+                    )
+                    if cfg.max_spans
+                    else []
+                )
                 idx = list(range(g)) + [g + j for j in mid] + list(range(seen - loc, seen))
             n = len(idx)
             kk = rotate(k[b][:, idx].double(), torch.arange(n), inv_freq, rope_scale)

@@ -89,8 +89,9 @@ def test_selection_against_scoring_reference():
 def test_build_scope_positions_are_contiguous(batch):
     sel = torch.tensor([[0, 1, 2, 7]] * batch)
     valid = torch.tensor([[True, True, False, True]] * batch)
-    scope = build_scope(sel, valid, total=40, q_len=3, global_size=2, local_size=5, batch=batch,
-                        device=torch.device("cpu"))
+    scope = build_scope(
+        sel, valid, total=40, q_len=3, global_size=2, local_size=5, batch=batch, device=torch.device("cpu")
+    )
     assert scope.gather_idx[0].tolist() == [0, 1, 2, 3, 4, 9, 35, 36, 37, 38, 39]
     assert scope.key_pos[0].tolist() == [0, 1, 2, 3, -1, 4, 5, 6, 7, 8, 9]
     assert scope.q_pos[0].tolist() == [7, 8, 9]

@@ -20,7 +20,9 @@ def test_info_matches_pypdf_and_tokenizer_in_seconds(capsys, monkeypatch):
     from reattn_llm.documents import load_document
     from reattn_llm.models import load_tokenizer
 
-    monkeypatch.setattr("reattn_llm.models.load_model", lambda *a, **k: pytest.fail("info must not load weights"))
+    monkeypatch.setattr(
+        "reattn_llm.models.load_model", lambda *a, **k: pytest.fail("info must not load weights")
+    )
     path = DATA / "pdfs" / "R-intro.pdf"
     t0 = time.perf_counter()
     code = cli.main(["info", str(path), "--device", "cpu"])
@@ -48,8 +50,22 @@ def test_ask_answers_from_far_outside_the_local_window(tmp_path, capsys):
     writer.write(str(pdf))
     note = tmp_path / "note.txt"
     note.write_text("The secret code of the archive room is 73914.\n")
-    code = cli.main(["ask", str(note), str(pdf), "What is the secret code of the archive room?", "--window", "512",
-                     "--device", "cpu", "--max-tokens", "16", "--cite", "--no-progress"])
+    code = cli.main(
+        [
+            "ask",
+            str(note),
+            str(pdf),
+            "What is the secret code of the archive room?",
+            "--window",
+            "512",
+            "--device",
+            "cpu",
+            "--max-tokens",
+            "16",
+            "--cite",
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "73914" in out

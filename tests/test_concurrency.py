@@ -12,8 +12,10 @@ import pytest
 from reattn_llm import ReAttentionLLM
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
-FACTS = [f"The code of room {i} is {code}. " for i, code in enumerate(
-    ["41730", "58213", "69024", "70385", "81946", "92507", "13658", "24879"])]
+FACTS = [
+    f"The code of room {i} is {code}. "
+    for i, code in enumerate(["41730", "58213", "69024", "70385", "81946", "92507", "13658", "24879"])
+]
 
 
 def _document(n_filler: int = 60) -> str:
@@ -39,7 +41,9 @@ def serial(llm):
 
 def test_serial_answers_are_real(serial):
     # most answers name their room's code: the model reads far outside its 256-token local window
-    hits = sum(code in ans for ans, code in zip(serial, [f.split()[-1].rstrip(".") for f in FACTS], strict=True))
+    hits = sum(
+        code in ans for ans, code in zip(serial, [f.split()[-1].rstrip(".") for f in FACTS], strict=True)
+    )
     assert hits >= 6, serial
 
 

@@ -42,7 +42,9 @@ def test_scope_over_window_names_numbers():
 
 def test_fully_specified_config_is_checked_at_construction():
     with pytest.raises(ValueError, match="exceeds the window"):
-        ReAttentionConfig(global_size=4, local_size=256, span_size=16, max_spans=20, chunk_size=64, window=512)
+        ReAttentionConfig(
+            global_size=4, local_size=256, span_size=16, max_spans=20, chunk_size=64, window=512
+        )
 
 
 def test_chunk_larger_than_local_is_refused():

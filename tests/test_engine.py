@@ -24,7 +24,9 @@ def test_construction_is_cheap_and_shared():
 
 
 def test_greedy_answer_and_usage(engine):
-    c = engine.complete("What is the capital of France? Answer in one word.", SamplingParams(max_new_tokens=12))
+    c = engine.complete(
+        "What is the capital of France? Answer in one word.", SamplingParams(max_new_tokens=12)
+    )
     assert "Paris" in c.text
     assert c.prompt_tokens == len(engine.encode("What is the capital of France? Answer in one word.")[0])
     assert 0 < c.completion_tokens <= 12 and c.finish_reason in ("stop", "length")
@@ -92,7 +94,7 @@ def test_unsupported_model_is_refused_before_weights(tmp_path):
 
 
 def test_importing_the_package_does_not_import_a_top_level_kernels_module():
-    import reattn_llm  # noqa: F401
+    import reattn_llm
     import reattn_llm.kernels  # noqa: F401
 
     assert "kernels" not in sys.modules

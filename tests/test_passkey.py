@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures_core import smollm2  # noqa: F401  (session fixture)
 from reattn_llm import ReAttentionConfig, patch
 from reattn_llm.evaluation import passkey_trial
 
@@ -17,7 +16,9 @@ KEYS = ("53917", "80264", "31758", "69402", "27135")
 def test_reattention_finds_the_key_at_every_depth_beyond_3x_window(smollm2):
     model, tok = smollm2
     with patch(model, ReAttentionConfig(**SMALL)) as handle:
-        results = [passkey_trial(model, tok, LENGTH, d, k, chunk=128) for d, k in zip(DEPTHS, KEYS, strict=True)]
+        results = [
+            passkey_trial(model, tok, LENGTH, d, k, chunk=128) for d, k in zip(DEPTHS, KEYS, strict=True)
+        ]
         largest = handle.state.largest_position()
     assert all(r.tokens >= 3 * SMALL["window"] for r in results)
     assert [r.found for r in results] == [True] * 5, [r.answer for r in results]
@@ -26,18 +27,25 @@ def test_reattention_finds_the_key_at_every_depth_beyond_3x_window(smollm2):
 
 def test_streaming_misses_keys_outside_its_local_window(smollm2):
     model, tok = smollm2
-    with patch(model, ReAttentionConfig(mode="streaming", **{k: v for k, v in SMALL.items() if k != "max_spans"})):
-        results = [passkey_trial(model, tok, LENGTH, d, k, chunk=128) for d, k in zip((0.1, 0.5), KEYS, strict=True)]
+    with patch(
+        model, ReAttentionConfig(mode="streaming", **{k: v for k, v in SMALL.items() if k != "max_spans"})
+    ):
+        results = [
+            passkey_trial(model, tok, LENGTH, d, k, chunk=128) for d, k in zip((0.1, 0.5), KEYS, strict=True)
+        ]
     # both keys sit > 700 tokens before the question, far outside the 256-token local window
     assert not any(r.found for r in results), [r.answer for r in results]
 
 
-@pytest.mark.parametrize("total,chunk,tail,expected", [
-    (10, 16, 4, [(0, 10)]),
-    (40, 16, 4, [(0, 16), (16, 32), (32, 36), (36, 40)]),
-    (40, 16, 0, [(0, 16), (16, 32), (32, 40)]),
-    (33, 16, 64, [(0, 16), (16, 17), (17, 33)]),
-])
+@pytest.mark.parametrize(
+    "total,chunk,tail,expected",
+    [
+        (10, 16, 4, [(0, 10)]),
+        (40, 16, 4, [(0, 16), (16, 32), (32, 36), (36, 40)]),
+        (40, 16, 0, [(0, 16), (16, 32), (32, 40)]),
+        (33, 16, 64, [(0, 16), (16, 17), (17, 33)]),
+    ],
+)
 def test_chunk_bounds(total, chunk, tail, expected):
     from reattn_llm.config import chunk_bounds
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fixtures_core import smollm2  # noqa: F401  (session fixture)
 from tiny_models import FAMILIES, distinct_ids, tiny_model
 
 import reattn_llm.attention as attention_mod
@@ -19,7 +18,9 @@ def _stock_and_patched(model, ids, cfg, **gen):
         with patch(model, cfg) as handle:
             assert model.config._attn_implementation == "reattention"
             ours = model(ids).logits
-            ogen = model.generate(ids, do_sample=False, output_logits=True, return_dict_in_generate=True, **gen)
+            ogen = model.generate(
+                ids, do_sample=False, output_logits=True, return_dict_in_generate=True, **gen
+            )
         assert not handle.active
     return stock, ours, sgen, ogen
 
@@ -38,8 +39,11 @@ def test_within_window_equals_stock_for_every_family(family):
 
 def test_within_window_equals_stock_for_smollm2(smollm2):
     model, tok = smollm2
-    ids = tok("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
-              "must be in want of a wife. " * 12, return_tensors="pt").input_ids
+    ids = tok(
+        "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+        "must be in want of a wife. " * 12,
+        return_tensors="pt",
+    ).input_ids
     stock, ours, sgen, ogen = _stock_and_patched(model, ids, ReAttentionConfig(), max_new_tokens=3)
     assert (stock - ours).abs().max().item() <= 1e-4
     assert torch.equal(sgen.sequences, ogen.sequences)
@@ -93,7 +97,10 @@ def test_largest_rope_position_stays_below_window_at_16x():
         out = model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)
         assert out.shape[1] == 16 * window + 8
         assert max(seen) < window and handle.state.largest_position() < window
-        assert handle.state.largest_position() >= handle.state.config.global_size + handle.state.config.local_size - 1
+        assert (
+            handle.state.largest_position()
+            >= handle.state.config.global_size + handle.state.config.local_size - 1
+        )
 
 
 def test_unpatch_restores_stock():
@@ -124,21 +131,40 @@ def test_unsupported_family_names_supported_ones():
         patch(model)
 
 
-@pytest.mark.parametrize("rope", [{"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0},
-                                  {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 32,
-                                   "long_factor": [1.0] * 32, "original_max_position_embeddings": 64}])
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0},
+        {
+            "rope_type": "longrope",
+            "rope_theta": 10000.0,
+            "short_factor": [1.0] * 32,
+            "long_factor": [1.0] * 32,
+            "original_max_position_embeddings": 64,
+        },
+    ],
+)
 def test_length_dependent_rope_is_refused(rope):
     model = tiny_model("llama", window=128, rope_parameters=rope)
     with pytest.raises(UnsupportedModelError, match="default, linear, llama3, yarn"):
         patch(model)
 
 
-@pytest.mark.parametrize("rope", [{"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
-                                  {"rope_type": "llama3", "factor": 8.0, "rope_theta": 500000.0,
-                                   "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                   "original_max_position_embeddings": 32},
-                                  {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
-                                   "original_max_position_embeddings": 32}])
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "rope_theta": 500000.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
+        {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0, "original_max_position_embeddings": 32},
+    ],
+)
 def test_static_rope_scalings_are_exact_within_window(rope):
     model = tiny_model("llama", window=128, rope_parameters=rope)
     ids = distinct_ids(1, 60)

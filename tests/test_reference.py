@@ -16,7 +16,9 @@ REF_NAME = "reattention_literal_reference"
 def _literal_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     state = module._reattn_state
     rotary = module._ref_rotary
-    out = literal_attention(query, key, value, state.config, rotary.inv_freq, rotary.attention_scaling, scaling)
+    out = literal_attention(
+        query, key, value, state.config, rotary.inv_freq, rotary.attention_scaling, scaling
+    )
     return out.to(query.dtype), None
 
 
@@ -31,13 +33,23 @@ def _logits(model, ids, chunk=None):
 
         cache = ReAttentionCache(model.config.num_hidden_layers)
         return torch.cat(
-            [model(ids[:, s : s + chunk], past_key_values=cache).logits for s in range(0, ids.shape[1], chunk)], 1
+            [
+                model(ids[:, s : s + chunk], past_key_values=cache).logits
+                for s in range(0, ids.shape[1], chunk)
+            ],
+            1,
         )
 
 
 @pytest.mark.parametrize(
     "family,heads,kv_heads,head_dim",
-    [("llama", 6, 2, 64), ("llama", 4, 1, 128), ("qwen3", 8, 2, 64), ("mistral", 4, 4, 64), ("qwen2", 6, 2, 128)],
+    [
+        ("llama", 6, 2, 64),
+        ("llama", 4, 1, 128),
+        ("qwen3", 8, 2, 64),
+        ("mistral", 4, 4, 64),
+        ("qwen2", 6, 2, 128),
+    ],
 )
 def test_matches_literal_reference_beyond_window(family, heads, kv_heads, head_dim):
     model = tiny_model(family, heads=heads, kv_heads=kv_heads, head_dim=head_dim, window=128).double()

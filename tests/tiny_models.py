@@ -8,14 +8,29 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 
 
-def tiny_model(family: str = "llama", *, heads: int = 6, kv_heads: int = 2, head_dim: int = 64, layers: int = 2,
-               window: int = 256, rope_parameters: dict | None = None, seed: int = 0):
+def tiny_model(
+    family: str = "llama",
+    *,
+    heads: int = 6,
+    kv_heads: int = 2,
+    head_dim: int = 64,
+    layers: int = 2,
+    window: int = 256,
+    rope_parameters: dict | None = None,
+    seed: int = 0,
+):
     """A small causal LM of ``family`` in fp32, eval mode, SDPA attention."""
     cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[family]
     kwargs = dict(
-        vocab_size=512, hidden_size=heads * 16, intermediate_size=128, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
-        max_position_embeddings=window, tie_word_embeddings=False,
+        vocab_size=512,
+        hidden_size=heads * 16,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=window,
+        tie_word_embeddings=False,
     )
     if family == "mistral":
         kwargs["sliding_window"] = None
