@@ -9,8 +9,11 @@ from reattn_llm.doc_cache import CacheFileError
 from reattn_llm.engine import Engine, SamplingParams
 
 CFG = ReAttentionConfig(window=512, global_size=4, local_size=256, span_size=16, max_spans=15, chunk_size=128)
-DOC = ("The grass is green. The sky is blue. The sun is yellow. " * 40
-       + "The secret code of the archive room is 73914. " + "Here we go. There and back again. " * 60)
+DOC = (
+    "The grass is green. The sky is blue. The sun is yellow. " * 40
+    + "The secret code of the archive room is 73914. "
+    + "Here we go. There and back again. " * 60
+)
 PROMPT = "{doc}\n\nQuestion: {q}"
 
 
@@ -48,8 +51,10 @@ def test_saved_prefix_round_trip_and_corruption(engine, tmp_path):
     assert engine.save_prefix(str(path)) == kept
     engine.forget_prefix()
     assert engine.load_prefix(str(path)) == kept
-    c = engine.complete(PROMPT.format(doc=DOC, q="What is the secret code of the archive room?"),
-                        SamplingParams(max_new_tokens=20))
+    c = engine.complete(
+        PROMPT.format(doc=DOC, q="What is the secret code of the archive room?"),
+        SamplingParams(max_new_tokens=20),
+    )
     assert engine.last_prefill_tokens < len(engine.encode(PROMPT.format(doc=DOC, q="x"))[0]) - kept + 64
     assert "73914" in c.text
 
