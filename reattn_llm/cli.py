@@ -28,7 +28,7 @@ from .errors import (
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DOCUMENT, EXIT_MODEL, EXIT_CAPACITY = 0, 1, 2, 3, 4, 5
 SAMPLE = Path(__file__).parent / "data" / "pride_and_prejudice_1-3.txt"
-DEMO_QUESTION = "According to Mrs. Bennet, how much a year does the young man who has taken Netherfield have?"
+DEMO_QUESTION = "Where did Mrs. Hill keep the key of the library?"
 DEMO_CONFIG = dict(window=1024)
 PROMPT = "{document}\n\nAnswer the question using the document above.\nQuestion: {question}"
 
