@@ -14,7 +14,7 @@ adds other budgets). For each middle length M it times, per layer call:
   one chunk's new keys (``summ``);
 
 for a prefill chunk (Q = 1024) and a decode step (Q = 1), and counts FLOPs: exact
-``2·H·Q·M·D``; two-level ``4·H·Q·(M/bs)·D`` (level 1, a dot of width 2D per block) plus
+``2·H·Q·M·D``; two-level ``6·H·Q·(M/bs)·D`` (level 1, a dot of width 3D per block) plus
 ``2·H·Q·(C·bs + r)·D`` (level 2).
 
 ``--recall`` (default on CPU) measures quality on real keys: the default model reads Emma in
@@ -40,7 +40,7 @@ import torch
 
 from reattn_llm.kernels import resolve_backend, score_topk
 from reattn_llm.selection import select_spans
-from reattn_llm.two_level import block_summaries, level1_k, two_level_topk
+from reattn_llm.two_level import block_summaries, two_level_topk
 
 H, HKV, D = 9, 3, 64
 G, SPAN, SPANS, TOP_K, CHUNK, LOCAL = 32, 32, 127, 4, 1024, 4096
@@ -70,10 +70,8 @@ def flops(q: int, m: int, c: int, bs: int) -> tuple[float, float]:
     c = max(c, -(-TOP_K // bs))
     if c >= n_full:
         return exact, exact
-    k1 = level1_k(TOP_K, c, (H // HKV) * q, n_full)
-    c = min(c, (H // HKV) * q * k1)
     level2 = c * bs + (m - n_full * bs)
-    return exact, 4.0 * H * q * n_full * D + 2.0 * H * q * level2 * D
+    return exact, 6.0 * H * q * n_full * D + 2.0 * H * q * level2 * D
 
 
 def run_speed(args, dev: torch.device, dtype: torch.dtype) -> list[dict]:
@@ -125,7 +123,10 @@ def capture(args, dev: torch.device) -> dict[int, list[tuple[torch.Tensor, torch
     ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids[:, :total].to(dev)
     if ids.shape[1] < total:
         raise SystemExit(f"{args.text} has only {ids.shape[1]} tokens, fewer than {total}")
-    cuts = sorted(set(range(0, total, CHUNK)) | {e - CHUNK for e in ends} | set(ends))
+    cuts = [0]  # chunks of CHUNK tokens, one of them ending exactly at each G + M + L
+    for e in sorted(ends):
+        cuts += [*range(cuts[-1] + CHUNK, e - CHUNK, CHUNK), e - CHUNK, e]
+    cuts = sorted(set(cuts))
     layers = list(range(1, model.config.num_hidden_layers, args.layer_stride))
     qs: dict[int, torch.Tensor] = {}
     hooks = []

@@ -51,9 +51,10 @@ class ReAttentionConfig:
             ``"full"`` (the stock model, full attention: the baseline).
         backend: kernels: ``"auto"`` (Triton on CUDA, torch on CPU), ``"triton"`` or ``"torch"``.
         selection: ``"exact"`` scores every middle key (the paper); ``"two_level"`` first ranks
-            blocks of keys by an upper bound of q.k from per-block min/max summaries, then scores
-            exactly only the keys of the best ``candidate_blocks`` blocks per KV head
-            (:mod:`reattn_llm.two_level`): about ``block_size`` times less scoring, approximate.
+            blocks of keys from per-block summaries (the min/max upper bound of q.k blended with
+            the mean key's score), then scores exactly only the keys of the best
+            ``candidate_blocks`` blocks per KV head (:mod:`reattn_llm.two_level`): about
+            ``block_size`` times less scoring at long contexts, approximate (BENCHMARKS.md).
         candidate_blocks: blocks per KV head that two-level selection scores exactly; default
             ``4 * max_spans`` (:attr:`candidates`). When they cover the whole middle, the result is
             the exact selection's.

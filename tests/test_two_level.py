@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fixtures_core import smollm2  # noqa: F401  (session fixture)
 from tiny_models import distinct_ids, tiny_model
 
 from reattn_llm import ConfigError, ReAttentionCache, ReAttentionConfig, patch
 from reattn_llm.cache import ReAttentionLayer
 from reattn_llm.kernels import score_topk_torch
-from reattn_llm.two_level import KeySummaries, block_bounds, block_summaries, level1_k, two_level_topk
+from reattn_llm.two_level import KeySummaries, block_bounds, block_summaries, rank_blocks, two_level_topk
 
 
 def _scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -45,11 +44,12 @@ def test_bound_is_an_upper_bound_of_every_key_in_its_block(dtype, bs):
 def test_summaries_match_a_literal_min_max():
     k = torch.randn(1, 3, 50, 8)
     s = block_summaries(k, 16)
-    assert s.shape == (1, 3, 3, 16)
+    assert s.shape == (1, 3, 3, 24)
     for j in range(3):
         blk = k[:, :, 16 * j : 16 * j + 16]
         assert torch.equal(s[:, :, j, :8], blk.max(dim=2).values)
-        assert torch.equal(s[:, :, j, 8:], blk.min(dim=2).values)
+        assert torch.equal(s[:, :, j, 8:16], blk.min(dim=2).values)
+        assert torch.allclose(s[:, :, j, 16:], blk.mean(dim=2))
 
 
 @pytest.mark.parametrize("m,bs,c", [(200, 8, 25), (203, 8, 25), (203, 8, 40), (64, 16, 4)])
@@ -106,10 +106,16 @@ def test_two_level_reduces_to_top_k_of_its_candidates():
             assert torch.equal(got, best)
 
 
-def test_level1_votes_per_row():
-    assert level1_k(4, 60, 3 * 1024, 4000) == 8  # prefill: 2·top_k
-    assert level1_k(4, 508, 3, 4000) == 32  # decode: as many as allowed, to name the candidates
-    assert level1_k(4, 508, 3, 10) == 10
+def test_rank_is_sliced_over_rows_without_changing_it(monkeypatch):
+    import reattn_llm.two_level as tl
+
+    q = torch.randn(2, 6, 50, 16)
+    summ = block_summaries(torch.randn(2, 2, 8 * 30, 16), 8)
+    whole = rank_blocks(q, summ)
+    monkeypatch.setitem(tl._RANK_BLOCK_ELEMS, "cpu", 2 * 2 * 30 * 7)  # 7 rows per slice
+    assert torch.allclose(rank_blocks(q, summ), whole)
+    # a block's rank is its best row-normalised score: 0 for the best block of some row
+    assert torch.allclose(whole.amax(-1), torch.zeros(2, 2))
 
 
 def test_cache_keeps_summaries_incrementally_and_forgets_cropped_rows():
@@ -175,7 +181,7 @@ def test_patched_model_equals_exact_when_candidates_cover_the_middle_and_runs_wh
     assert cache.layers[0].summaries.done == (200 - 4 - 48) // 8  # the cache summarised the middle's blocks
 
 
-def test_two_level_finds_the_passkey_at_every_depth_beyond_3x_window(smollm2):  # noqa: F811
+def test_two_level_finds_the_passkey_at_every_depth_beyond_3x_window(smollm2):
     """The small-window passkey test of test_passkey.py with two-level selection, candidates
     cut to 8 blocks of 16 keys (at most ~10% of the ~1,340 middle keys)."""
     from test_passkey import DEPTHS, KEYS, LENGTH, SMALL
