@@ -41,7 +41,8 @@ class Citation:
         }
 
 
-def _last_before(pattern: re.Pattern[str], text: str, pos: int) -> tuple[list[int], list[str]]:
+def _anchors(pattern: re.Pattern[str], text: str) -> tuple[list[int], list[str]]:
+    """Start offsets and captured values of every match of ``pattern`` (page or file anchors)."""
     starts, values = [], []
     for m in pattern.finditer(text):
         starts.append(m.start())
@@ -93,8 +94,8 @@ def cite(text: str, tokenizer: Any, ids: list[int], counts: torch.Tensor, top: i
         else:
             i += 1
     runs.sort(key=lambda r: -r[2])
-    page_starts, page_vals = _last_before(_PAGE, text, 0)
-    file_starts, file_vals = _last_before(_FILE, text, 0)
+    page_starts, page_vals = _anchors(_PAGE, text)
+    file_starts, file_vals = _anchors(_FILE, text)
     out = []
     for a, b, score in runs[:top]:
         start, end = offsets[a][0], offsets[b - 1][1]
