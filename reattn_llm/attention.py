@@ -41,8 +41,11 @@ def plan_scope(
     m = total - g - loc  # type: ignore[operator]
     sel = valid = None
     if cfg.max_spans:
+        tiered = getattr(k, "_reattn_layer", None)  # fp8 / offloaded cache: read keys through the layer
         if cfg.selection == "two_level":
             hits = _two_level_hits(cfg, q, k, g, m, backend)
+        elif tiered is not None:
+            hits = tiered.score_topk(q, g, g + m, cfg.top_k, backend)
         else:
             hits = score_topk(q, k[:, :, g : g + m], cfg.top_k, backend=backend)  # [B, H, Qc, k]
         sel, valid = select_spans(hits, m, cfg.max_spans, cfg.span_size)  # type: ignore[arg-type]
@@ -59,7 +62,9 @@ def _two_level_hits(cfg: Any, q: torch.Tensor, k: torch.Tensor, g: int, m: int, 
     n_full = m // bs
     store = getattr(k, "_reattn_summaries", None)
     summaries = store.get(k, g, bs, n_full) if store is not None and n_full > cfg.candidates else None
-    return two_level_topk(q, k[:, :, g : g + m], cfg.top_k, cfg.candidates, bs, backend, summaries)
+    tiered = getattr(k, "_reattn_layer", None)
+    reader = None if tiered is None else tiered.middle(g)
+    return two_level_topk(q, k[:, :, g : g + m], cfg.top_k, cfg.candidates, bs, backend, summaries, reader)
 
 
 def reattention_forward(
@@ -94,15 +99,22 @@ def reattention_forward(
     start = total - q_len
     within = total <= cfg.global_size + cfg.local_size  # type: ignore[operator]
     bounds = [(0, q_len)] if within else chunk_bounds(q_len, cfg.chunk_size, cfg.tail_size)  # type: ignore[arg-type]
+    tiered = getattr(key, "_reattn_layer", None)
     outs = []
     for c0, c1 in bounds:
         qc = query[:, :, c0:c1]
         seen = start + c1
         scope = plan_scope(state, qc, key, seen, layer_idx, backend)
         state.note_positions(scope)
+        k_src, v_src, idx = key, value, scope.gather_idx
+        if (
+            tiered is not None
+        ):  # fp8 / offloaded rows: gather the scope compactly, then attend over it in order
+            k_src, v_src = tiered.gather_scope(idx)
+            idx = torch.arange(idx.shape[1], device=idx.device).expand_as(idx)
         outs.append(
             scope_attention(
-                qc, key, value, scope.gather_idx, scope.key_pos, scope.q_pos, cos, sin, scale, backend=backend
+                qc, k_src, v_src, idx, scope.key_pos, scope.q_pos, cos, sin, scale, backend=backend
             )
         )
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)

@@ -68,7 +68,9 @@ class ReAttentionLayer(CacheLayerMixin):
         b, h, _, dk = key_like.shape
         dv = value_like.shape[-1]
         if self.budget is not None:
-            self.budget.charge(self, b * h * capacity * (dk * key_like.element_size() + dv * value_like.element_size()))
+            self.budget.charge(
+                self, b * h * capacity * (dk * key_like.element_size() + dv * value_like.element_size())
+            )
         k = key_like.new_empty(b, h, capacity, dk)
         v = value_like.new_empty(b, h, capacity, dv)
         if self._k is not None and self.length:
@@ -117,6 +119,10 @@ class ReAttentionLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return -1
 
+    def dense(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` rows as ``[B, Hkv, n, D]`` K and V."""
+        return self.keys[:, :, :n], self.values[:, :, :n]  # type: ignore[index]
+
     def nbytes(self) -> int:
         """Bytes held by this layer's buffers (capacity, not just the filled part), block summaries included."""
         if self._k is None:
@@ -134,7 +140,9 @@ class ReAttentionLayer(CacheLayerMixin):
     def crop(self, tokens_to_remove: int) -> None:
         """Drop the last ``-tokens_to_remove`` tokens (negative, as transformers calls it), or keep
         the first ``tokens_to_remove`` when it is positive."""
-        new_len = self.length + tokens_to_remove if tokens_to_remove < 0 else min(self.length, tokens_to_remove)
+        new_len = (
+            self.length + tokens_to_remove if tokens_to_remove < 0 else min(self.length, tokens_to_remove)
+        )
         self.length = max(0, new_len)
         self.summaries.truncate(self.length)
         self._sync_views()
@@ -167,16 +175,37 @@ class ReAttentionCache(Cache):
     Args:
         num_layers: decoder layers; if omitted, layers are added as ``update`` reaches them.
         reserve: tokens to preallocate per layer at first use (e.g. the prompt length).
-        max_bytes: optional cap on the K/V bytes of all layers (see :class:`MemoryBudget`).
+        max_bytes: optional cap on the device K/V bytes of all layers (see :class:`MemoryBudget`).
+        storage: fp8 / host-offloaded rows (:class:`~reattn_llm.tiered.KVStorage`, from
+            ``KVStorage.from_config(config)``); None keeps every row in the model's dtype on the device.
     """
 
-    def __init__(self, num_layers: int | None = None, reserve: int = 0, max_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        num_layers: int | None = None,
+        reserve: int = 0,
+        max_bytes: int | None = None,
+        storage: Any = None,
+    ) -> None:
         budget = MemoryBudget(max_bytes) if max_bytes else None
+
+        def make() -> ReAttentionLayer:
+            if storage is None:
+                return ReAttentionLayer(reserve, budget)
+            from .tiered import TieredLayer
+
+            return TieredLayer(storage, reserve, budget)
+
         if num_layers is None:
-            super().__init__(layer_class_to_replicate=lambda: ReAttentionLayer(reserve, budget))  # type: ignore[arg-type]
+            super().__init__(layer_class_to_replicate=make)  # type: ignore[arg-type]
         else:
-            super().__init__(layers=[ReAttentionLayer(reserve, budget) for _ in range(num_layers)])
+            super().__init__(layers=[make() for _ in range(num_layers)])
         self._reserve = reserve
+        self.storage = storage
+
+    def host_nbytes(self) -> int:
+        """Bytes kept in host memory (offloaded rows)."""
+        return sum(getattr(layer, "host_nbytes", lambda: 0)() for layer in self.layers)
 
     def reserve(self, total_tokens: int) -> None:
         """Make room for ``total_tokens`` per layer up front (one allocation per buffer)."""

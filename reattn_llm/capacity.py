@@ -38,12 +38,40 @@ class Capacity:
         )
 
 
-def kv_bytes_per_token(model_config: Any, dtype: torch.dtype) -> int:
-    """``2 (K and V) * layers * kv_heads * head_dim * bytes``."""
+def _shape(model_config: Any) -> tuple[int, int, int]:
     heads = model_config.num_attention_heads
     kv = getattr(model_config, "num_key_value_heads", None) or heads
     head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
-    return 2 * model_config.num_hidden_layers * kv * head_dim * torch.empty((), dtype=dtype).element_size()
+    return model_config.num_hidden_layers, kv, head_dim
+
+
+def kv_bytes_per_token(model_config: Any, dtype: torch.dtype, config: ReAttentionConfig | None = None) -> int:
+    """Device bytes one token's K and V take: ``2 (K and V) * layers * kv_heads * head_dim * bytes``
+    by default; with ``config.kv_dtype="fp8"`` a byte per value plus a 4-byte scale per head; rows
+    offloaded by ``config.offload`` take none (see :func:`host_kv_bytes_per_token`)."""
+    layers, kv, d = _shape(model_config)
+    row = _row_bytes(d, dtype, config)
+    offload = getattr(config, "offload", "none")
+    on_device = {"none": 2, "values": 1, "keys_values": 0}[offload]
+    summaries = 0
+    if offload == "keys_values":  # two-level summaries [max | min | mean] per block stay on the device
+        summaries = -(-3 * d * torch.empty((), dtype=dtype).element_size() // config.summary_block)  # type: ignore[union-attr]
+    return layers * kv * (on_device * row + summaries)
+
+
+def host_kv_bytes_per_token(
+    model_config: Any, dtype: torch.dtype, config: ReAttentionConfig | None = None
+) -> int:
+    """Host bytes one token's offloaded K/V take (0 without ``config.offload``)."""
+    layers, kv, d = _shape(model_config)
+    n = {"none": 0, "values": 1, "keys_values": 2}[getattr(config, "offload", "none")]
+    return layers * kv * n * _row_bytes(d, dtype, config)
+
+
+def _row_bytes(head_dim: int, dtype: torch.dtype, config: ReAttentionConfig | None) -> int:
+    if getattr(config, "kv_dtype", "model") == "fp8":
+        return head_dim + 4
+    return head_dim * torch.empty((), dtype=dtype).element_size()
 
 
 def parameter_count(c: Any) -> int:
@@ -90,11 +118,16 @@ def estimate_capacity(
     weights_loaded: bool = False,
 ) -> Capacity:
     """The most tokens (prompt + answer) whose KV cache fits in free memory after the weights."""
-    per_tok = kv_bytes_per_token(model_config, dtype)
+    per_tok = max(1, kv_bytes_per_token(model_config, dtype, config))
     avail = available_bytes(device)
     weights = (
         0 if weights_loaded else parameter_count(model_config) * torch.empty((), dtype=dtype).element_size()
     )
     reserve = working_reserve(model_config, config, dtype)
     usable = max(0, int(avail * _SAFETY) - weights - reserve)
-    return Capacity(usable // per_tok, per_tok, avail, weights, reserve, str(device))
+    max_tokens = usable // per_tok
+    host_tok = host_kv_bytes_per_token(model_config, dtype, config)
+    if host_tok:  # offloaded rows must fit in host memory too (beside the weights when they live there)
+        host_free = available_bytes(torch.device("cpu")) - (weights if device.type == "cpu" else 0)
+        max_tokens = min(max_tokens, max(0, int(host_free * _SAFETY)) // host_tok)
+    return Capacity(max_tokens, per_tok, avail, weights, reserve, str(device))

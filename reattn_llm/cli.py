@@ -42,12 +42,23 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto", help="auto | bf16 | fp16 | fp32")
     g.add_argument("--mode", default="reattention", choices=["reattention", "streaming", "full"])
     g.add_argument("--backend", default="auto", choices=["auto", "triton", "torch"])
+    g.add_argument("--selection", default="exact", choices=["exact", "two_level"])
+    g.add_argument("--kv-dtype", default="model", choices=["model", "fp8"], help="storage of middle K/V")
+    g.add_argument(
+        "--offload", default="none", choices=["none", "values", "keys_values"], help="keep K/V in host memory"
+    )
     for name in ("window", "global-size", "local-size", "span-size", "top-k", "max-spans", "chunk-size"):
         g.add_argument(f"--{name}", type=int, default=None)
 
 
 def _config(a: argparse.Namespace) -> ReAttentionConfig:
-    kw: dict[str, Any] = {"mode": a.mode, "backend": a.backend}
+    kw: dict[str, Any] = {
+        "mode": a.mode,
+        "backend": a.backend,
+        "selection": a.selection,
+        "kv_dtype": a.kv_dtype,
+        "offload": a.offload,
+    }
     for name in ("window", "global_size", "local_size", "span_size", "top_k", "max_spans", "chunk_size"):
         if getattr(a, name) is not None:
             kw[name] = getattr(a, name)
@@ -125,7 +136,12 @@ def cmd_info(a: argparse.Namespace) -> int:
             f"{c.max_spans} spans x {c.span_size} + L {c.local_size}",
         ),
         ("device", f"{engine.device} ({engine.dtype})"),
-        ("KV cache", f"{plan.kv_bytes / gib:.2f} GiB"),
+        ("KV cache", f"{plan.kv_bytes / gib:.2f} GiB on the device"),
+        *(
+            [("KV cache, host", f"{plan.host_kv_bytes / gib:.2f} GiB offloaded")]
+            if plan.host_kv_bytes
+            else []
+        ),
         (
             "peak memory (est.)",
             f"{plan.peak_bytes / gib:.2f} GiB of {plan.capacity.available_bytes / gib:.1f} GiB free",

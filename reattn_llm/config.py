@@ -18,6 +18,8 @@ from .errors import ConfigError
 Mode = Literal["reattention", "streaming", "full"]
 Backend = Literal["auto", "triton", "torch"]
 Selection = Literal["exact", "two_level"]
+KVDtype = Literal["model", "fp8"]
+Offload = Literal["none", "values", "keys_values"]
 
 PAPER_SCOPE = 8192
 PAPER_GLOBAL = 32
@@ -28,6 +30,8 @@ MAX_PREFILL_CHUNK = 1024
 _MODES = ("reattention", "streaming", "full")
 _BACKENDS = ("auto", "triton", "torch")
 _SELECTIONS = ("exact", "two_level")
+_KV_DTYPES = ("model", "fp8")
+_OFFLOADS = ("none", "values", "keys_values")
 CANDIDATES_PER_SPAN = 4
 
 
@@ -59,6 +63,14 @@ class ReAttentionConfig:
             ``4 * max_spans`` (:attr:`candidates`). When they cover the whole middle, the result is
             the exact selection's.
         block_size: keys per summarised block for two-level selection; default ``span_size``.
+        kv_dtype: storage of the cached K/V outside the global and recent rows: ``"model"`` (the
+            model's dtype, exact) or ``"fp8"`` (float8 e4m3 with one scale per token and KV head:
+            half the bytes of bf16; selection and the selected spans read the rounded values,
+            the global and local rows stay exact; :mod:`reattn_llm.tiered`).
+        offload: ``"none"``; ``"values"`` keeps every cached V in (pinned) host memory and fetches
+            only the selected spans per forward; ``"keys_values"`` does the same for K, which needs
+            ``selection="two_level"`` (level 1 reads per-block summaries kept on the device, level 2
+            fetches only the candidate blocks' keys).
     """
 
     global_size: int | None = None
@@ -74,6 +86,8 @@ class ReAttentionConfig:
     selection: Selection = "exact"
     candidate_blocks: int | None = None
     block_size: int | None = None
+    kv_dtype: KVDtype = "model"
+    offload: Offload = "none"
 
     def __post_init__(self) -> None:
         if self.mode not in _MODES:
@@ -82,6 +96,21 @@ class ReAttentionConfig:
             raise ConfigError(f"backend={self.backend!r} is not one of {_BACKENDS}.")
         if self.selection not in _SELECTIONS:
             raise ConfigError(f"selection={self.selection!r} is not one of {_SELECTIONS}.")
+        if self.kv_dtype not in _KV_DTYPES:
+            raise ConfigError(f"kv_dtype={self.kv_dtype!r} is not one of {_KV_DTYPES}.")
+        if self.offload not in _OFFLOADS:
+            raise ConfigError(f"offload={self.offload!r} is not one of {_OFFLOADS}.")
+        if self.offload == "keys_values" and self.selection != "two_level":
+            raise ConfigError(
+                "offload='keys_values' needs selection='two_level': exact selection reads every middle key "
+                "per forward, which from host memory would cost a full PCIe transfer of K each step. Use "
+                "offload='values' (K stays on the device), or add selection='two_level'."
+            )
+        if (self.kv_dtype != "model" or self.offload != "none") and self.mode == "full":
+            raise ConfigError(
+                f"kv_dtype={self.kv_dtype!r} / offload={self.offload!r} apply to ReAttention's cache; mode='full' "
+                "is the stock model's attention: use mode='reattention' (or 'streaming'), or the defaults."
+            )
         for name in ("candidate_blocks", "block_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -104,7 +133,12 @@ class ReAttentionConfig:
     def is_resolved(self) -> bool:
         """True once every size is a concrete number (see :meth:`resolve`)."""
         return None not in (
-            self.global_size, self.local_size, self.span_size, self.max_spans, self.chunk_size, self.window
+            self.global_size,
+            self.local_size,
+            self.span_size,
+            self.max_spans,
+            self.chunk_size,
+            self.window,
         )
 
     @property
@@ -113,6 +147,11 @@ class ReAttentionConfig:
         if not self.is_resolved:
             raise ConfigError("scope needs a resolved config: call resolve(window) first.")
         return self.global_size + self.max_spans * self.span_size + self.local_size  # type: ignore[operator]
+
+    @property
+    def tiered(self) -> bool:
+        """True when the cache keeps K/V in fp8 or in host memory (:mod:`reattn_llm.tiered`)."""
+        return self.kv_dtype != "model" or self.offload != "none"
 
     @property
     def summary_block(self) -> int:
@@ -157,7 +196,13 @@ class ReAttentionConfig:
             spans = max(0, (scope - g - local) // span)
         chunk = self.chunk_size if self.chunk_size is not None else max(1, min(MAX_PREFILL_CHUNK, local // 2))
         resolved = dataclasses.replace(
-            self, global_size=g, local_size=local, span_size=span, max_spans=spans, chunk_size=chunk, window=window
+            self,
+            global_size=g,
+            local_size=local,
+            span_size=span,
+            max_spans=spans,
+            chunk_size=chunk,
+            window=window,
         )
         self._check_complete(resolved)
         return resolved

@@ -79,8 +79,8 @@ def save_prefix(prefix: Prefix, path: str | os.PathLike[str], meta: dict[str, An
     n = prefix.reusable
     tensors: dict[str, torch.Tensor] = {"ids": torch.tensor(prefix.ids[:n], dtype=torch.int64)}
     for i, layer in enumerate(prefix.cache.layers):
-        tensors[f"k.{i}"] = layer.keys[:, :, :n].contiguous().cpu()  # type: ignore[union-attr,index]
-        tensors[f"v.{i}"] = layer.values[:, :, :n].contiguous().cpu()  # type: ignore[union-attr,index]
+        k, v = layer.dense(n)  # type: ignore[union-attr]
+        tensors[f"k.{i}"], tensors[f"v.{i}"] = k.contiguous().cpu(), v.contiguous().cpu()
     sums = {name: fingerprint(t) for name, t in tensors.items()}
     header = {
         "format": FORMAT,
@@ -93,8 +93,11 @@ def save_prefix(prefix: Prefix, path: str | os.PathLike[str], meta: dict[str, An
     os.replace(tmp, path)
 
 
-def load_prefix(path: str | os.PathLike[str], meta: dict[str, Any], device: torch.device) -> Prefix:
-    """Read a saved prefix, verifying format, model/config metadata and every checksum."""
+def load_prefix(
+    path: str | os.PathLike[str], meta: dict[str, Any], device: torch.device, storage: Any = None
+) -> Prefix:
+    """Read a saved prefix, verifying format, model/config metadata and every checksum; the cache is
+    rebuilt with ``storage`` (fp8 / offload, :class:`~reattn_llm.tiered.KVStorage`) when given."""
     from safetensors import safe_open
 
     if not Path(path).is_file():
@@ -124,16 +127,16 @@ def load_prefix(path: str | os.PathLike[str], meta: dict[str, Any], device: torc
     if set(sums) != set(tensors):
         raise CacheFileError(f"{path}: tensors are missing ({sorted(set(sums) - set(tensors))[:3]}...).")
     layers = len([n for n in names if n.startswith("k.")])
-    cache = ReAttentionCache(layers)
-    for name, t in tensors.items():
-        moved = t.to(device)
-        if fingerprint(moved) != sums[name]:
+    moved = {name: t.to(device) for name, t in tensors.items()}  # verified on the device, where it is fast
+    for name, t in moved.items():
+        if fingerprint(t) != sums[name]:
             raise CacheFileError(
                 f"{path}: checksum mismatch in {name!r}: the file is corrupt. "
                 "Delete it and prefill the document again."
             )
-        tensors[name] = moved
+    del tensors
+    cache = ReAttentionCache(layers, storage=storage)
     for i in range(layers):
-        cache.update(tensors[f"k.{i}"], tensors[f"v.{i}"], i)
-    ids = tensors["ids"].tolist()
+        cache.update(moved.pop(f"k.{i}"), moved.pop(f"v.{i}"), i)
+    ids = moved["ids"].tolist()
     return Prefix(ids=ids, reusable=len(ids), cache=cache)

@@ -34,7 +34,8 @@ from .models import (
     resolve_device,
     resolve_dtype,
 )
-from .patch import PatchHandle, SelectionRecorder, model_window, patch
+from .patch import PatchHandle, SelectionRecorder, make_cache, model_window, patch
+from .tiered import KVStorage
 
 ProgressFn = Callable[[int, int, float], None]
 
@@ -269,9 +270,7 @@ class Engine:
                 prefix.cache.reserve(reserve)
                 return prefix.cache, n
         del prefix
-        return ReAttentionCache(
-            self.model.config.num_hidden_layers, reserve=reserve, max_bytes=self.max_cache_bytes
-        ), 0
+        return make_cache(self.model, reserve=reserve, max_bytes=self.max_cache_bytes), 0
 
     def _keep(self, ids: list[int], cache: ReAttentionCache, reusable: int) -> None:
         if self.keep_prefix:
@@ -318,7 +317,7 @@ class Engine:
 
     def load_prefix(self, path: str) -> int:
         """Load a prefix saved by :meth:`save_prefix` (checked against this model and config)."""
-        prefix = load_prefix(path, self._meta(), self.device)
+        prefix = load_prefix(path, self._meta(), self.device, KVStorage.from_config(self.config))
         with self._lock:
             self._prefix = prefix
         return prefix.reusable

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from .cache import ReAttentionCache
 from .config import chunk_bounds
+from .patch import make_cache
 
 _INTRO = (
     "There is an important piece of information hidden inside a lot of irrelevant text. "
@@ -58,7 +58,7 @@ def greedy_continue(
 ) -> list[int]:
     """Chunked prefill of ``ids [1, T]`` (as the engine does it: the last ``tail`` tokens apart)
     through a fresh :class:`ReAttentionCache`, then greedy decode."""
-    cache = ReAttentionCache(model.config.num_hidden_layers, reserve=ids.shape[1] + max_new_tokens)
+    cache = make_cache(model, reserve=ids.shape[1] + max_new_tokens)
     logits = None
     for s, e in chunk_bounds(ids.shape[1], chunk, tail):
         logits = model(input_ids=ids[:, s:e], past_key_values=cache, use_cache=True, logits_to_keep=1).logits
@@ -90,7 +90,7 @@ def token_nll(model: Any, ids: torch.Tensor, chunk: int) -> torch.Tensor:
     The text goes through the cache in chunks, like a prefill; each chunk's logits score its
     next tokens.
     """
-    cache = ReAttentionCache(model.config.num_hidden_layers, reserve=ids.shape[1])
+    cache = make_cache(model, reserve=ids.shape[1])
     nll = torch.empty(ids.shape[1] - 1)
     for s in range(0, ids.shape[1], chunk):
         piece = ids[:, s : s + chunk]

@@ -34,6 +34,7 @@ from .errors import UnsupportedModelError
 from .rope import RopeTable
 from .selection import Scope
 from .support import check_model_config
+from .tiered import KVStorage
 
 _registered = False
 
@@ -210,6 +211,7 @@ def patch(model: nn.Module, config: ReAttentionConfig | None = None) -> PatchHan
 
     handle._hooks.append(base.rotary_emb.register_forward_pre_hook(rotary_pre, with_kwargs=True))
     num_layers = len(base.layers)
+    storage = KVStorage.from_config(resolved)
 
     def base_pre(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         pkv = kwargs.get("past_key_values")
@@ -217,7 +219,7 @@ def patch(model: nn.Module, config: ReAttentionConfig | None = None) -> PatchHan
         if use_cache is None:
             use_cache = getattr(model.config, "use_cache", True)
         if pkv is None and use_cache:
-            kwargs["past_key_values"] = ReAttentionCache(num_layers)
+            kwargs["past_key_values"] = ReAttentionCache(num_layers, storage=storage)
         elif isinstance(pkv, Cache) and any(getattr(pkv, "is_sliding", []) or []):
             raise ValueError(
                 "This cache drops old tokens (sliding-window layers), which ReAttention needs: pass "
@@ -231,7 +233,7 @@ def patch(model: nn.Module, config: ReAttentionConfig | None = None) -> PatchHan
     @functools.wraps(stock_generate)
     def generate(*args: Any, **kwargs: Any) -> Any:
         if kwargs.get("past_key_values") is None:
-            kwargs["past_key_values"] = ReAttentionCache(num_layers)
+            kwargs["past_key_values"] = ReAttentionCache(num_layers, storage=storage)
         return stock_generate(*args, **kwargs)
 
     model.generate = generate  # type: ignore[method-assign]
@@ -246,3 +248,13 @@ def unpatch(model: nn.Module) -> None:
     handle = getattr(model, "_reattn_handle", None)
     if handle is not None:
         handle.unpatch()
+
+
+def make_cache(model: nn.Module, reserve: int = 0, max_bytes: int | None = None) -> ReAttentionCache:
+    """A fresh :class:`ReAttentionCache` for a patched ``model``, with its config's storage (fp8 / offload)."""
+    handle = getattr(model, "_reattn_handle", None)
+    state = None if handle is None else handle.state
+    storage = None if state is None else KVStorage.from_config(state.config)
+    return ReAttentionCache(
+        model.config.num_hidden_layers, reserve=reserve, max_bytes=max_bytes, storage=storage
+    )

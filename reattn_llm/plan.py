@@ -13,7 +13,13 @@ from typing import Any
 
 import torch
 
-from .capacity import Capacity, estimate_capacity, kv_bytes_per_token, parameter_count
+from .capacity import (
+    Capacity,
+    estimate_capacity,
+    host_kv_bytes_per_token,
+    kv_bytes_per_token,
+    parameter_count,
+)
 from .config import ReAttentionConfig
 
 
@@ -23,6 +29,7 @@ class Plan:
 
     tokens: int
     kv_bytes: int
+    host_kv_bytes: int
     weight_bytes: int
     reserve_bytes: int
     capacity: Capacity
@@ -84,7 +91,8 @@ def make_plan(
     cap = estimate_capacity(model_config, device, dtype, config)
     return Plan(
         tokens=tokens,
-        kv_bytes=kv_bytes_per_token(model_config, dtype) * tokens,
+        kv_bytes=kv_bytes_per_token(model_config, dtype, config) * tokens,
+        host_kv_bytes=host_kv_bytes_per_token(model_config, dtype, config) * tokens,
         weight_bytes=cap.weight_bytes,
         reserve_bytes=cap.reserve_bytes,
         capacity=cap,

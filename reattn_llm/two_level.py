@@ -34,6 +34,8 @@ top-k key is missed when its block is not among the candidates of its KV head
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .kernels import score_topk
@@ -146,7 +148,9 @@ class KeySummaries:
         if self.done < n_blocks:
             lo = origin + self.done * block_size
             hi = origin + n_blocks * block_size
-            buf[:, :, self.done : n_blocks].copy_(block_summaries(keys[:, :, lo:hi], block_size))
+            tiered = getattr(keys, "_reattn_layer", None)  # fp8 / offloaded rows are read through their layer
+            rows = keys[:, :, lo:hi] if tiered is None else tiered.read_keys(lo, hi)
+            buf[:, :, self.done : n_blocks].copy_(block_summaries(rows, block_size))
             self.done = n_blocks
         return buf[:, :, :n_blocks]
 
@@ -159,6 +163,7 @@ def two_level_topk(
     block_size: int,
     backend: str = "torch",
     summaries: torch.Tensor | None = None,
+    reader: Any = None,
 ) -> torch.Tensor:
     """Top-k middle keys per (query head, query), scored exactly inside summary-picked candidates.
 
@@ -171,6 +176,8 @@ def two_level_topk(
         backend: resolved kernel backend for both levels.
         summaries: ``[B, Hkv, >= M // bs, 3D]`` ``[max | min | mean]`` of ``k_mid``'s full blocks (from
             :class:`KeySummaries`); computed here when None.
+        reader: where the keys really are when ``k_mid`` is only a stub of their shape (fp8 or host
+            rows, :class:`~reattn_llm.tiered.MiddleKeys`): ``read(lo, hi)`` and ``take(rows)``.
 
     Returns:
         ``[B, H, Q, k']`` int64 middle positions in ``[0, M)``, like :func:`score_topk`. When
@@ -182,7 +189,7 @@ def two_level_topk(
     n_full = m // block_size
     c = max(candidate_blocks, -(-top_k // block_size))
     if c >= n_full:
-        return score_topk(q, k_mid, top_k, backend=backend)
+        return score_topk(q, k_mid if reader is None else reader.read(0, m), top_k, backend=backend)
     if summaries is None:
         summaries = block_summaries(k_mid, block_size)
     summ = summaries[:, :, :n_full]
@@ -194,7 +201,9 @@ def two_level_topk(
     offsets = torch.arange(block_size, device=dev)
     rows = (blocks[..., None] * block_size + offsets).reshape(b, hkv, c * block_size)
     full = k_mid[:, :, : n_full * block_size]
-    if full.stride(3) == 1 and full.stride(2) == d:  # rows of a head are contiguous: copy whole blocks
+    if reader is not None:
+        kc = reader.take(rows)
+    elif full.stride(3) == 1 and full.stride(2) == d:  # rows of a head are contiguous: copy whole blocks
         kb = full.unflatten(2, (n_full, block_size)).flatten(3)  # [B, Hkv, n_full, bs*D], a view
         kc = kb.gather(2, blocks[..., None].expand(-1, -1, -1, block_size * d)).reshape(b, hkv, -1, d)
     else:
@@ -202,7 +211,8 @@ def two_level_topk(
     tail = m - n_full * block_size
     if tail:
         rows = torch.cat([rows, torch.arange(n_full * block_size, m, device=dev).expand(b, hkv, tail)], dim=2)
-        kc = torch.cat([kc, k_mid[:, :, n_full * block_size :]], dim=2)  # [B, Hkv, L2, D]
+        rest = k_mid[:, :, n_full * block_size :] if reader is None else reader.read(n_full * block_size, m)
+        kc = torch.cat([kc, rest], dim=2)  # [B, Hkv, L2, D]
     local = score_topk(q, kc, top_k, backend=backend)  # [B, H, Q, k'] into [0, L2)
     kk = local.shape[-1]
     rows_h = rows.repeat_interleave(grp, dim=1)  # [B, H, L2]

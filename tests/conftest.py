@@ -17,7 +17,12 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 #: A window shrunk to 512 tokens (G 4, L 256, span 16, 15 spans) keeps CPU prefills short while
 #: a few hundred tokens of document already lie far outside the local window.
 SMALL_CONFIG_KWARGS = {
-    "window": 512, "global_size": 4, "local_size": 256, "span_size": 16, "max_spans": 15, "chunk_size": 128,
+    "window": 512,
+    "global_size": 4,
+    "local_size": 256,
+    "span_size": 16,
+    "max_spans": 15,
+    "chunk_size": 128,
 }
 
 
@@ -83,8 +88,10 @@ def write_text_pdf(path: Path, pages: list[list[str]]) -> Path:
     for i, lines in enumerate(pages):
         shown = b" T* ".join(_pdf_string(s) + b" Tj" for s in lines)
         body = b"BT /F1 10 Tf 12 TL 40 760 Td " + shown + b" ET"
-        objects[4 + 2 * i] = (b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
-                              b"/Resources << /Font << /F1 3 0 R >> >> /Contents %d 0 R >>" % (5 + 2 * i))
+        objects[4 + 2 * i] = (
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+            b"/Resources << /Font << /F1 3 0 R >> >> /Contents %d 0 R >>" % (5 + 2 * i)
+        )
         objects[5 + 2 * i] = b"<< /Length %d >>\nstream\n%s\nendstream" % (len(body), body)
     out = bytearray(b"%PDF-1.7\n")
     offsets = {}
@@ -121,9 +128,7 @@ PLANTED_ANSWER = "73914"
 PLANTED_QUESTION = "What is the secret code of the vault?"
 
 #: Five pages of distinct filler (about 150 tokens each) with the fact in the middle of page 2.
-FILLER_PAGES = [
-    [_TOPICS[(7 * p + i) % len(_TOPICS)] for i in range(10)] for p in range(5)
-]
+FILLER_PAGES = [[_TOPICS[(7 * p + i) % len(_TOPICS)] for i in range(10)] for p in range(5)]
 FILLER_PAGES[PLANTED_PAGE - 1].insert(5, PLANTED_FACT)
 
 

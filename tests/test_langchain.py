@@ -204,8 +204,13 @@ def test_capacity_plus_one_raises_before_prefill(chat, llm, shared_engine, monke
 
     monkeypatch.setattr(shared_engine, "prefill", prefill)
     monkeypatch.setattr(shared_engine, "capacity", lambda: _capacity(real, n_prompt + 16 - 1))
-    for call in (lambda: llm.invoke(prompt), lambda: chat.invoke(prompt), lambda: list(chat.stream(prompt)),
-                 lambda: asyncio.run(chat.ainvoke(prompt)), lambda: asyncio.run(llm.ainvoke(prompt))):
+    for call in (
+        lambda: llm.invoke(prompt),
+        lambda: chat.invoke(prompt),
+        lambda: list(chat.stream(prompt)),
+        lambda: asyncio.run(chat.ainvoke(prompt)),
+        lambda: asyncio.run(llm.ainvoke(prompt)),
+    ):
         with pytest.raises(ContextTooLongError, match=f"{n_prompt} tokens"):
             call()
     assert shared_engine._lock.waiting == 0
@@ -213,8 +218,14 @@ def test_capacity_plus_one_raises_before_prefill(chat, llm, shared_engine, monke
 
 
 def _capacity(real: Capacity, max_tokens: int) -> Capacity:
-    return Capacity(max_tokens, real.kv_bytes_per_token, real.available_bytes, real.weight_bytes,
-                    real.reserve_bytes, real.device)
+    return Capacity(
+        max_tokens,
+        real.kv_bytes_per_token,
+        real.available_bytes,
+        real.weight_bytes,
+        real.reserve_bytes,
+        real.device,
+    )
 
 
 # --- async: real, non-blocking, cancellable -------------------------------------------------------

@@ -38,8 +38,14 @@ def planted_pdf(tmp_path_factory):
 
 
 def _capacity(real: Capacity, max_tokens: int) -> Capacity:
-    return Capacity(max_tokens, real.kv_bytes_per_token, real.available_bytes, real.weight_bytes,
-                    real.reserve_bytes, real.device)
+    return Capacity(
+        max_tokens,
+        real.kv_bytes_per_token,
+        real.available_bytes,
+        real.weight_bytes,
+        real.reserve_bytes,
+        real.device,
+    )
 
 
 # --- the LLM adapter ---------------------------------------------------------------------------------
@@ -66,8 +72,9 @@ def test_complete_applies_the_chat_template_and_reports_usage(llm, shared_engine
     assert kw["model_name"] == "SmolLM2-135M-Instruct"
     raw = llm.complete("Name three colours.", formatted=True, max_tokens=2)
     assert raw.additional_kwargs["prompt_tokens"] == shared_engine.count_tokens("Name three colours.")
-    custom = ReAttentionLlamaLLM(config=llm.config, max_tokens=2, progress=False,
-                                 completion_to_prompt=lambda p: f"Q: {p}\nA:")
+    custom = ReAttentionLlamaLLM(
+        config=llm.config, max_tokens=2, progress=False, completion_to_prompt=lambda p: f"Q: {p}\nA:"
+    )
     n_formatted = custom.complete("Name three colours.").additional_kwargs["prompt_tokens"]
     assert n_formatted == shared_engine.count_tokens("Q: Name three colours.\nA:")
 
@@ -85,8 +92,10 @@ def test_stream_complete_has_cumulative_text_and_deltas(llm):
 
 
 def test_chat_uses_the_template_and_returns_new_tokens_only(llm, shared_engine):
-    messages = [ChatMessage(role=MessageRole.SYSTEM, content="Answer in one word."),
-                ChatMessage(role=MessageRole.USER, content="What colour is the sky?")]
+    messages = [
+        ChatMessage(role=MessageRole.SYSTEM, content="Answer in one word."),
+        ChatMessage(role=MessageRole.USER, content="What colour is the sky?"),
+    ]
     r = llm.chat(messages)
     dicts = [{"role": m.role.value, "content": m.content} for m in messages]
     assert r.additional_kwargs["prompt_tokens"] == len(shared_engine.encode(dicts)[0])
@@ -130,8 +139,13 @@ async def test_async_methods_match_sync_and_do_not_block(llm):
 def planted_query(planted_pdf, small_config, shared_engine):
     """One query over the planted PDF, with its LLM calls counted two ways (engine and callbacks)."""
     debug = LlamaDebugHandler()
-    llm = ReAttentionLlamaLLM(config=small_config, max_tokens=24, progress=False, cite=True,
-                              callback_manager=CallbackManager([debug]))
+    llm = ReAttentionLlamaLLM(
+        config=small_config,
+        max_tokens=24,
+        progress=False,
+        cite=True,
+        callback_manager=CallbackManager([debug]),
+    )
     calls = []
     real_generate = shared_engine.generate
 
@@ -192,8 +206,10 @@ def test_capacity_plus_one_raises_before_prefill(planted_pdf, small_config, shar
 
 @pytest.mark.asyncio
 async def test_aquery_answers_in_one_call(small_config, shared_engine, monkeypatch):
-    pages = [LlamaDocument(text="\n".join(lines), metadata={"page": i + 1, "source": "notes.pdf"})
-             for i, lines in enumerate(FILLER_PAGES)]
+    pages = [
+        LlamaDocument(text="\n".join(lines), metadata={"page": i + 1, "source": "notes.pdf"})
+        for i, lines in enumerate(FILLER_PAGES)
+    ]
     calls = []
     real_generate = shared_engine.generate
     monkeypatch.setattr(shared_engine, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
@@ -218,8 +234,12 @@ def test_bad_inputs_raise_their_own_errors_before_any_model_work(tmp_path, small
     corrupt.write_bytes(b"%PDF-1.7\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\ntrailer <<>>\n%%EOF\n")
     binary = tmp_path / "photo.png"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
-    cases = [(tmp_path / "missing.pdf", DocumentNotFoundError), (empty, EmptyDocumentError),
-             (corrupt, CorruptDocumentError), (binary, UnsupportedDocumentError)]
+    cases = [
+        (tmp_path / "missing.pdf", DocumentNotFoundError),
+        (empty, EmptyDocumentError),
+        (corrupt, CorruptDocumentError),
+        (binary, UnsupportedDocumentError),
+    ]
     for path, error in cases:
         with pytest.raises(error):
             WholeDocumentQueryEngine(path, llm=llm)
@@ -228,7 +248,13 @@ def test_bad_inputs_raise_their_own_errors_before_any_model_work(tmp_path, small
     with pytest.raises(ValueError, match=r"\{context\}"):
         WholeDocumentQueryEngine([LlamaDocument(text="Some text.")], llm=llm, prompt_template="{query} only")
     with pytest.raises(ValueError, match="text only"):
-        llm.chat([ChatMessage(role=MessageRole.USER, blocks=[{"block_type": "image", "url": "https://x.org/a.png"}])])
+        llm.chat(
+            [
+                ChatMessage(
+                    role=MessageRole.USER, blocks=[{"block_type": "image", "url": "https://x.org/a.png"}]
+                )
+            ]
+        )
 
 
 def test_missing_llama_index_gives_an_install_hint(monkeypatch):

@@ -31,7 +31,8 @@ def test_streaming_misses_keys_outside_its_local_window(smollm2):
         model, ReAttentionConfig(mode="streaming", **{k: v for k, v in SMALL.items() if k != "max_spans"})
     ):
         results = [
-            passkey_trial(model, tok, LENGTH, d, k, chunk=128) for d, k in zip((0.1, 0.5), KEYS[:2], strict=True)
+            passkey_trial(model, tok, LENGTH, d, k, chunk=128)
+            for d, k in zip((0.1, 0.5), KEYS[:2], strict=True)
         ]
     # both keys sit > 700 tokens before the question, far outside the 256-token local window
     assert not any(r.found for r in results), [r.answer for r in results]

@@ -90,8 +90,11 @@ def _config_dict(config: ReAttentionConfig | None) -> dict[str, Any] | None:
     if config is None:
         return None
     default = ReAttentionConfig()
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-            if getattr(config, f.name) != getattr(default, f.name)}
+    return {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if getattr(config, f.name) != getattr(default, f.name)
+    }
 
 
 def _usage(c: Completion) -> UsageMetadata:
@@ -192,8 +195,15 @@ async def _aiter_engine(
         cancel.set()
 
 
-async def _acomplete(engine: Engine, prompt: Prompt, params: SamplingParams, *, chat: bool, cite: bool,
-                     on_delta: Callable[[str], Any] | None = None) -> Completion:
+async def _acomplete(
+    engine: Engine,
+    prompt: Prompt,
+    params: SamplingParams,
+    *,
+    chat: bool,
+    cite: bool,
+    on_delta: Callable[[str], Any] | None = None,
+) -> Completion:
     """Async :meth:`Engine.complete` that never blocks the loop (``on_delta`` may be async)."""
     stream = _aiter_engine(engine, prompt, params, chat=chat, cite=cite)
     try:
@@ -379,8 +389,9 @@ class _ReAttentionParams(BaseModel):
         name = self.model if model is None else model
         engine = self._engines.get(name)
         if engine is None:
-            engine = Engine.shared(name, device=self.device, dtype=self.dtype, config=self.config,
-                                   progress=self.progress)
+            engine = Engine.shared(
+                name, device=self.device, dtype=self.dtype, config=self.config, progress=self.progress
+            )
             self._engines[name] = engine
         return engine
 
@@ -527,8 +538,9 @@ class ReAttentionLLM(_ReAttentionParams, BaseLLM):
         }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         name = completions[0].model_name if completions else None
-        return LLMResult(generations=[[g] for g in generations],
-                         llm_output={"token_usage": usage, "model_name": name})
+        return LLMResult(
+            generations=[[g] for g in generations], llm_output={"token_usage": usage, "model_name": name}
+        )
 
     def _generate(
         self,
@@ -655,8 +667,9 @@ class ChatReAttention(_ReAttentionParams, BaseChatModel):
 
     @staticmethod
     def _message(c: Completion, cite: bool) -> AIMessage:
-        return AIMessage(content=c.text, usage_metadata=_usage(c),
-                         response_metadata=_completion_metadata(c, cite=cite))
+        return AIMessage(
+            content=c.text, usage_metadata=_usage(c), response_metadata=_completion_metadata(c, cite=cite)
+        )
 
     @staticmethod
     def _last_chunk(c: Completion, cite: bool) -> ChatGenerationChunk:
@@ -678,8 +691,10 @@ class ChatReAttention(_ReAttentionParams, BaseChatModel):
     ) -> ChatResult:
         engine, params, cite = self._call_setup(stop, kwargs)
         c = _drain(engine.generate(_to_chat_messages(messages), params, chat=True, cite_sources=cite))
-        return ChatResult(generations=[ChatGeneration(message=self._message(c, cite))],
-                          llm_output={"model_name": c.model_name, "token_usage": dict(_usage(c))})
+        return ChatResult(
+            generations=[ChatGeneration(message=self._message(c, cite))],
+            llm_output={"model_name": c.model_name, "token_usage": dict(_usage(c))},
+        )
 
     async def _agenerate(
         self,
@@ -690,8 +705,10 @@ class ChatReAttention(_ReAttentionParams, BaseChatModel):
     ) -> ChatResult:
         engine, params, cite = self._call_setup(stop, kwargs)
         c = await _acomplete(engine, _to_chat_messages(messages), params, chat=True, cite=cite)
-        return ChatResult(generations=[ChatGeneration(message=self._message(c, cite))],
-                          llm_output={"model_name": c.model_name, "token_usage": dict(_usage(c))})
+        return ChatResult(
+            generations=[ChatGeneration(message=self._message(c, cite))],
+            llm_output={"model_name": c.model_name, "token_usage": dict(_usage(c))},
+        )
 
     def _stream(
         self,

@@ -135,8 +135,9 @@ class ReAttentionLlamaLLM(CustomLLM):
     def engine(self) -> Engine:
         """The shared engine of this model (weights load on the first call)."""
         if self._engine is None:
-            self._engine = Engine.shared(self.model, device=self.device, dtype=self.dtype, config=self.config,
-                                         progress=self.progress)
+            self._engine = Engine.shared(
+                self.model, device=self.device, dtype=self.dtype, config=self.config, progress=self.progress
+            )
         return self._engine
 
     @property
@@ -167,8 +168,10 @@ class ReAttentionLlamaLLM(CustomLLM):
         allowed = {"max_tokens", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop", "cite"}
         unknown = set(kwargs) - allowed
         if unknown:
-            raise TypeError(f"ReAttentionLlamaLLM got unexpected keyword argument(s) {sorted(unknown)}; "
-                            f"it accepts {sorted(allowed)}.")
+            raise TypeError(
+                f"ReAttentionLlamaLLM got unexpected keyword argument(s) {sorted(unknown)}; "
+                f"it accepts {sorted(allowed)}."
+            )
         params = SamplingParams(
             max_new_tokens=kwargs.get("max_tokens", kwargs.get("max_new_tokens", self.max_tokens)),
             temperature=kwargs.get("temperature", self.temperature),
@@ -210,8 +213,12 @@ class ReAttentionLlamaLLM(CustomLLM):
                 yield CompletionResponse(text=text, delta=delta)
         finally:
             gen.close()
-        yield CompletionResponse(text=completion.text, delta="", raw=completion,
-                                 additional_kwargs=_response_kwargs(completion, cite))
+        yield CompletionResponse(
+            text=completion.text,
+            delta="",
+            raw=completion,
+            additional_kwargs=_response_kwargs(completion, cite),
+        )
 
     async def _astream_completion(
         self, prompt: Prompt, chat: bool, kwargs: dict[str, Any]
@@ -222,8 +229,9 @@ class ReAttentionLlamaLLM(CustomLLM):
         try:
             async for item in stream:
                 if isinstance(item, Completion):
-                    yield CompletionResponse(text=item.text, delta="", raw=item,
-                                             additional_kwargs=_response_kwargs(item, cite))
+                    yield CompletionResponse(
+                        text=item.text, delta="", raw=item, additional_kwargs=_response_kwargs(item, cite)
+                    )
                     return
                 text += item
                 yield CompletionResponse(text=text, delta=item)
@@ -271,8 +279,11 @@ class ReAttentionLlamaLLM(CustomLLM):
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         params, cite = self._params(kwargs)
         c = _drain(self.engine.generate(self._chat_prompt(messages), params, chat=True, cite_sources=cite))
-        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=c.text), raw=c,
-                            additional_kwargs=_response_kwargs(c, cite))
+        return ChatResponse(
+            message=ChatMessage(role=MessageRole.ASSISTANT, content=c.text),
+            raw=c,
+            additional_kwargs=_response_kwargs(c, cite),
+        )
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
@@ -283,8 +294,11 @@ class ReAttentionLlamaLLM(CustomLLM):
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         params, cite = self._params(kwargs)
         c = await _acomplete(self.engine, self._chat_prompt(messages), params, chat=True, cite=cite)
-        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=c.text), raw=c,
-                            additional_kwargs=_response_kwargs(c, cite))
+        return ChatResponse(
+            message=ChatMessage(role=MessageRole.ASSISTANT, content=c.text),
+            raw=c,
+            additional_kwargs=_response_kwargs(c, cite),
+        )
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:

@@ -1,0 +1,68 @@
+"""Planned vs measured peak memory of a prefill (CPU: the process's peak resident set).
+
+    python benchmarks/peak_memory.py --tokens 8192 [--kv-dtype fp8] [--offload values]
+
+Prints one JSON line: the plan's KV / weights / working-reserve bytes, the measured peak
+(``ru_maxrss`` after the prefill minus the resident set before the weights were loaded) and
+their ratio. ``tests/test_plan.py`` runs it in a fresh process at 8K tokens on the default model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+
+import torch
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--tokens", type=int, default=8192)
+    p.add_argument("--kv-dtype", default="model")
+    p.add_argument("--offload", default="none")
+    p.add_argument("--selection", default="exact")
+    a = p.parse_args()
+
+    from reattn_llm import ReAttentionConfig
+    from reattn_llm.cli import SAMPLE
+    from reattn_llm.engine import Engine
+    from reattn_llm.models import load_config
+    from reattn_llm.plan import make_plan
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    cfg = ReAttentionConfig(kv_dtype=a.kv_dtype, offload=a.offload, selection=a.selection)
+    engine = Engine(None, device="cpu", dtype="fp32", config=cfg, progress=False)
+    tok = engine.tokenizer
+    ids = tok(SAMPLE.read_text(), add_special_tokens=False)["input_ids"]
+    ids = (ids * (a.tokens // len(ids) + 1))[: a.tokens]
+    plan = make_plan(load_config(None), engine.config, a.tokens, engine.device, engine.dtype)
+    before = _rss_bytes()
+    engine.load()
+    cache = engine._cache_for(ids, a.tokens)[0]
+    with torch.inference_mode():
+        engine.prefill(torch.tensor([ids]), cache, start=0, tail=0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    planned = plan.kv_bytes + plan.host_kv_bytes + plan.weight_bytes + plan.reserve_bytes
+    print(
+        json.dumps(
+            {
+                "tokens": a.tokens,
+                "planned_bytes": planned,
+                "kv_bytes": plan.kv_bytes + plan.host_kv_bytes,
+                "weight_bytes": plan.weight_bytes,
+                "reserve_bytes": plan.reserve_bytes,
+                "measured_peak_bytes": peak,
+                "ratio": planned / peak,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
