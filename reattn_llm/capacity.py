@@ -100,14 +100,35 @@ def available_bytes(device: torch.device) -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
 
-def working_reserve(model_config: Any, config: ReAttentionConfig, dtype: torch.dtype) -> int:
-    """Bytes for one chunk's activations, logits and the scope workspace (a generous bound)."""
+def working_reserve(
+    model_config: Any, config: ReAttentionConfig, dtype: torch.dtype, device: torch.device | None = None
+) -> int:
+    """Bytes one prefill chunk needs beside the weights and the KV cache, at its peak:
+
+    * activations: the residual stream, norms, q/k/v/o and the MLP's gate, up and product,
+      ``chunk * (8 * hidden + 3 * intermediate)`` values;
+    * the scope: gathered K and V and their rotated copies (``3 * 2 * Hkv * scope * D`` values) and
+      the boolean mask (``chunk * scope`` bytes);
+    * scoring: the torch twin's fp32 score block (``kernels.torch_ops``: 64 MB on the CPU, 1 GiB on
+      a GPU) when it runs; the Triton kernel keeps scores on chip;
+    * the last position's logits and 64 MiB of allocator slack.
+    """
+    from .kernels import resolve_backend
+    from .kernels.torch_ops import _SCORE_BLOCK_ELEMS
+
+    device = device or torch.device("cpu")
     chunk = config.chunk_size or 1024
     size = torch.empty((), dtype=dtype).element_size()
     h, inter = model_config.hidden_size, model_config.intermediate_size
+    _, kv, d = _shape(model_config)
+    scope = config.scope if config.is_resolved and config.mode != "full" else (config.window or 8192)
     acts = chunk * (8 * h + 3 * inter) * size
-    scope = (config.window or 8192) * model_config.num_attention_heads * chunk * 4 // 8
-    return int(acts + scope + (1 << 24) * 4 + (256 << 20))
+    attn = 6 * kv * scope * d * size + chunk * scope
+    scoring = 0
+    if config.mode == "reattention" and resolve_backend(config.backend, device) == "torch":
+        scoring = 4 * _SCORE_BLOCK_ELEMS.get(device.type, 1 << 24)
+    logits = 2 * model_config.vocab_size * 4
+    return int(acts + attn + scoring + logits + (64 << 20))
 
 
 def estimate_capacity(
@@ -123,7 +144,7 @@ def estimate_capacity(
     weights = (
         0 if weights_loaded else parameter_count(model_config) * torch.empty((), dtype=dtype).element_size()
     )
-    reserve = working_reserve(model_config, config, dtype)
+    reserve = working_reserve(model_config, config, dtype, device)
     usable = max(0, int(avail * _SAFETY) - weights - reserve)
     max_tokens = usable // per_tok
     host_tok = host_kv_bytes_per_token(model_config, dtype, config)
@@ -131,3 +152,29 @@ def estimate_capacity(
         host_free = available_bytes(torch.device("cpu")) - (weights if device.type == "cpu" else 0)
         max_tokens = min(max_tokens, max(0, int(host_free * _SAFETY)) // host_tok)
     return Capacity(max_tokens, per_tok, avail, weights, reserve, str(device))
+
+
+def estimate_capacity_split(
+    model_config: Any, layer_devices: list[torch.device], dtype: torch.dtype, config: ReAttentionConfig
+) -> Capacity:
+    """Capacity of a model whose decoder layers sit on several devices (loaded with a ``device_map``,
+    weights already in memory): each device holds the KV cache of its own layers, so the token budget
+    is the smallest one over the devices, ``usable_d / (kv_bytes_per_token * layers_d / layers)``."""
+    per_tok = max(1, kv_bytes_per_token(model_config, dtype, config))
+    n_layers = len(layer_devices)
+    reserve = working_reserve(model_config, config, dtype, layer_devices[0] if layer_devices else None)
+    counts: dict[torch.device, int] = {}
+    for d in layer_devices:
+        counts[d] = counts.get(d, 0) + 1
+    best: Capacity | None = None
+    total_avail = 0
+    for dev, n in counts.items():
+        avail = available_bytes(dev)
+        total_avail += avail
+        usable = max(0, int(avail * _SAFETY) - reserve)
+        tokens = usable * n_layers // (per_tok * n)
+        if best is None or tokens < best.max_tokens:
+            best = Capacity(tokens, per_tok, avail, 0, reserve, str(dev))
+    assert best is not None
+    names = ", ".join(f"{d} ({n} layers)" for d, n in counts.items())
+    return Capacity(best.max_tokens, per_tok, total_avail, 0, reserve * len(counts), names)

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 
 from .cache import ReAttentionCache
-from .capacity import Capacity, estimate_capacity
+from .capacity import Capacity, estimate_capacity, estimate_capacity_split
 from .citations import Citation, cite
 from .config import ReAttentionConfig, chunk_bounds
 from .doc_cache import Prefix, grid_length, load_prefix, save_prefix
@@ -107,6 +107,7 @@ class Engine:
         progress: bool = True,
         keep_prefix: bool = True,
         max_cache_bytes: int | None = None,
+        device_map: str | dict[str, Any] | None = None,
     ) -> None:
         if max_cache_bytes is not None and max_cache_bytes <= 0:
             raise ValueError(f"max_cache_bytes={max_cache_bytes}: must be positive (or None for no cap).")
@@ -116,6 +117,9 @@ class Engine:
         self._prefix: Prefix | None = None
         self.last_prefill_tokens = 0
         self.model_name = DEFAULT_MODEL if is_default(model) else str(model)
+        self.device_map = device_map
+        if device_map is not None and (device is None or str(device) == "auto"):
+            device = "cuda:0" if torch.cuda.is_available() else "cpu"  # where the embeddings (the inputs) go
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.user_config = config or ReAttentionConfig()
@@ -131,7 +135,13 @@ class Engine:
     def shared(cls, model: str | None = None, **kwargs: Any) -> Engine:
         """One engine per (model, device, dtype, config): every wrapper reuses the same weights."""
         probe = cls(model, **kwargs)
-        key = (probe.model_name, str(probe.device), str(probe.dtype), probe.user_config)
+        key = (
+            probe.model_name,
+            str(probe.device),
+            str(probe.dtype),
+            probe.user_config,
+            repr(probe.device_map),
+        )
         with cls._shared_lock:
             return cls._shared.setdefault(key, probe)
 
@@ -166,7 +176,9 @@ class Engine:
             with self._load_lock:
                 if self._model is None:
                     cfg = self.config
-                    model, tok = load_model(self.model_id, self.device, self.dtype)
+                    model, tok = load_model(self.model_id, self.device, self.dtype, self.device_map)
+                    if self.device_map is not None:
+                        self.device = model.get_input_embeddings().weight.device
                     self._handle = patch(model, cfg)
                     self._tokenizer = tok
                     self._model = model
@@ -191,13 +203,18 @@ class Engine:
 
     def capacity(self) -> Capacity:
         """How many tokens this model can hold on this device (KV bytes per token vs memory)."""
-        cap = estimate_capacity(
-            load_config(self.model_id),
-            self.device,
-            self.dtype,
-            self.config,
-            weights_loaded=self._model is not None,
-        )
+        if self.device_map is not None and self._model is not None:
+            layers = self._model.get_decoder().layers
+            devices = [next(layer.parameters()).device for layer in layers]
+            cap = estimate_capacity_split(load_config(self.model_id), devices, self.dtype, self.config)
+        else:
+            cap = estimate_capacity(
+                load_config(self.model_id),
+                self.device,
+                self.dtype,
+                self.config,
+                weights_loaded=self._model is not None,
+            )
         if self.max_cache_bytes is not None:
             cap = dataclasses.replace(
                 cap, max_tokens=min(cap.max_tokens, self.max_cache_bytes // cap.kv_bytes_per_token)
@@ -241,7 +258,7 @@ class Engine:
                 s, e = s + start, e + start
                 piece = ids[:, s:e]
                 out = self.model(input_ids=piece, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                logits = out.logits[:, -1]
+                logits = out.logits[:, -1].to(self.device)  # from the last layer's device (device_map)
                 done = e
                 if bar is not None:
                     bar.update(piece.shape[1])
@@ -325,7 +342,9 @@ class Engine:
     @torch.inference_mode()
     def decode_one_token(self, token: torch.Tensor, cache: ReAttentionCache) -> torch.Tensor:
         """One step: ``token [1, 1]`` -> next logits ``[1, V]``."""
-        return self.model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1]
+        return (
+            self.model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1].to(self.device)
+        )
 
     def generate(
         self,

@@ -153,15 +153,32 @@ def load_config(model: str | None) -> Any:
     return config
 
 
-def load_model(model: str | None, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` on ``device`` in ``dtype``, eval mode, SDPA attention."""
+def load_model(
+    model: str | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    device_map: str | dict[str, Any] | None = None,
+) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` on ``device`` in ``dtype``, eval mode, SDPA attention; with a
+    ``device_map`` (accelerate's: ``"auto"``, ``"balanced"`` or ``{module: device}``) the decoder
+    layers are split across devices instead (each layer's KV cache then lives on its layer's device)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     load_config(model)
     src = model_source(model)
     tok = AutoTokenizer.from_pretrained(src)
-    lm = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, attn_implementation="sdpa")
-    lm = lm.to(device).eval()
+    if device_map is not None:
+        try:
+            import accelerate  # noqa: F401
+        except ImportError as e:
+            raise ImportError("device_map needs accelerate: pip install accelerate") from e
+        lm = AutoModelForCausalLM.from_pretrained(
+            src, dtype=dtype, attn_implementation="sdpa", device_map=device_map
+        )
+        lm = lm.eval()
+    else:
+        lm = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, attn_implementation="sdpa")
+        lm = lm.to(device).eval()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return lm, tok

@@ -4,6 +4,7 @@ capacity, async that does not block the loop, cancellation, stop strings, usage 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import threading
 import time
@@ -26,7 +27,6 @@ from langchain_core.prompts import PromptTemplate
 
 import reattn_llm
 from reattn_llm import ChatReAttention, ContextTooLongError, ReAttentionLLM, load_document
-from reattn_llm.capacity import Capacity
 from reattn_llm.engine import Engine
 from reattn_llm.integrations import langchain as lc
 
@@ -203,7 +203,9 @@ def test_capacity_plus_one_raises_before_prefill(chat, llm, shared_engine, monke
         raise AssertionError("no prefill may start for an input that does not fit")
 
     monkeypatch.setattr(shared_engine, "prefill", prefill)
-    monkeypatch.setattr(shared_engine, "capacity", lambda: _capacity(real, n_prompt + 16 - 1))
+    monkeypatch.setattr(
+        shared_engine, "capacity", lambda: dataclasses.replace(real, max_tokens=n_prompt + 16 - 1)
+    )
     for call in (
         lambda: llm.invoke(prompt),
         lambda: chat.invoke(prompt),
@@ -215,17 +217,6 @@ def test_capacity_plus_one_raises_before_prefill(chat, llm, shared_engine, monke
             call()
     assert shared_engine._lock.waiting == 0
     shared_engine.check_fits(n_prompt, 16 - 1)  # exactly at capacity fits
-
-
-def _capacity(real: Capacity, max_tokens: int) -> Capacity:
-    return Capacity(
-        max_tokens,
-        real.kv_bytes_per_token,
-        real.available_bytes,
-        real.weight_bytes,
-        real.reserve_bytes,
-        real.device,
-    )
 
 
 # --- async: real, non-blocking, cancellable -------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import sys
 import time
@@ -17,7 +18,6 @@ from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
 
 from reattn_llm import ChatReAttention, ContextTooLongError, load_document
-from reattn_llm.capacity import Capacity
 from reattn_llm.errors import (
     CorruptDocumentError,
     DocumentNotFoundError,
@@ -35,17 +35,6 @@ def llm(small_config, shared_engine) -> ReAttentionLlamaLLM:
 @pytest.fixture(scope="module")
 def planted_pdf(tmp_path_factory):
     return write_text_pdf(tmp_path_factory.mktemp("docs") / "planted.pdf", FILLER_PAGES)
-
-
-def _capacity(real: Capacity, max_tokens: int) -> Capacity:
-    return Capacity(
-        max_tokens,
-        real.kv_bytes_per_token,
-        real.available_bytes,
-        real.weight_bytes,
-        real.reserve_bytes,
-        real.device,
-    )
 
 
 # --- the LLM adapter ---------------------------------------------------------------------------------
@@ -194,7 +183,9 @@ def test_capacity_plus_one_raises_before_prefill(planted_pdf, small_config, shar
         raise AssertionError("no prefill may start for an input that does not fit")
 
     monkeypatch.setattr(shared_engine, "prefill", prefill)
-    monkeypatch.setattr(shared_engine, "capacity", lambda: _capacity(real, n_prompt + 24 - 1))
+    monkeypatch.setattr(
+        shared_engine, "capacity", lambda: dataclasses.replace(real, max_tokens=n_prompt + 24 - 1)
+    )
     with pytest.raises(ContextTooLongError, match=f"{n_prompt} tokens"):
         engine.query(PLANTED_QUESTION)
     with pytest.raises(ContextTooLongError):

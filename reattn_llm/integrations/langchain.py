@@ -349,6 +349,8 @@ class _ReAttentionParams(BaseModel):
     """``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``..."""
     dtype: str = "auto"
     """``"auto"`` (bf16 on CUDA, fp32 on CPU), ``"bfloat16"``, ``"float16"``, ``"float32"``."""
+    device_map: str | dict[str, Any] | None = None
+    """Split the layers across several GPUs (accelerate's ``"auto"``, ``"balanced"`` or a dict)."""
     config: ReAttentionConfig | None = None
     """ReAttention sizes (window, local_size, ...); None: the paper's, scaled to the model."""
     max_tokens: int = Field(default=256, ge=1, alias="max_new_tokens")
@@ -390,7 +392,12 @@ class _ReAttentionParams(BaseModel):
         engine = self._engines.get(name)
         if engine is None:
             engine = Engine.shared(
-                name, device=self.device, dtype=self.dtype, config=self.config, progress=self.progress
+                name,
+                device=self.device,
+                dtype=self.dtype,
+                config=self.config,
+                progress=self.progress,
+                device_map=self.device_map,
             )
             self._engines[name] = engine
         return engine

@@ -108,6 +108,9 @@ class ReAttentionLlamaLLM(CustomLLM):
     model: str | None = Field(default=None, description="Hub id or local folder; None: the default.")
     device: str = Field(default="auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     dtype: str = Field(default="auto", description="'auto' (bf16 on CUDA, fp32 on CPU) or a dtype name.")
+    device_map: str | dict[str, Any] | None = Field(
+        default=None, description="Split the layers across GPUs: accelerate's 'auto', 'balanced' or a dict."
+    )
     config: ReAttentionConfig | None = Field(default=None, description="ReAttention sizes; None: defaults.")
     max_tokens: int = Field(default=256, ge=1, alias="max_new_tokens", description="Most tokens to generate.")
     temperature: float = Field(default=0.0, ge=0.0, description="0 is greedy decoding.")
@@ -136,7 +139,12 @@ class ReAttentionLlamaLLM(CustomLLM):
         """The shared engine of this model (weights load on the first call)."""
         if self._engine is None:
             self._engine = Engine.shared(
-                self.model, device=self.device, dtype=self.dtype, config=self.config, progress=self.progress
+                self.model,
+                device=self.device,
+                dtype=self.dtype,
+                config=self.config,
+                progress=self.progress,
+                device_map=self.device_map,
             )
         return self._engine
 
