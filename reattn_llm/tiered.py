@@ -347,9 +347,18 @@ class TieredLayer(ReAttentionLayer):
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def dense(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first ``n`` rows as ``[B, Hkv, n, D]`` K and V (hot rows exact, others dequantised)."""
-        idx = torch.arange(n, device=self.device)[None].expand(self._hot[0].shape[0], n)
-        return self.gather_scope(idx)
+        """The first ``n`` rows as ``[B, Hkv, n, D]`` K and V in host memory (hot rows exact, the others
+        dequantised), assembled in blocks so that the device never holds more than one block."""
+        b = self._hot[0].shape[0]
+        ks, vs = [], []
+        for lo in range(0, n, _SCORE_ROWS):
+            idx = torch.arange(lo, min(n, lo + _SCORE_ROWS), device=self.device)[None].expand(b, -1)
+            k, v = self.gather_scope(idx)
+            ks.append(k.cpu())
+            vs.append(v.cpu())
+        if not ks:
+            return self._hot[0][:, :, :0].cpu(), self._hot[1][:, :, :0].cpu()
+        return torch.cat(ks, dim=2), torch.cat(vs, dim=2)
 
     def nbytes(self) -> int:
         """Bytes on the compute device: cold stores kept there, hot buffers and block summaries."""
