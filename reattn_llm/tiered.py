@@ -294,8 +294,9 @@ class TieredLayer(ReAttentionLayer):
             kb = store.read(s, min(hi, s + _SCORE_ROWS))
             idx = score_topk(q, kb, top_k, backend=backend)  # [B, H, Q, k]
             kk = idx.shape[-1]
-            kg = kb.repeat_interleave(h // hkv, dim=1)  # [B, H, rows, D]
-            hit = kg.gather(2, idx.reshape(b, h, nq * kk, 1).expand(-1, -1, -1, d)).reshape(b, h, nq, kk, d)
+            # query head h reads KV head h // g: the hits of a KV head's g query heads are contiguous
+            rows = idx.reshape(b, hkv, (h // hkv) * nq * kk, 1).expand(-1, -1, -1, d)
+            hit = kb.gather(2, rows).reshape(b, h, nq, kk, d)
             val = (hit.to(acc) * q.to(acc)[:, :, :, None]).sum(-1)
             idx = idx + (s - lo)
             if best_v is not None:

@@ -155,3 +155,18 @@ def test_doc_cache_round_trip_through_fp8_storage(tmp_path):
 def test_storage_configs_are_validated(kwargs, words):
     with pytest.raises(ConfigError, match=words):
         ReAttentionConfig(**kwargs)
+
+
+def test_blockwise_fp8_scoring_equals_scoring_the_dequantised_keys_at_once(monkeypatch):
+    import reattn_llm.tiered as tiered
+    from reattn_llm.kernels import score_topk_torch
+
+    monkeypatch.setattr(tiered, "_SCORE_ROWS", 97)  # ten blocks, the last one partial
+    g = torch.Generator().manual_seed(0)
+    layer = TieredLayer(KVStorage(kv_dtype="fp8", global_size=4, local_size=16))
+    k = torch.randn(1, 2, 1000, 16, generator=g)
+    layer.update(k, k)
+    q = torch.randn(1, 6, 5, 16, generator=g)  # GQA 3
+    got = layer.score_topk(q, 4, 900, 4, "torch")
+    ref = score_topk_torch(q, layer.read_keys(4, 900), 4)
+    assert torch.equal(got.sort(-1).values, ref.sort(-1).values)
