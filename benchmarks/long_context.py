@@ -42,7 +42,8 @@ def _config(mode: str, args: argparse.Namespace) -> ReAttentionConfig:
     if mode == "streaming":
         sizes.pop("max_spans", None)
     mode, _, selection = mode.partition("/")
-    return ReAttentionConfig(mode=mode, selection=selection or "exact", **sizes)  # type: ignore[arg-type]
+    storage = {} if mode == "full" else {"kv_dtype": args.kv_dtype, "offload": args.offload}
+    return ReAttentionConfig(mode=mode, selection=selection or "exact", **sizes, **storage)  # type: ignore[arg-type]
 
 
 def _runs(args: argparse.Namespace) -> list[str]:
@@ -57,7 +58,8 @@ def _runs(args: argparse.Namespace) -> list[str]:
 
 
 def run_ppl(model, tok, args) -> dict:
-    text = Path(args.text).read_text(encoding="utf-8")
+    # a comma list of files is read as one text, in order (e.g. all six novels + the dictionary)
+    text = "\n\n".join(Path(t).read_text(encoding="utf-8") for t in args.text.split(","))
     ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
     if args.max_tokens:
         ids = ids[:, : args.max_tokens]
@@ -76,7 +78,9 @@ def run_ppl(model, tok, args) -> dict:
         results["modes"][mode] = {"bands": bands, "seconds": secs, "largest_position": pos}
         print(f"[ppl] {mode}: {secs:.1f} s, largest position {pos}", file=sys.stderr, flush=True)
     names = list(next(iter(results["modes"].values()))["bands"])
-    print(f"\nPerplexity by position, {Path(args.text).name} ({results['tokens']} tokens)")
+    print(
+        f"\nPerplexity by position, {', '.join(Path(t).name for t in args.text.split(','))} ({results['tokens']} tokens)"
+    )
     print("| mode | " + " | ".join(names) + " | largest position | seconds |")
     print("|---" * (len(names) + 3) + "|")
     for mode, r in results["modes"].items():
@@ -141,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     for k in _SIZES:
         ap.add_argument("--" + k.replace("_", "-"), type=int, default=None, help=f"ReAttentionConfig.{k}")
+    ap.add_argument(
+        "--kv-dtype", default="model", choices=["model", "fp8"], help="ReAttentionConfig.kv_dtype"
+    )
+    ap.add_argument("--offload", default="none", choices=["none", "values", "keys_values"])
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--seed", type=int, default=0)

@@ -62,7 +62,9 @@ def main() -> None:
     gc.collect()
     loaded = _status_bytes("VmRSS") - before
     if not _reset_peak():  # loading's transients (file pages, conversions) then count in the peak
-        print("warning: cannot reset the peak resident set; it includes the weights' loading", file=sys.stderr)
+        print(
+            "warning: cannot reset the peak resident set; it includes the weights' loading", file=sys.stderr
+        )
     cache = engine._cache_for(ids, a.tokens)[0]
     with torch.inference_mode():
         engine.prefill(torch.tensor([ids]), cache, start=0, tail=0)
