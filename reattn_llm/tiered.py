@@ -32,12 +32,10 @@ from typing import Any
 
 import torch
 
-from .cache import MemoryBudget, ReAttentionLayer
+from .cache import _GROWTH, _MIN_CAPACITY, MemoryBudget, ReAttentionLayer
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
-_GROWTH = 1.5
-_MIN_ROWS = 256
 # Rows dequantised at once when scoring fp8 keys exactly.
 _SCORE_ROWS = 1 << 16
 
@@ -61,10 +59,6 @@ class KVStorage:
     @property
     def fp8(self) -> bool:
         return self.kv_dtype == "fp8"
-
-    def bytes_per_row(self, head_dim: int, model_bytes: int) -> int:
-        """Bytes of one cold row of one KV head (payload + scale)."""
-        return head_dim + 4 if self.fp8 else head_dim * model_bytes
 
 
 def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +112,7 @@ class RowStore:
         if rows <= self.capacity:
             return
         b, h, _, d = like.shape
-        cap = max(rows, int(self.capacity * _GROWTH), _MIN_ROWS)
+        cap = max(rows, int(self.capacity * _GROWTH), _MIN_CAPACITY)
         self.dtype = like.dtype
         data = self._empty((b, h, cap, d), torch.uint8 if self.fp8 else like.dtype)
         scale = self._empty((b, h, cap), torch.float32) if self.fp8 else None
@@ -155,25 +149,24 @@ class RowStore:
         scale = None if self.scale is None else self.scale[:, :, lo:hi]
         return self._to_compute(self.data[:, :, lo:hi], scale)  # type: ignore[index]
 
-    def gather(self, idx: torch.Tensor) -> torch.Tensor:
-        """``idx [B, N]`` rows (the same for every head) -> ``[B, Hkv, N, D]``."""
+    def gather(self, idx: torch.Tensor, batch: int | None = None) -> torch.Tensor:
+        """``idx [B, N]`` rows (the same for every head) -> ``[B, Hkv, N, D]``; with ``batch``, ``idx
+        [1, N]`` are rows of that batch entry only."""
         assert self.data is not None
-        if self.device != idx.device:
-            idx = idx.to(self.device)  # one small copy, a sync for a host store
-        b, h, _, d = self.data.shape
-        data = self.data.gather(2, idx[:, None, :, None].expand(b, h, -1, d))
-        scale = None if self.scale is None else self.scale.gather(2, idx[:, None, :].expand(b, h, -1))
-        return self._to_compute(data, scale)
+        return self.take(idx[:, None, :].expand(-1, self.data.shape[1], -1), batch)
 
-    def take(self, rows: torch.Tensor) -> torch.Tensor:
-        """``rows [B, Hkv, R]`` per-head rows -> ``[B, Hkv, R, D]``."""
+    def take(self, rows: torch.Tensor, batch: int | None = None) -> torch.Tensor:
+        """``rows [B, Hkv, R]`` per-head rows -> ``[B, Hkv, R, D]``; with ``batch``, ``rows [1, Hkv, R]``
+        are rows of that batch entry only."""
         assert self.data is not None
+        data, scale = self.data, self.scale
+        if batch is not None:
+            data = data[batch : batch + 1]
+            scale = None if scale is None else scale[batch : batch + 1]
         if self.device != rows.device:
-            rows = rows.to(self.device)
-        d = self.data.shape[3]
-        data = self.data.gather(2, rows[..., None].expand(-1, -1, -1, d))
-        scale = None if self.scale is None else self.scale.gather(2, rows)
-        return self._to_compute(data, scale)
+            rows = rows.to(self.device)  # one small copy, a sync for a host store
+        picked = data.gather(2, rows[..., None].expand(-1, -1, -1, data.shape[3]))
+        return self._to_compute(picked, None if scale is None else scale.gather(2, rows))
 
 
 class TieredLayer(ReAttentionLayer):
@@ -187,6 +180,7 @@ class TieredLayer(ReAttentionLayer):
         self.cold_k: RowStore | None = None
         self.cold_v: RowStore | None = None
         self._hot: list[torch.Tensor] = []  # [global K, global V, recent K, recent V]
+        self._zero: torch.Tensor | None = None  # the scalar the shape stubs expand
         self.base = 0  # cache row held at row 0 of the recent buffers
 
     # -- writing --------------------------------------------------------------------------------
@@ -241,7 +235,7 @@ class TieredLayer(ReAttentionLayer):
         rk, rv = self._hot[2], self._hot[3]
         q = k.shape[2]
         held = start - self.base  # rows [base, start) are in the buffer
-        cap = max(_MIN_ROWS, 2 * self.storage.local_size + q)
+        cap = max(_MIN_CAPACITY, 2 * self.storage.local_size + q)
         if held + q > rk.shape[2] or rk.shape[2] > 2 * cap:  # full, or oversized after one long forward
             keep_from = max(self.base, start - self.storage.local_size)
             keep = start - keep_from
@@ -260,8 +254,10 @@ class TieredLayer(ReAttentionLayer):
             return
         b, h, _, d = self._hot[0].shape
         dv = self._hot[1].shape[3]
-        self.keys = self._hot[0].new_zeros(()).expand(b, h, self.length, d)
-        self.values = self._hot[1].new_zeros(()).expand(b, h, self.length, dv)
+        if self._zero is None:
+            self._zero = self._hot[0].new_zeros(())
+        self.keys = self._zero.expand(b, h, self.length, d)
+        self.values = self._zero.expand(b, h, self.length, dv)
         self.keys._reattn_layer = self  # type: ignore[attr-defined]
         self.values._reattn_layer = self  # type: ignore[attr-defined]
         self.keys._reattn_summaries = self.summaries  # type: ignore[attr-defined]
@@ -315,11 +311,16 @@ class TieredLayer(ReAttentionLayer):
         n_recent = self.length - self.base
         in_g = idx < g
         in_r = (idx >= self.base) & (idx < self.length)
-        cold = ~(in_g | in_r)
+        host_rows = None  # the cold rows per batch entry, read to the host once for K and V
         out = []
         for hot_g, hot_r, store in ((self._hot[0], rk, self.cold_k), (self._hot[1], rv, self.cold_v)):
             b, h, _, d = hot_r.shape
-            x = self._gather_host(store, idx, cold) if store.offloaded else store.gather(idx)  # type: ignore[union-attr]
+            if store.offloaded:  # type: ignore[union-attr]
+                if host_rows is None:
+                    host_rows = _cold_rows(idx, ~(in_g | in_r))
+                x = self._gather_host(store, host_rows, idx.shape[1])  # type: ignore[arg-type]
+            else:
+                x = store.gather(idx)  # type: ignore[union-attr]
             if g:
                 gi = idx.clamp(max=g - 1)[:, None, :, None].expand(b, h, -1, d)
                 x = torch.where(in_g[:, None, :, None], hot_g.gather(2, gi), x)
@@ -329,17 +330,16 @@ class TieredLayer(ReAttentionLayer):
             out.append(x)
         return out[0], out[1]
 
-    def _gather_host(self, store: RowStore, idx: torch.Tensor, cold: torch.Tensor) -> torch.Tensor:
-        """Fetch only the cold rows of ``idx`` from host memory; the others are left zero (hot rows fill them)."""
-        b, n = idx.shape
+    def _gather_host(
+        self, store: RowStore, host_rows: list[tuple[torch.Tensor, torch.Tensor]], n: int
+    ) -> torch.Tensor:
+        """``[B, Hkv, n, D]`` with only the cold rows fetched from host memory, at their scope slots;
+        the other slots are left zero (the hot rows fill them)."""
         h, d = store.data.shape[1], store.data.shape[3]  # type: ignore[union-attr]
-        x = torch.zeros(b, h, n, d, dtype=self.dtype, device=self.device)
-        cold_cpu, idx_cpu = cold.cpu(), idx.cpu()  # the one sync per layer and forward
-        for bi in range(b):
-            where = cold_cpu[bi].nonzero().flatten()
-            if where.numel():
-                rows = store.gather(idx_cpu[bi : bi + 1, where].expand(b, -1))[bi]  # [Hkv, n_cold, D]
-                x[bi].index_copy_(1, where.to(self.device), rows)
+        x = torch.zeros(len(host_rows), h, n, d, dtype=self.dtype, device=self.device)
+        for bi, (slots, rows) in enumerate(host_rows):
+            if rows.numel():
+                x[bi].index_copy_(1, slots.to(self.device), store.gather(rows[None], batch=bi)[0])
         return x
 
     def middle(self, g: int) -> MiddleKeys:
@@ -397,6 +397,17 @@ class TieredLayer(ReAttentionLayer):
         )
 
     reorder_cache = batch_repeat_interleave = batch_select_indices = _unsupported  # type: ignore[assignment]
+
+
+def _cold_rows(idx: torch.Tensor, cold: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per batch entry, the scope slots of ``idx [B, N]`` that are cold and their cache rows (on the
+    host: this is the one sync per layer and forward of a host store)."""
+    cold_cpu, idx_cpu = cold.cpu(), idx.cpu()
+    out = []
+    for bi in range(idx.shape[0]):
+        slots = cold_cpu[bi].nonzero().flatten()
+        out.append((slots, idx_cpu[bi, slots]))
+    return out
 
 
 class MiddleKeys:
