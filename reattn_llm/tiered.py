@@ -277,6 +277,7 @@ class TieredLayer(ReAttentionLayer):
         Model-dtype keys on the device are scored in place; fp8 keys in blocks of ``_SCORE_ROWS``
         dequantised rows, each block's hits re-scored and merged into a running top-k."""
         from .kernels import score_topk
+        from .kernels.torch_ops import merge_topk
 
         store = self.cold_k
         assert store is not None
@@ -294,12 +295,7 @@ class TieredLayer(ReAttentionLayer):
             rows = idx.reshape(b, hkv, (h // hkv) * nq * kk, 1).expand(-1, -1, -1, d)
             hit = kb.gather(2, rows).reshape(b, h, nq, kk, d)
             val = (hit.to(acc) * q.to(acc)[:, :, :, None]).sum(-1)
-            idx = idx + (s - lo)
-            if best_v is not None:
-                val, idx = torch.cat([best_v, val], -1), torch.cat([best_i, idx], -1)  # type: ignore[list-item]
-                val, j = val.topk(min(top_k, val.shape[-1]), dim=-1)
-                idx = idx.gather(-1, j)
-            best_v, best_i = val, idx
+            best_v, best_i = merge_topk(best_v, best_i, val, idx + (s - lo), top_k)
         assert best_i is not None
         return best_i
 

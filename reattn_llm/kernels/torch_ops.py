@@ -45,15 +45,20 @@ def score_topk_torch(q: torch.Tensor, k: torch.Tensor, top_k: int) -> torch.Tens
         kb = k[:, :, start : start + block].to(acc)
         s = torch.matmul(qg, kb.transpose(-1, -2))  # [B, Hkv, g*Q, blk]
         v, i = s.topk(min(kk, s.shape[-1]), dim=-1)
-        i = i + start
-        if best_v is not None:
-            v = torch.cat([best_v, v], dim=-1)
-            i = torch.cat([best_i, i], dim=-1)
-            v, j = v.topk(kk, dim=-1)
-            i = i.gather(-1, j)
-        best_v, best_i = v, i
+        best_v, best_i = merge_topk(best_v, best_i, v, i + start, kk)
     assert best_i is not None
     return best_i.reshape(B, H, Q, kk)
+
+
+def merge_topk(
+    best_v: torch.Tensor | None, best_i: torch.Tensor | None, v: torch.Tensor, i: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold a block's top hits (scores ``v``, indices ``i``, ``[..., k']``) into a running top-``k``
+    (``None`` before the first block): ``(scores, indices)``, best first."""
+    if best_v is None or best_i is None:
+        return v, i
+    v, j = torch.cat([best_v, v], dim=-1).topk(min(k, best_v.shape[-1] + v.shape[-1]), dim=-1)
+    return v, torch.cat([best_i, i], dim=-1).gather(-1, j)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
