@@ -37,6 +37,9 @@ from .models import (
 from .patch import PatchHandle, SelectionRecorder, make_cache, model_window, patch
 from .tiered import KVStorage
 
+#: Engine settings the LangChain and LlamaIndex wrappers expose as fields of the same names.
+WRAPPER_SETTINGS = ("device", "dtype", "config", "progress", "device_map")
+
 ProgressFn = Callable[[int, int, float], None]
 
 
@@ -130,6 +133,11 @@ class Engine:
         self._config: ReAttentionConfig | None = None
         self._load_lock = threading.Lock()
         self._lock = FifoLock()
+
+    @classmethod
+    def shared_for(cls, model: str | None, wrapper: Any) -> Engine:
+        """:meth:`shared` with the engine settings a wrapper carries as fields (:data:`WRAPPER_SETTINGS`)."""
+        return cls.shared(model, **{name: getattr(wrapper, name) for name in WRAPPER_SETTINGS})
 
     @classmethod
     def shared(cls, model: str | None = None, **kwargs: Any) -> Engine:

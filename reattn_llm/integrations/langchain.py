@@ -391,14 +391,7 @@ class _ReAttentionParams(BaseModel):
         name = self.model if model is None else model
         engine = self._engines.get(name)
         if engine is None:
-            engine = Engine.shared(
-                name,
-                device=self.device,
-                dtype=self.dtype,
-                config=self.config,
-                progress=self.progress,
-                device_map=self.device_map,
-            )
+            engine = Engine.shared_for(name, self)
             self._engines[name] = engine
         return engine
 

@@ -138,14 +138,7 @@ class ReAttentionLlamaLLM(CustomLLM):
     def engine(self) -> Engine:
         """The shared engine of this model (weights load on the first call)."""
         if self._engine is None:
-            self._engine = Engine.shared(
-                self.model,
-                device=self.device,
-                dtype=self.dtype,
-                config=self.config,
-                progress=self.progress,
-                device_map=self.device_map,
-            )
+            self._engine = Engine.shared_for(self.model, self)
         return self._engine
 
     @property
