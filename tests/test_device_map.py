@@ -13,7 +13,7 @@ import torch
 from reattn_llm import ReAttentionConfig, patch
 from reattn_llm.capacity import estimate_capacity, estimate_capacity_split
 from reattn_llm.patch import make_cache
-from tests.tiny_models import distinct_ids, tiny_model
+from tests.tiny_models import SMOLLM2_SHAPE, distinct_ids, tiny_model
 
 CFG = dict(window=128, global_size=8, local_size=64, span_size=8, max_spans=6, chunk_size=32, backend="torch")
 
@@ -51,18 +51,7 @@ def test_accelerate_hooks_leave_reattention_unchanged():
 
 
 def test_split_capacity_is_the_tightest_devices_share():
-    from types import SimpleNamespace
-
-    c = SimpleNamespace(
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        head_dim=64,
-        hidden_size=576,
-        num_hidden_layers=30,
-        intermediate_size=1536,
-        vocab_size=49152,
-        tie_word_embeddings=True,
-    )
+    c = SMOLLM2_SHAPE
     cfg = ReAttentionConfig().resolve(8192)
     cpu = torch.device("cpu")
     whole = estimate_capacity(c, cpu, torch.float32, cfg, weights_loaded=True)

@@ -7,18 +7,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 from reattn_llm import ReAttentionConfig
 from reattn_llm.capacity import host_kv_bytes_per_token, kv_bytes_per_token
+from tests.tiny_models import SMOLLM2_SHAPE as SMOL
 
 ROOT = Path(__file__).resolve().parents[1]
-# SmolLM2-135M's shape
-SMOL = SimpleNamespace(
-    num_attention_heads=9, num_key_value_heads=3, head_dim=64, hidden_size=576, num_hidden_layers=30
-)
 
 
 def test_plan_is_within_20_percent_of_the_measured_peak_at_8k():

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+
+#: The default model's (SmolLM2-135M) config fields that the capacity and plan arithmetic read.
+SMOLLM2_SHAPE = SimpleNamespace(
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    head_dim=64,
+    hidden_size=576,
+    num_hidden_layers=30,
+    intermediate_size=1536,
+    vocab_size=49152,
+    tie_word_embeddings=True,
+)
 
 
 def tiny_model(
