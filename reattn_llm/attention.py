@@ -107,9 +107,8 @@ def reattention_forward(
         scope = plan_scope(state, qc, key, seen, layer_idx, backend)
         state.note_positions(scope)
         k_src, v_src, idx = key, value, scope.gather_idx
-        if (
-            tiered is not None
-        ):  # fp8 / offloaded rows: gather the scope compactly, then attend over it in order
+        if tiered is not None:
+            # fp8 / offloaded rows: gather the scope compactly, then attend over it in order
             k_src, v_src = tiered.gather_scope(idx)
             idx = torch.arange(idx.shape[1], device=idx.device).expand_as(idx)
         outs.append(

@@ -201,7 +201,6 @@ class ReAttentionCache(Cache):
         else:
             super().__init__(layers=[make() for _ in range(num_layers)])
         self._reserve = reserve
-        self.storage = storage
 
     def host_nbytes(self) -> int:
         """Bytes kept in host memory (offloaded rows)."""

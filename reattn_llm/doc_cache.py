@@ -127,16 +127,18 @@ def load_prefix(
     if set(sums) != set(tensors):
         raise CacheFileError(f"{path}: tensors are missing ({sorted(set(sums) - set(tensors))[:3]}...).")
     layers = len([n for n in names if n.startswith("k.")])
-    moved = {name: t.to(device) for name, t in tensors.items()}  # verified on the device, where it is fast
-    for name, t in moved.items():
-        if fingerprint(t) != sums[name]:
+
+    def verified(name: str) -> torch.Tensor:
+        moved = tensors.pop(name).to(device)  # checked on the device, where it is fast
+        if fingerprint(moved) != sums[name]:
             raise CacheFileError(
                 f"{path}: checksum mismatch in {name!r}: the file is corrupt. "
                 "Delete it and prefill the document again."
             )
-    del tensors
+        return moved
+
+    ids = verified("ids").tolist()
     cache = ReAttentionCache(layers, storage=storage)
-    for i in range(layers):
-        cache.update(moved.pop(f"k.{i}"), moved.pop(f"v.{i}"), i)
-    ids = moved["ids"].tolist()
+    for i in range(layers):  # one layer on the device at a time beside the cache (offloaded rows go on)
+        cache.update(verified(f"k.{i}"), verified(f"v.{i}"), i)
     return Prefix(ids=ids, reusable=len(ids), cache=cache)
