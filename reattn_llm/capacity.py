@@ -9,6 +9,8 @@ before any prefill.
 from __future__ import annotations
 
 import os
+import sys
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,12 +148,22 @@ def estimate_capacity(
     )
     reserve = working_reserve(model_config, config, dtype, device)
     usable = max(0, int(avail * _SAFETY) - weights - reserve)
-    max_tokens = usable // per_tok
-    host_tok = host_kv_bytes_per_token(model_config, dtype, config)
-    if host_tok:  # offloaded rows must fit in host memory too (beside the weights when they live there)
-        host_free = available_bytes(torch.device("cpu")) - (weights if device.type == "cpu" else 0)
-        max_tokens = min(max_tokens, max(0, int(host_free * _SAFETY)) // host_tok)
+    max_tokens = min(
+        usable // per_tok,
+        _host_token_limit(model_config, dtype, config, weights if device.type == "cpu" else 0),
+    )
     return Capacity(max_tokens, per_tok, avail, weights, reserve, str(device))
+
+
+def _host_token_limit(
+    model_config: Any, dtype: torch.dtype, config: ReAttentionConfig, host_weights: int
+) -> int:
+    """Tokens whose offloaded rows fit in host memory beside ``host_weights`` (unbounded without offload)."""
+    host_tok = host_kv_bytes_per_token(model_config, dtype, config)
+    if not host_tok:
+        return sys.maxsize
+    host_free = available_bytes(torch.device("cpu")) - host_weights
+    return max(0, int(host_free * _SAFETY)) // host_tok
 
 
 def estimate_capacity_split(
@@ -163,18 +175,11 @@ def estimate_capacity_split(
     per_tok = max(1, kv_bytes_per_token(model_config, dtype, config))
     n_layers = len(layer_devices)
     reserve = working_reserve(model_config, config, dtype, layer_devices[0] if layer_devices else None)
-    counts: dict[torch.device, int] = {}
-    for d in layer_devices:
-        counts[d] = counts.get(d, 0) + 1
-    best: Capacity | None = None
-    total_avail = 0
-    for dev, n in counts.items():
-        avail = available_bytes(dev)
-        total_avail += avail
-        usable = max(0, int(avail * _SAFETY) - reserve)
-        tokens = usable * n_layers // (per_tok * n)
-        if best is None or tokens < best.max_tokens:
-            best = Capacity(tokens, per_tok, avail, 0, reserve, str(dev))
-    assert best is not None
+    counts = Counter(layer_devices)
+    avail = {dev: available_bytes(dev) for dev in counts}
+    max_tokens = min(
+        max(0, int(avail[dev] * _SAFETY) - reserve) * n_layers // (per_tok * n) for dev, n in counts.items()
+    )
+    max_tokens = min(max_tokens, _host_token_limit(model_config, dtype, config, 0))
     names = ", ".join(f"{d} ({n} layers)" for d, n in counts.items())
-    return Capacity(best.max_tokens, per_tok, total_avail, 0, reserve * len(counts), names)
+    return Capacity(max_tokens, per_tok, sum(avail.values()), 0, reserve * len(counts), names)
