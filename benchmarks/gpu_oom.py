@@ -10,9 +10,9 @@ import sys
 
 import torch
 
-from reattn_llm.engine import Engine, SamplingParams
 from reattn_llm.errors import OutOfMemoryError
-from reattn_llm.evaluation import passkey_prompt
+from reattn_llm.lab.evaluation import passkey_prompt
+from reattn_llm.runtime.engine import Engine, SamplingParams
 
 
 def main() -> int:

@@ -16,5 +16,5 @@ else
   echo "a1231443440b107ff29f02bdb38c9d0a  /root/reattn/smol.gguf" | md5sum -c -
   mkdir -p /root/reattn/data && cp -r .gpu/data/* /root/reattn/data/ 2>/dev/null || true
   source benchmarks/gpu_env.sh
-  python3 -c "from reattn_llm.models import default_model_dir; print(default_model_dir())"
+  python3 -c "from reattn_llm.runtime.models import default_model_dir; print(default_model_dir())"
 fi

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from reattn_llm import ReAttentionConfig, patch
-from reattn_llm.evaluation import passkey_trial, perplexity_by_band, random_passkey, token_nll
-from reattn_llm.models import load_model, resolve_device, resolve_dtype
+from reattn_llm.lab.evaluation import passkey_trial, perplexity_by_band, random_passkey, token_nll
+from reattn_llm.runtime.models import load_model, resolve_device, resolve_dtype
 
 BANDS = [
     (0, 2048),

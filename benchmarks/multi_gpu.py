@@ -18,8 +18,8 @@ import time
 import torch
 
 from reattn_llm import ReAttentionConfig, patch
-from reattn_llm.evaluation import passkey_trial
-from reattn_llm.models import load_model, model_source
+from reattn_llm.lab.evaluation import passkey_trial
+from reattn_llm.runtime.models import load_model, model_source
 
 
 def _load(gpus: int):

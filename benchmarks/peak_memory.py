@@ -46,9 +46,9 @@ def main() -> None:
 
     from reattn_llm import ReAttentionConfig
     from reattn_llm.cli import SAMPLE
-    from reattn_llm.engine import Engine
-    from reattn_llm.models import load_config
-    from reattn_llm.plan import make_plan
+    from reattn_llm.runtime.engine import Engine
+    from reattn_llm.runtime.models import load_config
+    from reattn_llm.runtime.plan import make_plan
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = ReAttentionConfig(kv_dtype=a.kv_dtype, offload=a.offload, selection=a.selection)

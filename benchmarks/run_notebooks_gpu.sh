@@ -36,10 +36,10 @@ print("python", platform.python_version(), *(f"{n} {md.version(n)}" for n in (
 EOF
 
 start=$(date +%s)
-python3 -m reattn_llm.demo_support notebooks/03_why_it_works.ipynb --size full --out "$OUT" --timeout 300 \
+python3 -m reattn_llm.lab.notebooks notebooks/03_why_it_works.ipynb --size full --out "$OUT" --timeout 300 \
   >"$OUT/run_03.log" 2>&1 &
 pid=$!
-python3 -m reattn_llm.demo_support notebooks/01_langchain_manual_qa.ipynb \
+python3 -m reattn_llm.lab.notebooks notebooks/01_langchain_manual_qa.ipynb \
   notebooks/02_llamaindex_query_engine.ipynb --size full --out "$OUT" --timeout 240 2>&1 | tee "$OUT/run_01_02.log"
 rc=$?
 wait $pid

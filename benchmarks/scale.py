@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from reattn_llm import ReAttentionConfig, patch
-from reattn_llm.evaluation import passkey_prompt, passkey_trial, random_passkey
-from reattn_llm.models import load_model, resolve_device, resolve_dtype
+from reattn_llm.lab.evaluation import passkey_prompt, passkey_trial, random_passkey
+from reattn_llm.runtime.models import load_model, resolve_device, resolve_dtype
 
 
 def _sync(device: torch.device) -> None:
@@ -78,7 +78,7 @@ def run_passkey(args: argparse.Namespace) -> list[dict]:
 
 def run_doc_cache(args: argparse.Namespace) -> dict:
     """Prefill a long document once (timed), save it; then a fresh process loads it and answers."""
-    from reattn_llm.engine import Engine
+    from reattn_llm.runtime.engine import Engine
 
     eng = Engine(None, device=args.device, dtype=args.dtype, progress=False).load()
     text = passkey_prompt(eng.tokenizer, args.tokens, 0.5, "62718")
@@ -138,7 +138,7 @@ def run_doc_cache(args: argparse.Namespace) -> dict:
 
 
 def doc_cache_answer(args: argparse.Namespace) -> None:
-    from reattn_llm.engine import Engine, SamplingParams
+    from reattn_llm.runtime.engine import Engine, SamplingParams
 
     t0 = time.perf_counter()
     eng = Engine(None, device=args.device, dtype=args.dtype, progress=False).load()

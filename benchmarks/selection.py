@@ -39,8 +39,8 @@ from pathlib import Path
 import torch
 
 from reattn_llm.kernels import resolve_backend, score_topk
-from reattn_llm.selection import select_spans
-from reattn_llm.two_level import block_summaries, two_level_topk
+from reattn_llm.method.selection import select_spans
+from reattn_llm.method.two_level import block_summaries, two_level_topk
 
 H, HKV, D = 9, 3, 64
 G, SPAN, SPANS, TOP_K, CHUNK, LOCAL = 32, 32, 127, 4, 1024, 4096
@@ -114,7 +114,7 @@ def capture(args, dev: torch.device) -> dict[int, list[tuple[torch.Tensor, torch
     """Real un-rotated ``(queries, middle keys)`` per sampled layer, for each M in ``args.lengths``:
     the queries of the 1024-token chunk that ends at ``G + M + L`` tokens, and that chunk's middle."""
     from reattn_llm import ReAttentionCache, ReAttentionConfig, patch
-    from reattn_llm.models import load_model
+    from reattn_llm.runtime.models import load_model
 
     model, tok = load_model(None, dev, torch.float32)
     text = Path(args.text).read_text(encoding="utf-8")

@@ -22,9 +22,9 @@ import torch
 
 from reattn_llm import ReAttentionConfig, patch
 from reattn_llm.cli import SAMPLE
-from reattn_llm.evaluation import passkey_trial, token_nll
-from reattn_llm.models import load_model
-from reattn_llm.patch import make_cache
+from reattn_llm.lab.evaluation import passkey_trial, token_nll
+from reattn_llm.method.patch import make_cache
+from reattn_llm.runtime.models import load_model
 
 STORAGES = {
     "model": {},

@@ -10,8 +10,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .cache import ReAttentionCache
-from .config import ReAttentionConfig
 from .errors import (
     ConfigError,
     ContextTooLongError,
@@ -19,7 +17,9 @@ from .errors import (
     ReAttentionError,
     UnsupportedModelError,
 )
-from .patch import patch, unpatch
+from .kv.cache import ReAttentionCache
+from .method.config import ReAttentionConfig
+from .method.patch import patch, unpatch
 
 __version__ = "0.1.0"
 

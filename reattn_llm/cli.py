@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import ReAttentionConfig
 from .errors import (
     ConfigError,
     ContextTooLongError,
@@ -25,6 +24,7 @@ from .errors import (
     ReAttentionError,
     UnsupportedModelError,
 )
+from .method.config import ReAttentionConfig
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DOCUMENT, EXIT_MODEL, EXIT_CAPACITY = 0, 1, 2, 3, 4, 5
 SAMPLE = Path(__file__).parent / "data" / "pride_and_prejudice_1-3.txt"
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(files: list[str], password: str | None, progress: bool) -> Any:
-    from .documents import load_document, load_documents
+    from .documents.reader import load_document, load_documents
 
     bar = None
     if progress:
@@ -115,9 +115,9 @@ def _load(files: list[str], password: str | None, progress: bool) -> Any:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    from .engine import Engine
-    from .models import load_config
-    from .plan import make_plan
+    from .runtime.engine import Engine
+    from .runtime.models import load_config
+    from .runtime.plan import make_plan
 
     doc = _load(a.files, a.password, progress=sys.stderr.isatty())
     engine = Engine(a.model, device=a.device, dtype=a.dtype, config=_config(a), progress=False)
@@ -159,7 +159,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def _answer(engine: Any, prompt: str, max_tokens: int, temperature: float, cite: bool) -> Any:
-    from .engine import SamplingParams
+    from .runtime.engine import SamplingParams
 
     params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature)
     gen = engine.generate(prompt, params, cite_sources=cite)
@@ -184,7 +184,7 @@ def _answer(engine: Any, prompt: str, max_tokens: int, temperature: float, cite:
         file=sys.stderr,
     )
     if cite:
-        from .citations import cited_pages
+        from .runtime.citations import cited_pages
 
         pages = cited_pages(completion.citations)
         print("cited pages: " + (", ".join(map(str, pages)) if pages else "(none)"))
@@ -196,7 +196,7 @@ def _answer(engine: Any, prompt: str, max_tokens: int, temperature: float, cite:
 
 
 def cmd_ask(a: argparse.Namespace) -> int:
-    from .engine import Engine
+    from .runtime.engine import Engine
 
     if len(a.files) < 2:
         raise _Usage('ask needs at least one file and a question: reattn ask FILE [FILE...] "question"')
@@ -213,7 +213,7 @@ def cmd_ask(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from .engine import Engine
+    from .runtime.engine import Engine
 
     text = SAMPLE.read_text(encoding="utf-8")
     engine = Engine(None, config=ReAttentionConfig(**DEMO_CONFIG), progress=not a.no_progress)

@@ -37,7 +37,7 @@ def small_config():
 @pytest.fixture(scope="session")
 def shared_engine(small_config):
     """The default model's engine for ``small_config``, weights loaded once for the session."""
-    from reattn_llm.engine import Engine
+    from reattn_llm.runtime.engine import Engine
 
     return Engine.shared(None, config=small_config, progress=False).load()
 
@@ -140,6 +140,6 @@ def smollm2():
     """``(model, tokenizer)``: SmolLM2-135M-Instruct from the embedded GGUF, fp32 on CPU."""
     import torch
 
-    from reattn_llm.models import load_model
+    from reattn_llm.runtime.models import load_model
 
     return load_model(None, torch.device("cpu"), torch.float32)

@@ -9,8 +9,8 @@ import torch
 from reference import literal_selection
 
 from reattn_llm import ReAttentionCache
-from reattn_llm.cache import ReAttentionLayer
-from reattn_llm.selection import build_scope, select_spans
+from reattn_llm.kv.cache import ReAttentionLayer
+from reattn_llm.method.selection import build_scope, select_spans
 
 
 def test_layer_grows_geometrically_and_returns_views():

@@ -18,10 +18,10 @@ def test_info_matches_pypdf_and_tokenizer_in_seconds(capsys, monkeypatch):
     from pypdf import PdfReader
 
     from reattn_llm.documents import load_document
-    from reattn_llm.models import load_tokenizer
+    from reattn_llm.runtime.models import load_tokenizer
 
     monkeypatch.setattr(
-        "reattn_llm.models.load_model", lambda *a, **k: pytest.fail("info must not load weights")
+        "reattn_llm.runtime.models.load_model", lambda *a, **k: pytest.fail("info must not load weights")
     )
     path = DATA / "pdfs" / "R-intro.pdf"
     t0 = time.perf_counter()

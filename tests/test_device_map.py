@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from reattn_llm import ReAttentionConfig, patch
-from reattn_llm.capacity import estimate_capacity, estimate_capacity_split
-from reattn_llm.patch import make_cache
+from reattn_llm.method.patch import make_cache
+from reattn_llm.runtime.capacity import estimate_capacity, estimate_capacity_split
 from tests.tiny_models import SMOLLM2_SHAPE, distinct_ids, tiny_model
 
 CFG = dict(window=128, global_size=8, local_size=64, span_size=8, max_spans=6, chunk_size=32, backend="torch")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from reattn_llm import ReAttentionConfig
-from reattn_llm.doc_cache import CacheFileError
-from reattn_llm.engine import Engine, SamplingParams
+from reattn_llm.runtime.engine import Engine, SamplingParams
+from reattn_llm.runtime.prefix import CacheFileError
 
 CFG = ReAttentionConfig(window=512, global_size=4, local_size=256, span_size=16, max_spans=15, chunk_size=128)
 DOC = (

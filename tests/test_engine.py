@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from reattn_llm import ContextTooLongError, ReAttentionConfig
-from reattn_llm.engine import Engine, SamplingParams
+from reattn_llm.runtime.engine import Engine, SamplingParams
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_sampling_is_seeded(engine):
 
 
 def test_prompt_beyond_capacity_raises_before_prefill(engine, monkeypatch):
-    from reattn_llm.capacity import Capacity
+    from reattn_llm.runtime.capacity import Capacity
 
     monkeypatch.setattr(engine, "capacity", lambda: Capacity(50, 1, 1, 0, 0, "cpu"))
     monkeypatch.setattr(engine, "prefill", lambda *a, **k: pytest.fail("prefill must not run"))

@@ -27,8 +27,8 @@ from langchain_core.prompts import PromptTemplate
 
 import reattn_llm
 from reattn_llm import ChatReAttention, ContextTooLongError, ReAttentionLLM, load_document
-from reattn_llm.engine import Engine
 from reattn_llm.integrations import langchain as lc
+from reattn_llm.runtime.engine import Engine
 
 
 @pytest.fixture

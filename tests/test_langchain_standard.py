@@ -15,7 +15,7 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from reattn_llm import ChatReAttention, ReAttentionConfig
-from reattn_llm.models import DEFAULT_MODEL, default_model_dir
+from reattn_llm.runtime.models import DEFAULT_MODEL, default_model_dir
 
 _PARAMS: dict[str, Any] = {"config": ReAttentionConfig(**SMALL_CONFIG_KWARGS), "progress": False}
 

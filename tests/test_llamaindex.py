@@ -212,7 +212,7 @@ async def test_aquery_answers_in_one_call(small_config, shared_engine, monkeypat
 
 
 def test_bad_inputs_raise_their_own_errors_before_any_model_work(tmp_path, small_config, monkeypatch):
-    from reattn_llm.engine import Engine
+    from reattn_llm.runtime.engine import Engine
 
     def no_model(*args, **kwargs):
         raise AssertionError("no model work for a bad file")

@@ -33,7 +33,7 @@ def _outputs_text(nb) -> str:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_at_small_size(name: str, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from reattn_llm.demo_support import DATA_ENV, execute_notebook
+    from reattn_llm.lab.notebooks import DATA_ENV, execute_notebook
 
     monkeypatch.setenv(DATA_ENV, str(shared_data))
     monkeypatch.setenv("TQDM_DISABLE", "1")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reattn_llm import ReAttentionConfig, patch
-from reattn_llm.evaluation import passkey_trial
+from reattn_llm.lab.evaluation import passkey_trial
 
 SMALL = dict(window=512, global_size=4, local_size=256, span_size=16, max_spans=15, chunk_size=128)
 LENGTH = 1600  # > 3x the window
@@ -48,6 +48,6 @@ def test_streaming_misses_keys_outside_its_local_window(smollm2):
     ],
 )
 def test_chunk_bounds(total, chunk, tail, expected):
-    from reattn_llm.config import chunk_bounds
+    from reattn_llm.method.config import chunk_bounds
 
     assert chunk_bounds(total, chunk, tail) == expected

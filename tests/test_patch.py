@@ -6,9 +6,9 @@ import pytest
 import torch
 from tiny_models import FAMILIES, distinct_ids, tiny_model
 
-import reattn_llm.attention as attention_mod
+import reattn_llm.method.attention as attention_mod
 from reattn_llm import ReAttentionConfig, UnsupportedModelError, patch, unpatch
-from reattn_llm.cache import ReAttentionCache
+from reattn_llm.kv.cache import ReAttentionCache
 
 
 def _stock_and_patched(model, ids, cfg, **gen):

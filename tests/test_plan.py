@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from reattn_llm import ReAttentionConfig
-from reattn_llm.capacity import host_kv_bytes_per_token, kv_bytes_per_token
+from reattn_llm.runtime.capacity import host_kv_bytes_per_token, kv_bytes_per_token
 from tests.tiny_models import SMOLLM2_SHAPE as SMOL
 
 ROOT = Path(__file__).resolve().parents[1]

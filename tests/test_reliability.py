@@ -8,8 +8,8 @@ import weakref
 import pytest
 
 from reattn_llm import ConfigError, ContextTooLongError, ReAttentionConfig
-from reattn_llm.engine import Engine, SamplingParams
 from reattn_llm.errors import DocumentNotFoundError, OutOfMemoryError, UnsupportedModelError
+from reattn_llm.runtime.engine import Engine, SamplingParams
 
 CFG = ReAttentionConfig(window=512, global_size=4, local_size=256, span_size=16, max_spans=15, chunk_size=128)
 DOC = "The grass is green. The sky is blue. " * 150 + "The secret code is 73914. " + "Here we go. " * 100
@@ -22,7 +22,7 @@ def engine():
 
 
 def _caches_alive():
-    from reattn_llm.cache import ReAttentionCache
+    from reattn_llm.kv.cache import ReAttentionCache
 
     gc.collect()
     return [o for o in gc.get_objects() if isinstance(o, ReAttentionCache)]
@@ -74,7 +74,7 @@ def test_budget_shrinks_capacity_and_refuses_before_prefill(engine, monkeypatch)
 
 
 def test_input_limits_fail_clearly_before_loading_weights(tmp_path, monkeypatch):
-    monkeypatch.setattr("reattn_llm.models.load_model", lambda *a, **k: pytest.fail("weights must not load"))
+    monkeypatch.setattr("reattn_llm.runtime.models.load_model", lambda *a, **k: pytest.fail("weights must not load"))
     with pytest.raises(ConfigError, match="chunk_size"):
         Engine(config=ReAttentionConfig(local_size=64, chunk_size=128)).config  # noqa: B018
     from transformers import BertConfig

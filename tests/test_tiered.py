@@ -1,4 +1,4 @@
-"""fp8 and host-offloaded K/V (reattn_llm.tiered) against the plain cache."""
+"""fp8 and host-offloaded K/V (reattn_llm.kv.tiered) against the plain cache."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from reattn_llm import ReAttentionCache, ReAttentionConfig, patch
-from reattn_llm.config import chunk_bounds
 from reattn_llm.errors import ConfigError
-from reattn_llm.tiered import FP8_MAX, KVStorage, TieredLayer, dequantize_fp8, quantize_fp8
+from reattn_llm.kv.tiered import FP8_MAX, KVStorage, TieredLayer, dequantize_fp8, quantize_fp8
+from reattn_llm.method.config import chunk_bounds
 from tests.tiny_models import distinct_ids, tiny_model
 
 # window 128: G 8 + 6 spans of 8 + L 64; prompts of 400 tokens are 3x the window.
@@ -18,7 +18,7 @@ CFG = dict(window=128, global_size=8, local_size=64, span_size=8, max_spans=6, c
 def _run(model, cfg: ReAttentionConfig, ids: torch.Tensor, decode: int = 6) -> tuple[torch.Tensor, list[int]]:
     """Chunked prefill then greedy decode through a fresh cache: (last prefill logits, decoded ids)."""
     with patch(model, cfg):
-        from reattn_llm.patch import make_cache
+        from reattn_llm.method.patch import make_cache
 
         cache = make_cache(model)
         for s, e in chunk_bounds(ids.shape[1], 32, 16):
@@ -57,7 +57,7 @@ def test_fp8_keeps_global_and_recent_rows_exact():
 def test_fp8_and_offload_on_the_default_model_cost_little_perplexity_and_find_every_key(smollm2):
     """The quality cost of fp8 storage on real keys: window 512, 1,536 tokens of the bundled novel."""
     from reattn_llm.cli import SAMPLE
-    from reattn_llm.evaluation import passkey_trial, token_nll
+    from reattn_llm.lab.evaluation import passkey_trial, token_nll
     from tests.conftest import SMALL_CONFIG_KWARGS
 
     model, tok = smollm2
@@ -128,7 +128,7 @@ def test_fp8_halves_the_device_bytes_and_offload_moves_them_to_the_host():
 
 
 def test_doc_cache_round_trip_through_fp8_storage(tmp_path):
-    from reattn_llm.doc_cache import Prefix, load_prefix, save_prefix
+    from reattn_llm.runtime.prefix import Prefix, load_prefix, save_prefix
 
     st = KVStorage(kv_dtype="fp8", global_size=4, local_size=16)
     cache = ReAttentionCache(1, storage=st)
@@ -158,7 +158,7 @@ def test_storage_configs_are_validated(kwargs, words):
 
 
 def test_blockwise_fp8_scoring_equals_scoring_the_dequantised_keys_at_once(monkeypatch):
-    import reattn_llm.tiered as tiered
+    import reattn_llm.kv.tiered as tiered
     from reattn_llm.kernels import score_topk_torch
 
     monkeypatch.setattr(tiered, "_SCORE_ROWS", 97)  # ten blocks, the last one partial

@@ -8,9 +8,15 @@ import torch
 from tiny_models import distinct_ids, tiny_model
 
 from reattn_llm import ConfigError, ReAttentionCache, ReAttentionConfig, patch
-from reattn_llm.cache import ReAttentionLayer
 from reattn_llm.kernels import score_topk_torch
-from reattn_llm.two_level import KeySummaries, block_bounds, block_summaries, rank_blocks, two_level_topk
+from reattn_llm.kv.cache import ReAttentionLayer
+from reattn_llm.method.two_level import (
+    KeySummaries,
+    block_bounds,
+    block_summaries,
+    rank_blocks,
+    two_level_topk,
+)
 
 
 def _scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -107,7 +113,7 @@ def test_two_level_reduces_to_top_k_of_its_candidates():
 
 
 def test_rank_is_sliced_over_rows_without_changing_it(monkeypatch):
-    import reattn_llm.two_level as tl
+    import reattn_llm.method.two_level as tl
 
     q = torch.randn(2, 6, 50, 16, dtype=torch.float64)
     summ = block_summaries(torch.randn(2, 2, 8 * 30, 16, dtype=torch.float64), 8)
@@ -187,7 +193,7 @@ def test_two_level_finds_the_passkey_at_every_depth_beyond_3x_window(smollm2):
     cut to 8 blocks of 16 keys (at most ~10% of the ~1,340 middle keys)."""
     from test_passkey import DEPTHS, KEYS, LENGTH, SMALL
 
-    from reattn_llm.evaluation import passkey_trial
+    from reattn_llm.lab.evaluation import passkey_trial
 
     model, tok = smollm2
     cfg = ReAttentionConfig(**SMALL, selection="two_level", candidate_blocks=8)

@@ -48,11 +48,11 @@ from langchain_core.outputs import (
 )
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from ..capacity import Capacity
-from ..citations import cited_pages
-from ..config import ReAttentionConfig
-from ..engine import Completion, Engine, SamplingParams
-from ..models import DEFAULT_MODEL, is_default
+from ..method.config import ReAttentionConfig
+from ..runtime.capacity import Capacity
+from ..runtime.citations import cited_pages
+from ..runtime.engine import Completion, Engine, SamplingParams
+from ..runtime.models import DEFAULT_MODEL, is_default
 
 __all__ = ["ChatReAttention", "ReAttentionLLM"]
 

@@ -48,12 +48,12 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
-from ..capacity import Capacity
-from ..citations import Citation
-from ..config import ReAttentionConfig
-from ..documents import Document, load_document, load_documents
-from ..engine import Completion, Engine, SamplingParams
-from ..models import DEFAULT_MODEL, is_default
+from ..documents.reader import Document, load_document, load_documents
+from ..method.config import ReAttentionConfig
+from ..runtime.capacity import Capacity
+from ..runtime.citations import Citation
+from ..runtime.engine import Completion, Engine, SamplingParams
+from ..runtime.models import DEFAULT_MODEL, is_default
 from .langchain import _acomplete, _aiter_engine, _coerce_config, _completion_metadata, _drain
 
 __all__ = ["DEFAULT_QA_TEMPLATE", "ReAttentionLlamaLLM", "WholeDocumentQueryEngine"]

@@ -18,12 +18,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from .cache import ReAttentionCache
+from ..errors import ContextTooLongError, OutOfMemoryError
+from ..kv.cache import ReAttentionCache
+from ..kv.tiered import KVStorage
+from ..method.config import ReAttentionConfig, chunk_bounds
+from ..method.patch import PatchHandle, SelectionRecorder, make_cache, model_window, patch
 from .capacity import Capacity, estimate_capacity, estimate_capacity_split
 from .citations import Citation, cite
-from .config import ReAttentionConfig, chunk_bounds
-from .doc_cache import Prefix, grid_length, load_prefix, save_prefix
-from .errors import ContextTooLongError, OutOfMemoryError
 from .fifo import FifoLock
 from .models import (
     DEFAULT_MODEL,
@@ -34,8 +35,7 @@ from .models import (
     resolve_device,
     resolve_dtype,
 )
-from .patch import PatchHandle, SelectionRecorder, make_cache, model_window, patch
-from .tiered import KVStorage
+from .prefix import Prefix, grid_length, load_prefix, save_prefix
 
 #: Engine settings the LangChain and LlamaIndex wrappers expose as fields of the same names.
 WRAPPER_SETTINGS = ("device", "dtype", "config", "progress", "device_map")

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from .two_level import KeySummaries
+from ..method.two_level import KeySummaries
 
 _MIN_CAPACITY = 256
 _GROWTH = 1.5

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import (
+from ..errors import (
     ConfigError,
     CorruptDocumentError,
     DocumentError,

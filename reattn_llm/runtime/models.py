@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from .errors import UnsupportedModelError
-from .support import check_model_config
+from ..errors import UnsupportedModelError
+from ..method.families import check_model_config
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _DEFAULT_ALIASES = {

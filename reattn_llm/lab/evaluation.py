@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from .config import chunk_bounds
-from .patch import make_cache
+from ..method.config import chunk_bounds
+from ..method.patch import make_cache
 
 _INTRO = (
     "There is an important piece of information hidden inside a lot of irrelevant text. "

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .config import ReAttentionConfig
+from ..method.config import ReAttentionConfig
 
 _SAFETY = 0.85
 
@@ -115,8 +115,8 @@ def working_reserve(
       a GPU) when it runs; the Triton kernel keeps scores on chip;
     * the last position's logits and 64 MiB of allocator slack.
     """
-    from .kernels import resolve_backend
-    from .kernels.torch_ops import _SCORE_BLOCK_ELEMS
+    from ..kernels import resolve_backend
+    from ..kernels.torch_ops import _SCORE_BLOCK_ELEMS
 
     device = device or torch.device("cpu")
     chunk = config.chunk_size or 1024

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import ReAttentionConfig
-from .documents import Document, PageSpan
+from ..documents.reader import Document, PageSpan
+from ..method.config import ReAttentionConfig
 
 __all__ = [
     "DATA_ENV",
@@ -161,7 +161,7 @@ def plant_fact(doc: Document, fact: str, page: int, where: float = 0.5) -> Docum
 
 def load_default_model(device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
     """The embedded default model (SmolLM2-135M-Instruct), unpatched, and its tokenizer."""
-    from .models import load_model, resolve_device, resolve_dtype
+    from ..runtime.models import load_model, resolve_device, resolve_dtype
 
     dev = resolve_device(device)
     return load_model(None, dev, resolve_dtype(dtype, dev))
@@ -212,8 +212,8 @@ def run_perplexity(
     "seconds", "largest_position"}}}``. ``bands`` default: :func:`band_edges` of the model's window
     (or ``sizes["window"]``).
     """
+    from ..method.patch import model_window, patch
     from .evaluation import perplexity_by_band, token_nll
-    from .patch import model_window, patch
 
     text = Path(text_path).read_text(encoding="utf-8")
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
@@ -265,8 +265,8 @@ def run_passkey_grid(
     Returns ``{"lengths", "depths", "modes": {mode: {"rows": [{length, tokens, depth, passkey,
     answer, found, seconds}], "largest_position", "seconds"}}}``. Every mode sees the same keys.
     """
+    from ..method.patch import patch
     from .evaluation import passkey_trial, random_passkey
-    from .patch import patch
 
     sizes = dict(sizes or {})
     rng = random.Random(seed)
@@ -361,7 +361,7 @@ def answer_row(question: str, result: Any, seconds: float) -> dict[str, Any]:
     if hasattr(result, "prompt_tokens"):  # Completion
         prompt, answer = result.prompt_tokens, result.completion_tokens
         prefill, decode = result.prefill_seconds, result.decode_seconds
-        from .citations import cited_pages
+        from ..runtime.citations import cited_pages
 
         pages = cited_pages(result.citations)
     elif hasattr(result, "usage_metadata"):  # AIMessage

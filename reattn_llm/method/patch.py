@@ -27,14 +27,14 @@ from transformers import AttentionInterface
 from transformers.cache_utils import Cache
 from transformers.masking_utils import AttentionMaskInterface
 
+from ..errors import UnsupportedModelError
+from ..kv.cache import ReAttentionCache
+from ..kv.tiered import KVStorage
 from .attention import ATTN_NAME, reattention_forward, reattention_mask
-from .cache import ReAttentionCache
 from .config import ReAttentionConfig
-from .errors import UnsupportedModelError
+from .families import check_model_config
 from .rope import RopeTable
 from .selection import Scope
-from .support import check_model_config
-from .tiered import KVStorage
 
 _registered = False
 

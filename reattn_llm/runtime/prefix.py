@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from .cache import ReAttentionCache
-from .errors import ReAttentionError
+from ..errors import ReAttentionError
+from ..kv.cache import ReAttentionCache
 
 FORMAT = "reattn-llm/prefix-cache/1"
 

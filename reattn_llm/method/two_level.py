@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from .kernels import score_topk
+from ..kernels import score_topk
 
 __all__ = ["BOUND_WEIGHT", "KeySummaries", "block_bounds", "block_summaries", "rank_blocks", "two_level_topk"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import UnsupportedModelError
+from ..errors import UnsupportedModelError
 from .rope import check_rope
 
 #: ``config.model_type`` values ReAttention patches exactly.

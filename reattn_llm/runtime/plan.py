@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..method.config import ReAttentionConfig
 from .capacity import (
     Capacity,
     estimate_capacity,
@@ -20,7 +21,6 @@ from .capacity import (
     kv_bytes_per_token,
     parameter_count,
 )
-from .config import ReAttentionConfig
 
 
 @dataclass(frozen=True)

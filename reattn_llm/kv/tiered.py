@@ -276,8 +276,8 @@ class TieredLayer(ReAttentionLayer):
 
         Model-dtype keys on the device are scored in place; fp8 keys in blocks of ``_SCORE_ROWS``
         dequantised rows, each block's hits re-scored and merged into a running top-k."""
-        from .kernels import score_topk
-        from .kernels.torch_ops import merge_topk
+        from ..kernels import score_topk
+        from ..kernels.torch_ops import merge_topk
 
         store = self.cold_k
         assert store is not None

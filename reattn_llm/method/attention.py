@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..kernels import resolve_backend, scope_attention, score_topk
 from .config import chunk_bounds
-from .kernels import resolve_backend, scope_attention, score_topk
 from .selection import Scope, build_scope, full_scope, select_spans
 from .two_level import two_level_topk
 

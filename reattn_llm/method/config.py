@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 Mode = Literal["reattention", "streaming", "full"]
 Backend = Literal["auto", "triton", "torch"]
