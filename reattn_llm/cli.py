@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(files: list[str], password: str | None, progress: bool) -> Any:
-    from .documents.reader import load_document, load_documents
+    from .documents import load_document, load_documents
 
     bar = None
     if progress:

@@ -48,7 +48,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
-from ..documents.reader import Document, load_document, load_documents
+from ..documents import Document, load_document, load_documents
 from ..method.config import ReAttentionConfig
 from ..runtime.capacity import Capacity
 from ..runtime.citations import Citation

@@ -21,7 +21,7 @@ from typing import Any
 from langchain_core.document_loaders import BaseLoader
 from langchain_core.documents import Document as LCDocument
 
-from ..documents.reader import DEFAULT_TIMEOUT_S, Document, PageSpan, load_document
+from ..documents import DEFAULT_TIMEOUT_S, Document, PageSpan, load_document
 from ..errors import UnsupportedDocumentError
 
 # ``ReAttentionReader`` is importable too, but is left out of ``__all__``: it needs llama-index.
