@@ -9,12 +9,12 @@ import torch
 from reference import literal_selection
 
 from reattn_llm import ReAttentionCache
-from reattn_llm.kv.cache import ReAttentionLayer
+from reattn_llm.kv.dense import DenseLayer
 from reattn_llm.method.selection import build_scope, select_spans
 
 
 def test_layer_grows_geometrically_and_returns_views():
-    layer = ReAttentionLayer()
+    layer = DenseLayer()
     chunks = [torch.randn(1, 2, n, 8) for n in (100, 200, 5, 1, 1, 300)]
     caps = []
     for c in chunks:
@@ -38,7 +38,7 @@ def test_reserve_allocates_once():
 
 
 def test_crop_and_reset():
-    layer = ReAttentionLayer()
+    layer = DenseLayer()
     x = torch.randn(1, 1, 50, 4)
     layer.update(x, x)
     layer.crop(-10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reattn_llm import ConfigError, ReAttentionConfig
+from reattn_llm.method.config import chunk_bounds, config_options, reusable_length
 
 
 def test_paper_defaults_for_8k_and_128k_windows():
@@ -69,3 +70,58 @@ def test_bad_mode_and_backend():
 def test_missing_window():
     with pytest.raises(ConfigError, match="window"):
         ReAttentionConfig().resolve(None)
+
+
+def test_top_k_above_the_kernel_limit_is_refused_at_construction():
+    from reattn_llm.kernels import MAX_TOP_K
+
+    assert ReAttentionConfig(top_k=MAX_TOP_K).top_k == 32
+    for backend in ("auto", "torch", "triton"):  # every backend: the config does not depend on the device
+        with pytest.raises(ConfigError, match=r"top_k=33 is above 32.*use top_k <= 32"):
+            ReAttentionConfig(top_k=33, backend=backend)
+
+
+def test_kernel_limit_is_the_triton_kernels():
+    import re
+    from pathlib import Path
+
+    import reattn_llm.kernels as kernels
+
+    src = (Path(kernels.__file__).parent / "triton_topk.py").read_text()
+    assert re.search(r"^MAX_TOP_K = (\d+)$", src, re.M).group(1) == str(kernels.MAX_TOP_K)
+
+
+def test_config_options_list_every_field_with_its_choices():
+    import dataclasses
+    import typing
+
+    opts = {o.name: o for o in config_options()}
+    assert list(opts) == [f.name for f in dataclasses.fields(ReAttentionConfig)]
+    assert opts["offload"].choices == ("none", "values", "keys_values") and opts["offload"].type is str
+    assert opts["selection"].choices == typing.get_args(typing.get_type_hints(ReAttentionConfig)["selection"])
+    assert opts["mode"].default == "reattention" and opts["kv_dtype"].choices == ("model", "fp8")
+    assert opts["top_k"].type is int and opts["top_k"].default == 4 and opts["top_k"].choices is None
+    assert opts["block_size"].type is int and opts["block_size"].default is None
+    assert (
+        opts["tail_size"].help.startswith("the last tokens of a prompt") and "``" not in opts["offload"].help
+    )
+    assert all(o.help for o in opts.values())
+    for name, o in opts.items():  # every listed choice is accepted, anything else refused
+        for value in o.choices or ():
+            if name != "offload" or value != "keys_values":
+                ReAttentionConfig(**{name: value})
+        if o.choices:
+            with pytest.raises(ConfigError, match=name):
+                ReAttentionConfig(**{name: "nonsense"})
+
+
+@pytest.mark.parametrize("tail", [0, 4, 16, 64])
+def test_reusable_length_is_the_full_chunks_of_the_grid(tail):
+    for total in range(0, 120):
+        n = reusable_length(total, 16, tail)
+        bounds = chunk_bounds(total, 16, tail)
+        assert n % 16 == 0 and n <= total
+        # every chunk up to n is a full chunk on the grid [16j, 16j + 16); the next one is not
+        assert bounds[: n // 16] == [(s, s + 16) for s in range(0, n, 16)]
+        assert len(bounds) == n // 16 or bounds[n // 16] != (n, n + 16)
+    assert reusable_length(100, 16) == 96 and reusable_length(100, 16, 16) == 80

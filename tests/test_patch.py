@@ -52,11 +52,11 @@ def test_within_window_equals_stock_for_smollm2(smollm2):
 
 def test_gather_path_covering_every_middle_token_reproduces_sdpa(monkeypatch):
     model = tiny_model("llama", window=128)
-    ids = distinct_ids(1, 100)
+    ids = distinct_ids(1, 84)
     with torch.no_grad():
         stock = model(ids).logits
-    # M = 100 - 4 - 48 = 48 middle keys; top_k = 48 and 48 one-token spans select all of them.
-    cfg = ReAttentionConfig(global_size=4, local_size=48, span_size=1, max_spans=76, top_k=48, chunk_size=48)
+    # M = 84 - 4 - 48 = 32 middle keys; top_k = 32 and 32 one-token spans select all of them.
+    cfg = ReAttentionConfig(global_size=4, local_size=48, span_size=1, max_spans=76, top_k=32, chunk_size=48)
     calls = []
     real = attention_mod.select_spans
     monkeypatch.setattr(attention_mod, "select_spans", lambda *a: calls.append(a[1]) or real(*a))
@@ -65,7 +65,7 @@ def test_gather_path_covering_every_middle_token_reproduces_sdpa(monkeypatch):
         cache = ReAttentionCache(2)
         model(ids[:, :50], past_key_values=cache)
         ours = model(ids[:, 50:], past_key_values=cache).logits
-    assert calls and max(calls) == 48  # the selection path ran with a non-empty middle
+    assert calls and max(calls) == 32  # the selection path ran with a non-empty middle
     assert (stock[:, 50:] - ours).abs().max().item() <= 1e-4
 
 
@@ -182,3 +182,41 @@ def test_padded_batch_is_refused_clearly():
     mask[1, :5] = 0
     with patch(model), pytest.raises(ValueError, match="padded batches"):
         model(ids, attention_mask=mask)
+
+
+def test_attention_reads_its_layer_through_the_cache_and_a_plain_cache_gives_the_same_logits(monkeypatch):
+    """Beyond the window, with spans selected: the attention finds a ReAttentionCache's layer through
+    the cache (no attribute on the key tensors), and a plain DynamicCache (raw tensors) or no cache
+    gives the same logits."""
+    from transformers import DynamicCache
+
+    model = tiny_model("llama", heads=6, kv_heads=2, window=128)
+    cfg = ReAttentionConfig(global_size=4, local_size=48, span_size=8, max_spans=6, top_k=3, chunk_size=16)
+    ids = distinct_ids(1, 300, seed=1)
+    readers: list[str] = []
+    real = attention_mod.layer_reader
+    monkeypatch.setattr(
+        attention_mod, "layer_reader", lambda *a: readers.append(type(real(*a)).__name__) or real(*a)
+    )
+
+    def chunked(cache):
+        with torch.no_grad():
+            return torch.cat(
+                [model(ids[:, s : s + 40], past_key_values=cache).logits for s in range(0, 300, 40)], 1
+            )
+
+    with patch(model, cfg):
+        cache = ReAttentionCache(2)
+        ours = chunked(cache)
+        assert set(readers) == {"DenseLayer"}
+        assert not [n for n in vars(cache.layers[0].keys) if n.startswith("_reattn")]
+        readers.clear()
+        plain = chunked(DynamicCache())
+        assert set(readers) == {"TensorKV"}
+        with torch.no_grad():
+            whole, uncached = model(ids).logits, model(ids, use_cache=False).logits
+    assert torch.equal(plain, ours)
+    assert torch.equal(uncached, whole)
+    with torch.no_grad():
+        stock = model(ids).logits
+    assert (stock - ours).abs().max().item() > 1e-2  # beyond the window: not the stock model

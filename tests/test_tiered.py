@@ -5,10 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+import reattn_llm.kv.rows as kv_rows
 from reattn_llm import ReAttentionCache, ReAttentionConfig, patch
 from reattn_llm.errors import ConfigError
-from reattn_llm.kv.tiered import FP8_MAX, KVStorage, TieredLayer, dequantize_fp8, quantize_fp8
+from reattn_llm.kv.dense import DenseLayer, TensorKV
+from reattn_llm.kv.layer import exact_topk
+from reattn_llm.kv.rows import dequantize_fp8, quantize_fp8
+from reattn_llm.kv.storage import FP8_MAX, KVStorage
+from reattn_llm.kv.tiered import TieredLayer
 from reattn_llm.method.config import chunk_bounds
+from reattn_llm.method.two_level import two_level_topk
 from tests.tiny_models import distinct_ids, tiny_model
 
 # window 128: G 8 + 6 spans of 8 + L 64; prompts of 400 tokens are 3x the window.
@@ -158,15 +164,45 @@ def test_storage_configs_are_validated(kwargs, words):
 
 
 def test_blockwise_fp8_scoring_equals_scoring_the_dequantised_keys_at_once(monkeypatch):
-    import reattn_llm.kv.tiered as tiered
     from reattn_llm.kernels import score_topk_torch
 
-    monkeypatch.setattr(tiered, "_SCORE_ROWS", 97)  # ten blocks, the last one partial
+    monkeypatch.setattr(kv_rows, "BLOCK_ROWS", 97)  # ten blocks, the last one partial
     g = torch.Generator().manual_seed(0)
     layer = TieredLayer(KVStorage(kv_dtype="fp8", global_size=4, local_size=16))
     k = torch.randn(1, 2, 1000, 16, generator=g)
     layer.update(k, k)
+    assert layer.key_block_rows == 97
     q = torch.randn(1, 6, 5, 16, generator=g)  # GQA 3
-    got = layer.score_topk(q, 4, 900, 4, "torch")
+    got = layer.score_middle(q, 4, 900, 4, "torch")
     ref = score_topk_torch(q, layer.read_keys(4, 900), 4)
     assert torch.equal(got.sort(-1).values, ref.sort(-1).values)
+
+
+@pytest.mark.parametrize(
+    "rows, lo, hi, block, top_k",
+    [
+        (1000, 4, 900, 97, 4),
+        (257, 0, 257, 64, 7),
+        (130, 17, 18, 5, 4),
+        (300, 33, 299, 1, 3),
+        (513, 1, 513, 512, 32),
+    ],
+)
+def test_exact_topk_is_one_function_for_dense_and_fp8_readers(monkeypatch, rows, lo, hi, block, top_k):
+    """The one exact top-k, over an fp8 store read in blocks, a dense cache layer and raw tensors of the
+    same (dequantised) keys, equals a brute-force fp32 top-k; so does two-level's exact fallback."""
+    monkeypatch.setattr(kv_rows, "BLOCK_ROWS", block)
+    g = torch.Generator().manual_seed(rows + block)
+    fp8 = TieredLayer(KVStorage(kv_dtype="fp8", global_size=4, local_size=16))
+    k = torch.randn(2, 2, rows, 16, generator=g)
+    fp8.update(k, k)
+    keys = fp8.read_keys(0, rows)  # what the fp8 store holds, dequantised
+    dense = DenseLayer()
+    dense.update(keys, keys)
+    q = torch.randn(2, 6, 5, 16, generator=g)  # batch 2, GQA 3
+    scores = torch.einsum("bhqd,bhmd->bhqm", q, keys[:, :, lo:hi].repeat_interleave(3, dim=1))
+    ref = scores.topk(min(top_k, hi - lo), dim=-1).indices.sort(-1).values
+    for reader in (fp8, dense, TensorKV(keys)):
+        assert torch.equal(exact_topk(q, reader, lo, hi, top_k, "torch").sort(-1).values, ref)
+        fallback = two_level_topk(q, reader, top_k, 10**6, 8, "torch", lo, hi)  # every block a candidate
+        assert torch.equal(fallback.sort(-1).values, ref)

@@ -9,14 +9,9 @@ from tiny_models import distinct_ids, tiny_model
 
 from reattn_llm import ConfigError, ReAttentionCache, ReAttentionConfig, patch
 from reattn_llm.kernels import score_topk_torch
-from reattn_llm.kv.cache import ReAttentionLayer
-from reattn_llm.method.two_level import (
-    KeySummaries,
-    block_bounds,
-    block_summaries,
-    rank_blocks,
-    two_level_topk,
-)
+from reattn_llm.kv.dense import DenseLayer, TensorKV
+from reattn_llm.kv.summaries import KeySummaries, block_summaries
+from reattn_llm.method.two_level import block_bounds, rank_blocks, two_level_topk
 
 
 def _scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -126,29 +121,33 @@ def test_rank_is_sliced_over_rows_without_changing_it(monkeypatch):
 
 
 def test_cache_keeps_summaries_incrementally_and_forgets_cropped_rows():
-    layer = ReAttentionLayer()
+    layer = DenseLayer()
     ks = [torch.randn(1, 2, n, 8) for n in (5, 30, 1, 40)]
     origin, bs = 4, 8
     for piece in ks:
         keys, _ = layer.update(piece, piece)
-        store = keys._reattn_summaries
-        assert store is layer.summaries
         n = (keys.shape[2] - origin) // bs
-        got = store.get(keys, origin, bs, n)
+        got = layer.block_summaries(origin, bs, n)
         assert torch.equal(got, block_summaries(keys[:, :, origin:], bs)[:, :, :n])
     assert layer.summaries.done == (76 - origin) // bs
     layer.crop(-20)  # 56 rows left: blocks reaching past row 56 are forgotten
     assert layer.summaries.done == (56 - origin) // bs
     new = torch.randn(1, 2, 24, 8)
     keys, _ = layer.update(new, new)
-    assert torch.equal(store.get(keys, origin, bs, 9), block_summaries(keys[:, :, origin:], bs)[:, :, :9])
+    assert torch.equal(
+        layer.block_summaries(origin, bs, 9), block_summaries(keys[:, :, origin:], bs)[:, :, :9]
+    )
     layer.reset()
     assert layer.summaries.done == 0
     # a different block size or origin starts over
     s = KeySummaries()
     kk = torch.randn(1, 1, 64, 4)
-    s.get(kk, 0, 8, 8)
-    assert torch.equal(s.get(kk, 0, 16, 4), block_summaries(kk, 16))
+    read = TensorKV(kk).read_keys
+    s.get(read, 0, 8, 8)
+    assert torch.equal(s.get(read, 0, 16, 4), block_summaries(kk, 16))
+    # read in steps of whole blocks (here three blocks of 8 at a time): the same summaries
+    s = KeySummaries()
+    assert torch.equal(s.get(read, 3, 8, 7, step=20), block_summaries(kk[:, :, 3:], 8))
 
 
 def test_config_fields_and_errors():

@@ -13,7 +13,18 @@ import torch
 
 from .torch_ops import scope_attention_torch, score_topk_torch
 
-__all__ = ["resolve_backend", "scope_attention", "scope_attention_torch", "score_topk", "score_topk_torch"]
+__all__ = [
+    "MAX_TOP_K",
+    "resolve_backend",
+    "scope_attention",
+    "scope_attention_torch",
+    "score_topk",
+    "score_topk_torch",
+]
+
+#: The most hits per query that every backend keeps (the Triton top-k kernel's limit,
+#: ``kernels.triton_topk.MAX_TOP_K``; the torch twin has none).
+MAX_TOP_K = 32
 
 
 def _triton_available() -> bool:

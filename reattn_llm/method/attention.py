@@ -1,7 +1,11 @@
 """The attention function registered with transformers: select, gather, re-position, attend.
 
 It receives un-rotated queries ``[B, H, Q, D]`` and all un-rotated keys/values so far
-``[B, Hkv, T, D]`` (the chunk is the last ``Q`` of them), and returns ``[B, Q, H, D]``.
+``[B, Hkv, T, D]`` (the chunk is the last ``Q`` of them), and returns ``[B, Q, H, D]``. It reads
+the keys and values through the layer's :class:`~reattn_llm.kv.layer.KVReader`: the cache that
+the patch's ``self_attn`` pre-hook passes in as ``reattn_cache`` knows the layer, whatever its
+storage; a plain transformers cache or none gives the raw tensors.
+
 A forward with more queries than one chunk is split into chunks of ``chunk_size`` (the last
 ``tail_size`` queries apart), each selecting against the keys before it, so any single
 ``model(ids)`` call stays in distribution.
@@ -9,29 +13,30 @@ A forward with more queries than one chunk is split into chunks of ``chunk_size`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from ..kernels import resolve_backend, scope_attention, score_topk
+from ..kernels import resolve_backend, scope_attention
+from ..kv.cache import layer_reader
+from ..kv.layer import KVReader
 from .config import chunk_bounds
 from .selection import Scope, build_scope, full_scope, select_spans
+from .state import PatchState
 from .two_level import two_level_topk
 
-if TYPE_CHECKING:
-    from .patch import PatchState
-
 ATTN_NAME = "reattention"
+#: The ``self_attn`` keyword argument that carries the cache to :func:`reattention_forward`.
+CACHE_KWARG = "reattn_cache"
 
 
-def plan_scope(
-    state: PatchState, q: torch.Tensor, k: torch.Tensor, total: int, layer_idx: int | None, backend: str
-) -> Scope:
+def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, backend: str) -> Scope:
     """The scope of one query chunk: stock full attention within ``G + L``, else global + selected + local.
 
     Args:
         q: ``[B, H, Qc, D]`` the chunk's un-rotated queries.
-        k: ``[B, Hkv, >=total, D]`` un-rotated keys; the chunk sees rows ``0..total-1``.
+        kv: the layer's rows; the chunk sees rows ``0..total-1``.
+        total: T, keys visible to the chunk (its queries are the last ``Qc`` of them).
     """
     cfg = state.config
     b, _, qc, _ = q.shape
@@ -41,30 +46,15 @@ def plan_scope(
     m = total - g - loc  # type: ignore[operator]
     sel = valid = None
     if cfg.max_spans:
-        tiered = getattr(k, "_reattn_layer", None)  # fp8 / offloaded cache: read keys through the layer
         if cfg.selection == "two_level":
-            hits = _two_level_hits(cfg, q, k, g, m, backend)
-        elif tiered is not None:
-            hits = tiered.score_topk(q, g, g + m, cfg.top_k, backend)
+            hits = two_level_topk(q, kv, cfg.top_k, cfg.candidates, cfg.summary_block, backend, g, g + m)  # type: ignore[arg-type]
         else:
-            hits = score_topk(q, k[:, :, g : g + m], cfg.top_k, backend=backend)  # [B, H, Qc, k]
+            hits = kv.score_middle(q, g, g + m, cfg.top_k, backend)  # type: ignore[arg-type]
         sel, valid = select_spans(hits, m, cfg.max_spans, cfg.span_size)  # type: ignore[arg-type]
     scope = build_scope(sel, valid, total, qc, g, loc, b, q.device)  # type: ignore[arg-type]
     if state.recorder is not None and scope.middle is not None:
         state.recorder.add(scope.middle, scope.middle_valid, total)
     return scope
-
-
-def _two_level_hits(cfg: Any, q: torch.Tensor, k: torch.Tensor, g: int, m: int, backend: str) -> torch.Tensor:
-    """Two-level top-k over the middle ``k[:, :, g:g+m]``, reading the cache layer's block summaries
-    (attached to the key view by :class:`~reattn_llm.cache.ReAttentionLayer`) when there are any."""
-    bs = cfg.summary_block
-    n_full = m // bs
-    store = getattr(k, "_reattn_summaries", None)
-    summaries = store.get(k, g, bs, n_full) if store is not None and n_full > cfg.candidates else None
-    tiered = getattr(k, "_reattn_layer", None)
-    reader = None if tiered is None else tiered.middle(g)
-    return two_level_topk(q, k[:, :, g : g + m], cfg.top_k, cfg.candidates, bs, backend, summaries, reader)
 
 
 def reattention_forward(
@@ -77,8 +67,8 @@ def reattention_forward(
     scaling: float | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """transformers attention interface: ``query [B,H,Q,D]``, ``key/value [B,Hkv,T,D]`` (un-rotated)
-    -> ``([B, Q, H, D], None)``."""
+    """transformers attention interface: ``query [B, H, Q, D]``, ``key/value [B, Hkv, T, D]`` (un-rotated)
+    -> ``([B, Q, H, D], None)``. ``kwargs[CACHE_KWARG]``: the model's cache (or None)."""
     state: PatchState | None = getattr(module, "_reattn_state", None)
     if state is None:
         raise RuntimeError(
@@ -91,26 +81,20 @@ def reattention_forward(
             "pass no mask (or an all-ones 2D padding mask)."
         )
     cfg = state.config
-    layer_idx = getattr(module, "layer_idx", None)
+    kv = layer_reader(kwargs.get(CACHE_KWARG), getattr(module, "layer_idx", None), key, value)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     backend = resolve_backend(cfg.backend, query.device)
     cos, sin = state.rope.get(query.device, query.dtype)
-    q_len, total = query.shape[2], key.shape[2]
+    q_len, total = query.shape[2], kv.length
     start = total - q_len
     within = total <= cfg.global_size + cfg.local_size  # type: ignore[operator]
     bounds = [(0, q_len)] if within else chunk_bounds(q_len, cfg.chunk_size, cfg.tail_size)  # type: ignore[arg-type]
-    tiered = getattr(key, "_reattn_layer", None)
     outs = []
     for c0, c1 in bounds:
         qc = query[:, :, c0:c1]
-        seen = start + c1
-        scope = plan_scope(state, qc, key, seen, layer_idx, backend)
+        scope = plan_scope(state, qc, kv, start + c1, backend)
         state.note_positions(scope)
-        k_src, v_src, idx = key, value, scope.gather_idx
-        if tiered is not None:
-            # fp8 / offloaded rows: gather the scope compactly, then attend over it in order
-            k_src, v_src = tiered.gather_scope(idx)
-            idx = torch.arange(idx.shape[1], device=idx.device).expand_as(idx)
+        k_src, v_src, idx = kv.read_scope(scope.gather_idx)
         outs.append(
             scope_attention(
                 qc, k_src, v_src, idx, scope.key_pos, scope.q_pos, cos, sin, scale, backend=backend

@@ -10,10 +10,13 @@ scope) for windows of 8192 and more, and for a smaller window W: L = W/2 and as 
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, NamedTuple, get_args
 
 from ..errors import ConfigError
+from ..kernels import MAX_TOP_K
 
 Mode = Literal["reattention", "streaming", "full"]
 Backend = Literal["auto", "triton", "torch"]
@@ -27,12 +30,15 @@ PAPER_SPAN = 32
 PAPER_LOCAL = 4096
 PAPER_TOP_K = 4
 MAX_PREFILL_CHUNK = 1024
-_MODES = ("reattention", "streaming", "full")
-_BACKENDS = ("auto", "triton", "torch")
-_SELECTIONS = ("exact", "two_level")
-_KV_DTYPES = ("model", "fp8")
-_OFFLOADS = ("none", "values", "keys_values")
 CANDIDATES_PER_SPAN = 4
+#: The option fields and their allowed values, from the Literal types above (one spelling).
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "mode": get_args(Mode),
+    "backend": get_args(Backend),
+    "selection": get_args(Selection),
+    "kv_dtype": get_args(KVDtype),
+    "offload": get_args(Offload),
+}
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,8 @@ class ReAttentionConfig:
         global_size: G, the first tokens every query always sees (attention sinks).
         local_size: L, the last tokens every query always sees (holds the current chunk).
         span_size: tokens of one selected span, centred on a top-k hit.
-        top_k: hits per (query head, query token) in the position-agnostic scoring.
+        top_k: hits per (query head, query token) in the position-agnostic scoring, at most
+            ``MAX_TOP_K`` (32, the Triton kernel's limit).
         max_spans: spans kept per layer per forward (the most-voted hits). 0 = streaming.
         chunk_size: queries per prefill chunk (and per in-layer split of a long forward); <= L.
         tail_size: the last tokens of a prompt (at most this many) form a chunk of their own, so
@@ -57,7 +64,7 @@ class ReAttentionConfig:
         selection: ``"exact"`` scores every middle key (the paper); ``"two_level"`` first ranks
             blocks of keys from per-block summaries (the min/max upper bound of q.k blended with
             the mean key's score), then scores exactly only the keys of the best
-            ``candidate_blocks`` blocks per KV head (:mod:`reattn_llm.two_level`): about
+            ``candidate_blocks`` blocks per KV head (:mod:`reattn_llm.method.two_level`): about
             ``block_size`` times less scoring at long contexts, approximate (BENCHMARKS.md).
         candidate_blocks: blocks per KV head that two-level selection scores exactly; default
             ``4 * max_spans`` (:attr:`candidates`). When they cover the whole middle, the result is
@@ -66,7 +73,7 @@ class ReAttentionConfig:
         kv_dtype: storage of the cached K/V outside the global and recent rows: ``"model"`` (the
             model's dtype, exact) or ``"fp8"`` (float8 e4m3 with one scale per token and KV head:
             half the bytes of bf16; selection and the selected spans read the rounded values,
-            the global and local rows stay exact; :mod:`reattn_llm.tiered`).
+            the global and local rows stay exact; :mod:`reattn_llm.kv.tiered`).
         offload: ``"none"``; ``"values"`` keeps every cached V in (pinned) host memory and fetches
             only the selected spans per forward; ``"keys_values"`` does the same for K, which needs
             ``selection="two_level"`` (level 1 reads per-block summaries kept on the device, level 2
@@ -90,16 +97,9 @@ class ReAttentionConfig:
     offload: Offload = "none"
 
     def __post_init__(self) -> None:
-        if self.mode not in _MODES:
-            raise ConfigError(f"mode={self.mode!r} is not one of {_MODES}.")
-        if self.backend not in _BACKENDS:
-            raise ConfigError(f"backend={self.backend!r} is not one of {_BACKENDS}.")
-        if self.selection not in _SELECTIONS:
-            raise ConfigError(f"selection={self.selection!r} is not one of {_SELECTIONS}.")
-        if self.kv_dtype not in _KV_DTYPES:
-            raise ConfigError(f"kv_dtype={self.kv_dtype!r} is not one of {_KV_DTYPES}.")
-        if self.offload not in _OFFLOADS:
-            raise ConfigError(f"offload={self.offload!r} is not one of {_OFFLOADS}.")
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {allowed}.")
         if self.offload == "keys_values" and self.selection != "two_level":
             raise ConfigError(
                 "offload='keys_values' needs selection='two_level': exact selection reads every middle key "
@@ -122,6 +122,12 @@ class ReAttentionConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"{name}={value!r}: must be a positive integer.")
+        if self.top_k > MAX_TOP_K:
+            raise ConfigError(
+                f"top_k={self.top_k} is above {MAX_TOP_K}, the most hits per query the Triton top-k kernel keeps "
+                f"(backend='auto' uses it on CUDA): use top_k <= {MAX_TOP_K}, and raise span_size or max_spans "
+                "to select more."
+            )
         if not isinstance(self.tail_size, int) or self.tail_size < 0:
             raise ConfigError(f"tail_size={self.tail_size!r}: must be an integer >= 0 (0 turns it off).")
         if self.max_spans is not None and (not isinstance(self.max_spans, int) or self.max_spans < 0):
@@ -147,11 +153,6 @@ class ReAttentionConfig:
         if not self.is_resolved:
             raise ConfigError("scope needs a resolved config: call resolve(window) first.")
         return self.global_size + self.max_spans * self.span_size + self.local_size  # type: ignore[operator]
-
-    @property
-    def tiered(self) -> bool:
-        """True when the cache keeps K/V in fp8 or in host memory (:mod:`reattn_llm.tiered`)."""
-        return self.kv_dtype != "model" or self.offload != "none"
 
     @property
     def summary_block(self) -> int:
@@ -236,3 +237,64 @@ def chunk_bounds(total: int, chunk: int, tail: int) -> list[tuple[int, int]]:
     if tail:
         bounds.append((body, total))
     return bounds
+
+
+def reusable_length(total: int, chunk: int, tail: int = 0) -> int:
+    """Tokens at the start of a ``total``-token prompt that :func:`chunk_bounds` prefills in full chunks
+    of the regular grid ``[j·chunk, (j+1)·chunk)``. Their K/V do not depend on what follows, so a
+    later prompt with the same first tokens, prefilled on the same grid, can reuse them."""
+    n = 0
+    for s, e in chunk_bounds(total, chunk, tail):
+        if s != n or e - s != chunk:
+            break
+        n = e
+    return n
+
+
+class ConfigOption(NamedTuple):
+    """One option of :class:`ReAttentionConfig`, for front ends that build their flags from it."""
+
+    name: str
+    type: type  # int or str
+    choices: tuple[str, ...] | None  # the allowed values of a str option
+    default: Any  # None: resolved from the model's window
+    help: str  # from the class docstring
+
+
+def config_options() -> list[ConfigOption]:
+    """Every field of :class:`ReAttentionConfig` in declaration order, with its type, allowed values,
+    default and the docstring's description (markup stripped)."""
+    hints = typing.get_type_hints(ReAttentionConfig)
+    helps = _attribute_docs(ReAttentionConfig.__doc__ or "")
+    out = []
+    for f in dataclasses.fields(ReAttentionConfig):
+        choices = _CHOICES.get(f.name)
+        kind = str if choices else _plain_type(hints[f.name])
+        out.append(ConfigOption(f.name, kind, choices, f.default, helps.get(f.name, "")))
+    return out
+
+
+def _plain_type(hint: Any) -> type:
+    """``int | None`` -> ``int``; ``int`` -> ``int``."""
+    return next(t for t in (get_args(hint) or (hint,)) if t is not type(None))
+
+
+def _attribute_docs(doc: str) -> dict[str, str]:
+    """``{name: text}`` from the ``Attributes:`` section of a Google-style docstring, markup stripped."""
+    section = doc.split("Attributes:", 1)[-1]
+    entries: dict[str, list[str]] = {}
+    name = None
+    for line in section.splitlines():
+        m = re.match(r"^\s{8}(\w+): (.*)$", line)
+        if m:
+            name = m.group(1)
+            entries[name] = [m.group(2)]
+        elif name and line.strip():
+            entries[name].append(line.strip())
+    clean = {}
+    for key, parts in entries.items():
+        text = " ".join(parts)
+        text = re.sub(r"\s*\(:\w+:`[^`]+`\)|; :\w+:`[^`]+`", "", text)  # bare cross-references
+        text = re.sub(r":\w+:`~?([\w.]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], text)
+        clean[key] = text.replace("``", "")
+    return clean

@@ -4,10 +4,11 @@ What ``patch(model, config)`` installs:
 
 * a forward pre-hook on every ``self_attn`` that swaps ``position_embeddings`` for the identity
   (cos = 1, sin = 0), so the stock code hands the cache and the attention function un-rotated
-  queries and keys, exactly;
+  queries and keys, exactly, and passes the cache on to the attention function (``reattn_cache``:
+  transformers forwards the extra keyword), which reads the layer's rows through it;
 * a pre-hook on the model's rotary module that computes the (unused) stock embeddings at
   position 0, so no position at or beyond the window is ever evaluated;
-* ``config._attn_implementation = "reattention"``: the function in :mod:`reattn_llm.attention`,
+* ``config._attn_implementation = "reattention"``: the function in :mod:`reattn_llm.method.attention`,
   registered with ``AttentionInterface`` (and a mask function with ``AttentionMaskInterface``);
 * a pre-hook on the base model that supplies a :class:`ReAttentionCache` when the caller asks for
   a cache but passes none, and a ``generate`` wrapper that does the same for generation.
@@ -18,7 +19,6 @@ What ``patch(model, config)`` installs:
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,12 +29,23 @@ from transformers.masking_utils import AttentionMaskInterface
 
 from ..errors import UnsupportedModelError
 from ..kv.cache import ReAttentionCache
-from ..kv.tiered import KVStorage
-from .attention import ATTN_NAME, reattention_forward, reattention_mask
+from ..kv.storage import KVStorage
+from .attention import ATTN_NAME, CACHE_KWARG, reattention_forward, reattention_mask
 from .config import ReAttentionConfig
 from .families import check_model_config
 from .rope import RopeTable
-from .selection import Scope
+from .state import PatchState, SelectionRecorder
+
+__all__ = [
+    "PatchHandle",
+    "PatchState",
+    "SelectionRecorder",
+    "check_supported",
+    "make_cache",
+    "model_window",
+    "patch",
+    "unpatch",
+]
 
 _registered = False
 
@@ -45,54 +56,6 @@ def _register() -> None:
         AttentionInterface.register(ATTN_NAME, reattention_forward)
         AttentionMaskInterface.register(ATTN_NAME, reattention_mask)
         _registered = True
-
-
-class SelectionRecorder:
-    """Counts, per absolute cache row, how often a selection drew on it (for citations).
-
-    ``counts[t]`` is the number of (layer, forward) selections whose spans contained row t,
-    for batch row 0. Opt-in: the engine switches it on while it decodes an answer.
-    """
-
-    def __init__(self) -> None:
-        self.counts: torch.Tensor | None = None
-
-    def add(self, rows: torch.Tensor, valid: torch.Tensor | None, total: int) -> None:
-        """``rows [B, S]`` absolute cache rows (< ``total``), ``valid [B, S]`` bool."""
-        r = rows[0]
-        w = valid[0].float() if valid is not None else torch.ones(r.shape, device=r.device)
-        if self.counts is None or self.counts.device != r.device:
-            self.counts = torch.zeros(total, device=r.device)
-        elif self.counts.numel() < total:
-            grown = torch.zeros(max(total, int(self.counts.numel() * 1.25)), device=r.device)
-            grown[: self.counts.numel()] = self.counts
-            self.counts = grown
-        self.counts.index_add_(0, r, w)
-
-    def reset(self) -> None:
-        self.counts = None
-
-
-@dataclass
-class PatchState:
-    """What the attention function of a patched model needs, shared by all its layers."""
-
-    config: ReAttentionConfig
-    rope: RopeTable
-    recorder: SelectionRecorder | None = None
-    max_position: torch.Tensor | None = None
-    track_positions: bool = True
-    layers: list[nn.Module] = field(default_factory=list)
-
-    def note_positions(self, scope: Scope) -> None:
-        """Keep the largest RoPE position applied (a device scalar: no host sync)."""
-        if self.track_positions:
-            m = scope.q_pos.max()
-            self.max_position = m if self.max_position is None else torch.maximum(self.max_position, m)
-
-    def largest_position(self) -> int:
-        """The largest RoPE position applied since patching (or the last reset), -1 if none."""
-        return -1 if self.max_position is None else int(self.max_position)
 
 
 def _base_model(model: nn.Module) -> nn.Module:
@@ -161,12 +124,14 @@ class PatchHandle:
         self.active = False
 
 
-def _identity_rope(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+def _attn_pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """``self_attn`` pre-hook: identity RoPE (un-rotated q/k), and the cache on to the attention function."""
     pe = kwargs.get("position_embeddings")
     if pe is None:
         raise RuntimeError("ReAttention expects position_embeddings as a keyword argument of self_attn.")
     cos, sin = pe
     kwargs["position_embeddings"] = (torch.ones_like(cos), torch.zeros_like(sin))
+    kwargs[CACHE_KWARG] = kwargs.get("past_key_values")
     return args, kwargs
 
 
@@ -198,7 +163,7 @@ def patch(model: nn.Module, config: ReAttentionConfig | None = None) -> PatchHan
         attn = layer.self_attn
         attn._reattn_state = state
         state.layers.append(attn)
-        handle._hooks.append(attn.register_forward_pre_hook(_identity_rope, with_kwargs=True))
+        handle._hooks.append(attn.register_forward_pre_hook(_attn_pre_hook, with_kwargs=True))
 
     def rotary_pre(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         if state.rope.building:
@@ -254,7 +219,7 @@ def make_cache(model: nn.Module, reserve: int = 0, max_bytes: int | None = None)
     """A fresh :class:`ReAttentionCache` for a patched ``model``, with its config's storage (fp8 / offload)."""
     handle = getattr(model, "_reattn_handle", None)
     state = None if handle is None else handle.state
-    storage = None if state is None else KVStorage.from_config(state.config)
+    storage = None if state is None else KVStorage.from_config(state.config)  # None: an unpatched model
     return ReAttentionCache(
         model.config.num_hidden_layers, reserve=reserve, max_bytes=max_bytes, storage=storage
     )

@@ -8,9 +8,10 @@ about the block size:
   aligned at the start of the middle (row ``G``), so a block never holds a global key and every
   full block stays the same block as the context grows. Per KV head and block the summary keeps
   the per-dimension maximum, minimum and mean of the keys, ``[max | min | mean]`` along the last
-  dimension: ``[B, Hkv, n_blocks, 3D]``. :class:`KeySummaries` (owned by each
-  :class:`~reattn_llm.cache.ReAttentionLayer`) summarises each block once, when it is first
-  needed, and keeps it; a forward reads ``M / block_size`` summaries, not ``M`` keys.
+  dimension: ``[B, Hkv, n_blocks, 3D]``. Each cache layer keeps them
+  (:class:`~reattn_llm.kv.summaries.KeySummaries`, read through
+  :meth:`~reattn_llm.kv.layer.KVReader.block_summaries`): a block is summarised once, when it is
+  first needed, so a forward reads ``M / block_size`` summaries, not ``M`` keys.
 * **Level 1.** ``sum_d max(q_d·min_d, q_d·max_d) = [relu(q) | min(q, 0)] · [max | min]`` is an
   upper bound of ``q·k`` over the block (Quest's bound, :func:`block_bounds`); ``q · mean`` is the
   block's average score. On real keys the bound alone ranks blocks poorly (it favours blocks whose
@@ -21,44 +22,35 @@ about the block size:
   score over all the rows of its KV head (all GQA heads, all the chunk's queries): per KV head the
   ``candidate_blocks`` best blocks are the candidates. Cost ``6·H·Q·(M/bs)·D``: ``3/bs`` of exact.
 * **Level 2.** The candidates' keys (plus the partial block at the end of the middle, which has
-  no summary and is always a candidate) are gathered per KV head, ``[B, Hkv, C·bs + r, D]``, and
-  scored exactly by :func:`~reattn_llm.kernels.score_topk` (Triton or torch); indices map back to
-  middle positions. The hits then go to :func:`~reattn_llm.selection.select_spans` unchanged.
+  no summary and is always a candidate) are gathered per KV head, ``[B, Hkv, C·bs + r, D]``, by
+  the layer (:meth:`~reattn_llm.kv.layer.KVReader.take_key_blocks`: whole blocks from a device
+  buffer, only those rows from fp8 or host memory), and scored exactly by
+  :func:`~reattn_llm.kernels.score_topk` (Triton or torch); indices map back to middle positions.
+  The hits then go to :func:`~reattn_llm.method.selection.select_spans` unchanged.
 
 Everything is fixed-shape (no ``nonzero``, ``unique`` or ``.item()``). When every full block fits
-in the candidate budget (``candidate_blocks * block_size >= M``), exact scoring runs instead, so
-the result is exactly the exact selection's. Otherwise it is an approximation: a query's true
-top-k key is missed when its block is not among the candidates of its KV head
-(``benchmarks/selection.py`` measures how often, on real keys).
+in the candidate budget (``candidate_blocks * block_size >= M``), exact scoring runs instead
+(:func:`~reattn_llm.kv.layer.exact_topk`), so the result is exactly the exact selection's.
+Otherwise it is an approximation: a query's true top-k key is missed when its block is not among
+the candidates of its KV head (``benchmarks/selection.py`` measures how often, on real keys).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from ..kernels import score_topk
+from ..kv.dense import TensorKV
+from ..kv.layer import KVReader, exact_topk
 
-__all__ = ["BOUND_WEIGHT", "KeySummaries", "block_bounds", "block_summaries", "rank_blocks", "two_level_topk"]
+__all__ = ["BOUND_WEIGHT", "block_bounds", "rank_blocks", "two_level_topk"]
 
 #: Weight of the upper bound against the mean score in the level-1 rank. On real keys of the default
 #: model (32K middle keys, 508 candidate blocks) the share of exact hits recalled was 0.80 with the
 #: mean alone (0), 0.85 / 0.84 / 0.83 with 0.2 / 0.3 / 0.5, and 0.78 with the bound alone (1).
 BOUND_WEIGHT = 0.3
-_GROWTH = 1.5
 # Largest fp32 level-1 score block materialised at once (elements), as in score_topk_torch.
 _RANK_BLOCK_ELEMS = {"cpu": 1 << 24, "cuda": 1 << 27}
-
-
-def block_summaries(keys: torch.Tensor, block_size: int) -> torch.Tensor:
-    """``keys [B, Hkv, n*bs (+r), D]`` -> ``[B, Hkv, n, 3D]``: per full block, per dimension
-    ``[max | min | mean]`` (the mean accumulated in fp32, stored in the keys' dtype)."""
-    b, h, rows, d = keys.shape
-    n = rows // block_size
-    blocks = keys[:, :, : n * block_size].reshape(b, h, n, block_size, d)
-    mean = blocks.mean(dim=3, dtype=torch.promote_types(keys.dtype, torch.float32)).to(keys.dtype)
-    return torch.cat([blocks.amax(dim=3), blocks.amin(dim=3), mean], dim=-1)
 
 
 def block_bounds(q: torch.Tensor, summaries: torch.Tensor) -> torch.Tensor:
@@ -94,126 +86,54 @@ def rank_blocks(q: torch.Tensor, summaries: torch.Tensor, weight: float = BOUND_
     return best
 
 
-class KeySummaries:
-    """Per-block ``[max | min | mean]`` summaries of one cache layer's keys, filled as blocks are needed.
-
-    Blocks are ``[origin + j·bs, origin + (j+1)·bs)`` in absolute cache rows; a block is
-    summarised once (when a caller first needs it, by then it is complete in the cache) and kept.
-    The cache layer calls :meth:`truncate` when it drops rows and :meth:`clear` when rows move.
-    """
-
-    def __init__(self) -> None:
-        self.origin = -1
-        self.block_size = 0
-        self.done = 0  # blocks summarised, from the origin
-        self._buf: torch.Tensor | None = None
-
-    def clear(self) -> None:
-        self.done = 0
-        self._buf = None
-
-    def truncate(self, length: int) -> None:
-        """The cache now holds ``length`` rows: forget blocks that reach past them."""
-        if self.block_size:
-            self.done = min(self.done, max(0, (length - self.origin) // self.block_size))
-
-    def nbytes(self) -> int:
-        return 0 if self._buf is None else self._buf.numel() * self._buf.element_size()
-
-    def get(self, keys: torch.Tensor, origin: int, block_size: int, n_blocks: int) -> torch.Tensor:
-        """Summaries ``[B, Hkv, n_blocks, 3D]`` of the first ``n_blocks`` blocks from ``origin``.
-
-        Args:
-            keys: ``[B, Hkv, T, D]`` the layer's keys; rows up to ``origin + n_blocks·bs`` are final.
-        """
-        b, h, _, d = keys.shape
-        buf = self._buf
-        if (
-            origin != self.origin
-            or block_size != self.block_size
-            or buf is None
-            or buf.shape[:2] != (b, h)
-            or buf.shape[3] != 3 * d
-            or buf.dtype != keys.dtype
-            or buf.device != keys.device
-        ):
-            self.origin, self.block_size, self.done, buf = origin, block_size, 0, None
-        if buf is None or buf.shape[2] < n_blocks:
-            cap = max(n_blocks, 64 if buf is None else int(buf.shape[2] * _GROWTH))
-            grown = keys.new_empty(b, h, cap, 3 * d)
-            if buf is not None and self.done:
-                grown[:, :, : self.done].copy_(buf[:, :, : self.done])
-            buf = grown
-        self._buf = buf
-        if self.done < n_blocks:
-            lo = origin + self.done * block_size
-            hi = origin + n_blocks * block_size
-            tiered = getattr(keys, "_reattn_layer", None)  # fp8 / offloaded rows are read through their layer
-            rows = keys[:, :, lo:hi] if tiered is None else tiered.read_keys(lo, hi)
-            buf[:, :, self.done : n_blocks].copy_(block_summaries(rows, block_size))
-            self.done = n_blocks
-        return buf[:, :, :n_blocks]
-
-
 def two_level_topk(
     q: torch.Tensor,
-    k_mid: torch.Tensor,
+    keys: KVReader | torch.Tensor,
     top_k: int,
     candidate_blocks: int,
     block_size: int,
     backend: str = "torch",
-    summaries: torch.Tensor | None = None,
-    reader: Any = None,
+    lo: int = 0,
+    hi: int | None = None,
 ) -> torch.Tensor:
     """Top-k middle keys per (query head, query), scored exactly inside summary-picked candidates.
 
     Args:
         q: ``[B, H, Q, D]`` the chunk's un-rotated queries.
-        k_mid: ``[B, Hkv, M, D]`` un-rotated middle keys (a strided view of the cache is fine).
+        keys: the cache layer (its block summaries are kept across forwards), or un-rotated keys
+            ``[B, Hkv, T, D]`` (summarised here).
         top_k: hits per (query head, query).
         candidate_blocks: C, blocks per KV head that level 2 scores exactly.
-        block_size: bs, keys per block.
+        block_size: bs, keys per block; blocks start at row ``lo``.
         backend: resolved kernel backend for both levels.
-        summaries: ``[B, Hkv, >= M // bs, 3D]`` ``[max | min | mean]`` of ``k_mid``'s full blocks (from
-            :class:`KeySummaries`); computed here when None.
-        reader: where the keys really are when ``k_mid`` is only a stub of their shape (fp8 or host
-            rows, :class:`~reattn_llm.tiered.MiddleKeys`): ``read(lo, hi)`` and ``take(rows)``.
+        lo, hi: the middle, rows ``[lo, hi)`` (default: every row).
 
     Returns:
-        ``[B, H, Q, k']`` int64 middle positions in ``[0, M)``, like :func:`score_topk`. When
-        ``C·bs >= M`` it *is* :func:`score_topk` (exact selection).
+        ``[B, H, Q, k']`` int64 middle positions in ``[0, hi - lo)``, like :func:`score_topk`. When
+        ``C·bs >= M`` it *is* :func:`~reattn_llm.kv.layer.exact_topk` (exact selection).
     """
-    b, h, nq, d = q.shape
-    hkv, m = k_mid.shape[1], k_mid.shape[2]
-    grp = h // hkv
+    kv = keys if isinstance(keys, KVReader) else TensorKV(keys)
+    hi = kv.length if hi is None else hi
+    b, h, nq, _ = q.shape
+    m = hi - lo
     n_full = m // block_size
     c = max(candidate_blocks, -(-top_k // block_size))
     if c >= n_full:
-        return score_topk(q, k_mid if reader is None else reader.read(0, m), top_k, backend=backend)
-    if summaries is None:
-        summaries = block_summaries(k_mid, block_size)
-    summ = summaries[:, :, :n_full]
-    dev = q.device
+        return exact_topk(q, kv, lo, hi, top_k, backend)
     # Level 1: rank the full blocks by their best row-normalised blended score; keep the best C.
-    rank = rank_blocks(q, summ)  # [B, Hkv, n_full]
+    rank = rank_blocks(q, kv.block_summaries(lo, block_size, n_full))  # [B, Hkv, n_full]
+    hkv = rank.shape[1]
     blocks = rank.topk(c, dim=2).indices.sort(dim=2).values  # [B, Hkv, C], increasing
     # Level 2: exact scores over the candidates' keys and the partial block at the end.
-    offsets = torch.arange(block_size, device=dev)
+    offsets = torch.arange(block_size, device=q.device)
     rows = (blocks[..., None] * block_size + offsets).reshape(b, hkv, c * block_size)
-    full = k_mid[:, :, : n_full * block_size]
-    if reader is not None:
-        kc = reader.take(rows)
-    elif full.stride(3) == 1 and full.stride(2) == d:  # rows of a head are contiguous: copy whole blocks
-        kb = full.unflatten(2, (n_full, block_size)).flatten(3)  # [B, Hkv, n_full, bs*D], a view
-        kc = kb.gather(2, blocks[..., None].expand(-1, -1, -1, block_size * d)).reshape(b, hkv, -1, d)
-    else:
-        kc = full.gather(2, rows[..., None].expand(-1, -1, -1, d))
+    kc = kv.take_key_blocks(lo, blocks, block_size)
     tail = m - n_full * block_size
     if tail:
-        rows = torch.cat([rows, torch.arange(n_full * block_size, m, device=dev).expand(b, hkv, tail)], dim=2)
-        rest = k_mid[:, :, n_full * block_size :] if reader is None else reader.read(n_full * block_size, m)
-        kc = torch.cat([kc, rest], dim=2)  # [B, Hkv, L2, D]
+        end = torch.arange(n_full * block_size, m, device=q.device).expand(b, hkv, tail)
+        rows = torch.cat([rows, end], dim=2)
+        kc = torch.cat([kc, kv.read_keys(lo + n_full * block_size, hi)], dim=2)  # [B, Hkv, L2, D]
     local = score_topk(q, kc, top_k, backend=backend)  # [B, H, Q, k'] into [0, L2)
     kk = local.shape[-1]
-    rows_h = rows.repeat_interleave(grp, dim=1)  # [B, H, L2]
+    rows_h = rows.repeat_interleave(h // hkv, dim=1)  # [B, H, L2]
     return rows_h.gather(2, local.reshape(b, h, nq * kk)).reshape(b, h, nq, kk)

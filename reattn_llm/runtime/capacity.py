@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..kv.storage import KVStorage
 from ..method.config import ReAttentionConfig
 
 _SAFETY = 0.85
@@ -48,17 +49,11 @@ def _shape(model_config: Any) -> tuple[int, int, int]:
 
 
 def kv_bytes_per_token(model_config: Any, dtype: torch.dtype, config: ReAttentionConfig | None = None) -> int:
-    """Device bytes one token's K and V take: ``2 (K and V) * layers * kv_heads * head_dim * bytes``
-    by default; with ``config.kv_dtype="fp8"`` a byte per value plus a 4-byte scale per head; rows
-    offloaded by ``config.offload`` take none (see :func:`host_kv_bytes_per_token`)."""
+    """Device bytes one token's K and V take over all layers and KV heads: the rows the config's
+    storage keeps on the device (:meth:`~reattn_llm.kv.storage.KVStorage.device_bytes_per_row`; by
+    default ``2 (K and V) * head_dim * bytes``), offloaded rows none (:func:`host_kv_bytes_per_token`)."""
     layers, kv, d = _shape(model_config)
-    row = _row_bytes(d, dtype, config)
-    offload = getattr(config, "offload", "none")
-    on_device = {"none": 2, "values": 1, "keys_values": 0}[offload]
-    summaries = 0
-    if offload == "keys_values":  # two-level summaries [max | min | mean] per block stay on the device
-        summaries = -(-3 * d * torch.empty((), dtype=dtype).element_size() // config.summary_block)  # type: ignore[union-attr]
-    return layers * kv * (on_device * row + summaries)
+    return layers * kv * KVStorage.from_config(config).device_bytes_per_row(d, dtype)
 
 
 def host_kv_bytes_per_token(
@@ -66,14 +61,7 @@ def host_kv_bytes_per_token(
 ) -> int:
     """Host bytes one token's offloaded K/V take (0 without ``config.offload``)."""
     layers, kv, d = _shape(model_config)
-    n = {"none": 0, "values": 1, "keys_values": 2}[getattr(config, "offload", "none")]
-    return layers * kv * n * _row_bytes(d, dtype, config)
-
-
-def _row_bytes(head_dim: int, dtype: torch.dtype, config: ReAttentionConfig | None) -> int:
-    if getattr(config, "kv_dtype", "model") == "fp8":
-        return head_dim + 4
-    return head_dim * torch.empty((), dtype=dtype).element_size()
+    return layers * kv * KVStorage.from_config(config).host_bytes_per_row(d, dtype)
 
 
 def parameter_count(c: Any) -> int:

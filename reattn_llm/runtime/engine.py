@@ -20,7 +20,7 @@ import torch
 
 from ..errors import ContextTooLongError, OutOfMemoryError
 from ..kv.cache import ReAttentionCache
-from ..kv.tiered import KVStorage
+from ..kv.storage import KVStorage
 from ..method.config import ReAttentionConfig, chunk_bounds
 from ..method.patch import PatchHandle, SelectionRecorder, make_cache, model_window, patch
 from .capacity import Capacity, estimate_capacity, estimate_capacity_split

@@ -1,0 +1,173 @@
+"""The one interface between the attention and the stored K/V: :class:`KVReader`, and
+:class:`KVLayer`, the cache layer that implements it.
+
+What one attention call reads from a layer of ``length`` rows (un-rotated keys, values):
+
+* **score the middle**: the exact top-k keys over rows ``[lo, hi)`` for every (query head,
+  query), :meth:`KVReader.score_middle`, decided in one function for every storage,
+  :func:`exact_topk`;
+* **block summaries** for two-level selection, :meth:`KVReader.block_summaries`, and the keys of
+  the candidate blocks, :meth:`KVReader.take_key_blocks`;
+* **the scope's rows**, :meth:`KVReader.read_scope`: ``[B, N]`` cache rows -> K, V and the index
+  tensor that the scope-attention kernel gathers with.
+
+Implementations: :class:`~reattn_llm.kv.dense.DenseLayer` (every row in the model's dtype on the
+device), :class:`~reattn_llm.kv.tiered.TieredLayer` (fp8 and/or host-memory rows) and
+:class:`~reattn_llm.kv.dense.TensorKV` (raw ``[B, Hkv, T, D]`` tensors, for a plain transformers
+cache or none). The attention code never asks which one it has.
+"""
+
+from __future__ import annotations
+
+import sys
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from transformers.cache_utils import CacheLayerMixin
+
+from ..kernels import score_topk
+from ..kernels.torch_ops import merge_topk
+from .storage import MemoryBudget
+from .summaries import KeySummaries
+
+
+class KVReader(ABC):
+    """Reads one layer's ``length`` rows of un-rotated keys ``[B, Hkv, T, D]`` and values."""
+
+    length: int
+
+    @property
+    def key_block_rows(self) -> int:
+        """Rows of keys worth reading at once (all of them when :meth:`read_keys` is a view)."""
+        return sys.maxsize
+
+    @abstractmethod
+    def read_keys(self, lo: int, hi: int) -> torch.Tensor:
+        """Key rows ``[lo, hi)``: ``[B, Hkv, hi - lo, D]`` in the model's dtype on the compute device."""
+
+    @abstractmethod
+    def take_keys(self, rows: torch.Tensor) -> torch.Tensor:
+        """Per-head key rows ``rows [B, Hkv, R]`` -> ``[B, Hkv, R, D]``."""
+
+    def take_key_blocks(self, lo: int, blocks: torch.Tensor, block_size: int) -> torch.Tensor:
+        """The keys of per-head blocks ``blocks [B, Hkv, C]`` (block j is rows ``lo + j·bs ..``), in
+        order: ``[B, Hkv, C·bs, D]``."""
+        offsets = torch.arange(block_size, device=blocks.device)
+        rows = (lo + blocks[..., None] * block_size + offsets).flatten(2)
+        return self.take_keys(rows)
+
+    @abstractmethod
+    def block_summaries(self, origin: int, block_size: int, n_blocks: int) -> torch.Tensor:
+        """``[B, Hkv, n_blocks, 3D]`` ``[max | min | mean]`` of the key blocks from row ``origin``
+        (:func:`~reattn_llm.kv.summaries.block_summaries`)."""
+
+    @abstractmethod
+    def read_scope(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rows ``idx [B, N]`` of a scope -> ``(K, V, gather_idx)``: ``K, V [B, Hkv, T', D]`` and
+        ``gather_idx [B, N]`` such that row ``gather_idx[b, n]`` of K/V is cache row ``idx[b, n]``
+        (the arguments of :func:`~reattn_llm.kernels.scope_attention`)."""
+
+    def score_middle(self, q: torch.Tensor, lo: int, hi: int, top_k: int, backend: str) -> torch.Tensor:
+        """Exact top-k of ``q [B, H, Q, D]`` over key rows ``[lo, hi)``: ``[B, H, Q, k]`` in ``[0, hi - lo)``
+        (:func:`exact_topk`)."""
+        return exact_topk(q, self, lo, hi, top_k, backend)
+
+
+def exact_topk(q: torch.Tensor, reader: KVReader, lo: int, hi: int, top_k: int, backend: str) -> torch.Tensor:
+    """The exact top-k keys of rows ``[lo, hi)`` for every (query head, query): the one place it is decided.
+
+    Keys are read in blocks of ``reader.key_block_rows`` rows (one view for model-dtype keys on the
+    device; bounded blocks of dequantised fp8 or host rows); each block is scored by
+    :func:`~reattn_llm.kernels.score_topk`, its hits re-scored (fp32, fp64 for fp64 inputs) and
+    merged into a running top-k by :func:`~reattn_llm.kernels.torch_ops.merge_topk`.
+
+    Args:
+        q: ``[B, H, Q, D]`` un-rotated queries; query head h reads KV head ``h // (H / Hkv)``.
+        reader: the layer's keys.
+        lo, hi: the rows scored (the middle).
+        top_k: hits per (query head, query); ``min(top_k, hi - lo)`` are returned.
+        backend: the resolved kernel backend.
+
+    Returns:
+        ``[B, H, Q, min(top_k, hi - lo)]`` int64 row offsets in ``[0, hi - lo)``, best first.
+    """
+    step = max(1, reader.key_block_rows)
+    if hi - lo <= step:
+        return score_topk(q, reader.read_keys(lo, hi), top_k, backend=backend)
+    b, h, nq, d = q.shape
+    acc = torch.promote_types(q.dtype, torch.float32)
+    best_v = best_i = None
+    for s in range(lo, hi, step):
+        kb = reader.read_keys(s, min(hi, s + step))
+        idx = score_topk(q, kb, top_k, backend=backend)  # [B, H, Q, k']
+        kk, hkv = idx.shape[-1], kb.shape[1]
+        # query head h reads KV head h // g: the hits of a KV head's g query heads are contiguous
+        rows = idx.reshape(b, hkv, (h // hkv) * nq * kk, 1).expand(-1, -1, -1, d)
+        hit = kb.gather(2, rows).reshape(b, h, nq, kk, d)
+        val = (hit.to(acc) * q.to(acc)[:, :, :, None]).sum(-1)
+        best_v, best_i = merge_topk(best_v, best_i, val, idx + (s - lo), top_k)
+    assert best_i is not None
+    return best_i
+
+
+class KVLayer(CacheLayerMixin, KVReader):
+    """A ReAttention cache layer: a transformers cache layer that is also a :class:`KVReader`.
+
+    It keeps un-rotated keys (the patch feeds them so) and values, ``length`` rows of each, and the
+    block summaries of its keys (:class:`~reattn_llm.kv.summaries.KeySummaries`), dropped when rows
+    are cropped or moved.
+
+    Args:
+        reserve: rows to make room for at the first update (e.g. the prompt length).
+        budget: the cache's cap on device bytes, charged when buffers grow.
+    """
+
+    is_compileable = False
+    is_sliding = False
+    is_croppable = True
+
+    def __init__(self, reserve: int = 0, budget: MemoryBudget | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        self.length = 0
+        self.reserve_tokens = reserve
+        self.budget = budget
+        self.summaries = KeySummaries()
+
+    @abstractmethod
+    def reserve(self, total_tokens: int) -> None:
+        """Make room for ``total_tokens`` rows (avoids growth copies in a long prefill)."""
+
+    @abstractmethod
+    def dense(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` rows as ``[B, Hkv, n, D]`` K and V, in the model's dtype."""
+
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Bytes held on the compute device (buffers at capacity, block summaries included)."""
+
+    def host_nbytes(self) -> int:
+        """Bytes held in host memory (offloaded rows)."""
+        return 0
+
+    def block_summaries(self, origin: int, block_size: int, n_blocks: int) -> torch.Tensor:
+        return self.summaries.get(self.read_keys, origin, block_size, n_blocks, self.key_block_rows)
+
+    # -- transformers' layer API ---------------------------------------------------------------
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def _crop_length(self, tokens_to_remove: int) -> None:
+        """Set ``length`` as transformers' ``crop`` asks: drop the last ``-tokens_to_remove`` rows
+        (negative), or keep the first ``tokens_to_remove`` (positive); forget summaries past it."""
+        new_len = (
+            self.length + tokens_to_remove if tokens_to_remove < 0 else min(self.length, tokens_to_remove)
+        )
+        self.length = max(0, new_len)
+        self.summaries.truncate(self.length)
