@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from reattn_llm.kernels import resolve_backend, score_topk
+from reattn_llm.lab.data import data_file, data_folder
 from reattn_llm.method.selection import select_spans
 from reattn_llm.method.two_level import block_summaries, two_level_topk
 
@@ -117,6 +118,7 @@ def capture(args, dev: torch.device) -> dict[int, list[tuple[torch.Tensor, torch
     from reattn_llm.runtime.models import load_model
 
     model, tok = load_model(None, dev, torch.float32)
+    args.text = args.text or _default_text()
     text = Path(args.text).read_text(encoding="utf-8")
     ends = {G + m + LOCAL: m for m in args.lengths}
     total = max(ends)
@@ -191,6 +193,15 @@ def run_recall(args, dev: torch.device) -> list[dict]:
     return rows
 
 
+def _default_text() -> str:
+    """austen_emma.txt in ``$REATTN_DATA``, else in ``shared/data`` beside the repository."""
+    try:
+        folder = data_folder(default=Path(__file__).resolve().parents[2] / "shared" / "data")
+        return str(data_file("austen_emma.txt", folder))
+    except FileNotFoundError as error:
+        raise SystemExit(f"{error} Or pass --text FILE.") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", default="8192,32768", help="middle lengths M")
@@ -203,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recall", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--layer-stride", type=int, default=3)
     ap.add_argument(
-        "--text", default=str(Path(__file__).resolve().parents[2] / "shared/data/texts/austen_emma.txt")
+        "--text",
+        default=None,
+        help="text file (default: austen_emma.txt in $REATTN_DATA, else in shared/data beside the repository)",
     )
     ap.add_argument(
         "--capture-file", default=None, help="keep the captured queries/keys here (reused if present)"

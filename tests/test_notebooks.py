@@ -33,13 +33,12 @@ def _outputs_text(nb) -> str:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_at_small_size(name: str, shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from reattn_llm.lab.notebooks import DATA_ENV, execute_notebook
+    from reattn_llm.lab.notebooks import execute_notebook
 
-    monkeypatch.setenv(DATA_ENV, str(shared_data))
     monkeypatch.setenv("TQDM_DISABLE", "1")
     path = NOTEBOOKS / name
     before = path.read_bytes()
-    nb, seconds, error = execute_notebook(path, size="small", timeout=400)
+    nb, seconds, error = execute_notebook(path, size="small", data=shared_data, timeout=400)
     assert error is None, f"{name} failed after {seconds:.0f} s:\n{error}"
     assert path.read_bytes() == before  # the committed notebook is untouched
     text = _outputs_text(nb)
@@ -49,3 +48,35 @@ def test_notebook_runs_at_small_size(name: str, shared_data: Path, monkeypatch: 
     else:
         assert "73914" in text
     print(f"{name}: {seconds:.1f} s")
+
+
+def test_data_folder_comes_from_the_caller_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reattn_llm.lab.data import DATA_ENV, data_file, data_folder
+
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("x")
+    assert data_folder(default=tmp_path) == tmp_path
+    assert data_file("a.txt", tmp_path) == tmp_path / "texts" / "a.txt"
+    with pytest.raises(FileNotFoundError, match=r"set REATTN_DATA"):
+        data_folder()  # the library knows no repository: no default, no folder
+    with pytest.raises(FileNotFoundError, match=r"does not exist: set REATTN_DATA"):
+        data_folder(default=tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match=r"b\.txt is not in .*set REATTN_DATA"):
+        data_file("b.txt", tmp_path)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    monkeypatch.setenv(DATA_ENV, str(other))
+    assert data_folder(default=tmp_path) == other  # the variable wins over the caller's default
+
+
+def test_lab_holds_no_repository_paths() -> None:
+    """The lab modules take their data folder from the caller: no ``__file__``-relative paths."""
+    import reattn_llm.lab as lab
+
+    folder = Path(lab.__file__).parent
+    for module in sorted(folder.glob("*.py")):
+        source = module.read_text(encoding="utf-8")
+        assert "__file__" not in source and "shared/data" not in source, module.name

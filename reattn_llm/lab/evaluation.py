@@ -2,22 +2,42 @@
 
 * :func:`passkey_prompt` / :func:`passkey_trial`: a five-digit key hidden at a given depth of
   filler text; found when the greedy answer contains it.
-* :func:`perplexity_by_band`: teacher-forced perplexity of a long text, fed in chunks through
-  the model's cache exactly as a prefill would, reported per band of token positions.
+* :func:`token_nll` / :func:`perplexity_by_band`: teacher-forced perplexity of a long text, fed in
+  chunks through the model's cache exactly as a prefill would, reported per band of token positions.
+* :func:`run_perplexity` / :func:`run_passkey_grid`: both measurements once per attention mode (the
+  model patched for each and restored), as ``benchmarks/long_context.py`` and notebook 03 make them.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..method.config import chunk_bounds
-from ..method.patch import make_cache
+from ..method.config import ReAttentionConfig, chunk_bounds
+from ..method.patch import make_cache, model_window, patch
+
+__all__ = [
+    "PasskeyResult",
+    "band_edges",
+    "greedy_continue",
+    "load_default_model",
+    "mode_config",
+    "passkey_prompt",
+    "passkey_trial",
+    "perplexity_by_band",
+    "random_passkey",
+    "run_passkey_grid",
+    "run_perplexity",
+    "token_nll",
+]
 
 _INTRO = (
     "There is an important piece of information hidden inside a lot of irrelevant text. "
@@ -40,11 +60,14 @@ def passkey_prompt(tokenizer: Any, n_tokens: int, depth: float, passkey: str) ->
 
 
 def random_passkey(rng: random.Random) -> str:
+    """A random five-digit key (``10000``-``99999``)."""
     return str(rng.randint(10000, 99999))
 
 
 @dataclass
 class PasskeyResult:
+    """One passkey trial: prompt length in tokens, depth of the key, the key, the greedy answer."""
+
     tokens: int
     depth: float
     passkey: str
@@ -115,3 +138,143 @@ def perplexity_by_band(nll: torch.Tensor, bands: Sequence[tuple[int, int]]) -> d
 
 def _k(n: int) -> str:
     return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+# ---------------------------------------------------------------------------------------------
+# One measurement per attention mode (benchmarks/long_context.py, notebook 03)
+# ---------------------------------------------------------------------------------------------
+
+
+def load_default_model(device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
+    """The embedded default model (SmolLM2-135M-Instruct), unpatched, and its tokenizer."""
+    from ..runtime.models import load_model, resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    return load_model(None, dev, resolve_dtype(dtype, dev))
+
+
+def mode_config(mode: str, **sizes: int) -> ReAttentionConfig:
+    """The config of one attention mode with the given sizes (streaming keeps no spans)."""
+    if mode == "streaming":
+        sizes = {k: v for k, v in sizes.items() if k != "max_spans"}
+    return ReAttentionConfig(mode=mode, **sizes)  # type: ignore[arg-type]
+
+
+def band_edges(window: int, tokens: int) -> list[tuple[int, int]]:
+    """Position bands for perplexity: ``[0, W/4)``, ``[W/4, W)``, then doubling from the window
+    ``W`` (``[W, 2W)``, ``[2W, 4W)``, ...) to the end of a ``tokens``-long text."""
+    bands = [(0, window // 4), (window // 4, window)]
+    a = window
+    while a < tokens - 1:
+        bands.append((a, 2 * a))
+        a *= 2
+    last = bands[-1]
+    bands[-1] = (last[0], 10**12)
+    return bands
+
+
+def _sync(model: Any) -> None:
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+
+
+def run_perplexity(
+    model: Any,
+    tokenizer: Any,
+    text_path: str | os.PathLike[str],
+    *,
+    modes: Sequence[str] = ("full", "streaming", "reattention"),
+    sizes: dict[str, int] | None = None,
+    bands: Sequence[tuple[int, int]] | None = None,
+    max_tokens: int = 0,
+    chunk: int = 1024,
+) -> dict[str, Any]:
+    """Teacher-forced perplexity of the text file ``text_path`` by position band, once per
+    attention mode (the model is patched for each mode and restored afterwards).
+
+    Returns ``{"text", "tokens", "window", "bands": [[a, b], ...], "modes": {mode: {"bands":
+    {name: ppl}, "seconds", "largest_position"}}}``. ``bands`` default: :func:`band_edges` of the
+    model's window (or ``sizes["window"]``).
+    """
+    text = Path(text_path).read_text(encoding="utf-8")
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+    if max_tokens:
+        ids = ids[:, :max_tokens]
+    ids = ids.to(model.device)
+    sizes = dict(sizes or {})
+    window = sizes.get("window") or model_window(model.config)
+    bands = list(bands or band_edges(window, ids.shape[1]))
+    out: dict[str, Any] = {
+        "text": Path(text_path).name,
+        "tokens": int(ids.shape[1]),
+        "window": window,
+        "bands": [list(b) for b in bands],
+        "modes": {},
+    }
+    for mode in modes:
+        handle = patch(model, mode_config(mode, **sizes))
+        try:
+            t0 = time.perf_counter()
+            nll = token_nll(model, ids, chunk)
+            _sync(model)
+            seconds = time.perf_counter() - t0
+            pos = handle.state.largest_position() if handle.state is not None else ids.shape[1] - 1
+        finally:
+            handle.unpatch()
+        out["modes"][mode] = {
+            "bands": perplexity_by_band(nll, bands),
+            "seconds": seconds,
+            "largest_position": pos,
+        }
+    return out
+
+
+def run_passkey_grid(
+    model: Any,
+    tokenizer: Any,
+    *,
+    lengths: Sequence[int],
+    depths: Sequence[float],
+    modes: Sequence[str] = ("full", "streaming", "reattention"),
+    sizes: dict[str, int] | None = None,
+    chunk: int = 1024,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Passkey retrieval for every (mode, length, depth): a random five-digit key hidden at
+    ``depth`` of a ``length``-token prompt, found when the greedy answer contains it.
+
+    Returns ``{"lengths", "depths", "modes": {mode: {"rows": [{length, tokens, depth, passkey,
+    answer, found, seconds}], "largest_position", "seconds"}}}``. Every mode sees the same keys.
+    """
+    sizes = dict(sizes or {})
+    rng = random.Random(seed)
+    keys = {(n, d): random_passkey(rng) for n in lengths for d in depths}
+    out: dict[str, Any] = {"lengths": list(lengths), "depths": list(depths), "modes": {}}
+    for mode in modes:
+        handle = patch(model, mode_config(mode, **sizes))
+        rows = []
+        start = time.perf_counter()
+        try:
+            for n in lengths:
+                for d in depths:
+                    t0 = time.perf_counter()
+                    r = passkey_trial(
+                        model, tokenizer, n, d, keys[(n, d)], chunk=chunk, tail=sizes.get("tail_size", 16)
+                    )
+                    _sync(model)
+                    rows.append(
+                        {
+                            "length": n,
+                            "tokens": r.tokens,
+                            "depth": d,
+                            "passkey": r.passkey,
+                            "answer": r.answer,
+                            "found": r.found,
+                            "seconds": time.perf_counter() - t0,
+                        }
+                    )
+            pos = handle.state.largest_position() if handle.state is not None else max(lengths)
+        finally:
+            handle.unpatch()
+        out["modes"][mode] = {"rows": rows, "largest_position": pos, "seconds": time.perf_counter() - start}
+    return out
