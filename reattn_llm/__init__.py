@@ -29,7 +29,7 @@ _LAZY = {
     "load_document": ".documents",
     "load_documents": ".documents",
     "Document": ".documents",
-    "Engine": ".engine",
+    "Engine": ".runtime.engine",
 }
 
 __all__ = [

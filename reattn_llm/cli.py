@@ -24,7 +24,7 @@ from .errors import (
     ReAttentionError,
     UnsupportedModelError,
 )
-from .method.config import ReAttentionConfig
+from .method.config import ReAttentionConfig, config_options
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DOCUMENT, EXIT_MODEL, EXIT_CAPACITY = 0, 1, 2, 3, 4, 5
 SAMPLE = Path(__file__).parent / "data" / "pride_and_prejudice_1-3.txt"
@@ -40,29 +40,22 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--dtype", default="auto", help="auto | bf16 | fp16 | fp32")
-    g.add_argument("--mode", default="reattention", choices=["reattention", "streaming", "full"])
-    g.add_argument("--backend", default="auto", choices=["auto", "triton", "torch"])
-    g.add_argument("--selection", default="exact", choices=["exact", "two_level"])
-    g.add_argument("--kv-dtype", default="model", choices=["model", "fp8"], help="storage of middle K/V")
-    g.add_argument(
-        "--offload", default="none", choices=["none", "values", "keys_values"], help="keep K/V in host memory"
-    )
-    for name in ("window", "global-size", "local-size", "span-size", "top-k", "max-spans", "chunk-size"):
-        g.add_argument(f"--{name}", type=int, default=None)
+    for option in config_options():  # one flag per ReAttentionConfig field, typed as the field is
+        default = "from the model's window" if option.default is None else option.default
+        says_default = "default" in option.help  # the help names a default of its own
+        g.add_argument(
+            f"--{option.name.replace('_', '-')}",
+            type=option.type,
+            choices=option.choices,
+            default=None,  # unset flags leave the config's own default
+            help=(option.help if says_default else f"{option.help} (default: {default})").replace("%", "%%"),
+        )
 
 
 def _config(a: argparse.Namespace) -> ReAttentionConfig:
-    kw: dict[str, Any] = {
-        "mode": a.mode,
-        "backend": a.backend,
-        "selection": a.selection,
-        "kv_dtype": a.kv_dtype,
-        "offload": a.offload,
-    }
-    for name in ("window", "global_size", "local_size", "span_size", "top_k", "max_spans", "chunk_size"):
-        if getattr(a, name) is not None:
-            kw[name] = getattr(a, name)
-    return ReAttentionConfig(**kw)
+    """The :class:`ReAttentionConfig` of the flags given (the others keep the config's defaults)."""
+    given = {o.name: getattr(a, o.name) for o in config_options() if getattr(a, o.name) is not None}
+    return ReAttentionConfig(**given)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,22 +152,15 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def _answer(engine: Any, prompt: str, max_tokens: int, temperature: float, cite: bool) -> Any:
-    from .runtime.engine import SamplingParams
+    from .runtime.sampling import SamplingParams
 
-    params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature)
-    gen = engine.generate(prompt, params, cite_sources=cite)
+    def show(delta: str) -> None:
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+
     t0 = time.perf_counter()
-    try:
-        while True:
-            try:
-                delta = next(gen)
-            except StopIteration as stop:
-                completion = stop.value
-                break
-            sys.stdout.write(delta)
-            sys.stdout.flush()
-    finally:
-        gen.close()
+    params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature)
+    completion = engine.generate(prompt, params, cite_sources=cite).complete(on_delta=show)
     sys.stdout.write("\n")
     dt = time.perf_counter() - t0
     print(

@@ -37,9 +37,9 @@ def small_config():
 @pytest.fixture(scope="session")
 def shared_engine(small_config):
     """The default model's engine for ``small_config``, weights loaded once for the session."""
-    from reattn_llm.runtime.engine import Engine
+    from reattn_llm.runtime.registry import shared_engine
 
-    return Engine.shared(None, config=small_config, progress=False).load()
+    return shared_engine(None, config=small_config, progress=False).load()
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -95,3 +96,34 @@ def test_ask_without_question_is_usage_error(tmp_path, capsys):
     f = tmp_path / "a.txt"
     f.write_text("hello")
     assert cli.main(["ask", str(f)]) == 2
+
+
+def test_config_flags_are_the_config_fields_with_their_types_and_choices(capsys):
+    from reattn_llm import ReAttentionConfig
+    from reattn_llm.method.config import config_options
+
+    parser = cli.build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for command in ("ask", "info"):
+        actions = {a.dest: a for a in commands.choices[command]._actions}
+        for option in config_options():
+            flag = actions[option.name]
+            assert flag.option_strings == [f"--{option.name.replace('_', '-')}"]
+            assert flag.type is option.type and flag.default is None
+            assert (tuple(flag.choices) if flag.choices else None) == option.choices
+    flags = "--tail-size 0 --candidate-blocks 12 --block-size 64 --selection two_level --offload keys_values --top-k 8"
+    given = parser.parse_args(["ask", "a.txt", "q?", *flags.split()])
+    config = cli._config(given)
+    assert (config.tail_size, config.candidate_blocks, config.block_size) == (0, 12, 64)
+    assert (config.selection, config.offload, config.top_k) == ("two_level", "keys_values", 8)
+    assert cli._config(parser.parse_args(["ask", "a.txt", "q?"])) == ReAttentionConfig()  # unset: defaults
+    with pytest.raises(SystemExit):
+        parser.parse_args(["ask", "a.txt", "q?", "--offload", "gpu"])
+    assert "invalid choice: 'gpu'" in capsys.readouterr().err
+
+
+def test_impossible_option_values_exit_4(tmp_path, capsys):
+    f = tmp_path / "a.txt"
+    f.write_text("hello " * 10)
+    code = cli.main(["ask", str(f), "q?", "--offload", "keys_values", "--device", "cpu"])
+    assert code == 4 and "selection='two_level'" in capsys.readouterr().err

@@ -131,3 +131,28 @@ def test_soak_fifty_questions_memory_flat_answers_stable(small_config, shared_en
     assert answers == [first[i % 2] for i in range(50)]
     assert "70385" in first[0], first  # room 3's code, 8 copies in the document
     assert growth < 0.05, f"resident memory grew {growth:.1%} over 50 questions"
+
+
+def test_half_consumed_sync_stream_does_not_hold_the_engine(llm, serial, shared_engine):
+    """``it = llm.stream(p); next(it); llm.invoke(q)`` in one thread, run with a timeout so that a
+    regression fails instead of hanging (closing the suspended stream then frees the engine)."""
+    streams: list = []
+    answer: list[str] = []
+
+    def one_thread() -> None:
+        stream = llm.stream(QUESTIONS[0])
+        streams.append((stream, next(stream)))
+        answer.append(llm.invoke(QUESTIONS[1]))
+
+    worker = threading.Thread(target=one_thread, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    hung = worker.is_alive()
+    if hung:
+        streams[0][0].close()  # gives the engine back, so the rest of the suite goes on
+        worker.join(timeout=600)
+    assert not hung, "deadlock: a suspended stream held the engine"
+    stream, first = streams[0]
+    assert answer == [serial[1]]
+    assert first + "".join(stream) == serial[0]  # the suspended stream resumes where it stopped
+    assert shared_engine._lock.waiting == 0

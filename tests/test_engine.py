@@ -8,16 +8,17 @@ import pytest
 
 from reattn_llm import ContextTooLongError, ReAttentionConfig
 from reattn_llm.runtime.engine import Engine, SamplingParams
+from reattn_llm.runtime.registry import shared_engine
 
 
 @pytest.fixture(scope="module")
 def engine():
-    return Engine.shared(config=ReAttentionConfig(window=1024), progress=False).load()
+    return shared_engine(config=ReAttentionConfig(window=1024), progress=False).load()
 
 
 def test_construction_is_cheap_and_shared():
-    a = Engine.shared(config=ReAttentionConfig(window=1024), progress=False)
-    b = Engine.shared(config=ReAttentionConfig(window=1024), progress=False)
+    a = shared_engine(config=ReAttentionConfig(window=1024), progress=False)
+    b = shared_engine(config=ReAttentionConfig(window=1024), progress=False)
     assert a is b
     fresh = Engine(model=None, progress=False)
     assert fresh._model is None  # nothing loaded by the constructor
@@ -34,15 +35,12 @@ def test_greedy_answer_and_usage(engine):
 
 
 def test_stream_deltas_concatenate_to_the_completion(engine):
-    gen = engine.generate("Count from one to five in words.", SamplingParams(max_new_tokens=20))
-    deltas = []
-    while True:
-        try:
-            deltas.append(next(gen))
-        except StopIteration as stop:
-            final = stop.value
-            break
+    stream = engine.generate("Count from one to five in words.", SamplingParams(max_new_tokens=20))
+    assert stream.completion is None  # nothing has run yet
+    deltas = list(stream)
+    final = stream.completion
     assert len(deltas) > 1 and "".join(deltas) == final.text
+    assert engine.last is final
 
 
 def test_stop_string_is_honoured_and_not_emitted(engine):
@@ -98,3 +96,12 @@ def test_importing_the_package_does_not_import_a_top_level_kernels_module():
     import reattn_llm.kernels  # noqa: F401
 
     assert "kernels" not in sys.modules
+
+
+def test_text_held_back_for_stop_strings_is_emitted_on_eos(engine):
+    prompt = "List the numbers from 1 to 10, separated by commas."
+    plain = engine.complete(prompt, SamplingParams(max_new_tokens=40))
+    held = engine.complete(prompt, SamplingParams(max_new_tokens=40, stop=["ZZZZZZZZZZ"]))
+    assert plain.finish_reason == "stop" and "10" in plain.text  # the answer ends on EOS
+    assert held.text == plain.text and held.finish_reason == "stop"
+    assert held.completion_tokens == plain.completion_tokens

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import itertools
 import threading
 import time
@@ -72,7 +73,7 @@ def test_construction_is_cheap_and_lazy(monkeypatch):
     def no_engine(*args, **kwargs):
         raise AssertionError("constructing a wrapper must not create an engine")
 
-    monkeypatch.setattr(Engine, "shared", no_engine)
+    monkeypatch.setattr(Engine, "__init__", no_engine)
     for cls in (ChatReAttention, ReAttentionLLM):
         t0 = time.perf_counter()
         model = cls(model="no-such-org/no-such-model", max_new_tokens=7)  # never downloaded
@@ -290,10 +291,20 @@ async def test_cancel_during_prefill_stops_the_engine(chat, shared_engine, monke
 
 
 def test_abandoned_sync_stream_frees_the_engine(chat, shared_engine):
+    from reattn_llm.kv.cache import ReAttentionCache
+
+    def caches() -> int:
+        gc.collect()
+        return sum(isinstance(o, ReAttentionCache) for o in gc.get_objects())
+
+    shared_engine.forget_prefix()
+    before = caches()
     stream = chat.stream("Write a long story about a lighthouse keeper.", max_tokens=200)
     assert next(stream).content
-    assert shared_engine._lock.waiting == 1
+    assert shared_engine._lock.waiting == 0  # suspended between deltas, the stream holds no lock
+    assert caches() == before + 1  # but it owns its cache until it ends
     stream.close()
+    assert caches() == before  # freed, not kept as a prefix
     assert shared_engine._lock.waiting == 0
 
 

@@ -1,13 +1,17 @@
-"""A first-come, first-served lock: requests to one engine run in arrival order."""
+"""Taking turns on one engine: a first-come, first-served lock, and a request's turn on it."""
 
 from __future__ import annotations
 
 import threading
 
 
+class Cancelled(Exception):
+    """Raised inside a request whose caller went away, at its next unit of model work."""
+
+
 class FifoLock:
     """Like ``threading.Lock``, but waiters acquire strictly in the order they asked (tickets),
-    so no request waits longer than the requests ahead of it."""
+    so no holder waits longer than the holders ahead of it."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -35,6 +39,47 @@ class FifoLock:
 
     @property
     def waiting(self) -> int:
-        """Requests queued or running."""
+        """Holders queued or running (0: the engine is idle)."""
         with self._cond:
             return self._next_ticket - self._serving
+
+
+class Turn:
+    """One request's claim on an engine's :class:`FifoLock`.
+
+    ``with turn:`` around each unit of model work (a prefill, a decode step) holds the lock for
+    that unit only, so a stream suspended between its deltas holds nothing. Holds nest: a caller
+    that runs a request to its end without handing control to anyone in between takes the turn once
+    around the whole run, keeping its place in the arrival order; the inner holds then cost nothing.
+    After :meth:`cancel`, the next ``with turn:`` (or :meth:`check`) raises :class:`Cancelled`.
+    A turn belongs to one request, used by one thread at a time.
+    """
+
+    def __init__(self, lock: FifoLock) -> None:
+        self._lock = lock
+        self._depth = 0
+        self._cancelled = threading.Event()
+
+    def __enter__(self) -> Turn:
+        if self._depth == 0:
+            self.check()
+            self._lock.acquire()
+        self._depth += 1
+        if self._cancelled.is_set():
+            self.__exit__()
+            raise Cancelled("the request was cancelled")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self._lock.release()
+
+    def cancel(self) -> None:
+        """Stop the request at its next unit of model work (safe from any thread)."""
+        self._cancelled.set()
+
+    def check(self) -> None:
+        """Raise :class:`Cancelled` if the request was cancelled (called between prefill chunks)."""
+        if self._cancelled.is_set():
+            raise Cancelled("the request was cancelled")

@@ -47,12 +47,36 @@ class Prefix:
         return (lcp // chunk) * chunk
 
 
-def grid_length(total: int, chunk: int, tail: int) -> int:
-    """Prompt tokens prefilled in full regular chunks ``[jc, (j+1)c)`` (see ``chunk_bounds``)."""
-    if total <= chunk:
-        return 0
-    body = total - min(tail, chunk) if tail else total
-    return (body // chunk) * chunk
+class PrefixStore:
+    """The one kept prefix of an engine (the last prompt's K/V), handed from request to request.
+
+    A request :meth:`take` s it (it then owns the cache: no two requests ever share one) and
+    :meth:`keep` s its own prompt's cache when it is done. ``enabled=False`` keeps nothing.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.prefix: Prefix | None = None
+
+    def take(self, ids: list[int], chunk: int) -> tuple[ReAttentionCache | None, int]:
+        """The kept cache cropped to the longest reusable prefix of ``ids`` and that prefix's length
+        (a multiple of ``chunk``), or ``(None, 0)``; the store is empty afterwards either way."""
+        prefix, self.prefix = self.prefix, None
+        n = prefix.reuse_length(ids, chunk) if prefix is not None and self.enabled else 0
+        if prefix is None or n == 0:
+            return None, 0
+        for layer in prefix.cache.layers:
+            layer.crop(n)  # type: ignore[union-attr]
+        return prefix.cache, n
+
+    def keep(self, ids: list[int], cache: ReAttentionCache, reusable: int) -> None:
+        """Keep ``cache`` (holding at least ``ids``), of which ``reusable`` tokens are on the chunk grid."""
+        if self.enabled:
+            self.prefix = Prefix(ids=list(ids), reusable=reusable, cache=cache)
+
+    def forget(self) -> None:
+        """Free the kept K/V."""
+        self.prefix = None
 
 
 def fingerprint(t: torch.Tensor) -> str:

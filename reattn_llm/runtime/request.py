@@ -1,0 +1,61 @@
+"""One request's hold on the model while it is answered.
+
+Requests to one engine interleave: each unit of model work (a prefill, a decode step) takes the
+engine's lock on its own. What the patched model's attention reads and leaves behind for a
+request (its selection recorder for citations, its largest RoPE position) is therefore put in
+place for each unit and taken back after it, never left for the next request to find.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..method.patch import PatchState, SelectionRecorder
+from .fifo import Turn
+
+
+class Request:
+    """``with request:`` around one unit of model work: the request's :class:`~reattn_llm.runtime.fifo.Turn`
+    on the engine, and its own attention state in the patched model (``state``) for that unit.
+
+    Args:
+        turn: the request's turn on the engine's lock.
+        state: the patched model's :class:`~reattn_llm.method.patch.PatchState` (None: unpatched).
+    """
+
+    def __init__(self, turn: Turn, state: PatchState | None) -> None:
+        self.turn = turn
+        self._state = state
+        self._saved: tuple[Any, Any] = (None, None)
+        self.recorder: SelectionRecorder | None = None
+        self.max_position: torch.Tensor | None = None
+
+    def __enter__(self) -> Request:
+        self.turn.__enter__()
+        if self._state is not None:
+            self._saved = (self._state.recorder, self._state.max_position)
+            self._state.recorder, self._state.max_position = self.recorder, self.max_position
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._state is not None:
+            self.max_position = self._state.max_position
+            self._state.recorder, self._state.max_position = self._saved
+        self.turn.__exit__()
+
+    def record_selections(self) -> None:
+        """Count, from now on, how often this request's selections draw on each cache row."""
+        self.recorder = SelectionRecorder()
+
+    def selection_counts(self, rows: int) -> torch.Tensor | None:
+        """``[rows]`` selections per cache row since :meth:`record_selections` (fp32, on the CPU),
+        or None when nothing was recorded."""
+        if self.recorder is None or self.recorder.counts is None:
+            return None
+        return self.recorder.counts[:rows].float().cpu()
+
+    def largest_position(self, default: int) -> int:
+        """The largest RoPE position this request's forwards applied (``default`` if untracked)."""
+        return default if self.max_position is None else int(self.max_position)
