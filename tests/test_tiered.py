@@ -204,5 +204,7 @@ def test_exact_topk_is_one_function_for_dense_and_fp8_readers(monkeypatch, rows,
     ref = scores.topk(min(top_k, hi - lo), dim=-1).indices.sort(-1).values
     for reader in (fp8, dense, TensorKV(keys)):
         assert torch.equal(exact_topk(q, reader, lo, hi, top_k, "torch").sort(-1).values, ref)
-        fallback = two_level_topk(q, reader, top_k, 10**6, 8, "torch", lo, hi)  # every block a candidate
+        fallback = two_level_topk(
+            q, reader, top_k, 10**6, 8, "torch", lo=lo, hi=hi
+        )  # every block a candidate
         assert torch.equal(fallback.sort(-1).values, ref)

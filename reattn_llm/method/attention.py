@@ -47,7 +47,9 @@ def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, bac
     sel = valid = None
     if cfg.max_spans:
         if cfg.selection == "two_level":
-            hits = two_level_topk(q, kv, cfg.top_k, cfg.candidates, cfg.summary_block, backend, g, g + m)  # type: ignore[arg-type]
+            hits = two_level_topk(
+                q, kv, cfg.top_k, cfg.candidates, cfg.summary_block, backend, lo=g, hi=g + m
+            )  # type: ignore[arg-type]
         else:
             hits = kv.score_middle(q, g, g + m, cfg.top_k, backend)  # type: ignore[arg-type]
         sel, valid = select_spans(hits, m, cfg.max_spans, cfg.span_size)  # type: ignore[arg-type]

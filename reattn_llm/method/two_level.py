@@ -93,6 +93,7 @@ def two_level_topk(
     candidate_blocks: int,
     block_size: int,
     backend: str = "torch",
+    *,
     lo: int = 0,
     hi: int | None = None,
 ) -> torch.Tensor:
