@@ -49,8 +49,8 @@ class ReAttentionConfig:
         global_size: G, the first tokens every query always sees (attention sinks).
         local_size: L, the last tokens every query always sees (holds the current chunk).
         span_size: tokens of one selected span, centred on a top-k hit.
-        top_k: hits per (query head, query token) in the position-agnostic scoring, at most
-            ``MAX_TOP_K`` (32, the Triton kernel's limit).
+        top_k: hits per (query head, query token) in the position-agnostic scoring, at most 32
+            (``kernels.MAX_TOP_K``, the Triton kernel's limit).
         max_spans: spans kept per layer per forward (the most-voted hits). 0 = streaming.
         chunk_size: queries per prefill chunk (and per in-layer split of a long forward); <= L.
         tail_size: the last tokens of a prompt (at most this many) form a chunk of their own, so
