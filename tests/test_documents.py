@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
+import os
 import subprocess
 import sys
 import time
+import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -278,8 +282,12 @@ def test_non_utf8_text_falls_back_to_windows_1252(tmp_path: Path) -> None:
 def test_latin1_bytes_undefined_in_cp1252_still_decode(tmp_path: Path) -> None:
     data = b"Ann\xe9e \x81 caf\xe9\n" * 10
     doc = load_document(write(tmp_path / "latin.txt", data))
-    assert doc.metadata["encoding"] == "latin-1"
-    assert doc.text.startswith("Ann\u00e9e  caf\u00e9")  # the C1 control \x81 is stripped
+    assert doc.metadata["encoding"] == "cp1252 (10 undefined bytes replaced)"
+    assert doc.text == "\n".join(["Ann\u00e9e \ufffd caf\u00e9"] * 10)  # \x81 is marked, not dropped
+    assert doc.warnings == [
+        f"{tmp_path / 'latin.txt'}: 10 bytes undefined in Windows-1252 (0x81 at byte 6, 0x81 at byte 19, "
+        "0x81 at byte 32, ...) were replaced with U+FFFD."
+    ]
 
 
 def test_utf8_with_a_few_damaged_bytes_stays_utf8(tmp_path: Path) -> None:
@@ -525,6 +533,10 @@ def test_page_whose_text_cannot_be_read_is_left_empty_with_a_warning(
     assert doc.metadata["unreadable_pages"] == [3]
     assert doc.pages[2].start == doc.pages[2].end
     assert len(doc.pages) == 7
+    assert doc.warnings == [
+        f"{pdfs / 'CAD.pdf'}: the text of page(s) 3 could not be read (damaged PDF); they are left empty "
+        "(page 3: KeyError: '/Font'). Repair the file (e.g. `qpdf in.pdf out.pdf`) to read them."
+    ]
 
 
 def test_every_page_unreadable_is_corrupt(pdfs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -724,3 +736,331 @@ def test_importing_the_loaders_does_not_import_llama_index() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- limits, and what reading lost or changed
+
+
+def flate_stream(data: bytes) -> bytes:
+    compressed = zlib.compress(data, 9)
+    return b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream" % (len(compressed), compressed)
+
+
+def shared_content_pdf(
+    content: bytes,
+    pages: int,
+    *,
+    last: bytes | None = None,
+    font_extra: bytes = b"",
+    more: dict[int, bytes] | None = None,
+) -> bytes:
+    """``pages`` pages that all draw one compressed content stream (object 4); with ``last``, one
+    more page at the end draws ``last`` instead (object 6). Object 5 is free for ``more``."""
+    first = 10
+    count = pages + (last is not None)
+    kids = b" ".join(b"%d 0 R" % (first + i) for i in range(count))
+    objects = {
+        1: b"<< /Type /Catalog /Pages 2 0 R >>",
+        2: b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, count),
+        3: b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica " + font_extra + b">>",
+        4: flate_stream(content),
+    }
+    if last is not None:
+        objects[6] = flate_stream(last)
+    for i in range(count):
+        contents = 6 if last is not None and i == pages else 4
+        objects[first + i] = (
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+            b"/Resources << /Font << /F1 3 0 R >> >> /Contents %d 0 R >>" % contents
+        )
+    objects.update(more or {})
+    return build_pdf(objects)
+
+
+def amplified_pdf(pages: int, codes: int, expand: int = 250) -> bytes:
+    """A few KB of PDF holding ``pages * codes * expand`` characters of text: every page shows
+    ``codes`` bytes ``a`` in a font whose /ToUnicode map turns each into ``expand`` letters X."""
+    cmap = (
+        b"/CIDInit /ProcSet findresource begin 12 dict begin begincmap /CMapName /Amp def\n"
+        b"1 begincodespacerange <00> <FF> endcodespacerange\n"
+        b"1 beginbfchar <61> <" + b"0058" * expand + b"> endbfchar\n"
+        b"endcmap CMapName currentdict /CMap defineresource pop end end\n"
+    )
+    line = b"(" + b"a" * 1000 + b") Tj T*\n"
+    content = b"BT /F1 12 Tf 14 TL 10 780 Td\n" + line * (codes // 1000) + b"ET\n"
+    return shared_content_pdf(content, pages, font_extra=b"/ToUnicode 5 0 R ", more={5: stream(cmap)})
+
+
+def run_limited(code: str, warm_up: Path, limit_mib: int, timeout: float = 120) -> str:
+    """Run ``code`` in a fresh interpreter whose address space may grow by only ``limit_mib`` MiB
+    past what it holds after importing the package and reading the small PDF ``warm_up``;
+    returns its stdout (stderr too when it fails)."""
+    prelude = (
+        "import resource, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "from reattn_llm.documents import load_document\n"
+        f"load_document({str(warm_up)!r})\n"
+        "vm = int(next(l for l in open('/proc/self/status') if l.startswith('VmSize')).split()[1]) * 1024\n"
+        f"resource.setrlimit(resource.RLIMIT_AS, (vm + {limit_mib} * 2**20, resource.RLIM_INFINITY))\n"
+    )
+    env = {**os.environ, "MALLOC_ARENA_MAX": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    return done.stdout + (f"\nrc {done.returncode}\n{done.stderr[-3000:]}" if done.returncode else "")
+
+
+needs_rlimit = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc/self/status are Linux-only"
+)
+
+
+# Item: Windows-1252 text with a byte Windows-1252 leaves undefined.
+
+
+def test_cp1252_with_an_undefined_byte_keeps_its_punctuation(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    line = "\u201cQuoted,\u201d she said \u2014 it costs \u20ac5 \u2013 it\u2019s \u2018fine\u2019\u2026\n"
+    data = (line * 20).encode("cp1252")
+    data = data[:40] + b"\x81" + data[40:]
+    with caplog.at_level(logging.WARNING, logger="reattn_llm.documents"):
+        doc = load_document(write(tmp_path / "legacy.txt", data))
+    assert doc.metadata["encoding"] == "cp1252 (1 undefined byte replaced)"
+    assert doc.text.replace("\ufffd", "", 1) == (line * 20).strip("\n")
+    assert doc.text.count("\ufffd") == 1 and doc.text.index("\ufffd") == 40
+    for kept, per_line in {
+        "\u201c": 1,
+        "\u201d": 1,
+        "\u2014": 1,
+        "\u20ac5": 1,
+        "\u2013": 1,
+        "\u2019": 2,
+        "\u2026": 1,
+    }.items():
+        assert doc.text.count(kept) == 20 * per_line, kept
+    assert doc.warnings == [
+        f"{tmp_path / 'legacy.txt'}: 1 byte undefined in Windows-1252 (0x81 at byte 40) was replaced with U+FFFD."
+    ]
+    assert [
+        r.getMessage() for r in caplog.records if r.name.startswith("reattn_llm.documents")
+    ] == doc.warnings
+
+
+def test_utf8_damage_is_reported_too(tmp_path: Path) -> None:
+    text = "R\u00e9sum\u00e9 \u2014 na\u00efve \u201cquotes\u201d.\n" * 30
+    data = text.encode("utf-8")
+    data = data[:8] + b"\xff" + data[8:67] + b"\xfe" + data[67:]
+    doc = load_document(write(tmp_path / "damaged.txt", data))
+    assert doc.metadata["encoding"] == "utf-8 (invalid bytes replaced)"
+    assert doc.warnings == [
+        f"{tmp_path / 'damaged.txt'}: 2 invalid UTF-8 sequences (0xff at byte 8, 0xfe at byte 68) were "
+        "replaced with U+FFFD."
+    ]
+
+
+# Item: memory bounded while reading a PDF.
+
+
+@needs_rlimit
+def test_failed_pages_do_not_keep_their_parse_alive(tmp_path: Path) -> None:
+    """Eight pages whose content stream (~0.5 MB, 14,000 text operators) fails to parse at its end,
+    then a good page. pypdf's partial parse of one page takes ~20 MiB; the reader keeps only the
+    message of a failed page, so all nine pages are read in 100 MiB (keeping each failure's
+    traceback alive took ~8 x 20 MiB and ran out)."""
+    broken = b"BT /F1 12 Tf 10 10 Td (Hello) Tj ET\n" * 14_000 + b"] Tj\n"
+    path = write(
+        tmp_path / "failing.pdf",
+        shared_content_pdf(broken, 8, last=b"BT /F1 12 Tf 10 10 Td (The last page reads well.) Tj ET"),
+    )
+    warm_up = write(tmp_path / "hello.pdf", one_page_pdf())
+    out = run_limited(
+        f"doc = load_document({str(path)!r})\n"
+        "print(doc.metadata['unreadable_pages'], repr(doc.text[doc.pages[-1].start :]))\n"
+        "print(doc.warnings[0])\n",
+        warm_up,
+        limit_mib=100,
+    )
+    assert out.splitlines()[0] == "[1, 2, 3, 4, 5, 6, 7, 8] 'The last page reads well.'", out
+    assert "page(s) 1, 2, 3, 4, 5, 6, 7, 8 could not be read" in out.splitlines()[1]
+    assert "PdfReadError" in out.splitlines()[1], out
+
+
+@needs_rlimit
+def test_text_past_max_chars_is_refused_before_it_accumulates(tmp_path: Path) -> None:
+    """An 8 KB PDF of 40 pages, 5,000,020 characters each (200 M in all: far past the default
+    max_chars of 20 M). It is refused at page 4 with the message naming the limit, within 200 MiB;
+    accumulating the whole text took several times that and ran out."""
+    from reattn_llm.documents import DEFAULT_MAX_CHARS
+
+    assert DEFAULT_MAX_CHARS == 20_000_000
+    pdf = amplified_pdf(40, 20_000)
+    assert len(pdf) < 10_000
+    path = write(tmp_path / "amplified.pdf", pdf)
+    warm_up = write(tmp_path / "hello.pdf", one_page_pdf())
+    out = run_limited(
+        "from reattn_llm.documents import DocumentTooLargeError\n"
+        "try:\n"
+        f"    load_document({str(path)!r})\n"
+        "except DocumentTooLargeError as error:\n"
+        "    print('refused:', error)\n",
+        warm_up,
+        limit_mib=200,
+    )
+    assert out.startswith(
+        f"refused: {path}: its text passes max_chars=20,000,000 characters at page 4 of 40."
+    ), out
+    assert "max_chars=None" in out and "max_pages=" in out
+
+
+def test_max_chars_refuses_a_page_whose_content_stream_alone_is_larger(tmp_path: Path) -> None:
+    """A page whose content stream is longer than max_chars is refused before pypdf parses it
+    (its parse would take ~40 bytes of memory per byte of content, and seconds)."""
+    from reattn_llm.documents import DocumentTooLargeError
+
+    content = b"BT /F1 12 Tf 10 10 Td (Hello) Tj ET\n" * 100_000  # 3.6 MB
+    path = write(tmp_path / "heavy.pdf", shared_content_pdf(content, 3))
+    start = time.perf_counter()
+    with pytest.raises(DocumentTooLargeError) as info:
+        load_document(path, max_chars=1_000_000)
+    assert time.perf_counter() - start < 2.0  # parsing this page alone takes several seconds
+    assert str(info.value).startswith(
+        f"{path}: the content stream of page 1 holds 3,600,000 characters, more than max_chars=1,000,000."
+    )
+    assert isinstance(info.value, DocumentError)
+
+
+def test_max_chars_counts_the_text_of_a_text_file(tmp_path: Path) -> None:
+    from reattn_llm.documents import DocumentTooLargeError
+
+    path = write(tmp_path / "long.txt", b"word " * 10_000)
+    assert len(load_document(path, max_chars=50_000).text) == 49_999
+    with pytest.raises(DocumentTooLargeError, match=r"holds 49,999 characters, more than max_chars=40,000"):
+        load_document(path, max_chars=40_000)
+    with pytest.raises(DocumentTooLargeError, match=r"holds 1,000,000 bytes, more than 4 x max_chars=100"):
+        load_document(write(tmp_path / "huge.txt", b"x" * 1_000_000), max_chars=100)
+    assert len(load_document(path, max_chars=None).text) == 49_999
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, "10"])
+def test_max_chars_must_be_a_positive_integer(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(ConfigError, match="max_chars"):
+        load_document(write(tmp_path / "a.txt", b"text"), max_chars=bad)  # type: ignore[arg-type]
+
+
+# Item: pypdf's warnings go to logging, and dropped text is reported.
+
+
+def noisy_pdf(count: int) -> bytes:
+    """One page whose content holds ``count`` malformed numbers: pypdf logs one warning each."""
+    return one_page_pdf(b"(Hello) Tj " + b"1.2.3 Tw " * count + b"(world) Tj")
+
+
+def test_pypdf_warnings_never_reach_stderr(tmp_path: Path) -> None:
+    path = write(tmp_path / "noisy.pdf", noisy_pdf(2_000))
+    code = (
+        "from reattn_llm.documents import load_document\n"
+        f"doc = load_document({str(path)!r})\n"
+        "print(doc.metadata['pdf_warnings'])\n"
+        "print(doc.text)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == ["2000", "[Page 1]", "Helloworld"]
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, lines[:5]  # one summary line, not 2,000 (Python's last-resort handler)
+    assert lines[0] == (
+        f"{path}: pypdf reported 2,000 problems while reading it, repaired as it went "
+        "(2,000 x could not convert string to float: b'1.2.3' : FloatObject (b'1.2.3') invalid; use 0.0 "
+        "instead); set logging to DEBUG for 'reattn_llm.documents' to see each."
+    )
+
+
+def test_pypdf_records_go_to_the_package_logger_and_the_logger_is_restored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pypdf_logger = logging.getLogger("pypdf")
+    handlers, propagate = list(pypdf_logger.handlers), pypdf_logger.propagate
+    path = write(tmp_path / "noisy.pdf", noisy_pdf(30))
+    with caplog.at_level(logging.DEBUG, logger="reattn_llm.documents"):
+        doc = load_document(path)
+    ours = [r for r in caplog.records if r.name.startswith("reattn_llm.documents")]
+    theirs = [r for r in caplog.records if r.name.startswith("pypdf")]
+    assert theirs == []  # nothing went the pypdf loggers' own way
+    details = [r for r in ours if r.levelno == logging.DEBUG]
+    assert len(details) == 30
+    assert details[0].getMessage() == (
+        f"{path}: page 1: pypdf: could not convert string to float: b'1.2.3' : FloatObject (b'1.2.3') "
+        "invalid; use 0.0 instead"
+    )
+    assert doc.metadata["pdf_warnings"] == 30
+    assert [r.getMessage() for r in ours if r.levelno == logging.WARNING] == doc.warnings
+    assert len(doc.warnings) == 1 and "pypdf reported 30 problems" in doc.warnings[0]
+    assert pypdf_logger.handlers == handlers and pypdf_logger.propagate is propagate
+    clean = load_document(write(tmp_path / "clean.pdf", one_page_pdf()))
+    assert clean.warnings == [] and "pdf_warnings" not in clean.metadata
+
+
+def test_pypdf_records_of_other_threads_keep_their_way(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While a PDF is read, records that other threads log to pypdf's loggers are left alone."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow(done: int, total: int) -> None:
+        started.set()
+        release.wait(10)
+
+    reading = threading.Thread(
+        target=lambda: load_document(write(tmp_path / "a.pdf", one_page_pdf()), on_page=slow)
+    )
+    with caplog.at_level(logging.WARNING):
+        reading.start()
+        assert started.wait(10)
+        logging.getLogger("pypdf._reader").warning("from another thread")
+        release.set()
+        reading.join(10)
+    assert [r.getMessage() for r in caplog.records if r.name == "pypdf._reader"] == ["from another thread"]
+
+
+def test_text_that_pypdf_drops_is_reported(tmp_path: Path) -> None:
+    """pypdf stops following form XObjects after 5,000 invocations per page: the text they hold is
+    dropped. The reader says so, per page, in a warning and in ``Document.warnings``."""
+    form = stream(
+        b"BT /F1 12 Tf (Form) Tj ET",
+        b"/Type /XObject /Subtype /Form /BBox [0 0 100 100] /Resources << /Font << /F1 3 0 R >> >> ",
+    )
+    page = b"BT /F1 12 Tf (Start) Tj ET\n" + b"/Fm Do\n" * 5_003
+    objects = {
+        1: b"<< /Type /Catalog /Pages 2 0 R >>",
+        2: b"<< /Type /Pages /Count 2 /Kids [6 0 R 7 0 R] >>",
+        3: b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        4: flate_stream(page),
+        5: form,
+        6: b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] /Resources << /Font << /F1 3 0 R >> >> "
+        b"/Contents 8 0 R >>",
+        7: b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] "
+        b"/Resources << /Font << /F1 3 0 R >> /XObject << /Fm 5 0 R >> >> /Contents 4 0 R >>",
+        8: stream(b"BT /F1 12 Tf (Cover) Tj ET"),
+    }
+    path = write(tmp_path / "forms.pdf", build_pdf(objects))
+    with pytest.warns(UserWarning) as caught:
+        doc = load_document(path)
+    assert doc.text.count("Form") == 5_000
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    expected = (
+        f"{path}: pypdf dropped text of page(s) 2: Exceeded 5000 form XObject invocations while extracting "
+        "text; further form content is skipped. To read it, raise pypdf's limit around the call: "
+        "`with pypdf.apply_configuration(xform_maximum_invocations_per_extraction=...): load_document(...)`."
+    )
+    assert messages == [expected]
+    assert doc.warnings == [expected]
+    assert doc.metadata["pdf_warnings"] == 1
+    # The advice holds: pypdf's configuration reaches the thread that reads the PDF.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pypdf.apply_configuration(xform_maximum_invocations_per_extraction=6_000):
+            whole = load_document(path)
+    assert whole.text.count("Form") == 5_003 and whole.warnings == []

@@ -10,11 +10,13 @@ page. :func:`load_documents` joins several files into one :class:`Document`, eac
 Every failure is one of the :class:`~reattn_llm.errors.DocumentError` subclasses, raised before any
 model work, with a message that says what to do. The format is detected by content (the ``%PDF-``
 magic), not by the file name alone. A PDF is read in a worker thread under a wall-clock budget
-(``timeout_s``), so no pathological file can hold the caller for long. This package never imports
-torch, and imports pypdf only when a PDF is actually read.
+(``timeout_s``), so no pathological file can hold the caller for long, and its text may not pass
+``max_chars`` characters, checked as it grows, so no small file can fill the memory. What reading
+lost or changed is listed in :attr:`Document.warnings`. This package never imports torch, and
+imports pypdf only when a PDF is actually read.
 
 Modules: :mod:`.document` (the types), :mod:`.text` (decoding and cleanup of text files),
-:mod:`.pdf` (the PDF reader).
+:mod:`.pdf` (the PDF reader), :mod:`.limits` (``max_chars``), :mod:`.pypdf_log` (pypdf's log).
 """
 
 from __future__ import annotations
@@ -32,13 +34,16 @@ from ..errors import (
     EmptyDocumentError,
 )
 from .document import Document, PageSpan, join_documents
+from .limits import DEFAULT_MAX_CHARS, DocumentTooLargeError, check_max_chars
 from .pdf import DEFAULT_TIMEOUT_S, load_pdf
 from .text import SUPPORTED_FORMATS, clean_text, load_text
 
 __all__ = [
+    "DEFAULT_MAX_CHARS",
     "DEFAULT_TIMEOUT_S",
     "SUPPORTED_FORMATS",
     "Document",
+    "DocumentTooLargeError",
     "PageSpan",
     "clean_text",
     "load_document",
@@ -55,6 +60,7 @@ def load_document(
     password: str | None = None,
     max_pages: int | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_chars: int | None = DEFAULT_MAX_CHARS,
     on_page: Callable[[int, int], None] | None = None,
 ) -> Document:
     """Read a whole PDF or text file into a :class:`Document`.
@@ -66,6 +72,9 @@ def load_document(
         timeout_s: wall-clock budget for reading a PDF; past it the call raises
             :class:`CorruptDocumentError` instead of waiting (the check runs between pages and
             between the operators of a page).
+        max_chars: the most characters of text the document may hold (``None``: no limit). It is
+            checked as the text grows: a PDF page whose content stream alone is longer is refused
+            before it is parsed, and a text file before it is decoded.
         on_page: called as ``on_page(done, total)`` after each PDF page (progress bars).
 
     Raises:
@@ -75,12 +84,18 @@ def load_document(
         EncryptedDocumentError: no or wrong password, or no AES backend (``pip install cryptography``).
         ImageOnlyDocumentError: a PDF without a text layer (scanned pages): it needs OCR first.
         UnsupportedDocumentError: binary data that is neither PDF nor text.
-        ConfigError: ``max_pages`` or ``timeout_s`` is not positive.
+        DocumentTooLargeError: the text passes ``max_chars`` characters.
+        ConfigError: ``max_pages``, ``timeout_s`` or ``max_chars`` is not positive.
 
     A PDF page whose text alone cannot be read (while others can) is left empty, listed in
-    ``metadata["unreadable_pages"]`` and reported with a :class:`UserWarning`.
+    ``metadata["unreadable_pages"]`` and reported with a :class:`UserWarning`, as is text that pypdf
+    dropped (e.g. past its limit of form XObject invocations). What pypdf repaired as it read is
+    counted in ``metadata["pdf_warnings"]`` and summed up in one logged warning; pypdf's own log
+    records go, at DEBUG level, to the ``reattn_llm.documents`` logger and never to stderr. Every
+    such sentence is also in :attr:`Document.warnings`.
     """
     _check_limits(max_pages, timeout_s)
+    check_max_chars(max_chars)
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(
             f"load_document() takes a file path (str or pathlib.Path), not {type(path).__name__}; "
@@ -95,14 +110,20 @@ def load_document(
     if _PDF_MAGIC in data[:_MAGIC_WINDOW]:
         try:
             return load_pdf(
-                data, source, password=password, max_pages=max_pages, timeout_s=timeout_s, on_page=on_page
+                data,
+                source,
+                password=password,
+                max_pages=max_pages,
+                timeout_s=timeout_s,
+                max_chars=max_chars,
+                on_page=on_page,
             )
         except CorruptDocumentError as pdf_error:
             if named_pdf or data.startswith(_PDF_MAGIC):
                 raise
             # "%PDF-" a few lines into a file not named .pdf: maybe a text that talks about PDFs.
             try:
-                return load_text(data, source)
+                return load_text(data, source, max_chars)
             except DocumentError:
                 raise pdf_error from pdf_error.__cause__
     if named_pdf:
@@ -110,7 +131,7 @@ def load_document(
             f"{source} is not a PDF (no %PDF header in its first {_MAGIC_WINDOW} bytes): the file is "
             "damaged or misnamed. Re-download or re-export it; if it is text, rename it to .txt."
         )
-    return load_text(data, source)
+    return load_text(data, source, max_chars)
 
 
 def load_documents(paths: Iterable[str | os.PathLike[str]], **kwargs: Any) -> Document:

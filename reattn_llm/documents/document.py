@@ -31,12 +31,16 @@ class Document:
 
     ``str(doc)`` is ``doc.text``, so ``f"{doc}\\n\\nQuestion?"`` builds a prompt. For PDFs each page
     is preceded by an anchor line ``[Page N]``; plain-text files have no anchors and one span.
+    ``warnings`` holds one sentence for each thing reading lost or changed (pages that could not be
+    read, text the PDF library dropped or repaired, bytes replaced while decoding a text file);
+    it is empty when the text is complete.
     """
 
     text: str
     pages: list[PageSpan]
     source: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         return self.text
@@ -105,7 +109,8 @@ def assemble_pages(page_texts: list[str]) -> tuple[str, list[PageSpan]]:
 def join_documents(documents: list[Document]) -> Document:
     """One :class:`Document` of several, each introduced by a ``=== name ===`` header line.
 
-    Page numbers stay per file and every span carries its file in ``source``.
+    Page numbers stay per file and every span carries its file in ``source``; the warnings of all
+    of them are kept (each names its file).
     """
     parts: list[str] = []
     spans: list[PageSpan] = []
@@ -130,4 +135,5 @@ def join_documents(documents: list[Document]) -> Document:
         "format": formats.pop() if len(formats) == 1 else "mixed",
         "documents": len(documents),
     }
-    return Document("".join(parts), spans, metadata["source"], metadata)
+    notes = [note for document in documents for note in document.warnings]
+    return Document("".join(parts), spans, metadata["source"], metadata, notes)

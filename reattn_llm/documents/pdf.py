@@ -1,14 +1,19 @@
-"""PDFs: text of every page through pypdf, under a wall-clock budget, with clear errors.
+"""PDFs: text of every page through pypdf, under a time and a character budget, with clear errors.
 
 :func:`load_pdf` reads a PDF's bytes in a worker thread (:class:`_Deadline`), page by page; each
 page's text is cleaned by :func:`~reattn_llm.documents.text.clean_text` and introduced by a
-``[Page N]`` anchor. Whatever pypdf raises is translated into a
-:class:`~reattn_llm.errors.DocumentError` that says what to do. pypdf is imported only when a PDF
-is actually read.
+``[Page N]`` anchor. The text may not pass ``max_chars`` (:class:`~.limits.CharBudget`, checked
+before and while a page is read). Whatever pypdf raises is translated into a
+:class:`~reattn_llm.errors.DocumentError` that says what to do; a page that fails alone is left
+empty and only its error's message is kept (not pypdf's partial parse). pypdf's log records go to
+:mod:`~.pypdf_log`; what was lost is said in :attr:`Document.warnings` and a :class:`UserWarning`.
+pypdf is imported only when a PDF is actually read.
 """
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import threading
 import time
 import warnings
@@ -26,6 +31,8 @@ from ..errors import (
     UnsupportedDocumentError,
 )
 from .document import Document, assemble_pages
+from .limits import CharBudget
+from .pypdf_log import PypdfLog, capture
 from .text import clean_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,6 +47,7 @@ DEFAULT_TIMEOUT_S = 120.0
 
 _PASSWORD_HINT = "pass password=... to load_document (or --password on the command line)"
 _OCR_HINT = "run OCR on it first (e.g. `ocrmypdf in.pdf out.pdf`) and load the result"
+_LOGGER = logging.getLogger(__name__)
 
 
 class _Deadline:
@@ -74,12 +82,17 @@ class _Deadline:
         self.check()
 
     def run(self, work: Callable[[], _T]) -> _T:
-        """``work()`` in a daemon thread; its result or exception, or the timeout error when slower."""
+        """``work()`` in a daemon thread; its result or exception, or the timeout error when slower.
+
+        The thread runs in a copy of the caller's context, so that a pypdf configuration the caller
+        applied (``pypdf.apply_configuration``) holds there too.
+        """
         outcome: dict[str, Any] = {}
+        context = contextvars.copy_context()
 
         def target() -> None:
             try:
-                outcome["value"] = work()
+                outcome["value"] = context.run(work)
             except BaseException as error:  # handed to the caller's thread below
                 outcome["error"] = error
 
@@ -99,10 +112,16 @@ class _Deadline:
 
 @dataclass
 class _PdfContent:
-    """What the worker thread reads from a PDF."""
+    """What the worker thread reads from a PDF.
+
+    ``unreadable`` holds ``(page, "Type: message")`` of the pages whose text failed alone, and
+    ``first_error`` the first such exception without its traceback (which would keep pypdf's
+    partial parse of that page alive).
+    """
 
     page_texts: list[str]
-    unreadable: list[tuple[int, Exception]]
+    unreadable: list[tuple[int, str]]
+    first_error: Exception | None
     total_pages: int
     title: str | None
     encrypted: bool
@@ -115,6 +134,7 @@ def load_pdf(
     password: str | None,
     max_pages: int | None,
     timeout_s: float,
+    max_chars: int | None,
     on_page: Callable[[int, int], None] | None = None,
 ) -> Document:
     """The PDF ``data`` (read from ``source``) as a :class:`Document` with one span per page.
@@ -122,8 +142,21 @@ def load_pdf(
     The arguments are those of :func:`~reattn_llm.documents.load_document`, already checked.
     """
     deadline = _Deadline(source, timeout_s)
-    content = deadline.run(lambda: _read_pdf(data, source, password, max_pages, deadline, on_page))
-    _check_has_text(content.page_texts, content.unreadable, source)
+    log = PypdfLog(source)
+
+    def read() -> _PdfContent:
+        with capture(log):
+            return _read_pdf(data, source, password, max_pages, max_chars, deadline, log, on_page)
+
+    content = deadline.run(read)
+    _check_has_text(content, source)
+    notes = _unreadable_notes(content, source) + log.dropped_notes()
+    for note in notes:  # text is missing: the caller should know without configuring logging
+        warnings.warn(note, UserWarning, stacklevel=3)  # warn -> load_pdf -> load_document -> caller
+    repaired = log.repaired_note()
+    if repaired is not None:
+        _LOGGER.warning("%s", repaired)
+        notes.append(repaired)
     text, spans = assemble_pages(content.page_texts)
     metadata: dict[str, Any] = {
         "source": source,
@@ -137,7 +170,9 @@ def load_pdf(
         metadata["encrypted"] = True
     if content.unreadable:
         metadata["unreadable_pages"] = [number for number, _ in content.unreadable]
-    return Document(text, spans, source, metadata)
+    if log.total:
+        metadata["pdf_warnings"] = log.total
+    return Document(text, spans, source, metadata, notes)
 
 
 def _read_pdf(
@@ -145,7 +180,9 @@ def _read_pdf(
     source: str,
     password: str | None,
     max_pages: int | None,
+    max_chars: int | None,
     deadline: _Deadline,
+    log: PypdfLog,
     on_page: Callable[[int, int], None] | None = None,
 ) -> _PdfContent:
     """Open, unlock and extract the PDF (runs in the worker thread)."""
@@ -157,8 +194,10 @@ def _read_pdf(
     if total == 0:
         raise EmptyDocumentError(f"{source} is a PDF with zero pages: there is nothing to read.")
     count = total if max_pages is None else min(total, max_pages)
-    page_texts, unreadable = _extract_pages(reader, count, source, deadline, on_page)
-    return _PdfContent(page_texts, unreadable, total, _pdf_title(reader), reader.is_encrypted)
+    budget = CharBudget(source, max_chars, count)
+    content = _extract_pages(reader, count, source, deadline, budget, log, on_page)
+    content.total_pages, content.title, content.encrypted = total, _pdf_title(reader), reader.is_encrypted
+    return content
 
 
 def _open_pdf(data: bytes, source: str, password: str | None) -> PdfReader:
@@ -208,51 +247,98 @@ def _extract_pages(
     count: int,
     source: str,
     deadline: _Deadline,
+    budget: CharBudget,
+    log: PypdfLog,
     on_page: Callable[[int, int], None] | None = None,
-) -> tuple[list[str], list[tuple[int, Exception]]]:
+) -> _PdfContent:
     """Cleaned text of the first ``count`` pages; a page whose text cannot be read stays empty."""
     texts: list[str] = []
-    unreadable: list[tuple[int, Exception]] = []
+    unreadable: list[tuple[int, str]] = []
+    first_error: Exception | None = None
     for index in range(count):
         deadline.where = f"at page {index + 1} of {count}"
+        log.page = index + 1
+        raw: object = ""
         try:
-            raw = reader.pages[index].extract_text(visitor_operand_before=deadline.visit_operator)
+            page = reader.pages[index]
+            budget.start_page(index + 1, _content_length(page))
+            raw = page.extract_text(
+                visitor_operand_before=deadline.visit_operator, visitor_text=budget.visit_text
+            )
+            budget.check()  # pypdf swallows errors raised inside form XObjects
         except DocumentError:
+            raise
+        except MemoryError:
             raise
         except Exception as error:
             if _is_dependency_error(error):
                 raise _pdf_error(error, source, "cannot be read") from error
-            unreadable.append((index + 1, error))
-            raw = ""
+            unreadable.append((index + 1, f"{type(error).__name__}: {error}"))
+            if first_error is None:
+                first_error = _without_frames(error)
         texts.append(clean_text(raw if isinstance(raw, str) else ""))
+        budget.add_page(len(texts[-1]))
         deadline.check()
         if on_page is not None:
             on_page(index + 1, count)
-    return texts, unreadable
+    log.page = None
+    return _PdfContent(texts, unreadable, first_error, count, None, False)
 
 
-def _check_has_text(page_texts: list[str], unreadable: list[tuple[int, Exception]], source: str) -> None:
-    """Raise if the PDF has no usable text; warn about single pages that could not be read."""
+def _content_length(page: Any) -> int | None:
+    """Bytes in the page's decoded content stream(s), or None when they cannot be read here
+    (extracting the text then reports the damage)."""
+    try:
+        contents = page.get("/Contents")
+        if contents is None:
+            return 0
+        contents = contents.get_object()
+        parts = contents if isinstance(contents, list) else [contents]
+        return sum(len(part.get_object().get_data()) for part in parts)
+    except Exception:
+        return None
+
+
+def _without_frames(error: Exception) -> Exception:
+    """``error`` with the tracebacks of it and of the exceptions it chains dropped (their frames
+    hold pypdf's parse of the page)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+    return error
+
+
+def _check_has_text(content: _PdfContent, source: str) -> None:
+    """Raise if the PDF has no usable text."""
+    page_texts, unreadable = content.page_texts, content.unreadable
     if len(unreadable) == len(page_texts):
-        number, error = unreadable[0]
+        number, detail = unreadable[0]
         raise CorruptDocumentError(
-            f"{source} is damaged: no page's text could be read (page {number}: "
-            f"{type(error).__name__}: {error}). Repair it (e.g. `qpdf in.pdf out.pdf`) or re-export it."
-        ) from error
+            f"{source} is damaged: no page's text could be read (page {number}: {detail}). Repair it "
+            "(e.g. `qpdf in.pdf out.pdf`) or re-export it."
+        ) from content.first_error
     visible = sum(len("".join(page.split())) for page in page_texts)
     if visible < len(page_texts):
         raise ImageOnlyDocumentError(
             f"{source} has {len(page_texts)} page(s) but no text layer (scanned images?): it needs OCR "
             f"first: {_OCR_HINT}."
         )
-    if unreadable:
-        numbers = ", ".join(str(number) for number, _ in unreadable)
-        warnings.warn(
-            f"{source}: the text of page(s) {numbers} could not be read (damaged PDF); they are left "
-            "empty. Repair the file (e.g. `qpdf in.pdf out.pdf`) to read them.",
-            UserWarning,
-            stacklevel=4,  # warn -> _check_has_text -> _load_pdf -> load_document -> the caller
-        )
+
+
+def _unreadable_notes(content: _PdfContent, source: str) -> list[str]:
+    """The sentence about pages whose text could not be read (empty list when there are none)."""
+    if not content.unreadable:
+        return []
+    numbers = ", ".join(str(number) for number, _ in content.unreadable)
+    details = "; ".join(f"page {number}: {detail}" for number, detail in content.unreadable[:3])
+    more = "; ..." if len(content.unreadable) > 3 else ""
+    return [
+        f"{source}: the text of page(s) {numbers} could not be read (damaged PDF); they are left empty "
+        f"({details}{more}). Repair the file (e.g. `qpdf in.pdf out.pdf`) to read them."
+    ]
 
 
 def _pdf_title(reader: PdfReader) -> str | None:

@@ -75,7 +75,7 @@ def excerpt(doc: Document, first_page: int, last_page: int) -> Document:
         out.append(PageSpan(s.number, offset + len(anchor), offset + len(anchor) + len(body), s.source))
         offset += len(anchor) + len(body)
     meta = {**doc.metadata, "pages": len(out), "excerpt": (first_page, last_page)}
-    return Document("".join(parts), out, doc.source, meta)
+    return Document("".join(parts), out, doc.source, meta, list(doc.warnings))
 
 
 def plant_fact(doc: Document, fact: str, page: int, where: float = 0.5) -> Document:
@@ -101,4 +101,5 @@ def plant_fact(doc: Document, fact: str, page: int, where: float = 0.5) -> Docum
         elif s.start >= cut:
             s = dataclasses.replace(s, start=s.start + shift, end=s.end + shift)
         pages.append(s)
-    return Document(text, pages, doc.source, {**doc.metadata, "planted": {"fact": fact, "page": page}})
+    planted = {**doc.metadata, "planted": {"fact": fact, "page": page}}
+    return Document(text, pages, doc.source, planted, list(doc.warnings))
