@@ -19,10 +19,23 @@ def rotate(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor, scale: fl
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
+def expected_query(q: torch.Tensor, lo: int, hi: int, inv_freq: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scoring="expected"``, literally: the mean over distances ``d in [lo, hi)`` of ``q [h, n, D]``
+    rotated to position d."""
+    rotated = [rotate(q.double(), torch.full((q.shape[1],), d), inv_freq, scale) for d in range(lo, hi)]
+    return torch.stack(rotated).mean(0)
+
+
 def literal_selection(
-    q: torch.Tensor, k_mid: torch.Tensor, top_k: int, max_spans: int, span: int
-) -> list[int]:
-    """Middle positions selected for one chunk: ``q [H, Q, D]``, ``k_mid [Hkv, M, D]``."""
+    q: torch.Tensor,
+    k_mid: torch.Tensor,
+    top_k: int,
+    max_spans: int,
+    span: int,
+    pinned: list[int] | None = None,
+) -> tuple[list[int], list[int]]:
+    """Middle positions selected for one chunk, and the hits (span centres) kept:
+    ``q [H, Q, D]``, ``k_mid [Hkv, M, D]``; ``pinned`` centres come first."""
     h_q, n_q, _ = q.shape
     h_kv, m, _ = k_mid.shape
     group = h_q // h_kv
@@ -33,11 +46,12 @@ def literal_selection(
             row = scores[i].tolist()
             best = sorted(range(m), key=lambda j: (-row[j], j))[: min(top_k, m)]
             votes.update(best)
-    hits = sorted(votes, key=lambda c: (-votes[c], c))[:max_spans]
+    first = [c for c in (pinned or []) if c < m]
+    hits = (first + [c for c in sorted(votes, key=lambda c: (-votes[c], c)) if c not in first])[:max_spans]
     chosen: set[int] = set()
     for c in hits:
         chosen.update(range(max(0, c - span // 2), min(m, c - span // 2 + span)))
-    return sorted(chosen)
+    return sorted(chosen), hits
 
 
 def literal_attention(
@@ -48,9 +62,13 @@ def literal_attention(
     inv_freq: torch.Tensor,
     rope_scale: float,
     scaling: float,
+    memory: dict[int, list[int]] | None = None,
 ) -> torch.Tensor:
     """One layer: ``q [B, H, Q, D]`` un-rotated (the last Q of T), ``k, v [B, Hkv, T, D]`` un-rotated
-    -> ``[B, Q, H, D]``, splitting the queries into chunks when beyond ``G + L``."""
+    -> ``[B, Q, H, D]``, splitting the queries into chunks when beyond ``G + L``. ``memory`` (one per
+    layer, kept by the caller across forwards): the hits of the last multi-token chunk per batch row,
+    which a one-token forward keeps first when ``cfg.decode_spans == "question"``."""
+    memory = {} if memory is None else memory
     b_sz, h_q, n_q, _ = q.shape
     h_kv, total = k.shape[1], k.shape[2]
     group = h_q // h_kv
@@ -69,13 +87,20 @@ def literal_attention(
             if seen <= g + loc:
                 idx = list(range(seen))
             else:
-                mid = (
-                    literal_selection(
-                        q[b, :, c0:c1], k[b, :, g : seen - loc], cfg.top_k, cfg.max_spans, cfg.span_size
+                mid: list[int] = []
+                if cfg.max_spans:
+                    qs = q[b, :, c0:c1].double()
+                    if cfg.scoring == "expected":
+                        lo = min(loc, cfg.window - 1)
+                        hi = max(lo + 1, min(loc + cfg.max_spans * cfg.span_size, cfg.window))
+                        qs = expected_query(qs, lo, hi, inv_freq, rope_scale)
+                    one = c1 - c0 == 1
+                    pinned = memory.get(b) if one and cfg.decode_spans == "question" else None
+                    mid, hits = literal_selection(
+                        qs, k[b, :, g : seen - loc], cfg.top_k, cfg.max_spans, cfg.span_size, pinned
                     )
-                    if cfg.max_spans
-                    else []
-                )
+                    if not one:
+                        memory[b] = hits
                 idx = list(range(g)) + [g + j for j in mid] + list(range(seen - loc, seen))
             n = len(idx)
             kk = rotate(k[b][:, idx].double(), torch.arange(n), inv_freq, rope_scale)

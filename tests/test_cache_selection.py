@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 import torch
@@ -69,6 +70,28 @@ def test_select_spans_matches_literal_on_random_hits():
         assert sel.shape[1] == min(max_spans, m) * span
 
 
+def test_pinned_centres_come_before_voted_hits():
+    """Decode steps keep the question's centres: pinned ones are kept whatever the votes, the rest of
+    the slots go to the most voted hits, and pinned entries >= M (empty slots) are ignored."""
+    rng = random.Random(1)
+
+    for _ in range(200):
+        m = rng.randint(2, 150)
+        max_spans, span = rng.randint(1, 8), rng.randint(1, 9)
+        hits = torch.randint(0, m, (1, 2, rng.randint(1, 5), 2))
+        n_pin = rng.randint(0, max_spans)
+        pinned = sorted(rng.sample(range(m), min(n_pin, m)))
+        pin_t = torch.tensor([pinned + [m] * (max_spans - len(pinned))])
+        sel, valid = select_spans(hits, m, max_spans, span, pinned=pin_t)
+        votes = Counter(hits.flatten().tolist())
+        ranked = [c for c in sorted(votes, key=lambda c: (-votes[c], c)) if c not in pinned]
+        kept = (pinned + ranked)[: min(max_spans, m)]
+        chosen = set()
+        for c in kept:
+            chosen.update(range(max(0, c - span // 2), min(m, c - span // 2 + span)))
+        assert sel[0][valid[0]].tolist() == sorted(chosen)
+
+
 def test_vote_ties_go_to_the_earlier_position():
     hits = torch.tensor([[50, 10, 30, 50, 10, 30]])  # three hits, two votes each
     sel, valid = select_spans(hits, 100, 2, 1)
@@ -82,7 +105,7 @@ def test_selection_against_scoring_reference():
     for m in (1, 7, 97, 1025):
         q, k = torch.randn(1, 6, 5, 16), torch.randn(1, 2, m, 16)
         sel, valid = select_spans(score_topk_torch(q, k, 4), m, 5, 8)
-        assert sel[0][valid[0]].tolist() == literal_selection(q[0], k[0], 4, 5, 8)
+        assert sel[0][valid[0]].tolist() == literal_selection(q[0], k[0], 4, 5, 8)[0]
 
 
 @pytest.mark.parametrize("batch", [1, 3])

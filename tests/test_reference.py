@@ -16,8 +16,9 @@ REF_NAME = "reattention_literal_reference"
 def _literal_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     state = module._reattn_state
     rotary = module._ref_rotary
+    memory = module.__dict__.setdefault("_ref_memory", {})
     out = literal_attention(
-        query, key, value, state.config, rotary.inv_freq, rotary.attention_scaling, scaling
+        query, key, value, state.config, rotary.inv_freq, rotary.attention_scaling, scaling, memory
     )
     return out.to(query.dtype), None
 
@@ -41,6 +42,7 @@ def _logits(model, ids, chunk=None):
         )
 
 
+@pytest.mark.parametrize("scoring", ["expected", "raw"])
 @pytest.mark.parametrize(
     "family,heads,kv_heads,head_dim",
     [
@@ -51,9 +53,11 @@ def _logits(model, ids, chunk=None):
         ("qwen2", 6, 2, 128),
     ],
 )
-def test_matches_literal_reference_beyond_window(family, heads, kv_heads, head_dim):
+def test_matches_literal_reference_beyond_window(family, heads, kv_heads, head_dim, scoring):
     model = tiny_model(family, heads=heads, kv_heads=kv_heads, head_dim=head_dim, window=128).double()
-    cfg = ReAttentionConfig(global_size=4, local_size=48, span_size=8, max_spans=6, top_k=3, chunk_size=16)
+    cfg = ReAttentionConfig(
+        global_size=4, local_size=48, span_size=8, max_spans=6, top_k=3, chunk_size=16, scoring=scoring
+    )
     ids = distinct_ids(1, 300, seed=1)
     handle = patch(model, cfg)
     for layer in handle.state.layers:
@@ -80,5 +84,42 @@ def test_chunked_prefill_matches_reference_in_batch_of_two():
     fast = _logits(model, ids, chunk=40)
     model.config._attn_implementation = REF_NAME
     ref = _logits(model, ids, chunk=40)
+    handle.unpatch()
+    assert (fast - ref).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("decode_spans", ["question", "own"])
+def test_decode_steps_match_reference_with_question_spans(decode_spans):
+    """A prefill then one-token decode steps: with ``decode_spans="question"`` every step keeps the
+    centres the last prefill chunk chose (the literal reference keeps them in its own memory)."""
+    model = tiny_model("llama", heads=6, kv_heads=2, head_dim=64, window=128, seed=5).double()
+    cfg = ReAttentionConfig(
+        global_size=4,
+        local_size=32,
+        span_size=4,
+        max_spans=4,
+        top_k=2,
+        chunk_size=16,
+        decode_spans=decode_spans,
+    )
+    ids = distinct_ids(1, 230, seed=7)
+    handle = patch(model, cfg)
+    for layer in handle.state.layers:
+        layer._ref_rotary = model.model.rotary_emb
+
+    def run() -> torch.Tensor:
+        from reattn_llm import ReAttentionCache
+
+        cache = ReAttentionCache(model.config.num_hidden_layers)
+        with torch.no_grad():
+            out = [model(ids[:, :200], past_key_values=cache).logits[:, -1:]]
+            out += [model(ids[:, t : t + 1], past_key_values=cache).logits for t in range(200, 230)]
+        return torch.cat(out, 1)
+
+    fast = run()
+    model.config._attn_implementation = REF_NAME
+    for layer in handle.state.layers:
+        layer.__dict__.pop("_ref_memory", None)
+    ref = run()
     handle.unpatch()
     assert (fast - ref).abs().max().item() < 1e-5

@@ -136,6 +136,7 @@ class DenseLayer(_DenseReads, KVLayer):
         self._k = self._v = None
         self.is_initialized = False
         self.summaries.clear()
+        self.pinned = None
         self._sync_views()
 
     def crop(self, tokens_to_remove: int) -> None:
@@ -146,6 +147,7 @@ class DenseLayer(_DenseReads, KVLayer):
         """The batch entries were re-ordered or repeated: new buffers, no summaries."""
         self._k, self._v = k, v
         self.summaries.clear()
+        self.pinned = None
         self._sync_views()
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:

@@ -36,6 +36,9 @@ class KVReader(ABC):
     """Reads one layer's ``length`` rows of un-rotated keys ``[B, Hkv, T, D]`` and values."""
 
     length: int
+    #: ``[B, P]`` int64 span centres (middle positions) that the last multi-token forward selected,
+    #: kept by a cache layer for the decode steps that follow (opaque to the storage).
+    pinned: torch.Tensor | None = None
 
     @property
     def key_block_rows(self) -> int:
@@ -171,3 +174,4 @@ class KVLayer(CacheLayerMixin, KVReader):
         )
         self.length = max(0, new_len)
         self.summaries.truncate(self.length)
+        self.pinned = None

@@ -224,6 +224,7 @@ class TieredLayer(KVLayer):
         self._hot = []
         self.is_initialized = False
         self.summaries.clear()
+        self.pinned = None
         self._sync_views()
 
     def crop(self, tokens_to_remove: int) -> None:

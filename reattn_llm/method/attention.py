@@ -21,7 +21,8 @@ from ..kernels import resolve_backend, scope_attention
 from ..kv.cache import layer_reader
 from ..kv.layer import KVReader
 from .config import chunk_bounds
-from .selection import Scope, build_scope, full_scope, select_spans
+from .rope import rotate_expected
+from .selection import Scope, build_scope, expand_spans, full_scope, select_centres
 from .state import PatchState
 from .two_level import two_level_topk
 
@@ -46,13 +47,22 @@ def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, bac
     m = total - g - loc  # type: ignore[operator]
     sel = valid = None
     if cfg.max_spans:
+        spans = cfg.max_spans * cfg.span_size  # type: ignore[operator]
+        qs = q
+        if cfg.scoring == "expected":  # the logit a key gets at the distances a span takes in scope
+            qs = rotate_expected(q, *state.rope.expected(loc, loc + spans, q.device))  # type: ignore[operator]
         if cfg.selection == "two_level":
             hits = two_level_topk(
-                q, kv, cfg.top_k, cfg.candidates, cfg.summary_block, backend, lo=g, hi=g + m
+                qs, kv, cfg.top_k, cfg.candidates, cfg.summary_block, backend, lo=g, hi=g + m
             )  # type: ignore[arg-type]
         else:
-            hits = kv.score_middle(q, g, g + m, cfg.top_k, backend)  # type: ignore[arg-type]
-        sel, valid = select_spans(hits, m, cfg.max_spans, cfg.span_size)  # type: ignore[arg-type]
+            hits = kv.score_middle(qs, g, g + m, cfg.top_k, backend)  # type: ignore[arg-type]
+        # A decode step keeps the centres its prompt's last forward (the question) chose, then its own.
+        pinned = kv.pinned if qc == 1 and cfg.decode_spans == "question" else None
+        centres = select_centres(hits, m, cfg.max_spans, pinned)  # type: ignore[arg-type]
+        if qc > 1:
+            kv.pinned = centres
+        sel, valid = expand_spans(centres, m, cfg.span_size)  # type: ignore[arg-type]
     scope = build_scope(sel, valid, total, qc, g, loc, b, q.device)  # type: ignore[arg-type]
     if state.recorder is not None and scope.middle is not None:
         state.recorder.add(scope.middle, scope.middle_valid, total)

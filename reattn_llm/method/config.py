@@ -23,6 +23,8 @@ Backend = Literal["auto", "triton", "torch"]
 Selection = Literal["exact", "two_level"]
 KVDtype = Literal["model", "fp8"]
 Offload = Literal["none", "values", "keys_values"]
+Scoring = Literal["expected", "raw"]
+DecodeSpans = Literal["question", "own"]
 
 PAPER_SCOPE = 8192
 PAPER_GLOBAL = 32
@@ -38,6 +40,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "selection": get_args(Selection),
     "kv_dtype": get_args(KVDtype),
     "offload": get_args(Offload),
+    "scoring": get_args(Scoring),
+    "decode_spans": get_args(DecodeSpans),
 }
 
 
@@ -58,6 +62,18 @@ class ReAttentionConfig:
             by the end of the document before it. 0 turns this off.
         window: the trained context W that positions must stay under; default: the model's
             ``max_position_embeddings``.
+        effective_window: the longest context the model reads well (its own in-window accuracy
+            holds), which sizes the scope: G + max_spans * span + L <= min(window, effective_window),
+            L half of it. Default: 8192, the paper's scope; the engine fills in a model's measured
+            value (``reattn calibrate``; the embedded default ships its own) unless sizes are given.
+        scoring: how middle keys are ranked: ``"expected"`` (default) scores ``q' . k`` with the
+            query rotated by RoPE averaged over the distances a selected span takes in the scope
+            (``L`` to ``L + max_spans * span``), so the score estimates the logit the key will get
+            there and RoPE's fast-turning dimensions stop deciding; ``"raw"``, the paper's ``q . k``
+            of un-rotated vectors (the distance-0 logit).
+        decode_spans: ``"question"`` (default) keeps the span centres that the prompt's last
+            forward (the question) selected in every decode step's selection, before the step's
+            own hits; ``"own"``: each decode step selects alone (the paper).
         mode: ``"reattention"``; ``"streaming"`` (global + local only, StreamingLLM);
             ``"full"`` (the stock model, full attention: the baseline).
         backend: kernels: ``"auto"`` (Triton on CUDA, torch on CPU), ``"triton"`` or ``"torch"``.
@@ -95,6 +111,9 @@ class ReAttentionConfig:
     block_size: int | None = None
     kv_dtype: KVDtype = "model"
     offload: Offload = "none"
+    effective_window: int | None = None
+    scoring: Scoring = "expected"
+    decode_spans: DecodeSpans = "question"
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
@@ -118,7 +137,15 @@ class ReAttentionConfig:
                     f"{name}={value!r}: must be a positive integer (or None for the default), used by "
                     "selection='two_level'."
                 )
-        for name in ("global_size", "local_size", "span_size", "top_k", "chunk_size", "window"):
+        for name in (
+            "global_size",
+            "local_size",
+            "span_size",
+            "top_k",
+            "chunk_size",
+            "window",
+            "effective_window",
+        ):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"{name}={value!r}: must be a positive integer.")
@@ -155,6 +182,12 @@ class ReAttentionConfig:
         return self.global_size + self.max_spans * self.span_size + self.local_size  # type: ignore[operator]
 
     @property
+    def sizes_given(self) -> bool:
+        """True when the user set any size of the scope (the engine then keeps them as given)."""
+        names = ("global_size", "local_size", "span_size", "max_spans", "effective_window")
+        return any(getattr(self, n) is not None for n in names)
+
+    @property
     def summary_block(self) -> int:
         """Keys per summarised block of two-level selection: ``block_size``, else ``span_size``."""
         if self.block_size is not None:
@@ -185,7 +218,9 @@ class ReAttentionConfig:
                 f"window={window!r}: give ReAttentionConfig(window=...) the model's trained context length "
                 "(at least 8 tokens)."
             )
-        scope = min(window, PAPER_SCOPE)
+        if self.effective_window is not None and self.effective_window < 8:
+            raise ConfigError(f"effective_window={self.effective_window}: must be at least 8 tokens.")
+        scope = min(window, self.effective_window or PAPER_SCOPE)
         g = self.global_size if self.global_size is not None else min(PAPER_GLOBAL, max(1, scope // 16))
         span = self.span_size if self.span_size is not None else min(PAPER_SPAN, max(1, scope // 16))
         local = self.local_size if self.local_size is not None else scope // 2
@@ -237,6 +272,22 @@ def chunk_bounds(total: int, chunk: int, tail: int) -> list[tuple[int, int]]:
     if tail:
         bounds.append((body, total))
     return bounds
+
+
+def prefill_bounds(
+    total: int, chunk: int, tail: int, question_start: int | None = None
+) -> list[tuple[int, int]]:
+    """Prefill chunks of a ``total``-token prompt. Without ``question_start``: :func:`chunk_bounds`.
+    With it, the document ``[0, question_start)`` is cut on the regular grid from 0 (its last chunk
+    may be short) and the question ``[question_start, total)`` is prefilled on its own (split by
+    :func:`chunk_bounds` if longer than a chunk), so the selection that feeds the first answer token
+    is voted by the question alone, and the document's K/V do not depend on the question."""
+    if question_start is None or not 0 < question_start < total:
+        return chunk_bounds(total, chunk, tail)
+    doc = [(s, min(s + chunk, question_start)) for s in range(0, question_start, chunk)]
+    return doc + [
+        (question_start + s, question_start + e) for s, e in chunk_bounds(total - question_start, chunk, 0)
+    ]
 
 
 def reusable_length(total: int, chunk: int, tail: int = 0) -> int:

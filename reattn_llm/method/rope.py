@@ -72,3 +72,35 @@ class RopeTable:
             table = (cos[0].to(dtype), sin[0].to(dtype))
             self._tables[key] = table
         return table
+
+    def expected(self, lo: int, hi: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(E[cos], E[sin])``, each ``[R]`` fp32: the RoPE table averaged over distances ``[lo, hi)``
+        (cut at the window), for :func:`rotate_expected`."""
+        key = ("expected", lo, hi, device)
+        table = self._tables.get(key)  # type: ignore[call-overload]
+        if table is None:
+            cos, sin = self.get(device, torch.float32)
+            lo = max(0, min(lo, self.window - 1))
+            hi = max(lo + 1, min(hi, self.window))
+            table = (cos[lo:hi].mean(0), sin[lo:hi].mean(0))
+            self._tables[key] = table  # type: ignore[index]
+        return table
+
+
+def rotate_expected(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``q [B, H, Q, D]`` rotated by an averaged RoPE ``cos, sin [R]`` (rotate-half layout, ``R <= D``;
+    partial rotary keeps ``q[..., R:]``), in ``q``'s dtype.
+
+    ``R(d) q . k`` is the logit of a query ``d`` positions after the key; averaging ``R(d)`` over the
+    distances a selected span takes in the scope gives one query whose dot product with an un-rotated
+    key is that logit's mean over those distances: RoPE's fast-turning dimension pairs average out,
+    the slow ones, which carry content over long distances, stay."""
+    r = cos.shape[-1]
+    qf = q.float()
+    qr, rest = qf[..., :r], qf[..., r:]
+    half = r // 2
+    turned = torch.cat((-qr[..., half:], qr[..., :half]), dim=-1)
+    out = qr * cos + turned * sin
+    if rest.shape[-1]:
+        out = torch.cat((out, rest), dim=-1)
+    return out.to(q.dtype)

