@@ -122,9 +122,9 @@ class _PdfContent:
     page_texts: list[str]
     unreadable: list[tuple[int, str]]
     first_error: Exception | None
-    total_pages: int
-    title: str | None
-    encrypted: bool
+    total_pages: int = 0
+    title: str | None = None
+    encrypted: bool = False
 
 
 def load_pdf(
@@ -266,9 +266,7 @@ def _extract_pages(
                 visitor_operand_before=deadline.visit_operator, visitor_text=budget.visit_text
             )
             budget.check()  # pypdf swallows errors raised inside form XObjects
-        except DocumentError:
-            raise
-        except MemoryError:
+        except (DocumentError, MemoryError):
             raise
         except Exception as error:
             if _is_dependency_error(error):
@@ -282,7 +280,7 @@ def _extract_pages(
         if on_page is not None:
             on_page(index + 1, count)
     log.page = None
-    return _PdfContent(texts, unreadable, first_error, count, None, False)
+    return _PdfContent(texts, unreadable, first_error)
 
 
 def _content_length(page: Any) -> int | None:
