@@ -249,6 +249,19 @@ def _generate_task(
 
 
 # -- running (GPU or CPU, reattn-llm only) --------------------------------------------------------
+def question_start(tokenizer: Any, prompt: str, answer_prefix: str) -> int | None:
+    """Character offset of the user turn's last line (RULER's question) in a templated ``prompt``:
+    the engine prefills from there as the question's own chunk."""
+    probe = "\x01"
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": probe}], tokenize=False, add_generation_prompt=True
+    )
+    suffix = chat[chat.index(probe) + 1 :]
+    user_end = len(prompt) - len(answer_prefix) - len(suffix)
+    cut = prompt.rfind("\n", 0, user_end)
+    return cut + 1 if cut > 0 else None
+
+
 def _read_samples(data: Path, tasks: list[str] | None) -> list[dict[str, Any]]:
     recs = []
     for path in sorted(data.glob("*.jsonl.xz")):
@@ -298,7 +311,8 @@ def run(args: argparse.Namespace) -> None:
                 continue
             params = SamplingParams(max_new_tokens=r["max_new_tokens"], stop=["\n"])
             t0 = time.perf_counter()
-            c = engine.complete(r["prompt"], params, chat=False)
+            qs = question_start(engine.tokenizer, r["prompt"], r["answer_prefix"]) if args.question else None
+            c = engine.complete(r["prompt"], params, chat=False, question_start=qs)
             rec = {"task": r["task"], "length": r["length"], "index": r["index"], "mode": mode,
                    "label": args.label or mode, "config": overrides, "pred": c.text, "outputs": r["outputs"],
                    "kind": r["kind"], "tokens": c.prompt_tokens, "seconds": time.perf_counter() - t0,
@@ -359,6 +373,12 @@ def main() -> None:
     r.add_argument("--model", default=None)
     r.add_argument("--device", default="auto")
     r.add_argument("--dtype", default="auto")
+    r.add_argument(
+        "--no-question",
+        dest="question",
+        action="store_false",
+        help="no question boundary: the config's tail rule decides the last chunk",
+    )
     r.add_argument("--stock-max", type=int, default=0, help="longest prompt for stock (default: the window)")
     r.add_argument("--out", required=True)
     s = sub.add_parser("score", help="RULER's metrics over prediction files")

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ContextTooLongError
 from ..kv.storage import KVStorage
 from ..method.config import ReAttentionConfig
 
@@ -171,3 +172,14 @@ def estimate_capacity_split(
     max_tokens = min(max_tokens, _host_token_limit(model_config, dtype, config, 0))
     names = ", ".join(f"{d} ({n} layers)" for d, n in counts.items())
     return Capacity(max_tokens, per_tok, sum(avail.values()), 0, reserve * len(counts), names)
+
+
+def check_fits(cap: Capacity, prompt_tokens: int, max_new_tokens: int, device: Any) -> None:
+    """Raise :class:`~reattn_llm.errors.ContextTooLongError` when a prompt and its answer exceed ``cap``."""
+    need = prompt_tokens + max_new_tokens
+    if need > cap.max_tokens:
+        raise ContextTooLongError(
+            f"The prompt has {prompt_tokens} tokens (+{max_new_tokens} to generate = {need}), but this model "
+            f"holds at most {cap.max_tokens} tokens on {device} ({cap.explain()}). Shorten the document, "
+            "lower max_new_tokens, or use a device with more memory."
+        )

@@ -16,22 +16,21 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-import traceback
 from collections.abc import Callable, Generator
 from typing import Any
 
 import torch
 
-from ..errors import ContextTooLongError, OutOfMemoryError
 from ..kv.cache import ReAttentionCache
 from ..kv.storage import KVStorage
-from ..method.config import ReAttentionConfig, chunk_bounds, reusable_length
+from ..method.config import ReAttentionConfig, prefill_bounds, reusable_length
 from ..method.patch import PatchHandle, make_cache, model_window, patch
-from .capacity import Capacity, estimate_capacity, estimate_capacity_split
+from .capacity import Capacity, check_fits, estimate_capacity, estimate_capacity_split
 from .citations import cite
 from .fifo import FifoLock, Turn
 from .models import (
     DEFAULT_MODEL,
+    effective_window,
     is_default,
     load_config,
     load_model,
@@ -40,7 +39,8 @@ from .models import (
     resolve_dtype,
 )
 from .prefix import PrefixStore, load_prefix, save_prefix
-from .request import Request
+from .prompts import QuestionStart, encode_prompt
+from .request import Request, freed_after_oom
 from .sampling import AnswerText, SamplingParams, eos_ids, sample
 from .stream import Completion, Stream
 
@@ -115,7 +115,11 @@ class Engine:
     def config(self) -> ReAttentionConfig:
         """The resolved ReAttention config (reads only the model's config, not its weights)."""
         if self._config is None:
-            self._config = self.user_config.resolve(model_window(load_config(self.model_id)))
+            cfg = self.user_config
+            measured = effective_window(self.model_id)
+            if measured is not None and not cfg.sizes_given:  # sized to what the model reads well
+                cfg = dataclasses.replace(cfg, effective_window=measured)
+            self._config = cfg.resolve(model_window(load_config(self.model_id)))
         return self._config
 
     @property
@@ -141,14 +145,8 @@ class Engine:
     def encode(self, prompt: str | list[dict[str, str]], chat: bool = True) -> tuple[list[int], str]:
         """Token ids and the exact text they encode: a chat template is applied to message
         lists, and to a plain string when ``chat`` is true and the tokenizer has one."""
-        tok = self.tokenizer
-        if isinstance(prompt, list) or (chat and getattr(tok, "chat_template", None)):
-            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        else:
-            text = prompt
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        return list(ids), text
+        enc = encode_prompt(self.tokenizer, prompt, chat, question_start=None)
+        return enc.ids, enc.text
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` under this model's tokenizer (no template)."""
@@ -171,14 +169,7 @@ class Engine:
 
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         """Raise :class:`ContextTooLongError` before any prefill if the request cannot fit."""
-        cap = self.capacity()
-        need = prompt_tokens + max_new_tokens
-        if need > cap.max_tokens:
-            raise ContextTooLongError(
-                f"The prompt has {prompt_tokens} tokens (+{max_new_tokens} to generate = {need}), but this model "
-                f"holds at most {cap.max_tokens} tokens on {self.device} ({cap.explain()}). Shorten the document, "
-                "lower max_new_tokens, or use a device with more memory."
-            )
+        check_fits(self.capacity(), prompt_tokens, max_new_tokens, self.device)
 
     # -- the loop ------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -189,9 +180,12 @@ class Engine:
         on_progress: ProgressFn | None = None,
         start: int = 0,
         tail: int | None = None,
+        question: int | None = None,
     ) -> torch.Tensor:
         """Feed ``ids [1, T]`` from ``start`` (a multiple of the chunk: the cache already holds
-        ``ids[:, :start]``) in chunks of ``chunk_size``, the last ``tail_size`` tokens apart;
+        ``ids[:, :start]``) in chunks of ``chunk_size``: with ``question`` (the token where the
+        question starts, >= ``start``) the document on the grid and the question as its own chunk,
+        else the last ``tail_size`` tokens apart (:func:`~reattn_llm.method.config.prefill_bounds`);
         return the last logits ``[1, V]``."""
         total = ids.shape[1]
         tail = self.config.tail_size if tail is None else tail
@@ -200,7 +194,8 @@ class Engine:
         logits = None
         self.last_prefill_tokens = total - start
         try:
-            for s, e in chunk_bounds(total - start, self.prefill_chunk, tail):
+            q = None if question is None else question - start
+            for s, e in prefill_bounds(total - start, self.prefill_chunk, tail, q):
                 piece = ids[:, start + s : start + e]
                 out = self.model(input_ids=piece, past_key_values=cache, use_cache=True, logits_to_keep=1)
                 logits = out.logits[:, -1].to(self.device)  # from the last layer's device (device_map)
@@ -211,7 +206,7 @@ class Engine:
         finally:
             if bar is not None:
                 bar.close()
-        assert logits is not None  # total >= 1 is checked by generate()
+        assert logits is not None  # an empty prompt is refused before any prefill
         return logits
 
     @torch.inference_mode()
@@ -229,14 +224,18 @@ class Engine:
         chat: bool = True,
         cite_sources: bool = False,
         on_progress: ProgressFn | None = None,
+        question_start: QuestionStart = "auto",
     ) -> Stream:
         """The answer to ``prompt`` as a :class:`Stream` of text deltas ending in a :class:`Completion`
         (also kept as :attr:`last`). Nothing runs until the stream is read; a prompt that cannot
         fit raises :class:`ContextTooLongError` then, before any prefill. ``cite_sources`` records
-        which prompt tokens the answer's selections drew on (``Completion.citations``)."""
+        which prompt tokens the answer's selections drew on (``Completion.citations``).
+        ``question_start``: where the question begins (:mod:`~reattn_llm.runtime.prompts`; by
+        default the last line of the last user turn), prefilled as a chunk of its own."""
         turn = Turn(self._lock)
         params = params or SamplingParams()
-        return Stream(self._answer(prompt, params, chat, cite_sources, on_progress, turn), turn)
+        answer = self._answer(prompt, params, chat, cite_sources, on_progress, turn, question_start)
+        return Stream(answer, turn)
 
     def _answer(
         self,
@@ -246,8 +245,12 @@ class Engine:
         cite_sources: bool,
         on_progress: ProgressFn | None,
         turn: Turn,
+        question_start: QuestionStart = "auto",
     ) -> Generator[str, None, Completion]:
-        ids, text = self.encode(prompt, chat=chat)
+        enc = encode_prompt(
+            self.tokenizer, prompt, chat, question_start, max_question_tokens=self.prefill_chunk
+        )
+        ids, text, question = enc.ids, enc.text, enc.question
         if not ids:
             raise ValueError("The prompt is empty: give the model some text to read.")
         self.check_fits(len(ids), params.max_new_tokens)
@@ -270,7 +273,11 @@ class Engine:
             t0 = time.perf_counter()
             with request:
                 cache, start = self._cache_for(ids, len(ids) + params.max_new_tokens)
-                logits = self.prefill(torch.tensor([ids], device=self.device), cache, progress, start=start)
+                if question is not None and start > question:
+                    question = None  # a kept prefix reaches into this question: the tail rule instead
+                logits = self.prefill(
+                    torch.tensor([ids], device=self.device), cache, progress, start=start, question=question
+                )
             t1 = time.perf_counter()
             if cite_sources:
                 request.record_selections()  # the answer's selections only, not the prompt's
@@ -292,23 +299,15 @@ class Engine:
             rest = answer.flush()  # the tail held back for stop strings, after EOS or the budget
             t2 = time.perf_counter()
             with turn:
-                self.prefixes.keep(
-                    ids, cache, reusable_length(len(ids), self.prefill_chunk, self.config.tail_size)
-                )
+                doc = (question, 0) if question is not None else (len(ids), self.config.tail_size)
+                self.prefixes.keep(ids, cache, reusable_length(doc[0], self.prefill_chunk, doc[1]))
             cache = None
             if rest:
                 yield rest
         except torch.OutOfMemoryError as e:
             cache = None
             self.prefixes.forget()
-            if e.__traceback__ is not None and e.__traceback__.tb_next is not None:
-                traceback.clear_frames(e.__traceback__.tb_next)  # frames below still hold the cache
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            raise OutOfMemoryError(
-                f"Ran out of memory with {len(ids)} prompt tokens on {self.device}; the request's cache was freed. "
-                "Use a shorter document, a smaller local_size/chunk_size, or a device with more memory."
-            ) from e
+            raise freed_after_oom(e, len(ids), self.device) from e
         finally:
             cache = None  # a kept prefix holds its own reference
         counts = request.selection_counts(len(ids))

@@ -39,6 +39,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("REATTN_LLM_CACHE") or Path.home() / ".cache" / "reattn-llm")
 
 
+#: The embedded default's effective window: the longest context it reads natural-prose needles in
+#: (RULER niah_single_2 on the H200, BENCHMARKS.md: stock 9/10 at 4K, 6/10 at 8K; ReAttention at
+#: 32K 9/10 with a 2K scope, 4/10 with 4K, 3/10 with 8K).
+DEFAULT_EFFECTIVE_WINDOW = 2048
+
+
+def effective_window(model: str | None) -> int | None:
+    """The measured effective window of ``model`` (:data:`DEFAULT_EFFECTIVE_WINDOW` for the embedded
+    default), or None when it has not been measured (the scope then keeps the paper's sizes)."""
+    return DEFAULT_EFFECTIVE_WINDOW if is_default(model) else None
+
+
 def is_default(model: str | None) -> bool:
     return model is None or model.lower() in _DEFAULT_ALIASES
 

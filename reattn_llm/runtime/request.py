@@ -8,11 +8,13 @@ place for each unit and taken back after it, never left for the next request to 
 
 from __future__ import annotations
 
+import traceback
 from typing import Any
 
 import torch
 
-from ..method.patch import PatchState, SelectionRecorder
+from ..errors import OutOfMemoryError
+from ..method.state import PatchState, SelectionRecorder
 from .fifo import Turn
 
 
@@ -59,3 +61,19 @@ class Request:
     def largest_position(self, default: int) -> int:
         """The largest RoPE position this request's forwards applied (``default`` if untracked)."""
         return default if self.max_position is None else int(self.max_position)
+
+
+def freed_after_oom(
+    error: torch.OutOfMemoryError, prompt_tokens: int, device: torch.device
+) -> OutOfMemoryError:
+    """The package's :class:`~reattn_llm.errors.OutOfMemoryError` for a request whose cache was just
+    dropped: the frames below the handler (which still hold the cache) are cleared and the CUDA
+    allocator's cache emptied, so the next request starts with the memory back."""
+    if error.__traceback__ is not None and error.__traceback__.tb_next is not None:
+        traceback.clear_frames(error.__traceback__.tb_next)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return OutOfMemoryError(
+        f"Ran out of memory with {prompt_tokens} prompt tokens on {device}; the request's cache was freed. "
+        "Use a shorter document, a smaller local_size/chunk_size, or a device with more memory."
+    )
