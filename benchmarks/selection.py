@@ -39,9 +39,11 @@ from pathlib import Path
 import torch
 
 from reattn_llm.kernels import resolve_backend, score_topk
+from reattn_llm.kv.dense import DenseLayer
+from reattn_llm.kv.summaries import block_summaries
 from reattn_llm.lab.data import data_file, data_folder
 from reattn_llm.method.selection import select_spans
-from reattn_llm.method.two_level import block_summaries, two_level_topk
+from reattn_llm.method.two_level import two_level_topk
 
 H, HKV, D = 9, 3, 64
 G, SPAN, SPANS, TOP_K, CHUNK, LOCAL = 32, 32, 127, 4, 1024, 4096
@@ -82,7 +84,9 @@ def run_speed(args, dev: torch.device, dtype: torch.dtype) -> list[dict]:
     for m in args.lengths:
         k = torch.randn(1, HKV, m, D, device=dev, dtype=dtype, generator=gen)
         k[..., 3] += 4.0  # an outlier channel, like real keys
-        summ = block_summaries(k, SPAN)
+        layer = DenseLayer()  # a cache layer keeps its block summaries across forwards
+        layer.update(k, k)
+        two_level_topk(torch.zeros(1, H, 1, D, device=dev, dtype=dtype), layer, TOP_K, 1, SPAN, backend)
         new = k[:, :, :CHUNK]
         for qn in (CHUNK, 1):
             q = torch.randn(1, H, qn, D, device=dev, dtype=dtype, generator=gen)
@@ -90,7 +94,7 @@ def run_speed(args, dev: torch.device, dtype: torch.dtype) -> list[dict]:
             t_exact = _time(lambda q=q, k=k: score_topk(q, k, TOP_K, backend=backend), dev, reps)
             for c in args.candidates:
                 t_two = _time(
-                    lambda q=q, k=k, c=c, s=summ: two_level_topk(q, k, TOP_K, c, SPAN, backend, s), dev, reps
+                    lambda q=q, c=c, kv=layer: two_level_topk(q, kv, TOP_K, c, SPAN, backend), dev, reps
                 )
                 t_summ = _time(lambda n=new: block_summaries(n, SPAN), dev, reps) if qn > 1 else 0.0
                 f_exact, f_two = flops(qn, m, c, SPAN)
@@ -106,7 +110,7 @@ def run_speed(args, dev: torch.device, dtype: torch.dtype) -> list[dict]:
                 )
                 rows.append(row)
                 print(f"[speed] {row}", file=sys.stderr, flush=True)
-        del k, summ
+        del k, layer
     return rows
 
 
