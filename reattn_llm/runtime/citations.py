@@ -1,7 +1,7 @@
 """Citations: which parts of the prompt the answer's span selection drew on most.
 
 While an answer is decoded, every layer's selection is counted per prompt token
-(:class:`~reattn_llm.patch.SelectionRecorder`). Here those counts become character ranges of
+(:class:`~reattn_llm.method.state.SelectionRecorder`). Here those counts become character ranges of
 the prompt, scored and ranked, each with the page (``[Page N]`` anchor) and file
 (``=== name ===`` header) of :func:`~reattn_llm.load_document`'s text that contains it.
 """

@@ -121,7 +121,7 @@ def load_prefix(
     path: str | os.PathLike[str], meta: dict[str, Any], device: torch.device, storage: Any = None
 ) -> Prefix:
     """Read a saved prefix, verifying format, model/config metadata and every checksum; the cache is
-    rebuilt with ``storage`` (fp8 / offload, :class:`~reattn_llm.tiered.KVStorage`) when given."""
+    rebuilt with ``storage`` (fp8 / offload, :class:`~reattn_llm.kv.storage.KVStorage`) when given."""
     from safetensors import safe_open
 
     if not Path(path).is_file():

@@ -83,8 +83,12 @@ class Stream:
         """Abandon the request if it is unfinished: its cache is freed and the engine goes on (an
         async run stops at its next prefill chunk or token)."""
         self._turn.cancel()
-        if self._worker is None:  # an async run's worker closes the generator itself
+        if self._worker is not None:  # an async run's worker ends the generator itself
+            return
+        try:
             self._deltas.close()
+        except ValueError:  # running in another thread: it stops at its next unit (Cancelled)
+            pass
 
     def __enter__(self) -> Stream:
         return self
