@@ -8,6 +8,7 @@ before any prefill.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections import Counter
@@ -33,6 +34,14 @@ class Capacity:
     weight_bytes: int
     reserve_bytes: int
     device: str
+
+    def within(self, max_bytes: int | None) -> Capacity:
+        """This budget with one request's KV cache capped at ``max_bytes`` (None: no cap)."""
+        if max_bytes is None:
+            return self
+        return dataclasses.replace(
+            self, max_tokens=min(self.max_tokens, max_bytes // self.kv_bytes_per_token)
+        )
 
     def explain(self) -> str:
         gib = 1024**3

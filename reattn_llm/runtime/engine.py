@@ -154,18 +154,13 @@ class Engine:
 
     def capacity(self) -> Capacity:
         """How many tokens this model can hold on this device (KV bytes per token vs memory)."""
-        if self.device_map is not None and self._model is not None:
+        shape, loaded = load_config(self.model_id), self._model is not None
+        if self.device_map is not None and loaded:
             devices = [next(layer.parameters()).device for layer in self._model.get_decoder().layers]
-            cap = estimate_capacity_split(load_config(self.model_id), devices, self.dtype, self.config)
+            cap = estimate_capacity_split(shape, devices, self.dtype, self.config)
         else:
-            loaded = self._model is not None
-            cap = estimate_capacity(
-                load_config(self.model_id), self.device, self.dtype, self.config, weights_loaded=loaded
-            )
-        if self.max_cache_bytes is not None:
-            budget = self.max_cache_bytes // cap.kv_bytes_per_token
-            cap = dataclasses.replace(cap, max_tokens=min(cap.max_tokens, budget))
-        return cap
+            cap = estimate_capacity(shape, self.device, self.dtype, self.config, weights_loaded=loaded)
+        return cap.within(self.max_cache_bytes)
 
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         """Raise :class:`ContextTooLongError` before any prefill if the request cannot fit."""
@@ -228,7 +223,9 @@ class Engine:
     ) -> Stream:
         """The answer to ``prompt`` as a :class:`Stream` of text deltas ending in a :class:`Completion`
         (also kept as :attr:`last`). Nothing runs until the stream is read; a prompt that cannot
-        fit raises :class:`ContextTooLongError` then, before any prefill. ``cite_sources`` records
+        fit raises :class:`ContextTooLongError` then, before any prefill. Read delta by delta, the
+        request takes the engine for each unit of work (other requests may run between its
+        deltas); :meth:`Stream.complete` keeps it from start to end. ``cite_sources`` records
         which prompt tokens the answer's selections drew on (``Completion.citations``).
         ``question_start``: where the question begins (:mod:`~reattn_llm.runtime.prompts`; by
         default the last line of the last user turn), prefilled as a chunk of its own."""
