@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import torch
+from bench_data import default_text
 
 from reattn_llm import ReAttentionConfig, patch
-from reattn_llm.lab.data import data_file, data_folder
 from reattn_llm.lab.evaluation import passkey_trial, perplexity_by_band, random_passkey, token_nll
 from reattn_llm.runtime.models import load_model, resolve_device, resolve_dtype
 
@@ -128,15 +128,6 @@ def run_passkey(model, tok, args) -> dict:
     return results
 
 
-def _default_text() -> str:
-    """austen_emma.txt in ``$REATTN_DATA``, else in ``shared/data`` beside the repository."""
-    try:
-        folder = data_folder(default=Path(__file__).resolve().parents[2] / "shared" / "data")
-        return str(data_file("austen_emma.txt", folder))
-    except FileNotFoundError as error:
-        raise SystemExit(f"{error} Or pass --text FILE.") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["ppl", "passkey"])
@@ -166,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    args.text = args.text or _default_text()
+    args.text = args.text or default_text()
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.depths = [float(x) for x in args.depths.split(",")]
     args.modes = args.modes.split(",")

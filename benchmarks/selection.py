@@ -37,11 +37,11 @@ import time
 from pathlib import Path
 
 import torch
+from bench_data import default_text
 
 from reattn_llm.kernels import resolve_backend, score_topk
 from reattn_llm.kv.dense import DenseLayer
 from reattn_llm.kv.summaries import block_summaries
-from reattn_llm.lab.data import data_file, data_folder
 from reattn_llm.method.selection import select_spans
 from reattn_llm.method.two_level import two_level_topk
 
@@ -122,7 +122,7 @@ def capture(args, dev: torch.device) -> dict[int, list[tuple[torch.Tensor, torch
     from reattn_llm.runtime.models import load_model
 
     model, tok = load_model(None, dev, torch.float32)
-    args.text = args.text or _default_text()
+    args.text = args.text or default_text()
     text = Path(args.text).read_text(encoding="utf-8")
     ends = {G + m + LOCAL: m for m in args.lengths}
     total = max(ends)
@@ -195,15 +195,6 @@ def run_recall(args, dev: torch.device) -> list[dict]:
             rows.append(row)
             print(f"[recall] {row}", file=sys.stderr, flush=True)
     return rows
-
-
-def _default_text() -> str:
-    """austen_emma.txt in ``$REATTN_DATA``, else in ``shared/data`` beside the repository."""
-    try:
-        folder = data_folder(default=Path(__file__).resolve().parents[2] / "shared" / "data")
-        return str(data_file("austen_emma.txt", folder))
-    except FileNotFoundError as error:
-        raise SystemExit(f"{error} Or pass --text FILE.") from None
 
 
 def main(argv: list[str] | None = None) -> int:

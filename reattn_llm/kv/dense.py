@@ -132,11 +132,8 @@ class DenseLayer(_DenseReads, KVLayer):
         return kv + self.summaries.nbytes()
 
     def reset(self) -> None:
-        self.length = 0
         self._k = self._v = None
-        self.is_initialized = False
-        self.summaries.clear()
-        self.pinned = None
+        self._emptied()
         self._sync_views()
 
     def crop(self, tokens_to_remove: int) -> None:

@@ -166,6 +166,13 @@ class KVLayer(CacheLayerMixin, KVReader):
     def get_max_length(self) -> int:
         return -1
 
+    def _emptied(self) -> None:
+        """No rows left (``reset``): nothing summarised, nothing pinned."""
+        self.length = 0
+        self.is_initialized = False
+        self.summaries.clear()
+        self.pinned = None
+
     def _crop_length(self, tokens_to_remove: int) -> None:
         """Set ``length`` as transformers' ``crop`` asks: drop the last ``-tokens_to_remove`` rows
         (negative), or keep the first ``tokens_to_remove`` (positive); forget summaries past it."""

@@ -219,12 +219,10 @@ class TieredLayer(KVLayer):
         return self._cold(True)
 
     def reset(self) -> None:
-        self.length = self.base = 0
+        self.base = 0
         self.cold_k = self.cold_v = None
         self._hot = []
-        self.is_initialized = False
-        self.summaries.clear()
-        self.pinned = None
+        self._emptied()
         self._sync_views()
 
     def crop(self, tokens_to_remove: int) -> None:
