@@ -74,7 +74,9 @@ def test_budget_shrinks_capacity_and_refuses_before_prefill(engine, monkeypatch)
 
 
 def test_input_limits_fail_clearly_before_loading_weights(tmp_path, monkeypatch):
-    monkeypatch.setattr("reattn_llm.runtime.models.load_model", lambda *a, **k: pytest.fail("weights must not load"))
+    monkeypatch.setattr(
+        "reattn_llm.runtime.models.load_model", lambda *a, **k: pytest.fail("weights must not load")
+    )
     with pytest.raises(ConfigError, match="chunk_size"):
         Engine(config=ReAttentionConfig(local_size=64, chunk_size=128)).config  # noqa: B018
     from transformers import BertConfig
