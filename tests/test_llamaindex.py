@@ -211,6 +211,22 @@ async def test_aquery_answers_in_one_call(small_config, shared_engine, monkeypat
     assert PLANTED_ANSWER in str(response) and len(calls) == 1
 
 
+def test_query_engine_prefills_the_question_on_its_own(small_config, shared_engine):
+    from reattn_llm.runtime.prompts import encode_prompt
+
+    llm = ReAttentionLlamaLLM(config=small_config, progress=False)
+    # the default template puts an instruction after the question: the question still starts at {query}
+    engine = WholeDocumentQueryEngine([LlamaDocument(text="Some text.")], llm=llm)
+    start = engine._call_kwargs(PLANTED_QUESTION)["question_start"]
+    assert engine.messages(PLANTED_QUESTION)[-1].content[start:].startswith(PLANTED_QUESTION)
+    enc = encode_prompt(
+        shared_engine.tokenizer, llm._chat_prompt(engine.messages(PLANTED_QUESTION)), True, start
+    )
+    assert shared_engine.tokenizer.decode(enc.ids[enc.question :]).lstrip().startswith(PLANTED_QUESTION)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        llm.chat(engine.messages(PLANTED_QUESTION), question_begin=3)
+
+
 def test_bad_inputs_raise_their_own_errors_before_any_model_work(tmp_path, small_config, monkeypatch):
     from reattn_llm.runtime.engine import Engine
 

@@ -136,10 +136,13 @@ class ReAttentionLlamaLLM(CustomLLM):
 
     # -- one call: one stream --------------------------------------------------------------------
     def _start(self, prompt: Prompt, chat: bool, kwargs: dict[str, Any]) -> tuple[Stream, bool]:
-        """The engine stream of one call and its citation switch (call kwargs win over fields)."""
-        check_call_kwargs("ReAttentionLlamaLLM", kwargs, SAMPLING_KWARGS | {"stop"})
+        """The engine stream of one call and its citation switch (call kwargs win over fields;
+        ``question_start``: where the question begins, see :meth:`Engine.generate`)."""
+        check_call_kwargs("ReAttentionLlamaLLM", kwargs, SAMPLING_KWARGS | {"stop", "question_start"})
         params, cite = call_params(self, kwargs, kwargs.get("stop") or None)
-        return self.engine.generate(prompt, params, chat=chat, cite_sources=cite), cite
+        question = kwargs.get("question_start", "auto")
+        stream = self.engine.generate(prompt, params, chat=chat, cite_sources=cite, question_start=question)
+        return stream, cite
 
     def _completion_prompt(self, prompt: str, formatted: bool) -> tuple[Prompt, bool]:
         """What the engine reads for ``complete(prompt)``, and whether to apply the chat template."""

@@ -146,27 +146,40 @@ class WholeDocumentQueryEngine(CustomQueryEngine):
         return value
 
     # -- the one call ----------------------------------------------------------------------------
+    def _prompt(self, query_str: str) -> tuple[str, int]:
+        """The user prompt for ``query_str``, and the character where the question starts in it."""
+        pieces, question = [], 0
+        for i, piece in enumerate(_PLACEHOLDER.split(self.prompt_template)):  # text, name, text, ...
+            if i % 2:
+                question = sum(map(len, pieces)) if piece == "query" else question
+                piece = query_str if piece == "query" else self.text
+            pieces.append(piece)
+        return "".join(pieces), question
+
     def messages(self, query_str: str) -> list[ChatMessage]:
         """The chat messages of the single LLM call for ``query_str``."""
-        fill = {"context": self.text, "query": query_str}
-        prompt = _PLACEHOLDER.sub(lambda m: fill[m.group(1)], self.prompt_template)
-        messages = [ChatMessage(role=MessageRole.USER, content=prompt)]
+        messages = [ChatMessage(role=MessageRole.USER, content=self._prompt(query_str)[0])]
         if self.system_prompt:
             messages.insert(0, ChatMessage(role=MessageRole.SYSTEM, content=self.system_prompt))
         return messages
 
-    def _call_kwargs(self) -> dict[str, Any]:
-        return {} if self.cite is None else {"cite": self.cite}
+    def _call_kwargs(self, query_str: str) -> dict[str, Any]:
+        """The call's citation switch, and where its question starts: the question (from ``{query}``
+        to the end of the prompt) is prefilled as a chunk of its own, whatever the template puts
+        after it (:mod:`~reattn_llm.runtime.prompts`)."""
+        question = self._prompt(query_str)[1]
+        kwargs: dict[str, Any] = {"question_start": question if question > 0 else "auto"}
+        return kwargs if self.cite is None else {**kwargs, "cite": self.cite}
 
     def custom_query(self, query_str: str) -> Response:
         """One prompt with the whole document and the question, one LLM call."""
         messages = self.messages(query_str)
-        return self._response(messages, self.llm.chat(messages, **self._call_kwargs()))
+        return self._response(messages, self.llm.chat(messages, **self._call_kwargs(query_str)))
 
     async def acustom_query(self, query_str: str) -> Response:
         """Async :meth:`custom_query` (the model runs in a worker thread)."""
         messages = self.messages(query_str)
-        return self._response(messages, await self.llm.achat(messages, **self._call_kwargs()))
+        return self._response(messages, await self.llm.achat(messages, **self._call_kwargs(query_str)))
 
     # -- the response ----------------------------------------------------------------------------
     def _document_offset(self, messages: list[ChatMessage]) -> int | None:
