@@ -71,9 +71,10 @@ class ReAttentionConfig:
             (``L`` to ``L + max_spans * span``), so the score estimates the logit the key will get
             there and RoPE's fast-turning dimensions stop deciding; ``"raw"``, the paper's ``q . k``
             of un-rotated vectors (the distance-0 logit).
-        decode_spans: ``"question"`` (default) keeps the span centres that the prompt's last
-            forward (the question) selected in every decode step's selection, before the step's
-            own hits; ``"own"``: each decode step selects alone (the paper).
+        decode_spans: ``"own"`` (default): each decode step selects alone (the paper);
+            ``"question"`` keeps the span centres that the prompt's last forward (the question)
+            selected in every decode step's selection, before the step's own hits (better on RULER
+            needles at 32K, worse on a planted fact at a 512-token window: BENCHMARKS.md).
         mode: ``"reattention"``; ``"streaming"`` (global + local only, StreamingLLM);
             ``"full"`` (the stock model, full attention: the baseline).
         backend: kernels: ``"auto"`` (Triton on CUDA, torch on CPU), ``"triton"`` or ``"torch"``.
@@ -113,7 +114,7 @@ class ReAttentionConfig:
     offload: Offload = "none"
     effective_window: int | None = None
     scoring: Scoring = "expected"
-    decode_spans: DecodeSpans = "question"
+    decode_spans: DecodeSpans = "own"
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
