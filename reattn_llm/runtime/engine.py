@@ -22,10 +22,9 @@ from typing import Any
 import torch
 
 from ..kv.cache import ReAttentionCache
-from ..kv.storage import KVStorage
 from ..method.config import ReAttentionConfig, prefill_bounds, reusable_length
-from ..method.patch import PatchHandle, make_cache, model_window, patch
-from .capacity import Capacity, check_fits, estimate_capacity, estimate_capacity_split
+from ..method.patch import PatchHandle, make_cache, patch, resolve_for_model
+from .capacity import Capacity, check_fits, engine_capacity
 from .citations import cite
 from .fifo import FifoLock, Turn
 from .models import (
@@ -38,10 +37,11 @@ from .models import (
     resolve_device,
     resolve_dtype,
 )
-from .prefix import PrefixStore, load_prefix, save_prefix
-from .prompts import QuestionStart, encode_prompt
+from .prefix import CacheSpec, PrefixStore, load_prefix, save_prefix
+from .prefix_store import DocumentStore
+from .prompts import QuestionStart, check_prompt, encode_prompt
 from .request import Request, freed_after_oom
-from .sampling import AnswerText, SamplingParams, eos_ids, sample
+from .sampling import AnswerText, Sampler, SamplingParams, eos_ids
 from .stream import Completion, Stream
 
 __all__ = ["Completion", "Engine", "SamplingParams", "Stream"]
@@ -62,6 +62,8 @@ class Engine:
             (the same document, another question) prefills only its own tokens.
         max_cache_bytes: cap on the KV cache of one request (default: device memory is the cap).
         device_map: split the layers across devices (accelerate's ``"auto"``, ``"balanced"``, a dict).
+        prefix_store: a :class:`~reattn_llm.runtime.prefix_store.DocumentStore`: prefilled documents
+            kept on disk for every engine and process of the same model and config (CLI default).
 
     Construction is cheap; weights load on first use (:meth:`load`). One engine per model is
     shared by every wrapper: :func:`~reattn_llm.runtime.registry.shared_engine`.
@@ -78,12 +80,13 @@ class Engine:
         keep_prefix: bool = True,
         max_cache_bytes: int | None = None,
         device_map: str | dict[str, Any] | None = None,
+        prefix_store: DocumentStore | None = None,
     ) -> None:
         if max_cache_bytes is not None and max_cache_bytes <= 0:
             raise ValueError(f"max_cache_bytes={max_cache_bytes}: must be positive (or None for no cap).")
         self.max_cache_bytes = max_cache_bytes
         self.model_id = model
-        self.prefixes = PrefixStore(enabled=keep_prefix)
+        self.prefixes = PrefixStore(enabled=keep_prefix, disk=prefix_store, spec=lambda: CacheSpec.of(self))
         self.last_prefill_tokens = 0
         self.last: Completion | None = None  # the latest finished answer
         self.model_name = DEFAULT_MODEL if is_default(model) else str(model)
@@ -119,7 +122,7 @@ class Engine:
             measured = effective_window(self.model_id)
             if measured is not None and not cfg.sizes_given:  # sized to what the model reads well
                 cfg = dataclasses.replace(cfg, effective_window=measured)
-            self._config = cfg.resolve(model_window(load_config(self.model_id)))
+            self._config = resolve_for_model(cfg, load_config(self.model_id))
         return self._config
 
     @property
@@ -145,7 +148,7 @@ class Engine:
     def encode(self, prompt: str | list[dict[str, str]], chat: bool = True) -> tuple[list[int], str]:
         """Token ids and the exact text they encode: a chat template is applied to message
         lists, and to a plain string when ``chat`` is true and the tokenizer has one."""
-        enc = encode_prompt(self.tokenizer, prompt, chat, question_start=None)
+        enc = encode_prompt(self.tokenizer, prompt, chat, question_start=None, require_text=False)
         return enc.ids, enc.text
 
     def count_tokens(self, text: str) -> int:
@@ -153,14 +156,12 @@ class Engine:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def capacity(self) -> Capacity:
-        """How many tokens this model can hold on this device (KV bytes per token vs memory)."""
-        shape, loaded = load_config(self.model_id), self._model is not None
-        if self.device_map is not None and loaded:
-            devices = [next(layer.parameters()).device for layer in self._model.get_decoder().layers]
-            cap = estimate_capacity_split(shape, devices, self.dtype, self.config)
-        else:
-            cap = estimate_capacity(shape, self.device, self.dtype, self.config, weights_loaded=loaded)
-        return cap.within(self.max_cache_bytes)
+        """How many tokens this model can hold on this device (KV bytes per token vs memory; a kept
+        prefix counts as free: the next request reuses it or frees it first)."""
+        kept = None if self.prefixes.prefix is None else self.prefixes.prefix.cache
+        shape = load_config(self.model_id)
+        args = (shape, self.device, self.dtype, self.config, self._model, self.device_map is not None)
+        return engine_capacity(*args, max_bytes=self.max_cache_bytes, kept=kept)
 
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         """Raise :class:`ContextTooLongError` before any prefill if the request cannot fit."""
@@ -229,6 +230,7 @@ class Engine:
         which prompt tokens the answer's selections drew on (``Completion.citations``).
         ``question_start``: where the question begins (:mod:`~reattn_llm.runtime.prompts`; by
         default the last line of the last user turn), prefilled as a chunk of its own."""
+        check_prompt(prompt)  # an empty or blank prompt is refused now, not when the stream is read
         turn = Turn(self._lock)
         params = params or SamplingParams()
         answer = self._answer(prompt, params, chat, cite_sources, on_progress, turn, question_start)
@@ -248,15 +250,12 @@ class Engine:
             self.tokenizer, prompt, chat, question_start, max_question_tokens=self.prefill_chunk
         )
         ids, text, question = enc.ids, enc.text, enc.question
-        if not ids:
-            raise ValueError("The prompt is empty: give the model some text to read.")
+        params.check_prompt(len(ids))  # a wrapper's cap (max_input_tokens / context_window)
         self.check_fits(len(ids), params.max_new_tokens)
         self.load()
         request = Request(turn, self._handle.state if self._handle is not None else None)
         answer = AnswerText(lambda out: self.tokenizer.decode(out, skip_special_tokens=True), params.stop)
-        generator = torch.Generator(device=self.device)
-        if params.seed is not None:
-            generator.manual_seed(params.seed)
+        sampler = Sampler(params, ids, self.device)  # transformers' logits processors, seeded
         eos = eos_ids(self.model.generation_config, self.tokenizer)
         finish = "length"
 
@@ -279,7 +278,7 @@ class Engine:
             if cite_sources:
                 request.record_selections()  # the answer's selections only, not the prompt's
             for _ in range(params.max_new_tokens):
-                token = sample(logits, params, generator)
+                token = sampler.next(logits)
                 if token in eos:
                     finish = "stop"
                     break
@@ -346,9 +345,6 @@ class Engine:
         """Free the kept K/V of the last prompt."""
         self.prefixes.forget()
 
-    def _meta(self) -> dict[str, str]:
-        return {"model": self.model_name, "dtype": str(self.dtype), "config": repr(self.config)}
-
     @torch.inference_mode()
     def warm(self, text: str, chat: bool = True) -> int:
         """Prefill a document alone (as the start of a later prompt ``text + question``) and keep
@@ -375,12 +371,12 @@ class Engine:
                 raise ValueError(
                     "No reusable document prefix to save: call warm(document) (or ask once) first."
                 )
-            save_prefix(prefix, path, self._meta())
+            save_prefix(prefix, path, CacheSpec.of(self).meta)
             return prefix.reusable
 
     def load_prefix(self, path: str) -> int:
         """Load a prefix saved by :meth:`save_prefix` (checked against this model and config)."""
-        prefix = load_prefix(path, self._meta(), self.device, KVStorage.from_config(self.config))
+        prefix = load_prefix(path, CacheSpec.of(self))
         with self._lock:
             self.prefixes.prefix = prefix
         return prefix.reusable

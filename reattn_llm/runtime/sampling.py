@@ -1,8 +1,8 @@
 """Choosing the next token, and turning the answer's tokens into text deltas with stop strings.
 
-Two small pieces the engine's loop calls once per token: :func:`sample` (greedy, or temperature
-with top-k / top-p, seeded) and :class:`AnswerText` (the text decoded so far, with the tail that
-could still become a stop string held back until the next token decides).
+Two small pieces the engine's loop calls once per token: :class:`Sampler` (transformers' logits
+processors, then greedy or a seeded draw) and :class:`AnswerText` (the text decoded so far, with
+the tail that could still become a stop string held back until the next token decides).
 """
 
 from __future__ import annotations
@@ -13,10 +13,20 @@ from typing import Any
 
 import torch
 
+from ..errors import ContextTooLongError
+
 
 @dataclass
 class SamplingParams:
-    """Decoding settings. ``temperature == 0`` is greedy."""
+    """Decoding settings, with the meaning transformers' ``generate`` gives the same names.
+
+    ``temperature == 0`` is greedy; ``top_k``, ``top_p``, ``min_p`` and ``typical_p`` shape the
+    draw only when sampling (``temperature > 0``), as ``generate(do_sample=True)`` does;
+    ``repetition_penalty`` and ``no_repeat_ngram_size`` apply in both modes and, as in
+    ``generate``, see the prompt's tokens as well as the answer's. ``max_input_tokens`` refuses
+    longer prompts (:class:`~reattn_llm.errors.ContextTooLongError`) before any prefill; it is
+    the cap a wrapper was given (``input_cap`` names that setting in the message).
+    """
 
     max_new_tokens: int = 256
     temperature: float = 0.0
@@ -24,6 +34,12 @@ class SamplingParams:
     top_k: int = 0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    max_input_tokens: int | None = None
+    input_cap: str = "max_input_tokens"
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -34,25 +50,109 @@ class SamplingParams:
             raise ValueError(f"top_p={self.top_p}: must be in (0, 1].")
         if self.top_k < 0:
             raise ValueError(f"top_k={self.top_k}: must be >= 0 (0 = off).")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty={self.repetition_penalty}: must be > 0 (1.0 = off).")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"no_repeat_ngram_size={self.no_repeat_ngram_size}: must be >= 0 (0 = off).")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p={self.min_p}: must be in [0, 1] (0 = off).")
+        if not 0 < self.typical_p <= 1:
+            raise ValueError(f"typical_p={self.typical_p}: must be in (0, 1] (1.0 = off).")
+        if self.max_input_tokens is not None and self.max_input_tokens < 1:
+            raise ValueError(f"{self.input_cap}={self.max_input_tokens}: must be >= 1 (or None: no cap).")
         self.stop = [s for s in (self.stop or []) if s]
 
+    def check_prompt(self, prompt_tokens: int) -> None:
+        """Refuse a prompt longer than :attr:`max_input_tokens` (before any prefill)."""
+        cap = self.max_input_tokens
+        if cap is not None and prompt_tokens > cap:
+            raise ContextTooLongError(
+                f"The prompt has {prompt_tokens} tokens, more than the {self.input_cap} cap of {cap} "
+                f"set on this model: raise {self.input_cap} (or leave it unset for the device's "
+                "capacity), or shorten the prompt."
+            )
 
-def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """The next token from ``logits [1, V]``: the argmax at temperature 0, else a draw from the
-    tempered distribution cut to the ``top_k`` most likely tokens and the ``top_p`` nucleus."""
-    logits = logits[0].float()
-    if params.temperature == 0:
-        return int(logits.argmax())
-    logits = logits / params.temperature
-    if params.top_k:
-        kth = logits.topk(min(params.top_k, logits.numel())).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = logits.softmax(-1)
-    if params.top_p < 1:
-        sorted_probs, order = probs.sort(descending=True)
-        keep = sorted_probs.cumsum(0) - sorted_probs < params.top_p
-        probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
-    return int(torch.multinomial(probs, 1, generator=generator))
+
+def logits_processors(params: SamplingParams) -> Any:
+    """transformers' own ``LogitsProcessorList`` for ``params``, in ``generate``'s order.
+
+    The processors are transformers' rather than written here so that every setting means exactly
+    what it means in ``model.generate`` (edge cases included: ``min_tokens_to_keep``, ties, the
+    sign rule of the repetition penalty), and keeps meaning it as transformers evolves. The
+    penalties come first (they apply when decoding greedily too), then, when sampling, the
+    temperature and the truncations (top-k, top-p, min-p, typical).
+    """
+    from transformers import (
+        LogitsProcessorList,
+        MinPLogitsWarper,
+        NoRepeatNGramLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+        TypicalLogitsWarper,
+    )
+
+    procs = LogitsProcessorList()
+    if params.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    if params.no_repeat_ngram_size > 0:
+        procs.append(NoRepeatNGramLogitsProcessor(params.no_repeat_ngram_size))
+    if params.temperature > 0:
+        if params.temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(params.temperature))
+        if params.top_k > 0:
+            procs.append(TopKLogitsWarper(params.top_k))
+        if params.top_p < 1.0:
+            procs.append(TopPLogitsWarper(params.top_p))
+        if params.min_p > 0:
+            procs.append(MinPLogitsWarper(params.min_p))
+        if params.typical_p < 1.0:
+            procs.append(TypicalLogitsWarper(params.typical_p))
+    return procs
+
+
+class Sampler:
+    """The next token of one answer: :func:`logits_processors`, then the argmax (temperature 0)
+    or a draw seeded by ``params.seed``.
+
+    Args:
+        params: the request's settings.
+        prompt_ids: the prompt's tokens (the penalties' history, as in ``generate``).
+        device: where the logits are (the generator and the history live there too).
+    """
+
+    def __init__(self, params: SamplingParams, prompt_ids: list[int], device: torch.device) -> None:
+        self.params = params
+        self.processors = logits_processors(params)
+        self.generator = torch.Generator(device=device)
+        if params.seed is not None:
+            self.generator.manual_seed(params.seed)
+        self._history: torch.Tensor | None = None  # [1, prompt + answer] when a processor reads it
+        self._n = len(prompt_ids)
+        if params.repetition_penalty != 1.0 or params.no_repeat_ngram_size > 0:
+            self._history = torch.empty(1, self._n + params.max_new_tokens, dtype=torch.long, device=device)
+            self._history[0, : self._n] = torch.tensor(prompt_ids, dtype=torch.long)
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits [1, V]`` after the processors (fp32), what :meth:`next` picks from."""
+        scores = logits.float()
+        if not self.processors:
+            return scores
+        history = self._history[:, : self._n] if self._history is not None else None
+        return self.processors(history, scores)  # warpers ignore the history
+
+    def next(self, logits: torch.Tensor) -> int:
+        """The next token from ``logits [1, V]``, added to the history."""
+        scores = self.scores(logits)[0]
+        if self.params.temperature == 0:
+            token = int(scores.argmax())
+        else:
+            token = int(torch.multinomial(scores.softmax(-1), 1, generator=self.generator))
+        if self._history is not None and self._n < self._history.shape[1]:
+            self._history[0, self._n] = token
+            self._n += 1
+        return token
 
 
 def eos_ids(generation_config: Any, tokenizer: Any) -> set[int]:
