@@ -33,7 +33,8 @@ class ReAttentionCache(Cache):
     Args:
         num_layers: decoder layers; if omitted, layers are added as ``update`` reaches them.
         reserve: tokens to preallocate per layer at first use (e.g. the prompt length).
-        max_bytes: optional cap on the device K/V bytes of all layers (see :class:`MemoryBudget`).
+        max_bytes: optional cap on the device K/V bytes of all layers, an equal share each when
+            ``num_layers`` is given (see :class:`MemoryBudget`).
         storage: the rows' layout and place (``KVStorage.from_config(config)``); None keeps every row
             in the model's dtype on the device.
     """
@@ -45,7 +46,7 @@ class ReAttentionCache(Cache):
         max_bytes: int | None = None,
         storage: KVStorage | None = None,
     ) -> None:
-        budget = MemoryBudget(max_bytes) if max_bytes else None
+        budget = MemoryBudget(max_bytes, num_layers or 1) if max_bytes else None
 
         def make() -> KVLayer:
             return make_layer(storage, reserve, budget)

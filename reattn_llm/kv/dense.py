@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .layer import KVLayer, KVReader
-from .storage import GROWTH, MIN_CAPACITY, MemoryBudget
+from .storage import MemoryBudget, rows_to_allocate
 from .summaries import block_summaries
 
 
@@ -77,7 +77,22 @@ class DenseLayer(_DenseReads, KVLayer):
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         self.is_initialized = True
-        self._allocate(max(self.reserve_tokens, MIN_CAPACITY, key_states.shape[2]), key_states, value_states)
+        self._allocate(self._rows(key_states.shape[2], key_states, value_states), key_states, value_states)
+
+    def _rows(self, need: int, key_like: torch.Tensor, value_like: torch.Tensor) -> int:
+        """Rows to allocate for ``need`` (:func:`~reattn_llm.kv.storage.rows_to_allocate`, within the
+        layer's share of the budget)."""
+        b, h = key_like.shape[:2]
+        row = (
+            b
+            * h
+            * (
+                key_like.shape[-1] * key_like.element_size()
+                + value_like.shape[-1] * value_like.element_size()
+            )
+        )
+        limit = None if self.budget is None else self.budget.row_limit(row)
+        return rows_to_allocate(need, self.capacity, self.reserve_tokens, limit)
 
     def _allocate(self, capacity: int, key_like: torch.Tensor, value_like: torch.Tensor) -> None:
         b, h, _, dk = key_like.shape
@@ -115,7 +130,7 @@ class DenseLayer(_DenseReads, KVLayer):
         q = key_states.shape[2]
         need = self.length + q
         if need > self.capacity:
-            self._allocate(max(need, int(self.capacity * GROWTH), self.reserve_tokens), self._k, self._v)  # type: ignore[arg-type]
+            self._allocate(self._rows(need, self._k, self._v), self._k, self._v)  # type: ignore[arg-type]
         self._k[:, :, self.length : need].copy_(key_states)  # type: ignore[index]
         self._v[:, :, self.length : need].copy_(value_states)  # type: ignore[index]
         self.length = need

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from .storage import BLOCK_ROWS, FP8, FP8_MAX, GROWTH, MIN_CAPACITY, MemoryBudget
+from .storage import BLOCK_ROWS, FP8, FP8_MAX, FP8_SCALE_BYTES, MemoryBudget, rows_to_allocate
 
 
 def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,12 +74,21 @@ class RowStore:
     def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype, device=self.device, pin_memory=self.pin)
 
-    def ensure(self, rows: int, like: torch.Tensor, filled: int) -> None:
-        """Room for ``rows`` rows shaped like ``like [B, Hkv, *, D]``, keeping the first ``filled``."""
+    def row_bytes(self, like: torch.Tensor) -> int:
+        """Bytes of one token's rows (all batch entries and heads) shaped like ``like [B, Hkv, *, D]``."""
+        b, h, _, d = like.shape
+        return b * h * (d + FP8_SCALE_BYTES if self.fp8 else d * like.element_size())
+
+    def ensure(
+        self, rows: int, like: torch.Tensor, filled: int, reserve: int = 0, limit: int | None = None
+    ) -> None:
+        """Room for ``rows`` rows shaped like ``like [B, Hkv, *, D]``, keeping the first ``filled``; the
+        size is :func:`~reattn_llm.kv.storage.rows_to_allocate`'s (``reserve``: the total expected,
+        ``limit``: the most rows the budget affords)."""
         if rows <= self.capacity:
             return
         b, h, _, d = like.shape
-        cap = max(rows, int(self.capacity * GROWTH), MIN_CAPACITY)
+        cap = rows_to_allocate(rows, self.capacity, reserve, limit)
         self.dtype = like.dtype
         data = self._empty((b, h, cap, d), torch.uint8 if self.fp8 else like.dtype)
         scale = self._empty((b, h, cap), torch.float32) if self.fp8 else None

@@ -28,9 +28,35 @@ FP8_MAX = 448.0
 FP8_SCALE_BYTES = 4
 #: Rows of fp8 or host-memory keys read (dequantised, moved to the device) at once.
 BLOCK_ROWS = 1 << 16
-#: Buffers grow by this factor (amortised appends) and start at this many rows.
+#: Buffers grow by this factor (amortised appends) and start at this many rows (:func:`rows_to_allocate`).
 GROWTH = 1.5
 MIN_CAPACITY = 256
+
+
+def rows_to_allocate(need: int, held: int = 0, reserve: int = 0, limit: int | None = None) -> int:
+    """The growth policy of every K/V buffer: how many rows a buffer of ``held`` rows allocates to
+    store ``need`` rows.
+
+    * ``need <= held``: nothing to allocate (``held``);
+    * a reserved total (``reserve >= need``, e.g. prompt + answer tokens): exactly ``reserve`` rows;
+    * else amortised growth: ``max(need, GROWTH * held, MIN_CAPACITY)``;
+    * and never more than ``limit`` (the rows a :class:`MemoryBudget` affords the buffer,
+      :meth:`MemoryBudget.row_limit`) unless ``need`` itself is more: then the budget refuses.
+
+    So a request of ``n`` tokens allocates at most ``max(n, limit)`` rows per buffer, and every ``n``
+    up to the capacity (:func:`budget_rows` over all layers, the same number) fits the budget.
+    """
+    if need <= held:
+        return held
+    rows = reserve if reserve >= need else max(need, int(held * GROWTH), MIN_CAPACITY)
+    return rows if limit is None else max(need, min(rows, limit))
+
+
+def budget_rows(max_bytes: int, row_bytes: int, parts: int = 1) -> int:
+    """Rows of ``row_bytes`` each that one of ``parts`` equal shares of ``max_bytes`` holds:
+    ``(max_bytes // parts) // row_bytes``, which equals ``max_bytes // (parts * row_bytes)``: the
+    per-layer row limit of a cache's layers and the token capacity under that cap agree."""
+    return (max_bytes // max(1, parts)) // max(1, row_bytes)
 
 
 def _itemsize(dtype: torch.dtype) -> int:
@@ -106,11 +132,22 @@ class KVStorage:
 
 class MemoryBudget:
     """A cap on the device bytes all K/V buffers of one cache may hold; growing past it raises
-    ``torch.OutOfMemoryError``, exactly like running out of device memory."""
+    ``torch.OutOfMemoryError``, exactly like running out of device memory.
 
-    def __init__(self, max_bytes: int) -> None:
+    Args:
+        max_bytes: the cap.
+        parts: the layers that share it (each grows within its share, :meth:`row_limit`).
+    """
+
+    def __init__(self, max_bytes: int, parts: int = 1) -> None:
         self.max_bytes = max_bytes
+        self.parts = max(1, parts)
         self._held: dict[int, int] = {}
+
+    def row_limit(self, row_bytes: int) -> int:
+        """The most rows of ``row_bytes`` device bytes (one token of one layer) that a layer may hold:
+        its equal share of the cap (:func:`budget_rows`)."""
+        return budget_rows(self.max_bytes, row_bytes, self.parts)
 
     def charge(self, owner: object, nbytes: int) -> None:
         """``owner`` now holds ``nbytes`` (replacing what it held before)."""

@@ -85,8 +85,9 @@ class TieredLayer(KVLayer):
             self.lazy_initialization(key_states, value_states)
         q, start = key_states.shape[2], self.length
         need = start + q
+        limit = self._row_limit(key_states, value_states)
         for store, rows in ((self.cold_k, key_states), (self.cold_v, value_states)):
-            store.ensure(max(need, self.reserve_tokens), rows, start)  # type: ignore[union-attr]
+            store.ensure(need, rows, start, self.reserve_tokens, limit)  # type: ignore[union-attr]
             store.write(start, rows)  # type: ignore[union-attr]
         g = self.storage.global_size
         if start < g:
@@ -97,6 +98,15 @@ class TieredLayer(KVLayer):
         self.length = need
         self._sync_views()
         return self.keys, self.values  # type: ignore[return-value]
+
+    def _row_limit(self, k: torch.Tensor, v: torch.Tensor) -> int | None:
+        """The most cold rows this layer's share of the budget holds (None: no budget); rows kept in
+        host memory are not charged."""
+        if self.budget is None:
+            return None
+        stores = ((self.cold_k, k), (self.cold_v, v))
+        row = sum(s.row_bytes(x) for s, x in stores if s is not None and not s.offloaded)
+        return self.budget.row_limit(row) if row else None
 
     def _append_recent(self, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
         """Append to the exact recent rows; when full, keep the last ``L`` rows in a buffer of ``2L + q``."""

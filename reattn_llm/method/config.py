@@ -95,6 +95,11 @@ class ReAttentionConfig:
             only the selected spans per forward; ``"keys_values"`` does the same for K, which needs
             ``selection="two_level"`` (level 1 reads per-block summaries kept on the device, level 2
             fetches only the candidate blocks' keys).
+        allow_extrapolation: let the scope reach RoPE positions at or past the model's trained
+            window (``max_position_embeddings``), with a larger ``window`` or sizes that add up past
+            it. Off by default: such a config is refused when it meets the model (``patch``, the
+            engine's config, before weights load), since positions the model was never trained on
+            degrade its answers.
     """
 
     global_size: int | None = None
@@ -115,8 +120,11 @@ class ReAttentionConfig:
     effective_window: int | None = None
     scoring: Scoring = "expected"
     decode_spans: DecodeSpans = "own"
+    allow_extrapolation: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.allow_extrapolation, bool):
+            raise ConfigError(f"allow_extrapolation={self.allow_extrapolation!r}: must be True or False.")
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {allowed}.")
@@ -211,7 +219,8 @@ class ReAttentionConfig:
         """Fill every unset size from the window and validate; returns a new, complete config.
 
         Args:
-            model_window: the model's ``max_position_embeddings``; ignored when ``window`` is set.
+            model_window: the model's ``max_position_embeddings``; ignored when ``window`` is set
+                (:func:`~reattn_llm.method.patch.resolve_for_model` also keeps the scope within it).
         """
         window = self.window or model_window
         if window is None or window < 8:
@@ -262,6 +271,14 @@ class ReAttentionConfig:
             )
 
 
+def boolean(text: str) -> bool:
+    """A command-line flag's text as a bool: true/false, yes/no, on/off, 1/0 (any case)."""
+    value = {"true": True, "yes": True, "on": True, "1": True}.get(text.strip().lower())
+    if value is None and text.strip().lower() not in ("false", "no", "off", "0"):
+        raise ValueError(f"{text!r} is not a boolean: use true or false.")
+    return bool(value)
+
+
 def chunk_bounds(total: int, chunk: int, tail: int) -> list[tuple[int, int]]:
     """Split ``total`` queries into ``[start, end)`` chunks of at most ``chunk``; when more than
     one chunk is needed, the last ``min(tail, chunk)`` queries form a chunk of their own."""
@@ -307,7 +324,7 @@ class ConfigOption(NamedTuple):
     """One option of :class:`ReAttentionConfig`, for front ends that build their flags from it."""
 
     name: str
-    type: type  # int or str
+    type: Any  # int, str, or boolean (a str -> bool converter, for bool fields)
     choices: tuple[str, ...] | None  # the allowed values of a str option
     default: Any  # None: resolved from the model's window
     help: str  # from the class docstring
@@ -322,6 +339,7 @@ def config_options() -> list[ConfigOption]:
     for f in dataclasses.fields(ReAttentionConfig):
         choices = _CHOICES.get(f.name)
         kind = str if choices else _plain_type(hints[f.name])
+        kind = boolean if kind is bool else kind  # a flag's text "false" must not read as True
         out.append(ConfigOption(f.name, kind, choices, f.default, helps.get(f.name, "")))
     return out
 

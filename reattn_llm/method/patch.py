@@ -27,7 +27,7 @@ from transformers import AttentionInterface
 from transformers.cache_utils import Cache
 from transformers.masking_utils import AttentionMaskInterface
 
-from ..errors import UnsupportedModelError
+from ..errors import ConfigError, UnsupportedModelError
 from ..kv.cache import ReAttentionCache
 from ..kv.storage import KVStorage
 from .attention import ATTN_NAME, CACHE_KWARG, reattention_forward, reattention_mask
@@ -44,6 +44,7 @@ __all__ = [
     "make_cache",
     "model_window",
     "patch",
+    "resolve_for_model",
     "unpatch",
 ]
 
@@ -87,6 +88,35 @@ def model_window(model_config: Any) -> int:
             "the model config has no max_position_embeddings; pass ReAttentionConfig(window=...)."
         )
     return int(w)
+
+
+def resolve_for_model(config: ReAttentionConfig, model_config: Any) -> ReAttentionConfig:
+    """``config`` resolved against the model's trained window (:func:`model_window`), read from its
+    config alone (no weights), with the scope kept within that window: a scope that reaches past it
+    (a larger ``window``, or sizes that add up past it) is refused unless ``allow_extrapolation``.
+
+    Raises:
+        ConfigError: the scope passes the trained window; the message names sizes that fit and the opt-in.
+    """
+    trained = model_window(model_config)
+    c = config.resolve(trained)
+    if c.allow_extrapolation or c.mode == "full" or c.scope <= trained:
+        return c
+    g, n, span, local = c.global_size, c.max_spans, c.span_size, c.local_size
+    over = c.scope - trained
+    fixes = []
+    if trained - g - local >= 0:  # type: ignore[operator]
+        fixes.append(f"max_spans to {(trained - g - local) // span}")  # type: ignore[operator]
+    if local - over >= c.chunk_size:  # type: ignore[operator]
+        fixes.append(f"local_size to {local - over}")  # type: ignore[operator]
+    fit = f"lower {' or '.join(fixes)}, or " if fixes else ""
+    window = f" (window={c.window} is above it)" if c.window > trained else ""  # type: ignore[operator]
+    raise ConfigError(
+        f"The attention scope G + max_spans*span + L = {g} + {n}*{span} + {local} = {c.scope} reaches "
+        f"{over} positions past the model's trained window of {trained} tokens (max_position_embeddings)"
+        f"{window}: RoPE positions it was never trained on. Fix: {fit}leave the sizes and window unset "
+        "(they are fitted to the model), or pass allow_extrapolation=True to use these positions anyway."
+    )
 
 
 class PatchHandle:
@@ -151,7 +181,7 @@ def patch(model: nn.Module, config: ReAttentionConfig | None = None) -> PatchHan
     existing = getattr(model, "_reattn_handle", None)
     if existing is not None:
         existing.unpatch()
-    resolved = config.resolve(model_window(model.config))
+    resolved = resolve_for_model(config, model.config)
     if resolved.mode == "full":
         return PatchHandle(model, None)
     _register()

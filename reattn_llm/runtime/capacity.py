@@ -3,7 +3,10 @@
 ReAttention keeps the whole KV cache (it reads only a bounded part per step), so the capacity is
 what the cache can fill after the weights and a working reserve for one chunk. This is the
 number the LangChain profile and LlamaIndex metadata report, and requests above it are refused
-before any prefill.
+before any prefill. A kept document prefix counts as free: the next request either reuses its rows
+as part of its own cache or frees it before allocating. Under ``max_cache_bytes`` the capacity is
+the per-layer row limit of the cache's growth policy (:func:`~reattn_llm.kv.storage.rows_to_allocate`,
+:func:`~reattn_llm.kv.storage.budget_rows`), so every request it admits also allocates.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 import torch
 
 from ..errors import ContextTooLongError
-from ..kv.storage import KVStorage
+from ..kv.storage import KVStorage, budget_rows
 from ..method.config import ReAttentionConfig
 
 _SAFETY = 0.85
@@ -34,20 +37,27 @@ class Capacity:
     weight_bytes: int
     reserve_bytes: int
     device: str
+    max_cache_bytes: int | None = None  # the cap on one request's KV cache, when one is set
 
     def within(self, max_bytes: int | None) -> Capacity:
-        """This budget with one request's KV cache capped at ``max_bytes`` (None: no cap)."""
+        """This budget with one request's KV cache capped at ``max_bytes`` (None: no cap): the rows each
+        layer's equal share of the cap holds (:func:`~reattn_llm.kv.storage.budget_rows`, the limit the
+        cache's growth policy allocates within)."""
         if max_bytes is None:
             return self
-        return dataclasses.replace(
-            self, max_tokens=min(self.max_tokens, max_bytes // self.kv_bytes_per_token)
-        )
+        tokens = min(self.max_tokens, budget_rows(max_bytes, self.kv_bytes_per_token))
+        return dataclasses.replace(self, max_tokens=tokens, max_cache_bytes=max_bytes)
 
     def explain(self) -> str:
         gib = 1024**3
         return (
             f"{self.kv_bytes_per_token / 1024:.1f} KiB of KV cache per token, {self.available_bytes / gib:.1f} GiB "
             f"available, {self.weight_bytes / gib:.2f} GiB weights, {self.reserve_bytes / gib:.2f} GiB working reserve"
+            + (
+                ""
+                if self.max_cache_bytes is None
+                else f", the KV cache capped at {self.max_cache_bytes:,} bytes"
+            )
         )
 
 
@@ -131,16 +141,52 @@ def working_reserve(
     return int(acts + attn + scoring + logits + (64 << 20))
 
 
+def engine_capacity(
+    model_config: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+    config: ReAttentionConfig,
+    model: Any = None,
+    split: bool = False,
+    *,
+    max_bytes: int | None = None,
+    kept: Any = None,
+) -> Capacity:
+    """An engine's token budget: ``model`` (None: weights not loaded yet) on ``device``, its layers
+    split across devices when ``split`` (a ``device_map``), one request's cache capped at ``max_bytes``;
+    ``kept``: the cache of a kept document prefix (a :class:`~reattn_llm.kv.cache.ReAttentionCache`),
+    whose memory counts as free."""
+    if split and model is not None:
+        devices = [next(layer.parameters()).device for layer in model.get_decoder().layers]
+        cap = estimate_capacity_split(model_config, devices, dtype, config, kept=kept)
+    else:
+        cap = estimate_capacity(
+            model_config, device, dtype, config, weights_loaded=model is not None, kept=kept
+        )
+    return cap.within(max_bytes)
+
+
+def _kept_bytes(kept: Any, device: torch.device) -> tuple[int, int]:
+    """(bytes on ``device``, bytes in host memory) that the kept cache ``kept`` holds; on the CPU both."""
+    if kept is None:
+        return 0, 0
+    dev, host = int(kept.nbytes()), int(kept.host_nbytes())
+    return (dev + host, 0) if device.type == "cpu" else (dev, host)
+
+
 def estimate_capacity(
     model_config: Any,
     device: torch.device,
     dtype: torch.dtype,
     config: ReAttentionConfig,
     weights_loaded: bool = False,
+    kept: Any = None,
 ) -> Capacity:
-    """The most tokens (prompt + answer) whose KV cache fits in free memory after the weights."""
+    """The most tokens (prompt + answer) whose KV cache fits in free memory after the weights; the
+    memory of ``kept`` (a kept prefix's cache, reused or freed by the next request) counts as free."""
     per_tok = max(1, kv_bytes_per_token(model_config, dtype, config))
-    avail = available_bytes(device)
+    kept_dev, kept_host = _kept_bytes(kept, device)
+    avail = available_bytes(device) + kept_dev
     weights = (
         0 if weights_loaded else parameter_count(model_config) * torch.empty((), dtype=dtype).element_size()
     )
@@ -148,7 +194,7 @@ def estimate_capacity(
     usable = max(0, int(avail * _SAFETY) - weights - reserve)
     max_tokens = min(
         usable // per_tok,
-        _host_token_limit(model_config, dtype, config, weights if device.type == "cpu" else 0),
+        _host_token_limit(model_config, dtype, config, (weights if device.type == "cpu" else 0) - kept_host),
     )
     return Capacity(max_tokens, per_tok, avail, weights, reserve, str(device))
 
@@ -165,16 +211,23 @@ def _host_token_limit(
 
 
 def estimate_capacity_split(
-    model_config: Any, layer_devices: list[torch.device], dtype: torch.dtype, config: ReAttentionConfig
+    model_config: Any,
+    layer_devices: list[torch.device],
+    dtype: torch.dtype,
+    config: ReAttentionConfig,
+    kept: Any = None,
 ) -> Capacity:
     """Capacity of a model whose decoder layers sit on several devices (loaded with a ``device_map``,
     weights already in memory): each device holds the KV cache of its own layers, so the token budget
-    is the smallest one over the devices, ``usable_d / (kv_bytes_per_token * layers_d / layers)``."""
+    is the smallest one over the devices, ``usable_d / (kv_bytes_per_token * layers_d / layers)``; a
+    kept prefix's cache ``kept`` counts as free on the devices of its layers."""
     per_tok = max(1, kv_bytes_per_token(model_config, dtype, config))
     n_layers = len(layer_devices)
     reserve = working_reserve(model_config, config, dtype, layer_devices[0] if layer_devices else None)
     counts = Counter(layer_devices)
     avail = {dev: available_bytes(dev) for dev in counts}
+    for dev, layer in zip(layer_devices, getattr(kept, "layers", None) or [], strict=False):
+        avail[dev] += int(layer.nbytes())
     max_tokens = min(
         max(0, int(avail[dev] * _SAFETY) - reserve) * n_layers // (per_tok * n) for dev, n in counts.items()
     )

@@ -11,6 +11,10 @@ exactly). :func:`encode_prompt` finds the question:
 * an ``int``: a character offset into the prompt string (the user turn's text for a chat prompt,
   the text itself otherwise), for callers that know where their question begins;
 * ``None``: no boundary; the config's ``tail_size`` rule applies.
+
+A prompt with no text of the user's own is refused before the chat template is applied
+(:func:`check_prompt`): the template alone would otherwise make a non-empty prompt that the model
+answers ("I'm here to help...").
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 QuestionStart = int | Literal["auto"] | None
+Prompt = str | list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -31,19 +36,70 @@ class EncodedPrompt:
     question: int | None
 
 
+def check_prompt(prompt: Prompt) -> None:
+    """Refuse a prompt that holds no text of the user's own, before any template or model work.
+
+    A string must hold more than whitespace; a chat (a list of ``{"role", "content"}`` messages)
+    must hold a message with text, and its last user message, when it has one, must hold text.
+
+    Raises:
+        ValueError: the prompt is empty or blank, naming what to give instead.
+    """
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError(
+                f"The prompt is empty{'' if not prompt else ' (only whitespace)'}: give the model some text to "
+                "read, such as a document followed by a question."
+            )
+        return
+    if not isinstance(prompt, list):
+        raise ValueError(
+            f"The prompt is a {type(prompt).__name__}: give a string, or a list of "
+            '{"role": ..., "content": ...} messages.'
+        )
+    texts = [_content_text(m.get("content", "")) if isinstance(m, dict) else "" for m in prompt]
+    if not any(t.strip() for t in texts):
+        raise ValueError(
+            f"The chat is empty ({len(prompt)} message(s), none with text): give the model some text to read."
+        )
+    users = [t for m, t in zip(prompt, texts, strict=True) if isinstance(m, dict) and m.get("role") == "user"]
+    if users and not users[-1].strip():
+        raise ValueError(
+            "The last user message is empty: put the question (and the document) in it, or leave the "
+            "empty message out."
+        )
+
+
+def _content_text(content: Any) -> str:
+    """The text of a message's content: a string, or the text parts of a list of content blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            b if isinstance(b, str) else str(b.get("text", "")) if isinstance(b, dict) else ""
+            for b in content
+        )
+    return "" if content is None else str(content)
+
+
 def encode_prompt(
     tokenizer: Any,
-    prompt: str | list[dict[str, str]],
+    prompt: Prompt,
     chat: bool = True,
     question_start: QuestionStart = "auto",
     max_question_tokens: int | None = None,
+    require_text: bool = True,
 ) -> EncodedPrompt:
-    """Apply the chat template (to message lists, and to a string when ``chat`` and the tokenizer has
+    """Check the prompt (:func:`check_prompt`, unless ``require_text`` is false: counting tokens),
+    apply the chat template (to message lists, and to a string when ``chat`` and the tokenizer has
     one), tokenize, and locate the question (module docstring).
 
     Raises:
-        ValueError: ``question_start`` is not ``"auto"``, None or an offset within the prompt string.
+        ValueError: an empty or blank prompt; ``question_start`` is not ``"auto"``, None or an offset
+            within the prompt string.
     """
+    if require_text:
+        check_prompt(prompt)
     templated = isinstance(prompt, list) or (chat and getattr(tokenizer, "chat_template", None))
     if templated:
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
