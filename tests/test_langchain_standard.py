@@ -96,6 +96,12 @@ class _Features:
 
 class TestChatReAttentionUnit(_Features, ChatModelUnitTests):
     @property
+    def standard_chat_model_params(self) -> dict[str, Any]:
+        # The suite's defaults less api_key, timeout and max_retries: a local model has none of
+        # them, and the wrapper refuses constructor arguments it would otherwise ignore.
+        return {"temperature": 0, "max_tokens": 100, "stop": []}
+
+    @property
     def init_from_env_params(self) -> tuple[dict[str, str], dict[str, Any], dict[str, Any]]:
         return {"REATTN_LLM_MODEL": DEFAULT_MODEL}, dict(_PARAMS), {"model": DEFAULT_MODEL}
 

@@ -8,18 +8,186 @@ Both wrap one shared :class:`~reattn_llm.runtime.engine.Engine` per model
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import os
+import re
+import warnings
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from ..errors import ConfigError
 from ..method.config import ReAttentionConfig
 from ..runtime.citations import cited_pages
+from ..runtime.engine import Engine
+from ..runtime.model_spec import ModelSpec
+from ..runtime.registry import WRAPPER_SETTINGS, shared_engine
 from ..runtime.sampling import SamplingParams
 from ..runtime.stream import Completion
 
 Prompt = str | list[dict[str, str]]
 
+#: Sampling settings that are both wrapper fields and per-call keyword arguments (transformers'
+#: meanings: :class:`~reattn_llm.runtime.sampling.SamplingParams`).
+SAMPLING_FIELDS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "typical_p",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "seed",
+)
+
 #: Per-call keyword arguments of both wrappers that set sampling (``invoke(..., temperature=0.7)``).
-SAMPLING_KWARGS = frozenset({"max_tokens", "max_new_tokens", "temperature", "top_p", "top_k", "seed", "cite"})
+SAMPLING_KWARGS = frozenset({"max_tokens", "max_new_tokens", "cite", *SAMPLING_FIELDS})
+
+#: Per-call keyword arguments LangChain itself may pass down with a call: accepted, not used here.
+FRAMEWORK_CALL_KWARGS = frozenset({"callbacks", "run_manager", "tags", "metadata", "run_name", "run_id"})
+
+
+#: Names other wrappers use for these settings (LangChain's / LlamaIndex's / transformers'),
+#: suggested when they are given here.
+SYNONYMS = {
+    "context_window": "max_input_tokens",
+    "max_input_tokens": "context_window",
+    "max_length": "max_tokens",
+    "num_output": "max_tokens",
+    "model_name": "model",
+    "model_id": "model",
+    "model_path": "model",
+    "torch_dtype": "dtype",
+    "tokenizer_name": "tokenizer",
+    "do_sample": "temperature",
+}
+
+
+def check_constructor_kwargs(cls: type, data: Any, also: Collection[str] = ()) -> None:
+    """Refuse constructor arguments that are not fields (or aliases) of ``cls``, naming each with
+    the nearest valid name: a typo (``temprature=``) or an option this wrapper lacks must not be
+    dropped silently. ``also``: names the framework accepts besides its fields."""
+    if not isinstance(data, Mapping):
+        return
+    valid = set(also)
+    for name, info in cls.model_fields.items():  # type: ignore[attr-defined]
+        valid.add(name)
+        if info.alias:
+            valid.add(info.alias)
+    unknown = sorted(k for k in data if isinstance(k, str) and k not in valid)
+    if not unknown:
+        return
+    hints = []
+    for k in unknown:
+        near = (
+            [SYNONYMS[k]] if SYNONYMS.get(k) in valid else difflib.get_close_matches(k, sorted(valid), 1, 0.6)
+        )
+        hints.append(f"{k!r} (did you mean {near[0]!r}?)" if near else repr(k))
+    raise TypeError(
+        f"{cls.__name__} got unexpected keyword argument(s) {', '.join(hints)}. "
+        f"Its settings: {', '.join(sorted(v for v in valid if not v.startswith('_')))}."
+    )
+
+
+def model_spec(model: Any, tokenizer: Any = None, model_kwargs: Mapping[str, Any] | None = None) -> Any:
+    """What the engine loads for a wrapper's ``model`` / ``tokenizer`` / ``model_kwargs``: the plain
+    name (or None) when there is nothing more, else a :class:`ModelSpec` (checked here: cheap)."""
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    kwargs = {k: v for k, v in (model_kwargs or {}).items() if k not in ("dtype", "torch_dtype")}
+    if (model is None or isinstance(model, str)) and tokenizer is None and not kwargs:
+        return model
+    if model is None or isinstance(model, str):
+        return ModelSpec(model, kwargs, tokenizer=tokenizer)
+    return ModelSpec(model=model, tokenizer=tokenizer, kwargs=kwargs)
+
+
+def engine_settings(wrapper: Any) -> dict[str, Any]:
+    """The :class:`Engine` settings of a wrapper's own model: its fields (``WRAPPER_SETTINGS``), a
+    ``dtype`` given in ``model_kwargs``, and for a model the user loaded its own device and dtype."""
+    settings = {name: getattr(wrapper, name) for name in WRAPPER_SETTINGS}
+    extra = dict(getattr(wrapper, "model_kwargs", None) or {})
+    for key in ("dtype", "torch_dtype"):
+        if key in extra:
+            if str(settings["dtype"]) not in ("auto", str(extra[key])):
+                raise ConfigError(
+                    f"dtype={settings['dtype']!r} and model_kwargs[{key!r}]={extra[key]!r}: give one."
+                )
+            settings["dtype"] = extra[key]
+    model = wrapper.model
+    if model is not None and not isinstance(model, str | os.PathLike):  # loaded by the user: used where it is
+        device = model.get_input_embeddings().weight.device
+        if settings["device"] not in ("auto", None, str(device)):
+            raise ConfigError(
+                f"device={settings['device']!r}, but the model you loaded is on {device}: "
+                "move it first (model.to(...)) or leave device='auto'."
+            )
+        devices = set(getattr(model, "hf_device_map", {}).values())
+        if len(devices) > 1 and settings["device_map"] is None:
+            settings["device_map"] = model.hf_device_map
+        settings["device"], settings["dtype"] = str(device), model.dtype
+    return settings
+
+
+def wrapper_engine(wrapper: Any, model: str | None = None) -> Engine:
+    """The shared engine of the wrapper's own model (``model`` None), or of another model named
+    in a call (``invoke(..., model="other")``: loaded by name, with the wrapper's device and dtype)."""
+    if model is None:
+        spec = model_spec(
+            wrapper.model, getattr(wrapper, "tokenizer", None), getattr(wrapper, "model_kwargs", None)
+        )
+        return shared_engine(spec, **engine_settings(wrapper))
+    return shared_engine(model, **{name: getattr(wrapper, name) for name in WRAPPER_SETTINGS})
+
+
+def check_model(value: Any) -> Any:
+    """A wrapper's ``model`` field: a Hub id or folder (str / path), None, or a loaded transformers model."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "config") and hasattr(value, "get_input_embeddings"):
+        return value
+    raise TypeError(
+        f"model must be a Hub id, a local folder or a loaded transformers model, not {type(value).__name__}."
+    )
+
+
+#: Raw PDF syntax: the header, and object / stream markers (``12 0 obj``, ``endobj``, ``endstream``).
+_PDF_HEADER = re.compile(r"%PDF-\d\.\d")
+_PDF_OBJECTS = re.compile(r"\b\d+ \d+ obj\b|\bendobj\b|\bendstream\b")
+
+
+def looks_like_raw_pdf(text: str) -> bool:
+    """Whether ``text`` holds a PDF's bytes read as text rather than its extracted text: the
+    ``%PDF-1.x`` header with object markers, or many object markers (a PDF read without a PDF reader)."""
+    head = _PDF_HEADER.search(text) is not None
+    markers = 0
+    for _ in _PDF_OBJECTS.finditer(text):
+        markers += 1
+        if markers >= (2 if head else 8):
+            return True
+    return False
+
+
+RAW_PDF_FIX = (
+    "read PDFs with the package's reader: SimpleDirectoryReader(..., file_extractor={'.pdf': ReAttentionReader()}) "
+    "(from reattn_llm.integrations.loaders import ReAttentionReader), or reattn_llm.load_document(path)"
+)
+
+
+def warn_if_raw_pdf(text: str, where: str) -> bool:
+    """A ``UserWarning`` with the fix when ``text`` looks like raw PDF syntax (see
+    :func:`looks_like_raw_pdf`); returns whether it warned."""
+    if not looks_like_raw_pdf(text):
+        return False
+    warnings.warn(
+        f"{where} looks like a PDF's raw bytes (%PDF-, 'obj'/'endobj' markers), not its text: the model "
+        f"would read PDF syntax. A loader read the file as text (SimpleDirectoryReader without a PDF "
+        f"reader does this); {RAW_PDF_FIX}.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return True
 
 
 def coerce_config(value: Any) -> ReAttentionConfig | None:
@@ -44,11 +212,17 @@ def config_dict(config: ReAttentionConfig | None) -> dict[str, Any] | None:
 
 
 def check_call_kwargs(owner: str, kwargs: Mapping[str, Any], allowed: Collection[str]) -> None:
-    """Refuse unknown per-call keyword arguments (a typo must not be ignored silently)."""
-    unknown = set(kwargs) - set(allowed)
+    """Refuse unknown per-call keyword arguments (a typo must not be ignored silently); those
+    LangChain itself passes down (:data:`FRAMEWORK_CALL_KWARGS`) are accepted."""
+    allowed = set(allowed) | FRAMEWORK_CALL_KWARGS
+    unknown = sorted(set(kwargs) - allowed)
     if unknown:
+        hints = []
+        for k in unknown:
+            near = difflib.get_close_matches(k, sorted(allowed), n=1, cutoff=0.6)
+            hints.append(f"{k!r} (did you mean {near[0]!r}?)" if near else repr(k))
         raise TypeError(
-            f"{owner} got unexpected keyword argument(s) {sorted(unknown)}; it accepts {sorted(allowed)}."
+            f"{owner} got unexpected keyword argument(s) {', '.join(hints)}; it accepts {sorted(allowed)}."
         )
 
 
@@ -57,15 +231,16 @@ def call_params(
 ) -> tuple[SamplingParams, bool]:
     """The sampling parameters and the citation switch of one call: the call's keyword arguments
     (:data:`SAMPLING_KWARGS`) win over the wrapper's fields of the same names; ``stop`` (None: the
-    wrapper's ``stop``) replaces the stop strings."""
+    wrapper's ``stop``) replaces the stop strings; the wrapper's input cap (``_input_cap``, from
+    ``max_input_tokens`` / ``context_window``) becomes ``max_input_tokens``."""
     max_tokens = kwargs.get("max_tokens", kwargs.get("max_new_tokens", wrapper.max_tokens))
+    cap, cap_name = wrapper._input_cap(max_tokens)
     params = SamplingParams(
         max_new_tokens=max_tokens,
-        temperature=kwargs.get("temperature", wrapper.temperature),
-        top_p=kwargs.get("top_p", wrapper.top_p),
-        top_k=kwargs.get("top_k", wrapper.top_k),
-        seed=kwargs.get("seed", wrapper.seed),
         stop=list(stop if stop is not None else (wrapper.stop or [])),
+        max_input_tokens=cap,
+        input_cap=cap_name,
+        **{name: kwargs.get(name, getattr(wrapper, name)) for name in SAMPLING_FIELDS},
     )
     return params, bool(kwargs.get("cite", wrapper.cite))
 

@@ -20,6 +20,7 @@ import torch
 
 from ..errors import UnsupportedModelError
 from ..method.families import check_model_config
+from .model_spec import ModelSpec
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _DEFAULT_ALIASES = {
@@ -45,13 +46,15 @@ def cache_dir() -> Path:
 DEFAULT_EFFECTIVE_WINDOW = 2048
 
 
-def effective_window(model: str | None) -> int | None:
+def effective_window(model: str | ModelSpec | None) -> int | None:
     """The measured effective window of ``model`` (:data:`DEFAULT_EFFECTIVE_WINDOW` for the embedded
     default), or None when it has not been measured (the scope then keeps the paper's sizes)."""
     return DEFAULT_EFFECTIVE_WINDOW if is_default(model) else None
 
 
-def is_default(model: str | None) -> bool:
+def is_default(model: str | ModelSpec | None) -> bool:
+    if isinstance(model, ModelSpec):
+        return not model.loaded and is_default(model.name)
     return model is None or model.lower() in _DEFAULT_ALIASES
 
 
@@ -139,15 +142,23 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return names[dtype]
 
 
-def model_source(model: str | None) -> str:
+def model_source(model: str | ModelSpec | None) -> str:
     """The folder or Hub id to load for ``model`` (the converted default for None)."""
+    if isinstance(model, ModelSpec):
+        return model_source(model.name)
     return str(default_model_dir()) if is_default(model) else str(model)
 
 
-def load_config(model: str | None) -> Any:
+def load_config(model: str | ModelSpec | None) -> Any:
     """The model's transformers config, checked for support (no weights are read)."""
     from transformers import AutoConfig
 
+    hub: dict[str, Any] = {}
+    if isinstance(model, ModelSpec):  # a loaded model, or a name with from_pretrained arguments
+        if model.loaded:
+            check_model_config(model.model.config)
+            return model.model.config
+        model, hub = model.name, model.hub_kwargs
     if is_default(model):
         src = default_model_dir()
     else:
@@ -155,7 +166,7 @@ def load_config(model: str | None) -> Any:
         if os.path.exists(str(model)) and not os.path.isdir(str(model)):
             raise UnsupportedModelError(f"{model!r} is a file: pass the model's folder or a Hub id.")
     try:
-        config = AutoConfig.from_pretrained(str(src))
+        config = AutoConfig.from_pretrained(str(src), **hub)
     except (OSError, ValueError) as e:
         raise UnsupportedModelError(
             f"Could not read a model config from {model!r}: {e}. Pass a local folder with config.json or a Hub id "
@@ -166,37 +177,48 @@ def load_config(model: str | None) -> Any:
 
 
 def load_model(
-    model: str | None,
+    model: str | ModelSpec | None,
     device: torch.device,
     dtype: torch.dtype,
     device_map: str | dict[str, Any] | None = None,
 ) -> tuple[Any, Any]:
     """``(model, tokenizer)`` on ``device`` in ``dtype``, eval mode, SDPA attention; with a
     ``device_map`` (accelerate's: ``"auto"``, ``"balanced"`` or ``{module: device}``) the decoder
-    layers are split across devices instead (each layer's KV cache then lives on its layer's device)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    layers are split across devices instead (each layer's KV cache then lives on its layer's device).
+    A :class:`~reattn_llm.runtime.model_spec.ModelSpec` adds its ``from_pretrained`` arguments, or
+    gives a model already loaded (returned as it is, in eval mode)."""
+    from transformers import AutoModelForCausalLM
 
     load_config(model)
+    if isinstance(model, ModelSpec) and model.loaded:  # the user's own: used where it is, as it is
+        return model.model.eval(), model.tokenizer
+    extra = model.kwargs if isinstance(model, ModelSpec) else {}
+    if "quantization_config" in extra and device_map is None:
+        device_map = {"": str(device)}  # quantized weights load in place (they refuse .to())
     src = model_source(model)
-    tok = AutoTokenizer.from_pretrained(src)
+    tok = load_tokenizer(model)
     if device_map is not None:
         try:
             import accelerate  # noqa: F401
         except ImportError as e:
             raise ImportError("device_map needs accelerate: pip install accelerate") from e
         lm = AutoModelForCausalLM.from_pretrained(
-            src, dtype=dtype, attn_implementation="sdpa", device_map=device_map
+            src, dtype=dtype, attn_implementation="sdpa", device_map=device_map, **extra
         )
         lm = lm.eval()
     else:
-        lm = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, attn_implementation="sdpa")
+        lm = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, attn_implementation="sdpa", **extra)
         lm = lm.to(device).eval()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return lm, tok
 
 
-def load_tokenizer(model: str | None) -> Any:
+def load_tokenizer(model: str | ModelSpec | None) -> Any:
     from transformers import AutoTokenizer
 
+    if isinstance(model, ModelSpec):
+        if model.loaded:
+            return model.tokenizer
+        return AutoTokenizer.from_pretrained(model_source(model), **model.hub_kwargs)
     return AutoTokenizer.from_pretrained(model_source(model))

@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 from .engine import Engine
+from .model_spec import ModelSpec
 
 #: Engine settings the LangChain and LlamaIndex wrappers expose as fields of the same names.
 WRAPPER_SETTINGS = ("device", "dtype", "config", "progress", "device_map")
@@ -18,12 +19,13 @@ _engines: dict[tuple, Engine] = {}
 _lock = threading.Lock()
 
 
-def shared_engine(model: str | None = None, **settings: Any) -> Engine:
+def shared_engine(model: str | ModelSpec | None = None, **settings: Any) -> Engine:
     """The engine of ``model`` with these :class:`Engine` settings, created on first use (cheap:
     weights load on the first request). Settings that name the same engine share it; the first
     caller's ``progress`` wins."""
     probe = Engine(model, **settings)
-    key = (probe.model_name, str(probe.device), str(probe.dtype), probe.user_config, repr(probe.device_map))
+    name = model if isinstance(model, ModelSpec) else probe.model_name  # a spec: its object or arguments
+    key = (name, str(probe.device), str(probe.dtype), probe.user_config, repr(probe.device_map))
     with _lock:
         return _engines.setdefault(key, probe)
 

@@ -13,15 +13,25 @@ from typing import Any
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import LangSmithParams
 from langchain_core.messages.ai import UsageMetadata
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ...method.config import ReAttentionConfig
 from ...runtime.capacity import Capacity
 from ...runtime.engine import Engine
-from ...runtime.models import DEFAULT_MODEL, is_default
-from ...runtime.registry import engine_for
 from ...runtime.stream import Completion, Stream
-from .._common import SAMPLING_KWARGS, Prompt, call_params, check_call_kwargs, coerce_config, config_dict
+from .._common import (
+    SAMPLING_KWARGS,
+    Prompt,
+    call_params,
+    check_call_kwargs,
+    check_constructor_kwargs,
+    check_model,
+    coerce_config,
+    config_dict,
+    model_spec,
+    warn_if_raw_pdf,
+    wrapper_engine,
+)
 
 #: Environment variable naming the model a wrapper uses when ``model`` is not given.
 MODEL_ENV = "REATTN_LLM_MODEL"
@@ -118,9 +128,15 @@ class ReAttentionBase(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
 
-    model: str | None = Field(default_factory=_env_model)
+    model: Any = Field(default_factory=_env_model)
     """Hub id or local folder; None (default) is the embedded SmolLM2-135M-Instruct
-    (or ``$REATTN_LLM_MODEL`` when set)."""
+    (or ``$REATTN_LLM_MODEL`` when set); or a transformers model you loaded (with ``tokenizer``),
+    used on its device and dtype and patched in place on the first call."""
+    tokenizer: Any = None
+    """The tokenizer of a ``model`` you loaded (required then; unused for a model named by id)."""
+    model_kwargs: dict[str, Any] | None = None
+    """Extra ``from_pretrained`` arguments for a model named by id: ``revision``,
+    ``quantization_config``, ``token``, ``trust_remote_code``... (``dtype`` here is the ``dtype`` field)."""
     device: str = "auto"
     """``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``..."""
     dtype: str = "auto"
@@ -136,6 +152,14 @@ class ReAttentionBase(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)
     """0 is off."""
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Drop tokens less likely than ``min_p`` times the most likely one (0 is off; sampling only)."""
+    typical_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Locally typical sampling mass (1.0 is off; sampling only)."""
+    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    """transformers' repetition penalty over the prompt and the answer (1.0 is off; also when greedy)."""
+    no_repeat_ngram_size: int = Field(default=0, ge=0)
+    """Never repeat an n-gram of this size from the prompt or the answer (0 is off; also when greedy)."""
     seed: int | None = None
     """Seed for sampling (temperature > 0); None: not reproducible."""
     stop: list[str] | None = None
@@ -144,8 +168,27 @@ class ReAttentionBase(BaseModel):
     """Attach the pages / character ranges the answer drew on most to the result's metadata."""
     progress: bool = True
     """Show a prefill progress bar for long prompts (set by the first wrapper of an engine)."""
+    input_cap: int | None = Field(default=None, ge=1, alias="max_input_tokens")
+    """Refuse prompts longer than this many tokens (``ContextTooLongError``, before any prefill);
+    set as ``max_input_tokens=``. None: the capacity of this device is the only limit."""
 
     _engines: dict[str | None, Engine] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_names(cls, data: Any) -> Any:
+        check_constructor_kwargs(cls, data, also={"callback_manager"})  # LangChain's deprecated name
+        return data
+
+    @model_validator(mode="after")
+    def _check_model_spec(self) -> ReAttentionBase:
+        model_spec(self.model, self.tokenizer, self.model_kwargs)  # bad combinations fail here, cheaply
+        return self
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _check_model(cls, value: Any) -> Any:
+        return check_model(value)
 
     @field_validator("config", mode="before")
     @classmethod
@@ -156,7 +199,7 @@ class ReAttentionBase(BaseModel):
     @property
     def model_name(self) -> str:
         """The model's name as reported on results."""
-        return DEFAULT_MODEL if is_default(self.model) else str(self.model)
+        return self.engine.model_name
 
     @property
     def engine(self) -> Engine:
@@ -164,10 +207,10 @@ class ReAttentionBase(BaseModel):
         return self._engine_for(None)
 
     def _engine_for(self, model: str | None) -> Engine:
-        name = self.model if model is None else model
-        engine = self._engines.get(name)
+        """The wrapper's own engine (``model`` None) or that of a model named in a call."""
+        engine = self._engines.get(model)
         if engine is None:
-            engine = self._engines[name] = engine_for(self, name)
+            engine = self._engines[model] = wrapper_engine(self, model)
         return engine
 
     def capacity(self) -> Capacity:
@@ -176,8 +219,14 @@ class ReAttentionBase(BaseModel):
 
     @property
     def max_input_tokens(self) -> int:
-        """The capacity in tokens: a longer input raises ContextTooLongError before any prefill."""
-        return self.capacity().max_tokens
+        """The capacity in tokens, or the ``max_input_tokens=`` cap when lower: a longer input raises
+        ContextTooLongError before any prefill."""
+        capacity = self.capacity().max_tokens
+        return capacity if self.input_cap is None else min(capacity, self.input_cap)
+
+    def _input_cap(self, max_new_tokens: int) -> tuple[int | None, str]:
+        """The most prompt tokens a call may send, and the setting that says so."""
+        return self.input_cap, "max_input_tokens"
 
     def _profile(self) -> LazyProfile:
         """Capabilities, with ``max_input_tokens`` = this model's capacity on this device (computed
@@ -201,7 +250,7 @@ class ReAttentionBase(BaseModel):
             "reasoning_output": False,
             "temperature": True,
         }
-        return LazyProfile(static, lambda: self.capacity().max_tokens)
+        return LazyProfile(static, lambda: self.max_input_tokens)
 
     # -- tokens ----------------------------------------------------------------------------------
     def get_token_ids(self, text: str) -> list[int]:
@@ -221,6 +270,9 @@ class ReAttentionBase(BaseModel):
         check_call_kwargs(type(self).__name__, kwargs, SAMPLING_KWARGS | {"model", "stop"})
         params, cite = call_params(self, kwargs, stop)
         engine = self._engine_for(kwargs.get("model"))
+        warn_if_raw_pdf(
+            prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt), "The prompt"
+        )
         return engine.generate(prompt, params, chat=chat, cite_sources=cite), cite
 
     def _delta_chunk(self, delta: str) -> Any:
@@ -269,6 +321,11 @@ class ReAttentionBase(BaseModel):
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k,
+            "min_p": self.min_p,
+            "typical_p": self.typical_p,
+            "repetition_penalty": self.repetition_penalty,
+            "no_repeat_ngram_size": self.no_repeat_ngram_size,
+            "max_input_tokens": self.input_cap,
             "seed": self.seed,
             "cite": self.cite,
         }

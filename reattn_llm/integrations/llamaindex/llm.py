@@ -22,22 +22,26 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.llms import CustomLLM
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.llm import default_completion_to_prompt
-from pydantic import ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from ...errors import ContextTooLongError
 from ...method.config import ReAttentionConfig
 from ...runtime.capacity import Capacity
 from ...runtime.engine import Engine
-from ...runtime.models import DEFAULT_MODEL, is_default
-from ...runtime.registry import engine_for
 from ...runtime.stream import Completion, Stream
 from .._common import (
     SAMPLING_KWARGS,
     Prompt,
     call_params,
     check_call_kwargs,
+    check_constructor_kwargs,
+    check_model,
     coerce_config,
     completion_metadata,
+    model_spec,
     token_usage,
+    warn_if_raw_pdf,
+    wrapper_engine,
 )
 
 
@@ -75,7 +79,15 @@ class ReAttentionLlamaLLM(CustomLLM):
 
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
 
-    model: str | None = Field(default=None, description="Hub id or local folder; None: the default.")
+    model: Any = Field(
+        default=None,
+        description="Hub id or local folder; None: the default; or a transformers model you loaded (with tokenizer=).",
+    )
+    tokenizer: Any = Field(default=None, description="The tokenizer of a model you loaded.")
+    model_kwargs: dict[str, Any] | None = Field(
+        default=None,
+        description="Extra from_pretrained arguments (revision, quantization_config, token, ...).",
+    )
     device: str = Field(default="auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     dtype: str = Field(default="auto", description="'auto' (bf16 on CUDA, fp32 on CPU) or a dtype name.")
     device_map: str | dict[str, Any] | None = Field(
@@ -86,13 +98,38 @@ class ReAttentionLlamaLLM(CustomLLM):
     temperature: float = Field(default=0.0, ge=0.0, description="0 is greedy decoding.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0, description="0 is off.")
+    min_p: float = Field(default=0.0, ge=0.0, le=1.0, description="0 is off (sampling only).")
+    typical_p: float = Field(default=1.0, gt=0.0, le=1.0, description="1.0 is off (sampling only).")
+    repetition_penalty: float = Field(default=1.0, gt=0.0, description="1.0 is off; prompt and answer.")
+    no_repeat_ngram_size: int = Field(default=0, ge=0, description="0 is off; prompt and answer.")
     seed: int | None = Field(default=None, description="Seed for sampling (temperature > 0).")
     stop: list[str] = Field(default_factory=list, description="Stop strings (not included in the answer).")
     cite: bool = Field(default=False, description="Attach the pages the answer drew on most.")
     progress: bool = Field(default=True, description="Prefill progress bar for long prompts.")
     chat_template: bool = Field(default=True, description="complete(): wrap the prompt in the chat template.")
+    context_window: int | None = Field(
+        default=None,
+        ge=1,
+        description="Cap on prompt + answer tokens (metadata.context_window reports it); None: the capacity.",
+    )
 
     _engine: Engine | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_names(cls, data: Any) -> Any:
+        check_constructor_kwargs(cls, data)
+        return data
+
+    @model_validator(mode="after")
+    def _check_model_spec(self) -> ReAttentionLlamaLLM:
+        model_spec(self.model, self.tokenizer, self.model_kwargs)  # bad combinations fail here, cheaply
+        return self
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _check_model(cls, value: Any) -> Any:
+        return check_model(value)
 
     @field_validator("config", mode="before")
     @classmethod
@@ -108,12 +145,12 @@ class ReAttentionLlamaLLM(CustomLLM):
     def engine(self) -> Engine:
         """The shared engine of this model (weights load on the first call)."""
         if self._engine is None:
-            self._engine = engine_for(self, self.model)
+            self._engine = wrapper_engine(self)
         return self._engine
 
     @property
     def model_name(self) -> str:
-        return DEFAULT_MODEL if is_default(self.model) else str(self.model)
+        return self.engine.model_name
 
     def capacity(self) -> Capacity:
         """How many tokens (prompt + answer) this model holds on this device (no weights loaded)."""
@@ -121,14 +158,29 @@ class ReAttentionLlamaLLM(CustomLLM):
 
     @property
     def metadata(self) -> LLMMetadata:
-        """``context_window`` is the capacity on this device, never clamped to the trained window."""
+        """``context_window`` is the capacity on this device (never clamped to the trained window),
+        or the ``context_window=`` cap when lower."""
+        capacity = self.capacity().max_tokens
         return LLMMetadata(
-            context_window=self.capacity().max_tokens,
+            context_window=capacity if self.context_window is None else min(capacity, self.context_window),
             num_output=self.max_tokens,
             is_chat_model=True,
             is_function_calling_model=False,
             model_name=self.model_name,
         )
+
+    def _input_cap(self, max_new_tokens: int) -> tuple[int | None, str]:
+        """The most prompt tokens a call may send: ``context_window`` less the answer's budget
+        (LlamaIndex's meaning of a context window), and the setting that says so."""
+        if self.context_window is None:
+            return None, "context_window"
+        room = self.context_window - max_new_tokens
+        if room < 1:
+            raise ContextTooLongError(
+                f"context_window={self.context_window} leaves no room for a prompt beside max_tokens="
+                f"{max_new_tokens}: raise context_window or lower max_tokens."
+            )
+        return room, f"context_window (less max_tokens={max_new_tokens})"
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` under the model's own tokenizer (no chat template)."""
@@ -140,6 +192,9 @@ class ReAttentionLlamaLLM(CustomLLM):
         ``question_start``: where the question begins, see :meth:`Engine.generate`)."""
         check_call_kwargs("ReAttentionLlamaLLM", kwargs, SAMPLING_KWARGS | {"stop", "question_start"})
         params, cite = call_params(self, kwargs, kwargs.get("stop") or None)
+        warn_if_raw_pdf(
+            prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt), "The prompt"
+        )
         question = kwargs.get("question_start", "auto")
         stream = self.engine.generate(prompt, params, chat=chat, cite_sources=cite, question_start=question)
         return stream, cite
