@@ -184,6 +184,14 @@ def generate(args: argparse.Namespace) -> None:
                   f"{time.time() - t0:.0f} s -> {path}", flush=True)  # fmt: skip
 
 
+def _fits_docs(mod: Any, num_docs: int) -> bool:
+    try:
+        mod.generate_input_output(0, num_docs)
+    except ValueError:  # fewer documents than the question's own
+        return False
+    return True
+
+
 def _generate_task(
     mod: Any, kind: str, targs: dict[str, Any], n: int, budget: int, prompter: _Prompter, extra: list[str]
 ) -> list[tuple[str, str, list[str], int]]:
@@ -224,7 +232,10 @@ def _generate_task(
         for i in range(n):
             hi = len(mod.DOCS)
             if size is None:
-                size = _bisect(lambda s: mod.generate_input_output(0, s), count, 2, hi, budget)
+                lo = 2  # a question's own documents (HotpotQA: several) come first: at least those
+                while lo < hi and not _fits_docs(mod, lo):
+                    lo += 1
+                size = _bisect(lambda s: mod.generate_input_output(0, s), count, lo, hi, budget)
             used = size
             while True:  # other questions' documents differ in length: shrink until it fits
                 gen = mod.generate_input_output(i, used)
@@ -282,6 +293,8 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> None:
+    import torch
+
     from reattn_llm import Engine, ReAttentionConfig
     from reattn_llm.runtime.engine import SamplingParams
 
@@ -297,6 +310,13 @@ def run(args: argparse.Namespace) -> None:
                 per[(r["task"], r["length"])] += 1
                 kept.append(r)
         recs = kept
+    if args.workers > 1 and args.shard is None:
+        _run_sharded(args)
+        return
+    if args.shard is not None:
+        index, count = (int(x) for x in args.shard.split("/"))
+        recs = sorted(recs, key=lambda r: -r["tokens"])[index::count]  # each shard a mix of lengths
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // count))
     overrides = _parse_overrides(args.set or [])
     out = open(args.out, "a", encoding="utf-8")
     for mode in args.modes.split(","):
@@ -323,6 +343,31 @@ def run(args: argparse.Namespace) -> None:
             print(f"{args.label or mode:14s} {r['task']:16s} {r['length']:>8d} #{r['index']:<3d} "
                   f"{'ok ' if hit else 'MISS'} {c.text.strip()[:60]!r}", flush=True)  # fmt: skip
         del engine
+
+
+def _run_sharded(args: argparse.Namespace) -> None:
+    """``--workers N``: N processes, each a shard of the samples (one engine per process). A small
+    model's long-context run is bound by kernel launches, not by the GPU, so processes sharing one
+    GPU finish the same work several times sooner; each writes ``OUT.partI`` as it goes (kept if
+    the run is cut short), merged into ``OUT`` at the end."""
+    import subprocess
+
+    n = args.workers
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, *sys.argv[2:], "--shard", f"{i}/{n}", "--out", f"{args.out}.part{i}"]
+        )
+        for i in range(n)
+    ]
+    codes = [p.wait() for p in procs]
+    with open(args.out, "a", encoding="utf-8") as out:
+        for i in range(n):
+            part = Path(f"{args.out}.part{i}")
+            if part.exists():
+                out.write(part.read_text(encoding="utf-8"))
+                part.unlink()
+    if any(codes):
+        raise SystemExit(f"workers exited with {codes}")
 
 
 # -- scoring (RULER's metrics) ----------------------------------------------------------------------
@@ -380,6 +425,8 @@ def main() -> None:
         help="no question boundary: the config's tail rule decides the last chunk",
     )
     r.add_argument("--stock-max", type=int, default=0, help="longest prompt for stock (default: the window)")
+    r.add_argument("--workers", type=int, default=1, help="processes sharing the device, each a shard")
+    r.add_argument("--shard", default=None, help=argparse.SUPPRESS)
     r.add_argument("--out", required=True)
     s = sub.add_parser("score", help="RULER's metrics over prediction files")
     s.add_argument("preds", nargs="+")

@@ -67,7 +67,8 @@ def literal_attention(
     """One layer: ``q [B, H, Q, D]`` un-rotated (the last Q of T), ``k, v [B, Hkv, T, D]`` un-rotated
     -> ``[B, Q, H, D]``, splitting the queries into chunks when beyond ``G + L``. ``memory`` (one per
     layer, kept by the caller across forwards): the hits of the last multi-token chunk per batch row,
-    which a one-token forward keeps first when ``cfg.decode_spans == "question"``."""
+    which a one-token forward keeps first when ``cfg.decode_spans`` is ``"question"`` (all of them)
+    or ``"both"`` (the most voted half)."""
     memory = {} if memory is None else memory
     b_sz, h_q, n_q, _ = q.shape
     h_kv, total = k.shape[1], k.shape[2]
@@ -95,7 +96,9 @@ def literal_attention(
                         hi = max(lo + 1, min(loc + cfg.max_spans * cfg.span_size, cfg.window))
                         qs = expected_query(qs, lo, hi, inv_freq, rope_scale)
                     one = c1 - c0 == 1
-                    pinned = memory.get(b) if one and cfg.decode_spans == "question" else None
+                    pinned = memory.get(b) if one and cfg.decode_spans != "own" else None
+                    if pinned is not None and cfg.decode_spans == "both":
+                        pinned = pinned[: cfg.max_spans // 2]
                     mid, hits = literal_selection(
                         qs, k[b, :, g : seen - loc], cfg.top_k, cfg.max_spans, cfg.span_size, pinned
                     )

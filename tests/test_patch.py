@@ -58,8 +58,8 @@ def test_gather_path_covering_every_middle_token_reproduces_sdpa(monkeypatch):
     # M = 84 - 4 - 48 = 32 middle keys; top_k = 32 and 32 one-token spans select all of them.
     cfg = ReAttentionConfig(global_size=4, local_size=48, span_size=1, max_spans=76, top_k=32, chunk_size=48)
     calls = []
-    real = attention_mod.select_centres
-    monkeypatch.setattr(attention_mod, "select_centres", lambda *a: calls.append(a[1]) or real(*a))
+    real = attention_mod.rank_centres
+    monkeypatch.setattr(attention_mod, "rank_centres", lambda *a: calls.append(a[1]) or real(*a))
     with torch.no_grad(), patch(model, cfg):
         # one chunk: every query sees the whole middle selected, so scope == all keys in order
         cache = ReAttentionCache(2)

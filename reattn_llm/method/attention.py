@@ -20,15 +20,27 @@ import torch
 from ..kernels import resolve_backend, scope_attention
 from ..kv.cache import layer_reader
 from ..kv.layer import KVReader
-from .config import chunk_bounds
+from .config import ReAttentionConfig, chunk_bounds
 from .rope import rotate_expected
-from .selection import Scope, build_scope, expand_spans, full_scope, select_centres
+from .selection import Scope, build_scope, expand_spans, full_scope, rank_centres
 from .state import PatchState
 from .two_level import two_level_topk
 
 ATTN_NAME = "reattention"
 #: The ``self_attn`` keyword argument that carries the cache to :func:`reattention_forward`.
 CACHE_KWARG = "reattn_cache"
+
+
+#: A pinned centre that no middle ever reaches (an empty slot of the question's selection).
+_NEVER = 1 << 62
+
+
+def decode_pins(cfg: ReAttentionConfig, kv: KVReader) -> torch.Tensor | None:
+    """The question's centres a decode step keeps before its own hits (``decode_spans``): none
+    (``"own"``), all (``"question"``) or its most voted half (``"both"``). ``[B, P]`` or None."""
+    if cfg.decode_spans == "own" or kv.pinned is None:
+        return None
+    return kv.pinned if cfg.decode_spans == "question" else kv.pinned[:, : cfg.max_spans // 2]  # type: ignore[operator]
 
 
 def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, backend: str) -> Scope:
@@ -57,11 +69,10 @@ def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, bac
             )  # type: ignore[arg-type]
         else:
             hits = kv.score_middle(qs, g, g + m, cfg.top_k, backend)  # type: ignore[arg-type]
-        # A decode step keeps the centres its prompt's last forward (the question) chose, then its own.
-        pinned = kv.pinned if qc == 1 and cfg.decode_spans == "question" else None
-        centres = select_centres(hits, m, cfg.max_spans, pinned)  # type: ignore[arg-type]
-        if qc > 1:
-            kv.pinned = centres
+        ranked = rank_centres(hits, m, cfg.max_spans, decode_pins(cfg, kv) if qc == 1 else None)  # type: ignore[arg-type]
+        if qc > 1:  # the question's centres by rank; empty slots stay empty as the middle grows
+            kv.pinned = torch.where(ranked < m, ranked, torch.full_like(ranked, _NEVER))
+        centres = ranked.sort(dim=1).values
         sel, valid = expand_spans(centres, m, cfg.span_size)  # type: ignore[arg-type]
     scope = build_scope(sel, valid, total, qc, g, loc, b, q.device)  # type: ignore[arg-type]
     if state.recorder is not None and scope.middle is not None:

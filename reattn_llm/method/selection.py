@@ -53,7 +53,15 @@ def select_spans(
 def select_centres(
     hits: torch.Tensor, middle_len: int, max_spans: int, pinned: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The hits kept as span centres: the ``max_spans`` most voted, ties to the earlier position.
+    """The hits kept as span centres (:func:`rank_centres`), in increasing order; ``M`` marks an
+    empty slot. ``[B, min(max_spans, M)]`` int64."""
+    return rank_centres(hits, middle_len, max_spans, pinned).sort(dim=1).values
+
+
+def rank_centres(
+    hits: torch.Tensor, middle_len: int, max_spans: int, pinned: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The ``max_spans`` most voted hits, most voted first, ties to the earlier position.
 
     Args:
         hits: ``[B, ...]`` int64 middle positions in ``[0, middle_len)`` (e.g. ``[B, H, Q, k]``).
@@ -63,7 +71,7 @@ def select_centres(
             centres during decoding); entries ``>= M`` are ignored.
 
     Returns:
-        ``[B, min(max_spans, M)]`` int64 centres in increasing order; ``M`` marks an empty slot.
+        ``[B, min(max_spans, M)]`` int64 centres by rank; ``M`` marks an empty slot (ranked last).
     """
     b = hits.shape[0]
     m = middle_len
@@ -82,8 +90,7 @@ def select_centres(
     top = order_key.topk(n_keep, dim=1).values
     counts = top // m
     pos = (m - 1) - (top % m)
-    pos = torch.where(counts > 0, pos, torch.full_like(pos, m))  # invalid hits sort last, empty spans
-    return pos.sort(dim=1).values
+    return torch.where(counts > 0, pos, torch.full_like(pos, m))  # no votes: an empty slot
 
 
 def expand_spans(centres: torch.Tensor, middle_len: int, span_size: int) -> tuple[torch.Tensor, torch.Tensor]:
