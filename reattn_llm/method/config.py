@@ -24,7 +24,7 @@ Selection = Literal["exact", "two_level"]
 KVDtype = Literal["model", "fp8"]
 Offload = Literal["none", "values", "keys_values"]
 Scoring = Literal["expected", "raw"]
-DecodeSpans = Literal["question", "own"]
+DecodeSpans = Literal["own", "question", "both"]
 
 PAPER_SCOPE = 8192
 PAPER_GLOBAL = 32
@@ -72,9 +72,10 @@ class ReAttentionConfig:
             there and RoPE's fast-turning dimensions stop deciding; ``"raw"``, the paper's ``q . k``
             of un-rotated vectors (the distance-0 logit).
         decode_spans: ``"own"`` (default): each decode step selects alone (the paper);
-            ``"question"`` keeps the span centres that the prompt's last forward (the question)
-            selected in every decode step's selection, before the step's own hits (better on RULER
-            needles at 32K, worse on a planted fact at a 512-token window: BENCHMARKS.md).
+            ``"question"`` keeps all the span centres that the prompt's last forward (the
+            question) selected in every decode step, before the step's own hits; ``"both"`` keeps
+            the question's most voted half of them and gives the other half to the step's own
+            hits (BENCHMARKS.md compares the three).
         mode: ``"reattention"``; ``"streaming"`` (global + local only, StreamingLLM);
             ``"full"`` (the stock model, full attention: the baseline).
         backend: kernels: ``"auto"`` (Triton on CUDA, torch on CPU), ``"triton"`` or ``"torch"``.
