@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# RULER on the device machine, after benchmarks/gpu_setup.sh (stage 1 and 2) on the same warm machine.
+#   bash benchmarks/run_ruler_gpu.sh <phase> <data dir> <out dir>
+# Each phase runs its modes side by side (ruler.py run --workers: processes sharing the GPU, since a
+# 135M model's long-context run is bound by kernel launches) and writes predictions as it goes.
+set -uo pipefail
+phase=${1:?phase}; data=${2:?data dir}; out=${3:?out dir}
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/gpu_env.sh"
+mkdir -p "$out"
+R="python3 $here/ruler.py run --data $data"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
+t0=$(date +%s)
+case "$phase" in
+  screen)  # decode_spans candidates on the same prompts, then the stock baselines in the window
+    for ds in own question both; do
+      $R --modes reattention --lengths 32768 --tasks niah_single_2,qa_1,niah_single_3 --set decode_spans=$ds \
+         --label re-$ds --workers 4 --out "$out/screen.jsonl" > "$out/screen_$ds.log" 2>&1 &
+    done
+    wait
+    $R --modes stock --lengths 4096,8192 --workers 8 --out "$out/stock.jsonl" > "$out/stock.log" 2>&1
+    ;;
+  final32)  # the defaults: ReAttention and streaming at 32K on every task generated
+    $R --modes reattention --lengths 32768 --workers 8 --out "$out/final32.jsonl" > "$out/final32_re.log" 2>&1 &
+    $R --modes streaming --lengths 32768 --workers 4 --out "$out/final32.jsonl" > "$out/final32_st.log" 2>&1 &
+    wait
+    ;;
+  final128)
+    $R --modes reattention --lengths 131072 --workers 8 --out "$out/final128.jsonl" > "$out/final128_re.log" 2>&1 &
+    $R --modes streaming --lengths 131072 --workers 4 --out "$out/final128.jsonl" > "$out/final128_st.log" 2>&1 &
+    wait
+    ;;
+  million)
+    $R --modes reattention,streaming --lengths 1048576 --workers 5 --out "$out/million.jsonl" > "$out/million.log" 2>&1
+    ;;
+  *) echo "unknown phase $phase"; exit 2 ;;
+esac
+echo "phase $phase: $(( $(date +%s) - t0 )) s"
+# all-found counts per label, task and length (RULER's metrics: ruler.py score, on the CPU)
+python3 - "$out" <<'PY'
+import collections, json, pathlib, sys
+hits = collections.Counter(); n = collections.Counter()
+for f in pathlib.Path(sys.argv[1]).glob("*.jsonl*"):
+    for line in f.open():
+        r = json.loads(line); k = (r["label"], r["task"], r["length"])
+        n[k] += 1; hits[k] += all(o.lower() in r["pred"].lower() for o in r["outputs"])
+for k in sorted(n):
+    print(*k, f"{hits[k]}/{n[k]}")
+PY
