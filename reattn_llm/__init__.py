@@ -8,6 +8,8 @@ Heavy imports (the integrations, the engine) happen on first attribute access.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+from pathlib import Path
 from typing import Any
 
 from .errors import (
@@ -21,7 +23,27 @@ from .kv.cache import ReAttentionCache
 from .method.config import ReAttentionConfig
 from .method.patch import patch, unpatch
 
-__version__ = "0.1.0"
+DISTRIBUTION = "reattn-llm"
+
+
+def _read_version() -> str:
+    """The installed distribution's version; in a source tree that was never installed, the
+    ``version`` of the ``pyproject.toml`` beside the package (``"0+unknown"`` without one)."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    try:
+        import tomllib
+
+        with pyproject.open("rb") as f:
+            return str(tomllib.load(f)["project"]["version"])
+    except (OSError, KeyError, ValueError):
+        return "0+unknown"
+
+
+__version__ = _read_version()
 
 _LAZY = {
     "ReAttentionLLM": ".integrations.langchain",
