@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import pytest
+import torch
 from conftest import (
     FILLER_PAGES,
     PLANTED_ANSWER,
@@ -358,3 +359,89 @@ def test_citations_name_the_page_of_the_planted_fact(tmp_path, small_config):
     assert meta["citations"]
     assert all({"page", "start", "end", "score", "snippet"} <= set(c) for c in meta["citations"])
     assert PLANTED_PAGE in meta["cited_pages"]
+
+
+# --- options users expect from Hugging Face wrappers ----------------------------------------------
+
+
+def test_unknown_constructor_arguments_are_refused_naming_the_nearest_setting(small_config):
+    with pytest.raises(TypeError, match=r"'temprature' \(did you mean 'temperature'\?\)"):
+        ChatReAttention(config=small_config, temprature=0.3)
+    with pytest.raises(TypeError, match=r"'context_window' \(did you mean 'max_input_tokens'\?\)"):
+        ReAttentionLLM(context_window=4096)
+    with pytest.raises(TypeError, match=r"'api_key'"):
+        ChatReAttention(api_key="x")
+    with pytest.raises(ValueError, match="attn_implementation"):
+        ChatReAttention(model_kwargs={"attn_implementation": "eager"})
+    with pytest.raises(ValueError, match="tokenizer"):
+        ChatReAttention(model=object.__new__(_FakeLoaded))  # a loaded model needs its tokenizer
+    # LangChain's own fields and its deprecated callback_manager stay accepted
+    ChatReAttention(config=small_config, tags=["t"], metadata={"k": 1}, callbacks=[], verbose=False)
+
+
+class _FakeLoaded:
+    config = None
+
+    def get_input_embeddings(self):  # pragma: no cover - never called
+        raise AssertionError
+
+
+def test_transformers_sampling_options_reach_the_sampler(small_config):
+    from reattn_llm.integrations._common import call_params, check_call_kwargs
+
+    chat = ChatReAttention(
+        config=small_config,
+        repetition_penalty=1.2,
+        min_p=0.05,
+        typical_p=0.9,
+        no_repeat_ngram_size=3,
+        top_k=5,
+    )
+    params, _ = call_params(chat, {"min_p": 0.1}, None)  # a call's value wins over the field
+    assert (params.repetition_penalty, params.min_p, params.typical_p) == (1.2, 0.1, 0.9)
+    assert (params.no_repeat_ngram_size, params.top_k) == (3, 5)
+    # call-time arguments LangChain passes down are accepted; unknown ones are named
+    check_call_kwargs(
+        "ChatReAttention", {"tags": [], "metadata": {}, "callbacks": None, "run_manager": None}, ()
+    )
+    with pytest.raises(TypeError, match=r"'repetiton_penalty' \(did you mean 'repetition_penalty'\?\)"):
+        chat.invoke("hi", repetiton_penalty=1.1)
+
+
+def test_max_input_tokens_caps_the_profile_and_the_prompt(small_config, shared_engine, monkeypatch):
+    chat = ChatReAttention(config=small_config, max_input_tokens=40, max_tokens=4, progress=False)
+    assert chat.profile["max_input_tokens"] == 40 == chat.max_input_tokens
+    assert chat._identifying_params["max_input_tokens"] == 40
+    monkeypatch.setattr(shared_engine, "prefill", lambda *a, **k: pytest.fail("no prefill over the cap"))
+    with pytest.raises(ContextTooLongError, match="max_input_tokens cap of 40"):
+        chat.invoke(" ".join(FILLER_PAGES[0]))
+
+
+def test_a_model_and_tokenizer_loaded_by_the_user(small_config, shared_engine):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reattn_llm.runtime.models import default_model_dir
+
+    folder = default_model_dir()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    mine = ChatReAttention(
+        model=model, tokenizer=tokenizer, config=small_config, max_tokens=8, progress=False
+    )
+    question = "What is the capital of France? Answer in one word."
+    answer = mine.invoke(question)
+    assert mine.engine.model is model and mine.engine is not shared_engine  # used as given, patched in place
+    assert mine.model_name == str(folder)
+    ours = ChatReAttention(config=small_config, max_tokens=8, progress=False).invoke(question)
+    assert answer.content == ours.content and "Paris" in answer.content  # the same weights, the same answer
+
+
+def test_model_kwargs_reach_from_pretrained(small_config, shared_engine):
+    from reattn_llm.runtime.model_spec import ModelSpec
+
+    chat = ChatReAttention(config=small_config, model_kwargs={"dtype": "bfloat16", "low_cpu_mem_usage": True})
+    assert chat.engine is not shared_engine  # another load of the model: another engine
+    assert chat.engine.load().model.dtype == torch.bfloat16
+    # a revision names the model on results (and in saved prefixes), so two revisions never mix
+    assert str(ModelSpec("org/model", {"revision": "v2"})) == "org/model@v2"
+    assert ModelSpec("org/model", {"revision": "v2"}) != ModelSpec("org/model", {"revision": "v3"})

@@ -271,3 +271,13 @@ def test_missing_llama_index_gives_an_install_hint(monkeypatch):
     monkeypatch.delitem(sys.modules, "reattn_llm.integrations.llamaindex")
     with pytest.raises(ImportError, match=r'pip install "reattn-llm\[llamaindex\]"'):
         importlib.import_module("reattn_llm.integrations.llamaindex")
+
+
+def test_context_window_caps_the_metadata_and_the_prompt(small_config, shared_engine, monkeypatch):
+    with pytest.raises(TypeError, match=r"'max_input_tokens' \(did you mean 'context_window'\?\)"):
+        ReAttentionLlamaLLM(max_input_tokens=4096)
+    llm = ReAttentionLlamaLLM(config=small_config, context_window=64, max_tokens=8, progress=False)
+    assert llm.metadata.context_window == 64  # what LlamaIndex is told is what is enforced
+    monkeypatch.setattr(shared_engine, "prefill", lambda *a, **k: pytest.fail("no prefill over the cap"))
+    with pytest.raises(ContextTooLongError, match=r"context_window \(less max_tokens=8\) cap of 56"):
+        llm.complete("word " * 80)
