@@ -281,3 +281,39 @@ def test_context_window_caps_the_metadata_and_the_prompt(small_config, shared_en
     monkeypatch.setattr(shared_engine, "prefill", lambda *a, **k: pytest.fail("no prefill over the cap"))
     with pytest.raises(ContextTooLongError, match=r"context_window \(less max_tokens=8\) cap of 56"):
         llm.complete("word " * 80)
+
+
+def test_raw_pdf_bytes_from_simple_directory_reader_warn_with_the_fix(
+    planted_pdf, small_config, shared_engine
+):
+    import warnings
+
+    from llama_index.core import SimpleDirectoryReader
+    from llama_index.core.schema import Document as LlamaDocument
+
+    from reattn_llm.integrations.loaders import pdf_file_extractor
+
+    raw = SimpleDirectoryReader(input_files=[planted_pdf]).load_data()
+    if "%PDF-" not in raw[0].text:  # a PDF reader is installed here: build what the reader gives without one
+        raw = [LlamaDocument(text=planted_pdf.read_bytes().decode("latin-1"))]
+    assert raw[0].text.startswith("%PDF-")
+    with pytest.warns(UserWarning, match=r"raw bytes.*file_extractor=pdf_file_extractor\(\)"):
+        WholeDocumentQueryEngine(raw, llm=ReAttentionLlamaLLM(config=small_config, progress=False))
+    llm = ReAttentionLlamaLLM(config=small_config, progress=False)
+    with pytest.warns(UserWarning, match="raw bytes"):
+        stream, _ = llm._start(f"{raw[0].text}\n\nQuestion: {PLANTED_QUESTION}", True, {})
+    stream.close()  # nothing ran: the warning comes before any model work
+    # the documented fix: the package's reader, page anchors, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        docs = SimpleDirectoryReader(
+            input_files=[planted_pdf], file_extractor=pdf_file_extractor()
+        ).load_data()
+        engine = WholeDocumentQueryEngine(docs, llm=llm)
+    assert "[Page 3]" in engine.text and PLANTED_ANSWER in engine.text
+    # ordinary prose that mentions a PDF never warns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        WholeDocumentQueryEngine(
+            LlamaDocument(text="The %PDF-1.4 header starts every PDF; see obj 12."), llm=llm
+        )

@@ -170,8 +170,8 @@ def looks_like_raw_pdf(text: str) -> bool:
 
 
 RAW_PDF_FIX = (
-    "read PDFs with the package's reader: SimpleDirectoryReader(..., file_extractor={'.pdf': ReAttentionReader()}) "
-    "(from reattn_llm.integrations.loaders import ReAttentionReader), or reattn_llm.load_document(path)"
+    "read PDFs with the package's reader: SimpleDirectoryReader(..., file_extractor=pdf_file_extractor()) "
+    "(from reattn_llm.integrations.loaders import pdf_file_extractor), or reattn_llm.load_document(path)"
 )
 
 

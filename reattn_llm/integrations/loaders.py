@@ -6,6 +6,8 @@
 * ``ReAttentionReader`` is a LlamaIndex ``BaseReader`` with the same behaviour. llama-index is an
   optional extra, so the class is built on first access (``from ... import ReAttentionReader`` or
   :func:`make_llamaindex_reader`); importing this module never imports llama_index.
+  ``SimpleDirectoryReader`` reads a PDF as raw text unless a PDF reader is registered for it:
+  pass ``file_extractor=pdf_file_extractor()`` (nothing is registered at import).
 
 Both raise the package's :class:`~reattn_llm.errors.DocumentError` subclasses unchanged.
 """
@@ -25,7 +27,7 @@ from ..documents import DEFAULT_TIMEOUT_S, Document, PageSpan, load_document
 from ..errors import UnsupportedDocumentError
 
 # ``ReAttentionReader`` is importable too, but is left out of ``__all__``: it needs llama-index.
-__all__ = ["ReAttentionDocumentLoader", "document_parts", "make_llamaindex_reader"]
+__all__ = ["ReAttentionDocumentLoader", "document_parts", "make_llamaindex_reader", "pdf_file_extractor"]
 
 _LLAMAINDEX_HINT = 'pip install "reattn-llm[llamaindex]"'
 
@@ -160,6 +162,21 @@ def make_llamaindex_reader() -> type:
     ReAttentionReader.__module__ = __name__
     ReAttentionReader.__qualname__ = "ReAttentionReader"
     return ReAttentionReader
+
+
+def pdf_file_extractor(**reader_kwargs: Any) -> dict[str, Any]:
+    """``{".pdf": ReAttentionReader(**reader_kwargs)}``, for LlamaIndex's ``SimpleDirectoryReader``.
+
+    Without it (and without ``llama-index-readers-file``, whose pypdf pin conflicts with this
+    package's) ``SimpleDirectoryReader`` reads a PDF's bytes as text: the model then reads PDF
+    syntax. Example::
+
+        from llama_index.core import SimpleDirectoryReader
+        from reattn_llm.integrations.loaders import pdf_file_extractor
+
+        docs = SimpleDirectoryReader("papers/", file_extractor=pdf_file_extractor()).load_data()
+    """
+    return {".pdf": make_llamaindex_reader()(**reader_kwargs)}
 
 
 def _check_local(fs: Any, file: str | os.PathLike[str]) -> None:

@@ -18,6 +18,7 @@ from pydantic import ConfigDict, Field, field_validator
 from ...documents import Document, load_document, load_documents
 from ...runtime.citations import Citation
 from ...runtime.stream import Completion
+from .._common import warn_if_raw_pdf
 from .llm import ReAttentionLlamaLLM
 
 #: The default question-answering prompt: ``{context}`` is the whole document, ``{query}`` the question.
@@ -54,7 +55,7 @@ def _render_llama_documents(docs: Sequence[LlamaDocument]) -> str:
         if several and source and source != current:
             parts.append(f"=== {Path(source).name} ===")
             current = source
-        page = doc.metadata.get("page")
+        page = doc.metadata.get("page", doc.metadata.get("page_label"))  # ours, or a per-page PDF reader's
         text = doc.get_content()
         parts.append(f"[Page {page}]\n{text}" if page is not None and "[Page " not in text[:32] else text)
     return "\n\n".join(parts)
@@ -143,6 +144,7 @@ class WholeDocumentQueryEngine(CustomQueryEngine):
     def _check_text(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("The document has no text.")
+        warn_if_raw_pdf(value, "The document text")
         return value
 
     # -- the one call ----------------------------------------------------------------------------
