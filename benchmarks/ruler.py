@@ -170,7 +170,8 @@ def generate(args: argparse.Namespace) -> None:
             budget = length - max_new
             samples = _generate_task(mod, kind, cfg["args"], args.samples, budget, prompter, extra)
             path = out_dir / f"{task}_{length}.jsonl.xz"
-            with lzma.open(path, "wt", encoding="utf-8") as f:
+            part = path.with_name(path.name + ".part")  # renamed when complete: readers never see half a file
+            with lzma.open(part, "wt", encoding="utf-8") as f:
                 for i, (prompt, prefix, refs, n) in enumerate(samples):
                     if not (n <= budget and n >= 0.85 * budget):
                         raise SystemExit(
@@ -179,6 +180,7 @@ def generate(args: argparse.Namespace) -> None:
                     rec = {"task": task, "kind": kind, "length": length, "index": i, "prompt": prompt,
                            "answer_prefix": prefix, "outputs": refs, "tokens": n, "max_new_tokens": max_new}  # fmt: skip
                     f.write(json.dumps(rec) + "\n")
+            part.replace(path)
             lens = [s[3] for s in samples]
             print(f"{task:18s} {length:>8d}: {len(samples)} samples, {min(lens)}-{max(lens)} tokens, "
                   f"{time.time() - t0:.0f} s -> {path}", flush=True)  # fmt: skip
@@ -273,9 +275,12 @@ def question_start(tokenizer: Any, prompt: str, answer_prefix: str) -> int | Non
     return cut + 1 if cut > 0 else None
 
 
-def _read_samples(data: Path, tasks: list[str] | None) -> list[dict[str, Any]]:
+def _read_samples(data: Path, tasks: list[str] | None, lengths: set[int] | None) -> list[dict[str, Any]]:
     recs = []
     for path in sorted(data.glob("*.jsonl.xz")):
+        task, _, length = path.name.removesuffix(".jsonl.xz").rpartition("_")
+        if (tasks is not None and task not in tasks) or (lengths is not None and int(length) not in lengths):
+            continue
         with lzma.open(path, "rt", encoding="utf-8") as f:
             for line in f:
                 r = json.loads(line)
@@ -298,10 +303,8 @@ def run(args: argparse.Namespace) -> None:
     from reattn_llm import Engine, ReAttentionConfig
     from reattn_llm.runtime.engine import SamplingParams
 
-    recs = _read_samples(Path(args.data), args.tasks.split(",") if args.tasks else None)
-    if args.lengths:
-        keep = {int(x) for x in args.lengths.split(",")}
-        recs = [r for r in recs if r["length"] in keep]
+    lengths = {int(x) for x in args.lengths.split(",")} if args.lengths else None
+    recs = _read_samples(Path(args.data), args.tasks.split(",") if args.tasks else None, lengths)
     if args.limit:
         per: dict[tuple[str, int], int] = defaultdict(int)
         kept = []
@@ -355,7 +358,7 @@ def _run_sharded(args: argparse.Namespace) -> None:
     n = args.workers
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, *sys.argv[2:], "--shard", f"{i}/{n}", "--out", f"{args.out}.part{i}"]
+            [sys.executable, __file__, *sys.argv[1:], "--shard", f"{i}/{n}", "--out", f"{args.out}.part{i}"]
         )
         for i in range(n)
     ]
