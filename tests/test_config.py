@@ -125,3 +125,70 @@ def test_reusable_length_is_the_full_chunks_of_the_grid(tail):
         assert bounds[: n // 16] == [(s, s + 16) for s in range(0, n, 16)]
         assert len(bounds) == n // 16 or bounds[n // 16] != (n, n + 16)
     assert reusable_length(100, 16) == 96 and reusable_length(100, 16, 16) == 80
+
+
+def test_scope_past_the_trained_window_needs_the_opt_in(monkeypatch):
+    """window=100000 with local_size=50000 on the default model (trained on 8192 positions) is refused
+    before weights load, naming sizes that fit and the opt-in; the opt-in lets it through."""
+    import dataclasses
+
+    from reattn_llm.method.patch import resolve_for_model
+    from reattn_llm.runtime.engine import Engine
+    from reattn_llm.runtime.models import load_config
+
+    monkeypatch.setattr(
+        "reattn_llm.runtime.models.load_model", lambda *a, **k: pytest.fail("weights must not load")
+    )
+    shape = load_config(None)
+    assert shape.max_position_embeddings == 8192
+    big = ReAttentionConfig(window=100000, local_size=50000)
+    with pytest.raises(ConfigError) as e:
+        resolve_for_model(big, shape)
+    msg = str(e.value)
+    assert "32 + 0*32 + 50000 = 50032" in msg and "trained window of 8192" in msg
+    assert "window=100000 is above it" in msg and "local_size to 8160" in msg
+    assert "allow_extrapolation=True" in msg
+    with pytest.raises(ConfigError, match="allow_extrapolation=True"):
+        Engine(config=big, progress=False).load()  # at the engine's config, before any weights
+    opted = dataclasses.replace(big, allow_extrapolation=True)
+    assert resolve_for_model(opted, shape).scope == 50032
+    # a larger window alone keeps the scope within the trained positions: nothing to refuse
+    assert resolve_for_model(ReAttentionConfig(window=100000), shape).scope <= 8192
+    assert Engine(config=ReAttentionConfig(window=100000), progress=False).config.scope <= 8192
+    with pytest.raises(ConfigError, match="allow_extrapolation='yes': must be True or False"):
+        ReAttentionConfig(allow_extrapolation="yes")  # type: ignore[arg-type]
+
+
+def test_tiny_model_positions_past_its_window_only_with_the_opt_in():
+    import torch
+    from tiny_models import distinct_ids, tiny_model
+
+    from reattn_llm import patch
+    from reattn_llm.kv.cache import ReAttentionCache
+
+    model = tiny_model("llama", window=128)
+    sizes = dict(
+        window=256, global_size=8, local_size=64, span_size=8, max_spans=12, chunk_size=32, backend="torch"
+    )
+    with pytest.raises(
+        ConfigError, match=r"8 \+ 12\*8 \+ 64 = 168 reaches 40 positions past .* 128 .*max_spans to 7"
+    ):
+        patch(model, ReAttentionConfig(**sizes))
+    assert model.config._attn_implementation != "reattention"  # refused before anything was installed
+    with patch(model, ReAttentionConfig(**sizes, allow_extrapolation=True)) as handle:
+        ids = distinct_ids(1, 200)
+        with torch.no_grad():
+            model(input_ids=ids, past_key_values=ReAttentionCache(2), use_cache=True)
+        assert handle.state.largest_position() >= 128  # positions the model was not trained on: opted in
+
+
+def test_boolean_fields_read_flag_text():
+    from reattn_llm.method.config import boolean
+
+    opt = {o.name: o for o in config_options()}["allow_extrapolation"]
+    assert opt.type is boolean and opt.default is False and opt.choices is None
+    assert [boolean(t) for t in ("true", "Yes", "1", "on", "false", "NO", "0", "off")] == [True] * 4 + [
+        False
+    ] * 4
+    with pytest.raises(ValueError, match="not a boolean"):
+        boolean("maybe")

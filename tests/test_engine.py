@@ -69,9 +69,63 @@ def test_prompt_beyond_capacity_raises_before_prefill(engine, monkeypatch):
         engine.complete("word " * 60, SamplingParams(max_new_tokens=4))
 
 
-def test_empty_prompt_is_refused(engine):
+BLANK_PROMPTS = [
+    ("", False),
+    ("", True),
+    (" \n\t ", False),
+    (" \n\t ", True),
+    ([{"role": "user", "content": "   "}], True),
+    ([{"role": "system", "content": ""}, {"role": "user", "content": "\n"}], True),
+    ([{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": " "}], True),
+    ([{"role": "user", "content": [{"type": "text", "text": " "}]}], True),
+]
+
+
+@pytest.mark.parametrize(("prompt", "chat"), BLANK_PROMPTS)
+def test_empty_or_blank_prompt_is_refused_before_the_template(engine, monkeypatch, prompt, chat):
+    """The user's own text is checked, not the templated prompt (which the model would answer)."""
+    monkeypatch.setattr(engine, "prefill", lambda *a, **k: pytest.fail("prefill must not run"))
     with pytest.raises(ValueError, match="empty"):
-        engine.complete("", SamplingParams(max_new_tokens=4), chat=False)
+        engine.generate(prompt, SamplingParams(max_new_tokens=4), chat=chat)  # at the call, not on reading
+    with pytest.raises(ValueError, match="empty"):
+        engine.complete(prompt, SamplingParams(max_new_tokens=4), chat=chat)
+
+
+def test_blank_turns_before_a_real_question_are_accepted_and_counting_never_refuses(engine):
+    from reattn_llm.runtime.prompts import check_prompt
+
+    check_prompt(
+        [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": ""},
+            {"role": "user", "content": "Go on."},
+        ]
+    )
+    check_prompt([{"role": "system", "content": "Summarise the text."}])  # no user turn: nothing left blank
+    ids, text = engine.encode("")  # counting tokens of an empty turn (a wrapper's trimming) is fine
+    assert text and len(ids) > 0  # the chat template alone
+    assert len(engine.encode("", chat=False)[0]) == 0
+
+
+def test_wrappers_refuse_blank_prompts_before_any_model_work(monkeypatch):
+    pytest.importorskip("langchain_core")
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    from reattn_llm import ChatReAttention, ReAttentionLLM
+
+    monkeypatch.setattr(Engine, "prefill", lambda *a, **k: pytest.fail("prefill must not run"))
+    monkeypatch.setattr(Engine, "load", lambda *a, **k: pytest.fail("weights must not load"))
+    cfg = ReAttentionConfig(window=1024)
+    for prompt in ("", "  \n "):
+        with pytest.raises(ValueError, match="empty"):
+            ReAttentionLLM(config=cfg, progress=False).invoke(prompt)
+    chat = ChatReAttention(config=cfg, progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        chat.invoke([HumanMessage(" ")])
+    with pytest.raises(ValueError, match="last user message is empty"):
+        chat.invoke([SystemMessage("Answer from the document."), HumanMessage("")])
+    with pytest.raises(ValueError, match="empty"):
+        list(chat.stream([HumanMessage("\t")]))
 
 
 def test_bad_sampling_params():
