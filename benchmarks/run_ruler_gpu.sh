@@ -21,6 +21,15 @@ case "$phase" in
     wait
     $R --modes stock --lengths 4096,8192 --workers 8 --out "$out/stock.jsonl" > "$out/stock.log" 2>&1
     ;;
+  final)  # the defaults where the targets apply first (niah_single_2 at 128K), then the six tasks at 32K, then the rest
+    main=niah_single_2,niah_single_3,niah_multikey_1,niah_multivalue,niah_multiquery,qa_1
+    rest=niah_single_1,niah_multikey_2,niah_multikey_3,vt,cwe,fwe,qa_2
+    $R --modes reattention,streaming --lengths 131072 --tasks niah_single_2 --workers 5 --out "$out/final.jsonl" > "$out/final_128.log" 2>&1 &
+    $R --modes reattention --lengths 32768 --tasks niah_multikey_1,niah_multivalue,niah_multiquery --workers 4 --out "$out/final.jsonl" > "$out/final_32re.log" 2>&1 &
+    $R --modes streaming --lengths 32768 --tasks $main --workers 3 --out "$out/final.jsonl" > "$out/final_32st.log" 2>&1 &
+    $R --modes reattention,streaming --lengths 32768 --tasks $rest --workers 3 --out "$out/final.jsonl" > "$out/final_32rest.log" 2>&1 &
+    wait
+    ;;
   final32)  # the defaults: ReAttention and streaming at 32K on every task generated
     $R --modes reattention --lengths 32768 --workers 8 --out "$out/final32.jsonl" > "$out/final32_re.log" 2>&1 &
     $R --modes streaming --lengths 32768 --workers 4 --out "$out/final32.jsonl" > "$out/final32_st.log" 2>&1 &
