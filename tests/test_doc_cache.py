@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+import torch
 
 from reattn_llm import ReAttentionConfig
 from reattn_llm.runtime.engine import Engine, SamplingParams
 from reattn_llm.runtime.prefix import CacheFileError
+from reattn_llm.runtime.prefix_store import DocumentStore
 
 CFG = ReAttentionConfig(window=512, global_size=4, local_size=256, span_size=16, max_spans=15, chunk_size=128)
 DOC = (
@@ -71,3 +75,158 @@ def test_saved_prefix_round_trip_and_corruption(engine, tmp_path):
     other = Engine(config=ReAttentionConfig(window=1024), progress=False)
     with pytest.raises(CacheFileError, match="config"):
         other.load_prefix(str(path))
+
+
+# --- a cache file is checked for structure, not only for sums ----------------------------------
+
+
+def _forge(src, dst, change):
+    """Rewrite the cache file ``src`` as ``dst`` after ``change(tensors, header)``, sums recomputed."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from reattn_llm.runtime.prefix import fingerprint
+
+    with safe_open(str(src), framework="pt") as f:
+        header = dict(f.metadata())
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    change(tensors, header)
+    header["checksums"] = json.dumps({name: fingerprint(t) for name, t in tensors.items()})
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(dst), metadata=header)
+    return dst
+
+
+def _rows(t, n):
+    for name in [k for k in t if k != "ids"]:
+        t[name] = t[name][:, :, :n]
+
+
+def _head_dim(t, d):
+    for name in [k for k in t if k != "ids"]:
+        t[name] = t[name][..., :d]
+
+
+def _layers(t, n):
+    for name in [k for k in t if k != "ids" and int(k.split(".")[1]) >= n]:
+        del t[name]
+
+
+def _dtype(t, dtype):
+    for name in [k for k in t if k != "ids"]:
+        t[name] = t[name].to(dtype)
+
+
+def _vocab(t, token):
+    t["ids"][5] = token
+
+
+FORGED = {
+    "10 K/V rows for 512 ids": (
+        lambda t, h: _rows(t, 10),
+        r"shape \[1, 3, 10, 64\], expected \[1, 3, 512, 64\]",
+    ),
+    "head_dim 32": (lambda t, h: _head_dim(t, 32), r"expected \[1, 3, 512, 64\].*head_dim 64"),
+    "2 layers": (lambda t, h: _layers(t, 2), r"holds K/V for 2 layers.*model has 30 layers"),
+    "fp16 tensors": (lambda t, h: _dtype(t, torch.float16), r"holds F16 values.*torch.float32"),
+    "ids past the vocabulary": (lambda t, h: _vocab(t, 10**6), r"token ids outside this model's vocabulary"),
+    "ids beyond the header's count": (
+        lambda t, h: h.update(tokens="600"),
+        r"'ids' has shape \[512\], expected \[600\]",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def kept_document(engine, tmp_path_factory):
+    """A 512-token document kept by ``engine`` and saved: ``(file, the kept Prefix, its first keys)``."""
+    engine.forget_prefix()
+    ids = engine.encode(DOC)[0]
+    engine.warm(engine.tokenizer.decode(ids[:600]), chat=False)
+    good = tmp_path_factory.mktemp("cache") / "good.safetensors"
+    assert engine.save_prefix(str(good)) == 512
+    kept = engine.prefixes.prefix
+    return good, kept, kept.cache.layers[0].dense(512)[0].clone()
+
+
+@pytest.mark.parametrize("variant", list(FORGED))
+def test_forged_cache_files_are_refused_naming_the_fault_and_leave_the_engine_as_it_was(
+    engine, kept_document, tmp_path, variant
+):
+    good, kept, k0 = kept_document
+    assert engine.prefixes.prefix is kept
+    change, message = FORGED[variant]
+    bad = _forge(good, tmp_path / "forged.safetensors", change)
+    with pytest.raises(CacheFileError, match=message):
+        engine.load_prefix(str(bad))
+    assert engine.prefixes.prefix is kept and kept.reusable == 512  # the kept document is untouched
+    assert torch.equal(kept.cache.layers[0].dense(512)[0], k0)
+
+
+# --- the document store: prefilled documents shared by engines and processes ---------------------
+
+
+def _sibling(engine, **kw):
+    """Another engine of the same model and config (its own kept prefix), sharing the loaded weights."""
+    other = Engine(config=CFG, progress=False, **kw)
+    other._model, other._tokenizer, other._handle = engine._model, engine._tokenizer, engine._handle
+    return other
+
+
+def _files(store):
+    return set(store.root.glob("*.safetensors"))
+
+
+def test_a_second_engine_prefills_only_the_question_from_the_store_and_answers_the_same(engine, tmp_path):
+    store = DocumentStore(tmp_path / "store")
+    prompt = PROMPT.format(doc=DOC, q="What is the secret code of the archive room?")
+    params = SamplingParams(max_new_tokens=16)
+    first = _sibling(engine, prefix_store=store)
+    a = first.complete(prompt, params)
+    assert first.last_prefill_tokens == a.prompt_tokens > 1000
+    assert len(_files(store)) == 1
+    second = _sibling(engine, prefix_store=store)  # a new engine: nothing kept in memory
+    b = second.complete(prompt, params)
+    question = a.prompt_tokens - len(engine.encode(DOC)[0])
+    assert second.last_prefill_tokens < question + engine.prefill_chunk
+    assert b.text == a.text and "73914" in b.text
+
+
+def test_the_store_is_bounded_and_evicts_the_least_recently_used(engine, tmp_path):
+    store = DocumentStore(tmp_path)
+    e = _sibling(engine, prefix_store=store, keep_prefix=False)  # every reuse comes from disk
+    docs = [f"Report number {i}.\n" + DOC[:1300] for i in range(4)]
+    e.warm(docs[0])
+    (f0,) = _files(store)
+    store.max_bytes = int(2.5 * store.size())  # room for two documents
+    e.warm(docs[1])
+    (f1,) = _files(store) - {f0}
+    time.sleep(0.05)
+    e.warm(docs[0])  # read back from disk: now the most recently used
+    assert e.last_prefill_tokens < engine.prefill_chunk
+    e.warm(docs[2])
+    (f2,) = _files(store) - {f0, f1}
+    assert _files(store) == {f0, f2} and store.size() <= store.max_bytes  # f1 went first
+    store.max_bytes = f0.stat().st_size // 2
+    with pytest.warns(UserWarning, match="larger than the whole document store"):
+        e.warm(docs[3])
+    assert _files(store) == {f0, f2}
+
+
+def test_a_damaged_file_in_the_store_is_ignored_with_a_warning_and_recomputed(engine, tmp_path):
+    store = DocumentStore(tmp_path)
+    doc = "A short report.\n" + DOC[:1300]
+    _sibling(engine, prefix_store=store).warm(doc)
+    (path,) = _files(store)
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    e = _sibling(engine, prefix_store=store)
+    with pytest.warns(UserWarning, match="Ignoring a damaged prefilled document.*checksum mismatch"):
+        kept = e.warm(doc)
+    whole = e.last_prefill_tokens
+    assert whole > kept >= 256  # prefilled from the start
+    assert _files(store) == {path}  # stored again, whole
+    again = _sibling(engine, prefix_store=store)
+    assert again.warm(doc) == kept and again.last_prefill_tokens == whole - kept

@@ -7,13 +7,18 @@ prefill would compute (each chunk's selection is voted by that chunk's queries o
 
 On disk a prefix is one safetensors file (no pickle): per-layer un-rotated K/V up to the reusable
 length, the token ids, and metadata (format, model, dtype, config, chunk) with a checksum of
-every tensor, verified on load.
+every tensor. Loading checks the metadata against the engine, the structure against the model
+(:class:`CacheLayout`: layers, K/V shapes, row counts, dtypes, token ids) before any tensor is
+read, and every checksum. A cache file is trusted input: the checksums catch corruption
+(truncation, flipped bytes), not forgery; anyone who can write the file can change what the
+model reads. :mod:`~reattn_llm.runtime.prefix_store` keeps such files in a bounded folder.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +27,56 @@ import torch
 
 from ..errors import ReAttentionError
 from ..kv.cache import ReAttentionCache
+from ..kv.storage import KVStorage
+from .models import load_config
 
 FORMAT = "reattn-llm/prefix-cache/1"
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
+_AGAIN = "Delete it and prefill the document again."
 
 
 class CacheFileError(ReAttentionError, ValueError):
     """A saved document cache that is corrupt, truncated, or made for another model/config."""
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """What a document cache of one model holds: per layer a K and a V of shape
+    ``[1, kv_heads, T, head_dim]`` in ``dtype`` (the model's compute dtype), and ``T`` token ids
+    (int64, each below ``vocab_size``)."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+    vocab_size: int | None = None
+
+    @classmethod
+    def of(cls, model_config: Any, dtype: torch.dtype) -> CacheLayout:
+        """The layout of a transformers ``model_config`` computing in ``dtype``."""
+        heads = model_config.num_attention_heads
+        head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
+        kv_heads = getattr(model_config, "num_key_value_heads", None) or heads
+        vocab = getattr(model_config, "vocab_size", None)
+        return cls(model_config.num_hidden_layers, kv_heads, head_dim, dtype, vocab)
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """What a document cache must match to serve an engine: its ``meta`` (model, dtype, config,
+    compared with the file's header) and ``layout``; ``device`` and ``storage`` rebuild it."""
+
+    meta: dict[str, str]
+    layout: CacheLayout
+    device: torch.device
+    storage: KVStorage | None = None
+
+    @classmethod
+    def of(cls, engine: Any) -> CacheSpec:
+        """The spec of an :class:`~reattn_llm.runtime.engine.Engine` (reads its model config only)."""
+        meta = {"model": engine.model_name, "dtype": str(engine.dtype), "config": repr(engine.config)}
+        layout = CacheLayout.of(load_config(engine.model_id), engine.dtype)
+        return cls(meta, layout, engine.device, KVStorage.from_config(engine.config))
 
 
 @dataclass
@@ -51,11 +100,20 @@ class PrefixStore:
     """The one kept prefix of an engine (the last prompt's K/V), handed from request to request.
 
     A request :meth:`take` s it (it then owns the cache: no two requests ever share one) and
-    :meth:`keep` s its own prompt's cache when it is done. ``enabled=False`` keeps nothing.
+    :meth:`keep` s its own prompt's cache when it is done. ``enabled=False`` keeps nothing in
+    memory. With ``disk`` (a :class:`~reattn_llm.runtime.prefix_store.DocumentStore`) and ``spec``
+    (the engine's :class:`CacheSpec`, asked for when needed), a prefix longer than the kept one
+    is read from disk, and every kept prefix is written there too.
     """
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(
+        self, enabled: bool = True, disk: Any = None, spec: Callable[[], CacheSpec] | None = None
+    ) -> None:
+        if disk is not None and spec is None:
+            raise ValueError("PrefixStore(disk=...) needs spec= (the engine's CacheSpec).")
         self.enabled = enabled
+        self.disk = disk
+        self.spec = spec
         self.prefix: Prefix | None = None
 
     def take(self, ids: list[int], chunk: int) -> tuple[ReAttentionCache | None, int]:
@@ -63,6 +121,10 @@ class PrefixStore:
         (a multiple of ``chunk``), or ``(None, 0)``; the store is empty afterwards either way."""
         prefix, self.prefix = self.prefix, None
         n = prefix.reuse_length(ids, chunk) if prefix is not None and self.enabled else 0
+        if self.disk is not None and self.spec is not None:
+            found = self.disk.find(self.spec(), ids, chunk, longer_than=n)
+            if found is not None:
+                prefix, n = found, found.reusable
         if prefix is None or n == 0:
             return None, 0
         for layer in prefix.cache.layers:
@@ -71,8 +133,11 @@ class PrefixStore:
 
     def keep(self, ids: list[int], cache: ReAttentionCache, reusable: int) -> None:
         """Keep ``cache`` (holding at least ``ids``), of which ``reusable`` tokens are on the chunk grid."""
+        prefix = Prefix(ids=list(ids), reusable=reusable, cache=cache)
+        if self.disk is not None and self.spec is not None and reusable > 0:
+            self.disk.put(self.spec(), prefix)
         if self.enabled:
-            self.prefix = Prefix(ids=list(ids), reusable=reusable, cache=cache)
+            self.prefix = prefix
 
     def forget(self) -> None:
         """Free the kept K/V."""
@@ -112,16 +177,18 @@ def save_prefix(prefix: Prefix, path: str | os.PathLike[str], meta: dict[str, An
         "checksums": json.dumps(sums),
         **{k: str(v) for k, v in meta.items()},
     }
-    tmp = Path(str(path) + ".tmp")
-    save_file(tensors, str(tmp), metadata=header)
-    os.replace(tmp, path)
+    tmp = Path(f"{path}.{os.getpid()}.tmp")  # one per process: two writers never share it
+    try:
+        save_file(tensors, str(tmp), metadata=header)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def load_prefix(
-    path: str | os.PathLike[str], meta: dict[str, Any], device: torch.device, storage: Any = None
-) -> Prefix:
-    """Read a saved prefix, verifying format, model/config metadata and every checksum; the cache is
-    rebuilt with ``storage`` (fp8 / offload, :class:`~reattn_llm.kv.storage.KVStorage`) when given."""
+def load_prefix(path: str | os.PathLike[str], spec: CacheSpec) -> Prefix:
+    """Read a saved prefix: the header is checked against ``spec.meta``, the tensors' names, shapes
+    and dtypes against ``spec.layout`` (before any is read), then every checksum; the cache is
+    rebuilt on ``spec.device`` with ``spec.storage`` (fp8 / offload). Raises :class:`CacheFileError`."""
     from safetensors import safe_open
 
     if not Path(path).is_file():
@@ -129,13 +196,40 @@ def load_prefix(
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             header = f.metadata() or {}
-            names = list(f.keys())
-            tensors = {name: f.get_tensor(name) for name in names}
+            _check_header(path, header, spec.meta)
+            sums = _check_layout(path, f, header, spec.layout)
+
+            def verified(name: str) -> torch.Tensor:
+                moved = f.get_tensor(name).to(spec.device)  # checked on the device, where it is fast
+                if fingerprint(moved) != sums[name]:
+                    raise CacheFileError(
+                        f"{path}: checksum mismatch in {name!r}: the file is corrupt. {_AGAIN}"
+                    )
+                return moved
+
+            ids = verified("ids")
+            if (
+                spec.layout.vocab_size is not None
+                and len(ids)
+                and not 0 <= int(ids.min()) <= int(ids.max()) < spec.layout.vocab_size
+            ):
+                raise CacheFileError(
+                    f"{path}: token ids outside this model's vocabulary (0..{spec.layout.vocab_size - 1}): "
+                    f"it was not made by this tokenizer. {_AGAIN}"
+                )
+            cache = ReAttentionCache(spec.layout.layers, storage=spec.storage)
+            for i in range(spec.layout.layers):  # one layer on the device at a time beside the cache
+                cache.update(verified(f"k.{i}"), verified(f"v.{i}"), i)
+    except CacheFileError:
+        raise
     except Exception as e:  # safetensors raises its own errors on truncated/garbled files
         raise CacheFileError(
-            f"{path} is not a readable document cache (truncated or corrupt: {e}). "
-            "Delete it and prefill the document again."
+            f"{path} is not a readable document cache (truncated or corrupt: {e}). {_AGAIN}"
         ) from e
+    return Prefix(ids=ids.tolist(), reusable=len(ids), cache=cache)
+
+
+def _check_header(path: str | os.PathLike[str], header: dict[str, str], meta: dict[str, str]) -> None:
     if header.get("format") != FORMAT:
         raise CacheFileError(f"{path}: not a reattn-llm document cache (format {header.get('format')!r}).")
     for key, want in meta.items():
@@ -144,25 +238,49 @@ def load_prefix(
                 f"{path} was made with {key}={header.get(key)!r}, but this engine has "
                 f"{key}={want!r}: prefill the document again with this model and config."
             )
+
+
+def _check_layout(
+    path: str | os.PathLike[str], f: Any, header: dict[str, str], layout: CacheLayout
+) -> dict[str, str]:
+    """The checksum table, once the tensors' names, shapes and dtypes match ``layout``."""
     try:
         sums = json.loads(header["checksums"])
+        tokens = int(header["tokens"])
     except (KeyError, ValueError) as e:
-        raise CacheFileError(f"{path}: the checksum table is missing or damaged.") from e
-    if set(sums) != set(tensors):
-        raise CacheFileError(f"{path}: tensors are missing ({sorted(set(sums) - set(tensors))[:3]}...).")
-    layers = len([n for n in names if n.startswith("k.")])
+        raise CacheFileError(f"{path}: the checksum table or token count is missing or damaged.") from e
+    names = set(f.keys())
+    if set(sums) != names:
+        raise CacheFileError(
+            f"{path}: tensors and checksum table disagree ({sorted(set(sums) ^ names)[:3]})."
+        )
+    held = len([n for n in names if n.startswith("k.")])
+    want = {"ids"} | {f"{kv}.{i}" for i in range(layout.layers) for kv in "kv"}
+    if names != want:
+        raise CacheFileError(
+            f"{path} holds K/V for {held} layers (tensors {sorted(names ^ want)[:4]} differ), but this "
+            f"model has {layout.layers} layers: it was not made for this model. {_AGAIN}"
+        )
 
-    def verified(name: str) -> torch.Tensor:
-        moved = tensors.pop(name).to(device)  # checked on the device, where it is fast
-        if fingerprint(moved) != sums[name]:
+    def check(name: str, shape: list[int], dtype: torch.dtype, what: str) -> None:
+        sl = f.get_slice(name)
+        if list(sl.get_shape()) != shape:
             raise CacheFileError(
-                f"{path}: checksum mismatch in {name!r}: the file is corrupt. "
-                "Delete it and prefill the document again."
+                f"{path}: {name!r} has shape {list(sl.get_shape())}, expected {shape} ({what}). {_AGAIN}"
             )
-        return moved
+        if sl.get_dtype() != _SAFETENSORS_DTYPES.get(dtype):
+            raise CacheFileError(
+                f"{path}: {name!r} holds {sl.get_dtype()} values, but this engine computes in {dtype} "
+                f"({_SAFETENSORS_DTYPES.get(dtype)}). {_AGAIN}"
+            )
 
-    ids = verified("ids").tolist()
-    cache = ReAttentionCache(layers, storage=storage)
-    for i in range(layers):  # one layer on the device at a time beside the cache (offloaded rows go on)
-        cache.update(verified(f"k.{i}"), verified(f"v.{i}"), i)
-    return Prefix(ids=ids, reusable=len(ids), cache=cache)
+    check("ids", [tokens], torch.int64, f"the {tokens} token ids its header counts")
+    for name in sorted(want - {"ids"}):
+        kv = [1, layout.kv_heads, tokens, layout.head_dim]
+        check(
+            name,
+            kv,
+            layout.dtype,
+            f"1 x {layout.kv_heads} KV heads x {tokens} token rows x head_dim {layout.head_dim}",
+        )
+    return sums
