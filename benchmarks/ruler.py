@@ -351,21 +351,29 @@ def run(args: argparse.Namespace) -> None:
 def _run_sharded(args: argparse.Namespace) -> None:
     """``--workers N``: N processes, each a shard of the samples (one engine per process). A small
     model's long-context run is bound by kernel launches, not by the GPU, so processes sharing one
-    GPU finish the same work several times sooner; each writes ``OUT.partI`` as it goes (kept if
+    GPU finish the same work several times sooner; each writes ``OUT.<pid>.partI`` as it goes (kept if
     the run is cut short), merged into ``OUT`` at the end."""
     import subprocess
 
     n = args.workers
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, *sys.argv[1:], "--shard", f"{i}/{n}", "--out", f"{args.out}.part{i}"]
+            [
+                sys.executable,
+                __file__,
+                *sys.argv[1:],
+                "--shard",
+                f"{i}/{n}",
+                "--out",
+                f"{args.out}.{os.getpid()}.part{i}",
+            ]
         )
         for i in range(n)
     ]
     codes = [p.wait() for p in procs]
     with open(args.out, "a", encoding="utf-8") as out:
         for i in range(n):
-            part = Path(f"{args.out}.part{i}")
+            part = Path(f"{args.out}.{os.getpid()}.part{i}")
             if part.exists():
                 out.write(part.read_text(encoding="utf-8"))
                 part.unlink()

@@ -30,6 +30,13 @@ case "$phase" in
     $R --modes reattention,streaming --lengths 32768 --tasks $rest --workers 3 --out "$out/final.jsonl" > "$out/final_32rest.log" 2>&1 &
     wait
     ;;
+  spans128)  # decode_spans and top_k candidates where the defaults fall short (niah_single_2 at 128K)
+    for v in "question:decode_spans=question" "both:decode_spans=both" "own-k8:top_k=8" "both-k8:decode_spans=both top_k=8"; do
+      $R --modes reattention --lengths 131072 --tasks niah_single_2 --set ${v#*:} --label re-${v%%:*} \
+         --workers 4 --out "$out/spans128.jsonl" > "$out/spans128_${v%%:*}.log" 2>&1 &
+    done
+    wait
+    ;;
   final32)  # the defaults: ReAttention and streaming at 32K on every task generated
     $R --modes reattention --lengths 32768 --workers 8 --out "$out/final32.jsonl" > "$out/final32_re.log" 2>&1 &
     $R --modes streaming --lengths 32768 --workers 4 --out "$out/final32.jsonl" > "$out/final32_st.log" 2>&1 &
