@@ -346,9 +346,11 @@ class Engine:
         self.prefixes.forget()
 
     @torch.inference_mode()
-    def warm(self, text: str, chat: bool = True) -> int:
+    def warm(self, text: Any, chat: bool = True) -> int:
         """Prefill a document alone (as the start of a later prompt ``text + question``) and keep
-        it; returns the tokens that later prompts can reuse."""
+        it; returns the tokens that later prompts can reuse. ``text``: a string or a Document."""
+        if not isinstance(text := getattr(text, "text", text), str):  # a Document gives its .text
+            raise TypeError(f"warm() takes the document's text or a Document, not {type(text).__name__}.")
         a, _ = self.encode(text + "\n\nA", chat=chat)
         b, _ = self.encode(text + "\n\nB", chat=chat)
         n = 0
