@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..method.config import ReAttentionConfig
-from ..runtime.citations import cited_pages
+from ..runtime.citations import NOT_RECORDED, cited_pages
 from ..runtime.engine import Engine
 from ..runtime.model_spec import ModelSpec
 from ..runtime.registry import WRAPPER_SETTINGS, shared_engine
@@ -257,6 +257,8 @@ def completion_metadata(c: Completion, *, cite: bool) -> dict[str, Any]:
     if cite:
         meta["citations"] = [x.as_dict() for x in c.citations]
         meta["cited_pages"] = cited_pages(c.citations)
+        if not c.citations:  # say why, rather than an empty list that reads like "nothing cited"
+            meta["citations_note"] = getattr(c.citations, "note", None) or NOT_RECORDED
     return meta
 
 

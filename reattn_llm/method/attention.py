@@ -75,8 +75,6 @@ def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, bac
         centres = ranked.sort(dim=1).values
         sel, valid = expand_spans(centres, m, cfg.span_size)  # type: ignore[arg-type]
     scope = build_scope(sel, valid, total, qc, g, loc, b, q.device)  # type: ignore[arg-type]
-    if state.recorder is not None and scope.middle is not None:
-        state.recorder.add(scope.middle, scope.middle_valid, total)
     return scope
 
 
@@ -118,6 +116,8 @@ def reattention_forward(
         scope = plan_scope(state, qc, kv, start + c1, backend)
         state.note_positions(scope)
         k_src, v_src, idx = kv.read_scope(scope.gather_idx)
+        if state.recorder is not None and state.recorder.wants(module.layer_idx, len(state.layers)):
+            state.recorder.attend(qc, k_src, idx, scope, cos, sin, scale)  # citations: the whole scope
         outs.append(
             scope_attention(
                 qc, k_src, v_src, idx, scope.key_pos, scope.q_pos, cos, sin, scale, backend=backend

@@ -13,32 +13,71 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..kernels.torch_ops import apply_rope, gather_kv
 from .config import ReAttentionConfig
 from .rope import RopeTable
 from .selection import Scope
 
 
 class SelectionRecorder:
-    """Counts, per absolute cache row, how often a selection drew on it (for citations).
+    """Attention mass per absolute cache row while an answer is decoded (for citations).
 
-    ``counts[t]`` is the number of (layer, forward) selections whose spans contained row t,
-    for batch row 0. Opt-in: the engine switches it on while it decodes an answer.
+    ``counts[t]`` sums, over the decode steps and a few sampled layers (:attr:`layers_sampled`,
+    spread over the model's upper two thirds, where retrieval heads sit), the attention probability
+    the step's query gave row t, averaged over heads, for batch row 0. Every row of the scope
+    counts: global, selected spans and the local window, so a document within ``G + L`` tokens
+    (no selection at all) is attributed as well as a longer one. Opt-in: the engine switches it on
+    while it decodes an answer. Cost per step and sampled layer: one ``[H, N]`` score matrix over
+    the scope's N keys, next to the layer's own attention over the same keys.
     """
+
+    layers_sampled = 4
 
     def __init__(self) -> None:
         self.counts: torch.Tensor | None = None
+        self._layers: set[int] | None = None
 
-    def add(self, rows: torch.Tensor, valid: torch.Tensor | None, total: int) -> None:
-        """``rows [B, S]`` absolute cache rows (< ``total``), ``valid [B, S]`` bool."""
-        r = rows[0]
-        w = valid[0].float() if valid is not None else torch.ones(r.shape, device=r.device)
-        if self.counts is None or self.counts.device != r.device:
-            self.counts = torch.zeros(total, device=r.device)
+    def wants(self, layer: int | None, n_layers: int) -> bool:
+        """Whether ``layer`` (of ``n_layers``) is one of the sampled layers."""
+        if self._layers is None:
+            lo = n_layers // 3
+            step = max(1, (n_layers - lo) // self.layers_sampled)
+            self._layers = set(range(lo + step // 2, n_layers, step)[: self.layers_sampled]) or {n_layers - 1}
+        return layer in self._layers
+
+    def _grow(self, total: int, device: torch.device) -> torch.Tensor:
+        if self.counts is None or self.counts.device != device:
+            self.counts = torch.zeros(total, device=device)
         elif self.counts.numel() < total:
-            grown = torch.zeros(max(total, int(self.counts.numel() * 1.25)), device=r.device)
+            grown = torch.zeros(max(total, int(self.counts.numel() * 1.25)), device=device)
             grown[: self.counts.numel()] = self.counts
             self.counts = grown
-        self.counts.index_add_(0, r, w)
+        return self.counts
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k_src: torch.Tensor,
+        idx: torch.Tensor,
+        scope: Scope,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        scale: float,
+    ) -> None:
+        """Add the attention of the last query of ``q [B, H, Q, D]`` (un-rotated) over the scope: keys
+        ``k_src`` rows ``idx [B, N]`` (:meth:`~reattn_llm.kv.layer.KVReader.read_scope`), cache rows
+        ``scope.gather_idx``, positions ``scope.key_pos`` (-1: padding) and ``scope.q_pos``."""
+        kp = scope.key_pos[:1]
+        k = gather_kv(k_src[:1], idx[:1]).float()  # [1, Hkv, N, D]
+        k = apply_rope(k, cos[kp.clamp(min=0)], sin[kp.clamp(min=0)])
+        qp = scope.q_pos[:1, -1:]
+        qr = apply_rope(q[:1, :, -1:].float(), cos[qp], sin[qp])  # [1, H, 1, D]
+        h, hkv = qr.shape[1], k.shape[1]
+        logits = torch.einsum("kgd,knd->kgn", qr[0, :, 0].view(hkv, h // hkv, -1), k[0]) * scale
+        logits = logits.masked_fill((kp[0] < 0) | (kp[0] > qp[0, 0]), float("-inf"))
+        probs = logits.softmax(-1).mean(dim=(0, 1))  # [N]
+        rows = scope.gather_idx[0]
+        self._grow(int(rows.max()) + 1, rows.device).index_add_(0, rows, probs.to(self.counts.device))  # type: ignore[union-attr]
 
     def reset(self) -> None:
         self.counts = None

@@ -1,9 +1,12 @@
-"""Citations: which parts of the prompt the answer's span selection drew on most.
+"""Citations: which parts of the document the answer's attention drew on most.
 
-While an answer is decoded, every layer's selection is counted per prompt token
-(:class:`~reattn_llm.method.state.SelectionRecorder`). Here those counts become character ranges of
-the prompt, scored and ranked, each with the page (``[Page N]`` anchor) and file
-(``=== name ===`` header) of :func:`~reattn_llm.load_document`'s text that contains it.
+While an answer is decoded, a few layers' attention over their whole scope (global rows,
+selected spans and the local window) is summed per prompt token
+(:class:`~reattn_llm.method.state.SelectionRecorder`). Here that mass becomes character ranges
+of the document part of the prompt (from its first ``[Page N]`` anchor, or its start, to where
+the question begins), scored and ranked, each with the page (``[Page N]`` anchor) and file
+(``=== name ===`` header) of :func:`~reattn_llm.load_document`'s text that contains it. When no
+attribution can be made the result is empty and :attr:`Citations.note` says why.
 """
 
 from __future__ import annotations
@@ -17,6 +20,21 @@ import torch
 
 _PAGE = re.compile(r"\[Page (\d+)\]")
 _FILE = re.compile(r"^=== (.+) ===$", re.MULTILINE)
+
+#: Why a requested attribution is empty when nothing was recorded at all.
+NOT_RECORDED = (
+    "no attribution: nothing was recorded while the answer was decoded (an answer of one token "
+    "has no decode step to attribute)"
+)
+
+
+class Citations(list):  # type: ignore[type-arg]
+    """The ranked :class:`Citation` s of one answer (a list); when it is empty, :attr:`note` says
+    plainly why no attribution is available."""
+
+    def __init__(self, items: Any = (), note: str | None = None) -> None:
+        super().__init__(items)
+        self.note = note
 
 
 @dataclass(frozen=True)
@@ -64,21 +82,43 @@ def salience(counts: torch.Tensor, width: int = 129) -> torch.Tensor:
     return (c - avg).clamp(min=0)[0, 0]
 
 
-def cite(text: str, tokenizer: Any, ids: list[int], counts: torch.Tensor, top: int = 5) -> list[Citation]:
-    """Rank contiguous runs of salient prompt tokens (see :func:`salience`).
+def cite(
+    text: str,
+    tokenizer: Any,
+    ids: list[int],
+    counts: torch.Tensor,
+    top: int = 5,
+    question: int | None = None,
+) -> Citations:
+    """Rank contiguous runs of salient document tokens (see :func:`salience`).
 
     Args:
         text: the exact prompt text that was tokenized into ``ids``.
-        counts: ``[len(ids)]`` selections per prompt token.
+        counts: ``[len(ids)]`` attention mass per prompt token.
         top: how many ranges to return.
+        question: the token where the question starts (it and what follows are not the document).
     """
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     offsets = enc["offset_mapping"]
-    if list(enc["input_ids"]) != list(ids) or counts.numel() == 0 or float(counts.sum()) == 0:
-        return []
+    if list(enc["input_ids"]) != list(ids):
+        return Citations(
+            note="no attribution: the prompt's text does not tokenize back to the tokens the model read"
+        )
+    page_starts, page_vals = _anchors(_PAGE, text)
+    file_starts, file_vals = _anchors(_FILE, text)
+    lo = 0
+    if page_starts or file_starts:  # the document starts at its first anchor (a template precedes it)
+        first = min(page_starts[:1] + file_starts[:1])
+        lo = next((t for t, (a, _) in enumerate(offsets) if a >= first), len(ids))
+    hi = len(ids) if question is None else min(question, len(ids))
+    counts = counts.float().clone()
+    counts[:lo] = 0
+    counts[hi:] = 0
+    if counts.numel() == 0 or float(counts.sum()) == 0:
+        return Citations(note=NOT_RECORDED)
     counts = salience(counts)
     if float(counts.max()) <= 0:
-        return []
+        return Citations(note="no attribution: no part of the document stood out in the answer's attention")
     counts = torch.where(counts >= 0.25 * counts.max(), counts, torch.zeros_like(counts))
     total = float(counts.sum())
     nz = (counts > 0).tolist()
@@ -94,9 +134,8 @@ def cite(text: str, tokenizer: Any, ids: list[int], counts: torch.Tensor, top: i
         else:
             i += 1
     runs.sort(key=lambda r: -r[2])
-    page_starts, page_vals = _anchors(_PAGE, text)
-    file_starts, file_vals = _anchors(_FILE, text)
-    out = []
+    out = Citations()
+    runs = [r for r in runs if text[offsets[r[0]][0] : offsets[r[1] - 1][1]].strip()]  # not bare line breaks
     for a, b, score in runs[:top]:
         start, end = offsets[a][0], offsets[b - 1][1]
         p = bisect.bisect_right(page_starts, start) - 1

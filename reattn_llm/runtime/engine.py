@@ -315,7 +315,7 @@ class Engine:
             prefill_seconds=t1 - t0,
             decode_seconds=t2 - t1,
             model_name=self.model_name,
-            citations=[] if counts is None else cite(text, self.tokenizer, ids, counts),
+            citations=[] if counts is None else cite(text, self.tokenizer, ids, counts, 5, enc.question),
             max_position=request.largest_position(default=len(ids) + len(answer.ids) - 1),
         )
         return self.last
