@@ -139,16 +139,18 @@ def folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread_and_no_leftover_engines():
-    """torch on one thread for this module; the shared engines the snippets made, which would
-    outlive it, dropped after."""
+def one_thread_own_store_no_leftover_engines(tmp_path_factory):
+    """torch on one thread for this module; kept documents stored in a temporary folder (not the
+    user's store); the shared engines the snippets made, which would outlive the module, dropped."""
     import torch
 
     from reattn_llm.runtime import registry
 
     threads, before = torch.get_num_threads(), set(registry._engines)
     torch.set_num_threads(1)
-    yield
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REATTN_LLM_PREFIX_DIR", str(tmp_path_factory.mktemp("prefixes")))
+        yield
     torch.set_num_threads(threads)
     for key in set(registry._engines) - before:
         registry._engines.pop(key, None)
@@ -215,7 +217,6 @@ def test_command_line_runs_and_answers(label, command, folder, short_answers, mo
     from reattn_llm.cli import main
 
     monkeypatch.chdir(folder)
-    monkeypatch.setenv("REATTN_LLM_PREFIX_DIR", str(folder / "prefixes"))  # not the user's store
     argv = shlex.split(command, comments=True)
     try:
         code = main(argv[1:])
