@@ -20,6 +20,7 @@ from ..method.config import ReAttentionConfig
 from ..runtime.citations import NOT_RECORDED, cited_pages
 from ..runtime.engine import Engine
 from ..runtime.model_spec import ModelSpec
+from ..runtime.models import DEFAULT_MODEL, is_default
 from ..runtime.registry import WRAPPER_SETTINGS, shared_engine
 from ..runtime.sampling import SamplingParams
 from ..runtime.stream import Completion
@@ -99,6 +100,14 @@ def model_spec(model: Any, tokenizer: Any = None, model_kwargs: Mapping[str, Any
     if model is None or isinstance(model, str):
         return ModelSpec(model, kwargs, tokenizer=tokenizer)
     return ModelSpec(model=model, tokenizer=tokenizer, kwargs=kwargs)
+
+
+def model_name(wrapper: Any) -> str:
+    """The name results report for a wrapper's own model (no engine is created)."""
+    spec = model_spec(
+        wrapper.model, getattr(wrapper, "tokenizer", None), getattr(wrapper, "model_kwargs", None)
+    )
+    return DEFAULT_MODEL if is_default(spec) else str(spec)
 
 
 def engine_settings(wrapper: Any) -> dict[str, Any]:

@@ -97,9 +97,7 @@ class ModelSpec:
     def __str__(self) -> str:
         if self.model is not None:
             return str(getattr(self.model, "name_or_path", "") or type(self.model).__name__)
-        from .models import DEFAULT_MODEL, is_default
-
-        name = DEFAULT_MODEL if is_default(self.name) else str(self.name)
+        name = "default" if self.name is None else str(self.name)  # the engine names the default itself
         return f"{name}@{self.kwargs['revision']}" if "revision" in self.kwargs else name
 
     def __repr__(self) -> str:

@@ -28,6 +28,7 @@ from .._common import (
     check_model,
     coerce_config,
     config_dict,
+    model_name,
     model_spec,
     warn_if_raw_pdf,
     wrapper_engine,
@@ -199,7 +200,7 @@ class ReAttentionBase(BaseModel):
     @property
     def model_name(self) -> str:
         """The model's name as reported on results."""
-        return self.engine.model_name
+        return model_name(self)
 
     @property
     def engine(self) -> Engine:

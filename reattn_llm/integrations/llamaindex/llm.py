@@ -38,6 +38,7 @@ from .._common import (
     check_model,
     coerce_config,
     completion_metadata,
+    model_name,
     model_spec,
     token_usage,
     warn_if_raw_pdf,
@@ -150,7 +151,7 @@ class ReAttentionLlamaLLM(CustomLLM):
 
     @property
     def model_name(self) -> str:
-        return self.engine.model_name
+        return model_name(self)
 
     def capacity(self) -> Capacity:
         """How many tokens (prompt + answer) this model holds on this device (no weights loaded)."""
