@@ -33,9 +33,12 @@ def literal_selection(
     max_spans: int,
     span: int,
     pinned: list[int] | None = None,
-) -> tuple[list[int], list[int]]:
-    """Middle positions selected for one chunk, and the hits (span centres) kept:
-    ``q [H, Q, D]``, ``k_mid [Hkv, M, D]``; ``pinned`` centres come first."""
+    carried: dict[int, int] | None = None,
+    remember: int = 0,
+) -> tuple[list[int], list[int], dict[int, int]]:
+    """Middle positions selected for one chunk, the hits (span centres) kept, and the ``remember``
+    most voted hits with their votes: ``q [H, Q, D]``, ``k_mid [Hkv, M, D]``; ``pinned`` centres
+    come first; ``carried`` votes (position -> votes) are added to this chunk's."""
     h_q, n_q, _ = q.shape
     h_kv, m, _ = k_mid.shape
     group = h_q // h_kv
@@ -46,12 +49,15 @@ def literal_selection(
             row = scores[i].tolist()
             best = sorted(range(m), key=lambda j: (-row[j], j))[: min(top_k, m)]
             votes.update(best)
+    votes.update({c: v for c, v in (carried or {}).items() if c < m and v > 0})
     first = [c for c in (pinned or []) if c < m]
-    hits = (first + [c for c in sorted(votes, key=lambda c: (-votes[c], c)) if c not in first])[:max_spans]
+    ranked = sorted(votes, key=lambda c: (-votes[c], c))
+    hits = (first + [c for c in ranked if c not in first])[:max_spans]
+    kept = {c: votes[c] for c in ranked[:remember]}
     chosen: set[int] = set()
     for c in hits:
         chosen.update(range(max(0, c - span // 2), min(m, c - span // 2 + span)))
-    return sorted(chosen), hits
+    return sorted(chosen), hits, kept
 
 
 def literal_attention(
@@ -68,8 +74,10 @@ def literal_attention(
     -> ``[B, Q, H, D]``, splitting the queries into chunks when beyond ``G + L``. ``memory`` (one per
     layer, kept by the caller across forwards): the hits of the last multi-token chunk per batch row,
     which a one-token forward keeps first when ``cfg.decode_spans`` is ``"question"`` (all of them)
-    or ``"both"`` (the most voted half)."""
+    or ``"both"`` (the most voted half); under ``memory["votes"]``, the most voted hits with their
+    votes, which every forward adds to its own when ``decode_spans`` is ``"running"``."""
     memory = {} if memory is None else memory
+    votes_memory = memory.setdefault("votes", {})  # type: ignore[call-overload]
     b_sz, h_q, n_q, _ = q.shape
     h_kv, total = k.shape[1], k.shape[2]
     group = h_q // h_kv
@@ -96,14 +104,19 @@ def literal_attention(
                         hi = max(lo + 1, min(loc + cfg.max_spans * cfg.span_size, cfg.window))
                         qs = expected_query(qs, lo, hi, inv_freq, rope_scale)
                     one = c1 - c0 == 1
-                    pinned = memory.get(b) if one and cfg.decode_spans != "own" else None
+                    running = cfg.decode_spans == "running"
+                    pinned = memory.get(b) if one and cfg.decode_spans in ("question", "both") else None
                     if pinned is not None and cfg.decode_spans == "both":
                         pinned = pinned[: cfg.max_spans // 2]
-                    mid, hits = literal_selection(
-                        qs, k[b, :, g : seen - loc], cfg.top_k, cfg.max_spans, cfg.span_size, pinned
-                    )
+                    carried = votes_memory.get(b) if one and running else None
+                    mid, hits, kept = literal_selection(
+                        qs, k[b, :, g : seen - loc], cfg.top_k, cfg.max_spans, cfg.span_size, pinned,
+                        carried, 2 * cfg.max_spans,
+                    )  # fmt: skip
                     if not one:
                         memory[b] = hits
+                    if not one or running:
+                        votes_memory[b] = kept
                 idx = list(range(g)) + [g + j for j in mid] + list(range(seen - loc, seen))
             n = len(idx)
             kk = rotate(k[b][:, idx].double(), torch.arange(n), inv_freq, rope_scale)

@@ -159,7 +159,7 @@ class DenseLayer(_DenseReads, KVLayer):
         """The batch entries were re-ordered or repeated: new buffers, no summaries."""
         self._k, self._v = k, v
         self.summaries.clear()
-        self.pinned = None
+        self.pinned = self.pinned_votes = None
         self._sync_views()
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:

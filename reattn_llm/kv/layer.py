@@ -36,9 +36,11 @@ class KVReader(ABC):
     """Reads one layer's ``length`` rows of un-rotated keys ``[B, Hkv, T, D]`` and values."""
 
     length: int
-    #: ``[B, P]`` int64 span centres (middle positions) that the last multi-token forward selected,
-    #: kept by a cache layer for the decode steps that follow (opaque to the storage).
+    #: ``[B, P]`` int64 span centres (middle positions) that the last multi-token forward selected
+    #: (with ``decode_spans="running"``: the most voted so far), and ``pinned_votes [B, P]`` the
+    #: votes they got; kept by a cache layer for the decode steps that follow (opaque to storage).
     pinned: torch.Tensor | None = None
+    pinned_votes: torch.Tensor | None = None
 
     @property
     def key_block_rows(self) -> int:
@@ -171,7 +173,7 @@ class KVLayer(CacheLayerMixin, KVReader):
         self.length = 0
         self.is_initialized = False
         self.summaries.clear()
-        self.pinned = None
+        self.pinned = self.pinned_votes = None
 
     def _crop_length(self, tokens_to_remove: int) -> None:
         """Set ``length`` as transformers' ``crop`` asks: drop the last ``-tokens_to_remove`` rows
@@ -181,4 +183,4 @@ class KVLayer(CacheLayerMixin, KVReader):
         )
         self.length = max(0, new_len)
         self.summaries.truncate(self.length)
-        self.pinned = None
+        self.pinned = self.pinned_votes = None

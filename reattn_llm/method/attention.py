@@ -36,11 +36,26 @@ _NEVER = 1 << 62
 
 
 def decode_pins(cfg: ReAttentionConfig, kv: KVReader) -> torch.Tensor | None:
-    """The question's centres a decode step keeps before its own hits (``decode_spans``): none
-    (``"own"``), all (``"question"``) or its most voted half (``"both"``). ``[B, P]`` or None."""
-    if cfg.decode_spans == "own" or kv.pinned is None:
+    """The question's centres a decode step keeps before its own hits (``decode_spans``): all
+    (``"question"``), its most voted half (``"both"``), else none. ``[B, P]`` or None."""
+    if cfg.decode_spans not in ("question", "both") or kv.pinned is None:
         return None
     return kv.pinned if cfg.decode_spans == "question" else kv.pinned[:, : cfg.max_spans // 2]  # type: ignore[operator]
+
+
+def _select(cfg: ReAttentionConfig, kv: KVReader, hits: torch.Tensor, m: int, qc: int) -> torch.Tensor:
+    """Rank the hits into at most ``max_spans`` centres ``[B, n]`` (by rank), with what the layer
+    remembers of the question (``kv.pinned`` / ``kv.pinned_votes``) per ``decode_spans``."""
+    running = cfg.decode_spans == "running"
+    carried = None
+    if qc == 1 and running and kv.pinned is not None:
+        carried = (kv.pinned, kv.pinned_votes)
+    keep = cfg.max_spans * (2 if running else 1)  # type: ignore[operator]
+    ranked, votes = rank_centres(hits, m, keep, decode_pins(cfg, kv) if qc == 1 else None, carried)
+    if qc > 1 or running:  # remembered by rank; empty slots stay empty as the middle grows
+        kv.pinned = torch.where(ranked < m, ranked, torch.full_like(ranked, _NEVER))
+        kv.pinned_votes = votes
+    return ranked[:, : cfg.max_spans]
 
 
 def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, backend: str) -> Scope:
@@ -69,10 +84,7 @@ def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, bac
             )  # type: ignore[arg-type]
         else:
             hits = kv.score_middle(qs, g, g + m, cfg.top_k, backend)  # type: ignore[arg-type]
-        ranked = rank_centres(hits, m, cfg.max_spans, decode_pins(cfg, kv) if qc == 1 else None)  # type: ignore[arg-type]
-        if qc > 1:  # the question's centres by rank; empty slots stay empty as the middle grows
-            kv.pinned = torch.where(ranked < m, ranked, torch.full_like(ranked, _NEVER))
-        centres = ranked.sort(dim=1).values
+        centres = _select(cfg, kv, hits, m, qc).sort(dim=1).values
         sel, valid = expand_spans(centres, m, cfg.span_size)  # type: ignore[arg-type]
     scope = build_scope(sel, valid, total, qc, g, loc, b, q.device)  # type: ignore[arg-type]
     return scope

@@ -24,7 +24,7 @@ Selection = Literal["exact", "two_level"]
 KVDtype = Literal["model", "fp8"]
 Offload = Literal["none", "values", "keys_values"]
 Scoring = Literal["expected", "raw"]
-DecodeSpans = Literal["own", "question", "both"]
+DecodeSpans = Literal["own", "question", "both", "running"]
 
 PAPER_SCOPE = 8192
 PAPER_GLOBAL = 32
@@ -75,7 +75,10 @@ class ReAttentionConfig:
             ``"question"`` keeps all the span centres that the prompt's last forward (the
             question) selected in every decode step, before the step's own hits; ``"both"`` keeps
             the question's most voted half of them and gives the other half to the step's own
-            hits (BENCHMARKS.md compares the three).
+            hits; ``"running"`` carries the votes: each decode step adds its own hits to the
+            votes the question and the earlier steps cast (the ``2 * max_spans`` most voted are
+            remembered), so a fact the answer's own words point at can displace the question's
+            weakest spans but noise cannot outvote its strong ones (BENCHMARKS.md compares them).
         mode: ``"reattention"``; ``"streaming"`` (global + local only, StreamingLLM);
             ``"full"`` (the stock model, full attention: the baseline).
         backend: kernels: ``"auto"`` (Triton on CUDA, torch on CPU), ``"triton"`` or ``"torch"``.

@@ -55,12 +55,16 @@ def select_centres(
 ) -> torch.Tensor:
     """The hits kept as span centres (:func:`rank_centres`), in increasing order; ``M`` marks an
     empty slot. ``[B, min(max_spans, M)]`` int64."""
-    return rank_centres(hits, middle_len, max_spans, pinned).sort(dim=1).values
+    return rank_centres(hits, middle_len, max_spans, pinned)[0].sort(dim=1).values
 
 
 def rank_centres(
-    hits: torch.Tensor, middle_len: int, max_spans: int, pinned: torch.Tensor | None = None
-) -> torch.Tensor:
+    hits: torch.Tensor,
+    middle_len: int,
+    max_spans: int,
+    pinned: torch.Tensor | None = None,
+    carried: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``max_spans`` most voted hits, most voted first, ties to the earlier position.
 
     Args:
@@ -69,9 +73,12 @@ def rank_centres(
         max_spans: centres kept per batch row.
         pinned: ``[B, P]`` int64 centres kept first, before any voted hit (the question's own
             centres during decoding); entries ``>= M`` are ignored.
+        carried: ``(positions, votes)``, each ``[B, P]`` int64: votes earlier forwards cast, added
+            to this forward's (entries ``>= M`` are ignored).
 
     Returns:
-        ``[B, min(max_spans, M)]`` int64 centres by rank; ``M`` marks an empty slot (ranked last).
+        ``centres, votes``, each ``[B, min(max_spans, M)]`` int64: centres by rank (``M`` marks an
+        empty slot, ranked last) and the votes each got (pinned ones counted as cast).
     """
     b = hits.shape[0]
     m = middle_len
@@ -79,6 +86,8 @@ def rank_centres(
     flat = hits.reshape(b, -1)
     votes = torch.zeros(b, m + 1, dtype=torch.int64, device=dev)
     votes.scatter_add_(1, flat, torch.ones_like(flat))
+    if carried is not None and carried[0].numel():
+        votes.scatter_add_(1, carried[0].clamp(max=m), carried[1])
     if pinned is not None and pinned.numel():
         # A pinned centre outranks every voted hit: it gets more votes than all hits together.
         p = pinned.clamp(max=m)
@@ -90,7 +99,8 @@ def rank_centres(
     top = order_key.topk(n_keep, dim=1).values
     counts = top // m
     pos = (m - 1) - (top % m)
-    return torch.where(counts > 0, pos, torch.full_like(pos, m))  # no votes: an empty slot
+    empty = counts <= 0
+    return torch.where(empty, torch.full_like(pos, m), pos), torch.where(empty, 0, counts)  # no votes: empty
 
 
 def expand_spans(centres: torch.Tensor, middle_len: int, span_size: int) -> tuple[torch.Tensor, torch.Tensor]:
