@@ -291,7 +291,7 @@ def _read_samples(data: Path, tasks: list[str] | None, lengths: set[int] | None)
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for item in items:
+    for item in (x for arg in items for x in arg.split(",")):
         k, _, v = item.partition("=")
         out[k] = int(v) if v.lstrip("-").isdigit() else (None if v == "None" else v)
     return out
@@ -424,7 +424,7 @@ def main() -> None:
     r.add_argument("--tasks", default=None)
     r.add_argument("--lengths", default=None)
     r.add_argument("--limit", type=int, default=0, help="samples per task and length (0 = all)")
-    r.add_argument("--set", nargs="*", help="ReAttentionConfig overrides, e.g. local_size=2048")
+    r.add_argument("--set", nargs="*", help="ReAttentionConfig overrides, e.g. local_size=2048 (or a,b)")
     r.add_argument("--label", default=None)
     r.add_argument("--model", default=None)
     r.add_argument("--device", default="auto")

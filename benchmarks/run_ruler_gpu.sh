@@ -31,9 +31,10 @@ case "$phase" in
     wait
     ;;
   spans128)  # decode_spans and top_k candidates where the defaults fall short (niah_single_2 at 128K)
-    for v in "question:decode_spans=question" "both:decode_spans=both" "own-k8:top_k=8" "both-k8:decode_spans=both top_k=8"; do
+    # VARIANTS="label:k=v,k=v label2:..." overrides the list (commas: several settings)
+    for v in ${VARIANTS:-question:decode_spans=question both:decode_spans=both own-k8:top_k=8 both-k8:decode_spans=both,top_k=8}; do
       $R --modes reattention --lengths 131072 --tasks niah_single_2 --set ${v#*:} --label re-${v%%:*} \
-         --workers 4 --out "$out/spans128.jsonl" > "$out/spans128_${v%%:*}.log" 2>&1 &
+         --workers ${WORKERS:-4} --out "$out/spans128.jsonl" > "$out/spans128_${v%%:*}.log" 2>&1 &
     done
     wait
     ;;
