@@ -3,6 +3,8 @@
     reattn ask book.pdf "Who wrote the foreword?" --cite
     reattn ask book.pdf "Summarise chapter 2." --pages 12-30 --json
     reattn info manual.pdf
+    reattn serve --port 8000          # an OpenAI-compatible server
+    reattn chat book.pdf              # questions from stdin, one per line
     reattn demo
 
 The files come first, the question last. A prefilled document is kept on disk (see
@@ -44,6 +46,8 @@ from .options import (
     number,
     version,
 )
+from .serve import add_parsers as add_serve
+from .serve import cmd_chat, cmd_serve
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DOCUMENT, EXIT_MODEL, EXIT_CAPACITY, EXIT_FETCH = 0, 1, 2, 3, 4, 5, 6
 SAMPLE = Path(__file__).parent.parent / "data" / "pride_and_prejudice_1-3.txt"
@@ -93,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="answer a question over the bundled public-domain sample")
     demo.add_argument("--question", default=DEMO_QUESTION)
     demo.add_argument("--no-progress", action="store_true")
+    add_serve(sub)
     return p
 
 
@@ -261,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse's usage errors (2), --help and --version (0)
         return int(e.code or 0)
     handlers = {"ask": cmd_ask, "info": cmd_info, "demo": cmd_demo}
+    handlers.update(serve=cmd_serve, chat=cmd_chat)
     try:
         return handlers[a.command](a)
     except UsageError as e:
