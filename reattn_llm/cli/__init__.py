@@ -3,6 +3,7 @@
     reattn ask book.pdf "Who wrote the foreword?" --cite
     reattn ask book.pdf "Summarise chapter 2." --pages 12-30 --json
     reattn info manual.pdf
+    reattn calibrate --model Qwen/Qwen2.5-0.5B-Instruct --device cuda
     reattn serve --port 8000          # an OpenAI-compatible server
     reattn chat book.pdf              # questions from stdin, one per line
     reattn demo
@@ -34,6 +35,8 @@ from ..errors import (
     UnsupportedModelError,
 )
 from ..method.config import ReAttentionConfig
+from .calibrate import add_parser as add_calibrate
+from .calibrate import cmd_calibrate
 from .options import (
     UsageError,
     cli_words,
@@ -94,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("files", nargs="+", metavar="FILE")
     document_args(info)
     config_args(info)
+    add_calibrate(sub)
     demo = sub.add_parser("demo", help="answer a question over the bundled public-domain sample")
     demo.add_argument("--question", default=DEMO_QUESTION)
     demo.add_argument("--no-progress", action="store_true")
@@ -265,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         a = parser.parse_args(argv)
     except SystemExit as e:  # argparse's usage errors (2), --help and --version (0)
         return int(e.code or 0)
-    handlers = {"ask": cmd_ask, "info": cmd_info, "demo": cmd_demo}
+    handlers = {"ask": cmd_ask, "info": cmd_info, "calibrate": cmd_calibrate, "demo": cmd_demo}
     handlers.update(serve=cmd_serve, chat=cmd_chat)
     try:
         return handlers[a.command](a)

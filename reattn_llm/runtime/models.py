@@ -8,6 +8,7 @@ about a second. Support is checked from the config alone, before any weight is r
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -20,6 +21,7 @@ import torch
 
 from ..errors import UnsupportedModelError
 from ..method.families import check_model_config
+from .calibration_store import CALIBRATION_FILE, fingerprint, read_effective_window, trained_window
 from .model_spec import ModelSpec
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -47,9 +49,52 @@ DEFAULT_EFFECTIVE_WINDOW = 2048
 
 
 def effective_window(model: str | ModelSpec | None) -> int | None:
-    """The measured effective window of ``model`` (:data:`DEFAULT_EFFECTIVE_WINDOW` for the embedded
-    default), or None when it has not been measured (the scope then keeps the paper's sizes)."""
+    """The measured effective window of ``model``: the one ``reattn calibrate`` stored for it (checked:
+    :func:`~reattn_llm.runtime.calibration_store.read_effective_window`), else
+    :data:`DEFAULT_EFFECTIVE_WINDOW` for the embedded default, else None (the paper's sizes). Reads
+    small local files only (no weights, no network)."""
+    path = calibration_path(model)
+    if path is not None and path.is_file():
+        folder, revision = model_folder(model)
+        now = fingerprint(folder, revision) if folder is not None and folder.is_dir() else None
+        stored = read_effective_window(path, now, trained_window(folder))
+        if stored is not None:
+            return stored
     return DEFAULT_EFFECTIVE_WINDOW if is_default(model) else None
+
+
+def calibration_path(model: str | ModelSpec | None) -> Path | None:
+    """Where ``reattn calibrate`` stores ``model``'s measurement: beside the converted embedded model;
+    ``<cache>/calibration/<Hub id, / as -->.json``; for a local folder, its name and a hash of its
+    path there. None for a model object given already loaded."""
+    if isinstance(model, ModelSpec):
+        return None if model.loaded else calibration_path(model.name)
+    if is_default(model):
+        return default_model_dir(convert=False) / CALIBRATION_FILE
+    name = str(model)
+    if os.path.isdir(name):
+        where = str(Path(name).resolve())
+        name = f"local--{Path(where).name}--{hashlib.sha256(where.encode()).hexdigest()[:12]}"
+    return cache_dir() / "calibration" / f"{name.strip('/').replace('/', '--')}.json"
+
+
+def model_folder(model: str | ModelSpec | None) -> tuple[Path | None, str | None]:
+    """The local folder holding ``model``'s config and weights, and its Hub revision (the snapshot's
+    commit), without network access; ``(None, None)`` for a Hub model not in the local cache."""
+    revision = None
+    if isinstance(model, ModelSpec):
+        model, revision = model.name, model.hub_kwargs.get("revision")
+    if is_default(model):
+        return default_model_dir(convert=False), None
+    if os.path.isdir(str(model)):
+        return Path(str(model)), None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(str(model), "config.json", revision=revision)
+    if not isinstance(found, str):
+        return None, None
+    snapshot = Path(found).parent
+    return snapshot, snapshot.name
 
 
 def is_default(model: str | ModelSpec | None) -> bool:
