@@ -37,7 +37,7 @@ def add_parser(sub: Any) -> None:
         description=(
             "Hide RULER-style numeric needles in natural prose and ask for them, with the stock model "
             f"inside its trained window, at lengths doubling from {START_LENGTH} tokens; the largest "
-            "length up to which every length scores at least max(50%%, 80%% of the shortest's) is the "
+            "length up to which every length scores at least max(50%, 80% of the shortest's) is the "
             "model's effective window. It is stored with the model and sizes the engine's default scope "
             "(sizes you pass always win)."
         ),
