@@ -1,0 +1,274 @@
+"""``reattn serve`` as a real process on 127.0.0.1, driven by the real ``openai`` client (and
+LangChain's ``ChatOpenAI`` / LlamaIndex's ``OpenAILike`` when installed): plain and streamed answers,
+usage, stop strings, document slots, a disconnect, concurrent clients, and OpenAI-shaped errors.
+
+One server (the default model, the suite's small config, an API key) serves the whole module.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import _TOPICS, SMALL_CONFIG_KWARGS
+
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+KEY = "test-key-123"
+MAX_PROMPT = 1200
+CHUNK = SMALL_CONFIG_KWARGS["chunk_size"]
+DOC_A = " ".join(_TOPICS[i % 12] for i in range(0, 30)) + " The secret code of the vault is 73914."
+DOC_B = " ".join(_TOPICS[(5 * i + 3) % 12] for i in range(0, 30)) + " The gardener of the castle is Tomas."
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``(base_url, stats)`` of a server process, stopped after the module."""
+    port = _free_port()
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in SMALL_CONFIG_KWARGS.items()]
+    cmd = [sys.executable, "-m", "reattn_llm.cli", "serve", "--port", str(port), "--device", "cpu"]
+    cmd += ["--api-key", KEY, "--max-prompt-tokens", str(MAX_PROMPT), *flags]
+    env = {**os.environ, "REATTN_LLM_PREFIX_DIR": str(tmp_path_factory.mktemp("prefixes"))}
+    log = tmp_path_factory.mktemp("log") / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}/v1"
+    headers = {"Authorization": f"Bearer {KEY}"}
+    deadline = time.monotonic() + 120
+    try:
+        for _ in range(600):  # bounded: at most 120 s
+            if proc.poll() is not None:
+                pytest.fail(f"the server exited ({proc.returncode}): {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{base}/models", headers=headers, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server was not ready in 120 s: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+        def stats() -> dict:
+            return httpx.get(f"{base}/stats", headers=headers, timeout=10).json()
+
+        yield base, stats
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server[0], api_key=KEY, timeout=120, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_engine():
+    """An engine used for its tokenizer only (no weights loaded): counts the prompts' own tokens."""
+    from reattn_llm import ReAttentionConfig
+    from reattn_llm.runtime.engine import Engine
+
+    return Engine(None, device="cpu", config=ReAttentionConfig(**SMALL_CONFIG_KWARGS), progress=False)
+
+
+def _ask(doc: str, question: str) -> list[dict]:
+    return [{"role": "user", "content": f"{doc}\n\nAnswer using the document above.\nQuestion: {question}"}]
+
+
+def test_plain_and_streamed_answers_agree_with_usage_and_stop(client, server):
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    plain = client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=messages, max_tokens=12)
+    text = plain.choices[0].message.content
+    assert text.strip() and plain.choices[0].message.role == "assistant"
+    use = plain.usage
+    assert 10 < use.prompt_tokens < 60 and 1 <= use.completion_tokens <= 12
+    assert use.total_tokens == use.prompt_tokens + use.completion_tokens
+
+    chunks = list(
+        client.chat.completions.create(
+            model="SmolLM2-135M-Instruct",
+            messages=messages,
+            max_tokens=12,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == text  # greedy: the same answer, delta by delta
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 2
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == plain.choices[0].finish_reason
+    last = chunks[-1]
+    assert last.choices == [] and last.usage.prompt_tokens == use.prompt_tokens
+    assert last.usage.completion_tokens == use.completion_tokens
+    assert (
+        last.usage.prompt_tokens_details.cached_tokens
+        == server[1]()["last"]["prompt_tokens_details"]["cached_tokens"]
+    )
+
+    words = text.split()
+    stop = " " + words[2]
+    cut = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct", messages=messages, max_tokens=12, stop=[stop]
+    )
+    assert cut.choices[0].message.content == text.split(stop)[0]
+    assert cut.choices[0].finish_reason == "stop"
+
+    raw = client.completions.create(
+        model="SmolLM2-135M-Instruct", prompt="The capital of France is", max_tokens=4
+    )
+    assert raw.object == "text_completion" and raw.choices[0].text and raw.usage.completion_tokens <= 4
+
+
+def test_alternating_documents_prefill_only_the_questions(client, server, tokenizer_engine):
+    asks = [(DOC_A, "What is the secret code of the vault?"), (DOC_B, "Who is the gardener of the castle?")]
+    asks += [(DOC_A, "When does the library open?"), (DOC_B, "What does the market sell?")]
+    hits0 = server[1]()["slots"]["hits"]
+    results = []
+    for doc, q in asks:
+        r = client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=_ask(doc, q), max_tokens=8)
+        results.append(r.usage)
+    for u in results:
+        assert u.prompt_tokens > 3 * CHUNK  # each document spans several chunks
+    assert results[0].prompt_tokens_details.cached_tokens == 0  # first time: all prefilled
+    assert results[1].prompt_tokens_details.cached_tokens == 0
+    for second, (doc, q1), (_, q2) in [(2, asks[0], asks[2]), (3, asks[1], asks[3])]:
+        a, _ = tokenizer_engine.encode(_ask(doc, q1))
+        b, _ = tokenizer_engine.encode(_ask(doc, q2))
+        shared = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        own = len(b) - shared  # the second question's own tokens
+        u = results[second]
+        prefilled = u.prompt_tokens - u.prompt_tokens_details.cached_tokens
+        assert u.prompt_tokens == len(b)
+        assert own <= prefilled <= own + CHUNK, (prefilled, own)
+    hits = server[1]()["slots"]["hits"]
+    assert hits["memory"] - hits0["memory"] >= 2  # both documents were still in memory slots
+    assert len(server[1]()["slots"]["slots"]) >= 2
+
+
+def test_disconnect_mid_stream_cancels_the_request(client, server):
+    before = server[1]()
+    stream = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct",
+        messages=[{"role": "user", "content": "Write a very long story about a dragon and a knight."}],
+        max_tokens=400,
+        stream=True,
+    )
+    seen = 0
+    for chunk in stream:  # bounded by max_tokens; left after three deltas
+        if chunk.choices and chunk.choices[0].delta.content:
+            seen += 1
+            if seen == 3:
+                break
+    stream.close()
+    t0 = time.monotonic()
+    for _ in range(300):  # at most ~30 s
+        now = server[1]()
+        if now["cancelled"] > before["cancelled"] and now["waiting"] == 0:
+            break
+        time.sleep(0.1)
+    assert now["cancelled"] == before["cancelled"] + 1 and now["waiting"] == 0
+    assert now["completed"] == before["completed"]  # it never ran to its 400 tokens
+    assert time.monotonic() - t0 < 20
+    r = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8
+    )
+    assert r.choices[0].message.content.strip() and r.usage.completion_tokens <= 8
+
+
+def test_concurrent_clients_get_their_serial_answers(client):
+    questions = ["Name a colour of the sky.", "What is two plus two?"]
+
+    def ask(q: str) -> str:
+        msgs = [{"role": "user", "content": q}]
+        r = client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=msgs, max_tokens=8)
+        return r.choices[0].message.content
+
+    serial = [ask(q) for q in questions]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(ask, questions))
+    assert together == serial and serial[0] != serial[1]
+
+
+def test_errors_are_openai_shaped(client, server):
+    base = server[0]
+    long = [{"role": "user", "content": "word " * 1500 + "\nWhat is this?"}]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=long, max_tokens=8)
+    err = e.value.body
+    assert e.value.status_code == 400 and err["code"] == "context_length_exceeded"
+    assert f"cap of {MAX_PROMPT}" in err["message"] and "The prompt has 15" in err["message"]
+    with pytest.raises(openai.BadRequestError) as e:  # past what the device can hold
+        client.chat.completions.create(
+            model="SmolLM2-135M-Instruct", messages=[{"role": "user", "content": "Hi"}], max_tokens=10**9
+        )
+    assert "holds at most" in e.value.body["message"] and e.value.body["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model="SmolLM2-135M-Instruct", messages=[{"role": "user", "content": "Hi"}], temperature=-1
+        )
+    assert e.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model="SmolLM2-135M-Instruct",
+            messages=[{"role": "user", "content": "Hi"}],
+            response_format={"type": "json_object"},
+        )
+    assert "not supported yet" in e.value.body["message"] and e.value.body["param"] == "response_format"
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}])
+    assert e.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=base, api_key="wrong", max_retries=0).models.list()
+    bare = httpx.post(f"{base}/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]})
+    assert bare.status_code == 401 and bare.json()["error"]["code"] == "invalid_api_key"
+    assert [m.id for m in client.models.list().data] == ["SmolLM2-135M-Instruct"]
+
+
+def test_langchain_and_llamaindex_clients(client, server):
+    messages = [{"role": "user", "content": "What is the capital of Italy?"}]
+    want = client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=messages, max_tokens=8)
+    want = want.choices[0].message.content
+    try:
+        from langchain_openai import ChatOpenAI
+    except ImportError:
+        ChatOpenAI = None
+    if ChatOpenAI is not None:
+        llm = ChatOpenAI(
+            base_url=server[0], api_key=KEY, model="SmolLM2-135M-Instruct", max_tokens=8, temperature=0
+        )
+        assert llm.invoke(messages[0]["content"]).content == want
+    try:
+        from llama_index.core.llms import ChatMessage
+        from llama_index.llms.openai_like import OpenAILike
+    except ImportError:
+        OpenAILike = None
+    if OpenAILike is not None:
+        llm = OpenAILike(
+            model="SmolLM2-135M-Instruct",
+            api_base=server[0],
+            api_key=KEY,
+            is_chat_model=True,
+            max_tokens=8,
+            temperature=0,
+        )
+        assert llm.chat([ChatMessage(role="user", content=messages[0]["content"])]).message.content == want
+    if ChatOpenAI is None and OpenAILike is None:
+        pytest.skip("neither langchain-openai nor llama-index-llms-openai-like is installed")
