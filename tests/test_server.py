@@ -272,3 +272,43 @@ def test_langchain_and_llamaindex_clients(client, server):
         assert llm.chat([ChatMessage(role="user", content=messages[0]["content"])]).message.content == want
     if ChatOpenAI is None and OpenAILike is None:
         pytest.skip("neither langchain-openai nor llama-index-llms-openai-like is installed")
+
+
+class _Layer:
+    def __init__(self) -> None:
+        self.cropped: int | None = None
+
+    def crop(self, n: int) -> None:
+        self.cropped = n
+
+
+class _Cache:
+    """Stands in for a ReAttentionCache: its bytes and its layers' crop."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.layers = [_Layer()]
+        self._nbytes = nbytes
+
+    def nbytes(self) -> int:
+        return self._nbytes
+
+    def host_nbytes(self) -> int:
+        return 0
+
+
+def test_document_slots_are_an_lru_in_bytes():
+    from reattn_llm.serve.slots import DocumentSlots
+
+    slots = DocumentSlots(max_bytes=250)
+    docs = {name: [base + i for i in range(8)] for name, base in (("a", 100), ("b", 200), ("c", 300))}
+    for name in "abc":
+        slots.keep([*docs[name], 1], _Cache(100), reusable=8)
+    assert [s["tokens"] for s in slots.stats()["slots"]] == [9, 9] and slots.stats()["bytes"] == 200
+    assert slots.take([*docs["a"], 5], chunk=4) == (None, 0)  # "a" went first (least recently used)
+    cache, n = slots.take([*docs["b"], 7], chunk=4)
+    assert n == 8 and cache.layers[0].cropped == 8 and len(slots.stats()["slots"]) == 1  # taken: owned
+    slots.keep([*docs["b"], 7, 7], cache, reusable=8)
+    slots.keep([*docs["b"][:4], 9, 9, 9, 9, 9], _Cache(10), reusable=4)  # a shorter slot stays beside it
+    slots.keep([*docs["b"], 8], _Cache(100), reusable=8)  # supersedes the kept "b" and its shorter prefix
+    assert len(slots.stats()["slots"]) == 2 and slots.prefix.ids[-1] == 8
+    assert slots.hits == {"memory": 1, "disk": 0, "miss": 1}
