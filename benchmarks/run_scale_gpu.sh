@@ -24,7 +24,7 @@ case "$1" in
     python3 benchmarks/scale.py passkey --lengths 2097152 --depths "${2:-0.5}" --selection "${SELECTION:-exact}" \
       --out "$OUT/passkey2m_${2:-0.5}.json" 2>&1 | tee "$OUT/passkey2m.log" ;;
   twogpu)
-    python3 benchmarks/multi_gpu.py --tokens 262144 --gpus 2 --depths 0.5 --compare 2>&1 | tee "$OUT/twogpu.log" ;;
+    exec bash benchmarks/run_multi_gpu.sh "${2:-test}" ;;  # test | llama | smol: see that script
   *)
     echo "usage: $0 storage | ppl1m | passkey2m DEPTH | twogpu" >&2; exit 2 ;;
 esac
