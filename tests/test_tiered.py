@@ -134,14 +134,15 @@ def test_fp8_halves_the_device_bytes_and_offload_moves_them_to_the_host():
 
 
 def test_doc_cache_round_trip_through_fp8_storage(tmp_path):
-    from reattn_llm.runtime.prefix import Prefix, load_prefix, save_prefix
+    from reattn_llm.runtime.prefix import CacheLayout, CacheSpec, Prefix, load_prefix, save_prefix
 
     st = KVStorage(kv_dtype="fp8", global_size=4, local_size=16)
     cache = ReAttentionCache(1, storage=st)
     k = torch.randn(1, 2, 64, 8)
     cache.update(k, -k, 0)
     save_prefix(Prefix(ids=list(range(64)), reusable=64, cache=cache), tmp_path / "c.safetensors", {"m": 1})
-    back = load_prefix(tmp_path / "c.safetensors", {"m": 1}, torch.device("cpu"), st)
+    layout = CacheLayout(layers=1, kv_heads=2, head_dim=8, dtype=torch.float32)
+    back = load_prefix(tmp_path / "c.safetensors", CacheSpec({"m": "1"}, layout, torch.device("cpu"), st))
     k0, v0 = cache.layers[0].dense(64)
     k1, v1 = back.cache.layers[0].dense(64)
     assert isinstance(back.cache.layers[0], TieredLayer)
