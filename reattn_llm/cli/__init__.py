@@ -39,6 +39,7 @@ from .calibrate import add_parser as add_calibrate
 from .calibrate import cmd_calibrate
 from .options import (
     UsageError,
+    answer_args,
     cli_words,
     config_args,
     config_of,
@@ -46,7 +47,6 @@ from .options import (
     fetch_message,
     fetch_problem,
     load_files,
-    number,
     version,
 )
 from .serve import add_parsers as add_serve
@@ -75,18 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument(
         "files", nargs="+", metavar='FILE [FILE ...] "QUESTION"', help="the files, then the question"
     )
-    ask.add_argument(
-        "--max-tokens", type=number(int, 1, "a positive integer"), default=256, help="longest answer"
-    )
-    ask.add_argument("--temperature", type=number(float, 0.0, "0 (greedy) or more"), default=0.0)
-    ask.add_argument("--system", default=None, help="a system prompt (the model's chat template places it)")
+    answer_args(ask, system_help="a system prompt (the model's chat template places it)")
     ask.add_argument("--cite", action="store_true", help="print the pages the answer drew on")
     ask.add_argument(
         "--json", action="store_true", help="print one JSON object: text, usage, citations, timings"
-    )
-    ask.add_argument("--no-progress", action="store_true", help="no progress bars")
-    ask.add_argument(
-        "--no-cache", action="store_true", help="do not keep or reuse prefilled documents on disk"
     )
     document_args(ask)
     config_args(ask)

@@ -79,6 +79,18 @@ def config_args(p: argparse.ArgumentParser) -> None:
         )
 
 
+def answer_args(p: argparse.ArgumentParser, system_help: str = "a system prompt") -> None:
+    """The flags of a command that answers questions: length, temperature, system prompt, progress
+    bars and the document store."""
+    p.add_argument(
+        "--max-tokens", type=number(int, 1, "a positive integer"), default=256, help="longest answer"
+    )
+    p.add_argument("--temperature", type=number(float, 0.0, "0 (greedy) or more"), default=0.0)
+    p.add_argument("--system", default=None, help=system_help)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-cache", action="store_true", help="do not keep or reuse prefilled documents on disk")
+
+
 def document_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("reading the files")
     g.add_argument("--password", default=None, help="password of an encrypted PDF")

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from ..errors import ContextTooLongError, ReAttentionError
-from .options import UsageError, config_args, config_of, document_args, load_files, number
+from .options import UsageError, answer_args, config_args, config_of, document_args, load_files, number
 
 #: The prompt of a chat turn: the document, then the question (as ``reattn ask`` builds it).
 CHAT_PROMPT = "{document}\n\nAnswer the question using the document above.\nQuestion: {question}"
@@ -56,15 +56,7 @@ def add_parsers(sub: Any) -> None:
     )
     chat.set_defaults(usage=chat.format_usage())
     chat.add_argument("file", metavar="FILE")
-    chat.add_argument(
-        "--max-tokens", type=number(int, 1, "a positive integer"), default=256, help="longest answer"
-    )
-    chat.add_argument("--temperature", type=number(float, 0.0, "0 (greedy) or more"), default=0.0)
-    chat.add_argument("--system", default=None, help="a system prompt")
-    chat.add_argument("--no-progress", action="store_true", help="no progress bars")
-    chat.add_argument(
-        "--no-cache", action="store_true", help="do not keep or reuse prefilled documents on disk"
-    )
+    answer_args(chat)
     document_args(chat)
     config_args(chat)
 
