@@ -255,8 +255,8 @@ class Engine:
         self.load()
         request = Request(turn, self._handle.state if self._handle is not None else None)
         answer = AnswerText(lambda out: self.tokenizer.decode(out, skip_special_tokens=True), params.stop)
-        sampler = Sampler(params, ids, self.device)  # transformers' logits processors, seeded
         eos = eos_ids(self.model.generation_config, self.tokenizer)
+        sampler = Sampler(params, ids, self.device, self.tokenizer, eos)  # transformers' processors, seeded
         finish = "length"
 
         def progress(done: int, total: int, elapsed: float) -> None:

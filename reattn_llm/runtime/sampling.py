@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import ContextTooLongError
+from .structured import JsonConstraint, check_schema
 
 
 @dataclass
@@ -26,6 +27,9 @@ class SamplingParams:
     ``generate``, see the prompt's tokens as well as the answer's. ``max_input_tokens`` refuses
     longer prompts (:class:`~reattn_llm.errors.ContextTooLongError`) before any prefill; it is
     the cap a wrapper was given (``input_cap`` names that setting in the message).
+    ``json_schema`` (a JSON-schema dict or its JSON text) constrains the answer to JSON that
+    matches it, ``json_object=True`` to any JSON object (:mod:`~reattn_llm.runtime.structured`,
+    the ``[structured]`` extra); the answer then ends (EOS) when the JSON is complete.
     """
 
     max_new_tokens: int = 256
@@ -40,6 +44,8 @@ class SamplingParams:
     typical_p: float = 1.0
     max_input_tokens: int | None = None
     input_cap: str = "max_input_tokens"
+    json_schema: dict[str, Any] | str | None = None
+    json_object: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -61,6 +67,16 @@ class SamplingParams:
         if self.max_input_tokens is not None and self.max_input_tokens < 1:
             raise ValueError(f"{self.input_cap}={self.max_input_tokens}: must be >= 1 (or None: no cap).")
         self.stop = [s for s in (self.stop or []) if s]
+        self.json_schema = check_schema(self.json_schema)
+        if self.json_schema is not None and self.json_object:
+            raise ValueError(
+                "Give json_schema or json_object=True, not both (a schema already implies JSON)."
+            )
+
+    @property
+    def constrained(self) -> bool:
+        """Whether the answer is constrained to JSON (a schema or any object)."""
+        return self.json_schema is not None or self.json_object
 
     def check_prompt(self, prompt_tokens: int) -> None:
         """Refuse a prompt longer than :attr:`max_input_tokens` (before any prefill)."""
@@ -120,11 +136,26 @@ class Sampler:
         params: the request's settings.
         prompt_ids: the prompt's tokens (the penalties' history, as in ``generate``).
         device: where the logits are (the generator and the history live there too).
+        tokenizer: the model's tokenizer; needed only when ``params.constrained``.
+        eos: the tokens that end an answer (allowed once constrained JSON is complete).
     """
 
-    def __init__(self, params: SamplingParams, prompt_ids: list[int], device: torch.device) -> None:
+    def __init__(
+        self,
+        params: SamplingParams,
+        prompt_ids: list[int],
+        device: torch.device,
+        tokenizer: Any = None,
+        eos: set[int] | None = None,
+    ) -> None:
         self.params = params
         self.processors = logits_processors(params)
+        self.constraint: JsonConstraint | None = None
+        if params.constrained:  # compiled now, so a bad schema is refused before any prefill
+            if tokenizer is None:
+                raise ValueError("A JSON constraint needs the model's tokenizer: pass tokenizer= to Sampler.")
+            self.constraint = JsonConstraint(tokenizer, params.json_schema, eos or set())
+            self.processors.insert(0, self.constraint)  # the mask first: the warpers draw among JSON tokens
         self.generator = torch.Generator(device=device)
         if params.seed is not None:
             self.generator.manual_seed(params.seed)
@@ -152,6 +183,8 @@ class Sampler:
         if self._history is not None and self._n < self._history.shape[1]:
             self._history[0, self._n] = token
             self._n += 1
+        if self.constraint is not None:
+            self.constraint.accept(token)
         return token
 
 
