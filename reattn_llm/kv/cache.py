@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicSlidingWindowLayer
 
 from .dense import DenseLayer, TensorKV
 from .layer import KVLayer, KVReader
@@ -27,6 +27,26 @@ def make_layer(storage: KVStorage | None, reserve: int = 0, budget: MemoryBudget
     return DenseLayer(reserve, budget)
 
 
+class SlidingLayer(DynamicSlidingWindowLayer):
+    """A sliding-window layer (Gemma 3's local layers, which stay stock): transformers' own
+    ``DynamicSlidingWindowLayer`` (kept so the stock mask and attention see exactly what they
+    expect: the last ``sliding_window - 1`` rows plus the new ones), with the byte counts the
+    ReAttention cache reports. ``is_sliding`` is True."""
+
+    def reserve(self, total_tokens: int) -> None:
+        """No-op: a sliding layer never holds more than its window."""
+
+    def nbytes(self) -> int:
+        """Bytes of its K/V on the device."""
+        if not self.is_initialized:
+            return 0
+        return self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
+
+    def host_nbytes(self) -> int:
+        """Always 0 (nothing offloaded)."""
+        return 0
+
+
 class ReAttentionCache(Cache):
     """A transformers ``Cache`` of :class:`~reattn_llm.kv.layer.KVLayer` s, one per decoder layer.
 
@@ -37,6 +57,8 @@ class ReAttentionCache(Cache):
             ``num_layers`` is given (see :class:`MemoryBudget`).
         storage: the rows' layout and place (``KVStorage.from_config(config)``); None keeps every row
             in the model's dtype on the device.
+        sliding_windows: per layer, the window of a sliding-window layer (a :class:`SlidingLayer`
+            that keeps only its window) or None for a ReAttention layer; needs ``num_layers``.
     """
 
     def __init__(
@@ -45,8 +67,16 @@ class ReAttentionCache(Cache):
         reserve: int = 0,
         max_bytes: int | None = None,
         storage: KVStorage | None = None,
+        sliding_windows: list[int | None] | None = None,
     ) -> None:
-        budget = MemoryBudget(max_bytes, num_layers or 1) if max_bytes else None
+        if sliding_windows is not None and (num_layers is None or len(sliding_windows) != num_layers):
+            raise ValueError(
+                f"sliding_windows has {None if sliding_windows is None else len(sliding_windows)} entries for "
+                f"num_layers={num_layers}: give one entry (a window or None) per decoder layer."
+            )
+        windows = sliding_windows or [None] * (num_layers or 0)
+        n_full = sum(w is None for w in windows)
+        budget = MemoryBudget(max_bytes, n_full or num_layers or 1) if max_bytes else None
 
         def make() -> KVLayer:
             return make_layer(storage, reserve, budget)
@@ -54,7 +84,9 @@ class ReAttentionCache(Cache):
         if num_layers is None:
             super().__init__(layer_class_to_replicate=make)  # type: ignore[arg-type]
         else:
-            super().__init__(layers=[make() for _ in range(num_layers)])
+            super().__init__(
+                layers=[make() if w is None else SlidingLayer(sliding_window=w) for w in windows]  # type: ignore[misc]
+            )
         self._reserve = reserve
 
     def host_nbytes(self) -> int:

@@ -13,6 +13,7 @@ A forward with more queries than one chunk is split into chunks of ``chunk_size`
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -29,6 +30,31 @@ from .two_level import two_level_topk
 ATTN_NAME = "reattention"
 #: The ``self_attn`` keyword argument that carries the cache to :func:`reattention_forward`.
 CACHE_KWARG = "reattn_cache"
+
+
+#: ``id(config)`` -> the stock attention implementation of a patched model's sliding-window layers
+#: (Gemma 3), which the registered attention and mask functions hand those layers to.
+_STOCK_SLIDING: dict[int, str] = {}
+
+
+def set_stock_sliding(config: Any, implementation: str | None) -> None:
+    """Delegate the sliding-window layers of the model with ``config`` to ``implementation``
+    (``"sdpa"``, ``"eager"``, ...); None removes the delegation (on unpatch)."""
+    if implementation is None:
+        _STOCK_SLIDING.pop(id(config), None)
+    else:
+        _STOCK_SLIDING[id(config)] = implementation
+
+
+def _stock_attention(module: torch.nn.Module, name: str) -> Any:
+    """The stock attention function ``name``; ``"eager"`` is the model's own (its modeling module's
+    ``eager_attention_forward``, e.g. Gemma 3's, which knows soft-capping), else SDPA."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if name in ALL_ATTENTION_FUNCTIONS:
+        return ALL_ATTENTION_FUNCTIONS[name]
+    eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    return eager if name == "eager" and eager is not None else ALL_ATTENTION_FUNCTIONS["sdpa"]
 
 
 #: A pinned centre that no middle ever reaches (an empty slot of the question's selection).
@@ -103,6 +129,11 @@ def reattention_forward(
     """transformers attention interface: ``query [B, H, Q, D]``, ``key/value [B, Hkv, T, D]`` (un-rotated)
     -> ``([B, Q, H, D], None)``. ``kwargs[CACHE_KWARG]``: the model's cache (or None)."""
     state: PatchState | None = getattr(module, "_reattn_state", None)
+    stock = _STOCK_SLIDING.get(id(getattr(module, "config", None)))
+    if state is None and stock is not None and getattr(module, "is_sliding", False):
+        # a sliding-window layer stays stock: it only sees its local window, with its sliding mask
+        fn = _stock_attention(module, stock)
+        return fn(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     if state is None:
         raise RuntimeError(
             "attn_implementation 'reattention' is set on a model that reattn_llm.patch() did not patch; "
@@ -128,7 +159,7 @@ def reattention_forward(
         scope = plan_scope(state, qc, kv, start + c1, backend)
         state.note_positions(scope)
         k_src, v_src, idx = kv.read_scope(scope.gather_idx)
-        if state.recorder is not None and state.recorder.wants(module.layer_idx, len(state.layers)):
+        if state.recorder is not None and state.recorder.wants(state.layers.index(module), len(state.layers)):
             state.recorder.attend(qc, k_src, idx, scope, cos, sin, scale)  # citations: the whole scope
         outs.append(
             scope_attention(
@@ -141,8 +172,17 @@ def reattention_forward(
 
 def reattention_mask(
     batch_size: int, q_length: int, kv_length: int, attention_mask: torch.Tensor | None = None, **kwargs: Any
-) -> None:
-    """Mask interface: ReAttention builds causal masks per scope; only an all-ones padding mask is accepted."""
+) -> Any:
+    """Mask interface: ReAttention builds causal masks per scope; only an all-ones padding mask is accepted.
+    The mask of a model's sliding-window layers (``local_size`` set, the model registered by
+    :func:`set_stock_sliding`) is the stock one of their implementation."""
+    stock = _STOCK_SLIDING.get(id(kwargs.get("config")))
+    if stock is not None and kwargs.get("local_size") is not None:
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+        fn = ALL_MASK_ATTENTION_FUNCTIONS[stock] if stock in ALL_MASK_ATTENTION_FUNCTIONS else None
+        fn = fn or ALL_MASK_ATTENTION_FUNCTIONS["sdpa"]
+        return fn(batch_size, q_length, kv_length, attention_mask=attention_mask, **kwargs)
     if attention_mask is not None and attention_mask.ndim == 2 and not bool(attention_mask.all()):
         raise ValueError(
             "ReAttention does not support padded batches (the 2D attention_mask has zeros): run sequences of "

@@ -14,6 +14,12 @@ What ``patch(model, config)`` installs:
   a cache but passes none, and a ``generate`` wrapper that does the same for generation.
 
 ``unpatch`` (or leaving the ``with`` block) removes all of it and restores the stock model.
+
+Gemma 3 mixes sliding-window layers (``config.layer_types``), which stay stock, with full-attention
+layers, which get ReAttention: only the full layers get the ``self_attn`` pre-hook, the rotary
+pre-hook zeroes positions only for the full layers' table (``layer_type="full_attention"``), the
+registered attention and mask functions hand the sliding layers to the model's stock
+implementation, and the cache keeps those layers' window only (:class:`SlidingLayer`).
 """
 
 from __future__ import annotations
@@ -30,9 +36,9 @@ from transformers.masking_utils import AttentionMaskInterface
 from ..errors import ConfigError, UnsupportedModelError
 from ..kv.cache import ReAttentionCache
 from ..kv.storage import KVStorage
-from .attention import ATTN_NAME, CACHE_KWARG, reattention_forward, reattention_mask
+from .attention import ATTN_NAME, CACHE_KWARG, reattention_forward, reattention_mask, set_stock_sliding
 from .config import ReAttentionConfig
-from .families import check_model_config
+from .families import FULL, check_model_config, sliding_layers, text_config
 from .rope import RopeTable
 from .state import PatchState, SelectionRecorder
 
@@ -63,6 +69,9 @@ def _base_model(model: nn.Module) -> nn.Module:
     base = getattr(model, "model", None)
     if base is not None and hasattr(base, "layers"):
         return base
+    lm = getattr(base if base is not None else model, "language_model", None)
+    if lm is not None and hasattr(lm, "layers"):  # Gemma3ForConditionalGeneration: its text model
+        return lm
     if hasattr(model, "layers"):
         return model
     raise UnsupportedModelError(
@@ -81,8 +90,8 @@ def check_supported(model: nn.Module) -> None:
 
 
 def model_window(model_config: Any) -> int:
-    """The trained context length: ``max_position_embeddings``."""
-    w = getattr(model_config, "max_position_embeddings", None)
+    """The trained context length: ``max_position_embeddings`` (of the text model, for Gemma 3)."""
+    w = getattr(text_config(model_config), "max_position_embeddings", None)
     if not w:
         raise UnsupportedModelError(
             "the model config has no max_position_embeddings; pass ReAttentionConfig(window=...)."
@@ -127,6 +136,7 @@ class PatchHandle:
         self.state = state
         self._hooks: list[Any] = []
         self._saved_attn: Any = None
+        self._attn_config: Any = getattr(model, "config", None)
         self.active = False
 
     def __enter__(self) -> PatchHandle:
@@ -142,7 +152,8 @@ class PatchHandle:
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
-        self.model.config._attn_implementation = self._saved_attn
+        self._attn_config._attn_implementation = self._saved_attn
+        set_stock_sliding(self._attn_config, None)
         if "generate" in vars(self.model):
             del self.model.generate
         if self.state is not None:
@@ -186,10 +197,15 @@ def patch(model: nn.Module, config: ReAttentionConfig | None = None) -> PatchHan
         return PatchHandle(model, None)
     _register()
     base = _base_model(model)
-    state = PatchState(config=resolved, rope=RopeTable(base.rotary_emb, resolved.window))  # type: ignore[arg-type]
+    sliding = sliding_layers(model.config)
+    table = FULL if any(sliding) else None  # Gemma 3: the full layers' RoPE table
+    state = PatchState(config=resolved, rope=RopeTable(base.rotary_emb, resolved.window, table))  # type: ignore[arg-type]
     handle = PatchHandle(model, state)
-    handle._saved_attn = model.config._attn_implementation
-    for layer in base.layers:
+    handle._attn_config = attn_config = base.config  # the text model's config (== model.config for Llama)
+    handle._saved_attn = attn_config._attn_implementation
+    for i, layer in enumerate(base.layers):
+        if sliding[i]:
+            continue  # stock: delegated by the attention and mask functions (set_stock_sliding)
         attn = layer.self_attn
         attn._reattn_state = state
         state.layers.append(attn)
@@ -198,6 +214,8 @@ def patch(model: nn.Module, config: ReAttentionConfig | None = None) -> PatchHan
     def rotary_pre(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         if state.rope.building:
             return None
+        if table is not None and (args[2] if len(args) >= 3 else kwargs.get("layer_type")) != table:
+            return None  # a sliding layers' table: stock positions (they only span the local window)
         if len(args) >= 2:
             args = (args[0], torch.zeros_like(args[1]), *args[2:])
         elif "position_ids" in kwargs:
@@ -207,6 +225,10 @@ def patch(model: nn.Module, config: ReAttentionConfig | None = None) -> PatchHan
     handle._hooks.append(base.rotary_emb.register_forward_pre_hook(rotary_pre, with_kwargs=True))
     num_layers = len(base.layers)
     storage = KVStorage.from_config(resolved)
+    windows = _sliding_windows(model.config, num_layers)
+
+    def new_cache() -> ReAttentionCache:
+        return ReAttentionCache(num_layers, storage=storage, sliding_windows=windows)
 
     def base_pre(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         pkv = kwargs.get("past_key_values")
@@ -214,8 +236,11 @@ def patch(model: nn.Module, config: ReAttentionConfig | None = None) -> PatchHan
         if use_cache is None:
             use_cache = getattr(model.config, "use_cache", True)
         if pkv is None and use_cache:
-            kwargs["past_key_values"] = ReAttentionCache(num_layers, storage=storage)
-        elif isinstance(pkv, Cache) and any(getattr(pkv, "is_sliding", []) or []):
+            kwargs["past_key_values"] = new_cache()
+        elif isinstance(pkv, Cache) and any(
+            s and not (i < len(sliding) and sliding[i])
+            for i, s in enumerate(getattr(pkv, "is_sliding", []) or [])
+        ):
             raise ValueError(
                 "This cache drops old tokens (sliding-window layers), which ReAttention needs: pass "
                 "reattn_llm.ReAttentionCache() or no cache at all."
@@ -228,11 +253,13 @@ def patch(model: nn.Module, config: ReAttentionConfig | None = None) -> PatchHan
     @functools.wraps(stock_generate)
     def generate(*args: Any, **kwargs: Any) -> Any:
         if kwargs.get("past_key_values") is None:
-            kwargs["past_key_values"] = ReAttentionCache(num_layers, storage=storage)
+            kwargs["past_key_values"] = new_cache()
         return stock_generate(*args, **kwargs)
 
     model.generate = generate  # type: ignore[method-assign]
-    model.config._attn_implementation = ATTN_NAME
+    if any(sliding):
+        set_stock_sliding(attn_config, handle._saved_attn or "sdpa")
+    attn_config._attn_implementation = ATTN_NAME
     model._reattn_handle = handle
     handle.active = True
     return handle
@@ -250,6 +277,21 @@ def make_cache(model: nn.Module, reserve: int = 0, max_bytes: int | None = None)
     handle = getattr(model, "_reattn_handle", None)
     state = None if handle is None else handle.state
     storage = None if state is None else KVStorage.from_config(state.config)  # None: an unpatched model
+    n = text_config(model.config).num_hidden_layers
     return ReAttentionCache(
-        model.config.num_hidden_layers, reserve=reserve, max_bytes=max_bytes, storage=storage
+        n,
+        reserve=reserve,
+        max_bytes=max_bytes,
+        storage=storage,
+        sliding_windows=_sliding_windows(model.config, n),
     )
+
+
+def _sliding_windows(model_config: Any, num_layers: int) -> list[int | None] | None:
+    """Per layer, the window a sliding-window layer keeps in the cache (None: a ReAttention layer);
+    None when no layer slides (the Llama-style families)."""
+    sliding = sliding_layers(model_config)
+    if not any(sliding):
+        return None
+    w = int(text_config(model_config).sliding_window)
+    return [w if i < len(sliding) and sliding[i] else None for i in range(num_layers)]

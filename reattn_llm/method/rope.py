@@ -48,11 +48,14 @@ class RopeTable:
 
     ``R`` is the rotary width (head_dim, or less for partial rotary). ``calls`` counts how often
     the rotary module was run here; positions passed to it are always ``0..window-1``.
+    ``layer_type``: for a rotary module with one table per layer type (Gemma 3), the table of the
+    patched (full-attention) layers, passed to the module as its third argument.
     """
 
-    def __init__(self, rotary: nn.Module, window: int) -> None:
+    def __init__(self, rotary: nn.Module, window: int, layer_type: str | None = None) -> None:
         self.rotary = rotary
         self.window = window
+        self.layer_type = layer_type
         self._tables: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
         self.building = False
 
@@ -66,7 +69,8 @@ class RopeTable:
             self.building = True
             try:
                 with torch.no_grad():
-                    cos, sin = self.rotary(probe, pos)
+                    extra = () if self.layer_type is None else (self.layer_type,)
+                    cos, sin = self.rotary(probe, pos, *extra)
             finally:
                 self.building = False
             table = (cos[0].to(dtype), sin[0].to(dtype))

@@ -1,0 +1,179 @@
+"""Gemma 3 text models: sliding-window layers stay stock, full-attention layers get ReAttention.
+
+Tiny random Gemma 3 configs (sliding and full layers mixed, GQA, head_dim 32/64), fp32/fp64 on the CPU:
+stock within ``G + L`` (``model(ids)`` and ``generate()``), the slow literal reference on the full
+layers beyond the window, RoPE positions below the window at 16x it, and the cache's sliding layers.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference import literal_attention
+from tiny_models import distinct_ids
+from transformers import AttentionInterface, AutoModelForCausalLM, Gemma3TextConfig
+from transformers.masking_utils import AttentionMaskInterface
+
+from reattn_llm import ReAttentionCache, ReAttentionConfig, UnsupportedModelError, patch
+from reattn_llm.method.attention import reattention_forward, reattention_mask
+from reattn_llm.method.patch import make_cache
+
+REF_NAME = "reattention_literal_reference_gemma3"
+PATTERN = ["sliding_attention", "sliding_attention", "full_attention"]
+
+
+def _literal_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    if getattr(module, "is_sliding", False):  # stock, through the package's delegation
+        return reattention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    rotary = module._ref_rotary
+    memory = module.__dict__.setdefault("_ref_memory", {})
+    out = literal_attention(
+        query,
+        key,
+        value,
+        module._reattn_state.config,
+        rotary.full_attention_inv_freq,
+        rotary.full_attention_attention_scaling,
+        scaling,
+        memory,
+    )
+    return out.to(query.dtype), None
+
+
+AttentionInterface.register(REF_NAME, _literal_forward)
+AttentionMaskInterface.register(REF_NAME, reattention_mask)  # sliding layers: their stock mask
+
+
+def tiny_gemma3(
+    *,
+    heads: int = 4,
+    kv_heads: int = 2,
+    head_dim: int = 32,
+    layers: int = 6,
+    window: int = 128,
+    sliding_window: int = 16,
+    seed: int = 0,
+    **extra,
+):
+    """A small Gemma 3 text model (``Gemma3ForCausalLM``) in fp32, SDPA, sliding/sliding/full layers."""
+    config = Gemma3TextConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        query_pre_attn_scalar=head_dim,
+        max_position_embeddings=window,
+        sliding_window=sliding_window,
+        layer_types=[PATTERN[i % 3] for i in range(layers)],
+        tie_word_embeddings=False,
+        **extra,
+    )
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # peaked attention, so selections matter
+        for name, p in model.named_parameters():
+            if "proj" in name:
+                p.mul_(3.0)
+    return model
+
+
+def _ids(length: int, seed: int = 0) -> torch.Tensor:
+    return distinct_ids(1, length, seed=seed) % 508 + 4  # no pad (0) / bos / eos ids
+
+
+CFG = dict(global_size=4, local_size=48, span_size=8, max_spans=6, top_k=3, chunk_size=16)
+
+
+@pytest.mark.parametrize("head_dim,kv_heads", [(32, 2), (64, 1)])
+def test_equal_to_stock_within_global_plus_local(head_dim, kv_heads):
+    model = tiny_gemma3(head_dim=head_dim, kv_heads=kv_heads)
+    ids = _ids(50)  # G + L = 52, three times the sliding window
+    with torch.no_grad():
+        stock = model(ids).logits
+        stock_gen = model.generate(ids, max_new_tokens=8, do_sample=False)
+        with patch(model, ReAttentionConfig(**CFG)) as handle:
+            assert len(handle.state.layers) == 2  # layers 2 and 5: the full-attention ones
+            assert all(not layer.is_sliding for layer in handle.state.layers)
+            fast = model(ids).logits
+            gen = model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert (fast - stock).abs().max().item() <= 1e-4
+    assert torch.equal(gen, stock_gen)
+
+
+def test_matches_literal_reference_beyond_window_on_full_layers():
+    model = tiny_gemma3(head_dim=64, kv_heads=2, seed=1).double()
+    ids = _ids(300, seed=1)
+    handle = patch(model, ReAttentionConfig(**CFG))
+    for layer in handle.state.layers:
+        layer._ref_rotary = model.model.rotary_emb
+    with torch.no_grad():
+        fast = model(ids).logits
+        model.config._attn_implementation = REF_NAME
+        ref = model(ids).logits
+    handle.unpatch()
+    assert model.config._attn_implementation == "sdpa"
+    assert (fast - ref).abs().max().item() < 1e-5
+    with torch.no_grad():  # beyond the window it is not the stock model
+        stock = model(ids).logits
+    assert (stock - fast).abs().max().item() > 1e-2
+
+
+def test_decode_steps_keep_sliding_windows_and_match_reference():
+    model = tiny_gemma3(seed=2).double()
+    ids = _ids(230, seed=3)
+    handle = patch(model, ReAttentionConfig(**CFG))
+    for layer in handle.state.layers:
+        layer._ref_rotary = model.model.rotary_emb
+
+    def run() -> tuple[torch.Tensor, ReAttentionCache]:
+        cache = make_cache(model)
+        with torch.no_grad():
+            out = [model(ids[:, :200], past_key_values=cache).logits[:, -1:]]
+            out += [model(ids[:, t : t + 1], past_key_values=cache).logits for t in range(200, 230)]
+        return torch.cat(out, 1), cache
+
+    fast, cache = run()
+    assert cache.is_sliding == [True, True, False] * 2
+    assert [layer.keys.shape[2] for layer in cache.layers if layer.is_sliding] == [15] * 4  # window - 1
+    assert cache.layers[2].length == 230 and cache.get_seq_length() == 230
+    model.config._attn_implementation = REF_NAME
+    ref, _ = run()
+    handle.unpatch()
+    assert (fast - ref).abs().max().item() < 1e-5
+
+
+def test_full_layer_rope_positions_stay_below_window_at_16x():
+    model = tiny_gemma3(window=64, sliding_window=8, seed=4)
+    cfg = ReAttentionConfig(global_size=4, local_size=24, span_size=4, max_spans=4, top_k=2, chunk_size=16)
+    ids = torch.randint(4, 512, (1, 16 * 64), generator=torch.Generator().manual_seed(0))
+    with patch(model, cfg) as handle, torch.no_grad():
+        cache = make_cache(model)
+        model(ids[:, :-4], past_key_values=cache)
+        for t in range(ids.shape[1] - 4, ids.shape[1]):
+            logits = model(ids[:, t : t + 1], past_key_values=cache).logits
+        assert handle.state.largest_position() < 64
+    assert torch.isfinite(logits).all()
+
+
+def test_attention_logit_softcapping_is_refused():
+    model = tiny_gemma3(attn_logit_softcapping=50.0)
+    with pytest.raises(UnsupportedModelError, match=r"attn_logit_softcapping=50\.0"):
+        patch(model)
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_sliding_window_cache_on_a_full_layer_is_refused():
+    from transformers import DynamicCache
+
+    model = tiny_gemma3()
+    with patch(model, ReAttentionConfig(**CFG)), torch.no_grad():
+        stock_cache = DynamicCache(config=model.config)  # sliding exactly on the sliding layers: fine
+        model(_ids(20), past_key_values=stock_cache)
+        bad = DynamicCache(config=model.config)
+        bad.layers[2] = bad.layers[0].__class__(sliding_window=16)
+        with pytest.raises(ValueError, match="ReAttentionCache"):
+            model(_ids(20), past_key_values=bad)
