@@ -177,3 +177,43 @@ def test_sliding_window_cache_on_a_full_layer_is_refused():
         bad.layers[2] = bad.layers[0].__class__(sliding_window=16)
         with pytest.raises(ValueError, match="ReAttentionCache"):
             model(_ids(20), past_key_values=bad)
+
+
+def test_multimodal_gemma3_patches_its_text_model_only():
+    """``Gemma3ForConditionalGeneration`` (model_type ``gemma3``): its language model's full layers
+    get ReAttention, the vision tower keeps its attention; stock within G + L, unpatch restores."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
+
+    text = tiny_gemma3(layers=3).config
+    vision = SiglipVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+    )
+    config = Gemma3Config(
+        text_config=text.to_dict(),
+        vision_config=vision.to_dict(),
+        mm_tokens_per_image=4,
+        image_token_index=511,
+        boi_token_index=509,
+        eoi_token_index=510,
+    )
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = Gemma3ForConditionalGeneration(config).eval()
+    ids, long_ids = _ids(50), _ids(300, seed=5)
+    with torch.no_grad():
+        stock, stock_long = model(ids).logits, model(long_ids).logits
+        with patch(model, ReAttentionConfig(**CFG)) as handle:
+            assert [layer.layer_idx for layer in handle.state.layers] == [2]
+            assert config.text_config._attn_implementation == "reattention"
+            assert config.vision_config._attn_implementation == "sdpa"
+            fast = model(ids).logits
+            fast_long = model(long_ids).logits
+            assert handle.state.largest_position() < 128
+        assert config.text_config._attn_implementation == "sdpa"
+    assert (fast - stock).abs().max().item() <= 1e-4
+    assert (fast_long - stock_long).abs().max().item() > 1e-2
