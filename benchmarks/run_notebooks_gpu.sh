@@ -10,8 +10,8 @@
 #
 # .gpu/data holds R-intro.pdf and austen_emma.txt. .gpu/nbwhl/nbsite.tar.xz (10 MB) holds, installed
 # for CPython 3.12 / manylinux x86_64, what the notebooks need and the device image lacks: nbclient,
-# nbformat, ipykernel, langchain-core, llama-index-core and their dependencies (list and recipe:
-# BENCHMARKS.md, Notebooks). It is a tarball of installed packages rather than wheels because xz
+# nbformat, ipykernel, langchain-core, llama-index-core and their dependencies (built by
+# `bash benchmarks/build_nbsite.sh`, listed in .gpu/nbwhl/MANIFEST.txt). It is a tarball of installed packages rather than wheels because xz
 # packs them to 10 MB where the wheels take 28 MB, and call 2 carries 48 MB of model already.
 #
 # Notebook 03 (4.5 minutes on an H100) runs beside 01 and then 02 (about a minute each) on the same
