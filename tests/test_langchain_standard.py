@@ -1,7 +1,8 @@
 """langchain-tests' standard suites for ChatReAttention, on CPU with the real default model.
 
-Skipped by design (the model has no such features): tool calling and tool choice, structured
-output and JSON mode, image/audio/PDF/video inputs, Anthropic-format inputs. Unavoidable:
+Skipped by design (the model has no such features): tool calling and tool choice, image/audio/
+PDF/video inputs, Anthropic-format inputs. Structured output and JSON mode run: decoding is
+constrained to the suite's schemas (``runtime/structured.py``), with the suite's small max_tokens. Unavoidable:
 ``test_serdes`` (LangChain only deserializes classes on its own allowlist, so the class does not
 claim to be serializable).
 """
@@ -41,11 +42,11 @@ class _Features:
 
     @property
     def has_structured_output(self) -> bool:
-        return False
+        return True
 
     @property
     def supports_json_mode(self) -> bool:
-        return False
+        return True
 
     @property
     def supports_image_inputs(self) -> bool:

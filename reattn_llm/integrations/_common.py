@@ -24,6 +24,7 @@ from ..runtime.models import DEFAULT_MODEL, is_default
 from ..runtime.registry import WRAPPER_SETTINGS, shared_engine
 from ..runtime.sampling import SamplingParams
 from ..runtime.stream import Completion
+from ..runtime.structured import from_response_format
 
 Prompt = str | list[dict[str, str]]
 
@@ -41,7 +42,7 @@ SAMPLING_FIELDS = (
 )
 
 #: Per-call keyword arguments of both wrappers that set sampling (``invoke(..., temperature=0.7)``).
-SAMPLING_KWARGS = frozenset({"max_tokens", "max_new_tokens", "cite", *SAMPLING_FIELDS})
+SAMPLING_KWARGS = frozenset({"max_tokens", "max_new_tokens", "cite", "response_format", *SAMPLING_FIELDS})
 
 #: Per-call keyword arguments LangChain itself may pass down with a call: accepted, not used here.
 FRAMEWORK_CALL_KWARGS = frozenset({"callbacks", "run_manager", "tags", "metadata", "run_name", "run_id"})
@@ -250,6 +251,7 @@ def call_params(
         max_input_tokens=cap,
         input_cap=cap_name,
         **{name: kwargs.get(name, getattr(wrapper, name)) for name in SAMPLING_FIELDS},
+        **from_response_format(kwargs.get("response_format")),  # JSON schema / JSON object constraint
     )
     return params, bool(kwargs.get("cite", wrapper.cite))
 

@@ -87,6 +87,15 @@ def from_response_format(response_format: Any) -> dict[str, Any]:
     )
 
 
+def json_instruction(schema: dict[str, Any] | None) -> str:
+    """The line appended to the user's last turn by wrappers that ask for JSON on the caller's
+    behalf (``with_structured_output``): a small model follows the constraint far better when the
+    prompt also says what the JSON is for."""
+    if schema is None:
+        return "Reply with one JSON object only."
+    return "Reply with one JSON object only, following this JSON schema: " + json.dumps(schema)
+
+
 def _xgrammar() -> Any:
     try:
         import xgrammar

@@ -18,10 +18,12 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
 
 from ...runtime.stream import Completion
 from .._common import completion_metadata
 from ._base import ReAttentionBase, usage_metadata
+from .structured import structured_runnable
 
 
 def _message_text(message: BaseMessage) -> str:
@@ -77,7 +79,8 @@ class ChatReAttention(ReAttentionBase, BaseChatModel):
     on ``invoke`` results and on the last streamed chunk only. ``profile["max_input_tokens"]`` is
     the capacity of this model on this device, computed on first read without loading weights.
     A call may name another model (``invoke(..., model="path/or/hub-id")``): it gets that model's
-    shared engine. Text only: tool calling, structured output and images are not supported.
+    shared engine. :meth:`with_structured_output` decodes under a JSON schema (the
+    ``[structured]`` extra). Text only: tool calling and images are not supported.
 
     Example:
         ```python
@@ -102,6 +105,23 @@ class ChatReAttention(ReAttentionBase, BaseChatModel):
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         return self._ls_params("chat", stop, kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: str = "json_schema",
+        include_raw: bool = False,
+        **kwargs: Any,
+    ) -> Runnable:
+        """This model, returning objects that follow ``schema`` (a pydantic class, a TypedDict or
+        a JSON-schema dict): decoding is constrained to JSON matching it (``method="json_schema"``,
+        the default, since the model has no tool calling) or to any JSON object
+        (``method="json_mode"``), then parsed (a pydantic instance for a pydantic class, a dict
+        otherwise). ``include_raw=True`` returns ``{"raw", "parsed", "parsing_error"}``. Keep
+        ``max_tokens`` large enough for the whole object (bound string lengths with ``maxLength``):
+        an answer cut off by the budget is not valid JSON."""
+        return structured_runnable(self, schema, method, include_raw, dict(kwargs))
 
     def get_num_tokens_from_messages(
         self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
