@@ -7,6 +7,7 @@ One server (the default model, the suite's small config, an API key) serves the 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -229,9 +230,9 @@ def test_errors_are_openai_shaped(client, server):
         client.chat.completions.create(
             model="SmolLM2-135M-Instruct",
             messages=[{"role": "user", "content": "Hi"}],
-            response_format={"type": "json_object"},
+            response_format={"type": "json_schema", "json_schema": {"name": "x"}},
         )
-    assert "not supported yet" in e.value.body["message"] and e.value.body["param"] == "response_format"
+    assert "json_schema.schema" in e.value.body["message"] and e.value.body["param"] == "response_format"
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}])
     assert e.value.body["code"] == "model_not_found"
@@ -240,6 +241,38 @@ def test_errors_are_openai_shaped(client, server):
     bare = httpx.post(f"{base}/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]})
     assert bare.status_code == 401 and bare.json()["error"]["code"] == "invalid_api_key"
     assert [m.id for m in client.models.list().data] == ["SmolLM2-135M-Instruct"]
+
+
+def test_response_format_json_schema_and_json_object(client):
+    """``response_format`` constrains the answer: a JSON schema's object validates against it, and
+    ``json_object`` gives a JSON object, plain and streamed alike."""
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    text = "Anna Berg is 41 years old and lives in Oslo. Give her name and age as JSON."
+    messages = [{"role": "user", "content": text}]
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}}
+    r = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct", messages=messages, max_tokens=30, response_format=fmt
+    )
+    answer = json.loads(r.choices[0].message.content)
+    jsonschema.validate(answer, schema)
+    assert r.choices[0].finish_reason == "stop" and answer["age"] == 41
+    parts = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct", messages=messages, max_tokens=30, response_format=fmt, stream=True
+    )
+    assert json.loads("".join(p.choices[0].delta.content or "" for p in parts if p.choices)) == answer
+    r = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct",
+        messages=messages,
+        max_tokens=30,
+        response_format={"type": "json_object"},
+    )
+    assert isinstance(json.loads(r.choices[0].message.content), dict)
 
 
 def test_langchain_and_llamaindex_clients(client, server):

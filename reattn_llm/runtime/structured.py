@@ -96,7 +96,8 @@ def json_instruction(schema: dict[str, Any] | None) -> str:
     return "Reply with one JSON object only, following this JSON schema: " + json.dumps(schema)
 
 
-def _xgrammar() -> Any:
+def require_xgrammar() -> Any:
+    """The xgrammar module, or an ImportError with the install hint."""
     try:
         import xgrammar
     except ImportError as e:
@@ -107,7 +108,7 @@ def _xgrammar() -> Any:
 
 
 def _compiler(tokenizer: Any, eos: tuple[int, ...]) -> tuple[Any, Any]:
-    xgr = _xgrammar()
+    xgr = require_xgrammar()
     vocab = len(tokenizer)
     key = (id(tokenizer), vocab, eos)
     if key not in _COMPILERS:
@@ -131,7 +132,7 @@ class JsonConstraint:
     def __init__(
         self, tokenizer: Any, schema: dict[str, Any] | None, eos: set[int] | tuple[int, ...]
     ) -> None:
-        xgr = _xgrammar()
+        xgr = require_xgrammar()
         self._xgr = xgr
         _, compiler = _compiler(tokenizer, tuple(sorted(eos)))
         try:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..runtime.sampling import SamplingParams
+from ..runtime.structured import from_response_format, require_xgrammar
 
 #: Answer length when a request gives no ``max_tokens``.
 DEFAULT_MAX_TOKENS = 256
@@ -86,16 +87,6 @@ def _text(content: Any, where: str) -> str:
 
 def _unsupported(body: dict[str, Any]) -> None:
     """Refuse what this server does not do, rather than ignore it silently."""
-    fmt = body.get("response_format")
-    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-        kind = fmt.get("type") if isinstance(fmt, dict) else fmt
-        raise ApiError(
-            400,
-            f"response_format {kind!r} is not supported yet (structured output comes later): "
-            'leave it out or use {"type": "text"}.',
-            param="response_format",
-            code="unsupported_parameter",
-        )
     if _number(body, "n", int, 1, 1, 1e9) != 1:
         raise ApiError(400, "n: only one choice per request (n=1) is supported.", param="n")
     for name in ("tools", "functions", "tool_choice", "function_call"):
@@ -109,6 +100,19 @@ def _unsupported(body: dict[str, Any]) -> None:
     for name in ("presence_penalty", "frequency_penalty"):
         if _number(body, name, float, 0.0, -2.0, 2.0) != 0.0:
             raise ApiError(400, f"{name} is not supported by this server: leave it out (or 0).", param=name)
+
+
+def _response_format(fmt: Any) -> dict[str, Any]:
+    """``response_format`` (text, ``json_object`` or ``json_schema``) as the sampling fields of
+    the JSON constraint (:mod:`~reattn_llm.runtime.structured`); a bad one, or a constraint
+    without xgrammar installed, is a 400 naming the fix."""
+    try:
+        fields = from_response_format(fmt)
+        if fields:
+            require_xgrammar()
+    except (ValueError, ImportError) as e:
+        raise ApiError(400, str(e), param="response_format", code="invalid_value") from e
+    return fields
 
 
 def parse(body: Any, chat: bool, model: str, max_prompt_tokens: int | None) -> Job:
@@ -158,6 +162,7 @@ def parse(body: Any, chat: bool, model: str, max_prompt_tokens: int | None) -> J
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ApiError(400, f"seed={seed!r}: must be an integer.", param="seed")
     params = SamplingParams(
+        **_response_format(body.get("response_format")),
         max_new_tokens=_number(body, limit, int, DEFAULT_MAX_TOKENS, 1, 1e9),
         temperature=_number(body, "temperature", float, 0.0, 0.0, 2.0),
         top_p=_number(body, "top_p", float, 1.0, 1e-9, 1.0),
