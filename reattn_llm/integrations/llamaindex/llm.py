@@ -303,3 +303,47 @@ class ReAttentionLlamaLLM(CustomLLM):
                 await responses.aclose()
 
         return gen()
+
+    # -- structured output: LlamaIndex's text-completion program, decoding under the schema -------
+    def structured_predict(
+        self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
+    ) -> Any:
+        """LlamaIndex's ``structured_predict`` (its ``LLMTextCompletionProgram``, which also puts
+        the schema in the prompt), decoding constrained to ``output_cls``'s JSON schema
+        (:mod:`~reattn_llm.runtime.structured`). ``as_structured_llm`` goes through here too."""
+        return super().structured_predict(
+            output_cls, prompt, constrained(output_cls, llm_kwargs), **prompt_args
+        )
+
+    async def astructured_predict(
+        self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
+    ) -> Any:
+        """:meth:`structured_predict`, async."""
+        kw = constrained(output_cls, llm_kwargs)
+        return await super().astructured_predict(output_cls, prompt, kw, **prompt_args)
+
+    def _structured_stream_call(
+        self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
+    ) -> Any:
+        kw = constrained(output_cls, llm_kwargs)
+        return super()._structured_stream_call(output_cls, prompt, kw, **prompt_args)
+
+    async def _structured_astream_call(
+        self, output_cls: Any, prompt: Any, llm_kwargs: dict[str, Any] | None = None, **prompt_args: Any
+    ) -> Any:
+        kw = constrained(output_cls, llm_kwargs)
+        return await super()._structured_astream_call(output_cls, prompt, kw, **prompt_args)
+
+
+def constrained(output_cls: Any, llm_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """``llm_kwargs`` with a ``response_format`` for ``output_cls`` (a pydantic class), unless the
+    caller gave one."""
+    kw = dict(llm_kwargs or {})
+    kw.setdefault(
+        "response_format",
+        {
+            "type": "json_schema",
+            "json_schema": {"name": output_cls.__name__, "schema": output_cls.model_json_schema()},
+        },
+    )
+    return kw
