@@ -73,8 +73,8 @@ class _Recording(Sampler):
 
     picked: ClassVar[list[list[int]]] = []
 
-    def __init__(self, params, prompt_ids, device):
-        super().__init__(params, prompt_ids, device)
+    def __init__(self, params, prompt_ids, device, *args, **kwargs):
+        super().__init__(params, prompt_ids, device, *args, **kwargs)
         self.prompt = list(prompt_ids)
         _Recording.picked.append(self.prompt)
 
