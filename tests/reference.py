@@ -35,23 +35,31 @@ def literal_selection(
     pinned: list[int] | None = None,
     carried: dict[int, int] | None = None,
     remember: int = 0,
+    by_rank: bool = False,
 ) -> tuple[list[int], list[int], dict[int, int]]:
     """Middle positions selected for one chunk, the hits (span centres) kept, and the ``remember``
     most voted hits with their votes: ``q [H, Q, D]``, ``k_mid [Hkv, M, D]``; ``pinned`` centres
-    come first; ``carried`` votes (position -> votes) are added to this chunk's."""
+    come first; ``carried`` votes (position -> votes) are added to this chunk's. Equal votes go to
+    the earlier position; with ``by_rank``, first to the hit some head ranked higher."""
     h_q, n_q, _ = q.shape
     h_kv, m, _ = k_mid.shape
     group = h_q // h_kv
     votes: Counter[int] = Counter()
+    best_rank: dict[int, int] = {}
     for h in range(h_q):
         scores = q[h].double() @ k_mid[h // group].double().T  # [Q, M]
         for i in range(n_q):
             row = scores[i].tolist()
             best = sorted(range(m), key=lambda j: (-row[j], j))[: min(top_k, m)]
             votes.update(best)
+            for r, c in enumerate(best):
+                best_rank[c] = min(r, best_rank.get(c, r))
     votes.update({c: v for c, v in (carried or {}).items() if c < m and v > 0})
     first = [c for c in (pinned or []) if c < m]
-    ranked = sorted(votes, key=lambda c: (-votes[c], c))
+    if by_rank:
+        ranked = sorted(votes, key=lambda c: (-votes[c], best_rank.get(c, top_k), c))
+    else:
+        ranked = sorted(votes, key=lambda c: (-votes[c], c))
     hits = (first + [c for c in ranked if c not in first])[:max_spans]
     kept = {c: votes[c] for c in ranked[:remember]}
     chosen: set[int] = set()
@@ -73,9 +81,10 @@ def literal_attention(
     """One layer: ``q [B, H, Q, D]`` un-rotated (the last Q of T), ``k, v [B, Hkv, T, D]`` un-rotated
     -> ``[B, Q, H, D]``, splitting the queries into chunks when beyond ``G + L``. ``memory`` (one per
     layer, kept by the caller across forwards): the hits of the last multi-token chunk per batch row,
-    which a one-token forward keeps first when ``cfg.decode_spans`` is ``"question"`` (all of them)
-    or ``"both"`` (the most voted half); under ``memory["votes"]``, the most voted hits with their
-    votes, which every forward adds to its own when ``decode_spans`` is ``"running"``."""
+    which a one-token forward keeps first when ``cfg.decode_spans`` is ``"question"`` or ``"union"``
+    (all of them; union adds ``decode_extra_spans`` of its own, its local window shorter by their
+    tokens) or ``"both"`` (the most voted half); under ``memory["votes"]``, the most voted hits with
+    their votes, which every forward adds to its own when ``decode_spans`` is ``"running"``."""
     memory = {} if memory is None else memory
     votes_memory = memory.setdefault("votes", {})  # type: ignore[call-overload]
     b_sz, h_q, n_q, _ = q.shape
@@ -93,31 +102,37 @@ def literal_attention(
     for b in range(b_sz):
         for c0, c1 in bounds:
             seen = total - n_q + c1
+            one = c1 - c0 == 1
+            union = one and cfg.decode_spans == "union" and b in memory
+            extra = cfg.decode_extra_spans if union else 0
+            near = loc - extra * cfg.span_size  # the local window of this forward
+            n_spans = cfg.max_spans + extra
             if seen <= g + loc:
                 idx = list(range(seen))
             else:
                 mid: list[int] = []
-                if cfg.max_spans:
+                if n_spans:
                     qs = q[b, :, c0:c1].double()
                     if cfg.scoring == "expected":
-                        lo = min(loc, cfg.window - 1)
-                        hi = max(lo + 1, min(loc + cfg.max_spans * cfg.span_size, cfg.window))
+                        lo = min(near, cfg.window - 1)
+                        hi = max(lo + 1, min(near + n_spans * cfg.span_size, cfg.window))
                         qs = expected_query(qs, lo, hi, inv_freq, rope_scale)
-                    one = c1 - c0 == 1
                     running = cfg.decode_spans == "running"
-                    pinned = memory.get(b) if one and cfg.decode_spans in ("question", "both") else None
+                    pinned = (
+                        memory.get(b) if one and cfg.decode_spans in ("question", "both", "union") else None
+                    )
                     if pinned is not None and cfg.decode_spans == "both":
                         pinned = pinned[: cfg.max_spans // 2]
                     carried = votes_memory.get(b) if one and running else None
                     mid, hits, kept = literal_selection(
-                        qs, k[b, :, g : seen - loc], cfg.top_k, cfg.max_spans, cfg.span_size, pinned,
-                        carried, 2 * cfg.max_spans,
+                        qs, k[b, :, g : seen - near], cfg.top_k, n_spans, cfg.span_size, pinned,
+                        carried, 2 * cfg.max_spans, by_rank=union,
                     )  # fmt: skip
                     if not one:
                         memory[b] = hits
                     if not one or running:
                         votes_memory[b] = kept
-                idx = list(range(g)) + [g + j for j in mid] + list(range(seen - loc, seen))
+                idx = list(range(g)) + [g + j for j in mid] + list(range(seen - near, seen))
             n = len(idx)
             kk = rotate(k[b][:, idx].double(), torch.arange(n), inv_freq, rope_scale)
             vv = v[b][:, idx].double()

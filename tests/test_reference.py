@@ -88,7 +88,7 @@ def test_chunked_prefill_matches_reference_in_batch_of_two():
     assert (fast - ref).abs().max().item() < 1e-5
 
 
-@pytest.mark.parametrize("decode_spans", ["question", "own", "both", "running"])
+@pytest.mark.parametrize("decode_spans", ["question", "own", "both", "running", "union"])
 def test_decode_steps_match_reference_with_question_spans(decode_spans):
     """A prefill then one-token decode steps: with ``decode_spans="question"`` every step keeps the
     centres the last prefill chunk chose (the literal reference keeps them in its own memory)."""

@@ -69,19 +69,23 @@ def decode_pins(cfg: ReAttentionConfig, kv: KVReader) -> torch.Tensor | None:
     return kv.pinned if cfg.decode_spans == "question" else kv.pinned[:, : cfg.max_spans // 2]  # type: ignore[operator]
 
 
-def _select(cfg: ReAttentionConfig, kv: KVReader, hits: torch.Tensor, m: int, qc: int) -> torch.Tensor:
-    """Rank the hits into at most ``max_spans`` centres ``[B, n]`` (by rank), with what the layer
+def _select(
+    cfg: ReAttentionConfig, kv: KVReader, hits: torch.Tensor, m: int, qc: int, n_spans: int
+) -> torch.Tensor:
+    """Rank the hits into at most ``n_spans`` centres ``[B, n]`` (by rank), with what the layer
     remembers of the question (``kv.pinned`` / ``kv.pinned_votes``) per ``decode_spans``."""
     running = cfg.decode_spans == "running"
+    union = qc == 1 and cfg.decode_spans == "union" and kv.pinned is not None
     carried = None
     if qc == 1 and running and kv.pinned is not None:
         carried = (kv.pinned, kv.pinned_votes)
-    keep = cfg.max_spans * (2 if running else 1)  # type: ignore[operator]
-    ranked, votes = rank_centres(hits, m, keep, decode_pins(cfg, kv) if qc == 1 else None, carried)
+    pins = (kv.pinned if union else decode_pins(cfg, kv)) if qc == 1 else None
+    keep = n_spans * (2 if running else 1)
+    ranked, votes = rank_centres(hits, m, keep, pins, carried, by_rank=union)
     if qc > 1 or running:  # remembered by rank; empty slots stay empty as the middle grows
         kv.pinned = torch.where(ranked < m, ranked, torch.full_like(ranked, _NEVER))
         kv.pinned_votes = votes
-    return ranked[:, : cfg.max_spans]
+    return ranked[:, :n_spans]
 
 
 def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, backend: str) -> Scope:
@@ -94,13 +98,15 @@ def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, bac
     """
     cfg = state.config
     b, _, qc, _ = q.shape
-    g, loc = cfg.global_size, cfg.local_size
-    if total <= g + loc:  # type: ignore[operator]
+    g = cfg.global_size
+    if total <= g + cfg.local_size:  # type: ignore[operator]
         return full_scope(b, total, qc, q.device)
+    # a decode step under decode_spans="union" trades local rows for spans of its own hits
+    loc, n_spans = cfg.decode_sizes(pinned=qc == 1 and kv.pinned is not None)
     m = total - g - loc  # type: ignore[operator]
     sel = valid = None
-    if cfg.max_spans:
-        spans = cfg.max_spans * cfg.span_size  # type: ignore[operator]
+    if n_spans:
+        spans = n_spans * cfg.span_size  # type: ignore[operator]
         qs = q
         if cfg.scoring == "expected":  # the logit a key gets at the distances a span takes in scope
             qs = rotate_expected(q, *state.rope.expected(loc, loc + spans, q.device))  # type: ignore[operator]
@@ -110,7 +116,7 @@ def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, bac
             )  # type: ignore[arg-type]
         else:
             hits = kv.score_middle(qs, g, g + m, cfg.top_k, backend)  # type: ignore[arg-type]
-        centres = _select(cfg, kv, hits, m, qc).sort(dim=1).values
+        centres = _select(cfg, kv, hits, m, qc, n_spans).sort(dim=1).values
         sel, valid = expand_spans(centres, m, cfg.span_size)  # type: ignore[arg-type]
     scope = build_scope(sel, valid, total, qc, g, loc, b, q.device)  # type: ignore[arg-type]
     return scope

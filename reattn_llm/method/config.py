@@ -24,7 +24,7 @@ Selection = Literal["exact", "two_level"]
 KVDtype = Literal["model", "fp8"]
 Offload = Literal["none", "values", "keys_values"]
 Scoring = Literal["expected", "raw"]
-DecodeSpans = Literal["own", "question", "both", "running"]
+DecodeSpans = Literal["own", "question", "both", "running", "union"]
 
 PAPER_SCOPE = 8192
 PAPER_GLOBAL = 32
@@ -78,7 +78,13 @@ class ReAttentionConfig:
             hits; ``"running"`` carries the votes: each decode step adds its own hits to the
             votes the question and the earlier steps cast (the ``2 * max_spans`` most voted are
             remembered), so a fact the answer's own words point at can displace the question's
-            weakest spans but noise cannot outvote its strong ones (BENCHMARKS.md compares them).
+            weakest spans but noise cannot outvote its strong ones; ``"union"`` keeps all the
+            question's centres and adds up to ``decode_extra_spans`` of the step's own hits (most
+            voted, then best ranked), paid for by a local window shorter by as many tokens during
+            decoding, so the scope's bound is unchanged (BENCHMARKS.md compares them).
+        decode_extra_spans: with ``decode_spans="union"``, the spans a decode step adds for its own
+            hits; decoding then attends to the last ``local_size - decode_extra_spans * span_size``
+            tokens instead of ``local_size``. Default: half the local window's worth of spans.
         mode: ``"reattention"``; ``"streaming"`` (global + local only, StreamingLLM);
             ``"full"`` (the stock model, full attention: the baseline).
         backend: kernels: ``"auto"`` (Triton on CUDA, torch on CPU), ``"triton"`` or ``"torch"``.
@@ -124,6 +130,7 @@ class ReAttentionConfig:
     effective_window: int | None = None
     scoring: Scoring = "expected"
     decode_spans: DecodeSpans = "own"
+    decode_extra_spans: int | None = None
     allow_extrapolation: bool = False
 
     def __post_init__(self) -> None:
@@ -170,6 +177,16 @@ class ReAttentionConfig:
             )
         if not isinstance(self.tail_size, int) or self.tail_size < 0:
             raise ConfigError(f"tail_size={self.tail_size!r}: must be an integer >= 0 (0 turns it off).")
+        extra = self.decode_extra_spans
+        if extra is not None and (not isinstance(extra, int) or isinstance(extra, bool) or extra < 0):
+            raise ConfigError(
+                f"decode_extra_spans={extra!r}: must be an integer >= 0 (or None for the default)."
+            )
+        if extra and self.decode_spans != "union":
+            raise ConfigError(
+                f"decode_extra_spans={extra} applies only to decode_spans='union' (it is {self.decode_spans!r}): "
+                "add decode_spans='union', or leave decode_extra_spans unset."
+            )
         if self.max_spans is not None and (not isinstance(self.max_spans, int) or self.max_spans < 0):
             raise ConfigError(f"max_spans={self.max_spans!r}: must be an integer >= 0 (0 means streaming).")
         if self.is_resolved:
@@ -193,6 +210,13 @@ class ReAttentionConfig:
         if not self.is_resolved:
             raise ConfigError("scope needs a resolved config: call resolve(window) first.")
         return self.global_size + self.max_spans * self.span_size + self.local_size  # type: ignore[operator]
+
+    def decode_sizes(self, pinned: bool) -> tuple[int, int]:
+        """``(local, spans)`` of a one-token (decode) forward: with ``decode_spans="union"`` and the
+        question's centres remembered (``pinned``), ``decode_extra_spans`` more spans and a local
+        window shorter by their tokens; else ``(local_size, max_spans)``. Needs a resolved config."""
+        extra = self.decode_extra_spans if pinned and self.decode_spans == "union" else 0
+        return self.local_size - (extra or 0) * self.span_size, self.max_spans + (extra or 0)  # type: ignore[operator]
 
     @property
     def sizes_given(self) -> bool:
@@ -245,6 +269,9 @@ class ReAttentionConfig:
         else:
             spans = max(0, (scope - g - local) // span)
         chunk = self.chunk_size if self.chunk_size is not None else max(1, min(MAX_PREFILL_CHUNK, local // 2))
+        extra = self.decode_extra_spans
+        if extra is None and self.decode_spans == "union":
+            extra = local // (2 * span)
         resolved = dataclasses.replace(
             self,
             global_size=g,
@@ -253,6 +280,7 @@ class ReAttentionConfig:
             max_spans=spans,
             chunk_size=chunk,
             window=window,
+            decode_extra_spans=extra,
         )
         self._check_complete(resolved)
         return resolved
@@ -267,6 +295,12 @@ class ReAttentionConfig:
                 f"{c.local_size} = {scope} exceeds the window {c.window} by {over}: lower max_spans to "
                 f"{max(0, (c.window - c.global_size - c.local_size) // c.span_size)} "  # type: ignore[operator]
                 f"or local_size to {max(0, c.local_size - over)}, or raise window if the model was trained longer."
+            )
+        if c.decode_extra_spans and c.decode_extra_spans * c.span_size >= c.local_size:  # type: ignore[operator]
+            raise ConfigError(
+                f"decode_extra_spans={c.decode_extra_spans} spans of {c.span_size} leave no local window of "
+                f"local_size={c.local_size} while decoding: use decode_extra_spans <= "
+                f"{(c.local_size - 1) // c.span_size}."  # type: ignore[operator]
             )
         if c.chunk_size > c.local_size:  # type: ignore[operator]
             raise ConfigError(

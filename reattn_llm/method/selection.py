@@ -64,8 +64,10 @@ def rank_centres(
     max_spans: int,
     pinned: torch.Tensor | None = None,
     carried: tuple[torch.Tensor, torch.Tensor] | None = None,
+    by_rank: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``max_spans`` most voted hits, most voted first, ties to the earlier position.
+    """The ``max_spans`` most voted hits, most voted first, ties to the earlier position (with
+    ``by_rank``: first to the hit that some query head ranked higher, then to the earlier position).
 
     Args:
         hits: ``[B, ...]`` int64 middle positions in ``[0, middle_len)`` (e.g. ``[B, H, Q, k]``).
@@ -75,6 +77,8 @@ def rank_centres(
             centres during decoding); entries ``>= M`` are ignored.
         carried: ``(positions, votes)``, each ``[B, P]`` int64: votes earlier forwards cast, added
             to this forward's (entries ``>= M`` are ignored).
+        by_rank: break ties of votes by the best rank a hit got (``hits[..., 0]`` is each query
+            head's best key); for a decode step, whose few hits mostly get one vote each.
 
     Returns:
         ``centres, votes``, each ``[B, min(max_spans, M)]`` int64: centres by rank (``M`` marks an
@@ -94,10 +98,19 @@ def rank_centres(
         votes.scatter_add_(1, p, torch.full_like(p, flat.shape[1] + 1))
     votes = votes[:, :m]
     n_keep = min(max_spans, m)
+    primary = votes
+    scale = 1
+    if by_rank:  # votes, then the best rank (0 = some head's top hit) scored as k - rank
+        k = hits.shape[-1]
+        ranks = torch.arange(k, device=dev).expand(hits.shape).reshape(b, -1)
+        best = torch.full((b, m + 1), k, dtype=torch.int64, device=dev)
+        best.scatter_reduce_(1, flat, ranks, reduce="amin")
+        scale = k + 1
+        primary = votes * scale + (k - best[:, :m])
     # Most votes first; among equal votes the earlier position wins (larger tiebreak value).
-    order_key = votes * m + (m - 1 - torch.arange(m, device=dev))
+    order_key = primary * m + (m - 1 - torch.arange(m, device=dev))
     top = order_key.topk(n_keep, dim=1).values
-    counts = top // m
+    counts = top // m // scale
     pos = (m - 1) - (top % m)
     empty = counts <= 0
     return torch.where(empty, torch.full_like(pos, m), pos), torch.where(empty, 0, counts)  # no votes: empty
