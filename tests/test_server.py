@@ -345,3 +345,163 @@ def test_document_slots_are_an_lru_in_bytes():
     slots.keep([*docs["b"], 8], _Cache(100), reusable=8)  # supersedes the kept "b" and its shorter prefix
     assert len(slots.stats()["slots"]) == 2 and slots.prefix.ids[-1] == 8
     assert slots.hits == {"memory": 1, "disk": 0, "miss": 1}
+
+
+class _SlidingLayer(_Layer):
+    """A sliding-window layer that holds only its last rows: it cannot be cut back below ``held``."""
+
+    def __init__(self, held: int) -> None:
+        super().__init__()
+        self.held = held
+
+    def can_crop(self, n: int) -> bool:
+        return n >= self.held
+
+    def crop(self, n: int) -> None:
+        if not self.can_crop(n):
+            raise RuntimeError(f"cannot cut back to {n}")
+        super().crop(n)
+
+
+def test_document_slots_pass_over_a_slot_that_cannot_be_cut_back():
+    """A slot whose sliding-window layers no longer hold the rows before the reusable length (Gemma 3)
+    is not taken (it would fail the request) and stays for a prompt that reuses all of it."""
+    from reattn_llm.serve.slots import DocumentSlots
+
+    slots = DocumentSlots(max_bytes=10**6)
+    doc = [100 + i for i in range(8)]
+    long = _Cache(10)
+    long.layers.append(_SlidingLayer(held=8))
+    slots.keep([*doc, 1, 1, 1, 1], long, reusable=8)
+    short = _Cache(10)
+    slots.keep([*doc[:4], 9, 9], short, reusable=4)  # kept after: beside the longer slot
+    cache, n = slots.take([*doc[:6], 5, 5, 5], chunk=2)  # shares 6 tokens with the long slot
+    assert (cache, n) == (short, 4) and short.layers[0].cropped == 4  # the croppable shorter slot
+    assert [s["tokens"] for s in slots.stats()["slots"]] == [12]  # the long one is still kept
+    cache, n = slots.take([*doc, 1, 1, 7], chunk=4)  # all 8 reusable tokens: exactly what it holds
+    assert (cache, n) == (long, 8) and long.layers[1].cropped == 8
+
+
+class _FakeEngine:
+    """Stands in for an Engine: each answer is ``deltas``, then (``hold``) waits until cancelled."""
+
+    model_name = "fake-model"
+
+    def __init__(self, deltas: list[str], hold: bool = False) -> None:
+        from reattn_llm.runtime.fifo import FifoLock
+
+        self.deltas, self.hold, self._lock = deltas, hold, FifoLock()
+
+    def generate(self, prompt, params=None, **kw):
+        from reattn_llm.runtime.fifo import Turn
+        from reattn_llm.runtime.stream import Completion, Stream
+
+        turn = Turn(self._lock)
+
+        def answer():
+            for d in self.deltas:
+                with turn:  # a unit of model work: a cancelled request stops here
+                    pass
+                yield d
+            while self.hold:
+                with turn:
+                    time.sleep(0.01)
+            return Completion("".join(self.deltas), 3, len(self.deltas), "stop", 0.0, 0.0, self.model_name)
+
+        return Stream(answer(), turn)
+
+
+def _fake_server(engine):
+    from reattn_llm.runtime.sampling import SamplingParams
+    from reattn_llm.serve.app import create_app
+    from reattn_llm.serve.protocol import Job
+
+    server = create_app(engine).state.server
+
+    async def job(request, chat):
+        return Job("hi", SamplingParams(max_new_tokens=4), chat, False, False, engine.model_name)
+
+    server._job = job
+    return server
+
+
+def test_a_cancelled_request_handler_leaves_no_task_waiting():
+    """When the handler of a plain (not streamed) request is cancelled (the server stops), its
+    request is cancelled and nothing is left waiting on the engine's worker."""
+    import asyncio
+
+    server = _fake_server(_FakeEngine(["a"], hold=True))
+
+    class Connected:
+        async def is_disconnected(self) -> bool:
+            return False
+
+    async def main() -> list:
+        before = asyncio.all_tasks()
+        handler = asyncio.ensure_future(server._complete(Connected(), chat=True))
+        await asyncio.sleep(0.3)  # the answer is under way
+        handler.cancel()
+        response = await handler
+        assert response.status_code == 499
+        await asyncio.sleep(0.2)
+        return [t for t in asyncio.all_tasks() - before if not t.done()]
+
+    assert asyncio.run(asyncio.wait_for(main(), 10)) == []
+    assert server.counts["cancelled"] == 1 and server.engine._lock.waiting == 0
+
+
+def test_a_client_leaving_after_the_last_token_counts_as_completed():
+    """A streamed answer that ran to its end counts as completed, not cancelled, even when the
+    client leaves before the finish and usage chunks."""
+    import asyncio
+
+    from reattn_llm.serve.protocol import Reply
+
+    server = _fake_server(_FakeEngine(["one", " two"]))
+
+    async def main() -> None:
+        job = await server._job(None, True)
+        job.include_usage = True
+        events = server._sse(server.engine.generate("hi"), Reply(job), [3])
+        async for event in events:
+            if '"finish_reason": "stop"' in event:
+                break  # the client goes away here
+        await events.aclose()
+
+    asyncio.run(asyncio.wait_for(main(), 10))
+    assert {k: server.counts[k] for k in ("completed", "cancelled")} == {"completed": 1, "cancelled": 0}
+    assert server.last["completion_tokens"] == 2
+
+
+def test_one_tokenization_per_request_and_bad_model_names(shared_engine, monkeypatch):
+    """The server tokenizes each prompt once (its 400 checks and the answer share it), plain and
+    streamed; a ``model`` that is not a string is a 400 naming the field, not a server error."""
+    from starlette.testclient import TestClient
+
+    from reattn_llm.runtime import engine as engine_module
+    from reattn_llm.serve.app import create_app
+
+    calls = []
+    encode = engine_module.encode_prompt
+
+    def counted(*args, **kwargs):
+        calls.append(args[1])
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "encode_prompt", counted)
+    client = TestClient(create_app(shared_engine))
+    body = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 3}
+    plain = client.post("/v1/chat/completions", json=body)
+    assert plain.status_code == 200 and len(calls) == 1
+    text = plain.json()["choices"][0]["message"]["content"]
+    streamed = client.post("/v1/chat/completions", json={**body, "stream": True})
+    assert streamed.status_code == 200 and len(calls) == 2
+    deltas = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+    assert "".join(d["choices"][0]["delta"].get("content") or "" for d in deltas if d["choices"]) == text
+    too_long = client.post("/v1/completions", json={"prompt": "word " * 50, "max_tokens": 10**9})
+    assert too_long.status_code == 400 and len(calls) == 3  # refused on its one tokenization
+    for bad in (["SmolLM2-135M-Instruct"], {"id": 1}, 7):
+        r = client.post("/v1/chat/completions", json={**body, "model": bad})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
+        assert "must be a string" in r.json()["error"]["message"]
+    assert len(calls) == 3

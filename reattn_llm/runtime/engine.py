@@ -39,7 +39,7 @@ from .models import (
 )
 from .prefix import CacheSpec, PrefixStore, load_prefix, save_prefix
 from .prefix_store import DocumentStore
-from .prompts import QuestionStart, check_prompt, encode_prompt
+from .prompts import EncodedPrompt, QuestionStart, check_prompt, encode_prompt
 from .request import Request, freed_after_oom
 from .sampling import AnswerText, Sampler, SamplingParams, eos_ids
 from .stream import Completion, Stream
@@ -167,6 +167,24 @@ class Engine:
         """Raise :class:`ContextTooLongError` before any prefill if the request cannot fit."""
         check_fits(self.capacity(), prompt_tokens, max_new_tokens, self.device)
 
+    def prepare(
+        self,
+        prompt: str | list[dict[str, str]] | EncodedPrompt,
+        params: SamplingParams,
+        *,
+        chat: bool = True,
+        question_start: QuestionStart = "auto",
+    ) -> EncodedPrompt:
+        """``prompt`` tokenized as :meth:`generate` reads it (which takes the result in its place),
+        once it fits ``params``' cap and the device (no weights loaded): a front end that refuses bad
+        requests up front (a server's 400) tokenizes each prompt once."""
+        enc = prompt
+        if not isinstance(enc, EncodedPrompt):
+            enc = encode_prompt(self.tokenizer, enc, chat, question_start, self.prefill_chunk)
+        params.check_prompt(len(enc.ids))  # a wrapper's cap (max_input_tokens / context_window)
+        self.check_fits(len(enc.ids), params.max_new_tokens)
+        return enc
+
     # -- the loop ------------------------------------------------------------------------------
     @torch.inference_mode()
     def prefill(
@@ -214,7 +232,7 @@ class Engine:
 
     def generate(
         self,
-        prompt: str | list[dict[str, str]],
+        prompt: str | list[dict[str, str]] | EncodedPrompt,
         params: SamplingParams | None = None,
         *,
         chat: bool = True,
@@ -229,8 +247,10 @@ class Engine:
         deltas); :meth:`Stream.complete` keeps it from start to end. ``cite_sources`` records
         which prompt tokens the answer's selections drew on (``Completion.citations``).
         ``question_start``: where the question begins (:mod:`~reattn_llm.runtime.prompts`; by
-        default the last line of the last user turn), prefilled as a chunk of its own."""
-        check_prompt(prompt)  # an empty or blank prompt is refused now, not when the stream is read
+        default the last line of the last user turn), prefilled as a chunk of its own; both are
+        applied already to a ``prompt`` that :meth:`prepare` returned."""
+        if not isinstance(prompt, EncodedPrompt):
+            check_prompt(prompt)  # an empty or blank prompt is refused now, not when the stream is read
         turn = Turn(self._lock)
         params = params or SamplingParams()
         answer = self._answer(prompt, params, chat, cite_sources, on_progress, turn, question_start)
@@ -238,7 +258,7 @@ class Engine:
 
     def _answer(
         self,
-        prompt: str | list[dict[str, str]],
+        prompt: str | list[dict[str, str]] | EncodedPrompt,
         params: SamplingParams,
         chat: bool,
         cite_sources: bool,
@@ -246,12 +266,8 @@ class Engine:
         turn: Turn,
         question_start: QuestionStart = "auto",
     ) -> Generator[str, None, Completion]:
-        enc = encode_prompt(
-            self.tokenizer, prompt, chat, question_start, max_question_tokens=self.prefill_chunk
-        )
+        enc = self.prepare(prompt, params, chat=chat, question_start=question_start)
         ids, text, question = enc.ids, enc.text, enc.question
-        params.check_prompt(len(ids))  # a wrapper's cap (max_input_tokens / context_window)
-        self.check_fits(len(ids), params.max_new_tokens)
         self.load()
         request = Request(turn, self._handle.state if self._handle is not None else None)
         answer = AnswerText(lambda out: self.tokenizer.decode(out, skip_special_tokens=True), params.stop)

@@ -31,7 +31,6 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..errors import ContextTooLongError, OutOfMemoryError, ReAttentionError
-from ..runtime.prompts import check_prompt
 from ..runtime.stream import Stream
 from .protocol import ApiError, Job, Reply, parse, usage
 from .slots import DocumentSlots
@@ -102,13 +101,10 @@ class Server:
                 code="invalid_api_key",
             )
 
-    def _precheck(self, job: Job) -> int:
-        """Prompt tokens, once the prompt is known to fit (raises ContextTooLongError / ValueError)."""
-        check_prompt(job.prompt)
-        ids, _ = self.engine.encode(job.prompt, chat=job.chat)
-        job.params.check_prompt(len(ids))
-        self.engine.check_fits(len(ids), job.params.max_new_tokens)
-        return len(ids)
+    def _precheck(self, job: Job) -> None:
+        """Tokenize the prompt (once: the engine answers from ``job.encoded``) and check that it
+        fits (raises ContextTooLongError / ValueError)."""
+        job.encoded = self.engine.prepare(job.prompt, job.params, chat=job.chat)
 
     async def _job(self, request: Request, chat: bool) -> Job:
         self._auth(request)
@@ -117,6 +113,8 @@ class Server:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ApiError(400, f"The request body is not valid JSON ({e}).") from e
         name = body.get("model") if isinstance(body, dict) else None
+        if name is not None and not isinstance(name, str):
+            raise ApiError(400, f"model must be a string such as {self.model!r}.", param="model")
         if name is not None and name not in self.names:
             raise ApiError(
                 404,
@@ -170,7 +168,7 @@ class Server:
         def on_progress(done: int, total: int, elapsed: float) -> None:
             prefilled[0] = total  # the tokens this request prefills (the rest came from a slot)
 
-        stream = self.engine.generate(job.prompt, job.params, chat=job.chat, on_progress=on_progress)
+        stream = self.engine.generate(job.encoded, job.params, on_progress=on_progress)
         reply = Reply(job)
         if job.stream:
             return _Closing(self._sse(stream, reply, prefilled), media_type="text/event-stream")
@@ -183,7 +181,8 @@ class Server:
             done = await task
         except asyncio.CancelledError:
             self.counts["cancelled"] += 1
-            stream.close()
+            stream.close()  # the worker stops at its next unit of work ...
+            task.cancel()  # ... and the task stops waiting for it (also when this handler was cancelled)
             return Response(status_code=499)
         except Exception as e:  # answered in OpenAI's shape
             self.counts["failed"] += 1
@@ -200,12 +199,12 @@ class Server:
                 yield _event(reply.chunk(delta))
             done = stream.completion
             assert done is not None
-            yield _event(reply.chunk(None, finish=done.finish_reason))
             use = usage(done.prompt_tokens, done.completion_tokens, prefilled[0])
             self._record(use, done.prefill_seconds, done.decode_seconds)
+            finished = True  # the answer is whole: a client leaving now cancels nothing
+            yield _event(reply.chunk(None, finish=done.finish_reason))
             if reply.job.include_usage:
                 yield _event(reply.usage_chunk(use))
-            finished = True
         except Exception as e:  # after the headers: an error event, as OpenAI sends one
             self.counts["failed"] += 1
             finished = True

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from ..runtime.prompts import EncodedPrompt
 from ..runtime.sampling import SamplingParams
 from ..runtime.structured import from_response_format, require_xgrammar
 
@@ -49,6 +50,7 @@ class Job:
     stream: bool
     include_usage: bool
     model: str
+    encoded: EncodedPrompt | None = None  # the prompt tokenized, once it is known to fit
 
 
 def _number(body: dict[str, Any], name: str, kind: type, default: Any, low: float, high: float) -> Any:

@@ -31,6 +31,12 @@ def prefix_bytes(prefix: Prefix) -> int:
     return int(cache.nbytes()) + int(cache.host_nbytes())
 
 
+def croppable(cache: ReAttentionCache, n: int) -> bool:
+    """Whether every layer of ``cache`` can be cut back to ``n`` tokens exactly (a sliding-window
+    layer holds only its last rows, and snapshots of a few earlier lengths)."""
+    return all(getattr(layer, "can_crop", lambda _: True)(n) for layer in cache.layers)
+
+
 class DocumentSlots(PrefixStore):
     """A :class:`PrefixStore` that keeps the prefixes of several documents (most recent last).
 
@@ -85,13 +91,14 @@ class DocumentSlots(PrefixStore):
 
     def take(self, ids: list[int], chunk: int) -> tuple[ReAttentionCache | None, int]:
         """The cache of the slot (or stored file) sharing the longest reusable beginning with ``ids``,
-        cropped to it, and its length (a multiple of ``chunk``); ``(None, 0)`` when none does."""
+        cropped to it, and its length (a multiple of ``chunk``); ``(None, 0)`` when none does. A slot
+        whose sliding-window layers no longer hold the rows to cut back to stays for other prompts."""
         best, n = None, 0
         with self._guard:
             if self.enabled:
                 for slot in self._slots:
                     m = slot.reuse_length(ids, chunk)
-                    if m > n:
+                    if m > n and croppable(slot.cache, m):
                         best, n = slot, m
             if best is not None:
                 self._slots.remove(best)  # the request owns it now
