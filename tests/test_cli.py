@@ -28,10 +28,13 @@ def test_info_matches_pypdf_and_tokenizer_in_seconds(capsys, monkeypatch):
     from pypdf import PdfReader
 
     from reattn_llm.documents import load_document
+    from reattn_llm.runtime import engine as engine_module
     from reattn_llm.runtime.models import load_tokenizer
 
+    # the engine's own name for it (patching runtime.models would leak into an engine module
+    # imported during this test, and fail every later test that loads weights)
     monkeypatch.setattr(
-        "reattn_llm.runtime.models.load_model", lambda *a, **k: pytest.fail("info must not load weights")
+        engine_module, "load_model", lambda *a, **k: pytest.fail("info must not load weights")
     )
     path = DATA / "pdfs" / "R-intro.pdf"
     t0 = time.perf_counter()
@@ -288,3 +291,52 @@ def test_no_cache_flag_and_environment_leave_the_store_out(tmp_path, monkeypatch
     assert cli.main(argv) == 130
     assert isinstance(stores[0], DocumentStore) and stores[0].root == private_store
     assert stores[1:] == [None, None]
+
+
+def test_ask_tokenizes_the_document_once(tmp_path, monkeypatch):
+    """The capacity check before the weights load and the answer share one tokenization."""
+    from reattn_llm.runtime import engine as engine_module
+
+    calls = []
+    encode = engine_module.encode_prompt
+    monkeypatch.setattr(engine_module, "encode_prompt", lambda *a, **k: calls.append(1) or encode(*a, **k))
+
+    def stop(self):  # the answer starts: the prompt went through every check before this
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine_module.Engine, "load", stop)
+    f = tmp_path / "a.txt"
+    f.write_text("hello " * 500)
+    assert cli.main(["ask", str(f), "q?", "--device", "cpu", "--no-cache"]) == 130
+    assert len(calls) == 1
+
+
+def test_an_unusable_store_bound_is_a_config_error(tmp_path, monkeypatch, capsys):
+    f = tmp_path / "a.txt"
+    f.write_text("hello " * 10)
+    for raw in ("inf", "lots"):
+        monkeypatch.setenv("REATTN_LLM_PREFIX_BYTES", raw)
+        assert cli.main(["ask", str(f), "q?", "--device", "cpu"]) == 4
+        assert f"REATTN_LLM_PREFIX_BYTES={raw!r}: give a number of bytes" in capsys.readouterr().err
+
+
+def test_serve_refuses_an_address_it_cannot_listen_on_before_loading_weights(monkeypatch, capsys):
+    import socket
+
+    pytest.importorskip("starlette")
+    pytest.importorskip("uvicorn")
+    from reattn_llm.runtime.engine import Engine
+
+    monkeypatch.setattr(Engine, "load", lambda self: pytest.fail("no weights for a server that cannot start"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for argv, says in [
+            (["--port", str(port)], f"cannot listen on 127.0.0.1:{port}"),
+            (["--port", "70000"], "cannot listen on 127.0.0.1:70000"),
+            (["--host", "192.0.2.1"], "cannot listen on 192.0.2.1:8000"),  # not this machine
+        ]:
+            assert cli.main(["serve", "--device", "cpu", *argv]) == 2
+            err = capsys.readouterr().err
+            assert says in err and "--port" in err and "usage: reattn serve" in err

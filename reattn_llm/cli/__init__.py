@@ -44,9 +44,11 @@ from .options import (
     config_args,
     config_of,
     document_args,
+    document_store,
     fetch_message,
     fetch_problem,
     load_files,
+    make_engine,
     version,
 )
 from .serve import add_parsers as add_serve
@@ -97,28 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _engine(a: argparse.Namespace, progress: bool, store: Any = None) -> Any:
-    """The engine of the flags; a device or dtype this machine cannot use is a usage error."""
-    from ..runtime.engine import Engine
-
-    config = config_of(a)
-    try:
-        engine = Engine(
-            a.model, device=a.device, dtype=a.dtype, config=config, progress=progress, prefix_store=store
-        )
-    except ReAttentionError:
-        raise
-    except ValueError as e:  # device / dtype (resolve_device, resolve_dtype)
-        raise UsageError(str(e)) from e
-    engine.config  # noqa: B018  (checks model support and config from the model's config, no weights)
-    return engine
-
-
 def cmd_info(a: argparse.Namespace) -> int:
     from ..runtime.models import load_config
     from ..runtime.plan import make_plan
 
-    engine = _engine(a, progress=False)
+    engine = make_engine(a, config=config_of(a), progress=False)
     doc = load_files(a.files, a, progress=sys.stderr.isatty())
     tokens = engine.count_tokens(str(doc))
     plan = make_plan(load_config(a.model), engine.config, tokens, engine.device, engine.dtype)
@@ -157,18 +142,13 @@ def cmd_info(a: argparse.Namespace) -> int:
     return EXIT_OK if plan.fits else EXIT_CAPACITY
 
 
-def _answer(
-    engine: Any, prompt: Any, max_tokens: int, temperature: float, cite: bool, as_json: bool = False
-) -> Any:
-    from ..runtime.sampling import SamplingParams
-
+def _answer(engine: Any, prompt: Any, params: Any, cite: bool, as_json: bool = False) -> Any:
     def show(delta: str) -> None:
         if not as_json:
             sys.stdout.write(delta)
             sys.stdout.flush()
 
     t0 = time.perf_counter()
-    params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature)
     done = engine.generate(prompt, params, cite_sources=cite or as_json).complete(on_delta=show)
     dt = time.perf_counter() - t0
     prefilled = engine.last_prefill_tokens
@@ -217,7 +197,7 @@ def _check_order(files: list[str], question: str) -> None:
 
 
 def cmd_ask(a: argparse.Namespace) -> int:
-    from ..runtime.prefix_store import DocumentStore
+    from ..runtime.sampling import SamplingParams
 
     if len(a.files) < 2:
         raise UsageError('ask needs at least one file and a question: reattn ask FILE [FILE ...] "QUESTION"')
@@ -228,19 +208,20 @@ def cmd_ask(a: argparse.Namespace) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # transformers' "Loading weights" bar too
-    engine = _engine(a, progress, store=None if a.no_cache else DocumentStore.default())
+    engine = make_engine(a, config=config_of(a), progress=progress, prefix_store=document_store(a))
     doc = load_files(files, a, progress)
     prompt: Any = PROMPT.format(document=str(doc), question=question)
     if a.system is not None:
         prompt = [{"role": "system", "content": a.system}, {"role": "user", "content": prompt}]
-    n = len(engine.encode(prompt)[0])
-    engine.check_fits(n, a.max_tokens)  # before loading weights
-    _answer(engine, prompt, a.max_tokens, a.temperature, a.cite, a.json)
+    params = SamplingParams(max_new_tokens=a.max_tokens, temperature=a.temperature)
+    prompt = engine.prepare(prompt, params)  # tokenized once, known to fit before the weights load
+    _answer(engine, prompt, params, a.cite, a.json)
     return EXIT_OK
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
     from ..runtime.engine import Engine
+    from ..runtime.sampling import SamplingParams
 
     text = SAMPLE.read_text(encoding="utf-8")
     engine = Engine(None, config=ReAttentionConfig(**DEMO_CONFIG), progress=not a.no_progress)
@@ -251,7 +232,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print(f"Question: {a.question}", file=sys.stderr)
-    _answer(engine, PROMPT.format(document=text, question=a.question), 64, 0.0, cite=False)
+    _answer(engine, PROMPT.format(document=text, question=a.question), SamplingParams(64), cite=False)
     return EXIT_OK
 
 

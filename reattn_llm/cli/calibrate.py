@@ -9,8 +9,7 @@ import json
 import sys
 from typing import Any
 
-from ..errors import ReAttentionError
-from .options import DTYPES, UsageError, device_type, number
+from .options import DTYPES, UsageError, device_type, make_engine, number
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -83,18 +82,10 @@ def add_parser(sub: Any) -> None:
 def cmd_calibrate(a: argparse.Namespace) -> int:
     from ..calibration import calibrate as cal
     from ..method.config import ReAttentionConfig
-    from ..runtime.engine import Engine
     from ..runtime.models import calibration_path, effective_window
 
-    try:
-        engine = Engine(
-            a.model, device=a.device, dtype=a.dtype, config=ReAttentionConfig(mode="full"), keep_prefix=False
-        )
-    except ReAttentionError:
-        raise
-    except ValueError as e:  # device / dtype (resolve_device, resolve_dtype)
-        raise UsageError(str(e)) from e
-    window = engine.config.window  # reads the model's config, no weights
+    engine = make_engine(a, config=ReAttentionConfig(mode="full"), keep_prefix=False)
+    window = engine.config.window  # read from the model's config, no weights
     try:
         plan = cal.plan_lengths(window, a.lengths, a.max_length)
     except ValueError as e:

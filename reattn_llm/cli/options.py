@@ -8,6 +8,7 @@ import argparse
 import re
 from typing import Any
 
+from ..errors import ReAttentionError
 from ..method.config import ReAttentionConfig, config_options
 
 DTYPES = ("auto", "bf16", "bfloat16", "fp16", "float16", "half", "fp32", "float32", "float")
@@ -108,6 +109,29 @@ def document_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="most characters of text per file (default 20,000,000; 0: no limit)",
     )
+
+
+def make_engine(a: argparse.Namespace, **settings: Any) -> Any:
+    """``Engine(a.model, device=a.device, dtype=a.dtype, **settings)``, the model's support and
+    the config checked from the model's config (no weights); a device or dtype this machine cannot
+    use is a usage error."""
+    from ..runtime.engine import Engine
+
+    try:
+        engine = Engine(a.model, device=a.device, dtype=a.dtype, **settings)
+    except ReAttentionError:
+        raise
+    except ValueError as e:  # device / dtype (resolve_device, resolve_dtype)
+        raise UsageError(str(e)) from e
+    engine.config  # noqa: B018  (the model's support and the config, from the model's config only)
+    return engine
+
+
+def document_store(a: argparse.Namespace) -> Any:
+    """The document store of the flags: none with ``--no-cache`` (or ``REATTN_LLM_NO_CACHE=1``)."""
+    from ..runtime.prefix_store import DocumentStore
+
+    return None if a.no_cache else DocumentStore.default()
 
 
 def config_of(a: argparse.Namespace) -> ReAttentionConfig:

@@ -11,8 +11,18 @@ import argparse
 import sys
 from typing import Any
 
-from ..errors import ContextTooLongError, ReAttentionError
-from .options import UsageError, answer_args, config_args, config_of, document_args, load_files, number
+from ..errors import ContextTooLongError
+from .options import (
+    UsageError,
+    answer_args,
+    config_args,
+    config_of,
+    document_args,
+    document_store,
+    load_files,
+    make_engine,
+    number,
+)
 
 #: The prompt of a chat turn: the document, then the question (as ``reattn ask`` builds it).
 CHAT_PROMPT = "{document}\n\nAnswer the question using the document above.\nQuestion: {question}"
@@ -61,26 +71,23 @@ def add_parsers(sub: Any) -> None:
     config_args(chat)
 
 
-def _engine(a: argparse.Namespace, progress: bool) -> Any:
-    from ..runtime.engine import Engine
-    from ..runtime.prefix_store import DocumentStore
+def check_address(host: str, port: int) -> None:
+    """Refuse an address the server cannot listen on (a port in use or out of range, a host that
+    is not this machine's) as a usage error, before the weights load; bound as uvicorn binds it."""
+    import socket
 
-    store = None if a.no_cache else DocumentStore.default()
     try:
-        engine = Engine(
-            a.model,
-            device=a.device,
-            dtype=a.dtype,
-            config=config_of(a),
-            progress=progress,
-            prefix_store=store,
-        )
-    except ReAttentionError:
-        raise
-    except ValueError as e:  # device / dtype
-        raise UsageError(str(e)) from e
-    engine.config  # noqa: B018  (model support and config, from the model's config only)
-    return engine
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except (OSError, OverflowError) as e:
+        raise UsageError(
+            f"cannot listen on {host}:{port} ({e}): give a free port with --port (0: any), or another --host."
+        ) from e
+
+
+def _engine(a: argparse.Namespace, progress: bool) -> Any:
+    return make_engine(a, config=config_of(a), progress=progress, prefix_store=document_store(a))
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -95,6 +102,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     from ..serve.app import create_app
 
+    check_address(a.host, a.port)
     engine = _engine(a, progress=False)
     engine.load()  # before the port opens: the first request does not wait for the weights
     app = create_app(

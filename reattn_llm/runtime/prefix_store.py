@@ -61,7 +61,7 @@ class DocumentStore:
         raw = os.environ.get(ENV_BYTES)
         try:
             limit = int(float(raw)) if raw else DEFAULT_MAX_BYTES
-        except ValueError as e:
+        except (ValueError, OverflowError) as e:  # OverflowError: inf
             raise ConfigError(f"{ENV_BYTES}={raw!r}: give a number of bytes, such as 4e9.") from e
         return cls(root, limit)
 
