@@ -5,9 +5,17 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    Qwen2Config,
+    Qwen3Config,
+)
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 
 #: The default model's (SmolLM2-135M) config fields that the capacity and plan arithmetic read.
 SMOLLM2_SHAPE = SimpleNamespace(
@@ -32,12 +40,20 @@ def tiny_model(
     window: int = 256,
     rope_parameters: dict | None = None,
     seed: int = 0,
+    **extra,
 ):
-    """A small causal LM of ``family`` in fp32, eval mode, SDPA attention."""
-    cls = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[family]
+    """A small causal LM of ``family`` in fp32, eval mode, SDPA attention (``extra``: more config
+    fields, such as Phi-3's ``sliding_window``)."""
+    cls = {
+        "llama": LlamaConfig,
+        "mistral": MistralConfig,
+        "qwen2": Qwen2Config,
+        "qwen3": Qwen3Config,
+        "phi3": Phi3Config,
+    }[family]
     kwargs = dict(
         vocab_size=512,
-        hidden_size=heads * 16,
+        hidden_size=heads * (head_dim if family == "phi3" else 16),  # Phi-3: head_dim = hidden / heads
         intermediate_size=128,
         num_hidden_layers=layers,
         num_attention_heads=heads,
@@ -50,14 +66,87 @@ def tiny_model(
         kwargs["sliding_window"] = None
     if family == "qwen2":
         kwargs["use_sliding_window"] = False
+    if family == "phi3":
+        # no pad id: its embedding row would be zero, a zero query that ties every score
+        kwargs.update(
+            pad_token_id=None, bos_token_id=1, eos_token_id=2, original_max_position_embeddings=window
+        )
     if rope_parameters is not None:
         kwargs["rope_parameters"] = rope_parameters
-    config = cls(**kwargs)
+    config = cls(**{**kwargs, **extra})
     config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).eval()
     # random init is small; scale weights up so attention is peaked and selections matter
     with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "proj" in name:
+                p.mul_(3.0)
+    return model
+
+
+def tiny_phi3(
+    *,
+    heads: int = 4,
+    kv_heads: int = 2,
+    head_dim: int = 32,
+    partial_rotary_factor: float = 0.75,
+    layers: int = 2,
+    window: int = 128,
+    seed: int = 0,
+    **extra,
+):
+    """A small Phi-3 (fused ``qkv_proj`` and ``gate_up_proj``) with a partial rotary: RoPE on the first
+    ``head_dim * partial_rotary_factor`` dims of each head (Phi-4-mini's 0.75 by default)."""
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": partial_rotary_factor}
+    return tiny_model(
+        "phi3",
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        layers=layers,
+        window=window,
+        rope_parameters=rope,
+        seed=seed,
+        **extra,
+    )
+
+
+#: Gemma 3's layer pattern in the tiny configs: two sliding-window layers, then a full-attention one.
+GEMMA3_PATTERN = ["sliding_attention", "sliding_attention", "full_attention"]
+
+
+def tiny_gemma3(
+    *,
+    heads: int = 4,
+    kv_heads: int = 2,
+    head_dim: int = 32,
+    layers: int = 6,
+    window: int = 128,
+    sliding_window: int = 16,
+    seed: int = 0,
+    **extra,
+):
+    """A small Gemma 3 text model (``Gemma3ForCausalLM``) in fp32, SDPA, sliding/sliding/full layers."""
+    config = Gemma3TextConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        query_pre_attn_scalar=head_dim,
+        max_position_embeddings=window,
+        sliding_window=sliding_window,
+        layer_types=[GEMMA3_PATTERN[i % 3] for i in range(layers)],
+        tie_word_embeddings=False,
+        **extra,
+    )
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # peaked attention, so selections matter
         for name, p in model.named_parameters():
             if "proj" in name:
                 p.mul_(3.0)

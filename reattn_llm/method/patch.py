@@ -20,6 +20,14 @@ layers, which get ReAttention: only the full layers get the ``self_attn`` pre-ho
 pre-hook zeroes positions only for the full layers' table (``layer_type="full_attention"``), the
 registered attention and mask functions hand the sliding layers to the model's stock
 implementation, and the cache keeps those layers' window only (:class:`SlidingLayer`).
+
+Phi-3 (fused ``qkv_proj``): with a partial rotary (``partial_rotary_factor < 1``), a forward hook
+on every ``qkv_proj`` puts the query and key head dims in the order of
+:func:`~reattn_llm.method.rope.rotary_permutation` (values untouched), and the RoPE table is
+widened to match, so the kernels' whole-head rotate-half RoPE applies the model's partial rotary
+exactly (:mod:`reattn_llm.method.rope`). A config ``sliding_window`` below
+``max_position_embeddings`` (Phi-3-mini-4k: 2047) is the model's attention window
+(:func:`model_window`): the stock model attends over no more, so neither does the scope.
 """
 
 from __future__ import annotations
@@ -38,8 +46,8 @@ from ..kv.cache import ReAttentionCache
 from ..kv.storage import KVStorage
 from .attention import ATTN_NAME, CACHE_KWARG, reattention_forward, reattention_mask, set_stock_sliding
 from .config import ReAttentionConfig
-from .families import FULL, check_model_config, sliding_layers, text_config
-from .rope import RopeTable
+from .families import FULL, attention_window, check_model_config, sliding_layers, sliding_windows, text_config
+from .rope import RopeTable, rotary_width
 from .state import PatchState, SelectionRecorder
 
 __all__ = [
@@ -90,8 +98,9 @@ def check_supported(model: nn.Module) -> None:
 
 
 def model_window(model_config: Any) -> int:
-    """The trained context length: ``max_position_embeddings`` (of the text model, for Gemma 3)."""
-    w = getattr(text_config(model_config), "max_position_embeddings", None)
+    """The trained context length: ``max_position_embeddings`` (of the text model, for Gemma 3), or a
+    model-wide ``sliding_window`` below it (Phi-3-mini-4k: 2047; :func:`~.families.attention_window`)."""
+    w, _ = attention_window(model_config)
     if not w:
         raise UnsupportedModelError(
             "the model config has no max_position_embeddings; pass ReAttentionConfig(window=...)."
@@ -108,6 +117,10 @@ def resolve_for_model(config: ReAttentionConfig, model_config: Any) -> ReAttenti
         ConfigError: the scope passes the trained window; the message names sizes that fit and the opt-in.
     """
     trained = model_window(model_config)
+    source = attention_window(model_config)[1]
+    never = "RoPE positions it was never trained on"
+    if source.startswith("sliding_window"):
+        never = "distances the stock model never attends over"
     c = config.resolve(trained)
     if c.allow_extrapolation or c.mode == "full" or c.scope <= trained:
         return c
@@ -122,8 +135,8 @@ def resolve_for_model(config: ReAttentionConfig, model_config: Any) -> ReAttenti
     window = f" (window={c.window} is above it)" if c.window > trained else ""  # type: ignore[operator]
     raise ConfigError(
         f"The attention scope G + max_spans*span + L = {g} + {n}*{span} + {local} = {c.scope} reaches "
-        f"{over} positions past the model's trained window of {trained} tokens (max_position_embeddings)"
-        f"{window}: RoPE positions it was never trained on. Fix: {fit}leave the sizes and window unset "
+        f"{over} positions past the model's trained window of {trained} tokens ({source})"
+        f"{window}: {never}. Fix: {fit}leave the sizes and window unset "
         "(they are fitted to the model), or pass allow_extrapolation=True to use these positions anyway."
     )
 
@@ -180,7 +193,8 @@ def patch(model: nn.Module, config: ReAttentionConfig | None = None) -> PatchHan
     """Apply ReAttention to a supported transformers causal LM in place.
 
     Args:
-        model: a Llama / Mistral / Qwen2 / Qwen3 model (``*ForCausalLM`` or the base model).
+        model: a Llama / Mistral / Qwen2 / Qwen3 / Gemma 3 / Phi-3 model (``*ForCausalLM``, the
+            base model, or Gemma 3's ``*ForConditionalGeneration``).
         config: sizes; unset ones are resolved against the model's window. ``mode="full"``
             leaves the model stock (the handle is a no-op), ``"streaming"`` keeps no middle spans.
 
@@ -199,17 +213,22 @@ def patch(model: nn.Module, config: ReAttentionConfig | None = None) -> PatchHan
     base = _base_model(model)
     sliding = sliding_layers(model.config)
     table = FULL if any(sliding) else None  # Gemma 3: the full layers' RoPE table
-    state = PatchState(config=resolved, rope=RopeTable(base.rotary_emb, resolved.window, table))  # type: ignore[arg-type]
+    partial = _partial_rotary(base, sliding)
+    rope = RopeTable(base.rotary_emb, resolved.window, table, partial)  # type: ignore[arg-type]
+    state = PatchState(config=resolved, rope=rope)
+    patched = [layer.self_attn for i, layer in enumerate(base.layers) if not sliding[i]]
+    orders = (
+        [_QKVOrder(attn, rope.perm) for attn in patched] if rope.perm is not None else []
+    )  # checked first
     handle = PatchHandle(model, state)
     handle._attn_config = attn_config = base.config  # the text model's config (== model.config for Llama)
     handle._saved_attn = attn_config._attn_implementation
-    for i, layer in enumerate(base.layers):
-        if sliding[i]:
-            continue  # stock: delegated by the attention and mask functions (set_stock_sliding)
-        attn = layer.self_attn
+    for attn in patched:  # sliding layers stay stock: delegated by set_stock_sliding
         attn._reattn_state = state
         state.layers.append(attn)
         handle._hooks.append(attn.register_forward_pre_hook(_attn_pre_hook, with_kwargs=True))
+    for attn, order in zip(patched, orders, strict=False):
+        handle._hooks.append(attn.qkv_proj.register_forward_hook(order))
 
     def rotary_pre(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         if state.rope.building:
@@ -225,7 +244,7 @@ def patch(model: nn.Module, config: ReAttentionConfig | None = None) -> PatchHan
     handle._hooks.append(base.rotary_emb.register_forward_pre_hook(rotary_pre, with_kwargs=True))
     num_layers = len(base.layers)
     storage = KVStorage.from_config(resolved)
-    windows = _sliding_windows(model.config, num_layers)
+    windows = sliding_windows(model.config)
 
     def new_cache() -> ReAttentionCache:
         return ReAttentionCache(num_layers, storage=storage, sliding_windows=windows)
@@ -283,15 +302,43 @@ def make_cache(model: nn.Module, reserve: int = 0, max_bytes: int | None = None)
         reserve=reserve,
         max_bytes=max_bytes,
         storage=storage,
-        sliding_windows=_sliding_windows(model.config, n),
+        sliding_windows=sliding_windows(model.config),
     )
 
 
-def _sliding_windows(model_config: Any, num_layers: int) -> list[int | None] | None:
-    """Per layer, the window a sliding-window layer keeps in the cache (None: a ReAttention layer);
-    None when no layer slides (the Llama-style families)."""
-    sliding = sliding_layers(model_config)
-    if not any(sliding):
+def _partial_rotary(base: nn.Module, sliding: list[bool]) -> tuple[int, int] | None:
+    """``(head_dim, rotary width)`` when the patched layers rotate fewer dims than their head and
+    project q, k, v in one fused ``qkv_proj`` (Phi-3), which the dims' permutation hooks; else None
+    (full rotary; a partial rotary without a fused projection keeps the model's layout, which the
+    torch kernels rotate exactly and the Triton kernel hands to them)."""
+    attn = next((layer.self_attn for i, layer in enumerate(base.layers) if not sliding[i]), None)
+    head_dim = getattr(attn, "head_dim", None)
+    if attn is None or not head_dim or not isinstance(getattr(attn, "qkv_proj", None), nn.Module):
         return None
-    w = int(text_config(model_config).sliding_window)
-    return [w if i < len(sliding) and sliding[i] else None for i in range(num_layers)]
+    r = rotary_width(base.config, head_dim)
+    return None if r >= head_dim else (int(head_dim), r)
+
+
+class _QKVOrder:
+    """Forward hook of a fused ``qkv_proj`` (``[.., (H + 2 Hkv) * D]`` out): every query and key head's
+    dims in ``perm``'s order (:func:`~reattn_llm.method.rope.rotary_permutation`), values untouched."""
+
+    def __init__(self, attn: nn.Module, perm: torch.Tensor) -> None:
+        d = perm.numel()
+        heads = attn.config.num_attention_heads
+        kv = getattr(attn, "num_key_value_heads", None) or attn.config.num_key_value_heads
+        out = getattr(attn.qkv_proj, "out_features", (heads + 2 * kv) * d)
+        if out != (heads + 2 * kv) * d:
+            raise UnsupportedModelError(
+                f"qkv_proj gives {out} features, not (heads {heads} + 2 x kv heads {kv}) x head_dim {d}: "
+                "an attention layout ReAttention does not know."
+            )
+        qk = (torch.arange(heads + kv)[:, None] * d + perm[None]).flatten()
+        self.index = torch.cat((qk, torch.arange((heads + kv) * d, out)))
+        self._on: dict[torch.device, torch.Tensor] = {}
+
+    def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        idx = self._on.get(out.device)
+        if idx is None:
+            idx = self._on[out.device] = self.index.to(out.device)
+        return out.index_select(-1, idx)

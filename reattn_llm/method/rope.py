@@ -4,6 +4,19 @@ ReAttention re-applies RoPE itself, at contiguous positions ``0..n-1`` of the sc
 ever needs ``cos/sin`` for positions below the trained window. The tables come from calling the
 model's rotary module once (so every static scaling, linear, llama3 or yarn, including yarn's
 attention factor, is exactly the model's), cached per device and dtype.
+
+**Partial rotary** (Phi-3's ``partial_rotary_factor``): the model rotates only the first ``R`` of
+the ``D`` head dims, rotate-half over them (pairs ``(i, i + R/2)``), and passes ``R..D-1``
+through. The kernels rotate rotate-half over the whole head (pairs ``(j, j + D/2)``) from
+``[P, D]`` tables. A fixed permutation of the head dims (:func:`rotary_permutation`, applied by the
+patch to the fused ``qkv_proj`` output of queries and keys) puts rotary pair ``(i, i + R/2)`` on
+``(i, i + D/2)`` and the pass-through dims on the other pairs, and the table is widened in the
+same order with ``cos = 1, sin = 0`` on the pass-through dims (:meth:`RopeTable.get`). It is exact:
+a dot product is the same in any common order of the dims of ``q`` and ``k`` (the values, and so
+the output, are not permuted), and ``x * 1 + y * 0 == x`` rotates a pass-through dim not at all.
+Scoring (``q . k``), the averaged ``scoring="expected"`` query (:func:`rotate_expected` over the
+widened table), the two-level block summaries and the citations' re-scoring all see one
+consistent layout; the cache stores keys in it.
 """
 
 from __future__ import annotations
@@ -32,15 +45,63 @@ def rope_type(model_config: Any) -> str:
 
 
 def check_rope(model_config: Any) -> None:
-    """Raise :class:`UnsupportedModelError` for RoPE types whose frequencies depend on length."""
+    """Raise :class:`UnsupportedModelError` for RoPE types whose frequencies depend on length
+    (``longrope`` with its own reason: Phi-3-128k, Phi-3.5, Phi-4-mini)."""
     kinds = rope_type(model_config).split(",")
     bad = [k for k in kinds if k not in STATIC_ROPE_TYPES]
+    if "longrope" in bad:
+        params = getattr(model_config, "rope_parameters", None) or {}
+        orig = params.get("original_max_position_embeddings") or getattr(
+            model_config, "original_max_position_embeddings", None
+        )
+        raise UnsupportedModelError(
+            "RoPE type 'longrope' (Phi-3-128k, Phi-3.5, Phi-4-mini) rotates with short factors up to "
+            f"original_max_position_embeddings={orig} tokens and with long factors once a sequence is longer, "
+            "scaled by an attention factor from max_position_embeddings: the stock model's RoPE depends on "
+            "the sequence length, which ReAttention's fixed re-positioning (one table below the window) "
+            f"cannot reproduce. Supported RoPE types: {', '.join(STATIC_ROPE_TYPES)}. Use a checkpoint with "
+            "static RoPE instead (Phi-3-mini-4k-instruct, Phi-3-medium-4k-instruct, Phi-4): ReAttention "
+            "extends its context itself, without longrope."
+        )
     if bad:
         raise UnsupportedModelError(
             f"RoPE type {bad[0]!r} changes its frequencies with the sequence length, which ReAttention's "
             f"fixed re-positioning cannot reproduce. Supported RoPE types: {', '.join(STATIC_ROPE_TYPES)}. "
             "Use a checkpoint with static RoPE, or edit config.rope_parameters to a static type."
         )
+
+
+def rotary_width(model_config: Any, head_dim: int) -> int:
+    """``R``: the head dims RoPE rotates, ``int(head_dim * partial_rotary_factor)`` (the factor from
+    ``rope_parameters`` or the config; 1.0 when unset)."""
+    params = getattr(model_config, "rope_parameters", None) or {}
+    factor = params.get("partial_rotary_factor") if isinstance(params, dict) else None
+    if factor is None:
+        factor = getattr(model_config, "partial_rotary_factor", None) or 1.0
+    return int(head_dim * float(factor))
+
+
+def rotary_permutation(head_dim: int, rotary: int) -> torch.Tensor | None:
+    """The order of the head dims that lays a partial rotary of ``rotary`` dims over the whole head
+    in rotate-half layout (module docstring): ``x[..., perm]`` holds rotary dim ``i`` at ``i`` and
+    ``i + R/2`` at ``i + D/2`` for ``i < R/2``, the pass-through dims ``R..D-1`` in order on the rest
+    (first ``D/2 - R/2`` of them at ``R/2..D/2-1``, the others at ``D/2 + R/2..D-1``).
+    ``[D]`` int64, or None when ``rotary == head_dim`` (nothing to permute).
+
+    Raises:
+        UnsupportedModelError: an odd head dim or rotary width, or a width past the head.
+    """
+    if rotary == head_dim:
+        return None
+    if not 0 < rotary < head_dim or rotary % 2 or head_dim % 2:
+        raise UnsupportedModelError(
+            f"a rotary width of {rotary} of head_dim {head_dim} (partial_rotary_factor): ReAttention needs "
+            "both even and the width within the head."
+        )
+    half, r2 = head_dim // 2, rotary // 2
+    rest = list(range(rotary, head_dim))
+    order = list(range(r2)) + rest[: half - r2] + list(range(r2, rotary)) + rest[half - r2 :]
+    return torch.tensor(order, dtype=torch.long)
 
 
 class RopeTable:
@@ -50,12 +111,23 @@ class RopeTable:
     the rotary module was run here; positions passed to it are always ``0..window-1``.
     ``layer_type``: for a rotary module with one table per layer type (Gemma 3), the table of the
     patched (full-attention) layers, passed to the module as its third argument.
+    ``partial``: ``(head_dim, rotary width)`` of a partial rotary: the table is widened to the whole
+    head in :attr:`perm`'s order (:func:`rotary_permutation`), ``cos = 1, sin = 0`` on the
+    pass-through dims, so ``R == D``.
     """
 
-    def __init__(self, rotary: nn.Module, window: int, layer_type: str | None = None) -> None:
+    def __init__(
+        self,
+        rotary: nn.Module,
+        window: int,
+        layer_type: str | None = None,
+        partial: tuple[int, int] | None = None,
+    ) -> None:
         self.rotary = rotary
         self.window = window
         self.layer_type = layer_type
+        self.rotary_dims = None if partial is None else partial[1]
+        self.perm = None if partial is None else rotary_permutation(*partial)
         self._tables: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
         self.building = False
 
@@ -73,9 +145,25 @@ class RopeTable:
                     cos, sin = self.rotary(probe, pos, *extra)
             finally:
                 self.building = False
-            table = (cos[0].to(dtype), sin[0].to(dtype))
+            cos, sin = cos[0].to(dtype), sin[0].to(dtype)
+            if self.perm is not None:
+                cos, sin = self._widen(cos, sin)
+            table = (cos, sin)
             self._tables[key] = table
         return table
+
+    def _widen(self, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[W, R]`` -> ``[W, D]`` in :attr:`perm`'s order, identity (1, 0) on the pass-through dims."""
+        perm = self.perm.to(cos.device)  # type: ignore[union-attr]
+        if cos.shape[-1] != self.rotary_dims:
+            raise UnsupportedModelError(
+                f"the rotary module gives {cos.shape[-1]} rotary dims, but the config's partial_rotary_factor "
+                f"gives {self.rotary_dims} of head_dim {perm.numel()}: check the model's config."
+            )
+        pad = perm.numel() - cos.shape[-1]
+        cos = torch.cat((cos, cos.new_ones(cos.shape[0], pad)), dim=-1)[:, perm]
+        sin = torch.cat((sin, sin.new_zeros(sin.shape[0], pad)), dim=-1)[:, perm]
+        return cos, sin
 
     def expected(self, lo: int, hi: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(E[cos], E[sin])``, each ``[R]`` fp32: the RoPE table averaged over distances ``[lo, hi)``
