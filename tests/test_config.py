@@ -197,13 +197,13 @@ def test_boolean_fields_read_flag_text():
 def test_union_decode_trades_local_rows_for_spans_within_the_same_bound():
     """decode_spans="union": by default half the local window becomes spans of a decode step's own
     hits; the decode scope G + (S + E)·span + (L - E·span) equals the prefill bound."""
-    cfg = ReAttentionConfig(decode_spans="union", effective_window=2048).resolve(8192)
+    cfg = ReAttentionConfig(effective_window=2048).resolve(8192)  # the default
     assert (cfg.local_size, cfg.span_size, cfg.max_spans, cfg.decode_extra_spans) == (1024, 32, 31, 16)
     local, spans = cfg.decode_sizes(pinned=True)
     assert (local, spans) == (512, 47)
     assert cfg.global_size + spans * cfg.span_size + local == cfg.scope == 2048
     assert cfg.decode_sizes(pinned=False) == (1024, 31)  # nothing remembered of a question: as "own"
-    own = ReAttentionConfig(effective_window=2048).resolve(8192)
+    own = ReAttentionConfig(effective_window=2048, decode_spans="own").resolve(8192)
     assert own.decode_extra_spans is None and own.decode_sizes(pinned=True) == (1024, 31)
     assert ReAttentionConfig(decode_spans="union", decode_extra_spans=4).resolve(8192).decode_sizes(True) == (
         4096 - 128,
@@ -213,7 +213,7 @@ def test_union_decode_trades_local_rows_for_spans_within_the_same_bound():
 
 def test_decode_extra_spans_misuse_names_the_fix():
     with pytest.raises(ConfigError, match="decode_spans='union'"):
-        ReAttentionConfig(decode_extra_spans=8)
+        ReAttentionConfig(decode_extra_spans=8, decode_spans="own")
     with pytest.raises(ConfigError, match="integer >= 0"):
         ReAttentionConfig(decode_spans="union", decode_extra_spans=-1)
     with pytest.raises(ConfigError, match="decode_extra_spans <= 31"):

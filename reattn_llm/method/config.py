@@ -71,17 +71,16 @@ class ReAttentionConfig:
             (``L`` to ``L + max_spans * span``), so the score estimates the logit the key will get
             there and RoPE's fast-turning dimensions stop deciding; ``"raw"``, the paper's ``q . k``
             of un-rotated vectors (the distance-0 logit).
-        decode_spans: ``"own"`` (default): each decode step selects alone (the paper);
-            ``"question"`` keeps all the span centres that the prompt's last forward (the
-            question) selected in every decode step, before the step's own hits; ``"both"`` keeps
-            the question's most voted half of them and gives the other half to the step's own
-            hits; ``"running"`` carries the votes: each decode step adds its own hits to the
-            votes the question and the earlier steps cast (the ``2 * max_spans`` most voted are
-            remembered), so a fact the answer's own words point at can displace the question's
-            weakest spans but noise cannot outvote its strong ones; ``"union"`` keeps all the
-            question's centres and adds up to ``decode_extra_spans`` of the step's own hits (most
-            voted, then best ranked), paid for by a local window shorter by as many tokens during
-            decoding, so the scope's bound is unchanged (BENCHMARKS.md compares them).
+        decode_spans: what a decode step (one new token) selects. ``"union"`` (default): all the
+            span centres that the prompt's last forward (the question, prefilled as its own chunk)
+            selected, plus up to ``decode_extra_spans`` spans of the step's own hits (most voted,
+            then best ranked), paid for by a local window shorter by as many tokens while
+            decoding, so the scope's bound is unchanged: the question's votes find the fact, the
+            answer's own words keep what it needs next. ``"own"``: each decode step selects alone
+            (the paper); ``"question"``: only the question's centres; ``"both"``: the question's
+            most voted half and the step's own hits in the other half; ``"running"``: each decode
+            step adds its own hits to the votes the question and the earlier steps cast (the
+            ``2 * max_spans`` most voted are remembered). BENCHMARKS.md compares them on RULER.
         decode_extra_spans: with ``decode_spans="union"``, the spans a decode step adds for its own
             hits; decoding then attends to the last ``local_size - decode_extra_spans * span_size``
             tokens instead of ``local_size``. Default: half the local window's worth of spans.
@@ -129,7 +128,7 @@ class ReAttentionConfig:
     offload: Offload = "none"
     effective_window: int | None = None
     scoring: Scoring = "expected"
-    decode_spans: DecodeSpans = "own"
+    decode_spans: DecodeSpans = "union"
     decode_extra_spans: int | None = None
     allow_extrapolation: bool = False
 
@@ -271,7 +270,7 @@ class ReAttentionConfig:
         chunk = self.chunk_size if self.chunk_size is not None else max(1, min(MAX_PREFILL_CHUNK, local // 2))
         extra = self.decode_extra_spans
         if extra is None and self.decode_spans == "union":
-            extra = local // (2 * span)
+            extra = local // (2 * span) if spans else 0
         resolved = dataclasses.replace(
             self,
             global_size=g,
