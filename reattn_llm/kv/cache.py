@@ -36,7 +36,12 @@ class SlidingLayer(DynamicSlidingWindowLayer):
     Cropping back (a kept document prefix reused by the next question) is exact only where the
     rows are still held: while the layer holds all its rows (fewer than the window), or at the end
     of one of the last :attr:`snapshots` multi-token updates (prefill chunks), whose window rows
-    are kept (a copy of ``sliding_window - 1`` rows each). :meth:`can_crop` says which.
+    are kept (at most ``sliding_window - 1`` rows each). :meth:`can_crop` says which, and
+    :meth:`rows_at` / :meth:`restore` carry such a point to and from a saved document cache.
+
+    After a multi-token update the held rows are compacted (transformers keeps a view of the whole
+    concatenation, ``sliding_window - 1`` plus the chunk's rows) and that compact copy is the
+    newest snapshot too, so a layer holds at most :meth:`max_rows` rows.
     """
 
     snapshots = 4
@@ -45,15 +50,62 @@ class SlidingLayer(DynamicSlidingWindowLayer):
         super().__init__(sliding_window=sliding_window, **kwargs)
         self._snapshots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    @classmethod
+    def max_rows(cls, sliding_window: int) -> int:
+        """The most K (and V) rows per KV head one layer of this window holds: :attr:`snapshots` of at
+        most ``sliding_window - 1`` rows, and the live rows (one more after a decode step)."""
+        return (cls.snapshots + 1) * sliding_window
+
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         out = super().update(key_states, value_states, *args, **kwargs)
-        if key_states.shape[-2] > 1 and self.cumulative_length >= self.sliding_window:
-            self._snapshots[self.cumulative_length] = (self.keys.clone(), self.values.clone())
+        if key_states.shape[-2] > 1:  # never modified in place: the snapshot shares the compact rows
+            self.keys, self.values = self.keys.clone(), self.values.clone()
+            self._snapshots[self.cumulative_length] = (self.keys, self.values)
             while len(self._snapshots) > self.snapshots:
                 self._snapshots.pop(next(iter(self._snapshots)))
         return out
+
+    def reset(self) -> None:
+        super().reset()
+        self._snapshots = {}
+
+    def rows_at(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows this layer held after its first ``n`` tokens (the last ``min(n, sliding_window - 1)``):
+        ``[B, Hkv, rows, D]`` K and V, as :meth:`crop` would leave them.
+
+        Raises:
+            RuntimeError: those rows are no longer held (:meth:`can_crop` is false)."""
+        if not self.is_initialized or n == 0:
+            raise RuntimeError("This sliding-window layer holds no rows yet.")
+        if n == self.cumulative_length:
+            return self.keys, self.values
+        if not self.can_crop(n):
+            raise RuntimeError(
+                f"This sliding-window layer holds the last {self.sliding_window - 1} of {self.cumulative_length} "
+                f"rows, not those after {n} tokens: prefill the document again (a fresh cache)."
+            )
+        if n in self._snapshots:
+            return self._snapshots[n]
+        return self.keys[:, :, :n], self.values[:, :, :n]
+
+    def restore(self, keys: torch.Tensor, values: torch.Tensor, n: int) -> None:
+        """Hold ``keys, values [B, Hkv, min(n, sliding_window - 1), D]``: the rows after ``n`` tokens
+        (:meth:`rows_at` of the layer that saved them).
+
+        Raises:
+            ValueError: the row count does not fit ``n`` and the window."""
+        want = min(n, self.sliding_window - 1)
+        if keys.shape != values.shape or keys.shape[-2] != want:
+            raise ValueError(
+                f"a sliding-window layer after {n} tokens holds {want} rows (window {self.sliding_window}), "
+                f"not K {tuple(keys.shape)} / V {tuple(values.shape)}."
+            )
+        self.lazy_initialization(keys, values)
+        self.keys, self.values = keys, values
+        self.cumulative_length = n
+        self._snapshots = {n: (keys, values)}
 
     def _target(self, tokens_to_remove: int) -> int:
         n = self.cumulative_length
@@ -93,10 +145,16 @@ class SlidingLayer(DynamicSlidingWindowLayer):
         """No-op: a sliding layer never holds more than its window."""
 
     def nbytes(self) -> int:
-        """Bytes of its K/V on the device."""
-        if not self.is_initialized:
+        """Bytes of its K/V on the device: the storage of the live rows and of the snapshots (each
+        counted once; a view counts its whole storage)."""
+        if not self.is_initialized or self.keys is None:
             return 0
-        return self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
+        held = {}
+        for pair in ((self.keys, self.values), *self._snapshots.values()):
+            for t in pair:
+                st = t.untyped_storage()
+                held[st.data_ptr()] = st.nbytes()
+        return sum(held.values())
 
     def host_nbytes(self) -> int:
         """Always 0 (nothing offloaded)."""

@@ -7,6 +7,14 @@ before any prefill. A kept document prefix counts as free: the next request eith
 as part of its own cache or frees it before allocating. Under ``max_cache_bytes`` the capacity is
 the per-layer row limit of the cache's growth policy (:func:`~reattn_llm.kv.storage.rows_to_allocate`,
 :func:`~reattn_llm.kv.storage.budget_rows`), so every request it admits also allocates.
+
+Only the layers that keep every token grow with the context: Gemma 3's sliding-window layers hold
+their window (and the few prefill-chunk snapshots of it that make a kept prefix reusable,
+:meth:`~reattn_llm.kv.cache.SlidingLayer.max_rows`) in the model's dtype whatever the length, a
+fixed cost (:func:`sliding_kv_bytes`) taken from the memory before the per-token division and kept
+outside ``max_cache_bytes``, which caps the growing layers (the cache's
+:class:`~reattn_llm.kv.storage.MemoryBudget` charges only those). Shapes are read from the text
+model's config (Gemma 3's ``text_config``); Phi-3's head size is ``hidden_size / heads``.
 """
 
 from __future__ import annotations
@@ -21,8 +29,10 @@ from typing import Any
 import torch
 
 from ..errors import ContextTooLongError
+from ..kv.cache import SlidingLayer
 from ..kv.storage import KVStorage, budget_rows
 from ..method.config import ReAttentionConfig
+from ..method.families import sliding_windows, text_config
 
 _SAFETY = 0.85
 
@@ -38,6 +48,7 @@ class Capacity:
     reserve_bytes: int
     device: str
     max_cache_bytes: int | None = None  # the cap on one request's KV cache, when one is set
+    sliding_bytes: int = 0  # the sliding-window layers' fixed K/V (Gemma 3), beside the per-token cache
 
     def within(self, max_bytes: int | None) -> Capacity:
         """This budget with one request's KV cache capped at ``max_bytes`` (None: no cap): the rows each
@@ -55,6 +66,11 @@ class Capacity:
             f"available, {self.weight_bytes / gib:.2f} GiB weights, {self.reserve_bytes / gib:.2f} GiB working reserve"
             + (
                 ""
+                if not self.sliding_bytes
+                else f", {self.sliding_bytes / gib:.2f} GiB sliding-window layers"
+            )
+            + (
+                ""
                 if self.max_cache_bytes is None
                 else f", the KV cache capped at {self.max_cache_bytes:,} bytes"
             )
@@ -62,14 +78,31 @@ class Capacity:
 
 
 def _shape(model_config: Any) -> tuple[int, int, int]:
-    heads = model_config.num_attention_heads
-    kv = getattr(model_config, "num_key_value_heads", None) or heads
-    head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
-    return model_config.num_hidden_layers, kv, head_dim
+    """``(layers that keep every token, KV heads, head_dim)`` of the text model."""
+    c = text_config(model_config)
+    heads = c.num_attention_heads
+    kv = getattr(c, "num_key_value_heads", None) or heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+    windows = sliding_windows(model_config)
+    growing = c.num_hidden_layers if windows is None else sum(w is None for w in windows)
+    return growing, kv, head_dim
+
+
+def sliding_kv_bytes(model_config: Any, dtype: torch.dtype, tokens: int | None = None) -> int:
+    """Device bytes the sliding-window layers' K/V take at most (Gemma 3; 0 for other families):
+    per sliding layer :meth:`~reattn_llm.kv.cache.SlidingLayer.max_rows` rows (``min(window, tokens)``
+    each with ``tokens``) of K and V per KV head, in the model's dtype whatever the cache storage."""
+    windows = sliding_windows(model_config) or []
+    _, kv, d = _shape(model_config)
+    row = 2 * kv * d * torch.empty((), dtype=dtype).element_size()
+    return sum(
+        SlidingLayer.max_rows(w if tokens is None else min(w, tokens)) * row for w in windows if w is not None
+    )
 
 
 def kv_bytes_per_token(model_config: Any, dtype: torch.dtype, config: ReAttentionConfig | None = None) -> int:
-    """Device bytes one token's K and V take over all layers and KV heads: the rows the config's
+    """Device bytes one token's K and V take over the layers that keep every token (all but Gemma 3's
+    sliding-window layers: :func:`sliding_kv_bytes`) and their KV heads: the rows the config's
     storage keeps on the device (:meth:`~reattn_llm.kv.storage.KVStorage.device_bytes_per_row`; by
     default ``2 (K and V) * head_dim * bytes``), offloaded rows none (:func:`host_kv_bytes_per_token`)."""
     layers, kv, d = _shape(model_config)
@@ -84,15 +117,23 @@ def host_kv_bytes_per_token(
     return layers * kv * KVStorage.from_config(config).host_bytes_per_row(d, dtype)
 
 
-def parameter_count(c: Any) -> int:
-    """Parameters of a Llama-style decoder from its config (embeddings, attention, MLP, head)."""
+def parameter_count(config: Any) -> int:
+    """Parameters of a Llama-style decoder from its config (embeddings, attention, MLP, head; the text
+    model of Gemma 3, plus its vision tower when the config has one; Phi-3's fused ``qkv_proj`` and
+    ``gate_up_proj`` hold the same weights as separate projections)."""
+    c = text_config(config)
     h, inter, vocab = c.hidden_size, c.intermediate_size, c.vocab_size
     heads = c.num_attention_heads
     kv = getattr(c, "num_key_value_heads", None) or heads
     d = getattr(c, "head_dim", None) or h // heads
     per_layer = h * heads * d * 2 + h * kv * d * 2 + 3 * h * inter + 2 * h
     head = 0 if getattr(c, "tie_word_embeddings", False) else vocab * h
-    return vocab * h + c.num_hidden_layers * per_layer + head
+    vision = getattr(config, "vision_config", None) if c is not config else None
+    extra = 0
+    if vision is not None:  # a ViT: attention (4 h^2) and a two-matrix MLP per layer, and the projector
+        vh, vi = vision.hidden_size, vision.intermediate_size
+        extra = vision.num_hidden_layers * (4 * vh * vh + 2 * vh * vi) + vh * h
+    return vocab * h + c.num_hidden_layers * per_layer + head + extra
 
 
 def available_bytes(device: torch.device) -> int:
@@ -129,15 +170,19 @@ def working_reserve(
     device = device or torch.device("cpu")
     chunk = config.chunk_size or 1024
     size = torch.empty((), dtype=dtype).element_size()
-    h, inter = model_config.hidden_size, model_config.intermediate_size
+    c = text_config(model_config)
+    h, inter = c.hidden_size, c.intermediate_size
     _, kv, d = _shape(model_config)
     scope = config.scope if config.is_resolved and config.mode != "full" else (config.window or 8192)
     acts = chunk * (8 * h + 3 * inter) * size
     attn = 6 * kv * scope * d * size + chunk * scope
+    slide = max(sliding_windows(model_config) or [0], key=lambda w: w or 0) or 0
+    if slide:  # a sliding layer's concatenation of its window and the chunk, and that mask
+        attn = max(attn, 2 * kv * (slide + chunk) * d * size + chunk * (slide + chunk))
     scoring = 0
     if config.mode == "reattention" and resolve_backend(config.backend, device) == "torch":
         scoring = 4 * _SCORE_BLOCK_ELEMS.get(device.type, 1 << 24)
-    logits = 2 * model_config.vocab_size * 4
+    logits = 2 * c.vocab_size * 4
     return int(acts + attn + scoring + logits + (64 << 20))
 
 
@@ -191,12 +236,13 @@ def estimate_capacity(
         0 if weights_loaded else parameter_count(model_config) * torch.empty((), dtype=dtype).element_size()
     )
     reserve = working_reserve(model_config, config, dtype, device)
-    usable = max(0, int(avail * _SAFETY) - weights - reserve)
+    slide = sliding_kv_bytes(model_config, dtype)
+    usable = max(0, int(avail * _SAFETY) - weights - reserve - slide)
     max_tokens = min(
         usable // per_tok,
         _host_token_limit(model_config, dtype, config, (weights if device.type == "cpu" else 0) - kept_host),
     )
-    return Capacity(max_tokens, per_tok, avail, weights, reserve, str(device))
+    return Capacity(max_tokens, per_tok, avail, weights, reserve, str(device), sliding_bytes=slide)
 
 
 def _host_token_limit(
@@ -222,18 +268,41 @@ def estimate_capacity_split(
     is the smallest one over the devices, ``usable_d / (kv_bytes_per_token * layers_d / layers)``; a
     kept prefix's cache ``kept`` counts as free on the devices of its layers."""
     per_tok = max(1, kv_bytes_per_token(model_config, dtype, config))
-    n_layers = len(layer_devices)
+    windows = sliding_windows(model_config) or [None] * len(layer_devices)
+    growing = max(1, sum(w is None for w in windows))  # the layers per_tok is summed over
+    _, kv, d = _shape(model_config)
+    row = 2 * kv * d * torch.empty((), dtype=dtype).element_size()
     reserve = working_reserve(model_config, config, dtype, layer_devices[0] if layer_devices else None)
     counts = Counter(layer_devices)
     avail = {dev: available_bytes(dev) for dev in counts}
+    grows: Counter[torch.device] = Counter()
+    fixed: Counter[torch.device] = Counter()
+    for dev, w in zip(layer_devices, windows, strict=False):
+        if w is None:
+            grows[dev] += 1
+        else:
+            fixed[dev] += SlidingLayer.max_rows(w) * row
     for dev, layer in zip(layer_devices, getattr(kept, "layers", None) or [], strict=False):
         avail[dev] += int(layer.nbytes())
     max_tokens = min(
-        max(0, int(avail[dev] * _SAFETY) - reserve) * n_layers // (per_tok * n) for dev, n in counts.items()
+        (
+            max(0, int(avail[dev] * _SAFETY) - reserve - fixed[dev]) * growing // (per_tok * grows[dev])
+            if grows[dev]
+            else sys.maxsize
+        )
+        for dev in counts
     )
     max_tokens = min(max_tokens, _host_token_limit(model_config, dtype, config, 0))
     names = ", ".join(f"{d} ({n} layers)" for d, n in counts.items())
-    return Capacity(max_tokens, per_tok, sum(avail.values()), 0, reserve * len(counts), names)
+    return Capacity(
+        max_tokens,
+        per_tok,
+        sum(avail.values()),
+        0,
+        reserve * len(counts),
+        names,
+        sliding_bytes=sum(fixed.values()),
+    )
 
 
 def check_fits(cap: Capacity, prompt_tokens: int, max_new_tokens: int, device: Any) -> None:

@@ -1,8 +1,10 @@
 """A memory and time plan for a document, before any model work.
 
-Memory: the KV cache (``kv_bytes_per_token * tokens``), the weights and a working reserve.
+Memory: the KV cache (``kv_bytes_per_token * tokens``, plus the fixed window of Gemma 3's
+sliding-window layers), the weights and a working reserve.
 Time: FLOPs of the prefill (weights, scope attention and the position-agnostic scoring of
-every middle key) over this machine's measured matrix-multiply rate (a 0.1 s calibration).
+every middle key on the ReAttention layers; Gemma 3's sliding layers attend over their window and
+the chunk only) over this machine's measured matrix-multiply rate (a 0.1 s calibration).
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from typing import Any
 import torch
 
 from ..method.config import ReAttentionConfig
+from ..method.families import sliding_windows, text_config
 from .capacity import (
     Capacity,
     estimate_capacity,
     host_kv_bytes_per_token,
     kv_bytes_per_token,
     parameter_count,
+    sliding_kv_bytes,
 )
 
 
@@ -50,14 +54,20 @@ class Plan:
 
 
 def prefill_flops(model_config: Any, config: ReAttentionConfig, tokens: int) -> float:
-    """FLOPs of a chunked ReAttention prefill of ``tokens`` (dense layers + scope attention + scoring)."""
-    heads = model_config.num_attention_heads
-    d = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
-    layers = model_config.num_hidden_layers
+    """FLOPs of a chunked ReAttention prefill of ``tokens`` (dense layers + scope attention + scoring
+    on the layers that keep every token; a sliding-window layer's attention over its window and the
+    chunk, ``min(tokens, window + chunk)`` keys per query)."""
+    c = text_config(model_config)
+    heads = c.num_attention_heads
+    d = getattr(c, "head_dim", None) or c.hidden_size // heads
+    windows = sliding_windows(model_config) or [None] * c.num_hidden_layers
+    layers = sum(w is None for w in windows)
     dense = 2.0 * parameter_count(model_config) * tokens
     g, loc = config.global_size or 0, config.local_size or 0
     scope = min(tokens, config.scope if config.mode != "full" else tokens)
     attn = 4.0 * tokens * scope * heads * d * layers / (2 if config.mode == "full" else 1)
+    chunk = config.chunk_size if config.mode != "full" and config.chunk_size else 2048
+    attn += sum(4.0 * tokens * min(tokens, w + chunk) * heads * d for w in windows if w is not None)
     middle = max(0, tokens - g - loc)
     scoring = 0.0 if config.mode != "reattention" else 2.0 * heads * d * layers * middle * middle / 2
     return dense + attn + scoring
@@ -91,7 +101,8 @@ def make_plan(
     cap = estimate_capacity(model_config, device, dtype, config)
     return Plan(
         tokens=tokens,
-        kv_bytes=kv_bytes_per_token(model_config, dtype, config) * tokens,
+        kv_bytes=kv_bytes_per_token(model_config, dtype, config) * tokens
+        + sliding_kv_bytes(model_config, dtype, tokens),
         host_kv_bytes=host_kv_bytes_per_token(model_config, dtype, config) * tokens,
         weight_bytes=cap.weight_bytes,
         reserve_bytes=cap.reserve_bytes,

@@ -9,7 +9,10 @@ On disk a prefix is one safetensors file (no pickle): per-layer un-rotated K/V u
 length, the token ids, and metadata (format, model, dtype, config, chunk) with a checksum of
 every tensor. Loading checks the metadata against the engine, the structure against the model
 (:class:`CacheLayout`: layers, K/V shapes, row counts, dtypes, token ids) before any tensor is
-read, and every checksum. A cache file is trusted input: the checksums catch corruption
+read, and every checksum. Gemma 3's sliding-window layers are saved as the rows they hold at the
+saved length (the last ``sliding_window - 1`` of them, :meth:`~reattn_llm.kv.cache.SlidingLayer.rows_at`)
+and restored as such, so a loaded prefix continues exactly as the one that was saved. A cache file is
+trusted input: the checksums catch corruption
 (truncation, flipped bytes), not forgery; anyone who can write the file can change what the
 model reads. :mod:`~reattn_llm.runtime.prefix_store` keeps such files in a bounded folder.
 """
@@ -26,8 +29,9 @@ from typing import Any
 import torch
 
 from ..errors import ReAttentionError
-from ..kv.cache import ReAttentionCache
+from ..kv.cache import ReAttentionCache, SlidingLayer
 from ..kv.storage import KVStorage
+from ..method.families import sliding_windows, text_config
 from .models import load_config
 
 FORMAT = "reattn-llm/prefix-cache/1"
@@ -42,23 +46,43 @@ class CacheFileError(ReAttentionError, ValueError):
 @dataclass(frozen=True)
 class CacheLayout:
     """What a document cache of one model holds: per layer a K and a V of shape
-    ``[1, kv_heads, T, head_dim]`` in ``dtype`` (the model's compute dtype), and ``T`` token ids
-    (int64, each below ``vocab_size``)."""
+    ``[1, kv_heads, rows, head_dim]`` in ``dtype`` (the model's compute dtype), and ``T`` token ids
+    (int64, each below ``vocab_size``). ``rows`` is ``T``, or for a sliding-window layer (``sliding``:
+    per layer its window, or None) the ``min(T, window - 1)`` rows it holds (:meth:`rows`)."""
 
     layers: int
     kv_heads: int
     head_dim: int
     dtype: torch.dtype
     vocab_size: int | None = None
+    sliding: tuple[int | None, ...] | None = None
 
     @classmethod
     def of(cls, model_config: Any, dtype: torch.dtype) -> CacheLayout:
-        """The layout of a transformers ``model_config`` computing in ``dtype``."""
-        heads = model_config.num_attention_heads
-        head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // heads
-        kv_heads = getattr(model_config, "num_key_value_heads", None) or heads
-        vocab = getattr(model_config, "vocab_size", None)
-        return cls(model_config.num_hidden_layers, kv_heads, head_dim, dtype, vocab)
+        """The layout of a transformers ``model_config`` (its text model's) computing in ``dtype``."""
+        c = text_config(model_config)
+        heads = c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+        kv_heads = getattr(c, "num_key_value_heads", None) or heads
+        vocab = getattr(c, "vocab_size", None)
+        windows = sliding_windows(model_config)
+        return cls(
+            c.num_hidden_layers, kv_heads, head_dim, dtype, vocab, None if windows is None else tuple(windows)
+        )
+
+    def window(self, layer: int) -> int | None:
+        """The sliding window of ``layer`` (None: it keeps every row)."""
+        return None if self.sliding is None else self.sliding[layer]
+
+    def rows(self, layer: int, tokens: int) -> int:
+        """K/V rows that ``layer`` holds after ``tokens`` tokens."""
+        w = self.window(layer)
+        return tokens if w is None else min(tokens, w - 1)
+
+    def nbytes(self, tokens: int) -> int:
+        """Bytes of the K/V tensors of a cache of ``tokens`` tokens."""
+        row = 2 * self.kv_heads * self.head_dim * self.dtype.itemsize
+        return sum(self.rows(i, tokens) for i in range(self.layers)) * row
 
 
 @dataclass(frozen=True)
@@ -136,7 +160,7 @@ class PrefixStore:
     def keep(self, ids: list[int], cache: ReAttentionCache, reusable: int) -> None:
         """Keep ``cache`` (holding at least ``ids``), of which ``reusable`` tokens are on the chunk grid."""
         prefix = Prefix(ids=list(ids), reusable=reusable, cache=cache)
-        if self.disk is not None and self.spec is not None and reusable > 0:
+        if self.disk is not None and self.spec is not None and reusable > 0 and savable(cache, reusable):
             self.disk.put(self.spec(), prefix)
         if self.enabled:
             self.prefix = prefix
@@ -163,14 +187,30 @@ def fingerprint(t: torch.Tensor) -> str:
     return f"{s1 & (2**64 - 1):016x}{s2 & (2**64 - 1):016x}"
 
 
+def savable(cache: ReAttentionCache, n: int) -> bool:
+    """Whether every layer of ``cache`` still holds its rows at ``n`` tokens (a sliding-window layer
+    only at the end of one of its last prefill chunks, :meth:`~reattn_llm.kv.cache.SlidingLayer.can_crop`)."""
+    return all(layer.can_crop(n) for layer in cache.layers if isinstance(layer, SlidingLayer))
+
+
 def save_prefix(prefix: Prefix, path: str | os.PathLike[str], meta: dict[str, Any]) -> None:
-    """Write the reusable part of ``prefix`` to ``path`` (safetensors; atomic replace)."""
+    """Write the reusable part of ``prefix`` to ``path`` (safetensors; atomic replace).
+
+    Raises:
+        CacheFileError: a sliding-window layer no longer holds its rows at the reusable length
+            (checked before anything is written)."""
     from safetensors.torch import save_file
 
     n = prefix.reusable
+    if not savable(prefix.cache, n):
+        raise CacheFileError(
+            f"The kept prefix's sliding-window layers no longer hold their rows at its {n} reusable tokens "
+            "(they keep only their window, at the last few prefill-chunk ends): call warm(document) again "
+            "and save right after it."
+        )
     tensors: dict[str, torch.Tensor] = {"ids": torch.tensor(prefix.ids[:n], dtype=torch.int64)}
     for i, layer in enumerate(prefix.cache.layers):
-        k, v = layer.dense(n)  # type: ignore[union-attr]
+        k, v = layer.rows_at(n) if isinstance(layer, SlidingLayer) else layer.dense(n)  # type: ignore[union-attr]
         tensors[f"k.{i}"], tensors[f"v.{i}"] = k.contiguous().cpu(), v.contiguous().cpu()
     sums = {name: fingerprint(t) for name, t in tensors.items()}
     header = {
@@ -219,9 +259,16 @@ def load_prefix(path: str | os.PathLike[str], spec: CacheSpec) -> Prefix:
                     f"{path}: token ids outside this model's vocabulary (0..{spec.layout.vocab_size - 1}): "
                     f"it was not made by this tokenizer. {_AGAIN}"
                 )
-            cache = ReAttentionCache(spec.layout.layers, storage=spec.storage)
-            for i in range(spec.layout.layers):  # one layer on the device at a time beside the cache
-                cache.update(verified(f"k.{i}"), verified(f"v.{i}"), i)
+            layout = spec.layout
+            windows = None if layout.sliding is None else list(layout.sliding)
+            cache = ReAttentionCache(layout.layers, storage=spec.storage, sliding_windows=windows)
+            for i in range(layout.layers):  # one layer on the device at a time beside the cache
+                k, v = verified(f"k.{i}"), verified(f"v.{i}")
+                layer = cache.layers[i]
+                if isinstance(layer, SlidingLayer):
+                    layer.restore(k, v, len(ids))
+                else:
+                    cache.update(k, v, i)
     except CacheFileError:
         raise
     except Exception as e:  # safetensors raises its own errors on truncated/garbled files
@@ -278,11 +325,13 @@ def _check_layout(
 
     check("ids", [tokens], torch.int64, f"the {tokens} token ids its header counts")
     for name in sorted(want - {"ids"}):
-        kv = [1, layout.kv_heads, tokens, layout.head_dim]
+        layer = int(name.split(".")[1])
+        rows = layout.rows(layer, tokens)
+        held = "" if layout.window(layer) is None else f" (a sliding window of {layout.window(layer)})"
         check(
             name,
-            kv,
+            [1, layout.kv_heads, rows, layout.head_dim],
             layout.dtype,
-            f"1 x {layout.kv_heads} KV heads x {tokens} token rows x head_dim {layout.head_dim}",
+            f"1 x {layout.kv_heads} KV heads x {rows} token rows{held} x head_dim {layout.head_dim}",
         )
     return sums
