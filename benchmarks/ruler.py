@@ -10,11 +10,16 @@ needs neither the package nor nltk:
         --out .gpu/ruler
     # 2. GPU: predictions for each mode on the same prompts
     python benchmarks/ruler.py run --data .gpu/ruler --modes stock,streaming,reattention --out preds.jsonl
+    # another model: its own samples (its tokenizer and prompt format) in a folder of its own
+    python benchmarks/ruler.py generate --model gemma-3-270m ... --out .gpu/ruler   # -> .gpu/ruler/gemma3/
+    python benchmarks/ruler.py run --model gemma-3-270m --data .gpu/ruler ...       # reads .gpu/ruler/gemma3/
     # 3. CPU: RULER's metrics (string_match_all / string_match_part), a table per task and length
     python benchmarks/ruler.py score preds.jsonl
 
-Prompt format: the model's chat template with RULER's task template as the user turn and RULER's
-answer prefix at the start of the assistant turn (so the answer continues it); at most
+Prompt format (``--format auto``): a model with a chat template (SmolLM2) gets RULER's task template
+as the user turn and RULER's answer prefix at the start of the assistant turn (so the answer
+continues it); a base model without one (Gemma-3-270M) gets RULER's own base-model prompt, the task
+template followed by the answer prefix as plain text, after ``<bos>``. At most
 ``--max-new-tokens`` per task (32 for niah, RULER's own budget otherwise) and decoding stops at a
 newline. RULER's sentence splitter needs nltk's punkt data, which no registry ships: it is
 replaced by :func:`split_sentences`. Haystacks longer than the essays (about 654K SmolLM2 tokens)
@@ -41,6 +46,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_TEXTS = HERE.parent.parent / "shared" / "data" / "texts"
 ANSWER_MARK = "\x00ANSWER\x00"
 NIAH_MAX_NEW = 32
+MIN_FILL = 0.85  # every prompt holds at least this share of its token budget
 _ABBREV = re.compile(r"\b(?:Mr|Mrs|Ms|Dr|St|Jr|Sr|Prof|Col|Capt|Gen|Lt|vs|etc|e\.g|i\.e|No|Vol|p|pp)\.$")
 _SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 
@@ -107,14 +113,33 @@ def _extra_words(texts: Path) -> list[str]:
     return words
 
 
-class _Prompter:
-    """Chat prompt (user turn + answer prefix in the assistant turn) and its token count."""
+def model_subdir(model: str | None) -> str:
+    """The folder of ``model``'s samples under ``--out``/``--data``: the default model's at the top
+    (as before), Gemma-3-270M's in ``gemma3/``, any other model's in a folder named after it."""
+    from reattn_llm.runtime.models import is_default, is_gemma
 
-    def __init__(self, tokenizer: Any) -> None:
+    if is_default(model):
+        return ""
+    if is_gemma(model):
+        return "gemma3"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(model).strip("/"))
+
+
+class _Prompter:
+    """A sample's prompt and its token count. ``chat``: RULER's task as the user turn, its answer
+    prefix opening the assistant turn; else RULER's base-model prompt (task template + answer
+    prefix as plain text, ``<bos>`` first when the tokenizer adds one)."""
+
+    def __init__(self, tokenizer: Any, chat: bool) -> None:
         self.tok = tokenizer
+        self.chat = chat
 
     def build(self, generated: str) -> tuple[str, str]:
         user, _, prefix = generated.partition(ANSWER_MARK)
+        if not self.chat:
+            from reattn_llm.runtime.prompts import plain_prompt
+
+            return plain_prompt(self.tok, user.strip() + prefix)[0], prefix
         chat = self.tok.apply_chat_template(
             [{"role": "user", "content": user.strip()}], tokenize=False, add_generation_prompt=True
         )
@@ -140,14 +165,16 @@ def _bisect(make: Any, count: Any, lo: int, hi: int, budget: int) -> int:
 def generate(args: argparse.Namespace) -> None:
     from transformers import AutoTokenizer
 
-    from reattn_llm.runtime.models import default_model_dir
+    from reattn_llm.runtime.models import model_source
 
-    model_dir = args.tokenizer or str(default_model_dir())
+    model_dir = args.tokenizer or model_source(args.model)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    prompter = _Prompter(tok)
+    chat = bool(getattr(tok, "chat_template", None)) if args.format == "auto" else args.format == "chat"
+    prompter = _Prompter(tok, chat)
+    fmt = "chat" if chat else "plain"
     tasks, templates = _task_configs()
     root = _ruler_root()
-    out_dir = Path(args.out)
+    out_dir = Path(args.out) / model_subdir(args.model)
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = _extra_words(Path(args.texts)) if Path(args.texts).is_dir() else []
     for task in args.tasks.split(","):
@@ -173,12 +200,13 @@ def generate(args: argparse.Namespace) -> None:
             part = path.with_name(path.name + ".part")  # renamed when complete: readers never see half a file
             with lzma.open(part, "wt", encoding="utf-8") as f:
                 for i, (prompt, prefix, refs, n) in enumerate(samples):
-                    if not (n <= budget and n >= 0.85 * budget):
+                    if not (n <= budget and n >= MIN_FILL * budget):
                         raise SystemExit(
-                            f"{task} {length} sample {i}: {n} prompt tokens, outside [0.85, 1] x {budget}"
+                            f"{task} {length} sample {i}: {n} prompt tokens, outside [{MIN_FILL}, 1] x {budget}"
                         )
                     rec = {"task": task, "kind": kind, "length": length, "index": i, "prompt": prompt,
-                           "answer_prefix": prefix, "outputs": refs, "tokens": n, "max_new_tokens": max_new}  # fmt: skip
+                           "answer_prefix": prefix, "outputs": refs, "tokens": n, "max_new_tokens": max_new,
+                           "model": args.model or "default", "format": fmt}  # fmt: skip
                     f.write(json.dumps(rec) + "\n")
             part.replace(path)
             lens = [s[3] for s in samples]
@@ -245,6 +273,8 @@ def _generate_task(
                 if prompter.count(text) <= budget:
                     break
                 used -= max(1, used // 100)
+            if prompter.count(text) < MIN_FILL * budget:  # short documents drawn (short prompts): redraw
+                text, prefix, gen = _refill_qa(mod, i, used, budget, prompter)
             out.append((text, prefix, list(gen[1]), prompter.count(text)))
     else:
         runner = {
@@ -261,15 +291,34 @@ def _generate_task(
     return out
 
 
-# -- running (GPU or CPU, reattn-llm only) --------------------------------------------------------
-def question_start(tokenizer: Any, prompt: str, answer_prefix: str) -> int | None:
-    """Character offset of the user turn's last line (RULER's question) in a templated ``prompt``:
-    the engine prefills from there as the question's own chunk."""
-    probe = "\x01"
-    chat = tokenizer.apply_chat_template(
-        [{"role": "user", "content": probe}], tokenize=False, add_generation_prompt=True
+def _refill_qa(mod: Any, i: int, used: int, budget: int, prompter: _Prompter) -> tuple[str, str, Any]:
+    """Question ``i``'s prompt redrawn when the shrink loop left it under ``MIN_FILL`` of the budget
+    (at a few thousand tokens one document is a large step): up to 5 draws of other questions'
+    documents at each of ``used`` to ``used + 20`` documents, the first that fills ``[MIN_FILL, 1]``.
+    Only samples that would fail the length check take this path, so files made before are unchanged."""
+    for size in range(used, used + 21):
+        for _ in range(5):
+            gen = mod.generate_input_output(i, size)
+            text, prefix = prompter.build(gen[0])
+            if MIN_FILL * budget <= prompter.count(text) <= budget:
+                return text, prefix, gen
+    raise SystemExit(
+        f"qa sample {i}: no draw of {used}-{used + 20} documents fills {MIN_FILL} of {budget} tokens"
     )
-    suffix = chat[chat.index(probe) + 1 :]
+
+
+# -- running (GPU or CPU, reattn-llm only) --------------------------------------------------------
+def question_start(tokenizer: Any, prompt: str, answer_prefix: str, chat: bool = True) -> int | None:
+    """Character offset of the task's last line (RULER's question) in ``prompt`` (a templated chat
+    prompt, or a plain one when not ``chat``): the engine prefills from there as the question's own
+    chunk."""
+    suffix = ""
+    if chat:
+        probe = "\x01"
+        templ = tokenizer.apply_chat_template(
+            [{"role": "user", "content": probe}], tokenize=False, add_generation_prompt=True
+        )
+        suffix = templ[templ.index(probe) + 1 :]
     user_end = len(prompt) - len(answer_prefix) - len(suffix)
     cut = prompt.rfind("\n", 0, user_end)
     return cut + 1 if cut > 0 else None
@@ -304,7 +353,13 @@ def run(args: argparse.Namespace) -> None:
     from reattn_llm.runtime.engine import SamplingParams
 
     lengths = {int(x) for x in args.lengths.split(",")} if args.lengths else None
-    recs = _read_samples(Path(args.data), args.tasks.split(",") if args.tasks else None, lengths)
+    data = Path(args.data) / model_subdir(args.model)
+    recs = _read_samples(data, args.tasks.split(",") if args.tasks else None, lengths)
+    wrong = {m for r in recs if model_subdir(m := r.get("model", "default")) != model_subdir(args.model)}
+    if wrong:
+        raise SystemExit(f"{data} holds samples made for {sorted(wrong)}, not for --model {args.model}")
+    if not recs:
+        raise SystemExit(f"no samples in {data} for these tasks and lengths")
     if args.limit:
         per: dict[tuple[str, int], int] = defaultdict(int)
         kept = []
@@ -334,7 +389,12 @@ def run(args: argparse.Namespace) -> None:
                 continue
             params = SamplingParams(max_new_tokens=r["max_new_tokens"], stop=["\n"])
             t0 = time.perf_counter()
-            qs = question_start(engine.tokenizer, r["prompt"], r["answer_prefix"]) if args.question else None
+            chat = r.get("format", "chat") == "chat"
+            qs = (
+                question_start(engine.tokenizer, r["prompt"], r["answer_prefix"], chat)
+                if args.question
+                else None
+            )
             c = engine.complete(r["prompt"], params, chat=False, question_start=qs)
             rec = {"task": r["task"], "length": r["length"], "index": r["index"], "mode": mode,
                    "label": args.label or mode, "config": overrides, "pred": c.text, "outputs": r["outputs"],
@@ -351,32 +411,36 @@ def run(args: argparse.Namespace) -> None:
 def _run_sharded(args: argparse.Namespace) -> None:
     """``--workers N``: N processes, each a shard of the samples (one engine per process). A small
     model's long-context run is bound by kernel launches, not by the GPU, so processes sharing one
-    GPU finish the same work several times sooner; each writes ``OUT.<pid>.partI`` as it goes (kept if
-    the run is cut short), merged into ``OUT`` at the end."""
+    GPU finish the same work several times sooner; each writes ``OUT.<pid>.partI`` as it goes,
+    merged into ``OUT`` at the end, also when the run is stopped (SIGTERM or SIGINT, e.g. by
+    ``timeout``): then the complete records written so far."""
+    import signal
     import subprocess
 
+    def stop(*_: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # `timeout` signals twice (the child, its group)
+        raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, stop)
     n = args.workers
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                *sys.argv[1:],
-                "--shard",
-                f"{i}/{n}",
-                "--out",
-                f"{args.out}.{os.getpid()}.part{i}",
-            ]
-        )
-        for i in range(n)
-    ]
-    codes = [p.wait() for p in procs]
-    with open(args.out, "a", encoding="utf-8") as out:
-        for i in range(n):
-            part = Path(f"{args.out}.{os.getpid()}.part{i}")
-            if part.exists():
-                out.write(part.read_text(encoding="utf-8"))
-                part.unlink()
+    parts = [Path(f"{args.out}.{os.getpid()}.part{i}") for i in range(n)]
+    argv = [sys.executable, __file__, *sys.argv[1:]]
+    procs = [subprocess.Popen([*argv, "--shard", f"{i}/{n}", "--out", str(parts[i])]) for i in range(n)]
+    codes: list[int | None] = [None] * n
+    try:
+        codes = [p.wait() for p in procs]
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait()
+        with open(args.out, "a", encoding="utf-8") as out:
+            for part in parts:
+                if part.exists():
+                    text = part.read_text(encoding="utf-8")
+                    out.write(text[: text.rfind("\n") + 1])  # complete records only
+                    part.unlink()
     if any(codes):
         raise SystemExit(f"workers exited with {codes}")
 
@@ -416,7 +480,16 @@ def main() -> None:
     g.add_argument("--samples", type=int, default=10)
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--out", required=True)
-    g.add_argument("--tokenizer", default=None, help="model folder (default: the embedded model)")
+    g.add_argument(
+        "--model", default=None, help="whose tokenizer and prompt format (default: the embedded model)"
+    )
+    g.add_argument("--tokenizer", default=None, help="tokenizer folder overriding --model's")
+    g.add_argument(
+        "--format",
+        choices=("auto", "chat", "plain"),
+        default="auto",
+        help="auto: the chat template when the tokenizer has one, else a plain completion prompt",
+    )
     g.add_argument("--texts", default=os.environ.get("REATTN_TEXTS", str(DEFAULT_TEXTS)))
     r = sub.add_parser("run", help="predictions for each mode")
     r.add_argument("--data", required=True)
@@ -426,7 +499,7 @@ def main() -> None:
     r.add_argument("--limit", type=int, default=0, help="samples per task and length (0 = all)")
     r.add_argument("--set", nargs="*", help="ReAttentionConfig overrides, e.g. local_size=2048 (or a,b)")
     r.add_argument("--label", default=None)
-    r.add_argument("--model", default=None)
+    r.add_argument("--model", default=None, help="the model to run (its samples: --data's folder for it)")
     r.add_argument("--device", default="auto")
     r.add_argument("--dtype", default="auto")
     r.add_argument(

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# RULER on the device machine, after benchmarks/gpu_setup.sh (stage 1 and 2) on the same warm machine.
+# RULER on the device machine, after benchmarks/gpu_setup.sh (stage 1 and 2; for the phase gemma, its
+# five gemma stages instead) on the same warm machine.
 #   bash benchmarks/run_ruler_gpu.sh <phase> <data dir> <out dir>
 # Each phase runs its modes side by side (ruler.py run --workers: processes sharing the GPU, since a
 # 135M model's long-context run is bound by kernel launches) and writes predictions as it goes.
@@ -50,6 +51,25 @@ case "$phase" in
     ;;
   million)
     $R --modes reattention,streaming --lengths 1048576 --workers 5 --out "$out/million.jsonl" > "$out/million.log" 2>&1
+    ;;
+  gemma)  # Gemma-3-270M (issue 15; after gpu_setup.sh gemma): stock in its 32K window at 8K/16K (and 2K/4K,
+    # where it may still read needles), ReAttention and streaming at 64K/128K, ReAttention at 1M;
+    # samples from $data/gemma3.
+    # PARTS picks groups (default all four, side by side): stock re st million. Each group stops after
+    # LIMIT_S seconds (default 540, inside the device's 600 s per command) and keeps what it finished.
+    G="timeout ${LIMIT_S:-540} $R --model gemma-3-270m"
+    for p in ${PARTS:-stock re st million}; do
+      case $p in
+        stock) $G --modes stock --lengths 2048,4096,8192,16384 --workers 3 --out "$out/gemma.jsonl" > "$out/gemma_stock.log" 2>&1 & ;;
+        re) $G --modes reattention --lengths 65536,131072 --workers 6 --out "$out/gemma.jsonl" > "$out/gemma_re.log" 2>&1 & ;;
+        st) $G --modes streaming --lengths 65536,131072 --workers 4 --out "$out/gemma.jsonl" > "$out/gemma_st.log" 2>&1 & ;;
+        million) if [ -f "$data/gemma3/niah_single_2_1048576.jsonl.xz" ]; then
+            $G --modes reattention --lengths 1048576 --workers 5 --out "$out/gemma.jsonl" > "$out/gemma_1m.log" 2>&1 &
+          else echo "no $data/gemma3/niah_single_2_1048576.jsonl.xz: 1M skipped"; fi ;;
+        *) echo "unknown part $p"; exit 2 ;;
+      esac
+    done
+    wait
     ;;
   *) echo "unknown phase $phase"; exit 2 ;;
 esac
