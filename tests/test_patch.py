@@ -59,7 +59,7 @@ def test_gather_path_covering_every_middle_token_reproduces_sdpa(monkeypatch):
     cfg = ReAttentionConfig(global_size=4, local_size=48, span_size=1, max_spans=76, top_k=32, chunk_size=48)
     calls = []
     real = attention_mod.rank_centres
-    monkeypatch.setattr(attention_mod, "rank_centres", lambda *a: calls.append(a[1]) or real(*a))
+    monkeypatch.setattr(attention_mod, "rank_centres", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
     with torch.no_grad(), patch(model, cfg):
         # one chunk: every query sees the whole middle selected, so scope == all keys in order
         cache = ReAttentionCache(2)
