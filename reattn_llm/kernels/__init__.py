@@ -1,6 +1,7 @@
 """Kernels behind ReAttention's two hot spots, with a dispatch between Triton and torch.
 
 ``score_topk`` scores every middle key against every query of a chunk and keeps the top-k;
+``select_scope`` pools the hits into ranked span centres and builds the chunk's scope from them;
 ``scope_attention`` attends over the gathered, re-positioned scope. Each has a Triton
 implementation (CUDA) and a torch twin of identical signature (CPU, and the reference).
 The choice is ``ReAttentionConfig.backend``: ``"auto"`` (Triton on CUDA when importable,
@@ -11,15 +12,18 @@ from __future__ import annotations
 
 import torch
 
-from .torch_ops import scope_attention_torch, score_topk_torch
+from .torch_ops import SelectedScope, scope_attention_torch, score_topk_torch, select_scope_torch
 
 __all__ = [
     "MAX_TOP_K",
+    "SelectedScope",
     "resolve_backend",
     "scope_attention",
     "scope_attention_torch",
     "score_topk",
     "score_topk_torch",
+    "select_scope",
+    "select_scope_torch",
 ]
 
 #: The most hits per query that every backend keeps (the Triton top-k kernel's limit,
@@ -73,3 +77,25 @@ def scope_attention(
 
         return scope_attention_triton(q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling)
     return scope_attention_torch(q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling)
+
+
+def select_scope(
+    hits: torch.Tensor,
+    pinned: torch.Tensor | None,
+    middle_len: int,
+    n_spans: int,
+    span_size: int,
+    global_size: int,
+    local_size: int,
+    total: int,
+    q_len: int,
+    by_rank: bool = False,
+    backend: str = "torch",
+) -> SelectedScope:
+    """Dispatch for :func:`select_scope_torch` (same signature, ``backend`` already resolved)."""
+    args = (hits, pinned, middle_len, n_spans, span_size, global_size, local_size, total, q_len, by_rank)
+    if backend == "triton":
+        from .triton_select import select_scope_triton
+
+        return select_scope_triton(*args)
+    return select_scope_torch(*args)

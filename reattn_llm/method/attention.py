@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..kernels import resolve_backend, scope_attention
+from ..kernels import resolve_backend, scope_attention, select_scope
 from ..kv.cache import layer_reader
 from ..kv.layer import KVReader
 from .config import ReAttentionConfig, chunk_bounds
@@ -69,23 +69,60 @@ def decode_pins(cfg: ReAttentionConfig, kv: KVReader) -> torch.Tensor | None:
     return kv.pinned if cfg.decode_spans == "question" else kv.pinned[:, : cfg.max_spans // 2]  # type: ignore[operator]
 
 
+#: Backends whose span selection runs fused (:func:`~reattn_llm.kernels.select_scope`: votes,
+#: ranking, spans and scope in one kernel, nothing of size M); the others run the readable ops of
+#: :mod:`.selection`. Both give the same scope. ``decode_spans="running"`` (carried votes) stays unfused.
+FUSED_SELECT: tuple[str, ...] = ("triton",)
+
+
+def _pins(cfg: ReAttentionConfig, kv: KVReader, qc: int) -> tuple[torch.Tensor | None, bool]:
+    """``(pins, union)``: the centres a ``qc``-query forward keeps before its own hits, and whether
+    it is a ``decode_spans="union"`` decode step (ties of votes then go to the best-ranked hit)."""
+    union = qc == 1 and cfg.decode_spans == "union" and kv.pinned is not None
+    return ((kv.pinned if union else decode_pins(cfg, kv)) if qc == 1 else None), union
+
+
+def _remember(kv: KVReader, ranked: torch.Tensor, votes: torch.Tensor, m: int) -> None:
+    """Keep a forward's centres by rank (``[B, n]``, ``m`` = empty) and their votes in the layer;
+    empty slots stay empty as the middle grows."""
+    kv.pinned = torch.where(ranked < m, ranked, torch.full_like(ranked, _NEVER))
+    kv.pinned_votes = votes
+
+
 def _select(
     cfg: ReAttentionConfig, kv: KVReader, hits: torch.Tensor, m: int, qc: int, n_spans: int
 ) -> torch.Tensor:
     """Rank the hits into at most ``n_spans`` centres ``[B, n]`` (by rank), with what the layer
     remembers of the question (``kv.pinned`` / ``kv.pinned_votes``) per ``decode_spans``."""
     running = cfg.decode_spans == "running"
-    union = qc == 1 and cfg.decode_spans == "union" and kv.pinned is not None
     carried = None
     if qc == 1 and running and kv.pinned is not None:
         carried = (kv.pinned, kv.pinned_votes)
-    pins = (kv.pinned if union else decode_pins(cfg, kv)) if qc == 1 else None
+    pins, union = _pins(cfg, kv, qc)
     keep = n_spans * (2 if running else 1)
     ranked, votes = rank_centres(hits, m, keep, pins, carried, by_rank=union)
-    if qc > 1 or running:  # remembered by rank; empty slots stay empty as the middle grows
-        kv.pinned = torch.where(ranked < m, ranked, torch.full_like(ranked, _NEVER))
-        kv.pinned_votes = votes
+    if qc > 1 or running:
+        _remember(kv, ranked, votes, m)
     return ranked[:, :n_spans]
+
+
+def _fused_scope(
+    cfg: ReAttentionConfig,
+    kv: KVReader,
+    hits: torch.Tensor,
+    sizes: tuple[int, int, int, int],
+    qc: int,
+    backend: str,
+) -> Scope:
+    """:func:`_select` + sort + ``expand_spans`` + ``build_scope`` in one fused selection;
+    ``sizes``: ``(M, n_spans, local, total)``. Not for ``decode_spans="running"``."""
+    m, n_spans, loc, total = sizes
+    pins, union = _pins(cfg, kv, qc)
+    g, span = cfg.global_size, cfg.span_size
+    r = select_scope(hits, pins, m, n_spans, span, g, loc, total, qc, by_rank=union, backend=backend)  # type: ignore[arg-type]
+    if qc > 1:
+        _remember(kv, r.centres, r.votes, m)
+    return Scope(r.gather_idx, r.key_pos, r.q_pos, r.middle, r.middle_valid)
 
 
 def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, backend: str) -> Scope:
@@ -116,6 +153,8 @@ def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, bac
             )  # type: ignore[arg-type]
         else:
             hits = kv.score_middle(qs, g, g + m, cfg.top_k, backend)  # type: ignore[arg-type]
+        if backend in FUSED_SELECT and cfg.decode_spans != "running":
+            return _fused_scope(cfg, kv, hits, (m, n_spans, loc, total), qc, backend)  # type: ignore[arg-type]
         centres = _select(cfg, kv, hits, m, qc, n_spans).sort(dim=1).values
         sel, valid = expand_spans(centres, m, cfg.span_size)  # type: ignore[arg-type]
     scope = build_scope(sel, valid, total, qc, g, loc, b, q.device)  # type: ignore[arg-type]

@@ -1,0 +1,225 @@
+"""Fused span selection in Triton (twin: :func:`~reattn_llm.kernels.torch_ops.select_scope_torch`).
+
+From one chunk's top-k hits to its scope in one launch, one program per batch row, no host
+sync and nothing of size ``M``:
+
+1. **Votes among the hits.** The ``C = H*Q*k`` hits and the ``P`` pinned centres are packed as
+   ``position * (k+1) + rank`` (a pin's rank is ``k``), held in registers and sorted; a run of
+   one position is one candidate centre. Its votes (1 per hit, ``H*Q*k + 1`` per pin) are a
+   prefix-sum difference, its best rank the rank at its head (the run is sorted by rank).
+2. **Ranking.** Each run's tail gets the order key of ``method.selection.rank_centres``
+   (votes, then ``k - best rank`` with ``by_rank``, then the earlier position); a descending sort
+   puts the ``n = min(n_spans, M)`` centres first.
+3. **Spans and scope.** The centres sorted by position, each span cut at 0 and M and started no
+   earlier than the previous spans' end (a running max), its kept length prefix-summed; the
+   output loop then writes ``gather_idx`` / ``key_pos`` (global, spans, local) and ``q_pos``
+   directly, positions counted from those lengths instead of a cumulative sum over the mask.
+
+More than :data:`MAX_FUSED` hits and pins (large prefill chunks) do not fit one program's
+registers: they are ranked by the twin's sort-based :func:`rank_hits_torch` (still ``O(C)``),
+and the kernel does step 3 from the given centres.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._triton_utils import check_device, next_pow2
+from .torch_ops import SelectedScope, rank_hits_torch
+
+__all__ = ["MAX_FUSED", "select_scope_triton"]
+
+#: The most hits + pinned centres ranked inside the kernel (one program's registers); decode
+#: steps always fit (``H * k + P``), larger prefill chunks are ranked by :func:`rank_hits_torch`.
+MAX_FUSED = 4096
+#: Output entries written per loop step.
+_BLOCK_OUT = 1024
+
+
+@triton.jit
+def _max(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _select_scope_kernel(
+    hits_ptr,
+    pin_ptr,
+    cen_ptr,
+    votes_ptr,
+    idx_ptr,
+    kpos_ptr,
+    qpos_ptr,
+    mid_ptr,
+    valid_ptr,
+    C_HITS,
+    P,
+    M,
+    NK,
+    G,
+    L,
+    T,
+    Q,
+    stride_hb,
+    stride_pb,
+    K: tl.constexpr,
+    SPAN: tl.constexpr,
+    CB: tl.constexpr,
+    BLOCK_OUT: tl.constexpr,
+    BY_RANK: tl.constexpr,
+    RANKED: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    i = tl.arange(0, CB).to(tl.int64)
+    if RANKED:  # centres given (ranked outside): [B, NK]
+        cen = tl.load(cen_ptr + b * NK + i, mask=i < NK, other=M)
+    else:
+        is_hit = i < C_HITS
+        is_pin = (i >= C_HITS) & (i < C_HITS + P)
+        hp = tl.load(hits_ptr + b * stride_hb + i, mask=is_hit, other=0)
+        pp = tl.load(pin_ptr + b * stride_pb + (i - C_HITS), mask=is_pin, other=0)
+        pos = tl.where(is_hit, hp, tl.where(is_pin, tl.minimum(pp, M), M))  # M: ignored
+        rank = tl.where(is_hit, i % K, K)
+        key = tl.sort(pos * (K + 1) + rank)
+        pos = key // (K + 1)
+        rank = key % (K + 1)
+        weight = tl.where(rank < K, 1, C_HITS + 1).to(tl.int64)
+        head = (i == 0) | (pos != tl.gather(pos, tl.maximum(i - 1, 0), 0))
+        tail = (i == CB - 1) | (pos != tl.gather(pos, tl.minimum(i + 1, CB - 1), 0))
+        cum = tl.cumsum(weight, 0)
+        votes = cum - tl.associative_scan(tl.where(head, cum - weight, 0), 0, _max)  # run sum at its tail
+        if BY_RANK:
+            best = tl.gather(rank, tl.associative_scan(tl.where(head, i, 0), 0, _max), 0)
+            primary = votes * (K + 1) + (K - best)
+        else:
+            primary = votes
+        order = tl.where(tail & (pos < M), primary * M + (M - 1 - pos), -1)
+        order = tl.sort(order, descending=True)
+        live = (order >= 0) & (i < NK)
+        cen = tl.where(live, M - 1 - order % M, M)
+        if BY_RANK:
+            cvotes = order // M // (K + 1)
+        else:
+            cvotes = order // M
+        tl.store(cen_ptr + b * NK + i, cen, mask=i < NK)
+        tl.store(votes_ptr + b * NK + i, tl.where(live, cvotes, 0), mask=i < NK)
+    # spans of the centres in position order (empties, M, last)
+    c = tl.sort(cen)
+    live = c < M
+    start = tl.where(live, tl.maximum(c - SPAN // 2, 0), M)
+    end = tl.where(live, tl.minimum(c - SPAN // 2 + SPAN, M), M)
+    prev_end = tl.where(i == 0, 0, tl.gather(tl.associative_scan(end, 0, _max), tl.maximum(i - 1, 0), 0))
+    eff = tl.maximum(start, prev_end)
+    length = tl.maximum(end - eff, 0)
+    before = tl.cumsum(length, 0) - length
+    n_mid = tl.sum(length, 0)
+    S = NK * SPAN
+    N = G + S + L
+    for j0 in range(0, N, BLOCK_OUT):
+        j = j0 + tl.arange(0, BLOCK_OUT).to(tl.int64)
+        in_mid = (j >= G) & (j < G + S)
+        jm = tl.where(in_mid, j - G, 0)
+        ci = jm // SPAN
+        st = tl.gather(start, ci, 0)
+        ef = tl.gather(eff, ci, 0)
+        cand = st + jm % SPAN
+        ok = (cand >= ef) & (cand < tl.gather(end, ci, 0))
+        mid = tl.minimum(cand, M - 1) + G
+        mid_pos = tl.where(ok, G + tl.gather(before, ci, 0) + cand - ef, -1)
+        jl = j - G - S
+        idx = tl.where(j < G, j, tl.where(in_mid, mid, T - L + jl))
+        kp = tl.where(j < G, j, tl.where(in_mid, mid_pos, G + n_mid + jl))
+        tl.store(idx_ptr + b * N + j, idx, mask=j < N)
+        tl.store(kpos_ptr + b * N + j, kp, mask=j < N)
+        tl.store(mid_ptr + b * S + jm, mid, mask=in_mid)
+        tl.store(valid_ptr + b * S + jm, ok, mask=in_mid)
+    for q0 in range(0, Q, BLOCK_OUT):
+        qi = q0 + tl.arange(0, BLOCK_OUT).to(tl.int64)
+        tl.store(qpos_ptr + b * Q + qi, G + n_mid + L - Q + qi, mask=qi < Q)
+
+
+def select_scope_triton(
+    hits: torch.Tensor,
+    pinned: torch.Tensor | None,
+    middle_len: int,
+    n_spans: int,
+    span_size: int,
+    global_size: int,
+    local_size: int,
+    total: int,
+    q_len: int,
+    by_rank: bool = False,
+) -> SelectedScope:
+    """Triton twin of :func:`~reattn_llm.kernels.torch_ops.select_scope_torch` (same arguments,
+    same result, exactly): ``hits [B, H, Q, k]`` int64, ``pinned [B, P]`` int64 or None."""
+    name = "select_scope_triton"
+    if hits.dtype != torch.int64 or hits.dim() < 2:
+        raise ValueError(f"{name}: hits must be int64 [B, H, Q, k], got {hits.dtype} {tuple(hits.shape)}")
+    if pinned is not None and (
+        pinned.dtype != torch.int64 or pinned.dim() != 2 or pinned.shape[0] != hits.shape[0]
+    ):
+        raise ValueError(f"{name}: pinned must be int64 [B, P], got {pinned.dtype} {tuple(pinned.shape)}")
+    check_device(name, hits, *([pinned] if pinned is not None else []))
+    m, g, loc = middle_len, global_size, local_size
+    if min(m, n_spans, span_size, q_len) < 1 or min(g, loc) < 0 or total != g + m + loc or q_len > total:
+        raise ValueError(
+            f"{name}: need M, n_spans, span_size, q_len >= 1 and total = G + M + L >= q_len, got M={m}, "
+            f"n_spans={n_spans}, span_size={span_size}, G={g}, L={loc}, total={total}, q_len={q_len}"
+        )
+    b, k = hits.shape[0], hits.shape[-1]
+    flat = hits.reshape(b, -1)
+    if flat.shape[1] > 1 and flat.stride(1) != 1:
+        flat = flat.contiguous()
+    c_hits = flat.shape[1]
+    pins = pinned if pinned is not None and pinned.shape[1] else None
+    if pins is not None and pins.shape[1] > 1 and pins.stride(1) != 1:
+        pins = pins.contiguous()
+    n_pins = pins.shape[1] if pins is not None else 0
+    nk = min(n_spans, m)
+    s = nk * span_size
+    n = g + s + loc
+    dev = hits.device
+    ranked = c_hits + n_pins > MAX_FUSED
+    if ranked:
+        cen, votes = rank_hits_torch(hits, pins, m, nk, by_rank)
+        cb = next_pow2(max(nk, 2))
+    else:
+        cen = torch.empty(b, nk, dtype=torch.int64, device=dev)
+        votes = torch.empty(b, nk, dtype=torch.int64, device=dev)
+        cb = next_pow2(max(c_hits + n_pins, nk, 2))
+    idx = torch.empty(b, n, dtype=torch.int64, device=dev)
+    key_pos = torch.empty(b, n, dtype=torch.int64, device=dev)
+    q_pos = torch.empty(b, q_len, dtype=torch.int64, device=dev)
+    middle = torch.empty(b, s, dtype=torch.int64, device=dev)
+    valid = torch.empty(b, s, dtype=torch.bool, device=dev)
+    _select_scope_kernel[(b,)](
+        flat,
+        pins if pins is not None else flat,
+        cen,
+        votes,
+        idx,
+        key_pos,
+        q_pos,
+        middle,
+        valid,
+        c_hits,
+        n_pins,
+        m,
+        nk,
+        g,
+        loc,
+        total,
+        q_len,
+        flat.stride(0),
+        pins.stride(0) if pins is not None else 0,
+        K=k,
+        SPAN=span_size,
+        CB=cb,
+        BLOCK_OUT=_BLOCK_OUT,
+        BY_RANK=bool(by_rank),
+        RANKED=ranked,
+        num_warps=max(4, min(16, cb // 256)),
+    )
+    return SelectedScope(idx, key_pos, q_pos, middle, valid, cen, votes)
