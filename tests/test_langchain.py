@@ -445,3 +445,23 @@ def test_model_kwargs_reach_from_pretrained(small_config, shared_engine):
     # a revision names the model on results (and in saved prefixes), so two revisions never mix
     assert str(ModelSpec("org/model", {"revision": "v2"})) == "org/model@v2"
     assert ModelSpec("org/model", {"revision": "v2"}) != ModelSpec("org/model", {"revision": "v3"})
+
+
+def test_a_batch_with_a_prompt_that_cannot_fit_fails_before_any_answer(
+    small_config, shared_engine, monkeypatch
+):
+    """Every prompt of a batch is checked before the first is answered: a prompt over the cap fails
+    the batch at once, not after the answers before it were computed and thrown away."""
+    llm = ReAttentionLLM(config=small_config, max_input_tokens=40, max_tokens=4, progress=False)
+    monkeypatch.setattr(
+        shared_engine, "prefill", lambda *a, **k: pytest.fail("no prefill for a failing batch")
+    )
+    prompts = ["Say hello.", " ".join(FILLER_PAGES[0])]
+    for call in (
+        lambda: llm.generate(prompts),
+        lambda: llm.batch(prompts),
+        lambda: asyncio.run(llm.agenerate(prompts)),
+    ):
+        with pytest.raises(ContextTooLongError, match="max_input_tokens cap of 40"):
+            call()
+    assert shared_engine._lock.waiting == 0

@@ -158,8 +158,8 @@ def test_query_engine_answers_from_a_long_document_in_one_call(planted_query, pl
     assert len(debug.get_event_pairs(CBEventType.LLM)) == 1
     assert response.metadata["prompt_tokens"] > small_config.window  # longer than the (shrunk) window
     assert response.metadata["max_position"] < small_config.window
-    (messages,) = calls
-    assert load_document(planted_pdf).text in messages[-1]["content"]  # the whole document, untruncated
+    (prompt,) = calls  # the prompt as the engine reads it (chat template applied, tokenized once)
+    assert load_document(planted_pdf).text in prompt.text  # the whole document, untruncated
     assert response.metadata["source"] == str(planted_pdf)
     for node in response.source_nodes:  # citations, when the engine names any, point into the document
         assert node.node.metadata["page"] in range(1, 6) or node.node.metadata["page"] is None

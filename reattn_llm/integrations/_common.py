@@ -15,15 +15,18 @@ import warnings
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from pydantic import BaseModel, field_validator, model_validator
+
 from ..errors import ConfigError
 from ..method.config import ReAttentionConfig
 from ..runtime.citations import NOT_RECORDED, cited_pages
 from ..runtime.engine import Engine
 from ..runtime.model_spec import ModelSpec
 from ..runtime.models import DEFAULT_MODEL, is_default
+from ..runtime.prompts import QuestionStart
 from ..runtime.registry import WRAPPER_SETTINGS, shared_engine
 from ..runtime.sampling import SamplingParams
-from ..runtime.stream import Completion
+from ..runtime.stream import Completion, Stream
 from ..runtime.structured import from_response_format
 
 Prompt = str | list[dict[str, str]]
@@ -162,6 +165,34 @@ def check_model(value: Any) -> Any:
     )
 
 
+class WrapperChecks(BaseModel):
+    """The constructor checks of both wrappers (a pydantic base of no fields of its own): unknown
+    keyword arguments are refused with the nearest valid name, ``model`` / ``tokenizer`` /
+    ``model_kwargs`` combinations are checked (cheaply: nothing is loaded), and ``config`` may be
+    a dict of :class:`ReAttentionConfig` fields."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_names(cls, data: Any) -> Any:
+        check_constructor_kwargs(cls, data, also={"callback_manager"})  # LangChain's deprecated name
+        return data
+
+    @model_validator(mode="after")
+    def _check_model_spec(self) -> Any:
+        model_spec(self.model, self.tokenizer, self.model_kwargs)  # type: ignore[attr-defined]
+        return self
+
+    @field_validator("model", mode="before", check_fields=False)
+    @classmethod
+    def _check_model(cls, value: Any) -> Any:
+        return check_model(value)
+
+    @field_validator("config", mode="before", check_fields=False)
+    @classmethod
+    def _check_config(cls, value: Any) -> ReAttentionConfig | None:
+        return coerce_config(value)
+
+
 #: Raw PDF syntax: the header, and object / stream markers (``12 0 obj``, ``endobj``, ``endstream``).
 _PDF_HEADER = re.compile(r"%PDF-\d\.\d")
 _PDF_OBJECTS = re.compile(r"\b\d+ \d+ obj\b|\bendobj\b|\bendstream\b")
@@ -254,6 +285,24 @@ def call_params(
         **from_response_format(kwargs.get("response_format")),  # JSON schema / JSON object constraint
     )
     return params, bool(kwargs.get("cite", wrapper.cite))
+
+
+def start_stream(
+    engine: Engine,
+    prompt: Prompt,
+    params: SamplingParams,
+    *,
+    chat: bool,
+    cite: bool,
+    question_start: QuestionStart = "auto",
+) -> Stream:
+    """One call's engine stream, its prompt checked now, before any model work: a warning when it
+    holds a PDF's raw bytes, then tokenized once and refused (``ContextTooLongError``,
+    ``ValueError``) when it cannot fit (:meth:`Engine.prepare`)."""
+    text = prompt if isinstance(prompt, str) else "\n".join(str(m.get("content", "")) for m in prompt)
+    warn_if_raw_pdf(text, "The prompt")
+    encoded = engine.prepare(prompt, params, chat=chat, question_start=question_start)
+    return engine.generate(encoded, params, cite_sources=cite)
 
 
 def completion_metadata(c: Completion, *, cite: bool) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import LangSmithParams
 from langchain_core.messages.ai import UsageMetadata
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from ...method.config import ReAttentionConfig
 from ...runtime.capacity import Capacity
@@ -22,15 +22,12 @@ from ...runtime.stream import Completion, Stream
 from .._common import (
     SAMPLING_KWARGS,
     Prompt,
+    WrapperChecks,
     call_params,
     check_call_kwargs,
-    check_constructor_kwargs,
-    check_model,
-    coerce_config,
     config_dict,
     model_name,
-    model_spec,
-    warn_if_raw_pdf,
+    start_stream,
     wrapper_engine,
 )
 
@@ -120,7 +117,7 @@ class LazyProfile(dict):  # type: ignore[type-arg]
         return (dict, (self.copy(),))
 
 
-class ReAttentionBase(BaseModel):
+class ReAttentionBase(WrapperChecks):
     """Fields, engine plumbing and streaming shared by the LangChain LLM and chat model.
 
     A subclass says how an answer's text becomes a chunk (:meth:`_delta_chunk`) and what the last
@@ -174,27 +171,6 @@ class ReAttentionBase(BaseModel):
     set as ``max_input_tokens=``. None: the capacity of this device is the only limit."""
 
     _engines: dict[str | None, Engine] = PrivateAttr(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _check_names(cls, data: Any) -> Any:
-        check_constructor_kwargs(cls, data, also={"callback_manager"})  # LangChain's deprecated name
-        return data
-
-    @model_validator(mode="after")
-    def _check_model_spec(self) -> ReAttentionBase:
-        model_spec(self.model, self.tokenizer, self.model_kwargs)  # bad combinations fail here, cheaply
-        return self
-
-    @field_validator("model", mode="before")
-    @classmethod
-    def _check_model(cls, value: Any) -> Any:
-        return check_model(value)
-
-    @field_validator("config", mode="before")
-    @classmethod
-    def _check_config(cls, value: Any) -> ReAttentionConfig | None:
-        return coerce_config(value)
 
     # -- engine ----------------------------------------------------------------------------------
     @property
@@ -266,15 +242,14 @@ class ReAttentionBase(BaseModel):
     def _start(
         self, prompt: Prompt, stop: list[str] | None, kwargs: dict[str, Any], *, chat: bool
     ) -> tuple[Stream, bool]:
-        """The engine stream of one call and its citation switch (call kwargs win over fields)."""
+        """The engine stream of one call and its citation switch (call kwargs win over fields); the
+        prompt is tokenized and checked now (:func:`start_stream`). The async entry points call
+        this in a worker thread."""
         kwargs = {k: v for k, v in kwargs.items() if k != "stream"}
         check_call_kwargs(type(self).__name__, kwargs, SAMPLING_KWARGS | {"model", "stop"})
         params, cite = call_params(self, kwargs, stop)
         engine = self._engine_for(kwargs.get("model"))
-        warn_if_raw_pdf(
-            prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt), "The prompt"
-        )
-        return engine.generate(prompt, params, chat=chat, cite_sources=cite), cite
+        return start_stream(engine, prompt, params, chat=chat, cite=cite), cite
 
     def _delta_chunk(self, delta: str) -> Any:
         raise NotImplementedError

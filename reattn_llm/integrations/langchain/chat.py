@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -175,7 +176,9 @@ class ChatReAttention(ReAttentionBase, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        stream, cite = self._start(to_chat_messages(messages), stop, kwargs, chat=True)
+        stream, cite = await asyncio.to_thread(
+            self._start, to_chat_messages(messages), stop, kwargs, chat=True
+        )
         return self._result(await stream.acomplete(), cite)
 
     def _stream(
@@ -196,6 +199,8 @@ class ChatReAttention(ReAttentionBase, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        stream, cite = self._start(to_chat_messages(messages), stop, kwargs, chat=True)
+        stream, cite = await asyncio.to_thread(
+            self._start, to_chat_messages(messages), stop, kwargs, chat=True
+        )
         async for chunk in self._achunks(stream, cite, run_manager):
             yield chunk

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -73,6 +74,11 @@ class ReAttentionLLM(ReAttentionBase, BaseLLM):
         )
 
     # -- LangChain's four entry points, each on one engine stream per prompt -----------------------
+    def _starts(self, prompts: list[str], stop: list[str] | None, kwargs: dict[str, Any]) -> list[Any]:
+        """The streams of a batch, every prompt checked before the first is answered (a prompt
+        that cannot fit fails the batch before any work, rather than after the others' answers)."""
+        return [self._start(prompt, stop, kwargs, chat=self.chat_template) for prompt in prompts]
+
     def _generate(
         self,
         prompts: list[str],
@@ -80,11 +86,8 @@ class ReAttentionLLM(ReAttentionBase, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        completions, cite = [], False
-        for prompt in prompts:
-            stream, cite = self._start(prompt, stop, kwargs, chat=self.chat_template)
-            completions.append(stream.complete())
-        return self._result(completions, cite)
+        starts = self._starts(prompts, stop, kwargs)
+        return self._result([stream.complete() for stream, _ in starts], any(c for _, c in starts))
 
     async def _agenerate(
         self,
@@ -93,11 +96,8 @@ class ReAttentionLLM(ReAttentionBase, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        completions, cite = [], False
-        for prompt in prompts:
-            stream, cite = self._start(prompt, stop, kwargs, chat=self.chat_template)
-            completions.append(await stream.acomplete())
-        return self._result(completions, cite)
+        starts = await asyncio.to_thread(self._starts, prompts, stop, kwargs)
+        return self._result([await stream.acomplete() for stream, _ in starts], any(c for _, c in starts))
 
     def _stream(
         self,
@@ -115,6 +115,6 @@ class ReAttentionLLM(ReAttentionBase, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
-        stream, cite = self._start(prompt, stop, kwargs, chat=self.chat_template)
+        stream, cite = await asyncio.to_thread(self._start, prompt, stop, kwargs, chat=self.chat_template)
         async for chunk in self._achunks(stream, cite, run_manager):
             yield chunk

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.llms import CustomLLM
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.llm import default_completion_to_prompt
-from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from ...errors import ContextTooLongError
 from ...method.config import ReAttentionConfig
@@ -32,16 +33,13 @@ from ...runtime.stream import Completion, Stream
 from .._common import (
     SAMPLING_KWARGS,
     Prompt,
+    WrapperChecks,
     call_params,
     check_call_kwargs,
-    check_constructor_kwargs,
-    check_model,
-    coerce_config,
     completion_metadata,
     model_name,
-    model_spec,
+    start_stream,
     token_usage,
-    warn_if_raw_pdf,
     wrapper_engine,
 )
 
@@ -67,7 +65,7 @@ def message_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
     return out
 
 
-class ReAttentionLlamaLLM(CustomLLM):
+class ReAttentionLlamaLLM(CustomLLM, WrapperChecks):
     """A local Hugging Face model that reads whole documents, as a LlamaIndex LLM.
 
     Shares its engine (and weights, loaded lazily on the first call) with every other wrapper
@@ -115,27 +113,6 @@ class ReAttentionLlamaLLM(CustomLLM):
     )
 
     _engine: Engine | None = PrivateAttr(default=None)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _check_names(cls, data: Any) -> Any:
-        check_constructor_kwargs(cls, data)
-        return data
-
-    @model_validator(mode="after")
-    def _check_model_spec(self) -> ReAttentionLlamaLLM:
-        model_spec(self.model, self.tokenizer, self.model_kwargs)  # bad combinations fail here, cheaply
-        return self
-
-    @field_validator("model", mode="before")
-    @classmethod
-    def _check_model(cls, value: Any) -> Any:
-        return check_model(value)
-
-    @field_validator("config", mode="before")
-    @classmethod
-    def _check_config(cls, value: Any) -> ReAttentionConfig | None:
-        return coerce_config(value)
 
     @classmethod
     def class_name(cls) -> str:
@@ -190,15 +167,12 @@ class ReAttentionLlamaLLM(CustomLLM):
     # -- one call: one stream --------------------------------------------------------------------
     def _start(self, prompt: Prompt, chat: bool, kwargs: dict[str, Any]) -> tuple[Stream, bool]:
         """The engine stream of one call and its citation switch (call kwargs win over fields;
-        ``question_start``: where the question begins, see :meth:`Engine.generate`)."""
+        ``question_start``: where the question begins, see :meth:`Engine.generate`); the prompt is
+        tokenized and checked now (:func:`start_stream`), in a worker thread for the async calls."""
         check_call_kwargs("ReAttentionLlamaLLM", kwargs, SAMPLING_KWARGS | {"stop", "question_start"})
         params, cite = call_params(self, kwargs, kwargs.get("stop") or None)
-        warn_if_raw_pdf(
-            prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt), "The prompt"
-        )
         question = kwargs.get("question_start", "auto")
-        stream = self.engine.generate(prompt, params, chat=chat, cite_sources=cite, question_start=question)
-        return stream, cite
+        return start_stream(self.engine, prompt, params, chat=chat, cite=cite, question_start=question), cite
 
     def _completion_prompt(self, prompt: str, formatted: bool) -> tuple[Prompt, bool]:
         """What the engine reads for ``complete(prompt)``, and whether to apply the chat template."""
@@ -266,14 +240,17 @@ class ReAttentionLlamaLLM(CustomLLM):
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        stream, cite = self._start(*self._completion_prompt(prompt, formatted), kwargs)
+        stream, cite = await asyncio.to_thread(
+            self._start, *self._completion_prompt(prompt, formatted), kwargs
+        )
         return self._final(await stream.acomplete(), cite)
 
     @llm_completion_callback()
     async def astream_complete(
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseAsyncGen:
-        return self._aresponses(*self._start(*self._completion_prompt(prompt, formatted), kwargs))
+        start = await asyncio.to_thread(self._start, *self._completion_prompt(prompt, formatted), kwargs)
+        return self._aresponses(*start)
 
     # -- chat ------------------------------------------------------------------------------------
     @llm_chat_callback()
@@ -288,12 +265,13 @@ class ReAttentionLlamaLLM(CustomLLM):
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        stream, cite = self._start(self._chat_prompt(messages), True, kwargs)
+        stream, cite = await asyncio.to_thread(self._start, self._chat_prompt(messages), True, kwargs)
         return self._to_chat(self._final(await stream.acomplete(), cite))
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        responses = self._aresponses(*self._start(self._chat_prompt(messages), True, kwargs))
+        start = await asyncio.to_thread(self._start, self._chat_prompt(messages), True, kwargs)
+        responses = self._aresponses(*start)
 
         async def gen() -> ChatResponseAsyncGen:
             try:
