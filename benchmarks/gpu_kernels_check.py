@@ -8,6 +8,9 @@ Run on a CUDA machine: ``python benchmarks/gpu_kernels_check.py [--json out.json
   true hits in one 128-key block.
 * attention: relative error vs an fp64 reference <= 2x the torch twin's error at the same
   precision; every output element written (the output is never pre-zeroed; finite check).
+* selection: the fused span selection equals, exactly, its torch twin and ``method.selection``'s
+  ops (rank_centres, sort, expand_spans, build_scope), decode and prefill chunks, ranked inside
+  the kernel and outside it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 
 from reattn_llm.kernels.torch_ops import scope_attention_torch, score_topk_torch
 from reattn_llm.kernels.triton_attention import scope_attention_triton
+from reattn_llm.kernels.triton_select import MAX_FUSED, select_scope_triton
 from reattn_llm.kernels.triton_topk import score_topk_triton
 
 torch.backends.cuda.matmul.allow_tf32 = False
@@ -132,6 +136,34 @@ def attn_case(B, H, Hkv, Q, T, N, D, dtype, seed=0):
     return {"err_kernel": e_k, "err_twin": e_t}
 
 
+def select_case(B, H, Q, k, M, P, n_spans, span, G, L, by_rank, spread=None, seed=0):
+    """Fused selection == torch twin == method.selection, every output, exactly."""
+    from reattn_llm.kernels.torch_ops import select_scope_torch
+    from reattn_llm.method.selection import build_scope, expand_spans, rank_centres
+
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    hits = torch.randint(0, spread or M, (B, H, Q, k), device=DEV, generator=g)  # small spread: ties
+    pinned = None
+    if P:
+        pinned = torch.randint(0, M, (B, P), device=DEV, generator=g)
+        pinned[:, 0] = 1 << 62  # an empty slot
+        pinned[:, -1] = hits[:, 0, 0, 0]  # a pin that is also a hit
+    total = G + M + L
+    args = (hits, pinned, M, n_spans, span, G, L, total, Q, by_rank)
+    got = select_scope_triton(*args)
+    ranked, votes = rank_centres(hits, M, n_spans, pinned, None, by_rank=by_rank)
+    sel, valid = expand_spans(ranked[:, :n_spans].sort(dim=1).values, M, span)
+    s = build_scope(sel, valid, total, Q, G, L, B, hits.device)
+    want = (s.gather_idx, s.key_pos, s.q_pos, s.middle, s.middle_valid, ranked, votes)
+    for name, a, b, t in zip(got._fields, got, want, select_scope_torch(*args), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype, (
+            f"{name}: {a.shape} {a.dtype} vs {b.shape} {b.dtype}"
+        )
+        assert torch.equal(a, b), f"{name} differs from method.selection"
+        assert torch.equal(a, t), f"{name} differs from the torch twin"
+    return {"in_kernel": H * Q * k + P <= MAX_FUSED, "kept": int(got.middle_valid.sum())}
+
+
 CASES = {
     "topk prefill 2048x131071 H32/8 d128 bf16": lambda: topk_case(1, 32, 8, 2048, 131071, 128, 4, BF16),
     "topk prefill 1024x65537 H32/8 d128 fp16 k1": lambda: topk_case(1, 32, 8, 1024, 65537, 128, 1, F16),
@@ -149,6 +181,23 @@ CASES = {
     "attn prefill Q512 N4096 H8/4 d256 bf16": lambda: attn_case(1, 8, 4, 512, 40000, 4096, 256, BF16),
     "attn prefill Q256 N2048 H32/8 d128 fp32": lambda: attn_case(1, 32, 8, 256, 10000, 2048, 128, F32),
     "attn b2 Q100 N3000 H14/2 (g7) d128 bf16": lambda: attn_case(2, 14, 2, 100, 9000, 3000, 128, BF16),
+    "select decode H32 k4 127 pins 191 spans M131072": lambda: select_case(
+        1, 32, 1, 4, 131072, 127, 191, 32, 32, 2048, True
+    ),
+    "select decode H32 k4 127 pins M1048576 ties": lambda: select_case(
+        1, 32, 1, 4, 1 << 20, 127, 191, 32, 32, 2048, True, spread=40
+    ),
+    "select decode b2 H9 k8 63 pins M5000": lambda: select_case(2, 9, 1, 8, 5000, 63, 20, 16, 4, 64, True),
+    "select chunk Q32 H32 k4 (4096 hits, in kernel) M131072": lambda: select_case(
+        1, 32, 32, 4, 131072, 0, 127, 32, 32, 4096, False, spread=3000
+    ),
+    "select chunk Q512 H32 k4 (ranked outside) M131072": lambda: select_case(
+        1, 32, 512, 4, 131072, 0, 127, 32, 32, 4096, False
+    ),
+    "select chunk Q512 H9 k4 M1048576 b2": lambda: select_case(
+        2, 9, 512, 4, 1 << 20, 0, 127, 32, 32, 4096, False
+    ),
+    "select chunk Q7 H3 k5 M < n*span": lambda: select_case(1, 3, 7, 5, 50, 0, 9, 8, 4, 16, False),
 }
 
 

@@ -2,6 +2,7 @@
 baseline measured in the same run.
 
     python benchmarks/kernels.py --micro --sweep --json $OUT/kernels.json
+    python benchmarks/kernels.py --select --json $OUT/select.json
     python benchmarks/kernels.py --e2e llama32k,llama128k,smol1m --json $OUT/e2e.json
 
 Sections
@@ -13,6 +14,12 @@ Sections
   attention  scope attention over an 8192-key scope gathered from a 128K cache: prefill chunk
              of 1024 queries and decode; baselines: the torch twin (gather + RoPE + SDPA) and SDPA
              over K/V already gathered and rotated (what the fused kernel has to beat for free).
+  selection  the fused span selection (kernels.select_scope, one Triton launch) against the ops
+             it replaces (method.selection: rank_centres' [B, M] vote histogram and top-n over
+             M, sort, expand_spans, build_scope): decode (32 heads, top-4, 127 pinned centres,
+             191 spans of 32, decode_spans="union") and 512-query prefill chunks (32 and 9
+             heads), at M = 32K, 128K, 1M; plus the in-kernel ranking against ranking outside it
+             at MAX_FUSED hits, to set that threshold. ``--select`` runs this section alone.
   e2e        Llama-3.1-8B-shaped model (random weights, bf16): prefill and per-token decode,
              ReAttention (backend "triton", the paper's 8192 scope) against stock SDPA full
              attention (decode with a StaticCache), at 32K and 128K; SmolLM2-135M-shaped at 1M.
@@ -480,6 +487,112 @@ def attention(sweep: bool):
     torch.cuda.empty_cache()
 
 
+# ----------------------------------------------------------------------------- selection
+
+
+def cuda_kernels(fn, reps=3):
+    """CUDA kernels launched per call of ``fn`` (torch profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    n = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    return n / reps
+
+
+#: Hits + pins per batch row at which ranking inside the kernel is timed against ranking outside it.
+SELECT_RANK_SIZES = (512, 1024, 2048, 4096, 8192)
+
+
+def select_inputs(H, Q, k, M, P, seed=0):
+    """Hits ``[1, H, Q, k]`` (half on 64 planted positions, as a question's votes pile up; the rest
+    spread over the middle) and ``P`` pinned centres."""
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    hits = torch.randint(0, M, (1, H, Q, k), device=DEV, generator=g)
+    planted = torch.randint(0, M, (64,), device=DEV, generator=g)
+    pick = torch.randint(0, 64, (1, H, Q, k), device=DEV, generator=g)
+    hits = torch.where(torch.rand(hits.shape, device=DEV, generator=g) < 0.5, planted[pick], hits)
+    pinned = torch.randint(0, M, (1, P), device=DEV, generator=g) if P else None
+    return hits, pinned
+
+
+def selection():
+    from reattn_llm.kernels import triton_select
+    from reattn_llm.kernels.torch_ops import select_scope_torch
+    from reattn_llm.method.selection import build_scope, expand_spans, rank_centres
+
+    G, span = 32, 32
+
+    def old_ops(hits, pinned, M, n, L, total, Q, by_rank):  # plan_scope's unfused path
+        ranked, votes = rank_centres(hits, M, n, pinned, None, by_rank=by_rank)
+        sel, valid = expand_spans(ranked[:, :n].sort(dim=1).values, M, span)
+        return build_scope(sel, valid, total, Q, G, L, 1, hits.device), ranked, votes
+
+    # (label, H, Q, k, pins, spans, local, by_rank): the 8B shape's decode under decode_spans="union"
+    # (191 spans, local 2048) and its 512-query prefill chunks (127 spans, local 4096); SmolLM2's 9 heads.
+    shapes = [
+        ("decode H32 top-4, 127 pins, 191 spans", 32, 1, 4, 127, 191, 2048, True),
+        ("prefill chunk Q512 H32 top-4 (65536 hits)", 32, 512, 4, 0, 127, 4096, False),
+        ("prefill chunk Q512 H9 top-4 (18432 hits)", 9, 512, 4, 0, 127, 4096, False),
+    ]
+    for M in (32768, 131072, 1 << 20):
+        for label, H, Q, k, P, n, L, by_rank in shapes:
+            hits, pinned = select_inputs(H, Q, k, M, P)
+            total = G + M + L
+            args = (hits, pinned, M, n, span, G, L, total, Q, by_rank)
+            got = triton_select.select_scope_triton(*args)
+            ref, ranked, votes = old_ops(hits, pinned, M, n, L, total, Q, by_rank)
+            same = all(
+                torch.equal(a, b)
+                for a, b in zip(
+                    got,
+                    (ref.gather_idx, ref.key_pos, ref.q_pos, ref.middle, ref.middle_valid, ranked, votes),
+                    strict=True,
+                )
+            )
+            ms_old = bench(lambda: old_ops(hits, pinned, M, n, L, total, Q, by_rank))
+            ms_twin = bench(lambda: select_scope_torch(*args))
+            ms_fused = bench(lambda: triton_select.select_scope_triton(*args))
+            launches_old = cuda_kernels(lambda: old_ops(hits, pinned, M, n, L, total, Q, by_rank))
+            launches_fused = cuda_kernels(lambda: triton_select.select_scope_triton(*args))
+            row(
+                "selection",
+                f"fused {label}, M {M >> 10}K",
+                ms_fused * 1e3,
+                "us",
+                "torch ops (method.selection)",
+                ms_old * 1e3,
+                f"{'identical' if same else 'DIFFERENT'}; kernels {launches_fused:.0f} vs {launches_old:.0f}; "
+                f"sort-based twin {ms_twin * 1e3:.0f} us",
+            )
+            del hits, pinned, got, ref
+    # where to rank: inside the kernel (registers, bitonic sort) or outside (torch sort + topk)
+    M = 131072
+    saved = triton_select.MAX_FUSED
+    try:
+        for c in SELECT_RANK_SIZES:
+            Q = c // (32 * 4)
+            hits, _ = select_inputs(32, Q, 4, M, 0)
+            args = (hits, None, M, 127, span, G, 4096, G + M + 4096, Q, False)
+            triton_select.MAX_FUSED = c
+            try:
+                ms_in = bench(lambda: triton_select.select_scope_triton(*args))
+            except Exception as e:  # a block too large for one program's registers / shared memory
+                log(f"[selection] rank in kernel, {c} hits: FAILED {type(e).__name__}: {str(e)[:200]}")
+                continue
+            triton_select.MAX_FUSED = 0
+            ms_out = bench(lambda: triton_select.select_scope_triton(*args))
+            row("selection", f"rank in kernel, {c} hits (Q{Q} H32 top-4)", ms_in * 1e3, "us",
+                "ranked outside (torch sort)", ms_out * 1e3, f"MAX_FUSED now {saved}")  # fmt: skip
+    finally:
+        triton_select.MAX_FUSED = saved
+    torch.cuda.empty_cache()
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
@@ -767,6 +880,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--micro", action="store_true", help="ceilings, scoring, attention")
     ap.add_argument("--sweep", action="store_true", help="time several tile configs, install the best")
+    ap.add_argument("--select", action="store_true", help="the fused span selection alone (in --micro too)")
     ap.add_argument("--e2e", default="", help="comma list: llama32k,llama128k,smol1m")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -783,15 +897,19 @@ def main() -> int:
             ceilings()
             scoring(args.sweep)
             attention(args.sweep)
+        if args.micro or args.select:
+            selection()
         if args.e2e:
             if "copy_Bps" not in RESULTS:
                 ceilings()
             e2e([w for w in args.e2e.split(",") if w])
     finally:
-        from reattn_llm.kernels import triton_attention, triton_topk
+        from reattn_llm.kernels import triton_attention, triton_select, triton_topk
 
         RESULTS["installed_configs"] = dict(
-            topk=triton_topk.CONFIG_OVERRIDES, attention=triton_attention.CONFIG_OVERRIDES
+            topk=triton_topk.CONFIG_OVERRIDES,
+            attention=triton_attention.CONFIG_OVERRIDES,
+            select_max_fused=triton_select.MAX_FUSED,
         )
         if args.json:
             with open(args.json, "w") as f:
