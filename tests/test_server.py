@@ -505,3 +505,38 @@ def test_one_tokenization_per_request_and_bad_model_names(shared_engine, monkeyp
         assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
         assert "must be a string" in r.json()["error"]["message"]
     assert len(calls) == 3
+
+
+def test_document_slots_write_to_disk_only_what_can_be_saved():
+    """A Gemma 3 prompt whose sliding-window layers no longer hold their rows at the reusable length
+    stays a memory slot but is not offered to the document store (saving it would raise at the end
+    of the request); one that still holds them is written through."""
+    import torch
+
+    from reattn_llm.kv.cache import SlidingLayer
+    from reattn_llm.serve.slots import DocumentSlots
+
+    class Disk:
+        def __init__(self) -> None:
+            self.put_lengths: list[int] = []
+            self.root = "store"
+
+        def put(self, spec, prefix) -> None:
+            self.put_lengths.append(prefix.reusable)
+
+        def find(self, *args, **kwargs):
+            return None
+
+    layer = SlidingLayer(sliding_window=4)
+    layer.update(torch.randn(1, 1, 8, 2), torch.randn(1, 1, 8, 2))  # a prefill chunk: rows kept at 8
+    for _ in range(4):
+        layer.update(torch.randn(1, 1, 1, 2), torch.randn(1, 1, 1, 2))  # decode steps: 12 tokens
+    cache = _Cache(100)
+    cache.layers = [layer]
+    disk = Disk()
+    slots = DocumentSlots(max_bytes=10**6, disk=disk, spec=lambda: "spec")
+    ids = list(range(12))
+    slots.keep(ids, cache, reusable=4)  # its rows after 4 tokens are gone
+    slots.keep([*ids[:8], 1, 1, 1, 1], cache, reusable=8)  # after 8: a chunk end, still held
+    assert disk.put_lengths == [8]
+    assert [s["reusable_tokens"] for s in slots.stats()["slots"]] == [8]  # the first was superseded

@@ -48,8 +48,10 @@ class DocumentSlots(PrefixStore):
         enabled: False keeps nothing in memory.
 
     A request :meth:`take` s the slot sharing the longest reusable beginning with its prompt (it then
-    owns that cache) and :meth:`keep` s its own prompt's cache when done; a kept document supersedes
-    slots whose reusable part it starts with. Called under the engine's lock.
+    owns that cache) and :meth:`keep` s its own prompt's cache when done (:meth:`PrefixStore.keep`:
+    written through to disk, then the newest slot, evicting the least recently used beyond
+    :attr:`max_bytes`); a kept document supersedes slots whose reusable part it starts with.
+    Called under the engine's lock.
     """
 
     def __init__(
@@ -86,7 +88,7 @@ class DocumentSlots(PrefixStore):
 
     @prefix.setter
     def prefix(self, value: Prefix | None) -> None:
-        if value is not None:  # Engine.load_prefix: one more slot
+        if value is not None:  # keep() and Engine.load_prefix: one more slot
             self._add(value)
 
     def take(self, ids: list[int], chunk: int) -> tuple[ReAttentionCache | None, int]:
@@ -116,15 +118,6 @@ class DocumentSlots(PrefixStore):
         for layer in best.cache.layers:
             layer.crop(n)  # type: ignore[union-attr]
         return best.cache, n
-
-    def keep(self, ids: list[int], cache: ReAttentionCache, reusable: int) -> None:
-        """Keep ``cache`` (holding at least ``ids``; ``reusable`` tokens on the chunk grid) as the newest
-        slot, written through to disk; evict the least recently used beyond :attr:`max_bytes`."""
-        prefix = Prefix(ids=list(ids), reusable=reusable, cache=cache)
-        if self.disk is not None and self.spec is not None and reusable > 0:
-            self.disk.put(self.spec(), prefix)
-        if self.enabled:
-            self._add(prefix)
 
     def forget(self) -> None:
         """Free every slot's K/V (files on disk stay)."""
