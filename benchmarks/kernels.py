@@ -882,8 +882,18 @@ def main() -> int:
     ap.add_argument("--sweep", action="store_true", help="time several tile configs, install the best")
     ap.add_argument("--select", action="store_true", help="the fused span selection alone (in --micro too)")
     ap.add_argument("--e2e", default="", help="comma list: llama32k,llama128k,smol1m")
+    ap.add_argument(
+        "--fused-select",
+        action="store_true",
+        help="end to end with the fused span selection on (method.attention.FUSED_SELECT; off by default)",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.fused_select:
+        from reattn_llm.method import attention as attention_mod
+
+        attention_mod.FUSED_SELECT = ("triton",)
+        RESULTS["fused_select"] = True
     RESULTS["device"] = torch.cuda.get_device_name()
     import transformers
     import triton

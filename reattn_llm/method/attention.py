@@ -72,7 +72,10 @@ def decode_pins(cfg: ReAttentionConfig, kv: KVReader) -> torch.Tensor | None:
 #: Backends whose span selection runs fused (:func:`~reattn_llm.kernels.select_scope`: votes,
 #: ranking, spans and scope in one kernel, nothing of size M); the others run the readable ops of
 #: :mod:`.selection`. Both give the same scope. ``decode_spans="running"`` (carried votes) stays unfused.
-FUSED_SELECT: tuple[str, ...] = ("triton",)
+#: Empty until the kernel has been compiled and timed on a GPU (it is checked against its torch twin
+#: under Triton's CPU interpreter only): ``benchmarks/kernels.py --select`` and ``--e2e ... --fused-select``
+#: measure it, ``benchmarks/gpu_kernels_check.py`` checks it.
+FUSED_SELECT: tuple[str, ...] = ()
 
 
 def _pins(cfg: ReAttentionConfig, kv: KVReader, qc: int) -> tuple[torch.Tensor | None, bool]:
