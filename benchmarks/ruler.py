@@ -360,6 +360,9 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit(f"{data} holds samples made for {sorted(wrong)}, not for --model {args.model}")
     if not recs:
         raise SystemExit(f"no samples in {data} for these tasks and lengths")
+    if args.indices:
+        wanted = {int(x) for x in args.indices.split(",")}
+        recs = [r for r in recs if r["index"] in wanted]
     if args.limit:
         per: dict[tuple[str, int], int] = defaultdict(int)
         kept = []
@@ -497,6 +500,9 @@ def main() -> None:
     r.add_argument("--tasks", default=None)
     r.add_argument("--lengths", default=None)
     r.add_argument("--limit", type=int, default=0, help="samples per task and length (0 = all)")
+    r.add_argument(
+        "--indices", default=None, help="only these sample indices, e.g. 0,1 (long runs over several calls)"
+    )
     r.add_argument("--set", nargs="*", help="ReAttentionConfig overrides, e.g. local_size=2048 (or a,b)")
     r.add_argument("--label", default=None)
     r.add_argument("--model", default=None, help="the model to run (its samples: --data's folder for it)")

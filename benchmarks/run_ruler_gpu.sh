@@ -49,8 +49,11 @@ case "$phase" in
     $R --modes streaming --lengths 131072 --workers 4 --out "$out/final128.jsonl" > "$out/final128_st.log" 2>&1 &
     wait
     ;;
-  million)
-    $R --modes reattention,streaming --lengths 1048576 --workers 5 --out "$out/million.jsonl" > "$out/million.log" 2>&1
+  million)  # five 1M samples do not finish side by side within one command: INDICES picks some (e.g. 0,1 then 2,3 then 4)
+    idx=${INDICES:-0,1,2,3,4}; n=$(( $(tr -cd , <<<"$idx" | wc -c) + 1 ))
+    $R --modes reattention --lengths 1048576 --indices "$idx" --workers "$n" --out "$out/million.jsonl" > "$out/million.log" 2>&1 &
+    $R --modes streaming --lengths 1048576 --indices "$idx" --workers 1 --out "$out/million_st.jsonl" > "$out/million_st.log" 2>&1 &
+    wait
     ;;
   gemma)  # Gemma-3-270M (issue 15; after gpu_setup.sh gemma): stock in its 32K window at 8K/16K (and 2K/4K,
     # where it may still read needles), ReAttention and streaming at 64K/128K, ReAttention at 1M;
