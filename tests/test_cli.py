@@ -112,7 +112,7 @@ def test_ask_without_question_is_usage_error(tmp_path, capsys):
 
 def test_config_flags_are_the_config_fields_with_their_types_and_choices(capsys):
     from reattn_llm import ReAttentionConfig
-    from reattn_llm.method.config import config_options
+    from reattn_llm.method.options import config_options
 
     parser = cli.build_parser()
     (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]

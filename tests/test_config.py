@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from reattn_llm import ConfigError, ReAttentionConfig
-from reattn_llm.method.config import chunk_bounds, config_options, reusable_length
+from reattn_llm.method.config import chunk_bounds, reusable_length
+from reattn_llm.method.options import config_options
 
 
 def test_paper_defaults_for_8k_and_128k_windows():
@@ -183,7 +184,7 @@ def test_tiny_model_positions_past_its_window_only_with_the_opt_in():
 
 
 def test_boolean_fields_read_flag_text():
-    from reattn_llm.method.config import boolean
+    from reattn_llm.method.options import boolean
 
     opt = {o.name: o for o in config_options()}["allow_extrapolation"]
     assert opt.type is boolean and opt.default is False and opt.choices is None

@@ -9,7 +9,8 @@ import re
 from typing import Any
 
 from ..errors import ReAttentionError
-from ..method.config import ReAttentionConfig, config_options
+from ..method.config import ReAttentionConfig
+from ..method.options import config_options
 
 DTYPES = ("auto", "bf16", "bfloat16", "fp16", "float16", "half", "fp32", "float32", "float")
 #: The library's keyword arguments that document errors name, and this command's flags for them.

@@ -39,7 +39,7 @@ from .models import (
 )
 from .prefix import CacheSpec, PrefixStore, load_prefix, save_prefix
 from .prefix_store import DocumentStore
-from .prompts import EncodedPrompt, QuestionStart, check_prompt, encode_prompt
+from .prompts import EncodedPrompt, Prompt, QuestionStart, check_prompt, document_ids, encode_prompt
 from .request import Request, freed_after_oom
 from .sampling import AnswerText, Sampler, SamplingParams, eos_ids
 from .stream import Completion, Stream
@@ -226,9 +226,8 @@ class Engine:
     @torch.inference_mode()
     def decode_one_token(self, token: torch.Tensor, cache: ReAttentionCache) -> torch.Tensor:
         """One step: ``token [1, 1]`` -> next logits ``[1, V]``."""
-        return (
-            self.model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1].to(self.device)
-        )
+        out = self.model(input_ids=token, past_key_values=cache, use_cache=True)
+        return out.logits[:, -1].to(self.device)
 
     def generate(
         self,
@@ -336,9 +335,7 @@ class Engine:
         )
         return self.last
 
-    def complete(
-        self, prompt: str | list[dict[str, str]], params: SamplingParams | None = None, **kw: Any
-    ) -> Completion:
+    def complete(self, prompt: Prompt, params: SamplingParams | None = None, **kw: Any) -> Completion:
         """The whole answer: :meth:`generate` run to its end (see :meth:`Stream.complete`)."""
         return self.generate(prompt, params, **kw).complete()
 
@@ -367,12 +364,7 @@ class Engine:
         it; returns the tokens that later prompts can reuse. ``text``: a string or a Document."""
         if not isinstance(text := getattr(text, "text", text), str):  # a Document gives its .text
             raise TypeError(f"warm() takes the document's text or a Document, not {type(text).__name__}.")
-        a, _ = self.encode(text + "\n\nA", chat=chat)
-        b, _ = self.encode(text + "\n\nB", chat=chat)
-        n = 0
-        while n < min(len(a), len(b)) and a[n] == b[n]:
-            n += 1
-        ids = a[:n]
+        ids = document_ids(self.tokenizer, text, chat)
         with self._lock:
             cache, start = self._cache_for(ids, len(ids))
             if start < len(ids):

@@ -181,3 +181,14 @@ def _token_at(tokenizer: Any, enc: Any, text: str, char: int) -> int:
     if offsets:
         return next((i for i, (_, end) in enumerate(offsets) if end > char), len(offsets))
     return len(tokenizer(text[:char], add_special_tokens=False)["input_ids"])
+
+
+def document_ids(tokenizer: Any, text: str, chat: bool) -> list[int]:
+    """The tokens a prompt ``text + question`` starts with whatever the question: those of two
+    prompts with different questions have in common (the chat template, if any, applied)."""
+    a = encode_prompt(tokenizer, text + "\n\nA", chat, question_start=None, require_text=False).ids
+    b = encode_prompt(tokenizer, text + "\n\nB", chat, question_start=None, require_text=False).ids
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
