@@ -16,8 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -324,20 +322,10 @@ def test_triton_interpreted(interpreted: dict[str, dict], name: str) -> None:
 
 
 def main(names: list[str]) -> None:
+    from kernel_cases import run_cases  # this file's folder is on sys.path when run as a script
+
     cases = all_cases()
-    for name in names or list(cases):
-        t0 = time.time()
-        try:
-            res = {"name": name, "ok": True, "info": cases[name]()}
-        except Exception as e:
-            res = {
-                "name": name,
-                "ok": False,
-                "error": f"{type(e).__name__}: {e}",
-                "trace": traceback.format_exc(),
-            }
-        res["seconds"] = round(time.time() - t0, 2)
-        print("CASE " + json.dumps(res), flush=True)
+    run_cases(cases, names or list(cases))
 
 
 if __name__ == "__main__":
