@@ -220,3 +220,19 @@ def test_attention_reads_its_layer_through_the_cache_and_a_plain_cache_gives_the
     with torch.no_grad():
         stock = model(ids).logits
     assert (stock - ours).abs().max().item() > 1e-2  # beyond the window: not the stock model
+
+
+def test_mistral_sliding_window_is_the_attention_window():
+    """Mistral-7B-v0.1 sets ``sliding_window`` (4096 of 32768) and transformers masks every layer to
+    it: the default scope fits in it, so the patched model equals stock within G + L."""
+    model = tiny_model("mistral", window=128, sliding_window=48, seed=3)
+    ids = distinct_ids(1, 120, seed=3)
+    with torch.no_grad():
+        stock = model(ids).logits
+        with patch(model, ReAttentionConfig()) as handle:
+            rc = handle.state.config
+            assert rc.window == 48 and rc.scope <= 48
+            ours = model(ids).logits
+            assert handle.state.largest_position() < 48
+    gl = rc.global_size + rc.local_size
+    assert (ours[:, :gl] - stock[:, :gl]).abs().max().item() <= 1e-4

@@ -11,10 +11,10 @@ from .rope import check_rope
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma3", "phi3")
 
 #: Families whose ``config.sliding_window``, when set, limits every layer's attention (Phi-3-mini-4k
-#: and Phi-3-medium-4k: 2047): transformers runs the stock model with that sliding mask, so the
-#: model's attention window is ``min(max_position_embeddings, sliding_window)``
-#: (:func:`attention_window`).
-MODEL_WIDE_SLIDING = ("phi3",)
+#: and Phi-3-medium-4k: 2047; Mistral-7B-v0.1: 4096 of 32768): transformers runs the stock model
+#: with that sliding mask, so the model's attention window is ``min(max_position_embeddings,
+#: sliding_window)`` (:func:`attention_window`).
+MODEL_WIDE_SLIDING = ("phi3", "mistral")
 
 #: ``config.layer_types`` entry of a layer that only sees its local window (left stock).
 SLIDING = "sliding_attention"
