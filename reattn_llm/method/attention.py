@@ -63,10 +63,10 @@ _NEVER = 1 << 62
 
 def decode_pins(cfg: ReAttentionConfig, kv: KVReader) -> torch.Tensor | None:
     """The question's centres a decode step keeps before its own hits (``decode_spans``): all
-    (``"question"``), its most voted half (``"both"``), else none. ``[B, P]`` or None."""
-    if cfg.decode_spans not in ("question", "both") or kv.pinned is None:
+    (``"question"``, ``"union"``), its most voted half (``"both"``), else none. ``[B, P]`` or None."""
+    if cfg.decode_spans not in ("question", "both", "union") or kv.pinned is None:
         return None
-    return kv.pinned if cfg.decode_spans == "question" else kv.pinned[:, : cfg.max_spans // 2]  # type: ignore[operator]
+    return kv.pinned[:, : cfg.max_spans // 2] if cfg.decode_spans == "both" else kv.pinned  # type: ignore[operator]
 
 
 #: Backends whose span selection runs fused (:func:`~reattn_llm.kernels.select_scope`: votes,
@@ -81,8 +81,8 @@ FUSED_SELECT: tuple[str, ...] = ()
 def _pins(cfg: ReAttentionConfig, kv: KVReader, qc: int) -> tuple[torch.Tensor | None, bool]:
     """``(pins, union)``: the centres a ``qc``-query forward keeps before its own hits, and whether
     it is a ``decode_spans="union"`` decode step (ties of votes then go to the best-ranked hit)."""
-    union = qc == 1 and cfg.decode_spans == "union" and kv.pinned is not None
-    return ((kv.pinned if union else decode_pins(cfg, kv)) if qc == 1 else None), union
+    pins = decode_pins(cfg, kv) if qc == 1 else None
+    return pins, pins is not None and cfg.decode_spans == "union"
 
 
 def _remember(kv: KVReader, ranked: torch.Tensor, votes: torch.Tensor, m: int) -> None:

@@ -212,8 +212,8 @@ class ReAttentionConfig:
         """``(local, spans)`` of a one-token (decode) forward: with ``decode_spans="union"`` and the
         question's centres remembered (``pinned``), ``decode_extra_spans`` more spans and a local
         window shorter by their tokens; else ``(local_size, max_spans)``. Needs a resolved config."""
-        extra = self.decode_extra_spans if pinned and self.decode_spans == "union" else 0
-        return self.local_size - (extra or 0) * self.span_size, self.max_spans + (extra or 0)  # type: ignore[operator]
+        extra = (self.decode_extra_spans or 0) if pinned and self.decode_spans == "union" else 0
+        return self.local_size - extra * self.span_size, self.max_spans + extra  # type: ignore[operator]
 
     @property
     def sizes_given(self) -> bool:
