@@ -49,10 +49,18 @@ case "$phase" in
     $R --modes streaming --lengths 131072 --workers 4 --out "$out/final128.jsonl" > "$out/final128_st.log" 2>&1 &
     wait
     ;;
+  baselines)  # stock at 8K on every task, qa_2 in every mode (stock 4K/8K, ReAttention and streaming 32K)
+    T="timeout ${LIMIT_S:-540}"
+    $T $R --modes stock --lengths 8192 --workers 6 --out "$out/stock8k.jsonl" > "$out/stock8k.log" 2>&1 &
+    $T $R --modes stock --lengths 4096 --tasks qa_2 --workers 2 --out "$out/qa2.jsonl" > "$out/qa2_stock.log" 2>&1 &
+    $T $R --modes reattention,streaming --lengths 32768 --tasks qa_2 --workers 4 --out "$out/qa2.jsonl" > "$out/qa2_32.log" 2>&1 &
+    wait
+    ;;
   million)  # five 1M samples do not finish side by side within one command: INDICES picks some (e.g. 0,1 then 2,3 then 4)
     idx=${INDICES:-0,1,2,3,4}; n=$(( $(tr -cd , <<<"$idx" | wc -c) + 1 ))
-    $R --modes reattention --lengths 1048576 --indices "$idx" --workers "$n" --out "$out/million.jsonl" > "$out/million.log" 2>&1 &
-    $R --modes streaming --lengths 1048576 --indices "$idx" --workers 1 --out "$out/million_st.jsonl" > "$out/million_st.log" 2>&1 &
+    T="timeout ${LIMIT_S:-540}"
+    $T $R --modes reattention --lengths 1048576 --indices "$idx" --workers "$n" --out "$out/million.jsonl" > "$out/million.log" 2>&1 &
+    $T $R --modes streaming --lengths 1048576 --indices "$idx" --workers 1 --out "$out/million_st.jsonl" > "$out/million_st.log" 2>&1 &
     wait
     ;;
   gemma)  # Gemma-3-270M (issue 15; after gpu_setup.sh gemma): stock in its 32K window at 8K/16K (and 2K/4K,
