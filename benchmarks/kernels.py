@@ -884,16 +884,19 @@ def main() -> int:
     ap.add_argument("--e2e", default="", help="comma list: llama32k,llama128k,smol1m")
     ap.add_argument(
         "--fused-select",
-        action="store_true",
-        help="end to end with the fused span selection on (method.attention.FUSED_SELECT; off by default)",
+        choices=["default", "all", "none"],
+        default="default",
+        help="end to end, the span selection fused for: the default phases (method.attention.FUSED_SELECT: "
+        "decode on Triton), all (prefill chunks too) or none",
     )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    if args.fused_select:
-        from reattn_llm.method import attention as attention_mod
+    from reattn_llm.method import attention as attention_mod
 
-        attention_mod.FUSED_SELECT = ("triton",)
-        RESULTS["fused_select"] = True
+    if args.fused_select != "default":
+        on = ("triton",) if args.fused_select == "all" else ()
+        attention_mod.FUSED_SELECT = {"decode": on, "prefill": on}
+    RESULTS["fused_select"] = attention_mod.FUSED_SELECT
     RESULTS["device"] = torch.cuda.get_device_name()
     import transformers
     import triton

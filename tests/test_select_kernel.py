@@ -168,8 +168,13 @@ def e2e_logits(decode_spans, fused, select=None, heads=6, layers=2, prompt=160, 
         return inner(hits, *args, **kw)
 
     saved = attention.FUSED_SELECT, attention.select_scope
+    if not fused:
+        attention.FUSED_SELECT = {"decode": (), "prefill": ()}
     if fused:
-        attention.FUSED_SELECT, attention.select_scope = ("triton", "torch"), counted
+        attention.FUSED_SELECT, attention.select_scope = (
+            {"decode": ("triton", "torch"), "prefill": ("triton", "torch")},
+            counted,
+        )
     handle = patch(model, cfg)
     try:
         cache = ReAttentionCache(layers)

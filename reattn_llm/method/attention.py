@@ -69,13 +69,15 @@ def decode_pins(cfg: ReAttentionConfig, kv: KVReader) -> torch.Tensor | None:
     return kv.pinned[:, : cfg.max_spans // 2] if cfg.decode_spans == "both" else kv.pinned  # type: ignore[operator]
 
 
-#: Backends whose span selection runs fused (:func:`~reattn_llm.kernels.select_scope`: votes,
-#: ranking, spans and scope in one kernel, nothing of size M); the others run the readable ops of
-#: :mod:`.selection`. Both give the same scope. ``decode_spans="running"`` (carried votes) stays unfused.
-#: Empty until the kernel has been compiled and timed on a GPU (it is checked against its torch twin
-#: under Triton's CPU interpreter only): ``benchmarks/kernels.py --select`` and ``--e2e ... --fused-select``
-#: measure it, ``benchmarks/gpu_kernels_check.py`` checks it.
-FUSED_SELECT: tuple[str, ...] = ()
+#: Per phase (``"decode"``: one-query forwards, ``"prefill"``: chunks), the backends whose span selection
+#: runs fused (:func:`~reattn_llm.kernels.select_scope`: votes, ranking, spans and scope in one kernel,
+#: nothing of size M); the others run the readable ops of :mod:`.selection`. Both give the same scope.
+#: ``decode_spans="running"`` (carried votes) stays unfused. Decode is fused on Triton: on one H200 the
+#: selection of a decode step takes 24 us in one launch against 984 us in 103 (Llama-8B shape, 32K), and
+#: the 8B shape's decode step 51 ms against 78 (32K) and 95 (128K) (BENCHMARKS.md, Run 4). Prefill chunks
+#: stay unfused until a run shows the fused one no slower end to end (their hits exceed the kernel's
+#: ranking limit, so they gain little: 1.7 ms against 1.7 ms per chunk).
+FUSED_SELECT: dict[str, tuple[str, ...]] = {"decode": ("triton",), "prefill": ()}
 
 
 def _pins(cfg: ReAttentionConfig, kv: KVReader, qc: int) -> tuple[torch.Tensor | None, bool]:
@@ -156,7 +158,7 @@ def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, bac
             )  # type: ignore[arg-type]
         else:
             hits = kv.score_middle(qs, g, g + m, cfg.top_k, backend)  # type: ignore[arg-type]
-        if backend in FUSED_SELECT and cfg.decode_spans != "running":
+        if backend in FUSED_SELECT["decode" if qc == 1 else "prefill"] and cfg.decode_spans != "running":
             return _fused_scope(cfg, kv, hits, (m, n_spans, loc, total), qc, backend)  # type: ignore[arg-type]
         centres = _select(cfg, kv, hits, m, qc, n_spans).sort(dim=1).values
         sel, valid = expand_spans(centres, m, cfg.span_size)  # type: ignore[arg-type]
