@@ -36,6 +36,7 @@ def literal_selection(
     carried: dict[int, int] | None = None,
     remember: int = 0,
     by_rank: bool = False,
+    shift: int = 0,
 ) -> tuple[list[int], list[int], dict[int, int]]:
     """Middle positions selected for one chunk, the hits (span centres) kept, and the ``remember``
     most voted hits with their votes: ``q [H, Q, D]``, ``k_mid [Hkv, M, D]``; ``pinned`` centres
@@ -51,6 +52,7 @@ def literal_selection(
         for i in range(n_q):
             row = scores[i].tolist()
             best = sorted(range(m), key=lambda j: (-row[j], j))[: min(top_k, m)]
+            best = [min(j + shift, m - 1) for j in best]  # span_shift: the hit moved, capped at the end
             votes.update(best)
             for r, c in enumerate(best):
                 best_rank[c] = min(r, best_rank.get(c, r))
@@ -126,7 +128,7 @@ def literal_attention(
                     carried = votes_memory.get(b) if one and running else None
                     mid, hits, kept = literal_selection(
                         qs, k[b, :, g : seen - near], cfg.top_k, n_spans, cfg.span_size, pinned,
-                        carried, 2 * cfg.max_spans, by_rank=union,
+                        carried, 2 * cfg.max_spans, by_rank=union, shift=cfg.span_shift,
                     )  # fmt: skip
                     if not one:
                         memory[b] = hits

@@ -219,3 +219,41 @@ def test_decode_extra_spans_misuse_names_the_fix():
         ReAttentionConfig(decode_spans="union", decode_extra_spans=-1)
     with pytest.raises(ConfigError, match="decode_extra_spans <= 31"):
         ReAttentionConfig(decode_spans="union", decode_extra_spans=32, effective_window=2048).resolve(8192)
+
+
+def test_span_shift_bounds_name_the_fix():
+    assert ReAttentionConfig(span_shift=16).resolve(8192).span_shift == 16  # span 32: up to 16
+    with pytest.raises(ConfigError, match="integer >= 0"):
+        ReAttentionConfig(span_shift=-1)
+    with pytest.raises(ConfigError, match="integer >= 0"):
+        ReAttentionConfig(span_shift=True)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"span_shift <= 16 \(span_size // 2\)"):
+        ReAttentionConfig(span_shift=17).resolve(8192)
+
+
+def test_span_shift_moves_the_selected_rows_past_the_hit():
+    """One planted key: the chosen middle rows are the span around it, moved by span_shift."""
+    import torch
+
+    from reattn_llm.kv.dense import TensorKV
+    from reattn_llm.method.attention import plan_scope
+    from reattn_llm.method.rope import RopeTable
+    from reattn_llm.method.state import PatchState
+
+    torch.manual_seed(0)
+    d, total = 16, 400
+    k = torch.randn(1, 1, total, d) * 0.01
+    q = torch.zeros(1, 1, 1, d)
+    q[..., 0] = 1.0
+    k[0, 0, 150, 0] = 10.0  # the hit: middle row 150 - G
+    rows = {}
+    for shift in (0, 4):
+        cfg = ReAttentionConfig(
+            global_size=4, local_size=64, span_size=8, max_spans=1, top_k=1, chunk_size=16,
+            scoring="raw", decode_spans="own", span_shift=shift,
+        ).resolve(256)  # fmt: skip
+        state = PatchState(cfg, RopeTable.__new__(RopeTable))
+        scope = plan_scope(state, q, TensorKV(k, k), total, "torch")
+        assert scope.middle is not None and scope.middle_valid is not None
+        rows[shift] = scope.middle[0][scope.middle_valid[0]].tolist()
+    assert rows[0] == list(range(146, 154)) and rows[4] == list(range(150, 158)), rows

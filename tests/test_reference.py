@@ -88,8 +88,11 @@ def test_chunked_prefill_matches_reference_in_batch_of_two():
     assert (fast - ref).abs().max().item() < 1e-5
 
 
-@pytest.mark.parametrize("decode_spans", ["question", "own", "both", "running", "union"])
-def test_decode_steps_match_reference_with_question_spans(decode_spans):
+@pytest.mark.parametrize(
+    "decode_spans,span_shift",
+    [(d, 0) for d in ("question", "own", "both", "running", "union")] + [("union", 2), ("own", 1)],
+)
+def test_decode_steps_match_reference_with_question_spans(decode_spans, span_shift):
     """A prefill then one-token decode steps: with ``decode_spans="question"`` every step keeps the
     centres the last prefill chunk chose (the literal reference keeps them in its own memory)."""
     model = tiny_model("llama", heads=6, kv_heads=2, head_dim=64, window=128, seed=5).double()
@@ -101,6 +104,7 @@ def test_decode_steps_match_reference_with_question_spans(decode_spans):
         top_k=2,
         chunk_size=16,
         decode_spans=decode_spans,
+        span_shift=span_shift,
     )
     ids = distinct_ids(1, 230, seed=7)
     handle = patch(model, cfg)

@@ -158,6 +158,8 @@ def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, bac
             )  # type: ignore[arg-type]
         else:
             hits = kv.score_middle(qs, g, g + m, cfg.top_k, backend)  # type: ignore[arg-type]
+        if cfg.span_shift:  # spans reach further past their hits: move the hits, then pool them
+            hits = (hits + cfg.span_shift).clamp(max=m - 1)
         if backend in FUSED_SELECT["decode" if qc == 1 else "prefill"] and cfg.decode_spans != "running":
             return _fused_scope(cfg, kv, hits, (m, n_spans, loc, total), qc, backend)  # type: ignore[arg-type]
         centres = _select(cfg, kv, hits, m, qc, n_spans).sort(dim=1).values

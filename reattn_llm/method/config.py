@@ -82,6 +82,12 @@ class ReAttentionConfig:
         decode_extra_spans: with ``decode_spans="union"``, the spans a decode step adds for its own
             hits; decoding then attends to the last ``local_size - decode_extra_spans * span_size``
             tokens instead of ``local_size``. Default: half the local window's worth of spans.
+        span_shift: tokens by which each span moves past its hit: a hit at c selects
+            ``[c + span_shift - span_size // 2, c + span_shift - span_size // 2 + span_size)`` (the hit
+            capped at the middle's last token first). 0 centres the span on the hit (the paper); up to
+            ``span_size // 2`` puts more of the span after the hit, where a fact's value follows the words
+            a question matches ("... magic number for X is: 9375710": a centred span of 32 tokens on
+            "special" ends 16 tokens later, inside the number).
         mode: ``"reattention"``; ``"streaming"`` (global + local only, StreamingLLM);
             ``"full"`` (the stock model, full attention: the baseline).
         backend: kernels: ``"auto"`` (Triton on CUDA, torch on CPU), ``"triton"`` or ``"torch"``.
@@ -128,6 +134,7 @@ class ReAttentionConfig:
     scoring: Scoring = "expected"
     decode_spans: DecodeSpans = "union"
     decode_extra_spans: int | None = None
+    span_shift: int = 0
     allow_extrapolation: bool = False
 
     def __post_init__(self) -> None:
@@ -183,6 +190,11 @@ class ReAttentionConfig:
             raise ConfigError(
                 f"decode_extra_spans={extra} applies only to decode_spans='union' (it is {self.decode_spans!r}): "
                 "add decode_spans='union', or leave decode_extra_spans unset."
+            )
+        shift = self.span_shift
+        if not isinstance(shift, int) or isinstance(shift, bool) or shift < 0:
+            raise ConfigError(
+                f"span_shift={shift!r}: must be an integer >= 0 (0 centres spans on their hits)."
             )
         if self.max_spans is not None and (not isinstance(self.max_spans, int) or self.max_spans < 0):
             raise ConfigError(f"max_spans={self.max_spans!r}: must be an integer >= 0 (0 means streaming).")
@@ -298,6 +310,11 @@ class ReAttentionConfig:
                 f"decode_extra_spans={c.decode_extra_spans} spans of {c.span_size} leave no local window of "
                 f"local_size={c.local_size} while decoding: use decode_extra_spans <= "
                 f"{(c.local_size - 1) // c.span_size}."  # type: ignore[operator]
+            )
+        if c.span_shift > c.span_size // 2:  # type: ignore[operator]
+            raise ConfigError(
+                f"span_shift={c.span_shift} would move spans of {c.span_size} tokens off their hits: use "
+                f"span_shift <= {c.span_size // 2} (span_size // 2), or raise span_size."  # type: ignore[operator]
             )
         if c.chunk_size > c.local_size:  # type: ignore[operator]
             raise ConfigError(
