@@ -235,24 +235,28 @@ def test_a_damaged_file_in_the_store_is_ignored_with_a_warning_and_recomputed(en
 # --- Gemma 3: sliding-window layers hold only their window ------------------------------------
 
 
-def _gemma_prefix(chunk: int = 16, tokens: int = 150, reusable: int = 144):
-    """A tiny Gemma 3 (window 128, sliding window 16), patched, with ``tokens`` document tokens
-    prefilled in chunks of ``chunk``: ``(model, handle, ids, Prefix, CacheSpec)``."""
+def _gemma_prefix(chunk: int = 16, tokens: int = 150, reusable: int = 144, **storage):
+    """A tiny Gemma 3 (window 128, sliding window 16), patched (``storage``: fp8 / offload config
+    fields), with ``tokens`` document tokens prefilled in chunks of ``chunk``:
+    ``(model, handle, ids, Prefix, CacheSpec)``."""
     from tiny_models import distinct_ids, tiny_gemma3
 
     from reattn_llm import patch
+    from reattn_llm.kv.storage import KVStorage
     from reattn_llm.method.patch import make_cache
     from reattn_llm.runtime.prefix import CacheLayout, CacheSpec, Prefix
 
     model = tiny_gemma3(seed=7)
-    handle = patch(model, ReAttentionConfig(global_size=4, local_size=48, span_size=8, max_spans=6, top_k=3))
+    config = ReAttentionConfig(global_size=4, local_size=48, span_size=8, max_spans=6, top_k=3, **storage)
+    handle = patch(model, config)
     ids = distinct_ids(1, 220, seed=7) % 508 + 4
     cache = make_cache(model)
     with torch.no_grad():
         for s in range(0, tokens, chunk):
             model(ids[:, s : min(s + chunk, tokens)], past_key_values=cache)
     layout = CacheLayout.of(model.config, torch.float32)
-    spec = CacheSpec({"model": "tiny-gemma3", "dtype": "torch.float32"}, layout, torch.device("cpu"))
+    meta = {"model": "tiny-gemma3", "dtype": "torch.float32", "config": repr(config)}
+    spec = CacheSpec(meta, layout, torch.device("cpu"), KVStorage.from_config(config))
     return model, handle, ids, Prefix(ids[0, :tokens].tolist(), reusable, cache), spec
 
 
@@ -318,7 +322,8 @@ def test_gemma3_prefix_past_its_sliding_snapshots_is_refused_before_writing(tmp_
 
 def test_gemma3_cache_file_with_every_row_on_a_sliding_layer_is_refused(tmp_path):
     """A file whose sliding layers hold all 144 rows (made by a cache without sliding layers) does not
-    fit a Gemma 3 engine: refused from the header, naming the window."""
+    fit a Gemma 3 engine: refused from the header, naming the window (and not written at all when the
+    writer is given the engine's layout)."""
     from reattn_llm.kv.cache import ReAttentionCache
     from reattn_llm.runtime.prefix import Prefix, load_prefix, save_prefix
 
@@ -329,8 +334,61 @@ def test_gemma3_cache_file_with_every_row_on_a_sliding_layer_is_refused(tmp_path
             model(ids[:, s : s + 48], past_key_values=dense)
     handle.unpatch()
     path = tmp_path / "dense.safetensors"
+    with pytest.raises(CacheFileError, match=r"tensors \['k.0', 'k.1', 'k.3'\].*would not load back"):
+        save_prefix(Prefix(ids[0, :144].tolist(), 144, dense), path, spec.meta, spec.layout)
+    assert not path.exists()  # with the engine's layout, refused before writing
     save_prefix(Prefix(ids[0, :144].tolist(), 144, dense), path, spec.meta)
     with pytest.raises(
         CacheFileError, match=r"shape \[1, 2, 144, 32\], expected \[1, 2, 15, 32\].*sliding window of 16"
     ):
         load_prefix(path, spec)
+
+
+GEMMA_STORAGE = {"model dtype": {}, "fp8": {"kv_dtype": "fp8"}, "offloaded values": {"offload": "values"}}
+
+
+@pytest.mark.parametrize("storage", list(GEMMA_STORAGE))
+def test_gemma3_document_store_counts_the_bytes_its_file_takes(tmp_path, storage):
+    """The store sizes a document by the file it writes (file_bytes): a sliding layer counts its 15
+    rows, not 144, and fp8 or offloaded rows are saved dequantised (fp32 here), so the estimate is the
+    file's size plus at most a few header bytes per tensor. A store between that size and the old
+    every-layer-holds-every-token estimate keeps the document and evicts nothing it does not need to."""
+    import warnings
+
+    from safetensors import safe_open
+
+    from reattn_llm.runtime.prefix import Prefix, file_bytes, load_prefix
+
+    _, handle, _, prefix, spec = _gemma_prefix(**GEMMA_STORAGE[storage])
+    handle.unpatch()
+    lay = spec.layout
+    estimate = file_bytes(lay, 144, spec.meta)
+    old = 2 * lay.layers * lay.kv_heads * lay.head_dim * lay.dtype.itemsize * 144  # 442,368 bytes
+    assert lay.nbytes(144) + 8 * 144 < estimate < lay.nbytes(144) + 8 * 144 + 4096  # K/V + ids + header
+    assert estimate < 0.45 * old  # 181,424 bytes (model dtype)
+
+    store = DocumentStore(tmp_path / "one", max_bytes=(estimate + old) // 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = store.put(spec, prefix)
+    assert path is not None and path.is_file()
+    size = path.stat().st_size
+    assert size <= estimate <= size + 8 * (2 * lay.layers + 1)  # the header's offsets counted widest
+    with safe_open(str(path), framework="pt") as f:
+        assert {f.get_slice(n).get_dtype() for n in f.keys() if n != "ids"} == {"F32"}
+    loaded = load_prefix(path, spec)
+    assert loaded.ids == prefix.ids[:144] and loaded.cache.get_seq_length() == 144
+
+    # room for two documents by their true size, not by the old estimate (2 * true + 1K < true + old)
+    two = DocumentStore(tmp_path / "two", max_bytes=2 * estimate + 1024)
+    assert two.max_bytes < estimate + old
+    first = two.put(spec, prefix)
+    other = Prefix([t + 1 for t in prefix.ids], 144, prefix.cache)  # another document's key
+    second = two.put(spec, other)
+    assert first is not None and second is not None and first != second
+    assert first.is_file() and second.is_file() and two.size() <= two.max_bytes
+
+    tight = DocumentStore(tmp_path / "tight", max_bytes=size - 1)
+    with pytest.warns(UserWarning, match="larger than the whole document store"):
+        assert tight.put(spec, prefix) is None
+    assert tight.size() == 0

@@ -20,6 +20,7 @@ model reads. :mod:`~reattn_llm.runtime.prefix_store` keeps such files in a bound
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from .models import load_config
 FORMAT = "reattn-llm/prefix-cache/1"
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
 _AGAIN = "Delete it and prefill the document again."
+#: Hex digits of one :func:`fingerprint`.
+_SUM_CHARS = 32
 
 
 class CacheFileError(ReAttentionError, ValueError):
@@ -83,6 +86,17 @@ class CacheLayout:
         """Bytes of the K/V tensors of a cache of ``tokens`` tokens."""
         row = 2 * self.kv_heads * self.head_dim * self.dtype.itemsize
         return sum(self.rows(i, tokens) for i in range(self.layers)) * row
+
+    def tensors(self, tokens: int) -> dict[str, tuple[list[int], torch.dtype]]:
+        """Name -> ``(shape, dtype)`` of every tensor of a cache file of ``tokens`` tokens: ``ids``
+        ``[T]`` int64, then per layer ``k.i`` and ``v.i`` ``[1, kv_heads, rows(i, T), head_dim]`` in
+        ``dtype`` (whatever the engine's storage: fp8 or offloaded rows are saved dequantised). What
+        :func:`save_prefix` writes, :func:`load_prefix` accepts and :func:`file_bytes` counts."""
+        out: dict[str, tuple[list[int], torch.dtype]] = {"ids": ([tokens], torch.int64)}
+        for i in range(self.layers):
+            shape = [1, self.kv_heads, self.rows(i, tokens), self.head_dim]
+            out[f"k.{i}"], out[f"v.{i}"] = (shape, self.dtype), (list(shape), self.dtype)
+        return out
 
 
 @dataclass(frozen=True)
@@ -193,12 +207,16 @@ def savable(cache: ReAttentionCache, n: int) -> bool:
     return all(layer.can_crop(n) for layer in cache.layers if isinstance(layer, SlidingLayer))
 
 
-def save_prefix(prefix: Prefix, path: str | os.PathLike[str], meta: dict[str, Any]) -> None:
-    """Write the reusable part of ``prefix`` to ``path`` (safetensors; atomic replace).
+def save_prefix(
+    prefix: Prefix, path: str | os.PathLike[str], meta: dict[str, Any], layout: CacheLayout | None = None
+) -> None:
+    """Write the reusable part of ``prefix`` to ``path`` (safetensors; atomic replace). With ``layout``
+    (the engine's), every tensor is checked against :meth:`CacheLayout.tensors` first, so the file
+    loads back and takes :func:`file_bytes` bytes at most.
 
     Raises:
-        CacheFileError: a sliding-window layer no longer holds its rows at the reusable length
-            (checked before anything is written)."""
+        CacheFileError: a sliding-window layer no longer holds its rows at the reusable length, or a
+            tensor does not fit ``layout`` (checked before anything is written)."""
     from safetensors.torch import save_file
 
     n = prefix.reusable
@@ -212,19 +230,49 @@ def save_prefix(prefix: Prefix, path: str | os.PathLike[str], meta: dict[str, An
     for i, layer in enumerate(prefix.cache.layers):
         k, v = layer.rows_at(n) if isinstance(layer, SlidingLayer) else layer.dense(n)  # type: ignore[union-attr]
         tensors[f"k.{i}"], tensors[f"v.{i}"] = k.contiguous().cpu(), v.contiguous().cpu()
+    if layout is not None:
+        want = layout.tensors(n)
+        got = {name: (list(t.shape), t.dtype) for name, t in tensors.items()}
+        if got != want:
+            bad = sorted(k for k in got.keys() | want.keys() if got.get(k) != want.get(k))
+            raise CacheFileError(
+                f"The kept prefix's tensors {bad[:3]} are {[got.get(k) for k in bad[:3]]}, but this engine's "
+                f"cache layout wants {[want.get(k) for k in bad[:3]]}: the file would not load back. "
+                "Prefill the document again with this engine."
+            )
     sums = {name: fingerprint(t) for name, t in tensors.items()}
-    header = {
-        "format": FORMAT,
-        "tokens": str(n),
-        "checksums": json.dumps(sums),
-        **{k: str(v) for k, v in meta.items()},
-    }
     tmp = Path(f"{path}.{os.getpid()}.tmp")  # one per process: two writers never share it
     try:
-        save_file(tensors, str(tmp), metadata=header)
+        save_file(tensors, str(tmp), metadata=_metadata(n, sums, meta))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def file_bytes(layout: CacheLayout, tokens: int, meta: dict[str, Any]) -> int:
+    """The bytes of the file :func:`save_prefix` writes for ``tokens`` tokens of an engine of
+    ``layout`` and ``meta``: its tensors exactly (:meth:`CacheLayout.tensors`: a sliding-window layer
+    only its window's rows) and its safetensors header (8 bytes of length, then JSON padded to 8
+    bytes) counted with every data offset as wide as the largest, so at most a few bytes per tensor
+    more than the file takes, never less."""
+    tensors = layout.tensors(tokens)
+    data = sum(math.prod(shape) * dtype.itemsize for shape, dtype in tensors.values())
+    sums = dict.fromkeys(tensors, "0" * _SUM_CHARS)
+    header: dict[str, Any] = {"__metadata__": _metadata(tokens, sums, meta)}
+    for name, (shape, dtype) in tensors.items():
+        header[name] = {"dtype": _SAFETENSORS_DTYPES.get(dtype), "shape": shape, "data_offsets": [data, data]}
+    text = len(json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode())
+    return 8 + -(-text // 8) * 8 + data
+
+
+def _metadata(tokens: int, sums: dict[str, str], meta: dict[str, Any]) -> dict[str, str]:
+    """The header of a cache file: format, token count, checksum table and ``meta``."""
+    return {
+        "format": FORMAT,
+        "tokens": str(tokens),
+        "checksums": json.dumps(sums),
+        **{k: str(v) for k, v in meta.items()},
+    }
 
 
 def load_prefix(path: str | os.PathLike[str], spec: CacheSpec) -> Prefix:
@@ -304,10 +352,10 @@ def _check_layout(
             f"{path}: tensors and checksum table disagree ({sorted(set(sums) ^ names)[:3]})."
         )
     held = len([n for n in names if n.startswith("k.")])
-    want = {"ids"} | {f"{kv}.{i}" for i in range(layout.layers) for kv in "kv"}
-    if names != want:
+    expected = layout.tensors(tokens)
+    if names != set(expected):
         raise CacheFileError(
-            f"{path} holds K/V for {held} layers (tensors {sorted(names ^ want)[:4]} differ), but this "
+            f"{path} holds K/V for {held} layers (tensors {sorted(names ^ set(expected))[:4]} differ), but this "
             f"model has {layout.layers} layers: it was not made for this model. {_AGAIN}"
         )
 
@@ -323,15 +371,14 @@ def _check_layout(
                 f"({_SAFETENSORS_DTYPES.get(dtype)}). {_AGAIN}"
             )
 
-    check("ids", [tokens], torch.int64, f"the {tokens} token ids its header counts")
-    for name in sorted(want - {"ids"}):
+    check("ids", *expected.pop("ids"), f"the {tokens} token ids its header counts")
+    for name, (shape, dtype) in sorted(expected.items()):
         layer = int(name.split(".")[1])
-        rows = layout.rows(layer, tokens)
         held = "" if layout.window(layer) is None else f" (a sliding window of {layout.window(layer)})"
         check(
             name,
-            [1, layout.kv_heads, rows, layout.head_dim],
-            layout.dtype,
-            f"1 x {layout.kv_heads} KV heads x {rows} token rows{held} x head_dim {layout.head_dim}",
+            shape,
+            dtype,
+            f"1 x {layout.kv_heads} KV heads x {shape[2]} token rows{held} x head_dim {layout.head_dim}",
         )
     return sums

@@ -8,8 +8,11 @@ engine of the same model and config, finds the longest stored beginning of its o
 prefills only the rest (the question, and less than one chunk of the document).
 
 The folder is bounded in bytes: the least recently used files go first (a hit refreshes a file's
-modification time), and a document larger than the whole bound is not stored. A damaged file is
-ignored with a warning, deleted, and the document prefilled again. The default folder is
+modification time), and a document larger than the whole bound is not stored. A document counts
+the bytes its file will take (:func:`~reattn_llm.runtime.prefix.file_bytes`, known before it is
+written: Gemma 3's sliding-window layers only their window's rows, fp8 or offloaded rows in the
+model's dtype, as saved). A damaged file is ignored with a warning, deleted, and the document
+prefilled again. The default folder is
 ``$REATTN_LLM_PREFIX_DIR`` or ``prefixes/`` under ``$REATTN_LLM_CACHE`` (``~/.cache/reattn-llm``);
 ``REATTN_LLM_PREFIX_BYTES`` sets the bound and ``REATTN_LLM_NO_CACHE=1`` turns the store off.
 Files are trusted input (see :mod:`~reattn_llm.runtime.prefix`): keep the folder private.
@@ -26,7 +29,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .models import cache_dir
-from .prefix import FORMAT, CacheFileError, CacheSpec, Prefix, load_prefix, save_prefix
+from .prefix import FORMAT, CacheFileError, CacheSpec, Prefix, file_bytes, load_prefix, save_prefix
 
 __all__ = ["DEFAULT_MAX_BYTES", "DocumentStore"]
 
@@ -124,8 +127,7 @@ class DocumentStore:
         if path.is_file():
             _touch(path)
             return path
-        layout = spec.layout
-        size = 2 * layout.layers * layout.kv_heads * layout.head_dim * layout.dtype.itemsize * n
+        size = file_bytes(spec.layout, n, spec.meta)  # the file's own size: sliding layers hold their window
         if size > self.max_bytes:
             warnings.warn(
                 f"This document's prefill ({size / 1e9:.2f} GB for {n:,} tokens) is larger than the whole "
@@ -136,8 +138,8 @@ class DocumentStore:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self._evict(self.max_bytes - size)
-            save_prefix(prefix, path, spec.meta)
-        except OSError as e:
+            save_prefix(prefix, path, spec.meta, spec.layout)
+        except (OSError, CacheFileError) as e:
             warnings.warn(f"Could not keep the prefilled document in {self.root} ({e}).", stacklevel=2)
             return None
         return path
