@@ -381,7 +381,7 @@ class Engine:
                 raise ValueError(
                     "No reusable document prefix to save: call warm(document) (or ask once) first."
                 )
-            save_prefix(prefix, path, CacheSpec.of(self).meta)
+            save_prefix(prefix, path, (spec := CacheSpec.of(self)).meta, spec.layout)
             return prefix.reusable
 
     def load_prefix(self, path: str) -> int:
