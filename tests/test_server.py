@@ -540,3 +540,103 @@ def test_document_slots_write_to_disk_only_what_can_be_saved():
     slots.keep([*ids[:8], 1, 1, 1, 1], cache, reusable=8)  # after 8: a chunk end, still held
     assert disk.put_lengths == [8]
     assert [s["reusable_tokens"] for s in slots.stats()["slots"]] == [8]  # the first was superseded
+
+
+def _spied_app(engine, monkeypatch, **kwargs):
+    """``(TestClient, calls)``: an app over ``engine`` whose every ``engine.generate`` is recorded."""
+    from starlette.testclient import TestClient
+
+    from reattn_llm.serve.app import create_app
+
+    calls: list[tuple] = []
+    generate = engine.generate
+
+    def spy(*args, **kw):
+        calls.append(args)
+        return generate(*args, **kw)
+
+    monkeypatch.setattr(engine, "generate", spy)
+    return TestClient(create_app(engine, **kwargs)), calls
+
+
+def test_bad_requests_are_refused_before_the_stream_and_any_model_work(shared_engine, monkeypatch):
+    """An error knowable up front (a response_format schema that is not JSON or that xgrammar cannot
+    compile, a prompt over the cap or the device, a bad sampling setting, a seed torch cannot take,
+    messages the chat template refuses) is a 400 in OpenAI's shape, streamed or not: no stream
+    starts and the engine's generate is never called."""
+    client, calls = _spied_app(shared_engine, monkeypatch, max_prompt_tokens=MAX_PROMPT)
+    hi = [{"role": "user", "content": "Hi"}]
+
+    def fmt(schema):
+        return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+
+    cases = [
+        ({"response_format": fmt({"type": "strin"})}, "response_format", 'Unsupported type "strin"'),
+        (
+            {"response_format": fmt({"type": "integer", "minimum": 5, "maximum": 1})},
+            "response_format",
+            "minimum",
+        ),
+        ({"response_format": fmt({"type": "string", "pattern": "(("})}, "response_format", "parenthesis"),
+        ({"response_format": fmt("{not json")}, "response_format", "not valid JSON"),
+        ({"messages": [{"role": "user", "content": "word " * 1500}]}, "messages", f"cap of {MAX_PROMPT}"),
+        ({"max_tokens": 10**9}, "messages", "holds at most"),
+        ({"temperature": -1}, "temperature", "from 0 to 2"),
+        ({"top_p": 0}, "top_p", "top_p=0"),
+        ({"seed": 2**64}, "seed", "seed=18446744073709551616"),
+    ]
+    for stream in (True, False):
+        for extra, param, words in cases:
+            body = {"messages": hi, "max_tokens": 3, "stream": stream, **extra}
+            r = client.post("/v1/chat/completions", json=body)
+            assert r.status_code == 400, (extra, r.text[:300])
+            assert r.headers["content-type"] == "application/json"  # not an event stream
+            err = r.json()["error"]
+            assert err["type"] == "invalid_request_error" and err["param"] == param, (extra, err)
+            assert words in err["message"], (extra, err)
+            if param == "response_format" and "not valid JSON" not in words:
+                assert "json_schema.schema" in err["message"] and "fix" in err["message"]
+                assert "/project/" not in err["message"]  # xgrammar's reason, without its source line
+    tok = shared_engine.tokenizer
+    monkeypatch.setattr(tok, "chat_template", "{{ raise_exception('Roles must alternate user/assistant') }}")
+    for stream in (True, False):
+        r = client.post("/v1/chat/completions", json={"messages": hi, "max_tokens": 3, "stream": stream})
+        assert r.status_code == 400 and r.headers["content-type"] == "application/json", r.text[:300]
+        err = r.json()["error"]
+        assert err["param"] == "messages" and "Roles must alternate user/assistant" in err["message"]
+    assert calls == []
+    assert client.app.state.server.counts["requests"] == 0
+
+
+def test_a_response_format_schema_is_compiled_once(shared_engine, monkeypatch):
+    """The up-front check compiles the schema once and the answer reuses it (plain and streamed,
+    and the next request with the same schema)."""
+    xgrammar = pytest.importorskip("xgrammar")
+
+    compiled: list[str] = []
+    compile_json_schema = xgrammar.GrammarCompiler.compile_json_schema
+
+    def counted(self, schema, *args, **kwargs):
+        compiled.append(schema)
+        return compile_json_schema(self, schema, *args, **kwargs)
+
+    monkeypatch.setattr(xgrammar.GrammarCompiler, "compile_json_schema", counted)
+    client, calls = _spied_app(shared_engine, monkeypatch)
+    schema = {
+        "type": "object",
+        "properties": {"compiled_once": {"type": "integer"}},
+        "required": ["compiled_once"],
+    }
+    body = {
+        "messages": [{"role": "user", "content": "Give a number as JSON."}],
+        "max_tokens": 8,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
+    }
+    plain = client.post("/v1/chat/completions", json=body)
+    assert plain.status_code == 200 and len(calls) == 1 and len(compiled) == 1
+    text = plain.json()["choices"][0]["message"]["content"]
+    assert text.startswith('{"compiled_')  # the constraint ran: the schema's key is forced
+    streamed = client.post("/v1/chat/completions", json={**body, "stream": True})
+    assert streamed.status_code == 200 and len(calls) == 2 and len(compiled) == 1
+    deltas = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+    assert "".join(d["choices"][0]["delta"].get("content") or "" for d in deltas if d.get("choices")) == text

@@ -27,14 +27,25 @@ model left free to emit whitespace may never close the object.
 from __future__ import annotations
 
 import json
+import re
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import torch
 
 INSTALL_HINT = "pip install 'reattn-llm[structured]' (or: pip install xgrammar)"
 
+#: How many compiled schemas are kept (least recently used first out); a server checks a request's
+#: schema before answering it (:func:`compile_schema`) and the answer reuses the compiled grammar.
+GRAMMAR_CACHE_SIZE = 64
+
 #: Compilers per tokenizer: building the vocabulary's tables takes ~0.2 s, compiling a schema ~10 ms.
 _COMPILERS: dict[tuple[int, int, tuple[int, ...]], tuple[Any, Any]] = {}
+#: Compiled grammars per (compiler key, schema text), most recently used last.
+_GRAMMARS: OrderedDict[tuple[tuple[int, int, tuple[int, ...]], str], Any] = OrderedDict()
+_LOCK = threading.Lock()  # a server's check (a worker thread) and the engine's answer share the caches
+_WHERE = re.compile(r"^\[[0-9:]+\]\s+\S+:\d+:\s*")  # xgrammar's "[time] file.cc:line: " before its reason
 
 
 def check_schema(schema: Any) -> dict[str, Any] | None:
@@ -107,7 +118,8 @@ def require_xgrammar() -> Any:
     return xgrammar
 
 
-def _compiler(tokenizer: Any, eos: tuple[int, ...]) -> tuple[Any, Any]:
+def _compiler(tokenizer: Any, eos: tuple[int, ...]) -> tuple[tuple[int, int, tuple[int, ...]], Any]:
+    """The cache key and xgrammar compiler for ``tokenizer`` with ``eos`` (called under ``_LOCK``)."""
     xgr = require_xgrammar()
     vocab = len(tokenizer)
     key = (id(tokenizer), vocab, eos)
@@ -115,8 +127,40 @@ def _compiler(tokenizer: Any, eos: tuple[int, ...]) -> tuple[Any, Any]:
         info = xgr.TokenizerInfo.from_huggingface(
             tokenizer, vocab_size=vocab, stop_token_ids=list(eos) or None
         )
-        _COMPILERS[key] = (tokenizer, xgr.GrammarCompiler(info))  # the tokenizer kept alive with its id
-    return _COMPILERS[key]
+        # xgrammar's own cache is unbounded: the bounded one below keeps the compiled schemas
+        _COMPILERS[key] = (tokenizer, xgr.GrammarCompiler(info, cache_enabled=False))  # tokenizer kept alive
+    return key, _COMPILERS[key][1]
+
+
+def compile_schema(tokenizer: Any, schema: dict[str, Any] | None, eos: set[int] | tuple[int, ...]) -> Any:
+    """xgrammar's compiled grammar for JSON matching ``schema`` (any JSON object when None) under
+    ``tokenizer``, with ``eos`` allowed once the JSON is complete. Compiled once, then reused from a
+    cache of the last :data:`GRAMMAR_CACHE_SIZE` schemas: a front end that checks a schema up front
+    (a server's 400) and the :class:`JsonConstraint` of the answer compile it once between them.
+
+    Raises:
+        ValueError: xgrammar cannot compile the schema (its reason, and the fix).
+        ImportError: xgrammar is not installed (the install hint).
+    """
+    text = json.dumps(schema if schema is not None else {"type": "object"})
+    with _LOCK:
+        key, compiler = _compiler(tokenizer, tuple(sorted(eos)))
+        grammar = _GRAMMARS.get((key, text))
+        if grammar is not None:
+            _GRAMMARS.move_to_end((key, text))  # the most recently used
+        else:
+            try:
+                grammar = compiler.compile_json_schema(text, any_whitespace=False)
+            except Exception as e:  # xgrammar reports a schema it cannot compile as a RuntimeError
+                reason = _WHERE.sub("", str(e).strip())
+                raise ValueError(
+                    f"json_schema could not be compiled ({reason}): fix the schema, or simplify it to "
+                    "the common JSON-schema keywords (type, properties, required, items, enum, ...)."
+                ) from e
+            _GRAMMARS[(key, text)] = grammar
+            while len(_GRAMMARS) > GRAMMAR_CACHE_SIZE:
+                _GRAMMARS.popitem(last=False)
+        return grammar
 
 
 class JsonConstraint:
@@ -134,13 +178,7 @@ class JsonConstraint:
     ) -> None:
         xgr = require_xgrammar()
         self._xgr = xgr
-        _, compiler = _compiler(tokenizer, tuple(sorted(eos)))
-        try:
-            grammar = compiler.compile_json_schema(
-                json.dumps(schema if schema is not None else {"type": "object"}), any_whitespace=False
-            )
-        except Exception as e:  # xgrammar reports a schema it cannot compile as a RuntimeError
-            raise ValueError(f"json_schema could not be compiled ({e}): simplify or fix the schema.") from e
+        grammar = compile_schema(tokenizer, schema, eos)  # from the cache when checked up front
         self.vocab = len(tokenizer)
         self.matcher = xgr.GrammarMatcher(grammar)
         self.bitmask = xgr.allocate_token_bitmask(1, self.vocab)

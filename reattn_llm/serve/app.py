@@ -31,7 +31,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..errors import ContextTooLongError, OutOfMemoryError, ReAttentionError
+from ..runtime.sampling import eos_ids
 from ..runtime.stream import Stream
+from ..runtime.structured import compile_schema
 from .protocol import ApiError, Job, Reply, parse, usage
 from .slots import DocumentSlots
 
@@ -102,11 +104,28 @@ class Server:
             )
 
     def _precheck(self, job: Job) -> None:
-        """Tokenize the prompt (once: the engine answers from ``job.encoded``) and check that it
-        fits (raises ContextTooLongError / ValueError)."""
+        """Everything knowable before any model work (in a worker thread): the ``response_format``
+        schema compiled (once: the answer's constraint takes it from :func:`compile_schema`'s
+        cache), then the prompt tokenized (once: the engine answers from ``job.encoded``) and
+        checked to fit.
+
+        Raises:
+            ApiError: a schema xgrammar cannot compile.
+            ContextTooLongError, ValueError: the prompt does not fit, or is refused.
+        """
+        if job.params.constrained:
+            engine = self.engine
+            eos = eos_ids(engine.model.generation_config, engine.tokenizer)  # as the engine's answer has them
+            try:
+                compile_schema(engine.tokenizer, job.params.json_schema, eos)
+            except ValueError as e:
+                where = "response_format.json_schema.schema"
+                raise ApiError(400, f"{where}: {e}", param="response_format", code="invalid_value") from e
         job.encoded = self.engine.prepare(job.prompt, job.params, chat=job.chat)
 
     async def _job(self, request: Request, chat: bool) -> Job:
+        """The request checked as far as it can be before any model work: a bad one raises
+        :class:`ApiError` here, so that a streamed request is refused before its stream starts."""
         self._auth(request)
         try:
             body = await request.json()
@@ -125,12 +144,10 @@ class Server:
         job = parse(body, chat, self.model, self.max_prompt_tokens)
         try:
             await run_in_threadpool(self._precheck, job)
-        except ContextTooLongError as e:
-            raise ApiError(
-                400, str(e), param="messages" if chat else "prompt", code="context_length_exceeded"
-            ) from e
-        except ValueError as e:
-            raise ApiError(400, str(e), param="messages" if chat else "prompt") from e
+        except ApiError:
+            raise
+        except Exception as e:
+            raise _refused(e, chat) from e
         return job
 
     # -- routes -----------------------------------------------------------------------------------
@@ -225,6 +242,33 @@ class Server:
             "decode_seconds": round(decode_s, 4),
             "time": time.time(),
         }
+
+
+def _refused(e: Exception, chat: bool) -> ApiError:
+    """An error of the checks before any model work: the prompt's (too long, refused by its
+    checks or by the model's chat template) naming ``messages`` / ``prompt``, else as
+    :func:`_api_error` answers it."""
+    param = "messages" if chat else "prompt"
+    if isinstance(e, ContextTooLongError):
+        return ApiError(400, str(e), param=param, code="context_length_exceeded")
+    if isinstance(e, ValueError):
+        return ApiError(400, str(e), param=param)
+    if _template_error(e):  # e.g. a template that wants user and assistant turns to alternate
+        return ApiError(
+            400,
+            f"{param}: the model's chat template refused them ({e}): change them as it asks.",
+            param=param,
+        )
+    return _api_error(e, chat)
+
+
+def _template_error(e: Exception) -> bool:
+    """Whether ``e`` is a chat template's own refusal (jinja2's TemplateError, raised by the template)."""
+    try:
+        from jinja2 import TemplateError
+    except ImportError:  # no templates without jinja2
+        return False
+    return isinstance(e, TemplateError)
 
 
 def _api_error(e: Exception, chat: bool) -> ApiError:

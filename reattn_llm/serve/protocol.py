@@ -19,6 +19,8 @@ from ..runtime.structured import from_response_format, require_xgrammar
 #: Answer length when a request gives no ``max_tokens``.
 DEFAULT_MAX_TOKENS = 256
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+#: The seeds torch's generators take (a larger one fails at the first token, not before).
+SEEDS = (-(2**63), 2**64 - 1)
 
 
 class ApiError(Exception):
@@ -161,8 +163,11 @@ def parse(body: Any, chat: bool, model: str, max_prompt_tokens: int | None) -> J
         raise ApiError(400, "stop: give a string or a list of up to 4 strings.", param="stop")
     limit = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ApiError(400, f"seed={seed!r}: must be an integer.", param="seed")
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, int) or not SEEDS[0] <= seed <= SEEDS[1]
+    ):
+        rule = f"an integer from {SEEDS[0]} to {SEEDS[1]}"
+        raise ApiError(400, f"seed={seed!r}: must be {rule}.", param="seed", code="invalid_value")
     params = SamplingParams(
         **_response_format(body.get("response_format")),
         max_new_tokens=_number(body, limit, int, DEFAULT_MAX_TOKENS, 1, 1e9),
