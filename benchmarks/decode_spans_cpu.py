@@ -5,8 +5,9 @@ the default model with its window shrunk to 256 tokens), each ``decode_spans`` c
 prompts, greedy answers::
 
     python benchmarks/decode_spans_cpu.py --tokens 2000 union own question
+    python benchmarks/decode_spans_cpu.py --tokens 4000 union union,span_shift=8
 
-Prints one row per choice: found / samples and seconds.
+A choice is ``decode_spans[:extra spans]`` then ``,name=value`` settings of ReAttentionConfig. Prints one row per choice: found / samples and seconds.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("choices", nargs="+", help="decode_spans values; 'union:8' sets decode_extra_spans too")
+    ap.add_argument(
+        "choices", nargs="+", help="decode_spans values; 'union:8' sets decode_extra_spans, ',k=v' other settings"
+    )
     ap.add_argument("--tokens", type=int, default=2000, help="prompt length (the window is 256)")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     args = ap.parse_args()
@@ -38,8 +41,11 @@ def main() -> None:
     ids, question, answers = make_batch((model, tok), args.data)
     print("| decode_spans | tokens | found | seconds |\n|---|---|---|---|")
     for choice in args.choices:
-        name, _, extra = choice.partition(":")
-        kw = {"decode_spans": name, **({"decode_extra_spans": int(extra)} if extra else {})}
+        head, *settings = choice.split(",")
+        name, _, extra = head.partition(":")
+        kw: dict = {"decode_spans": name, **({"decode_extra_spans": int(extra)} if extra else {})}
+        for k, _, v in (s.partition("=") for s in settings):
+            kw[k] = int(v) if v.lstrip("-").isdigit() else v
         t0 = time.perf_counter()
         got = needles._answers(model, tok, ids, question, ReAttentionConfig(window=needles.WINDOW, **kw))
         found = sum(a in g for a, g in zip(answers, got, strict=True))
