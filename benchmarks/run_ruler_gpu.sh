@@ -59,8 +59,10 @@ case "$phase" in
   million)  # five 1M samples do not finish side by side within one command: INDICES picks some (e.g. 0,1 then 2,3 then 4)
     idx=${INDICES:-0,1,2,3,4}; n=$(( $(tr -cd , <<<"$idx" | wc -c) + 1 ))
     T="timeout ${LIMIT_S:-540}"
-    $T $R --modes reattention --lengths 1048576 --indices "$idx" --workers "$n" --out "$out/million.jsonl" > "$out/million.log" 2>&1 &
-    $T $R --modes streaming --lengths 1048576 --indices "$idx" --workers 1 --out "$out/million_st.jsonl" > "$out/million_st.log" 2>&1 &
+    # SET="span_shift=8" runs a candidate setting (labelled re-<SET>) instead of the defaults; NO_STREAMING=1 skips streaming
+    if [ -n "${SET:-}" ]; then sel=(--set "$SET" --label "re-$SET"); else sel=(); fi
+    $T $R --modes reattention --lengths 1048576 --indices "$idx" --workers "$n" "${sel[@]}" --out "$out/million.jsonl" > "$out/million.log" 2>&1 &
+    [ -n "${NO_STREAMING:-}" ] || $T $R --modes streaming --lengths 1048576 --indices "$idx" --workers 1 --out "$out/million_st.jsonl" > "$out/million_st.log" 2>&1 &
     wait
     ;;
   gemma)  # Gemma-3-270M (issue 15; after gpu_setup.sh gemma): stock in its 32K window at 8K/16K (and 2K/4K,
