@@ -336,3 +336,42 @@ def main(names: list[str]) -> None:
 if __name__ == "__main__":
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
     main(sys.argv[1:])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("span_shift", [0, 2])
+def test_cuda_default_fused_decode_equals_unfused(span_shift):
+    """On CUDA with backend "triton", the default (decode steps select through the compiled fused
+    kernel) gives the logits and remembered centres of the unfused ops, bit for bit."""
+    from tiny_models import distinct_ids, tiny_model
+
+    from reattn_llm import ReAttentionCache, ReAttentionConfig, patch
+    from reattn_llm.method import attention
+
+    model = tiny_model("llama", heads=6, kv_heads=2, head_dim=64, layers=2, window=128, seed=5).cuda()
+    cfg = ReAttentionConfig(
+        global_size=4, local_size=32, span_size=4, max_spans=4, top_k=2, chunk_size=16,
+        backend="triton", span_shift=span_shift,
+    )  # fmt: skip
+    ids = distinct_ids(1, 200, seed=7).cuda()
+
+    def run(fused: dict) -> tuple[torch.Tensor, list]:
+        saved = attention.FUSED_SELECT
+        attention.FUSED_SELECT = fused
+        handle = patch(model, cfg)
+        try:
+            cache = ReAttentionCache(2)
+            with torch.no_grad():
+                out = [model(ids[:, :170], past_key_values=cache).logits[:, -1:]]
+                out += [model(ids[:, t : t + 1], past_key_values=cache).logits for t in range(170, 200)]
+            return torch.cat(out, 1), [cache.layers[i].pinned for i in range(2)]
+        finally:
+            handle.unpatch()
+            attention.FUSED_SELECT = saved
+
+    assert attention.FUSED_SELECT["decode"] == ("triton",)  # the default this test stands for
+    want, want_pins = run({"decode": (), "prefill": ()})
+    got, got_pins = run(dict(attention.FUSED_SELECT))
+    assert torch.equal(got, want), f"logits differ by {(got - want).abs().max().item():.3g}"
+    for p, q in zip(got_pins, want_pins, strict=True):
+        assert torch.equal(p, q)
