@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import FAMILIES, distinct_ids, tiny_model
+from tiny_models import FAMILIES, distinct_ids, tiny_model, tiny_phi3
 
 import reattn_llm.method.attention as attention_mod
 from reattn_llm import ReAttentionConfig, UnsupportedModelError, patch, unpatch
@@ -222,11 +222,15 @@ def test_attention_reads_its_layer_through_the_cache_and_a_plain_cache_gives_the
     assert (stock - ours).abs().max().item() > 1e-2  # beyond the window: not the stock model
 
 
-def test_mistral_sliding_window_is_the_attention_window():
-    """Mistral-7B-v0.1 sets ``sliding_window`` (4096 of 32768) and transformers masks every layer to
-    it: the default scope fits in it, so the patched model equals stock within G + L."""
-    model = tiny_model("mistral", window=128, sliding_window=48, seed=3)
-    ids = distinct_ids(1, 120, seed=3)
+@pytest.mark.parametrize("family", ["mistral", "phi3"])
+def test_model_wide_sliding_window_is_the_attention_window(family):
+    """Mistral-7B-v0.1 (4096 of 32768) and Phi-3-mini-4k (2047 of 4096) set ``sliding_window`` and
+    transformers masks every layer to it: the default scope fits in it, so the patched model equals
+    stock within G + L."""
+    seed = {"mistral": 3, "phi3": 5}[family]
+    build = tiny_phi3 if family == "phi3" else lambda **kw: tiny_model("mistral", **kw)
+    model = build(window=128, sliding_window=48, seed=seed)
+    ids = distinct_ids(1, 120, seed=seed)
     with torch.no_grad():
         stock = model(ids).logits
         with patch(model, ReAttentionConfig()) as handle:
