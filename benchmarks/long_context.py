@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         "--kv-dtype", default="model", choices=["model", "fp8"], help="ReAttentionConfig.kv_dtype"
     )
     ap.add_argument("--offload", default="none", choices=["none", "values", "keys_values"])
+    ap.add_argument("--model", default=None, help="model name or folder (default: the embedded default)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--seed", type=int, default=0)
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args.modes = args.modes.split(",")
     args.selection = args.selection.split(",")
     device = resolve_device(args.device)
-    model, tok = load_model(None, device, resolve_dtype(args.dtype, device))
+    model, tok = load_model(args.model, device, resolve_dtype(args.dtype, device))
     print(
         f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
         f"torch {torch.__version__}, dtype {model.dtype}",
