@@ -30,6 +30,7 @@ each sample is found by bisection on its token count.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import lzma
@@ -350,6 +351,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from reattn_llm import Engine, ReAttentionConfig
+    from reattn_llm.lab.trace import traced
     from reattn_llm.runtime.engine import SamplingParams
 
     lengths = {int(x) for x in args.lengths.split(",")} if args.lengths else None
@@ -398,17 +400,45 @@ def run(args: argparse.Namespace) -> None:
                 if args.question
                 else None
             )
-            c = engine.complete(r["prompt"], params, chat=False, question_start=qs)
+            trace = _row_trace(engine, r) if args.trace and m != "full" else None  # stock: unpatched
+            with traced(engine.model, trace) if trace is not None else contextlib.nullcontext():
+                c = engine.complete(r["prompt"], params, chat=False, question_start=qs)
             rec = {"task": r["task"], "length": r["length"], "index": r["index"], "mode": mode,
                    "label": args.label or mode, "config": overrides, "pred": c.text, "outputs": r["outputs"],
                    "kind": r["kind"], "tokens": c.prompt_tokens, "seconds": time.perf_counter() - t0,
                    "max_position": c.max_position}  # fmt: skip
+            if trace is not None:
+                rec["trace"] = {"rows": len(trace.rows), "forwards": trace.summary()}
+                print(_trace_line(rec["trace"]), flush=True)
             out.write(json.dumps(rec) + "\n")
             out.flush()
             hit = all(o.lower() in c.text.lower() for o in r["outputs"])
             print(f"{args.label or mode:14s} {r['task']:16s} {r['length']:>8d} #{r['index']:<3d} "
                   f"{'ok ' if hit else 'MISS'} {c.text.strip()[:60]!r}", flush=True)  # fmt: skip
         del engine
+
+
+def _row_trace(engine: Any, r: dict[str, Any]) -> Any:
+    """A :class:`~reattn_llm.lab.trace.RowTrace` of the sample's expected values in its prompt (the
+    rows the engine's fresh cache gives them), or None when none of them is in the prompt (qa)."""
+    from reattn_llm.lab.trace import RowTrace, text_rows
+
+    _, text = engine.encode(r["prompt"], chat=False)
+    rows = text_rows(engine.tokenizer, text, r["outputs"])
+    return RowTrace(rows) if rows else None
+
+
+def _trace_line(t: dict[str, Any]) -> str:
+    """``question full/any mass | step: full/any ...``: the last prefill forward (the question), then
+    each decode step, as layers with all / some of the value's rows in scope."""
+    fw = t["forwards"]
+    prefill = [f for f in fw if f["queries"] > 1]
+    steps = [f for f in fw if f["queries"] == 1]
+    head = ""
+    if prefill:
+        q = prefill[-1]
+        head = f"question {q['full']}/{q['any']} of {q['layers']} (mass {q['mass']:.3f}, top {q['top_mass']:.3f}) | "
+    return "  trace: " + head + "steps " + " ".join(f"{f['full']}/{f['any']}" for f in steps)
 
 
 def _run_sharded(args: argparse.Namespace) -> None:
@@ -515,6 +545,13 @@ def main() -> None:
         help="no question boundary: the config's tail rule decides the last chunk",
     )
     r.add_argument("--stock-max", type=int, default=0, help="longest prompt for stock (default: the window)")
+    r.add_argument(
+        "--trace",
+        action="store_true",
+        help="record per layer and forward whether the expected values' tokens are in scope and their "
+        "attention (slower; not for stock, which is unpatched: trace ReAttention with --set "
+        "local_size=N, N >= the prompt, for the stock model's own attention)",
+    )
     r.add_argument("--workers", type=int, default=1, help="processes sharing the device, each a shard")
     r.add_argument("--shard", default=None, help=argparse.SUPPRESS)
     r.add_argument("--out", required=True)

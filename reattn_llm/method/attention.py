@@ -211,8 +211,12 @@ def reattention_forward(
         scope = plan_scope(state, qc, kv, start + c1, backend)
         state.note_positions(scope)
         k_src, v_src, idx = kv.read_scope(scope.gather_idx)
-        if state.recorder is not None and state.recorder.wants(state.layers.index(module), len(state.layers)):
-            state.recorder.attend(qc, k_src, idx, scope, cos, sin, scale)  # citations: the whole scope
+        if state.recorder is not None or state.observers:
+            layer = state.layers.index(module)
+            if state.recorder is not None and state.recorder.wants(layer, len(state.layers)):
+                state.recorder.attend(qc, k_src, idx, scope, cos, sin, scale)  # citations: the whole scope
+            for observe in state.observers:
+                observe(layer, qc, k_src, idx, scope, cos, sin, scale)
         outs.append(
             scope_attention(
                 qc, k_src, v_src, idx, scope.key_pos, scope.q_pos, cos, sin, scale, backend=backend

@@ -9,6 +9,7 @@ position applied; per cache row, how often selections drew on it: :class:`Select
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -17,6 +18,50 @@ from ..kernels.torch_ops import apply_rope, gather_kv
 from .config import ReAttentionConfig
 from .rope import RopeTable
 from .selection import Scope
+
+
+def last_query_probs(
+    q: torch.Tensor,
+    k_src: torch.Tensor,
+    idx: torch.Tensor,
+    scope: Scope,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """``[H, N]`` fp32 attention probabilities of the last query of ``q [B, H, Q, D]`` (un-rotated),
+    batch row 0, over the scope: keys ``k_src`` rows ``idx [B, N]``
+    (:meth:`~reattn_llm.kv.layer.KVReader.read_scope`) at positions ``scope.key_pos`` (-1: padding,
+    probability 0) against the query at ``scope.q_pos[:, -1]``; what the attention itself computes for
+    that query, in fp32."""
+    kp = scope.key_pos[:1]
+    k = gather_kv(k_src[:1], idx[:1]).float()  # [1, Hkv, N, D]
+    k = apply_rope(k, cos[kp.clamp(min=0)], sin[kp.clamp(min=0)])
+    qp = scope.q_pos[:1, -1:]
+    qr = apply_rope(q[:1, :, -1:].float(), cos[qp], sin[qp])  # [1, H, 1, D]
+    h, hkv = qr.shape[1], k.shape[1]
+    logits = torch.einsum("kgd,knd->kgn", qr[0, :, 0].view(hkv, h // hkv, -1), k[0]) * scale
+    logits = logits.masked_fill((kp[0] < 0) | (kp[0] > qp[0, 0]), float("-inf"))
+    return logits.softmax(-1).reshape(h, -1)
+
+
+class ScopeObserver(Protocol):
+    """A diagnostic called by every patched layer for every query chunk, with the scope the chunk
+    attends (e.g. :class:`reattn_llm.lab.trace.RowTrace`: are given cache rows in scope, and how much
+    attention do they get). Same arguments as :meth:`SelectionRecorder.attend`, after the layer's
+    index among the patched layers."""
+
+    def __call__(
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k_src: torch.Tensor,
+        idx: torch.Tensor,
+        scope: Scope,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        scale: float,
+    ) -> None: ...
 
 
 class SelectionRecorder:
@@ -67,15 +112,7 @@ class SelectionRecorder:
         """Add the attention of the last query of ``q [B, H, Q, D]`` (un-rotated) over the scope: keys
         ``k_src`` rows ``idx [B, N]`` (:meth:`~reattn_llm.kv.layer.KVReader.read_scope`), cache rows
         ``scope.gather_idx``, positions ``scope.key_pos`` (-1: padding) and ``scope.q_pos``."""
-        kp = scope.key_pos[:1]
-        k = gather_kv(k_src[:1], idx[:1]).float()  # [1, Hkv, N, D]
-        k = apply_rope(k, cos[kp.clamp(min=0)], sin[kp.clamp(min=0)])
-        qp = scope.q_pos[:1, -1:]
-        qr = apply_rope(q[:1, :, -1:].float(), cos[qp], sin[qp])  # [1, H, 1, D]
-        h, hkv = qr.shape[1], k.shape[1]
-        logits = torch.einsum("kgd,knd->kgn", qr[0, :, 0].view(hkv, h // hkv, -1), k[0]) * scale
-        logits = logits.masked_fill((kp[0] < 0) | (kp[0] > qp[0, 0]), float("-inf"))
-        probs = logits.softmax(-1).mean(dim=(0, 1))  # [N]
+        probs = last_query_probs(q, k_src, idx, scope, cos, sin, scale).mean(dim=0)  # [N]
         rows = scope.gather_idx[0]
         self._grow(int(rows.max()) + 1, rows.device).index_add_(0, rows, probs.to(self.counts.device))  # type: ignore[union-attr]
 
@@ -94,6 +131,7 @@ class PatchState:
         max_position: the largest RoPE position applied, a device scalar (no host sync).
         track_positions: whether :meth:`note_positions` keeps ``max_position``.
         layers: the patched ``self_attn`` modules.
+        observers: diagnostics called by every layer for every query chunk (:class:`ScopeObserver`).
     """
 
     config: ReAttentionConfig
@@ -102,6 +140,7 @@ class PatchState:
     max_position: torch.Tensor | None = None
     track_positions: bool = True
     layers: list[nn.Module] = field(default_factory=list)
+    observers: list[ScopeObserver] = field(default_factory=list)
 
     def note_positions(self, scope: Scope) -> None:
         """Keep the largest RoPE position applied (a device scalar: no host sync)."""
