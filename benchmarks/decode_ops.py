@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton: CPU runs the interpreter
 
 #: aten ops that only make a new view of a tensor (no kernel launch on a GPU).
 VIEW_OPS = frozenset(
@@ -119,7 +118,8 @@ def decode_counts(backend: str | None) -> collections.Counter:
     (``backend=None``) or patched with ``backend``."""
     import torch
 
-    sys.path.insert(0, str(ROOT / "tests"))
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests"))
     from tiny_models import distinct_ids, tiny_model
 
     from reattn_llm import ReAttentionCache, ReAttentionConfig, patch
@@ -154,6 +154,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ops", action="store_true", help="list the launching ops of each ReAttention backend")
     args = ap.parse_args()
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton: CPU runs the interpreter
     rows = [("stock", None), ("reattention torch", "torch"), ("reattention triton", "triton")]
     results = {label: decode_counts(backend) for label, backend in rows}
     print(

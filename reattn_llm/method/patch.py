@@ -3,9 +3,12 @@
 What ``patch(model, config)`` installs:
 
 * a forward pre-hook on every ``self_attn`` that swaps ``position_embeddings`` for the identity
-  (cos = 1, sin = 0), so the stock code hands the cache and the attention function un-rotated
-  queries and keys, exactly, and passes the cache on to the attention function (``reattn_cache``:
-  transformers forwards the extra keyword), which reads the layer's rows through it;
+  (cos = 1, sin = 0: :func:`~reattn_llm.method.rope.identity_rope`, made once), so the stock code
+  hands the cache and the attention function un-rotated queries and keys, exactly, and passes the
+  cache on to the attention function (``reattn_cache``: transformers forwards the extra keyword),
+  which reads the layer's rows through it; the layers' modeling module's ``apply_rotary_pos_emb``
+  is wrapped to pass queries and keys through untouched when handed that identity pair
+  (:func:`~reattn_llm.method.rope.skip_identity_rope`: no op per layer instead of 10);
 * a pre-hook on the model's rotary module that computes the (unused) stock embeddings at
   position 0, so no position at or beyond the window is ever evaluated;
 * ``config._attn_implementation = "reattention"``: the function in :mod:`reattn_llm.method.attention`,
@@ -47,7 +50,7 @@ from ..kv.storage import KVStorage
 from .attention import ATTN_NAME, CACHE_KWARG, reattention_forward, reattention_mask, set_stock_sliding
 from .config import ReAttentionConfig
 from .families import FULL, attention_window, check_model_config, sliding_layers, sliding_windows, text_config
-from .rope import RopeTable, rotary_width
+from .rope import RopeTable, identity_rope, rotary_width, skip_identity_rope
 from .state import PatchState, SelectionRecorder
 
 __all__ = [
@@ -183,8 +186,7 @@ def _attn_pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple,
     pe = kwargs.get("position_embeddings")
     if pe is None:
         raise RuntimeError("ReAttention expects position_embeddings as a keyword argument of self_attn.")
-    cos, sin = pe
-    kwargs["position_embeddings"] = (torch.ones_like(cos), torch.zeros_like(sin))
+    kwargs["position_embeddings"] = identity_rope(*pe)
     kwargs[CACHE_KWARG] = kwargs.get("past_key_values")
     return args, kwargs
 
@@ -227,6 +229,10 @@ def patch(model: nn.Module, config: ReAttentionConfig | None = None) -> PatchHan
         attn._reattn_state = state
         state.layers.append(attn)
         handle._hooks.append(attn.register_forward_pre_hook(_attn_pre_hook, with_kwargs=True))
+    for name in dict.fromkeys(type(attn).__module__ for attn in patched):
+        skip = skip_identity_rope(name)
+        if skip is not None:
+            handle._hooks.append(skip)
     for attn, order in zip(patched, orders, strict=False):
         handle._hooks.append(attn.qkv_proj.register_forward_hook(order))
 

@@ -21,7 +21,9 @@ consistent layout; the cache stores keys in it.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import sys
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -165,34 +167,134 @@ class RopeTable:
         sin = torch.cat((sin, sin.new_zeros(sin.shape[0], pad)), dim=-1)[:, perm]
         return cos, sin
 
-    def expected(self, lo: int, hi: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(E[cos], E[sin])``, each ``[R]`` fp32: the RoPE table averaged over distances ``[lo, hi)``
-        (cut at the window), for :func:`rotate_expected`."""
+    def expected(self, lo: int, hi: int, device: torch.device) -> ExpectedRope:
+        """``(E[cos], E[sin], turned E[sin])``, each ``[R]`` fp32: the RoPE table averaged over distances
+        ``[lo, hi)`` (cut at the window), for :func:`rotate_expected`; cached per ``(lo, hi, device)``."""
         key = ("expected", lo, hi, device)
         table = self._tables.get(key)  # type: ignore[call-overload]
         if table is None:
             cos, sin = self.get(device, torch.float32)
             lo = max(0, min(lo, self.window - 1))
             hi = max(lo + 1, min(hi, self.window))
-            table = (cos[lo:hi].mean(0), sin[lo:hi].mean(0))
+            e_cos, e_sin = cos[lo:hi].mean(0), sin[lo:hi].mean(0)
+            table = ExpectedRope(e_cos, e_sin, turned_sin(e_sin))
             self._tables[key] = table  # type: ignore[index]
-        return table
+        return table  # type: ignore[return-value]
 
 
-def rotate_expected(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+class ExpectedRope(NamedTuple):
+    """An averaged RoPE (:meth:`RopeTable.expected`), each ``[R]`` fp32: ``cos``, ``sin`` and
+    ``sin_turned`` (:func:`turned_sin`), so :func:`rotate_expected` rotates with one roll."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    sin_turned: torch.Tensor
+
+
+def turned_sin(sin: torch.Tensor) -> torch.Tensor:
+    """``sin [.., R]`` with its first half negated: ``rotate_half(x) * sin == x.roll(R/2) * turned_sin(sin)``,
+    exactly (``(-a) * b == a * (-b)`` in floating point)."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+def rotate_expected(
+    q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sin_turned: torch.Tensor | None = None
+) -> torch.Tensor:
     """``q [B, H, Q, D]`` rotated by an averaged RoPE ``cos, sin [R]`` (rotate-half layout, ``R <= D``;
-    partial rotary keeps ``q[..., R:]``), in ``q``'s dtype.
+    partial rotary keeps ``q[..., R:]``), computed in fp32, returned in ``q``'s dtype. ``sin_turned``:
+    :func:`turned_sin` of ``sin`` when the caller has it (:class:`ExpectedRope`; else made here).
 
     ``R(d) q . k`` is the logit of a query ``d`` positions after the key; averaging ``R(d)`` over the
     distances a selected span takes in the scope gives one query whose dot product with an un-rotated
     key is that logit's mean over those distances: RoPE's fast-turning dimension pairs average out,
     the slow ones, which carry content over long distances, stay."""
     r = cos.shape[-1]
-    qf = q.float()
+    # fp16/bf16 queries are promoted to fp32 by the products themselves (the same values as q.float())
+    qf = q if q.dtype in (torch.float16, torch.bfloat16) else q.float()
     qr, rest = qf[..., :r], qf[..., r:]
-    half = r // 2
-    turned = torch.cat((-qr[..., half:], qr[..., :half]), dim=-1)
-    out = qr * cos + turned * sin
+    if sin_turned is None:
+        sin_turned = turned_sin(sin)
+    out = qr * cos + qr.roll(r // 2, dims=-1) * sin_turned  # rotate_half(qr) * sin, one op fewer
     if rest.shape[-1]:
-        out = torch.cat((out, rest), dim=-1)
+        out = torch.cat((out, rest.float()), dim=-1)
     return out.to(q.dtype)
+
+
+#: ``(device, dtype, rotary width)`` -> ``(ones, zeros)``, each ``[1, 1, R]``: the identity RoPE that
+#: the patch's ``self_attn`` pre-hook hands the stock layers. Made once per key (a few in use; cleared
+#: past :data:`_IDENTITY_MAX`, after which a dropped pair is merely applied, exactly, as ``x*1 + y*0``).
+_IDENTITY: dict[tuple[torch.device, torch.dtype, int], tuple[torch.Tensor, torch.Tensor]] = {}
+_IDENTITY_MAX = 16
+
+
+def identity_rope(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ones, zeros)`` ``[1, 1, R]`` on ``cos``'s device and dtype (``R = cos.shape[-1]``): RoPE that
+    rotates nothing, broadcast by the stock ``apply_rotary_pos_emb`` over ``[B, S, R]`` tables, and
+    skipped outright by it once :func:`skip_identity_rope` wraps it (no op at all per layer)."""
+    key = (cos.device, cos.dtype, cos.shape[-1])
+    pair = _IDENTITY.get(key)
+    if pair is None:
+        if len(_IDENTITY) >= _IDENTITY_MAX:
+            _IDENTITY.clear()
+        pair = _IDENTITY[key] = (cos.new_ones(1, 1, key[2]), sin.new_zeros(1, 1, key[2]))
+    return pair
+
+
+def is_identity_rope(cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    """Whether ``cos, sin`` are the pair :func:`identity_rope` made (the very tensors, not equal ones)."""
+    pair = _IDENTITY.get((cos.device, cos.dtype, cos.shape[-1]))
+    return pair is not None and cos is pair[0] and sin is pair[1]
+
+
+#: modeling module name -> ``[stock apply_rotary_pos_emb, our wrapper, patched models using it]``.
+_SKIPS: dict[str, list[Any]] = {}
+
+
+class _SkipHandle:
+    """``remove()``: one patched model less uses the wrapper; the last restores the stock function."""
+
+    def __init__(self, module_name: str) -> None:
+        self.module_name = module_name
+        self.removed = False
+
+    def remove(self) -> None:
+        if self.removed:
+            return
+        self.removed = True
+        entry = _SKIPS.get(self.module_name)
+        if entry is None:
+            return
+        entry[2] -= 1
+        if entry[2] <= 0:
+            del _SKIPS[self.module_name]
+            module = sys.modules.get(self.module_name)
+            if module is not None and getattr(module, "apply_rotary_pos_emb", None) is entry[1]:
+                module.apply_rotary_pos_emb = entry[0]  # type: ignore[attr-defined]
+
+
+def skip_identity_rope(module_name: str) -> _SkipHandle | None:
+    """Wrap the ``apply_rotary_pos_emb(q, k, cos, sin, ...)`` of the modeling module ``module_name`` so
+    that it returns ``q, k`` untouched when given :func:`identity_rope`'s pair (any other tables: the
+    stock function). The stock code would compute ``q * 1 + rotate_half(q) * 0`` (10 ops per layer, the
+    same values); ReAttention rotates queries and keys itself. Reference-counted per module: the
+    handle's ``remove()`` restores the stock function once no patched model uses it. None when the
+    module has no such function (its layers then apply the identity pair, exactly)."""
+    module = sys.modules.get(module_name)
+    stock = getattr(module, "apply_rotary_pos_emb", None)
+    if module is None or not callable(stock):
+        return None
+    entry = _SKIPS.get(module_name)
+    if entry is None or stock is not entry[1]:  # first use, or replaced by someone since
+        original = stock
+
+        @functools.wraps(original)
+        def apply_rotary_pos_emb(q: Any, k: Any, cos: Any, sin: Any, *args: Any, **kwargs: Any) -> Any:
+            if is_identity_rope(cos, sin):
+                return q, k
+            return original(q, k, cos, sin, *args, **kwargs)
+
+        entry = _SKIPS[module_name] = [original, apply_rotary_pos_emb, entry[2] if entry else 0]
+        module.apply_rotary_pos_emb = apply_rotary_pos_emb  # type: ignore[union-attr]
+    entry[2] += 1
+    return _SkipHandle(module_name)

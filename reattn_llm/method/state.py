@@ -120,6 +120,10 @@ class SelectionRecorder:
         self.counts = None
 
 
+#: Chunks whose query positions :meth:`PatchState.note_positions` keeps before taking their largest.
+_PENDING_MAX = 256
+
+
 @dataclass
 class PatchState:
     """What the attention function of a patched model needs, shared by all its layers.
@@ -128,7 +132,8 @@ class PatchState:
         config: the resolved :class:`~reattn_llm.method.config.ReAttentionConfig`.
         rope: ``cos, sin`` tables for positions below the window.
         recorder: per-row selection counts, when switched on.
-        max_position: the largest RoPE position applied, a device scalar (no host sync).
+        max_position: (a property) the largest RoPE position applied, a device scalar (no host sync),
+            or None; settable (None forgets it).
         track_positions: whether :meth:`note_positions` keeps ``max_position``.
         layers: the patched ``self_attn`` modules.
         observers: diagnostics called by every layer for every query chunk (:class:`ScopeObserver`).
@@ -137,17 +142,47 @@ class PatchState:
     config: ReAttentionConfig
     rope: RopeTable
     recorder: SelectionRecorder | None = None
-    max_position: torch.Tensor | None = None
     track_positions: bool = True
     layers: list[nn.Module] = field(default_factory=list)
     observers: list[ScopeObserver] = field(default_factory=list)
+    _max: torch.Tensor | None = field(default=None, init=False, repr=False)
+    #: ``q_pos [B, Q]`` of the chunks noted since :attr:`_max` was last brought up to date.
+    _pending: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
+
+    @property
+    def max_position(self) -> torch.Tensor | None:
+        self._fold()
+        return self._max
+
+    @max_position.setter
+    def max_position(self, value: torch.Tensor | None) -> None:
+        self._max, self._pending = value, []
 
     def note_positions(self, scope: Scope) -> None:
-        """Keep the largest RoPE position applied (a device scalar: no host sync)."""
+        """Keep the chunk's query positions for :attr:`max_position`: no op per layer, their largest
+        is taken when it is read (or once :data:`_PENDING_MAX` chunks wait), still without a host sync."""
         if self.track_positions:
-            m = scope.q_pos.max()
-            self.max_position = m if self.max_position is None else torch.maximum(self.max_position, m)
+            self._pending.append(scope.q_pos)
+            if len(self._pending) >= _PENDING_MAX:
+                self._fold()
+
+    def _fold(self) -> None:
+        """Take the largest of the pending positions into ``_max`` (per device, moved to ``_max``'s)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        by_device: dict[torch.device, list[torch.Tensor]] = {}
+        for q_pos in pending:
+            by_device.setdefault(q_pos.device, []).append(q_pos.reshape(-1))
+        m = self._max
+        for rows in by_device.values():
+            x = (rows[0] if len(rows) == 1 else torch.cat(rows)).max()
+            if m is not None and x.device != m.device:
+                x = x.to(m.device)
+            m = x if m is None else torch.maximum(m, x)
+        self._max = m
 
     def largest_position(self) -> int:
         """The largest RoPE position applied since patching (or the last reset), -1 if none."""
-        return -1 if self.max_position is None else int(self.max_position)
+        m = self.max_position
+        return -1 if m is None else int(m)
