@@ -49,7 +49,7 @@ def score_topk_torch(q: torch.Tensor, k: torch.Tensor, top_k: int) -> torch.Tens
         kb = k[:, :, start : start + block].to(acc)
         s = torch.matmul(qg, kb.transpose(-1, -2))  # [B, Hkv, g*Q, blk]
         v, i = s.topk(min(kk, s.shape[-1]), dim=-1)
-        best_v, best_i = merge_topk(best_v, best_i, v, i + start, kk)
+        best_v, best_i = merge_topk(best_v, best_i, v, i + start if start else i, kk)
     assert best_i is not None
     return best_i.reshape(B, H, Q, kk)
 
