@@ -37,11 +37,15 @@ def literal_selection(
     remember: int = 0,
     by_rank: bool = False,
     shift: int = 0,
+    span_votes: bool = False,
 ) -> tuple[list[int], list[int], dict[int, int]]:
     """Middle positions selected for one chunk, the hits (span centres) kept, and the ``remember``
     most voted hits with their votes: ``q [H, Q, D]``, ``k_mid [Hkv, M, D]``; ``pinned`` centres
     come first; ``carried`` votes (position -> votes) are added to this chunk's. Equal votes go to
-    the earlier position; with ``by_rank``, first to the hit some head ranked higher."""
+    the earlier position; with ``by_rank``, first to the hit some head ranked higher. With
+    ``span_votes`` (``vote_pooling="span"``), a centre counts the hits of its whole span, and only
+    centres that beat every other within ``span - 1`` tokens compete (ties: more hits of its own,
+    then earlier)."""
     h_q, n_q, _ = q.shape
     h_kv, m, _ = k_mid.shape
     group = h_q // h_kv
@@ -58,7 +62,17 @@ def literal_selection(
                 best_rank[c] = min(r, best_rank.get(c, r))
     votes.update({c: v for c, v in (carried or {}).items() if c < m and v > 0})
     first = [c for c in (pinned or []) if c < m]
-    if by_rank:
+    if span_votes:
+        half = span // 2
+        own = dict(votes)
+        votes = Counter({c: sum(own.get(j, 0) for j in range(c - half, c - half + span)) for c in range(m)})
+        order = {c: (votes[c], own.get(c, 0), -c) for c in range(m)}
+        peaks = [
+            c for c in range(m)
+            if votes[c] > 0 and all(order[c] >= order[j] for j in range(max(0, c - span + 1), min(m, c + span)))
+        ]  # fmt: skip
+        ranked = sorted(peaks, key=lambda c: order[c], reverse=True)
+    elif by_rank:
         ranked = sorted(votes, key=lambda c: (-votes[c], best_rank.get(c, top_k), c))
     else:
         ranked = sorted(votes, key=lambda c: (-votes[c], c))
@@ -129,6 +143,7 @@ def literal_attention(
                     mid, hits, kept = literal_selection(
                         qs, k[b, :, g : seen - near], cfg.top_k, n_spans, cfg.span_size, pinned,
                         carried, 2 * cfg.max_spans, by_rank=union, shift=cfg.span_shift,
+                        span_votes=cfg.vote_pooling == "span" and not one and not running,
                     )  # fmt: skip
                     if not one:
                         memory[b] = hits

@@ -89,10 +89,11 @@ def test_chunked_prefill_matches_reference_in_batch_of_two():
 
 
 @pytest.mark.parametrize(
-    "decode_spans,span_shift",
-    [(d, 0) for d in ("question", "own", "both", "running", "union")] + [("union", 2), ("own", 1)],
+    "decode_spans,span_shift,vote_pooling",
+    [(d, 0, "hit") for d in ("question", "own", "both", "running", "union")]
+    + [("union", 2, "hit"), ("own", 1, "hit"), ("union", 0, "span"), ("running", 0, "span"), ("own", 1, "span")],
 )
-def test_decode_steps_match_reference_with_question_spans(decode_spans, span_shift):
+def test_decode_steps_match_reference_with_question_spans(decode_spans, span_shift, vote_pooling):
     """A prefill then one-token decode steps: with ``decode_spans="question"`` every step keeps the
     centres the last prefill chunk chose (the literal reference keeps them in its own memory)."""
     model = tiny_model("llama", heads=6, kv_heads=2, head_dim=64, window=128, seed=5).double()
@@ -105,6 +106,7 @@ def test_decode_steps_match_reference_with_question_spans(decode_spans, span_shi
         chunk_size=16,
         decode_spans=decode_spans,
         span_shift=span_shift,
+        vote_pooling=vote_pooling,
     )
     ids = distinct_ids(1, 230, seed=7)
     handle = patch(model, cfg)

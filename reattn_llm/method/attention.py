@@ -23,7 +23,7 @@ from ..kv.cache import layer_reader
 from ..kv.layer import KVReader
 from .config import ReAttentionConfig, chunk_bounds
 from .rope import rotate_expected
-from .selection import Scope, build_scope, expand_spans, full_scope, rank_centres
+from .selection import Scope, build_scope, expand_spans, full_scope, rank_centres, rank_spans
 from .state import PatchState
 from .two_level import two_level_topk
 
@@ -105,10 +105,19 @@ def _select(
         carried = (kv.pinned, kv.pinned_votes)
     pins, union = _pins(cfg, kv, qc)
     keep = n_spans * (2 if running else 1)
-    ranked, votes = rank_centres(hits, m, keep, pins, carried, by_rank=union)
+    if qc > 1 and _span_votes(cfg):
+        ranked, votes = rank_spans(hits, m, keep, cfg.span_size)  # type: ignore[arg-type]
+    else:
+        ranked, votes = rank_centres(hits, m, keep, pins, carried, by_rank=union)
     if qc > 1 or running:
         _remember(kv, ranked, votes, m)
     return ranked[:, :n_spans]
+
+
+def _span_votes(cfg: ReAttentionConfig) -> bool:
+    """Whether prompt chunks rank spans by the hits they cover (``vote_pooling="span"``; not with
+    ``decode_spans="running"``, whose decode steps add to the chunk's per-hit votes)."""
+    return cfg.vote_pooling == "span" and cfg.decode_spans != "running"
 
 
 def _fused_scope(
@@ -160,7 +169,10 @@ def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, bac
             hits = kv.score_middle(qs, g, g + m, cfg.top_k, backend)  # type: ignore[arg-type]
         if cfg.span_shift:  # spans reach further past their hits: move the hits, then pool them
             hits = (hits + cfg.span_shift).clamp(max=m - 1)
-        if backend in FUSED_SELECT["decode" if qc == 1 else "prefill"] and cfg.decode_spans != "running":
+        fused = backend in FUSED_SELECT["decode" if qc == 1 else "prefill"] and not (
+            qc > 1 and _span_votes(cfg)
+        )
+        if fused and cfg.decode_spans != "running":
             return _fused_scope(cfg, kv, hits, (m, n_spans, loc, total), qc, backend)  # type: ignore[arg-type]
         centres = _select(cfg, kv, hits, m, qc, n_spans).sort(dim=1).values
         sel, valid = expand_spans(centres, m, cfg.span_size)  # type: ignore[arg-type]

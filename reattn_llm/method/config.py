@@ -23,6 +23,7 @@ KVDtype = Literal["model", "fp8"]
 Offload = Literal["none", "values", "keys_values"]
 Scoring = Literal["expected", "raw"]
 DecodeSpans = Literal["own", "question", "both", "running", "union"]
+VotePooling = Literal["span", "hit"]
 
 PAPER_SCOPE = 8192
 PAPER_GLOBAL = 32
@@ -40,6 +41,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "offload": get_args(Offload),
     "scoring": get_args(Scoring),
     "decode_spans": get_args(DecodeSpans),
+    "vote_pooling": get_args(VotePooling),
 }
 
 
@@ -88,6 +90,11 @@ class ReAttentionConfig:
             ``span_size // 2`` puts more of the span after the hit, where a fact's value follows the words
             a question matches ("... magic number for X is: 9375710": a centred span of 32 tokens on
             "special" ends 16 tokens later, inside the number).
+        vote_pooling: how a prompt chunk's hits choose its spans. ``"hit"`` (the paper): the most
+            voted hit positions become span centres. ``"span"``: a centre is worth all the hits its
+            span covers, and centres are the local maxima of that (spans never overlap), so a fact
+            that the question's words hit at several of its tokens outvotes a single frequent token
+            ("the", a full stop) that many queries hit. Decode steps rank their few hits as before.
         mode: ``"reattention"``; ``"streaming"`` (global + local only, StreamingLLM);
             ``"full"`` (the stock model, full attention: the baseline).
         backend: kernels: ``"auto"`` (Triton on CUDA, torch on CPU), ``"triton"`` or ``"torch"``.
@@ -135,6 +142,7 @@ class ReAttentionConfig:
     decode_spans: DecodeSpans = "union"
     decode_extra_spans: int | None = None
     span_shift: int = 0
+    vote_pooling: VotePooling = "hit"
     allow_extrapolation: bool = False
 
     def __post_init__(self) -> None:

@@ -116,6 +116,55 @@ def rank_centres(
     return torch.where(empty, torch.full_like(pos, m), pos), torch.where(empty, 0, counts)  # no votes: empty
 
 
+def rank_spans(
+    hits: torch.Tensor, middle_len: int, max_spans: int, span_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like :func:`rank_centres`, but a centre is worth the hits its whole span covers: a fact that
+    the question's words hit at several of its tokens outvotes a single token that many queries hit
+    (a frequent word, a full stop, a line break).
+
+    A centre c's span is ``[c - span//2, c - span//2 + span)`` (:func:`expand_spans`); its span votes
+    are the hits in it. Centres are the spans' local maxima, ties to the centre with more hits of
+    its own, then to the earlier one; no two lie within ``span - 1`` tokens of each other, so their
+    spans do not overlap. ``hits [B, ...]`` int64 in ``[0, M)``.
+
+    Returns:
+        ``centres, votes``, each ``[B, min(max_spans, M)]`` int64, most span votes first (``M`` and 0:
+        an empty slot).
+    """
+    b, m = hits.shape[0], middle_len
+    dev = hits.device
+    flat = hits.reshape(b, -1)
+    own = torch.zeros(b, m, dtype=torch.int64, device=dev)
+    own.scatter_add_(1, flat, torch.ones_like(flat))
+    half = span_size // 2
+    total = torch.nn.functional.pad(own.cumsum(dim=1), (1, 0))  # [B, M + 1]: hits before each row
+    pos = torch.arange(m, device=dev)
+    span_votes = total[:, (pos - half + span_size).clamp(max=m)] - total[:, (pos - half).clamp(min=0)]
+    # one key orders centres: span votes, then own hits, then the earlier position (all distinct)
+    n_hits = flat.shape[1] + 1
+    key = (span_votes * n_hits + own) * m + (m - 1 - pos)
+    ahead = key.clone()  # max of key[c .. c + span - 1], by doubling
+    step = 1
+    while step < min(span_size, m):
+        width = min(step, span_size - step, m - step)
+        ahead[:, : m - width] = torch.maximum(ahead[:, : m - width], ahead[:, width:])
+        step += width
+    around = ahead.clone()  # max over [c - span + 1, c + span - 1]
+    shift = span_size - 1
+    if 0 < shift < m:
+        around[:, shift:] = torch.maximum(ahead[:, shift:], ahead[:, :-shift])
+    if shift:
+        around[:, :shift] = torch.maximum(ahead[:, :shift], ahead[:, :1])  # [0, c) lies inside ahead[0]
+    peak = (key == around) & (span_votes > 0)
+    n_keep = min(max_spans, m)
+    top = torch.where(peak, key, torch.full_like(key, -1)).topk(n_keep, dim=1).values
+    empty = top < 0
+    centre = (m - 1) - (top % m)
+    votes = top // m // n_hits
+    return torch.where(empty, torch.full_like(centre, m), centre), torch.where(empty, 0, votes)
+
+
 def expand_spans(centres: torch.Tensor, middle_len: int, span_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Centres ``[B, n]`` (sorted, ``M`` = empty) -> merged spans ``sel, valid [B, n * span_size]``: each
     centre c becomes ``[c - span//2, c - span//2 + span)``, cut (not shifted) at 0 and M."""

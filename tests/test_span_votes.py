@@ -1,0 +1,59 @@
+"""``vote_pooling="span"``: a centre is worth the hits its whole span covers (rank_spans), checked
+against a brute-force reading of the rule at awkward sizes, and on the case it exists for."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reattn_llm import ReAttentionConfig
+from reattn_llm.errors import ConfigError
+from reattn_llm.method.selection import rank_centres, rank_spans
+
+
+def _brute(hits: list[int], m: int, keep: int, span: int) -> tuple[list[int], list[int]]:
+    half = span // 2
+    own = [hits.count(c) for c in range(m)]
+    covered = [sum(own[max(c - half, 0) : min(c - half + span, m)]) for c in range(m)]
+    order = {c: (covered[c], own[c], -c) for c in range(m)}
+    peaks = [
+        c for c in range(m)
+        if covered[c] > 0 and all(order[c] >= order[j] for j in range(max(0, c - span + 1), min(m, c + span)))
+    ]  # fmt: skip
+    peaks = sorted(peaks, key=lambda c: order[c], reverse=True)[:keep]
+    pad = min(keep, m) - len(peaks)
+    return peaks + [m] * pad, [covered[c] for c in peaks] + [0] * pad
+
+
+def test_rank_spans_equals_the_rule_at_awkward_sizes():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        m = int(torch.randint(1, 70, (1,), generator=g))
+        span = int(torch.randint(1, 12, (1,), generator=g))
+        keep = int(torch.randint(1, 9, (1,), generator=g))
+        hits = torch.randint(0, m, (2, int(torch.randint(1, 30, (1,), generator=g))), generator=g)
+        centres, votes = rank_spans(hits, m, keep, span)
+        for b in range(2):
+            want = _brute(hits[b].tolist(), m, keep, span)
+            assert (centres[b].tolist(), votes[b].tolist()) == want, (m, span, keep, hits[b].tolist())
+        chosen = [c for c in centres[0].tolist() if c < m]
+        assert all(abs(a - c) >= span for a in chosen for c in chosen if a != c) or span == 1  # never overlap
+
+
+def test_a_sentence_hit_at_many_tokens_outvotes_one_frequent_token():
+    """Five queries hit five tokens of one sentence once each; three hit the same full stop. Per hit
+    (the paper), the full stop wins the only span; per span, the sentence does, centred on its hits."""
+    m, span = 200, 8
+    sentence = [100, 101, 103, 104, 106]
+    hits = torch.tensor([sentence + [40, 40, 40]])
+    assert rank_centres(hits, m, 1)[0].tolist() == [[40]]
+    centres, votes = rank_spans(hits, m, 1, span)
+    c = centres.item()
+    assert votes.item() == 5 and all(c - span // 2 <= s < c - span // 2 + span for s in sentence)
+
+
+def test_vote_pooling_choices_name_the_fix():
+    assert ReAttentionConfig().vote_pooling == "hit"
+    assert ReAttentionConfig(vote_pooling="span").vote_pooling == "span"
+    with pytest.raises(ConfigError, match="vote_pooling"):
+        ReAttentionConfig(vote_pooling="spans")  # type: ignore[arg-type]
