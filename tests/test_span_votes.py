@@ -45,7 +45,7 @@ def test_a_sentence_hit_at_many_tokens_outvotes_one_frequent_token():
     (the paper), the full stop wins the only span; per span, the sentence does, centred on its hits."""
     m, span = 200, 8
     sentence = [100, 101, 103, 104, 106]
-    hits = torch.tensor([sentence + [40, 40, 40]])
+    hits = torch.tensor([[*sentence, 40, 40, 40]])
     assert rank_centres(hits, m, 1)[0].tolist() == [[40]]
     centres, votes = rank_spans(hits, m, 1, span)
     c = centres.item()
