@@ -65,6 +65,23 @@ case "$phase" in
     [ -n "${NO_STREAMING:-}" ] || $T $R --modes streaming --lengths 1048576 --indices "$idx" --workers 1 --out "$out/million_st.jsonl" > "$out/million_st.log" 2>&1 &
     wait
     ;;
+  votes)  # vote_pooling="span" against the default on the same prompts, traced (ruler.py --trace: the
+    # value's rows in scope per layer, for the question's forward and each decode step); then 1M
+    # (INDICES, default 0,2,4: Run 4's misses) with span votes only. Each group stops after LIMIT_S.
+    T="timeout ${LIMIT_S:-540}"
+    for v in hit span; do
+      $T $R --modes reattention --lengths 32768,131072 --tasks niah_single_2 --set vote_pooling=$v --label re-$v \
+         --trace --workers 4 --out "$out/votes.jsonl" > "$out/votes_$v.log" 2>&1 &
+      $T $R --modes reattention --lengths 32768 --tasks qa_1 --set vote_pooling=$v --label re-$v \
+         --workers 2 --out "$out/votes.jsonl" > "$out/votes_qa_$v.log" 2>&1 &
+    done
+    wait
+    ;;
+  votes1m)
+    T="timeout ${LIMIT_S:-540}"
+    $T $R --modes reattention --lengths 1048576 --indices "${INDICES:-0,2,4}" --workers 3 --set vote_pooling=span \
+       --label re-span --trace --out "$out/votes1m.jsonl" > "$out/votes1m.log" 2>&1
+    ;;
   gemma)  # Gemma-3-270M (issue 15; after gpu_setup.sh gemma): stock in its 32K window at 8K/16K (and 2K/4K,
     # where it may still read needles), ReAttention and streaming at 64K/128K, ReAttention at 1M;
     # samples from $data/gemma3.
