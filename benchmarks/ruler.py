@@ -351,7 +351,7 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from reattn_llm import Engine, ReAttentionConfig
-    from reattn_llm.lab.trace import traced
+    from reattn_llm.lab.trace import trace_line, traced
     from reattn_llm.runtime.engine import SamplingParams
 
     lengths = {int(x) for x in args.lengths.split(",")} if args.lengths else None
@@ -409,7 +409,7 @@ def run(args: argparse.Namespace) -> None:
                    "max_position": c.max_position}  # fmt: skip
             if trace is not None:
                 rec["trace"] = {"rows": len(trace.rows), "forwards": trace.summary()}
-                print(_trace_line(rec["trace"]), flush=True)
+                print("  trace: " + trace_line(rec["trace"]["forwards"]), flush=True)
             out.write(json.dumps(rec) + "\n")
             out.flush()
             hit = all(o.lower() in c.text.lower() for o in r["outputs"])
@@ -427,18 +427,6 @@ def _row_trace(engine: Any, r: dict[str, Any]) -> Any:
     rows = text_rows(engine.tokenizer, text, r["outputs"])
     return RowTrace(rows) if rows else None
 
-
-def _trace_line(t: dict[str, Any]) -> str:
-    """``question full/any mass | step: full/any ...``: the last prefill forward (the question), then
-    each decode step, as layers with all / some of the value's rows in scope."""
-    fw = t["forwards"]
-    prefill = [f for f in fw if f["queries"] > 1]
-    steps = [f for f in fw if f["queries"] == 1]
-    head = ""
-    if prefill:
-        q = prefill[-1]
-        head = f"question {q['full']}/{q['any']} of {q['layers']} (mass {q['mass']:.3f}, top {q['top_mass']:.3f}) | "
-    return "  trace: " + head + "steps " + " ".join(f"{f['full']}/{f['any']}" for f in steps)
 
 
 def _run_sharded(args: argparse.Namespace) -> None:

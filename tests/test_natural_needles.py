@@ -60,9 +60,11 @@ def needle_batch(smollm2, shared_data):
     return torch.tensor(ids), qstarts.pop(), answers
 
 
-def _answers(model, tok, ids: torch.Tensor, question: int, cfg: ReAttentionConfig) -> list[str]:
-    """Greedy answers ``[B]`` of the patched model: the engine's prefill grid, then one token at a time."""
+def _answers(model, tok, ids: torch.Tensor, question: int, cfg: ReAttentionConfig, observers=()) -> list[str]:
+    """Greedy answers ``[B]`` of the patched model: the engine's prefill grid, then one token at a time
+    (``observers``: scope observers for the run, e.g. :class:`reattn_llm.lab.trace.RowTrace`)."""
     handle = patch(model, cfg)
+    handle.state.observers.extend(observers)
     try:
         rc = handle.state.config
         assert rc.global_size + rc.max_spans * rc.span_size + rc.local_size <= WINDOW

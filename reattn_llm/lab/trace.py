@@ -127,6 +127,18 @@ class RowTrace:
         return {"rows": self.rows, "entries": [asdict(e) for e in self.entries]}
 
 
+def trace_line(summary: list[dict[str, Any]]) -> str:
+    """One line of :meth:`RowTrace.summary`: ``question F/A of N (mass, top) | steps F/A ...``, the
+    last prompt forward then each decode step, as layers with all (F) / some (A) watched rows in scope."""
+    prefill = [f for f in summary if f["queries"] > 1]
+    steps = [f for f in summary if f["queries"] == 1]
+    head = ""
+    if prefill:
+        q = prefill[-1]
+        head = f"question {q['full']}/{q['any']} of {q['layers']} (mass {q['mass']:.3f}, top {q['top_mass']:.3f}) | "
+    return head + "steps " + " ".join(f"{f['full']}/{f['any']}" for f in steps)
+
+
 def patch_state(model: torch.nn.Module) -> PatchState:
     """The :class:`~reattn_llm.method.state.PatchState` of a model that :func:`reattn_llm.patch` patched."""
     for module in model.modules():
