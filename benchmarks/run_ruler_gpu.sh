@@ -65,22 +65,22 @@ case "$phase" in
     [ -n "${NO_STREAMING:-}" ] || $T $R --modes streaming --lengths 1048576 --indices "$idx" --workers 1 --out "$out/million_st.jsonl" > "$out/million_st.log" 2>&1 &
     wait
     ;;
-  votes)  # vote_pooling="span" against the default on the same prompts, traced (ruler.py --trace: the
-    # value's rows in scope per layer, for the question's forward and each decode step); then 1M
-    # (INDICES, default 0,2,4: Run 4's misses) with span votes only. Each group stops after LIMIT_S.
+  votes)  # vote_pooling="span" candidates against Run 3's defaults on the same prompts, traced
+    # (ruler.py --trace: the value's rows in scope per layer, question forward and each decode step):
+    # niah_single_2 at 32K and 128K, qa_1 at 32K. VARIANTS="label:k=v,k=v ..." overrides the list.
     T="timeout ${LIMIT_S:-540}"
-    for v in hit span; do
-      $T $R --modes reattention --lengths 32768,131072 --tasks niah_single_2 --set vote_pooling=$v --label re-$v \
-         --trace --workers 4 --out "$out/votes.jsonl" > "$out/votes_$v.log" 2>&1 &
-      $T $R --modes reattention --lengths 32768 --tasks qa_1 --set vote_pooling=$v --label re-$v \
-         --workers 2 --out "$out/votes.jsonl" > "$out/votes_qa_$v.log" 2>&1 &
+    for v in ${VARIANTS:-span:vote_pooling=span span16:vote_pooling=span,span_shift=16}; do
+      $T $R --modes reattention --lengths 32768,131072 --tasks niah_single_2 --set ${v#*:} --label re-${v%%:*} \
+         --trace --workers 4 --out "$out/votes.jsonl" > "$out/votes_${v%%:*}.log" 2>&1 &
+      $T $R --modes reattention --lengths 32768 --tasks qa_1 --set ${v#*:} --label re-${v%%:*} \
+         --workers 2 --out "$out/votes.jsonl" > "$out/votes_qa_${v%%:*}.log" 2>&1 &
     done
     wait
     ;;
-  votes1m)
-    T="timeout ${LIMIT_S:-540}"
-    $T $R --modes reattention --lengths 1048576 --indices "${INDICES:-0,2,4}" --workers 3 --set vote_pooling=span \
-       --label re-span --trace --out "$out/votes1m.jsonl" > "$out/votes1m.log" 2>&1
+  votes1m)  # one candidate (SET, default span votes with a half-span shift) on Run 4's 1M misses, traced
+    T="timeout ${LIMIT_S:-540}"; set1m=${SET:-vote_pooling=span,span_shift=16}
+    $T $R --modes reattention --lengths 1048576 --indices "${INDICES:-0,2,4}" --workers 3 --set "$set1m" \
+       --label "re-$set1m" --trace --out "$out/votes1m.jsonl" > "$out/votes1m.log" 2>&1
     ;;
   gemma)  # Gemma-3-270M (issue 15; after gpu_setup.sh gemma): stock in its 32K window at 8K/16K (and 2K/4K,
     # where it may still read needles), ReAttention and streaming at 64K/128K, ReAttention at 1M;
