@@ -38,6 +38,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     import test_natural_needles as needles
     import torch
+    from ruler import _parse_overrides
 
     from reattn_llm import ReAttentionConfig
     from reattn_llm.runtime.models import load_model
@@ -48,11 +49,10 @@ def main() -> None:
     ids, question, answers = make_batch((model, tok), args.data)
     print("| decode_spans | tokens | found | seconds |\n|---|---|---|---|")
     for choice in args.choices:
-        head, *settings = choice.split(",")
+        head, _, settings = choice.partition(",")
         name, _, extra = head.partition(":")
         kw: dict = {"decode_spans": name, **({"decode_extra_spans": int(extra)} if extra else {})}
-        for k, _, v in (s.partition("=") for s in settings):
-            kw[k] = int(v) if v.lstrip("-").isdigit() else v
+        kw.update(_parse_overrides([settings] if settings else []))  # ruler.py's ',k=v' reading
         cfg = ReAttentionConfig(window=needles.WINDOW, **kw)
         t0 = time.perf_counter()
         if args.trace:

@@ -428,7 +428,6 @@ def _row_trace(engine: Any, r: dict[str, Any]) -> Any:
     return RowTrace(rows) if rows else None
 
 
-
 def _run_sharded(args: argparse.Namespace) -> None:
     """``--workers N``: N processes, each a shard of the samples (one engine per process). A small
     model's long-context run is bound by kernel launches, not by the GPU, so processes sharing one

@@ -91,7 +91,13 @@ def test_chunked_prefill_matches_reference_in_batch_of_two():
 @pytest.mark.parametrize(
     "decode_spans,span_shift,vote_pooling",
     [(d, 0, "hit") for d in ("question", "own", "both", "running", "union")]
-    + [("union", 2, "hit"), ("own", 1, "hit"), ("union", 0, "span"), ("running", 0, "span"), ("own", 1, "span")],
+    + [
+        ("union", 2, "hit"),
+        ("own", 1, "hit"),
+        ("union", 0, "span"),
+        ("running", 0, "span"),
+        ("own", 1, "span"),
+    ],
 )
 def test_decode_steps_match_reference_with_question_spans(decode_spans, span_shift, vote_pooling):
     """A prefill then one-token decode steps: with ``decode_spans="question"`` every step keeps the

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -122,9 +122,6 @@ class RowTrace:
                 }
             )
         return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "entries": [asdict(e) for e in self.entries]}
 
 
 def trace_line(summary: list[dict[str, Any]]) -> str:

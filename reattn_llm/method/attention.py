@@ -95,29 +95,24 @@ def _remember(kv: KVReader, ranked: torch.Tensor, votes: torch.Tensor, m: int) -
 
 
 def _select(
-    cfg: ReAttentionConfig, kv: KVReader, hits: torch.Tensor, m: int, qc: int, n_spans: int
+    cfg: ReAttentionConfig, kv: KVReader, hits: torch.Tensor, m: int, qc: int, n_spans: int, span_votes: bool
 ) -> torch.Tensor:
     """Rank the hits into at most ``n_spans`` centres ``[B, n]`` (by rank), with what the layer
-    remembers of the question (``kv.pinned`` / ``kv.pinned_votes``) per ``decode_spans``."""
+    remembers of the question (``kv.pinned`` / ``kv.pinned_votes``) per ``decode_spans``;
+    ``span_votes``: by the hits each span covers (:func:`~.selection.rank_spans`)."""
     running = cfg.decode_spans == "running"
     carried = None
     if qc == 1 and running and kv.pinned is not None:
         carried = (kv.pinned, kv.pinned_votes)
     pins, union = _pins(cfg, kv, qc)
     keep = n_spans * (2 if running else 1)
-    if qc > 1 and _span_votes(cfg):
+    if span_votes:
         ranked, votes = rank_spans(hits, m, keep, cfg.span_size)  # type: ignore[arg-type]
     else:
         ranked, votes = rank_centres(hits, m, keep, pins, carried, by_rank=union)
     if qc > 1 or running:
         _remember(kv, ranked, votes, m)
     return ranked[:, :n_spans]
-
-
-def _span_votes(cfg: ReAttentionConfig) -> bool:
-    """Whether prompt chunks rank spans by the hits they cover (``vote_pooling="span"``; not with
-    ``decode_spans="running"``, whose decode steps add to the chunk's per-hit votes)."""
-    return cfg.vote_pooling == "span" and cfg.decode_spans != "running"
 
 
 def _fused_scope(
@@ -169,12 +164,12 @@ def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, bac
             hits = kv.score_middle(qs, g, g + m, cfg.top_k, backend)  # type: ignore[arg-type]
         if cfg.span_shift:  # spans reach further past their hits: move the hits, then pool them
             hits = (hits + cfg.span_shift).clamp(max=m - 1)
-        fused = backend in FUSED_SELECT["decode" if qc == 1 else "prefill"] and not (
-            qc > 1 and _span_votes(cfg)
-        )
-        if fused and cfg.decode_spans != "running":
+        running = cfg.decode_spans == "running"
+        # a prompt chunk ranks spans by the hits they cover (not under "running": decode steps add to its votes)
+        span_votes = qc > 1 and cfg.vote_pooling == "span" and not running
+        if backend in FUSED_SELECT["decode" if qc == 1 else "prefill"] and not (running or span_votes):
             return _fused_scope(cfg, kv, hits, (m, n_spans, loc, total), qc, backend)  # type: ignore[arg-type]
-        centres = _select(cfg, kv, hits, m, qc, n_spans).sort(dim=1).values
+        centres = _select(cfg, kv, hits, m, qc, n_spans, span_votes).sort(dim=1).values
         sel, valid = expand_spans(centres, m, cfg.span_size)  # type: ignore[arg-type]
     scope = build_scope(sel, valid, total, qc, g, loc, b, q.device)  # type: ignore[arg-type]
     return scope
