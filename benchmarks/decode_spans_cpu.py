@@ -8,6 +8,8 @@ prompts, greedy answers::
     python benchmarks/decode_spans_cpu.py --tokens 4000 union union,span_shift=8
     python benchmarks/decode_spans_cpu.py --tokens 8000 --trace 0,2,4 union union,vote_pooling=span
 
+``--order first`` / ``mixed`` state the value before the words the question matches in every / every
+other needle (the test's prompts are ``mixed``).
 A choice is ``decode_spans[:extra spans]`` then ``,name=value`` settings of ReAttentionConfig. Prints one row per choice: found / samples and seconds.
 With ``--trace I,J``, runs only those prompts, one at a time, and prints for each where the needle's
 value was (:class:`reattn_llm.lab.trace.RowTrace`): layers with all / some of its tokens in scope
@@ -32,6 +34,13 @@ def main() -> None:
         help="decode_spans values; 'union:8' sets decode_extra_spans, ',k=v' other settings",
     )
     ap.add_argument("--tokens", type=int, default=2000, help="prompt length (the window is 256)")
+    ap.add_argument(
+        "--order",
+        choices=("after", "first", "mixed"),
+        default="after",
+        help="the needle states its value after the words the question matches (RULER's wording, the "
+        "default), before them (first), or every other one first (mixed: tests/test_natural_needles.py)",
+    )
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--trace", default="", help="comma list of prompt indices to run one at a time, traced")
     args = ap.parse_args()
@@ -44,6 +53,7 @@ def main() -> None:
     from reattn_llm.runtime.models import load_model
 
     needles.TOKENS = args.tokens
+    needles.ORDER = args.order
     model, tok = load_model(None, torch.device("cpu"), torch.float32)
     make_batch = needles.needle_batch.__wrapped__  # the fixture's function
     ids, question, answers = make_batch((model, tok), args.data)

@@ -77,10 +77,18 @@ case "$phase" in
     done
     wait
     ;;
-  votes1m)  # one candidate (SET, default span votes with a half-span shift) on Run 4's 1M misses, traced
-    T="timeout ${LIMIT_S:-540}"; set1m=${SET:-vote_pooling=span,span_shift=16}
-    $T $R --modes reattention --lengths 1048576 --indices "${INDICES:-0,2,4}" --workers 3 --set "$set1m" \
-       --label "re-$set1m" --trace --out "$out/votes1m.jsonl" > "$out/votes1m.log" 2>&1
+  votes1m)  # SET (default: span votes with a half-span shift) on Run 4's 1M misses, untraced (Run 6: 3 side by side, 440 s)
+    T="timeout ${LIMIT_S:-540}"; set1m=${SET:-vote_pooling=span,span_shift=16}; idx=${INDICES:-0,2,4}
+    $T $R --modes reattention --lengths 1048576 --indices "$idx" --workers $(( $(tr -cd , <<<"$idx" | wc -c) + 1 )) \
+       --set "$set1m" --label "re-$set1m" --out "$out/votes1m.jsonl" > "$out/votes1m.log" 2>&1
+    ;;
+  trace1m)  # the defaults on ONE 1M sample (INDICES, default 2: "9375." in Run 4), traced: the needle's rows
+    # in scope per layer for the question's forward and each decode step. Three traced samples side by
+    # side did not finish in 560 s (Run 6); one alone should. SET adds ReAttentionConfig overrides.
+    T="timeout ${LIMIT_S:-540}"; idx=${INDICES:-2}
+    if [ -n "${SET:-}" ]; then sel=(--set "$SET" --label "re-$SET"); else sel=(); fi
+    $T $R --modes reattention --lengths 1048576 --indices "$idx" --workers $(( $(tr -cd , <<<"$idx" | wc -c) + 1 )) \
+       "${sel[@]}" --trace --out "$out/trace1m.jsonl" > "$out/trace1m.log" 2>&1
     ;;
   gemma)  # Gemma-3-270M (issue 15; after gpu_setup.sh gemma): stock in its 32K window at 8K/16K (and 2K/4K,
     # where it may still read needles), ReAttention and streaming at 64K/128K, ReAttention at 1M;

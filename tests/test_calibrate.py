@@ -107,6 +107,24 @@ def test_needles_fit_their_length_at_spread_depths(cache):
     ]
 
 
+def test_a_value_first_needle_states_the_value_before_the_words_the_question_matches():
+    import random
+
+    from reattn_llm.calibration.calibrate import haystack
+    from reattn_llm.calibration.needles import make_needle
+    from reattn_llm.runtime.models import load_tokenizer
+
+    tok = load_tokenizer(None)
+    text, _ = haystack()
+    after = make_needle(text, tok, 600, 0.5, random.Random(9))
+    first = make_needle(text, tok, 600, 0.5, random.Random(9), value_first=True)
+    assert (first.key, first.answer, first.question) == (after.key, after.answer, after.question)
+    assert f"One of the special magic numbers for {after.key} is: {after.answer}." in after.document
+    assert f"{first.answer} is one of the special magic numbers for {first.key}." in first.document
+    assert first.document.count(first.answer) == 1
+    assert len(tok(first.prompt(tok), add_special_tokens=False).input_ids) <= 600
+
+
 def test_calibration_is_stored_and_sizes_the_engine(cache, capsys, one_thread):
     from reattn_llm import ReAttentionConfig
     from reattn_llm.runtime.engine import Engine

@@ -1,7 +1,8 @@
 """Retrieval of one fact hidden in natural prose at 8x a shrunk window, on the CPU.
 
 The default model with its window shrunk to 256 tokens reads 2,000-token prompts of Jane Austen's
-prose (``shared/data/texts``) with a RULER-style needle at ten depths: ReAttention's selection must
+prose (``shared/data/texts``) with a RULER-style needle at ten depths (every other one states its
+value before the words the question matches, the rest after them): ReAttention's selection must
 find it where streaming (global + local only) cannot. Passkeys (a repeated filler sentence) say
 nothing about this; natural prose does. The ten prompts run as one batch (equal lengths: a few
 prose tokens cut after the intro), through ``patch`` and the engine's prefill grid, with the
@@ -26,6 +27,7 @@ TOKENS = 2000
 SAMPLES = 10
 KEY = "quiet-harbor"  # one key for every sample: the question's tokens, and its boundary, are shared
 NEW_TOKENS = 9
+ORDER = "mixed"  # "after" (RULER's wording), "first" (value first) or "mixed" (odd samples value first)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,8 @@ def needle_batch(smollm2, shared_data):
     rng = random.Random(1234)
     rows, answers, starts = [], [], []
     for i in range(SAMPLES):
-        n = make_needle(text, tok, TOKENS, (i + 0.5) / SAMPLES, rng)
+        first = ORDER == "first" or (ORDER == "mixed" and i % 2 == 1)
+        n = make_needle(text, tok, TOKENS, (i + 0.5) / SAMPLES, rng, value_first=first)
         n = dataclasses.replace(
             n, document=n.document.replace(n.key, KEY), question=n.question.replace(n.key, KEY), key=KEY
         )

@@ -53,7 +53,7 @@ def test_a_sentence_hit_at_many_tokens_outvotes_one_frequent_token():
 
 
 def test_vote_pooling_choices_name_the_fix():
-    assert ReAttentionConfig().vote_pooling == "hit"
-    assert ReAttentionConfig(vote_pooling="span").vote_pooling == "span"
+    assert ReAttentionConfig().vote_pooling == "span"
+    assert ReAttentionConfig(vote_pooling="hit").vote_pooling == "hit"
     with pytest.raises(ConfigError, match="vote_pooling"):
         ReAttentionConfig(vote_pooling="spans")  # type: ignore[arg-type]

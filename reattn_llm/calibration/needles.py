@@ -68,12 +68,20 @@ def sentences(text: str) -> list[str]:
 
 
 def make_needle(
-    text: str, tokenizer: Any, n_tokens: int, depth: float, rng: random.Random, repeat: bool = False
+    text: str,
+    tokenizer: Any,
+    n_tokens: int,
+    depth: float,
+    rng: random.Random,
+    repeat: bool = False,
+    value_first: bool = False,
 ) -> Needle:
     """A needle at relative ``depth`` (0 = start, 1 = end) of a stretch of ``text`` chosen by ``rng``,
     trimmed so that :meth:`Needle.prompt` has at most ``n_tokens`` tokens (and close to it).
     ``repeat``: a text shorter than the prompt needs is read again from its start (the stretch
-    wraps around) instead of refused.
+    wraps around) instead of refused. ``value_first``: the needle states the value before the words
+    the question matches ("<value> is one of the special magic numbers for <key>."), so a selection
+    that looks only past those words misses it; RULER's wording (the default) states it after them.
 
     Raises:
         ValueError: ``depth`` outside [0, 1], or ``text`` too short for ``n_tokens`` (without
@@ -87,7 +95,10 @@ def make_needle(
         raise ValueError(f"the text has too few sentences for a {n_tokens}-token prompt: give a longer text.")
     key = f"{rng.choice(_ADJECTIVES)}-{rng.choice(_NOUNS)}"
     value = str(rng.randint(1_000_000, 9_999_999))
-    needle = f"One of the special magic numbers for {key} is: {value}."
+    if value_first:
+        needle = f"{value} is one of the special magic numbers for {key}."
+    else:
+        needle = f"One of the special magic numbers for {key} is: {value}."
     total = 0
     start = rng.randrange(0, max(1, len(sents) - 1))
     picked: list[str] = []

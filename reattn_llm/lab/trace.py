@@ -3,8 +3,9 @@
 :class:`RowTrace` is a :class:`~reattn_llm.method.state.ScopeObserver`. Hooked into a patched model
 (:func:`traced`), it records, for every layer and every query chunk, how many of the watched rows
 (a needle's value, say) are in the chunk's scope and how much attention the chunk's last query gives
-them. :func:`text_rows` finds the rows of some strings in a prompt. Each record costs a host sync:
-this is for measuring, not for serving.
+them. :func:`text_rows` finds the rows of some strings in a prompt. Records stay on the device until
+:attr:`RowTrace.entries` is read (no host sync per layer), but each costs a few small launches: this
+is for measuring, not for serving.
 
     rows = text_rows(tok, text, ["9375710"])
     trace = RowTrace(rows)
@@ -58,8 +59,22 @@ class RowTrace:
                 "RowTrace needs at least one row to watch: pass the rows of the text you look for."
             )
         self.rows = sorted(set(int(r) for r in rows))
-        self.entries: list[ScopeEntry] = []
+        self._entries: list[ScopeEntry] = []
+        self._pending: list[tuple[int, int, torch.Tensor]] = []  # layer, queries, [2 + H] on the device
         self._rows: torch.Tensor | None = None
+
+    @property
+    def entries(self) -> list[ScopeEntry]:
+        """One :class:`ScopeEntry` per layer and query chunk, in the order they ran."""
+        if self._pending:
+            rows = torch.stack([t for _, _, t in self._pending]).double().cpu()  # one sync for all
+            for (layer, queries, _), r in zip(self._pending, rows, strict=True):
+                per_head = r[1:]
+                self._entries.append(
+                    ScopeEntry(layer, queries, int(r[0]), float(per_head.mean()), float(per_head.max()))
+                )
+            self._pending.clear()
+        return self._entries
 
     def __call__(
         self,
@@ -77,16 +92,9 @@ class RowTrace:
             self._rows = torch.tensor(self.rows, dtype=torch.int64, device=dev)
         watched = torch.isin(scope.gather_idx[0], self._rows) & (scope.key_pos[0] >= 0)  # [N]
         probs = last_query_probs(q, k_src, idx, scope, cos, sin, scale)  # [H, N]
-        per_head = (probs * watched).sum(dim=1)
-        self.entries.append(
-            ScopeEntry(
-                layer=layer,
-                queries=q.shape[2],
-                in_scope=int(watched.sum()),
-                mass=float(per_head.mean()),
-                top_mass=float(per_head.max()),
-            )
-        )
+        per_head = (probs * watched).sum(dim=1)  # [H]
+        record = torch.cat([watched.sum().to(per_head.dtype).reshape(1), per_head])
+        self._pending.append((layer, q.shape[2], record.float()))
 
     def forwards(self) -> list[list[ScopeEntry]]:
         """The entries grouped by model forward (a forward's chunks all run inside each layer, so a

@@ -90,11 +90,13 @@ class ReAttentionConfig:
             ``span_size // 2`` puts more of the span after the hit, where a fact's value follows the words
             a question matches ("... magic number for X is: 9375710": a centred span of 32 tokens on
             "special" ends 16 tokens later, inside the number).
-        vote_pooling: how a prompt chunk's hits choose its spans. ``"hit"`` (the paper): the most
-            voted hit positions become span centres. ``"span"``: a centre is worth all the hits its
-            span covers, and centres are the local maxima of that (spans never overlap), so a fact
-            that the question's words hit at several of its tokens outvotes a single frequent token
-            ("the", a full stop) that many queries hit. Decode steps rank their few hits as before.
+        vote_pooling: how a prompt chunk's hits choose its spans. ``"span"`` (default): a centre is
+            worth all the hits its span covers, and centres are the local maxima of that (spans never
+            overlap), so a fact that the question's words hit at several of its tokens outvotes a
+            single frequent token ("the", a full stop) that many queries hit. ``"hit"`` (the paper):
+            the most voted hit positions become span centres. Decode steps rank their few hits per
+            hit either way, and ``decode_spans="running"`` (whose steps add to the prompt's votes)
+            always counts per hit. BENCHMARKS.md compares them on RULER and on CPU needles.
         mode: ``"reattention"``; ``"streaming"`` (global + local only, StreamingLLM);
             ``"full"`` (the stock model, full attention: the baseline).
         backend: kernels: ``"auto"`` (Triton on CUDA, torch on CPU), ``"triton"`` or ``"torch"``.
@@ -142,7 +144,7 @@ class ReAttentionConfig:
     decode_spans: DecodeSpans = "union"
     decode_extra_spans: int | None = None
     span_shift: int = 0
-    vote_pooling: VotePooling = "hit"
+    vote_pooling: VotePooling = "span"
     allow_extrapolation: bool = False
 
     def __post_init__(self) -> None:
