@@ -45,7 +45,7 @@ def literal_selection(
     the earlier position; with ``by_rank``, first to the hit some head ranked higher. With
     ``span_votes`` (``vote_pooling="span"``), a centre counts the hits of its whole span, and only
     centres that beat every other within ``span - 1`` tokens compete (ties: more hits of its own,
-    then earlier)."""
+    then earlier); when the whole middle fits ``max_spans`` spans, tiles of it compete instead."""
     h_q, n_q, _ = q.shape
     h_kv, m, _ = k_mid.shape
     group = h_q // h_kv
@@ -71,6 +71,8 @@ def literal_selection(
             c for c in range(m)
             if votes[c] > 0 and all(order[c] >= order[j] for j in range(max(0, c - span + 1), min(m, c + span)))
         ]  # fmt: skip
+        if m <= max_spans * span:  # the whole middle fits: spans tile it
+            peaks = sorted({min(c + half, m - 1) for c in range(0, m, span)})
         ranked = sorted(peaks, key=lambda c: order[c], reverse=True)
     elif by_rank:
         ranked = sorted(votes, key=lambda c: (-votes[c], best_rank.get(c, top_k), c))
@@ -141,7 +143,7 @@ def literal_attention(
                         pinned = pinned[: cfg.max_spans // 2]
                     carried = votes_memory.get(b) if one and running else None
                     mid, hits, kept = literal_selection(
-                        qs, k[b, :, g : seen - near], cfg.top_k, n_spans, cfg.span_size, pinned,
+                        qs, k[b, :, g : seen - near], cfg.hits_for(c1 - c0), n_spans, cfg.span_size, pinned,
                         carried, 2 * cfg.max_spans, by_rank=union, shift=cfg.span_shift,
                         span_votes=cfg.vote_pooling == "span" and not one and not running,
                     )  # fmt: skip

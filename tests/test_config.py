@@ -170,13 +170,13 @@ def test_tiny_model_positions_past_its_window_only_with_the_opt_in():
     model = tiny_model("llama", window=128)
     sizes = dict(
         window=256, global_size=8, local_size=64, span_size=8, max_spans=12, chunk_size=32, backend="torch"
-    )
+    )  # (the positions check below needs every span used: per-hit votes fill them, span votes may not)
     with pytest.raises(
         ConfigError, match=r"8 \+ 12\*8 \+ 64 = 168 reaches 40 positions past .* 128 .*max_spans to 7"
     ):
         patch(model, ReAttentionConfig(**sizes))
     assert model.config._attn_implementation != "reattention"  # refused before anything was installed
-    with patch(model, ReAttentionConfig(**sizes, allow_extrapolation=True)) as handle:
+    with patch(model, ReAttentionConfig(**sizes, allow_extrapolation=True, vote_pooling="hit")) as handle:
         ids = distinct_ids(1, 200)
         with torch.no_grad():
             model(input_ids=ids, past_key_values=ReAttentionCache(2), use_cache=True)

@@ -50,16 +50,22 @@ def test_within_window_equals_stock_for_smollm2(smollm2):
     assert max((a - b).abs().max().item() for a, b in zip(sgen.logits, ogen.logits, strict=True)) <= 1e-4
 
 
-def test_gather_path_covering_every_middle_token_reproduces_sdpa(monkeypatch):
+@pytest.mark.parametrize("pooling", ["hit", "span"])
+def test_gather_path_covering_every_middle_token_reproduces_sdpa(monkeypatch, pooling):
+    """Per hit, 32 hits per query hit every middle key; per span, the middle fits the span budget,
+    so spans tile it. Either way the scope is every key in order: the stock attention."""
     model = tiny_model("llama", window=128)
     ids = distinct_ids(1, 84)
     with torch.no_grad():
         stock = model(ids).logits
     # M = 84 - 4 - 48 = 32 middle keys; top_k = 32 and 32 one-token spans select all of them.
-    cfg = ReAttentionConfig(global_size=4, local_size=48, span_size=1, max_spans=76, top_k=32, chunk_size=48)
+    cfg = ReAttentionConfig(
+        global_size=4, local_size=48, span_size=1, max_spans=76, top_k=32, chunk_size=48, vote_pooling=pooling
+    )
     calls = []
-    real = attention_mod.rank_centres
-    monkeypatch.setattr(attention_mod, "rank_centres", lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
+    name = {"hit": "rank_centres", "span": "rank_spans"}[pooling]
+    real = getattr(attention_mod, name)
+    monkeypatch.setattr(attention_mod, name, lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
     with torch.no_grad(), patch(model, cfg):
         # one chunk: every query sees the whole middle selected, so scope == all keys in order
         cache = ReAttentionCache(2)

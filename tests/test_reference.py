@@ -89,17 +89,20 @@ def test_chunked_prefill_matches_reference_in_batch_of_two():
 
 
 @pytest.mark.parametrize(
-    "decode_spans,span_shift,vote_pooling",
-    [(d, 0, "hit") for d in ("question", "own", "both", "running", "union")]
+    "decode_spans,span_shift,vote_pooling,prompt_top_k",
+    [(d, 0, "hit", None) for d in ("question", "own", "both", "running", "union")]
     + [
-        ("union", 2, "hit"),
-        ("own", 1, "hit"),
-        ("union", 0, "span"),
-        ("running", 0, "span"),
-        ("own", 1, "span"),
+        ("union", 2, "hit", None),
+        ("own", 1, "hit", None),
+        ("union", 0, "span", None),
+        ("running", 0, "span", None),
+        ("own", 1, "span", None),
+        ("union", 0, "span", 5),  # prompt chunks score 5 hits per query, decode steps top_k = 2
     ],
 )
-def test_decode_steps_match_reference_with_question_spans(decode_spans, span_shift, vote_pooling):
+def test_decode_steps_match_reference_with_question_spans(
+    decode_spans, span_shift, vote_pooling, prompt_top_k
+):
     """A prefill then one-token decode steps: with ``decode_spans="question"`` every step keeps the
     centres the last prefill chunk chose (the literal reference keeps them in its own memory)."""
     model = tiny_model("llama", heads=6, kv_heads=2, head_dim=64, window=128, seed=5).double()
@@ -113,6 +116,7 @@ def test_decode_steps_match_reference_with_question_spans(decode_spans, span_shi
         decode_spans=decode_spans,
         span_shift=span_shift,
         vote_pooling=vote_pooling,
+        prompt_top_k=prompt_top_k,
     )
     ids = distinct_ids(1, 230, seed=7)
     handle = patch(model, cfg)

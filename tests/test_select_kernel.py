@@ -158,6 +158,7 @@ def e2e_logits(decode_spans, fused, select=None, heads=6, layers=2, prompt=160, 
         top_k=2,
         chunk_size=chunk,
         decode_spans=decode_spans,
+        vote_pooling="hit",  # the fused kernel's ranking (span votes for prompt chunks are unfused)
     )
     ids = distinct_ids(1, prompt + steps, seed=7)
     calls = []

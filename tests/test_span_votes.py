@@ -8,7 +8,7 @@ import torch
 
 from reattn_llm import ReAttentionConfig
 from reattn_llm.errors import ConfigError
-from reattn_llm.method.selection import rank_centres, rank_spans
+from reattn_llm.method.selection import expand_spans, rank_centres, rank_spans
 
 
 def _brute(hits: list[int], m: int, keep: int, span: int) -> tuple[list[int], list[int]]:
@@ -20,6 +20,8 @@ def _brute(hits: list[int], m: int, keep: int, span: int) -> tuple[list[int], li
         c for c in range(m)
         if covered[c] > 0 and all(order[c] >= order[j] for j in range(max(0, c - span + 1), min(m, c + span)))
     ]  # fmt: skip
+    if m <= keep * span:  # the whole middle fits: tiles of it instead of peaks
+        peaks = sorted({min(c + half, m - 1) for c in range(0, m, span)})
     peaks = sorted(peaks, key=lambda c: order[c], reverse=True)[:keep]
     pad = min(keep, m) - len(peaks)
     return peaks + [m] * pad, [covered[c] for c in peaks] + [0] * pad
@@ -37,7 +39,11 @@ def test_rank_spans_equals_the_rule_at_awkward_sizes():
             want = _brute(hits[b].tolist(), m, keep, span)
             assert (centres[b].tolist(), votes[b].tolist()) == want, (m, span, keep, hits[b].tolist())
         chosen = [c for c in centres[0].tolist() if c < m]
-        assert all(abs(a - c) >= span for a in chosen for c in chosen if a != c) or span == 1  # never overlap
+        if m <= keep * span:  # tiled: every middle token is in some span
+            sel, valid = expand_spans(centres[:1].sort(dim=1).values, m, span)
+            assert sel[valid].tolist() == list(range(m))
+        else:  # peaks: spans never overlap
+            assert all(abs(a - c) >= span for a in chosen for c in chosen if a != c) or span == 1
 
 
 def test_a_sentence_hit_at_many_tokens_outvotes_one_frequent_token():
@@ -57,3 +63,13 @@ def test_vote_pooling_choices_name_the_fix():
     assert ReAttentionConfig(vote_pooling="hit").vote_pooling == "hit"
     with pytest.raises(ConfigError, match="vote_pooling"):
         ReAttentionConfig(vote_pooling="spans")  # type: ignore[arg-type]
+
+
+def test_prompt_top_k_is_for_prompt_chunks_only_and_checked():
+    cfg = ReAttentionConfig(prompt_top_k=16)
+    assert (cfg.hits_for(1), cfg.hits_for(2), cfg.hits_for(512)) == (4, 16, 16)
+    assert ReAttentionConfig().hits_for(512) == 4  # unset: top_k everywhere
+    with pytest.raises(ConfigError, match="prompt_top_k=33 is above 32"):
+        ReAttentionConfig(prompt_top_k=33)
+    with pytest.raises(ConfigError, match="prompt_top_k=0: must be a positive integer"):
+        ReAttentionConfig(prompt_top_k=0)

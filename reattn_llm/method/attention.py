@@ -158,10 +158,10 @@ def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, bac
             qs = rotate_expected(q, *state.rope.expected(loc, loc + spans, q.device))  # type: ignore[operator]
         if cfg.selection == "two_level":
             hits = two_level_topk(
-                qs, kv, cfg.top_k, cfg.candidates, cfg.summary_block, backend, lo=g, hi=g + m
+                qs, kv, cfg.hits_for(qc), cfg.candidates, cfg.summary_block, backend, lo=g, hi=g + m
             )  # type: ignore[arg-type]
         else:
-            hits = kv.score_middle(qs, g, g + m, cfg.top_k, backend)  # type: ignore[arg-type]
+            hits = kv.score_middle(qs, g, g + m, cfg.hits_for(qc), backend)  # type: ignore[arg-type]
         if cfg.span_shift:  # spans reach further past their hits: move the hits, then pool them
             hits = (hits + cfg.span_shift).clamp(max=m - 1)
         running = cfg.decode_spans == "running"

@@ -55,6 +55,10 @@ class ReAttentionConfig:
         span_size: tokens of one selected span, centred on a top-k hit.
         top_k: hits per (query head, query token) in the position-agnostic scoring, at most 32
             (``kernels.MAX_TOP_K``, the Triton kernel's limit).
+        prompt_top_k: hits per (query head, query token) for prompt chunks (more than one query);
+            default ``top_k``. Decode steps keep ``top_k``: a step's few queries rank their hits one
+            by one, and more of them drown the good ones (BENCHMARKS.md), while a prompt chunk's span
+            votes gather many hits where the question's words meet.
         max_spans: spans kept per layer per forward (the most-voted hits). 0 = streaming.
         chunk_size: queries per prefill chunk (and per in-layer split of a long forward); <= L.
         tail_size: the last tokens of a prompt (at most this many) form a chunk of their own, so
@@ -128,6 +132,7 @@ class ReAttentionConfig:
     local_size: int | None = None
     span_size: int | None = None
     top_k: int = PAPER_TOP_K
+    prompt_top_k: int | None = None
     max_spans: int | None = None
     chunk_size: int | None = None
     tail_size: int = 16
@@ -176,6 +181,7 @@ class ReAttentionConfig:
             "local_size",
             "span_size",
             "top_k",
+            "prompt_top_k",
             "chunk_size",
             "window",
             "effective_window",
@@ -183,12 +189,13 @@ class ReAttentionConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"{name}={value!r}: must be a positive integer.")
-        if self.top_k > MAX_TOP_K:
-            raise ConfigError(
-                f"top_k={self.top_k} is above {MAX_TOP_K}, the most hits per query the Triton top-k kernel keeps "
-                f"(backend='auto' uses it on CUDA): use top_k <= {MAX_TOP_K}, and raise span_size or max_spans "
-                "to select more."
-            )
+        for name, k in (("top_k", self.top_k), ("prompt_top_k", self.prompt_top_k or 0)):
+            if k > MAX_TOP_K:
+                raise ConfigError(
+                    f"{name}={k} is above {MAX_TOP_K}, the most hits per query the Triton top-k kernel keeps "
+                    f"(backend='auto' uses it on CUDA): use {name} <= {MAX_TOP_K}, and raise span_size or "
+                    "max_spans to select more."
+                )
         if not isinstance(self.tail_size, int) or self.tail_size < 0:
             raise ConfigError(f"tail_size={self.tail_size!r}: must be an integer >= 0 (0 turns it off).")
         extra = self.decode_extra_spans
@@ -210,6 +217,11 @@ class ReAttentionConfig:
             raise ConfigError(f"max_spans={self.max_spans!r}: must be an integer >= 0 (0 means streaming).")
         if self.is_resolved:
             self._check_complete(self)
+
+    def hits_for(self, queries: int) -> int:
+        """Hits per (query head, query) for a forward of ``queries`` queries: ``top_k`` for a decode
+        step, ``prompt_top_k`` (when set) for a prompt chunk."""
+        return self.top_k if queries == 1 or self.prompt_top_k is None else self.prompt_top_k
 
     @property
     def is_resolved(self) -> bool:

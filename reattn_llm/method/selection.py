@@ -126,7 +126,10 @@ def rank_spans(
     A centre c's span is ``[c - span//2, c - span//2 + span)`` (:func:`expand_spans`); its span votes
     are the hits in it. Centres are the spans' local maxima, ties to the centre with more hits of
     its own, then to the earlier one; no two lie within ``span - 1`` tokens of each other, so their
-    spans do not overlap. ``hits [B, ...]`` int64 in ``[0, M)``.
+    spans do not overlap. When the whole middle fits the budget (``M <= max_spans * span``), the
+    centres tile it instead (``span//2``, ``span + span//2``, ..., the last capped at ``M - 1``),
+    ranked the same way: peaks alone would leave gaps between them. ``hits [B, ...]`` int64 in
+    ``[0, M)``.
 
     Returns:
         ``centres, votes``, each ``[B, min(max_spans, M)]`` int64, most span votes first (``M`` and 0:
@@ -144,6 +147,16 @@ def rank_spans(
     # one key orders centres: span votes, then own hits, then the earlier position (all distinct)
     n_hits = flat.shape[1] + 1
     key = (span_votes * n_hits + own) * m + (m - 1 - pos)
+    n_keep = min(max_spans, m)
+    if m <= max_spans * span_size:  # the whole middle fits: tile it, so every middle token is in scope
+        tiles = (torch.arange(0, m, span_size, device=dev) + half).clamp(max=m - 1)  # [ceil(M / span)]
+        top = key[:, tiles].sort(dim=1, descending=True).values
+        centre = (m - 1) - (top % m)
+        pad = n_keep - tiles.numel()
+        return (
+            torch.nn.functional.pad(centre, (0, pad), value=m),
+            torch.nn.functional.pad(top // m // n_hits, (0, pad), value=0),
+        )
     ahead = key.clone()  # max of key[c .. c + span - 1], by doubling
     step = 1
     while step < min(span_size, m):
@@ -157,7 +170,6 @@ def rank_spans(
     if shift:
         around[:, :shift] = torch.maximum(ahead[:, :shift], ahead[:, :1])  # [0, c) lies inside ahead[0]
     peak = (key == around) & (span_votes > 0)
-    n_keep = min(max_spans, m)
     top = torch.where(peak, key, torch.full_like(key, -1)).topk(n_keep, dim=1).values
     empty = top < 0
     centre = (m - 1) - (top % m)
