@@ -59,8 +59,11 @@ case "$phase" in
   million)  # five 1M samples do not finish side by side within one command: INDICES picks some (e.g. 0,1 then 2,3 then 4)
     idx=${INDICES:-0,1,2,3,4}; n=$(( $(tr -cd , <<<"$idx" | wc -c) + 1 ))
     T="timeout ${LIMIT_S:-540}"
-    # SET="span_shift=8" runs a candidate setting (labelled re-<SET>) instead of the defaults; NO_STREAMING=1 skips streaming
+    # SET="span_shift=8" runs a candidate setting (labelled re-<SET>) instead of the defaults; NO_STREAMING=1 skips streaming;
+    # TRACE=1 traces ReAttention (the needle's rows in scope per layer, question forward and each decode step):
+    # one traced 1M sample fits a command, three side by side did not (Run 6)
     if [ -n "${SET:-}" ]; then sel=(--set "$SET" --label "re-$SET"); else sel=(); fi
+    if [ -n "${TRACE:-}" ]; then sel+=(--trace); fi
     $T $R --modes reattention --lengths 1048576 --indices "$idx" --workers "$n" "${sel[@]}" --out "$out/million.jsonl" > "$out/million.log" 2>&1 &
     [ -n "${NO_STREAMING:-}" ] || $T $R --modes streaming --lengths 1048576 --indices "$idx" --workers 1 --out "$out/million_st.jsonl" > "$out/million_st.log" 2>&1 &
     wait
@@ -76,19 +79,6 @@ case "$phase" in
          --workers 2 --out "$out/votes.jsonl" > "$out/votes_qa_${v%%:*}.log" 2>&1 &
     done
     wait
-    ;;
-  votes1m)  # SET (default: span votes with a half-span shift) on Run 4's 1M misses, untraced (Run 6: 3 side by side, 440 s)
-    T="timeout ${LIMIT_S:-540}"; set1m=${SET:-vote_pooling=span,span_shift=16}; idx=${INDICES:-0,2,4}
-    $T $R --modes reattention --lengths 1048576 --indices "$idx" --workers $(( $(tr -cd , <<<"$idx" | wc -c) + 1 )) \
-       --set "$set1m" --label "re-$set1m" --out "$out/votes1m.jsonl" > "$out/votes1m.log" 2>&1
-    ;;
-  trace1m)  # the defaults on ONE 1M sample (INDICES, default 2: "9375." in Run 4), traced: the needle's rows
-    # in scope per layer for the question's forward and each decode step. Three traced samples side by
-    # side did not finish in 560 s (Run 6); one alone should. SET adds ReAttentionConfig overrides.
-    T="timeout ${LIMIT_S:-540}"; idx=${INDICES:-2}
-    if [ -n "${SET:-}" ]; then sel=(--set "$SET" --label "re-$SET"); else sel=(); fi
-    $T $R --modes reattention --lengths 1048576 --indices "$idx" --workers $(( $(tr -cd , <<<"$idx" | wc -c) + 1 )) \
-       "${sel[@]}" --trace --out "$out/trace1m.jsonl" > "$out/trace1m.log" 2>&1
     ;;
   gemma)  # Gemma-3-270M (issue 15; after gpu_setup.sh gemma): stock in its 32K window at 8K/16K (and 2K/4K,
     # where it may still read needles), ReAttention and streaming at 64K/128K, ReAttention at 1M;
