@@ -58,8 +58,8 @@ class ReAttentionConfig:
         prompt_top_k: hits per (query head, query token) for prompt chunks (more than one query);
             default ``top_k``. Decode steps keep ``top_k``: a step's few queries rank their hits one
             by one, and more of them drown the good ones. Meant for very long documents, where the
-            question's words recur as decoys; on the CPU needles it is no better than the default
-            (BENCHMARKS.md).
+            question's words recur as decoys; no better than the default on the CPU needles, and
+            at 1M tokens 16 makes exact scoring several times slower (BENCHMARKS.md, Run 7).
         max_spans: spans kept per layer per forward (the most-voted hits). 0 = streaming.
         chunk_size: queries per prefill chunk (and per in-layer split of a long forward); <= L.
         tail_size: the last tokens of a prompt (at most this many) form a chunk of their own, so
