@@ -59,7 +59,7 @@ class ReAttentionConfig:
             default ``top_k``. Decode steps keep ``top_k``: a step's few queries rank their hits one
             by one, and more of them drown the good ones. Meant for very long documents, where the
             question's words recur as decoys; no better than the default on the CPU needles, and
-            at 1M tokens 16 makes exact scoring several times slower (BENCHMARKS.md, Run 7).
+            at 1M tokens 16 left a sample unfinished after 400 s that the default ends in 303 (Run 7).
         max_spans: spans kept per layer per forward (the most-voted hits). 0 = streaming.
         chunk_size: queries per prefill chunk (and per in-layer split of a long forward); <= L.
         tail_size: the last tokens of a prompt (at most this many) form a chunk of their own, so
