@@ -46,6 +46,23 @@ def test_rank_spans_equals_the_rule_at_awkward_sizes():
             assert all(abs(a - c) >= span for a in chosen for c in chosen if a != c) or span == 1
 
 
+def test_rank_spans_equals_the_rule_with_clustered_hits_at_real_span_sizes():
+    """The sparse search (candidates from the hits only) against the rule read at every position:
+    hits piled on a few positions (many copies), near both ends, spans of the GPU default (32)."""
+    g = torch.Generator().manual_seed(1)
+    for i in range(25):
+        m = int(torch.randint(70, 1500, (1,), generator=g))
+        span = [2, 31, 32, 33][i % 4]
+        keep = int(torch.randint(1, 12, (1,), generator=g))
+        spots = torch.cat([torch.tensor([0, m - 1]), torch.randint(0, m, (6,), generator=g)])
+        pick = torch.randint(0, spots.numel(), (3, int(torch.randint(5, 120, (1,), generator=g))), generator=g)
+        hits = (spots[pick] + torch.randint(-3, 4, pick.shape, generator=g)).clamp(0, m - 1)
+        centres, votes = rank_spans(hits, m, keep, span)
+        for b in range(3):
+            want = _brute(hits[b].tolist(), m, keep, span)
+            assert (centres[b].tolist(), votes[b].tolist()) == want, (m, span, keep, hits[b].tolist())
+
+
 def test_a_sentence_hit_at_many_tokens_outvotes_one_frequent_token():
     """Five queries hit five tokens of one sentence once each; three hit the same full stop. Per hit
     (the paper), the full stop wins the only span; per span, the sentence does, centred on its hits."""
