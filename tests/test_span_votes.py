@@ -55,7 +55,9 @@ def test_rank_spans_equals_the_rule_with_clustered_hits_at_real_span_sizes():
         span = [2, 31, 32, 33][i % 4]
         keep = int(torch.randint(1, 12, (1,), generator=g))
         spots = torch.cat([torch.tensor([0, m - 1]), torch.randint(0, m, (6,), generator=g)])
-        pick = torch.randint(0, spots.numel(), (3, int(torch.randint(5, 120, (1,), generator=g))), generator=g)
+        pick = torch.randint(
+            0, spots.numel(), (3, int(torch.randint(5, 120, (1,), generator=g))), generator=g
+        )
         hits = (spots[pick] + torch.randint(-3, 4, pick.shape, generator=g)).clamp(0, m - 1)
         centres, votes = rank_spans(hits, m, keep, span)
         for b in range(3):
