@@ -8,6 +8,9 @@ Run on a CUDA machine: ``python benchmarks/gpu_kernels_check.py [--json out.json
   true hits in one 128-key block.
 * attention: relative error vs an fp64 reference <= 2x the torch twin's error at the same
   precision; every output element written (the output is never pre-zeroed; finite check).
+* level-1 block rank (two-level selection): the kernel against fp64 on the same rounded inputs,
+  within the fp32 error of its dots; its time beside the torch twin's (which slices the
+  ``[rows, blocks]`` scores).
 * selection: the fused span selection equals, exactly, its torch twin and ``method.selection``'s
   ops (rank_centres, sort, expand_spans, build_scope), decode and prefill chunks, ranked inside
   the kernel and outside it.
@@ -25,8 +28,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
 
-from reattn_llm.kernels.torch_ops import scope_attention_torch, score_topk_torch
+from reattn_llm.kernels.torch_ops import rank_blocks_torch, scope_attention_torch, score_topk_torch
 from reattn_llm.kernels.triton_attention import scope_attention_triton
+from reattn_llm.kernels.triton_blocks import rank_blocks_triton
 from reattn_llm.kernels.triton_select import MAX_FUSED, select_scope_triton
 from reattn_llm.kernels.triton_topk import score_topk_triton
 
@@ -136,6 +140,33 @@ def attn_case(B, H, Hkv, Q, T, N, D, dtype, seed=0):
     return {"err_kernel": e_k, "err_twin": e_t}
 
 
+def _ms(fn, reps=5):
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / reps * 1e3
+
+
+def rank_blocks_case(B, H, Hkv, Q, NB, D, dtype, seed=0):
+    from reattn_llm.method.two_level import BOUND_WEIGHT as W
+
+    torch.manual_seed(seed)
+    q = torch.randn(B, H, Q, D, device=DEV, dtype=dtype)
+    summ = torch.randn(B, Hkv, NB, 3 * D, device=DEV, dtype=dtype)
+    got = rank_blocks_triton(q, summ, W)
+    ref = rank_blocks_torch(q.double(), summ.double(), W)
+    tol = 2 * 4 * 3 * D * 2.0**-24 * D * q.abs().max().item() * summ.abs().max().item()
+    err = (got.double() - ref).abs().max().item()
+    assert err <= tol, f"rank differs from fp64 by {err:.3g} (tol {tol:.3g})"
+    del ref
+    t_tri = _ms(lambda: rank_blocks_triton(q, summ, W))
+    t_torch = _ms(lambda: rank_blocks_torch(q, summ, W))
+    return {"max_err": err, "triton_ms": round(t_tri, 3), "torch_ms": round(t_torch, 3)}
+
+
 def select_case(B, H, Q, k, M, P, n_spans, span, G, L, by_rank, spread=None, seed=0):
     """Fused selection == torch twin == method.selection, every output, exactly."""
     from reattn_llm.kernels.torch_ops import select_scope_torch
@@ -197,6 +228,13 @@ CASES = {
     "select chunk Q512 H9 k4 M1048576 b2": lambda: select_case(
         2, 9, 512, 4, 1 << 20, 0, 127, 32, 32, 4096, False
     ),
+    "rank_blocks Q1024 H32/8 d128 1M keys (32K blocks) bf16": lambda: rank_blocks_case(
+        1, 32, 8, 1024, 1 << 15, 128, BF16
+    ),
+    "rank_blocks Q512 H9/3 d64 1M keys (32K blocks) bf16": lambda: rank_blocks_case(
+        1, 9, 3, 512, 1 << 15, 64, BF16
+    ),
+    "rank_blocks Q1 H9/3 d64 decode, 3,001 blocks, fp16": lambda: rank_blocks_case(2, 9, 3, 1, 3001, 64, F16),
     "select chunk Q7 H3 k5 M < n*span": lambda: select_case(1, 3, 7, 5, 50, 0, 9, 8, 4, 16, False),
 }
 

@@ -220,6 +220,73 @@ def attn_cases():
     return cases
 
 
+# ----------------------------------------------------------------------------- level-1 block rank
+
+
+def rank_blocks_case(B, H, Hkv, Q, NB, D, dtype, config=None, seed=0, transpose_q=False):
+    """Two-level selection's level 1: kernel and twin against fp64 (same rounded inputs), within
+    the fp32 accumulation error of the three D-term dots (doubled by the row normalisation)."""
+    from reattn_llm.kernels.torch_ops import rank_blocks_torch
+    from reattn_llm.kernels.triton_blocks import rank_blocks_triton
+    from reattn_llm.kv.summaries import block_summaries
+    from reattn_llm.method.two_level import BOUND_WEIGHT
+
+    torch.manual_seed(seed)
+    q = (
+        torch.randn(B, Q, H, D, dtype=dtype).transpose(1, 2)
+        if transpose_q
+        else torch.randn(B, H, Q, D, dtype=dtype)
+    )
+    summ = block_summaries(torch.randn(B, Hkv, NB * 8, D, dtype=dtype), 8)  # [B, Hkv, NB, 3D]
+    got = rank_blocks_triton(q, summ, BOUND_WEIGHT, _config=config)
+    assert got.shape == (B, Hkv, NB) and got.dtype == torch.float32, (tuple(got.shape), got.dtype)
+    ref = rank_blocks_torch(q.double(), summ.double(), BOUND_WEIGHT)
+    twin = rank_blocks_torch(q, summ, BOUND_WEIGHT)
+    tol = 2 * 4 * 3 * D * 2.0**-24 * D * q.abs().max().item() * summ.abs().max().item()
+    err, err_t = (got.double() - ref).abs().max().item(), (twin.double() - ref).abs().max().item()
+    assert err <= tol, f"kernel differs from fp64 by {err:.3g} (tol {tol:.3g}; twin {err_t:.3g})"
+    assert bool((ref.amax(-1) == 0).all())  # some row's best block: rank 0
+    return {"max_err": err, "twin_err": err_t}
+
+
+def rank_blocks_errors_case():
+    from reattn_llm.kernels.triton_blocks import rank_blocks_triton
+
+    q, summ = torch.randn(1, 4, 3, 64), torch.randn(1, 2, 5, 192)
+    bad = [
+        lambda: rank_blocks_triton(q, torch.randn(1, 3, 5, 192), 0.3),  # 4 heads over 3 KV heads
+        lambda: rank_blocks_triton(q, torch.randn(1, 2, 5, 128), 0.3),  # not 3D
+        lambda: rank_blocks_triton(q.long(), summ, 0.3),
+        lambda: rank_blocks_triton(q[0], summ, 0.3),
+    ]
+    for i, f in enumerate(bad):
+        try:
+            f()
+        except ValueError:
+            continue
+        raise AssertionError(f"bad call {i} raised no ValueError")
+    empty = rank_blocks_triton(q, torch.randn(1, 2, 0, 192), 0.3)
+    assert empty.shape == (1, 2, 0)
+    return {}
+
+
+SMALL_TILES = dict(BR=16, BN=16, num_warps=2)
+
+
+def rank_blocks_cases():
+    cases = {"rank_blocks_argument_errors": rank_blocks_errors_case}
+    for dt in (F16, F32):
+        n = "f16" if dt == F16 else "f32"
+        cases[f"rank_blocks_NB97_g3_{n}"] = lambda dt=dt: rank_blocks_case(2, 6, 2, 7, 97, 64, dt)
+        cases[f"rank_blocks_NB1_d96_small_tiles_{n}"] = lambda dt=dt: rank_blocks_case(
+            1, 4, 1, 5, 1, 96, dt, SMALL_TILES
+        )
+        cases[f"rank_blocks_NB50_d128_small_tiles_tq_{n}"] = lambda dt=dt: rank_blocks_case(
+            1, 8, 2, 9, 50, 128, dt, SMALL_TILES, transpose_q=True
+        )
+    return cases
+
+
 # ----------------------------------------------------------------------------- argument checks
 
 
@@ -263,6 +330,7 @@ def all_cases():
     cases.update(topk_cases())
     cases.update(attn_cases())
     cases["argument_errors"] = errors_case
+    cases.update(rank_blocks_cases())
     return cases
 
 

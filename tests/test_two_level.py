@@ -8,10 +8,10 @@ import torch
 from tiny_models import distinct_ids, tiny_model
 
 from reattn_llm import ConfigError, ReAttentionCache, ReAttentionConfig, patch
-from reattn_llm.kernels import score_topk_torch
+from reattn_llm.kernels import rank_blocks_torch, score_topk_torch
 from reattn_llm.kv.dense import DenseLayer, TensorKV
 from reattn_llm.kv.summaries import KeySummaries, block_summaries
-from reattn_llm.method.two_level import block_bounds, rank_blocks, two_level_topk
+from reattn_llm.method.two_level import BOUND_WEIGHT, block_bounds, two_level_topk
 
 
 def _scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -108,14 +108,14 @@ def test_two_level_reduces_to_top_k_of_its_candidates():
 
 
 def test_rank_is_sliced_over_rows_without_changing_it(monkeypatch):
-    import reattn_llm.method.two_level as tl
+    import reattn_llm.kernels.torch_ops as ops
 
     q = torch.randn(2, 6, 50, 16, dtype=torch.float64)
     summ = block_summaries(torch.randn(2, 2, 8 * 30, 16, dtype=torch.float64), 8)
-    whole = rank_blocks(q, summ)
-    monkeypatch.setitem(tl._RANK_BLOCK_ELEMS, "cpu", 2 * 2 * 30 * 7)  # 7 rows per slice
+    whole = rank_blocks_torch(q, summ, BOUND_WEIGHT)
+    monkeypatch.setitem(ops._SCORE_BLOCK_ELEMS, "cpu", 2 * 2 * 30 * 7)  # 7 rows per slice
     # fp64 so that a BLAS blocking that differs with the slice's row count stays far below 1e-12
-    assert torch.allclose(rank_blocks(q, summ), whole, rtol=0, atol=1e-12)
+    assert torch.allclose(rank_blocks_torch(q, summ, BOUND_WEIGHT), whole, rtol=0, atol=1e-12)
     # a block's rank is its best row-normalised score: 0 for the best block of some row
     assert torch.allclose(whole.amax(-1), torch.zeros(2, 2, dtype=torch.float64))
 

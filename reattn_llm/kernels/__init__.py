@@ -2,7 +2,8 @@
 
 ``score_topk`` scores every middle key against every query of a chunk and keeps the top-k;
 ``select_scope`` pools the hits into ranked span centres and builds the chunk's scope from them;
-``scope_attention`` attends over the gathered, re-positioned scope. Each has a Triton
+``scope_attention`` attends over the gathered, re-positioned scope; ``rank_blocks`` is two-level
+selection's level 1 (block summaries against the chunk's queries). Each has a Triton
 implementation (CUDA) and a torch twin of identical signature (CPU, and the reference).
 The choice is ``ReAttentionConfig.backend``: ``"auto"`` (Triton on CUDA when importable,
 torch otherwise), ``"triton"`` or ``"torch"``.
@@ -12,11 +13,19 @@ from __future__ import annotations
 
 import torch
 
-from .torch_ops import SelectedScope, scope_attention_torch, score_topk_torch, select_scope_torch
+from .torch_ops import (
+    SelectedScope,
+    rank_blocks_torch,
+    scope_attention_torch,
+    score_topk_torch,
+    select_scope_torch,
+)
 
 __all__ = [
     "MAX_TOP_K",
     "SelectedScope",
+    "rank_blocks",
+    "rank_blocks_torch",
     "resolve_backend",
     "scope_attention",
     "scope_attention_torch",
@@ -99,3 +108,14 @@ def select_scope(
 
         return select_scope_triton(*args)
     return select_scope_torch(*args)
+
+
+def rank_blocks(
+    q: torch.Tensor, summaries: torch.Tensor, weight: float, backend: str = "torch"
+) -> torch.Tensor:
+    """Dispatch for :func:`rank_blocks_torch` (same signature, ``backend`` already resolved)."""
+    if backend == "triton":
+        from .triton_blocks import rank_blocks_triton
+
+        return rank_blocks_triton(q, summaries, weight)
+    return rank_blocks_torch(q, summaries, weight)

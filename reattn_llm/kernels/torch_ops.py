@@ -264,3 +264,26 @@ def select_scope_torch(
     centres, votes = rank_hits_torch(hits, pinned, middle_len, min(n_spans, middle_len), by_rank)
     scope = scope_from_centres_torch(centres, middle_len, span_size, global_size, local_size, total, q_len)
     return SelectedScope(*scope, centres, votes)
+
+
+def rank_blocks_torch(q: torch.Tensor, summaries: torch.Tensor, weight: float) -> torch.Tensor:
+    """Two-level selection's level-1 rank of every key block (:mod:`reattn_llm.method.two_level`):
+    ``q [B, H, Q, D]``, ``summaries [B, Hkv, n, 3D]`` (``[max | min | mean]`` per block) -> ``[B, Hkv, n]``
+    fp32 (fp64 for fp64 inputs): per KV head, the block's best over the head's rows (its GQA heads'
+    queries) of ``s - max_blocks s``, with ``s = weight·(relu(q)·max + min(q, 0)·min) + (1 - weight)·q·mean``
+    (Quest's bound of q.k blended with the mean key's score; higher is better). Rows are scored in
+    slices, so the ``[rows, n]`` matrix is never whole."""
+    b, h, nq, d = q.shape
+    hkv, n = summaries.shape[1], summaries.shape[2]
+    rows = (h // hkv) * nq
+    acc = torch.promote_types(q.dtype, torch.float32)
+    qf = q.to(acc).reshape(b, hkv, rows, d)
+    qq = torch.cat([weight * qf.clamp(min=0), weight * qf.clamp(max=0), (1.0 - weight) * qf], dim=-1)
+    st = summaries.to(acc).transpose(-1, -2)  # [B, Hkv, 3D, n]
+    step = max(1, _SCORE_BLOCK_ELEMS.get(q.device.type, 1 << 24) // max(1, b * hkv * n))
+    best = torch.full((b, hkv, n), float("-inf"), dtype=acc, device=q.device)
+    for r0 in range(0, rows, step):
+        s = torch.matmul(qq[:, :, r0 : r0 + step], st)  # [B, Hkv, rows', n]
+        s = (s - s.amax(dim=-1, keepdim=True)).amax(dim=2)
+        best = torch.maximum(best, s)
+    return best

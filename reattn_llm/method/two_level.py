@@ -20,7 +20,9 @@ about the block size:
   ``[w·relu(q) | w·min(q, 0) | (1-w)·q] · [max | min | mean]``. Each (query head, query) row is
   normalised by its best block (``s - max_blocks s``), and a block's rank is its best normalised
   score over all the rows of its KV head (all GQA heads, all the chunk's queries): per KV head the
-  ``candidate_blocks`` best blocks are the candidates. Cost ``6·H·Q·(M/bs)·D``: ``3/bs`` of exact.
+  ``candidate_blocks`` best blocks are the candidates (:func:`~reattn_llm.kernels.rank_blocks`; on
+  Triton two passes that never write the ``[rows, blocks]`` scores). Cost ``6·H·Q·(M/bs)·D`` per
+  pass: ``3/bs`` of exact.
 * **Level 2.** The candidates' keys (plus the partial block at the end of the middle, which has
   no summary and is always a candidate) are gathered per KV head, ``[B, Hkv, C·bs + r, D]``, by
   the layer (:meth:`~reattn_llm.kv.layer.KVReader.take_key_blocks`: whole blocks from a device
@@ -39,18 +41,16 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels import score_topk
+from ..kernels import rank_blocks, score_topk
 from ..kv.dense import TensorKV
 from ..kv.layer import KVReader, exact_topk
 
-__all__ = ["BOUND_WEIGHT", "block_bounds", "rank_blocks", "two_level_topk"]
+__all__ = ["BOUND_WEIGHT", "block_bounds", "two_level_topk"]
 
 #: Weight of the upper bound against the mean score in the level-1 rank. On real keys of the default
 #: model (32K middle keys, 508 candidate blocks) the share of exact hits recalled was 0.80 with the
 #: mean alone (0), 0.85 / 0.84 / 0.83 with 0.2 / 0.3 / 0.5, and 0.78 with the bound alone (1).
 BOUND_WEIGHT = 0.3
-# Largest fp32 level-1 score block materialised at once (elements), as in score_topk_torch.
-_RANK_BLOCK_ELEMS = {"cpu": 1 << 24, "cuda": 1 << 27}
 
 
 def block_bounds(q: torch.Tensor, summaries: torch.Tensor) -> torch.Tensor:
@@ -64,26 +64,6 @@ def block_bounds(q: torch.Tensor, summaries: torch.Tensor) -> torch.Tensor:
     qq = torch.cat([qf.clamp(min=0), qf.clamp(max=0)], dim=-1).reshape(b, hkv, (h // hkv) * nq, 2 * d)
     s = torch.matmul(qq, summaries[..., : 2 * d].to(acc).transpose(-1, -2))
     return s.reshape(b, h, nq, -1)
-
-
-def rank_blocks(q: torch.Tensor, summaries: torch.Tensor, weight: float = BOUND_WEIGHT) -> torch.Tensor:
-    """Level-1 rank of every block for one KV head's rows: ``q [B, H, Q, D]``, ``summaries
-    [B, Hkv, n, 3D]`` -> ``[B, Hkv, n]`` fp32, the block's best row-normalised blended score
-    (higher is better). Rows are scored in slices, so the ``[rows, n]`` matrix is never whole."""
-    b, h, nq, d = q.shape
-    hkv, n = summaries.shape[1], summaries.shape[2]
-    rows = (h // hkv) * nq
-    acc = torch.promote_types(q.dtype, torch.float32)
-    qf = q.to(acc).reshape(b, hkv, rows, d)
-    qq = torch.cat([weight * qf.clamp(min=0), weight * qf.clamp(max=0), (1.0 - weight) * qf], dim=-1)
-    st = summaries.to(acc).transpose(-1, -2)  # [B, Hkv, 3D, n]
-    step = max(1, _RANK_BLOCK_ELEMS.get(q.device.type, 1 << 24) // max(1, b * hkv * n))
-    best = torch.full((b, hkv, n), float("-inf"), dtype=acc, device=q.device)
-    for r0 in range(0, rows, step):
-        s = torch.matmul(qq[:, :, r0 : r0 + step], st)  # [B, Hkv, rows', n]
-        s = (s - s.amax(dim=-1, keepdim=True)).amax(dim=2)
-        best = torch.maximum(best, s)
-    return best
 
 
 def two_level_topk(
@@ -122,7 +102,9 @@ def two_level_topk(
     if c >= n_full:
         return exact_topk(q, kv, lo, hi, top_k, backend)
     # Level 1: rank the full blocks by their best row-normalised blended score; keep the best C.
-    rank = rank_blocks(q, kv.block_summaries(lo, block_size, n_full))  # [B, Hkv, n_full]
+    rank = rank_blocks(
+        q, kv.block_summaries(lo, block_size, n_full), BOUND_WEIGHT, backend
+    )  # [B, Hkv, n_full]
     hkv = rank.shape[1]
     blocks = rank.topk(c, dim=2).indices.sort(dim=2).values  # [B, Hkv, C], increasing
     # Level 2: exact scores over the candidates' keys and the partial block at the end.

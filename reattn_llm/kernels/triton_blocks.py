@@ -1,0 +1,169 @@
+"""Two-level selection's level 1 in Triton (twin: :func:`~reattn_llm.kernels.torch_ops.rank_blocks_torch`).
+
+Each (query head, query) row of a KV head scores every key block from its summary
+``[max | min | mean]``: ``s = w·(relu(q)·max + min(q, 0)·min) + (1 - w)·q·mean`` (Quest's upper
+bound of q.k blended with the mean key's score). A block's rank is its best *row-normalised*
+score over the KV head's rows, ``max_r (s[r, n] - max_n' s[r, n'])``. The ``[rows, blocks]`` score
+matrix never exists (at 1M keys it would be ``H·Q·M/bs`` fp32 per chunk):
+
+1. ``_row_best_kernel``: one program per (batch x KV head, row tile) walks all blocks in tiles,
+   keeping each row's best score in registers -> ``[B, Hkv, rows]`` fp32.
+2. ``_block_rank_kernel``: one program per (batch x KV head, block tile) holds its blocks'
+   summaries and walks all rows in tiles, keeping each block's best ``s - row best`` -> ``[B, Hkv, n]``.
+
+Each pass recomputes the dots (three ``tl.dot`` per tile, fp32 accumulation, IEEE for fp32
+inputs): ``2 x 6·H·Q·n·D`` FLOPs, ``6/bs`` of exact scoring, and nothing written but the results.
+Head dims up to 256 (non powers of two masked), fp16 / bf16 / fp32, any GQA group.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._triton_utils import cdiv, check_device, check_float, next_pow2
+
+__all__ = ["rank_blocks_triton"]
+
+_NEG = float("-inf")
+
+
+@triton.jit
+def _tile_scores(q, qp, qn, s_ptrs, nmask, dmask, D: tl.constexpr, W, IEEE: tl.constexpr):
+    """``[BR, BN]`` fp32 blended scores of row tile ``q`` (and its positive / negative parts)
+    against the summary tile at ``s_ptrs`` (``[BN, DP]`` pointers to the max part)."""
+    m2 = nmask[:, None] & dmask[None, :]
+    smax = tl.load(s_ptrs, mask=m2, other=0.0)
+    smin = tl.load(s_ptrs + D, mask=m2, other=0.0)
+    smean = tl.load(s_ptrs + 2 * D, mask=m2, other=0.0)
+    if IEEE:
+        bound = tl.dot(qp, tl.trans(smax), input_precision="ieee")
+        bound += tl.dot(qn, tl.trans(smin), input_precision="ieee")
+        mean = tl.dot(q, tl.trans(smean), input_precision="ieee")
+    else:
+        bound = tl.dot(qp, tl.trans(smax))
+        bound += tl.dot(qn, tl.trans(smin))
+        mean = tl.dot(q, tl.trans(smean))
+    return W * bound + (1.0 - W) * mean
+
+
+@triton.jit
+def _load_rows(q_ptr, r, rmask, d, dmask, stride_r):
+    q = tl.load(q_ptr + r[:, None] * stride_r + d[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
+    zero = tl.zeros_like(q)
+    return q, tl.maximum(q, zero), tl.minimum(q, zero)
+
+
+@triton.jit
+def _row_best_kernel(
+    q_ptr,
+    s_ptr,
+    best_ptr,
+    R,
+    NB,
+    stride_qbh,
+    stride_qr,
+    stride_sbh,
+    stride_sn,
+    W,
+    D: tl.constexpr,
+    DP: tl.constexpr,
+    BR: tl.constexpr,
+    BN: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    bh = tl.program_id(0).to(tl.int64)
+    r = tl.program_id(1) * BR + tl.arange(0, BR)
+    rmask = r < R
+    d = tl.arange(0, DP)
+    dmask = d < D
+    q, qp, qn = _load_rows(q_ptr + bh * stride_qbh, r, rmask, d, dmask, stride_qr)
+    best = tl.full((BR,), _NEG, tl.float32)
+    for n0 in range(0, NB, BN):
+        n = n0 + tl.arange(0, BN)
+        nmask = n < NB
+        s_ptrs = s_ptr + bh * stride_sbh + n[:, None].to(tl.int64) * stride_sn + d[None, :]
+        s = _tile_scores(q, qp, qn, s_ptrs, nmask, dmask, D, W, IEEE)
+        s = tl.where(nmask[None, :], s, _NEG)
+        best = tl.maximum(best, tl.max(s, axis=1))
+    tl.store(best_ptr + bh * R + r, best, mask=rmask)
+
+
+@triton.jit
+def _block_rank_kernel(
+    q_ptr,
+    s_ptr,
+    best_ptr,
+    out_ptr,
+    R,
+    NB,
+    stride_qbh,
+    stride_qr,
+    stride_sbh,
+    stride_sn,
+    W,
+    D: tl.constexpr,
+    DP: tl.constexpr,
+    BR: tl.constexpr,
+    BN: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    bh = tl.program_id(0).to(tl.int64)
+    n = tl.program_id(1) * BN + tl.arange(0, BN)
+    nmask = n < NB
+    d = tl.arange(0, DP)
+    dmask = d < D
+    s_ptrs = s_ptr + bh * stride_sbh + n[:, None].to(tl.int64) * stride_sn + d[None, :]
+    rank = tl.full((BN,), _NEG, tl.float32)
+    for r0 in range(0, R, BR):
+        r = r0 + tl.arange(0, BR)
+        rmask = r < R
+        q, qp, qn = _load_rows(q_ptr + bh * stride_qbh, r, rmask, d, dmask, stride_qr)
+        s = _tile_scores(q, qp, qn, s_ptrs, nmask, dmask, D, W, IEEE)
+        row_best = tl.load(best_ptr + bh * R + r, mask=rmask, other=0.0)
+        s = tl.where(rmask[:, None], s - row_best[:, None], _NEG)
+        rank = tl.maximum(rank, tl.max(s, axis=0))
+    tl.store(out_ptr + bh * NB + n, rank, mask=nmask)
+
+
+def rank_blocks_triton(
+    q: torch.Tensor, summaries: torch.Tensor, weight: float, *, _config: dict | None = None
+) -> torch.Tensor:
+    """Triton twin of :func:`~reattn_llm.kernels.torch_ops.rank_blocks_torch`: ``q [B, H, Q, D]``,
+    ``summaries [B, Hkv, n, 3D]`` (``[max | min | mean]``) -> ``[B, Hkv, n]`` fp32."""
+    name = "rank_blocks_triton"
+    check_float(name, "q", q)
+    check_float(name, "summaries", summaries)
+    check_device(name, q, summaries)
+    if q.dim() != 4 or summaries.dim() != 4:
+        raise ValueError(
+            f"{name}: q must be [B, H, Q, D] and summaries [B, Hkv, n, 3D], got "
+            f"{tuple(q.shape)} and {tuple(summaries.shape)}"
+        )
+    b, h, nq, d = q.shape
+    hkv, nb = summaries.shape[1], summaries.shape[2]
+    if summaries.shape[0] != b or summaries.shape[3] != 3 * d or hkv < 1 or h % hkv or d > 256:
+        raise ValueError(
+            f"{name}: summaries {tuple(summaries.shape)} do not fit q {tuple(q.shape)}: need [B, Hkv, n, 3D] "
+            "with H a multiple of Hkv and D <= 256"
+        )
+    out = torch.empty(b, hkv, nb, dtype=torch.float32, device=q.device)
+    rows = (h // hkv) * nq
+    if nb == 0 or rows == 0:
+        return out.fill_(_NEG)
+    dt = q.dtype if q.dtype == summaries.dtype else torch.float32
+    qr = q.to(dt).reshape(b * hkv, rows, d)  # rows of a KV head: its GQA heads' queries, head-major
+    if qr.stride(-1) != 1:
+        qr = qr.contiguous()
+    sm = summaries.to(dt).reshape(b * hkv, nb, 3 * d)
+    if sm.stride(-1) != 1:
+        sm = sm.contiguous()
+    cfg = {"BR": 64, "BN": 64, "num_warps": 4, **(_config or {})}
+    br, bn, warps = cfg["BR"], cfg["BN"], cfg["num_warps"]
+    best = torch.empty(b * hkv, rows, dtype=torch.float32, device=q.device)
+    common = (rows, nb, qr.stride(0), qr.stride(1), sm.stride(0), sm.stride(1), float(weight))
+    meta = {"D": d, "DP": max(16, next_pow2(d)), "BR": br, "BN": bn, "IEEE": dt == torch.float32}
+    _row_best_kernel[(b * hkv, cdiv(rows, br))](qr, sm, best, *common, **meta, num_warps=warps)
+    _block_rank_kernel[(b * hkv, cdiv(nb, bn))](qr, sm, best, out, *common, **meta, num_warps=warps)
+    return out
