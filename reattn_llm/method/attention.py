@@ -101,15 +101,13 @@ def _select(
     remembers of the question (``kv.pinned`` / ``kv.pinned_votes``) per ``decode_spans``;
     ``span_votes``: by the hits each span covers (:func:`~.selection.rank_spans`)."""
     running = cfg.decode_spans == "running"
-    carried = None
-    if qc == 1 and running and kv.pinned is not None:
-        carried = (kv.pinned, kv.pinned_votes)
-    pins, union = _pins(cfg, kv, qc)
     keep = n_spans * (2 if running else 1)
-    if span_votes:
+    if span_votes:  # a prompt chunk: nothing pinned or carried
         ranked, votes = rank_spans(hits, m, keep, cfg.span_size)  # type: ignore[arg-type]
     else:
-        ranked, votes = rank_centres(hits, m, keep, pins, carried, by_rank=union)
+        carried = (kv.pinned, kv.pinned_votes) if qc == 1 and running and kv.pinned is not None else None
+        pins, union = _pins(cfg, kv, qc)
+        ranked, votes = rank_centres(hits, m, keep, pins, carried, by_rank=union)  # type: ignore[arg-type]
     if qc > 1 or running:
         _remember(kv, ranked, votes, m)
     return ranked[:, :n_spans]
