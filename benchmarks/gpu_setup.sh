@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Device-machine set-up, in two calls (one command may carry at most 64 MiB):
+#   here, once: bash benchmarks/gpu_setup.sh pack  (writes .gpu/whl, the wheels the device image lacks,
+#               pinned to .venv's versions, and .gpu/smol.gguf.part_aa/_ab, the default model's GGUF)
 #   call 1: bash benchmarks/gpu_setup.sh 1   (carry .gpu/smol.gguf.part_aa and .gpu/whl)
 #   call 2: bash benchmarks/gpu_setup.sh 2   (carry .gpu/smol.gguf.part_ab and .gpu/data), within 30 s
 # Afterwards: source benchmarks/gpu_env.sh in every later call on the same (warm) machine.
@@ -17,9 +19,22 @@
 # sha256 and converts it with the engine's own conversion (a stand-in for the package, whose
 # assemble() hands over the assembled file), into $REATTN_LLM_CACHE/gemma-3-270m.
 set -euo pipefail
-stage=${1:?stage 1, 2, gemma-split (here) or gemma (device)}
+stage=${1:?stage pack or gemma-split (here), 1, 2 or gemma (device)}
 GEMMA_SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 GEMMA_PARTS="aa ab ac ad ae af"
+if [ "$stage" = pack ]; then  # here, once: what calls 1 and 2 carry
+  PY=${PY:-.venv/bin/python}
+  mkdir -p .gpu/whl
+  pins=$($PY -c "import importlib.metadata as m; print(' '.join(p + '==' + m.version(p) for p in ('transformers', 'gguf', 'pypdf')))")
+  $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu/whl $pins
+  gguf=$($PY -c "from reattn_llm.runtime.models import default_gguf; print(default_gguf())")
+  rm -f .gpu/smol.gguf.part_*
+  split -b 50000000 "$gguf" .gpu/smol.gguf.part_
+  cat .gpu/smol.gguf.part_* | md5sum | grep -q "^a1231443440b107ff29f02bdb38c9d0a " || { echo "GGUF md5 mismatch"; exit 1; }
+  ls -l .gpu/whl .gpu/smol.gguf.part_*
+  exit 0
+fi
 if [ "$stage" = gemma-split ]; then  # here, once: the package's chunks re-cut into parts of 50 MB
   PY=${PY:-.venv/bin/python}
   mkdir -p .gpu
