@@ -216,8 +216,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--capture-file", default=None, help="keep the captured queries/keys here (reused if present)"
     )
+    ap.add_argument(
+        "--level1-kernel",
+        action="store_true",
+        help="run level 1 as the backend's kernel (two_level.LEVEL1_KERNEL), not its torch twin",
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.level1_kernel:
+        import reattn_llm.method.two_level as two_level
+
+        two_level.LEVEL1_KERNEL = ("triton",)
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.candidates = [int(x) for x in args.candidates.split(",")]
     if args.threads:

@@ -159,7 +159,8 @@ def rank_blocks_triton(
     sm = summaries.to(dt).reshape(b * hkv, nb, 3 * d)
     if sm.stride(-1) != 1:
         sm = sm.contiguous()
-    cfg = {"BR": 64, "BN": 64, "num_warps": 4, **(_config or {})}
+    tile = 64 if d <= 128 else 32  # six [tile, D] operands per step: keep them within shared memory
+    cfg = {"BR": tile, "BN": tile, "num_warps": 4, **(_config or {})}
     br, bn, warps = cfg["BR"], cfg["BN"], cfg["num_warps"]
     best = torch.empty(b * hkv, rows, dtype=torch.float32, device=q.device)
     common = (rows, nb, qr.stride(0), qr.stride(1), sm.stride(0), sm.stride(1), float(weight))

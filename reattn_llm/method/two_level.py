@@ -20,8 +20,9 @@ about the block size:
   ``[w·relu(q) | w·min(q, 0) | (1-w)·q] · [max | min | mean]``. Each (query head, query) row is
   normalised by its best block (``s - max_blocks s``), and a block's rank is its best normalised
   score over all the rows of its KV head (all GQA heads, all the chunk's queries): per KV head the
-  ``candidate_blocks`` best blocks are the candidates (:func:`~reattn_llm.kernels.rank_blocks`; on
-  Triton two passes that never write the ``[rows, blocks]`` scores). Cost ``6·H·Q·(M/bs)·D`` per
+  ``candidate_blocks`` best blocks are the candidates (:func:`~reattn_llm.kernels.rank_blocks`; its
+  Triton kernel, two passes that never write the ``[rows, blocks]`` scores, runs where
+  :data:`LEVEL1_KERNEL` says). Cost ``6·H·Q·(M/bs)·D`` per
   pass: ``3/bs`` of exact.
 * **Level 2.** The candidates' keys (plus the partial block at the end of the middle, which has
   no summary and is always a candidate) are gathered per KV head, ``[B, Hkv, C·bs + r, D]``, by
@@ -51,6 +52,10 @@ __all__ = ["BOUND_WEIGHT", "block_bounds", "two_level_topk"]
 #: model (32K middle keys, 508 candidate blocks) the share of exact hits recalled was 0.80 with the
 #: mean alone (0), 0.85 / 0.84 / 0.83 with 0.2 / 0.3 / 0.5, and 0.78 with the bound alone (1).
 BOUND_WEIGHT = 0.3
+#: Backends whose level 1 runs as a kernel (:func:`~reattn_llm.kernels.rank_blocks`); the others run
+#: its torch twin. Triton's two-pass kernel is checked under the CPU interpreter (fp16/fp32) only; it
+#: joins here once ``benchmarks/gpu_kernels_check.py`` has passed it in bf16 on the GPU.
+LEVEL1_KERNEL: tuple[str, ...] = ()
 
 
 def block_bounds(q: torch.Tensor, summaries: torch.Tensor) -> torch.Tensor:
@@ -102,9 +107,9 @@ def two_level_topk(
     if c >= n_full:
         return exact_topk(q, kv, lo, hi, top_k, backend)
     # Level 1: rank the full blocks by their best row-normalised blended score; keep the best C.
-    rank = rank_blocks(
-        q, kv.block_summaries(lo, block_size, n_full), BOUND_WEIGHT, backend
-    )  # [B, Hkv, n_full]
+    level1 = backend if backend in LEVEL1_KERNEL else "torch"
+    summaries = kv.block_summaries(lo, block_size, n_full)
+    rank = rank_blocks(q, summaries, BOUND_WEIGHT, level1)  # [B, Hkv, n_full]
     hkv = rank.shape[1]
     blocks = rank.topk(c, dim=2).indices.sort(dim=2).values  # [B, Hkv, C], increasing
     # Level 2: exact scores over the candidates' keys and the partial block at the end.
