@@ -284,6 +284,9 @@ def rank_blocks_cases():
         cases[f"rank_blocks_NB50_d128_small_tiles_tq_{n}"] = lambda dt=dt: rank_blocks_case(
             1, 8, 2, 9, 50, 128, dt, SMALL_TILES, transpose_q=True
         )
+    cases["rank_blocks_NB9_d256_f32"] = lambda: rank_blocks_case(
+        1, 2, 1, 3, 9, 256, F32
+    )  # Gemma 3's head dim
     return cases
 
 
