@@ -5,7 +5,7 @@
 Prints one JSON line: the plan's KV / weights / working-reserve bytes, the measured peak and
 their ratio. The peak is the process's peak resident set (VmHWM) during the prefill, reset once
 the weights are loaded (so loading's transients, such as the file pages read, don't count),
-minus the resident set before the weights were loaded. ``tests/test_plan.py`` runs it in a fresh process at 8K tokens on the default model.
+minus the resident set before the weights were loaded. ``tests/test_plan.py`` runs it in a fresh process at 6K tokens on the default model.
 """
 
 from __future__ import annotations

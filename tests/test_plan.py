@@ -18,7 +18,7 @@ from tests.tiny_models import SMOLLM2_SHAPE as SMOL
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_plan_is_within_20_percent_of_the_measured_peak_at_8k():
+def test_plan_is_within_20_percent_of_the_measured_peak_at_6k():
     """A fresh process (so the peak resident set is this prefill's): weights + KV + working set.
 
     glibc's malloc raises its mmap threshold after large frees and then keeps freed tensors in its
@@ -26,7 +26,7 @@ def test_plan_is_within_20_percent_of_the_measured_peak_at_8k():
     every large tensor its own mapping, returned when freed, and the peak the live bytes'."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "peak_memory.py"), "--tokens", "8192"],
+        [sys.executable, str(ROOT / "benchmarks" / "peak_memory.py"), "--tokens", "6144"],
         env=env,
         capture_output=True,
         text=True,
@@ -35,7 +35,7 @@ def test_plan_is_within_20_percent_of_the_measured_peak_at_8k():
         check=True,
     )
     row = json.loads(out.stdout.strip().splitlines()[-1])
-    assert row["tokens"] == 8192
+    assert row["tokens"] == 6144  # 3x the default scope: selection runs in most chunks
     assert 0.8 <= row["ratio"] <= 1.2, row
 
 
