@@ -27,6 +27,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
+import triton.testing
 
 from reattn_llm.kernels.torch_ops import rank_blocks_torch, scope_attention_torch, score_topk_torch
 from reattn_llm.kernels.triton_attention import scope_attention_triton
@@ -140,16 +141,6 @@ def attn_case(B, H, Hkv, Q, T, N, D, dtype, seed=0):
     return {"err_kernel": e_k, "err_twin": e_t}
 
 
-def _ms(fn, reps=5):
-    fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / reps * 1e3
-
-
 def rank_blocks_case(B, H, Hkv, Q, NB, D, dtype, seed=0):
     from reattn_llm.method.two_level import BOUND_WEIGHT as W
 
@@ -162,8 +153,8 @@ def rank_blocks_case(B, H, Hkv, Q, NB, D, dtype, seed=0):
     err = (got.double() - ref).abs().max().item()
     assert err <= tol, f"rank differs from fp64 by {err:.3g} (tol {tol:.3g})"
     del ref
-    t_tri = _ms(lambda: rank_blocks_triton(q, summ, W))
-    t_torch = _ms(lambda: rank_blocks_torch(q, summ, W))
+    t_tri = triton.testing.do_bench(lambda: rank_blocks_triton(q, summ, W), return_mode="median")
+    t_torch = triton.testing.do_bench(lambda: rank_blocks_torch(q, summ, W), return_mode="median")
     return {"max_err": err, "triton_ms": round(t_tri, 3), "torch_ms": round(t_torch, 3)}
 
 

@@ -34,6 +34,16 @@ def rope_tables(P: int, R: int, base: float = 10000.0, dtype=torch.float32):
     return e.cos().to(dtype), e.sin().to(dtype)
 
 
+def expect_value_errors(bad):
+    """Raise AssertionError unless every call in ``bad`` raises ValueError."""
+    for i, f in enumerate(bad):
+        try:
+            f()
+        except ValueError:
+            continue
+        raise AssertionError(f"bad call {i} raised no ValueError")
+
+
 # ----------------------------------------------------------------------------- top-k
 
 
@@ -259,12 +269,7 @@ def rank_blocks_errors_case():
         lambda: rank_blocks_triton(q.long(), summ, 0.3),
         lambda: rank_blocks_triton(q[0], summ, 0.3),
     ]
-    for i, f in enumerate(bad):
-        try:
-            f()
-        except ValueError:
-            continue
-        raise AssertionError(f"bad call {i} raised no ValueError")
+    expect_value_errors(bad)
     empty = rank_blocks_triton(q, torch.randn(1, 2, 0, 192), 0.3)
     assert empty.shape == (1, 2, 0)
     return {}
@@ -284,9 +289,8 @@ def rank_blocks_cases():
         cases[f"rank_blocks_NB50_d128_small_tiles_tq_{n}"] = lambda dt=dt: rank_blocks_case(
             1, 8, 2, 9, 50, 128, dt, SMALL_TILES, transpose_q=True
         )
-    cases["rank_blocks_NB9_d256_f32"] = lambda: rank_blocks_case(
-        1, 2, 1, 3, 9, 256, F32
-    )  # Gemma 3's head dim
+    # Gemma 3's head dim (32-row tiles)
+    cases["rank_blocks_NB9_d256_f32"] = lambda: rank_blocks_case(1, 2, 1, 3, 9, 256, F32)
     return cases
 
 
@@ -317,12 +321,7 @@ def errors_case():
             0.1,
         ),
     ]
-    for i, f in enumerate(bad):
-        try:
-            f()
-        except ValueError:
-            continue
-        raise AssertionError(f"bad call {i} raised no ValueError")
+    expect_value_errors(bad)
     empty = score_topk_triton(q, torch.randn(1, 2, 0, 64), 4)
     assert empty.shape == (1, 4, 2, 0)
     return {}

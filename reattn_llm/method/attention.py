@@ -107,7 +107,7 @@ def _select(
     else:
         carried = (kv.pinned, kv.pinned_votes) if qc == 1 and running and kv.pinned is not None else None
         pins, union = _pins(cfg, kv, qc)
-        ranked, votes = rank_centres(hits, m, keep, pins, carried, by_rank=union)  # type: ignore[arg-type]
+        ranked, votes = rank_centres(hits, m, keep, pins, carried, by_rank=union)
     if qc > 1 or running:
         _remember(kv, ranked, votes, m)
     return ranked[:, :n_spans]

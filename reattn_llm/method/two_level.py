@@ -22,8 +22,7 @@ about the block size:
   score over all the rows of its KV head (all GQA heads, all the chunk's queries): per KV head the
   ``candidate_blocks`` best blocks are the candidates (:func:`~reattn_llm.kernels.rank_blocks`; its
   Triton kernel, two passes that never write the ``[rows, blocks]`` scores, runs where
-  :data:`LEVEL1_KERNEL` says). Cost ``6·H·Q·(M/bs)·D`` per
-  pass: ``3/bs`` of exact.
+  :data:`LEVEL1_KERNEL` says). Cost ``6·H·Q·(M/bs)·D`` per pass: ``3/bs`` of exact.
 * **Level 2.** The candidates' keys (plus the partial block at the end of the middle, which has
   no summary and is always a candidate) are gathered per KV head, ``[B, Hkv, C·bs + r, D]``, by
   the layer (:meth:`~reattn_llm.kv.layer.KVReader.take_key_blocks`: whole blocks from a device
