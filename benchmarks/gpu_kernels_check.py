@@ -233,9 +233,12 @@ CASES = {
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
+    ap.add_argument("--only", default="", help="run only the cases whose name contains this text")
     args = ap.parse_args()
     results, failed = [], 0
     for name, fn in CASES.items():
+        if args.only not in name:
+            continue
         t0 = time.time()
         try:
             info = fn()

@@ -26,7 +26,7 @@ from ._triton_utils import cdiv, check_device, check_float, next_pow2
 
 __all__ = ["rank_blocks_triton"]
 
-_NEG = float("-inf")
+_NEG = tl.constexpr(float("-inf"))  # a jit function reads globals only as constexpr
 
 
 @triton.jit
@@ -52,7 +52,8 @@ def _tile_scores(q, qp, qn, s_ptrs, nmask, dmask, D: tl.constexpr, W, IEEE: tl.c
 def _load_rows(q_ptr, r, rmask, d, dmask, stride_r):
     q = tl.load(q_ptr + r[:, None] * stride_r + d[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
     zero = tl.zeros_like(q)
-    return q, tl.maximum(q, zero), tl.minimum(q, zero)
+    # bf16 maximum / minimum come back as fp32 in some Triton versions; tl.dot wants both sides alike
+    return q, tl.maximum(q, zero).to(q.dtype), tl.minimum(q, zero).to(q.dtype)
 
 
 @triton.jit
@@ -151,7 +152,7 @@ def rank_blocks_triton(
     out = torch.empty(b, hkv, nb, dtype=torch.float32, device=q.device)
     rows = (h // hkv) * nq
     if nb == 0 or rows == 0:
-        return out.fill_(_NEG)
+        return out.fill_(float("-inf"))
     dt = q.dtype if q.dtype == summaries.dtype else torch.float32
     qr = q.to(dt).reshape(b * hkv, rows, d)  # rows of a KV head: its GQA heads' queries, head-major
     if qr.stride(-1) != 1:
