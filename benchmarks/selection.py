@@ -217,16 +217,16 @@ def main(argv: list[str] | None = None) -> int:
         "--capture-file", default=None, help="keep the captured queries/keys here (reused if present)"
     )
     ap.add_argument(
-        "--level1-kernel",
+        "--level1-torch",
         action="store_true",
-        help="run level 1 as the backend's kernel (two_level.LEVEL1_KERNEL), not its torch twin",
+        help="run level 1 as its torch twin on every backend, not the kernel (two_level.LEVEL1_KERNEL)",
     )
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    if args.level1_kernel:
+    if args.level1_torch:
         import reattn_llm.method.two_level as two_level
 
-        two_level.LEVEL1_KERNEL = ("triton",)
+        two_level.LEVEL1_KERNEL = ()
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.candidates = [int(x) for x in args.candidates.split(",")]
     if args.threads:
