@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 import traceback
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -342,6 +344,36 @@ def main(names):
         print(json.dumps(sorted(cases)))
         return
     run_cases(cases, names or sorted(cases))
+
+
+def interpret(script, names, timeout=900):
+    """Run ``script`` (a file whose ``__main__`` runs the named cases through :func:`run_cases`) under
+    Triton's CPU interpreter and return ``{name: result}``. The interpreter is single-threaded, so
+    the cases are dealt to two processes (every other name) on a machine with two cores or more."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore", TRITON_DEFAULT_FP_FUSION="1")
+    parts = min(2, os.cpu_count() or 1, max(1, len(names)))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), *names[i::parts]],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        for i in range(parts)
+    ]
+    out, errors = {}, []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=timeout)
+        errors.append(f"rc {proc.returncode}: {stderr[-2000:]}")
+        for line in stdout.splitlines():
+            if line.startswith("CASE "):
+                r = json.loads(line[5:])
+                out[r["name"]] = r
+    if not out:
+        raise RuntimeError(f"{Path(script).name} reported nothing:\n" + "\n".join(errors))
+    return out
 
 
 def run_cases(cases, names):

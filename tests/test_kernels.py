@@ -2,14 +2,12 @@
 
 The interpreter must be switched on before triton is first imported, and other tests of this
 pytest process may already have imported it, so the cases (``tests/kernel_cases.py``) run in one
-subprocess with ``TRITON_INTERPRET=1``; each case here asserts its reported result.
+subprocess with ``TRITON_INTERPRET=1`` (two, each running every other case, when the machine has
+two cores or more: the interpreter is single-threaded); each case here asserts its reported result.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,18 +30,9 @@ def _case_names() -> list[str]:
 
 @pytest.fixture(scope="module")
 def results() -> dict[str, dict]:
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore", TRITON_DEFAULT_FP_FUSION="1")
-    proc = subprocess.run(
-        [sys.executable, str(CASES)], env=env, capture_output=True, text=True, timeout=900, cwd=HERE.parent
-    )
-    out: dict[str, dict] = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("CASE "):
-            r = json.loads(line[5:])
-            out[r["name"]] = r
-    if not out:
-        raise RuntimeError(f"kernel_cases.py reported nothing (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
-    return out
+    import kernel_cases
+
+    return kernel_cases.interpret(CASES, _case_names())
 
 
 @pytest.mark.parametrize("name", _case_names())

@@ -3,7 +3,7 @@
 * the torch twin (sort-based, nothing of size M) equals ``rank_centres`` + sort + ``expand_spans``
   + ``build_scope`` on random awkward cases, in this process;
 * the Triton kernel equals both, under Triton's CPU interpreter: the interpreter must be on before
-  triton is first imported, so those cases run in one subprocess (this file run as a script with
+  triton is first imported, so those cases run in subprocesses (this file run as a script with
   ``TRITON_INTERPRET=1``), which prints one JSON line per case;
 * a patched tiny model gives identical logits and remembered centres with the fused selection
   forced on (the twin here, the Triton kernel in the subprocess) as with the unfused ops.
@@ -12,9 +12,7 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -298,25 +296,9 @@ def test_running_stays_unfused():
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict[str, dict]:
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve())],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=HERE.parent,
-    )
-    out = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("CASE "):
-            r = json.loads(line[5:])
-            out[r["name"]] = r
-    if not out:
-        raise RuntimeError(
-            f"the interpreter cases reported nothing (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
-        )
-    return out
+    from kernel_cases import interpret
+
+    return interpret(Path(__file__).resolve(), sorted(all_cases()), timeout=600)
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton (pip install triton)")
