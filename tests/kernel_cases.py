@@ -364,13 +364,19 @@ def interpret(script, names, timeout=900):
         for i in range(parts)
     ]
     out, errors = {}, []
-    for proc in procs:
-        stdout, stderr = proc.communicate(timeout=timeout)
-        errors.append(f"rc {proc.returncode}: {stderr[-2000:]}")
-        for line in stdout.splitlines():
-            if line.startswith("CASE "):
-                r = json.loads(line[5:])
-                out[r["name"]] = r
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=timeout)
+            errors.append(f"rc {proc.returncode}: {stderr[-2000:]}")
+            for line in stdout.splitlines():
+                if line.startswith("CASE "):
+                    r = json.loads(line[5:])
+                    out[r["name"]] = r
+    finally:  # a timeout (or any error) leaves no process behind, as subprocess.run would not
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     if not out:
         raise RuntimeError(f"{Path(script).name} reported nothing:\n" + "\n".join(errors))
     return out
