@@ -372,7 +372,7 @@ def interpret(script, names, timeout=900):
                 if line.startswith("CASE "):
                     r = json.loads(line[5:])
                     out[r["name"]] = r
-    finally:  # a timeout (or any error) leaves no process behind, as subprocess.run would not
+    finally:  # a timeout (or any error) leaves no process behind, as subprocess.run ensured
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
