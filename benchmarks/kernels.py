@@ -44,6 +44,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch
 
 DEV = "cuda"
+#: --graphs: also decode with CUDA graphs (reattn_llm.runtime.graphs) in --e2e
+GRAPHS = False
 BF16 = torch.bfloat16
 RESULTS: dict = {"rows": []}
 
@@ -708,9 +710,55 @@ def profile_steps(fn, steps=3, label=""):
     log(ka.table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=60))
 
 
+def graph_decode(model, cache, state, tok, buckets=3, bucket=None):
+    """Decode ``buckets`` buckets of static steps replayed from CUDA graphs
+    (:class:`reattn_llm.runtime.graphs.GraphDecoder`) after the eager steps: the median replayed
+    step, the mean step including each bucket's eager first step and capture, and the same static
+    steps run eagerly (``capture=False``) from the same cache, whose logits the replays must equal."""
+    from reattn_llm.runtime.graphs import DEFAULT_BUCKET, GraphDecoder
+
+    bucket = bucket or DEFAULT_BUCKET
+    n = buckets * bucket
+    times, outs = [], []
+    dec = GraphDecoder(model, cache, state, bucket=bucket)
+    start_len = dec.length
+    try:
+        for _ in range(n):
+            dt, out = sync_time(lambda: dec.step(tok))
+            times.append(dt)
+            outs.append(out.float())
+    finally:
+        dec.close()
+    for layer in cache.layers:  # the same steps again, eagerly, from the same cache (crop forgets the pins)
+        pins = layer.pinned, layer.pinned_votes
+        layer.crop(start_len)
+        layer.pinned, layer.pinned_votes = pins
+    eager, diff = [], 0.0
+    ref = GraphDecoder(model, cache, state, bucket=bucket, capture=False)
+    try:
+        for i in range(n):
+            dt, out = sync_time(lambda: ref.step(tok))
+            eager.append(dt)
+            diff = max(diff, (out.float() - outs[i]).abs().max().item())
+    finally:
+        ref.close()
+    replays = [t for i, t in enumerate(times) if i % bucket]
+    return dict(
+        graph_s=sorted(replays)[len(replays) // 2],
+        graph_mean_s=sum(times) / n,
+        static_eager_s=sorted(eager)[len(eager) // 2],
+        max_diff=diff,
+        captures=dec.captures,
+        bucket=bucket,
+    )
+
+
 @torch.no_grad()
-def reattn_prefill_decode(model, ids, steps=8, warm=3, piece=None, time_budget=None, profile_label=None):
-    """Prefill ``ids`` (in pieces of ``piece`` tokens if given) then decode; returns dict."""
+def reattn_prefill_decode(
+    model, ids, steps=8, warm=3, piece=None, time_budget=None, profile_label=None, state=None
+):
+    """Prefill ``ids`` (in pieces of ``piece`` tokens if given) then decode; returns dict. With the
+    patch's ``state``, also decode with CUDA graphs (:func:`graph_decode`)."""
     t_total = 0.0
     pkv = None
     T = ids.shape[1]
@@ -751,8 +799,17 @@ def reattn_prefill_decode(model, ids, steps=8, warm=3, piece=None, time_budget=N
             )
         except Exception as e:
             log(f"profile failed: {e}")
+    graphs = {}
+    if state is not None:
+        try:
+            graphs = graph_decode(model, pkv, state, tok)
+        except Exception:  # report it and keep the eager figures
+            import traceback
+
+            log("graph decode failed:\n" + traceback.format_exc())
     del pkv
     return dict(
+        **graphs,
         prefill_s=t_total,
         tokens=done,
         decode_s=sorted(times)[len(times) // 2],
@@ -794,7 +851,10 @@ def e2e(which: list[str]):
             h = patch(model, ReAttentionConfig(backend="triton"))
             try:
                 r = reattn_prefill_decode(
-                    model, ids, profile_label=f"ReAttention decode {w}" if w == "llama32k" else None
+                    model,
+                    ids,
+                    profile_label=f"ReAttention decode {w}" if w == "llama32k" else None,
+                    state=h.state if GRAPHS else None,
                 )
             finally:
                 h.unpatch()
@@ -819,6 +879,19 @@ def e2e(which: list[str]):
                 d_stock * 1e3,
                 f"ratio {r['decode_s'] / d_stock:.2f} (target <= 0.85)",
             )
+            if "graph_s" in r:
+                row(
+                    "e2e",
+                    f"{tag}: decode/token ReAttention, CUDA graph",
+                    r["graph_s"] * 1e3,
+                    "ms",
+                    "stock SDPA StaticCache",
+                    d_stock * 1e3,
+                    f"ratio {r['graph_s'] / d_stock:.2f}; with each bucket's eager step and capture "
+                    f"{r['graph_mean_s'] * 1e3:.1f} ms ({r['captures']} captures of {r['bucket']} steps); "
+                    f"the same static steps eager {r['static_eager_s'] * 1e3:.1f} ms, "
+                    f"max |logit diff| {r['max_diff']:.3g}",
+                )
             row(
                 "e2e",
                 f"{tag}: peak memory ReAttention",
@@ -889,8 +962,11 @@ def main() -> int:
         help="end to end, the span selection fused for: the default phases (method.attention.FUSED_SELECT: "
         "decode on Triton), all (prefill chunks too) or none",
     )
+    ap.add_argument("--graphs", action="store_true", help="--e2e also decodes with CUDA graphs")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    global GRAPHS
+    GRAPHS = args.graphs
     from reattn_llm.method import attention as attention_mod
 
     if args.fused_select != "default":

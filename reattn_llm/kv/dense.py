@@ -69,6 +69,8 @@ class DenseLayer(_DenseReads, KVLayer):
         super().__init__(reserve, budget)
         self._k: torch.Tensor | None = None
         self._v: torch.Tensor | None = None
+        #: ``(row, end)`` while decode steps run static (:meth:`hold_static`), else None
+        self._static: tuple[torch.Tensor, int] | None = None
 
     @property
     def capacity(self) -> int:
@@ -128,6 +130,13 @@ class DenseLayer(_DenseReads, KVLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         q = key_states.shape[2]
+        if self._static is not None and q == 1:  # a static step: write at the device row, view to the end
+            row, end = self._static
+            self._k.index_copy_(2, row, key_states)  # type: ignore[union-attr]
+            self._v.index_copy_(2, row, value_states)  # type: ignore[union-attr]
+            self.length = end
+            self._sync_views()
+            return self.keys, self.values  # type: ignore[return-value]
         need = self.length + q
         if need > self.capacity:
             self._allocate(self._rows(need, self._k, self._v), self._k, self._v)  # type: ignore[arg-type]
@@ -136,6 +145,21 @@ class DenseLayer(_DenseReads, KVLayer):
         self.length = need
         self._sync_views()
         return self.keys, self.values  # type: ignore[return-value]
+
+    def hold_static(self, row: torch.Tensor | None, end: int, length: int) -> None:
+        """Static decode steps (:mod:`reattn_llm.runtime.graphs`): from now on a one-token update
+        writes its K/V at the device row ``row`` (``[1]`` int64) and every step sees the rows up to
+        ``end`` (the bucket's last step; rows not written yet are masked by the attention), so every
+        step of the bucket has the same shapes and addresses. ``row=None`` ends it: ``length`` rows
+        are held (the host's count of the rows written)."""
+        if row is not None:
+            self.reserve(end)
+            self._static = (row, end)
+            self.length = end
+        else:
+            self._static = None
+            self.length = length
+        self._sync_views()
 
     def dense(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.keys[:, :, :n], self.values[:, :, :n]  # type: ignore[index]

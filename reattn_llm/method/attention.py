@@ -23,7 +23,15 @@ from ..kv.cache import layer_reader
 from ..kv.layer import KVReader
 from .config import ReAttentionConfig, chunk_bounds
 from .rope import rotate_expected
-from .selection import Scope, build_scope, expand_spans, full_scope, rank_centres, rank_spans
+from .selection import (
+    Scope,
+    build_scope,
+    expand_spans,
+    full_scope,
+    mask_unwritten,
+    rank_centres,
+    rank_spans,
+)
 from .state import PatchState
 from .two_level import two_level_topk
 
@@ -147,7 +155,10 @@ def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, bac
         return full_scope(b, total, qc, q.device)
     # a decode step under decode_spans="union" trades local rows for spans of its own hits
     loc, n_spans = cfg.decode_sizes(pinned=qc == 1 and kv.pinned is not None)
-    m = total - g - loc  # type: ignore[operator]
+    # a static decode step (CUDA graphs) keeps its bucket's middle; its local rows reach the bucket's end
+    static = state.static if qc == 1 else None
+    m = total - g - loc if static is None else static.middle  # type: ignore[operator]
+    loc_rows = total - g - m  # == loc, except in a static step
     sel = valid = None
     if n_spans:
         spans = n_spans * cfg.span_size  # type: ignore[operator]
@@ -166,11 +177,12 @@ def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, bac
         # a prompt chunk ranks spans by the hits they cover (not under "running": decode steps add to its votes)
         span_votes = qc > 1 and cfg.vote_pooling == "span" and not running
         if backend in FUSED_SELECT["decode" if qc == 1 else "prefill"] and not (running or span_votes):
-            return _fused_scope(cfg, kv, hits, (m, n_spans, loc, total), qc, backend)  # type: ignore[arg-type]
+            scope = _fused_scope(cfg, kv, hits, (m, n_spans, loc_rows, total), qc, backend)  # type: ignore[arg-type]
+            return scope if static is None else mask_unwritten(scope, static.total)
         centres = _select(cfg, kv, hits, m, qc, n_spans, span_votes).sort(dim=1).values
         sel, valid = expand_spans(centres, m, cfg.span_size)  # type: ignore[arg-type]
-    scope = build_scope(sel, valid, total, qc, g, loc, b, q.device)  # type: ignore[arg-type]
-    return scope
+    scope = build_scope(sel, valid, total, qc, g, loc_rows, b, q.device)  # type: ignore[arg-type]
+    return scope if static is None else mask_unwritten(scope, static.total)
 
 
 def reattention_forward(

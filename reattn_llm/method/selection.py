@@ -238,3 +238,16 @@ def build_scope(
     q_pos = n - q_len + torch.arange(q_len, device=device)
     key_pos = torch.where(mask, key_pos, torch.full_like(key_pos, -1))
     return Scope(gather_idx=idx, key_pos=key_pos, q_pos=q_pos, middle=middle, middle_valid=middle_valid)
+
+
+def mask_unwritten(scope: Scope, total: torch.Tensor) -> Scope:
+    """The scope of a decode step whose cache view reaches past the rows written so far (a static
+    step, :class:`~reattn_llm.method.state.StaticStep`): scope rows at or past ``total`` (``[1]`` int64
+    on the device, the rows written including this step's) become padding, and positions close up
+    over the rest, as :func:`build_scope` would have numbered a scope without them."""
+    valid = (scope.key_pos >= 0) & (scope.gather_idx < total)
+    key_pos = valid.long().cumsum(dim=1) - 1
+    q_len = scope.q_pos.shape[1]
+    q_pos = key_pos[:, -1:] + 1 - q_len + torch.arange(q_len, device=key_pos.device)
+    key_pos = torch.where(valid, key_pos, torch.full_like(key_pos, -1))
+    return Scope(scope.gather_idx, key_pos, q_pos, scope.middle, scope.middle_valid)

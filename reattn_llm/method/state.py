@@ -120,6 +120,25 @@ class SelectionRecorder:
         self.counts = None
 
 
+@dataclass
+class StaticStep:
+    """What a static decode step (one captured in a CUDA graph, or its eager twin) reads besides
+    the cache: every step of a bucket has the same shapes and the same host-side numbers.
+
+    Attributes:
+        total: ``[1]`` int64 on the device, the rows written including this step's token: the
+            host sets it before each step (graph replays read it).
+        middle: M, the middle rows ``[G, G + M)`` every step of the bucket scores; the local rows
+            ``[G + M, end)`` follow, those at or past ``total`` masked (not yet written).
+        max_position: ``[1]`` int64 on the device, the largest query position so far (kept in place,
+            so replays keep it too); folded into :attr:`PatchState.max_position` when the bucket ends.
+    """
+
+    total: torch.Tensor
+    middle: int
+    max_position: torch.Tensor
+
+
 #: Chunks whose query positions :meth:`PatchState.note_positions` keeps before taking their largest.
 _PENDING_MAX = 256
 
@@ -145,6 +164,8 @@ class PatchState:
     track_positions: bool = True
     layers: list[nn.Module] = field(default_factory=list)
     observers: list[ScopeObserver] = field(default_factory=list)
+    #: set while decode steps run static (:class:`StaticStep`, :mod:`reattn_llm.runtime.graphs`), else None
+    static: StaticStep | None = None
     _max: torch.Tensor | None = field(default=None, init=False, repr=False)
     #: ``q_pos [B, Q]`` of the chunks noted since :attr:`_max` was last brought up to date.
     _pending: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
@@ -161,7 +182,9 @@ class PatchState:
     def note_positions(self, scope: Scope) -> None:
         """Keep the chunk's query positions for :attr:`max_position`: no op per layer, their largest
         is taken when it is read (or once :data:`_PENDING_MAX` chunks wait), still without a host sync."""
-        if self.track_positions:
+        if self.track_positions and self.static is not None:  # in place: a graph replay keeps it too
+            self.static.max_position.clamp_(min=scope.q_pos.max())
+        elif self.track_positions:
             self._pending.append(scope.q_pos)
             if len(self._pending) >= _PENDING_MAX:
                 self._fold()

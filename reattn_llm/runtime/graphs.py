@@ -1,0 +1,162 @@
+"""Decode steps without per-layer host work: each bucket of steps replayed from one CUDA graph.
+
+An eager decode step launches every kernel of every layer from Python (thousands per token for an
+8B model), and at these sizes the host, not the GPU, sets the pace. A captured step is one
+``graph.replay()``. What a graph needs is a step whose shapes, addresses and host-side numbers do
+not change, and a decode step's do: the cache grows by a row, the middle by a row. So steps run
+**static** in buckets of ``bucket`` steps (:class:`~reattn_llm.method.state.StaticStep`):
+
+* the middle that every step of a bucket scores is fixed, ``[G, G + M)`` with
+  ``M = end - G - L'`` (``end``: the bucket's last step's row count, ``L'``: the decode local window);
+* each step's local rows are ``[G + M, end)``, those not written yet masked, so the local window
+  holds ``L' - (end - T)`` rows at step ``T``: up to ``bucket - 1`` fewer than a per-step window at
+  a bucket's first step, never more (the scope's bound holds);
+* the cache views reach ``end`` and a step writes its K/V at a device row
+  (:meth:`~reattn_llm.kv.dense.DenseLayer.hold_static`); the host advances its counts after.
+
+The first step of a bucket runs eagerly (it compiles what it needs and is the warm-up the capture
+wants), then the bucket's graph is captured and replayed by the others. The eager static step and
+the replay compute the same thing, which ``tests/test_graphs.py`` checks on the GPU; with
+``capture=False`` the decoder runs every step eagerly in the same static way (the CPU's path, and
+the reference). Steps that sync on purpose or keep host state stay eager: see :func:`unsupported`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..kv.dense import DenseLayer
+from ..method.state import PatchState, StaticStep
+
+#: Decode steps per captured graph (a bucket): more steps re-capture less often, but the first
+#: steps of a bucket see a shorter local window (at most ``bucket - 1`` rows fewer).
+DEFAULT_BUCKET = 32
+
+
+def unsupported(cache: Any, state: PatchState) -> str | None:
+    """Why decode steps of this model and cache cannot run static, or None when they can."""
+    cfg = state.config
+    layers = getattr(cache, "layers", [])
+    if not layers or not all(isinstance(layer, DenseLayer) for layer in layers):
+        return "the cache has layers other than dense ones (fp8, offload or sliding-window layers)"
+    if cfg.mode != "reattention":
+        return f"mode={cfg.mode!r} (static steps are for ReAttention's selection)"
+    if cfg.selection != "exact" or cfg.decode_spans == "running":
+        return "two-level selection and decode_spans='running' keep host state per step"
+    if state.recorder is not None or state.observers:
+        return "citations and observers read every step on the host"
+    if state.rope.perm is not None:
+        return "a partial-rotary model permutes head dims with a host index"
+    return None
+
+
+class GraphDecoder:
+    """Decode steps in buckets of ``bucket``, each bucket's steps replayed from one CUDA graph.
+
+    Args:
+        model: the patched model.
+        cache: its :class:`~reattn_llm.kv.cache.ReAttentionCache` holding the prompt.
+        state: the model's :class:`~reattn_llm.method.state.PatchState`.
+        bucket: steps per bucket (at most the decode local window).
+        capture: capture graphs (CUDA); False runs every step eagerly, static all the same.
+
+    Use as a context manager (or call :meth:`close`): leaving it hands the cache back with its
+    rows counted, ready for eager steps, prefix reuse or cropping.
+    """
+
+    def __init__(
+        self, model: Any, cache: Any, state: PatchState, bucket: int = DEFAULT_BUCKET, capture: bool = True
+    ) -> None:
+        reason = unsupported(cache, state)
+        if reason is not None:
+            raise ValueError(f"decode steps cannot run static here: {reason}; decode eagerly instead.")
+        cfg = state.config
+        local, _ = cfg.decode_sizes(pinned=cache.layers[0].pinned is not None)
+        if not 1 <= bucket <= local:
+            raise ValueError(f"bucket={bucket}: use 1 <= bucket <= {local}, the decode local window.")
+        self.model, self.cache, self.state, self.bucket = model, cache, state, bucket
+        self.local = local
+        self.capture = capture
+        self.length = cache.layers[0].length  # rows written (the host's count)
+        device = cache.layers[0].keys.device
+        self._token = torch.zeros(1, 1, dtype=torch.long, device=device)
+        self._row = torch.zeros(1, dtype=torch.long, device=device)
+        self._step = StaticStep(
+            torch.zeros(1, dtype=torch.long, device=device),
+            0,
+            torch.full((1,), -1, dtype=torch.long, device=device),
+        )
+        self._graph: Any = None
+        self._logits: torch.Tensor | None = None
+        self._end = -1
+        self.captures = 0
+
+    def _static_ok(self, total: int) -> bool:
+        """A bucket ending at ``total + bucket - 1`` rows has a middle (else the step is eager)."""
+        g = self.state.config.global_size
+        return total + self.bucket - 1 - g - self.local >= 1 and total > g + self.state.config.local_size  # type: ignore[operator]
+
+    def _hold(self, end: int | None) -> None:
+        """Put every layer (and the attention) in static mode for a bucket ending at ``end`` rows,
+        or (None) back to eager with :attr:`length` rows."""
+        for layer in self.cache.layers:
+            layer.hold_static(None if end is None else self._row, end or 0, self.length)
+        if end is None:
+            if self.state.static is not None and self.state.track_positions:
+                self.state._pending.append(self.state.static.max_position.clone()[None])
+            self.state.static = None
+        else:
+            self._step.middle = end - self.state.config.global_size - self.local  # type: ignore[operator]
+            self.state.static = self._step
+
+    def _forward(self) -> torch.Tensor:
+        out = self.model(input_ids=self._token, past_key_values=self.cache, use_cache=True)
+        return out.logits[:, -1]
+
+    @torch.inference_mode()
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        """One decode step: ``token [1, 1]`` (on the device) -> the next logits ``[1, V]``."""
+        total = self.length + 1
+        self._token.copy_(token.reshape(1, 1))
+        self._row.fill_(total - 1)
+        self._step.total.fill_(total)
+        if total > self._end:  # a new bucket: an eager static step, then capture the others
+            self._graph = self._logits = None  # the old graph and its pool go before the next capture
+            if not self._static_ok(total):  # too short for a middle: one plain eager step
+                self._hold(None)
+                self.length = total
+                return self.model(input_ids=self._token, past_key_values=self.cache, use_cache=True).logits[
+                    :, -1
+                ]
+            self._end = total + self.bucket - 1
+            self._hold(self._end)
+            logits = self._forward()
+            self.length = total
+            if self.capture and total < self._end:
+                self._graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self._graph):
+                    self._logits = self._forward()
+                self.captures += 1
+            return logits.clone()
+        if self._graph is None:
+            logits = self._forward()
+        else:
+            self._graph.replay()
+            logits = self._logits  # type: ignore[assignment]
+        self.length = total
+        return logits.clone()
+
+    def close(self) -> None:
+        """Back to eager decoding: the layers hold :attr:`length` rows, the graph is freed."""
+        if self.state.static is not None or self._end >= 0:
+            self._hold(None)
+        self._graph = self._logits = None
+        self._end = -1
+
+    def __enter__(self) -> GraphDecoder:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

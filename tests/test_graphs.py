@@ -1,0 +1,122 @@
+"""Static decode steps (reattn_llm.runtime.graphs): the bucketed steps that CUDA graphs replay.
+
+On the CPU the decoder runs its static steps eagerly (``capture=False``): a bucket of one step is
+the eager step exactly, longer buckets keep the scope's bound and still answer from far back. On
+a GPU the replayed graph must equal the same static steps run eagerly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reattn_llm.method.patch import make_cache
+from reattn_llm.method.state import SelectionRecorder
+from reattn_llm.runtime.graphs import GraphDecoder, unsupported
+
+FACT = "The secret code of the archive room is 73914."
+QUESTION = "What is the secret code of the archive room?"
+
+
+def _prompt(engine, tokens: int = 1000) -> list[int]:
+    from importlib.resources import files
+
+    text = (files("reattn_llm") / "data" / "pride_and_prejudice_1-3.txt").read_text(encoding="utf-8")
+    words = text.split()
+    body = " ".join(words[: int(tokens * 0.7)])
+    cut = len(body) // 4
+    doc = body[:cut] + " " + FACT + " " + body[cut:]
+    from reattn_llm.runtime.sampling import SamplingParams
+
+    prompt = f"{doc}\n\nAnswer the question using the document above.\nQuestion: {QUESTION}"
+    return engine.prepare(prompt, SamplingParams(max_new_tokens=16))
+
+
+def _decode(engine, enc, steps: int, bucket: int | None, capture: bool = False):
+    """Greedy ``steps`` tokens after prefilling ``enc``: plain eager steps (``bucket=None``) or static
+    steps in buckets; returns (tokens, logits per step, the decoder or None, the cache)."""
+    model, state = engine.model, engine._handle.state
+    cache = make_cache(model, reserve=len(enc.ids) + steps)
+    ids = torch.tensor([enc.ids], device=engine.device)
+    logits = engine.prefill(ids, cache, question=enc.question)
+    tokens, outs = [], []
+    dec = None if bucket is None else GraphDecoder(model, cache, state, bucket=bucket, capture=capture)
+    try:
+        for _ in range(steps):
+            tok = int(logits.argmax(-1))
+            tokens.append(tok)
+            t = torch.tensor([[tok]], device=engine.device)
+            logits = engine.decode_one_token(t, cache) if dec is None else dec.step(t)
+            outs.append(logits.float().clone())
+    finally:
+        if dec is not None:
+            dec.close()
+    return tokens, outs, dec, cache
+
+
+@pytest.fixture(scope="module")
+def eager_run(shared_engine):
+    enc = _prompt(shared_engine)
+    return enc, _decode(shared_engine, enc, 16, None)
+
+
+def test_a_bucket_of_one_step_is_the_eager_step(shared_engine, eager_run):
+    enc, (tokens, outs, _, cache) = eager_run
+    s_tokens, s_outs, dec, s_cache = _decode(shared_engine, enc, 16, 1)
+    assert s_tokens == tokens
+    for a, b in zip(outs, s_outs, strict=True):
+        assert torch.equal(a, b)
+    # the decoder handed the cache back with every row counted, the rows themselves identical
+    assert dec.length == len(enc.ids) + 16 == s_cache.layers[0].length == cache.layers[0].length
+    for a, b in zip(cache.layers, s_cache.layers, strict=True):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+def test_buckets_keep_the_bound_and_answer_from_far_back(shared_engine, eager_run):
+    enc, (tokens, *_rest) = eager_run
+    state = shared_engine._handle.state
+    state.max_position = None
+    s_tokens, _, dec, _ = _decode(shared_engine, enc, 16, 8)
+    cfg = shared_engine.config
+    assert 0 <= state.largest_position() < cfg.scope  # positions never leave the scope's bound
+    eager_text = shared_engine.tokenizer.decode(tokens)
+    static_text = shared_engine.tokenizer.decode(s_tokens)
+    assert "73914" in eager_text, eager_text  # the fact lies about 700 tokens before the question
+    assert "73914" in static_text, static_text
+    assert dec.length == len(enc.ids) + 16 and state.static is None
+
+
+def test_what_cannot_run_static_is_named(shared_engine):
+    state = shared_engine._handle.state
+    enc = _prompt(shared_engine, 600)
+    cache = make_cache(shared_engine.model, reserve=len(enc.ids) + 4)
+    shared_engine.prefill(torch.tensor([enc.ids], device=shared_engine.device), cache, question=enc.question)
+    assert unsupported(cache, state) is None
+    state.recorder = SelectionRecorder()
+    try:
+        assert "citations" in unsupported(cache, state)
+        with pytest.raises(ValueError, match="citations"):
+            GraphDecoder(shared_engine.model, cache, state, capture=False)
+    finally:
+        state.recorder = None
+    with pytest.raises(ValueError, match="bucket"):
+        GraphDecoder(shared_engine.model, cache, state, bucket=10_000, capture=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_replays_equal_the_eager_static_steps(small_config):
+    from reattn_llm.runtime.engine import Engine
+
+    engine = Engine(None, device="cuda", config=small_config, progress=False).load()
+    enc = _prompt(engine)
+    g_tokens, g_outs, dec, cache = _decode(engine, enc, 20, 8, capture=True)
+    assert dec.captures == 3  # steps 1-8, 9-16, 17-20: each bucket's first step eager, then a graph
+    # the same steps again from the same prefilled rows, static but eager (crop forgets the pins)
+    for layer in cache.layers:
+        pins = layer.pinned, layer.pinned_votes
+        layer.crop(len(enc.ids))
+        layer.pinned, layer.pinned_votes = pins
+    ref = GraphDecoder(engine.model, cache, engine._handle.state, bucket=8, capture=False)
+    with ref:
+        for tok, out in zip(g_tokens, g_outs, strict=True):
+            assert torch.equal(ref.step(torch.tensor([[tok]], device="cuda")).float(), out)
