@@ -12,7 +12,7 @@ import torch
 
 from reattn_llm.method.patch import make_cache
 from reattn_llm.method.state import SelectionRecorder
-from reattn_llm.runtime.graphs import GraphDecoder, unsupported
+from reattn_llm.runtime.graphs import EagerSteps, GraphDecoder, engine_decoder, unsupported
 
 FACT = "The secret code of the archive room is 73914."
 QUESTION = "What is the secret code of the archive room?"
@@ -92,6 +92,8 @@ def test_what_cannot_run_static_is_named(shared_engine):
     cache = make_cache(shared_engine.model, reserve=len(enc.ids) + 4)
     shared_engine.prefill(torch.tensor([enc.ids], device=shared_engine.device), cache, question=enc.question)
     assert unsupported(cache, state) is None
+    # the engine decodes eagerly unless its config asks for graphs and the device is CUDA
+    assert isinstance(engine_decoder(shared_engine, cache, cite=False), EagerSteps)
     state.recorder = SelectionRecorder()
     try:
         assert "citations" in unsupported(cache, state)
@@ -120,3 +122,25 @@ def test_cuda_graph_replays_equal_the_eager_static_steps(small_config):
     with ref:
         for tok, out in zip(g_tokens, g_outs, strict=True):
             assert torch.equal(ref.step(torch.tensor([[tok]], device="cuda")).float(), out)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_the_engine_decodes_from_cuda_graphs_when_asked(small_config):
+    import dataclasses
+
+    from reattn_llm.runtime.engine import Engine
+    from reattn_llm.runtime.sampling import SamplingParams
+
+    engine = Engine(
+        None, device="cuda", config=dataclasses.replace(small_config, cuda_graphs=True), progress=False
+    )
+    enc = _prompt(engine.load())
+    cache = make_cache(engine.model, reserve=len(enc.ids) + 4)
+    engine.prefill(torch.tensor([enc.ids], device="cuda"), cache, question=enc.question)
+    assert isinstance(engine_decoder(engine, cache, cite=False), GraphDecoder)
+    assert isinstance(engine_decoder(engine, cache, cite=True), EagerSteps)  # citations read every step
+    out = engine.complete(enc, SamplingParams(max_new_tokens=16))
+    assert "73914" in out.text, out.text
+    assert 0 <= out.max_position < engine.config.scope
+    again = engine.complete(enc, SamplingParams(max_new_tokens=16))  # the kept prefix, graphs again
+    assert again.text == out.text

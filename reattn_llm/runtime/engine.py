@@ -1,10 +1,10 @@
 """The engine: one model in memory, an explicit generation loop, shared by every wrapper.
 
-Read it in one sitting: :meth:`Engine.prefill` feeds the prompt in chunks (with a progress
-bar: tokens, tokens/s, ETA), :meth:`Engine.decode_one_token` runs one step, and
-:meth:`Engine.generate` returns the answer as a :class:`~reattn_llm.runtime.stream.Stream` of
-text deltas: it samples (:mod:`~reattn_llm.runtime.sampling`), stops on EOS, on a stop string or
-on the token budget, and ends with a :class:`~reattn_llm.runtime.stream.Completion`.
+Read it in one sitting: :meth:`Engine.prefill` feeds the prompt in chunks (progress bar: tokens,
+tokens/s, ETA), :meth:`Engine.decode_one_token` runs one step (or a CUDA graph replays it:
+:mod:`~reattn_llm.runtime.graphs`), and :meth:`Engine.generate` returns the answer as a
+:class:`~reattn_llm.runtime.stream.Stream` of text deltas: it samples, stops on EOS, a stop string
+or the token budget, and ends with a :class:`~reattn_llm.runtime.stream.Completion`.
 
 Requests take turns on the model: each unit of model work (a prefill, a decode step) holds the
 engine's first-come, first-served lock, and each request owns its cache, so a stream suspended
@@ -27,6 +27,7 @@ from ..method.patch import PatchHandle, make_cache, patch, resolve_for_model
 from .capacity import Capacity, check_fits, engine_capacity
 from .citations import cite
 from .fifo import FifoLock, Turn
+from .graphs import EagerSteps, engine_decoder
 from .models import (
     DEFAULT_MODEL,
     effective_window,
@@ -65,8 +66,7 @@ class Engine:
         prefix_store: a :class:`~reattn_llm.runtime.prefix_store.DocumentStore`: prefilled documents
             kept on disk for every engine and process of the same model and config (CLI default).
 
-    Construction is cheap; weights load on first use (:meth:`load`). One engine per model is
-    shared by every wrapper: :func:`~reattn_llm.runtime.registry.shared_engine`.
+    Construction is cheap; weights load on first use (:meth:`load`). Wrappers share one engine per model.
     """
 
     def __init__(
@@ -146,8 +146,7 @@ class Engine:
 
     # -- prompts and sizes ---------------------------------------------------------------------
     def encode(self, prompt: str | list[dict[str, str]], chat: bool = True) -> tuple[list[int], str]:
-        """Token ids and the exact text they encode: a chat template is applied to message
-        lists, and to a plain string when ``chat`` is true and the tokenizer has one."""
+        """Token ids and the exact text they encode (a chat template for message lists, and for a string with ``chat``)."""
         enc = encode_prompt(self.tokenizer, prompt, chat, question_start=None, require_text=False)
         return enc.ids, enc.text
 
@@ -156,8 +155,7 @@ class Engine:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def capacity(self) -> Capacity:
-        """How many tokens this model can hold on this device (KV bytes per token vs memory; a kept
-        prefix counts as free: the next request reuses it or frees it first)."""
+        """Tokens this model can hold on this device (a kept prefix counts as free: reused or freed first)."""
         kept = None if self.prefixes.prefix is None else self.prefixes.prefix.cache
         shape = load_config(self.model_id)
         args = (shape, self.device, self.dtype, self.config, self._model, self.device_map is not None)
@@ -175,9 +173,8 @@ class Engine:
         chat: bool = True,
         question_start: QuestionStart = "auto",
     ) -> EncodedPrompt:
-        """``prompt`` tokenized as :meth:`generate` reads it (which takes the result in its place),
-        once it fits ``params``' cap and the device (no weights loaded): a front end that refuses bad
-        requests up front (a server's 400) tokenizes each prompt once."""
+        """``prompt`` tokenized as :meth:`generate` reads it (and takes in its place), once it fits
+        ``params``' cap and the device (no weights loaded): a front end tokenizes each prompt once."""
         enc = prompt
         if not isinstance(enc, EncodedPrompt):
             enc = encode_prompt(self.tokenizer, enc, chat, question_start, self.prefill_chunk)
@@ -279,7 +276,7 @@ class Engine:
             if on_progress is not None:
                 on_progress(done, total, elapsed)
 
-        cache = None
+        cache, steps = None, EagerSteps(self, None)
         try:
             t0 = time.perf_counter()
             with request:
@@ -292,6 +289,7 @@ class Engine:
             t1 = time.perf_counter()
             if cite_sources:
                 request.record_selections()  # the answer's selections only, not the prompt's
+            steps = engine_decoder(self, cache, cite_sources)  # CUDA graphs, or the eager step
             for _ in range(params.max_new_tokens):
                 token = sampler.next(logits)
                 if token in eos:
@@ -306,7 +304,8 @@ class Engine:
                 if len(answer.ids) == params.max_new_tokens:
                     break
                 with request:
-                    logits = self.decode_one_token(torch.tensor([[token]], device=self.device), cache)
+                    logits = steps.step(torch.tensor([[token]], device=self.device))
+            steps.close()  # the cache's rows counted again, for the kept prefix
             rest = answer.flush()  # the tail held back for stop strings, after EOS or the budget
             t2 = time.perf_counter()
             with turn:
@@ -320,6 +319,7 @@ class Engine:
             self.prefixes.forget()
             raise freed_after_oom(e, len(ids), self.device) from e
         finally:
+            steps.close()  # the cache back to eager steps
             cache = None  # a kept prefix holds its own reference
         counts = request.selection_counts(len(ids))
         self.last = Completion(

@@ -52,6 +52,32 @@ def unsupported(cache: Any, state: PatchState) -> str | None:
     return None
 
 
+class EagerSteps:
+    """The engine's plain decode steps behind :class:`GraphDecoder`'s ``step`` / ``close``."""
+
+    def __init__(self, engine: Any, cache: Any) -> None:
+        self.engine, self.cache = engine, cache
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        return self.engine.decode_one_token(token, self.cache)
+
+    def close(self) -> None:
+        pass
+
+
+def engine_decoder(engine: Any, cache: Any, cite: bool) -> GraphDecoder | EagerSteps:
+    """How an engine decodes an answer: from CUDA graphs when its config asks for them
+    (``cuda_graphs``) and they can run here (a CUDA device, no citations, nothing
+    :func:`unsupported` names), else eager steps (:meth:`~reattn_llm.runtime.engine.Engine.decode_one_token`)."""
+    state = engine._handle.state if engine._handle is not None else None
+    if state is None or not state.config.cuda_graphs or engine.device.type != "cuda" or cite:
+        return EagerSteps(engine, cache)
+    if unsupported(cache, state) is not None:
+        return EagerSteps(engine, cache)
+    local, _ = state.config.decode_sizes(pinned=cache.layers[0].pinned is not None)
+    return GraphDecoder(engine.model, cache, state, bucket=min(DEFAULT_BUCKET, local))
+
+
 class GraphDecoder:
     """Decode steps in buckets of ``bucket``, each bucket's steps replayed from one CUDA graph.
 
@@ -99,17 +125,13 @@ class GraphDecoder:
         return total + self.bucket - 1 - g - self.local >= 1 and total > g + self.state.config.local_size  # type: ignore[operator]
 
     def _hold(self, end: int | None) -> None:
-        """Put every layer (and the attention) in static mode for a bucket ending at ``end`` rows,
-        or (None) back to eager with :attr:`length` rows."""
+        """Put every layer in static mode for a bucket ending at ``end`` rows, or (None) back to
+        eager with :attr:`length` rows."""
         for layer in self.cache.layers:
             layer.hold_static(None if end is None else self._row, end or 0, self.length)
-        if end is None:
-            if self.state.static is not None and self.state.track_positions:
-                self.state._pending.append(self.state.static.max_position.clone()[None])
-            self.state.static = None
-        else:
+        if end is not None:
             self._step.middle = end - self.state.config.global_size - self.local  # type: ignore[operator]
-            self.state.static = self._step
+        self._end = -1 if end is None else end
 
     def _forward(self) -> torch.Tensor:
         out = self.model(input_ids=self._token, past_key_values=self.cache, use_cache=True)
@@ -117,7 +139,10 @@ class GraphDecoder:
 
     @torch.inference_mode()
     def step(self, token: torch.Tensor) -> torch.Tensor:
-        """One decode step: ``token [1, 1]`` (on the device) -> the next logits ``[1, V]``."""
+        """One decode step: ``token [1, 1]`` (on the device) -> the next logits ``[1, V]``.
+
+        The model's attention runs static only during the call (``state.static``), so another
+        request's steps on the same model between two of these stay eager."""
         total = self.length + 1
         self._token.copy_(token.reshape(1, 1))
         self._row.fill_(total - 1)
@@ -125,35 +150,35 @@ class GraphDecoder:
         if total > self._end:  # a new bucket: an eager static step, then capture the others
             self._graph = self._logits = None  # the old graph and its pool go before the next capture
             if not self._static_ok(total):  # too short for a middle: one plain eager step
-                self._hold(None)
+                if self._end >= 0:
+                    self._hold(None)
                 self.length = total
-                return self.model(input_ids=self._token, past_key_values=self.cache, use_cache=True).logits[
-                    :, -1
-                ]
-            self._end = total + self.bucket - 1
-            self._hold(self._end)
-            logits = self._forward()
-            self.length = total
-            if self.capture and total < self._end:
-                self._graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self._graph):
-                    self._logits = self._forward()
-                self.captures += 1
-            return logits.clone()
-        if self._graph is None:
-            logits = self._forward()
-        else:
-            self._graph.replay()
-            logits = self._logits  # type: ignore[assignment]
+                return self._forward()
+            self._hold(total + self.bucket - 1)
+        self.state.static = self._step
+        try:
+            if self._graph is not None:
+                self._graph.replay()
+                logits = self._logits
+            else:
+                logits = self._forward()
+                if self.capture and total == self._end - self.bucket + 1 and total < self._end:
+                    self._graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(self._graph):
+                        self._logits = self._forward()
+                    self.captures += 1
+        finally:
+            self.state.static = None
+            if self.state.track_positions:  # what the static steps applied, for max_position
+                self.state._pending.append(self._step.max_position.clone())
         self.length = total
-        return logits.clone()
+        return logits.clone()  # type: ignore[union-attr]
 
     def close(self) -> None:
         """Back to eager decoding: the layers hold :attr:`length` rows, the graph is freed."""
-        if self.state.static is not None or self._end >= 0:
+        if self._end >= 0:
             self._hold(None)
         self._graph = self._logits = None
-        self._end = -1
 
     def __enter__(self) -> GraphDecoder:
         return self
