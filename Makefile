@@ -20,8 +20,10 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/reattn demo
 
+# Two workers, a test file each at a time, one thread each: the 2-core CI machine's cores both busy
+# (about 15 minutes there, against 22 for one process with two threads; BENCHMARKS.md, Test suite).
 test: setup
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: setup
 	$(VENV)/bin/ruff check reattn_llm tests benchmarks

@@ -343,7 +343,8 @@ def _parse_overrides(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in (x for arg in items for x in arg.split(",")):
         k, _, v = item.partition("=")
-        out[k] = int(v) if v.lstrip("-").isdigit() else (None if v == "None" else v)
+        named = {"None": None, "True": True, "False": False}  # e.g. cuda_graphs=True
+        out[k] = int(v) if v.lstrip("-").isdigit() else named.get(v, v)
     return out
 
 

@@ -41,6 +41,8 @@ def unsupported(cache: Any, state: PatchState) -> str | None:
     layers = getattr(cache, "layers", [])
     if not layers or not all(isinstance(layer, DenseLayer) for layer in layers):
         return "the cache has layers other than dense ones (fp8, offload or sliding-window layers)"
+    if len({layer.keys.device for layer in layers if layer.keys is not None}) > 1:
+        return "the layers lie on several devices (device_map)"
     if cfg.mode != "reattention":
         return f"mode={cfg.mode!r} (static steps are for ReAttention's selection)"
     if cfg.selection != "exact" or cfg.decode_spans == "running":
