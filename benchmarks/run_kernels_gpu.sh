@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One device call: GPU correctness checks, then kernel (and optionally end-to-end) benchmarks.
-#   bash benchmarks/run_kernels_gpu.sh "--micro --sweep" "llama32k"
+# One device call: GPU correctness checks (the kernels against their torch twins; the GPU-only tests,
+# CUDA-graph decode included, which need the default model: gpu_setup.sh 1 and 2 first), then kernel
+# (and optionally end-to-end) benchmarks; end to end decodes from CUDA graphs too (kernels.py --graphs).
+#   bash benchmarks/run_kernels_gpu.sh "--micro --sweep" "llama32k,llama128k"
 # Logs and JSON land in $OUT (or ./gpu_out when OUT is unset).
 set -o pipefail
 OUT=${OUT:-gpu_out}
@@ -12,7 +14,9 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv | tee 
 python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)"
 if [ -z "$SKIP_CHECK" ]; then
   python3 benchmarks/gpu_kernels_check.py --json "$OUT/check.json" 2>&1 | tee "$OUT/check.log" | grep -v '^PASS'
+  python3 -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_select_kernel.py -k "graph or cuda" \
+    2>&1 | tail -3 | tee "$OUT/pytest_gpu.log"
 fi
 args=($MICRO)
-if [ -n "$E2E" ]; then args+=(--e2e "$E2E"); fi
+if [ -n "$E2E" ]; then args+=(--e2e "$E2E" --graphs); fi
 python3 benchmarks/kernels.py "${args[@]}" --json "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log" | grep -v -- '-sweep\]'

@@ -49,6 +49,12 @@ case "$phase" in
     $R --modes streaming --lengths 131072 --workers 4 --out "$out/final128.jsonl" > "$out/final128_st.log" 2>&1 &
     wait
     ;;
+  graphs)  # decode from CUDA graphs (cuda_graphs=True) on the prompts of Runs 8 and 9: answers as with eager steps?
+    T="timeout ${LIMIT_S:-540}"
+    $T $R --modes reattention --lengths 32768,131072 --tasks niah_single_2,niah_multikey_1,qa_1 --set cuda_graphs=True \
+       --label re-graphs --workers 6 --out "$out/graphs.jsonl" > "$out/graphs.log" 2>&1 &
+    wait
+    ;;
   baselines)  # stock at 8K on every task, qa_2 in every mode (stock 4K/8K, ReAttention and streaming 32K)
     T="timeout ${LIMIT_S:-540}"
     $T $R --modes stock --lengths 8192 --workers 6 --out "$out/stock8k.jsonl" > "$out/stock8k.log" 2>&1 &
