@@ -7,6 +7,9 @@ a GPU the replayed graph must equal the same static steps run eagerly.
 
 from __future__ import annotations
 
+import dataclasses
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -94,6 +97,9 @@ def test_what_cannot_run_static_is_named(shared_engine):
     assert unsupported(cache, state) is None
     # the engine decodes eagerly unless its config asks for graphs and the device is CUDA
     assert isinstance(engine_decoder(shared_engine, cache, cite=False), EagerSteps)
+    asks = SimpleNamespace(config=dataclasses.replace(state.config, cuda_graphs=True))
+    on_cpu = SimpleNamespace(_handle=SimpleNamespace(state=asks), device=torch.device("cpu"), model=None)
+    assert isinstance(engine_decoder(on_cpu, cache, cite=False), EagerSteps)  # asked, but no CUDA here
     state.recorder = SelectionRecorder()
     try:
         assert "citations" in unsupported(cache, state)
@@ -126,8 +132,6 @@ def test_cuda_graph_replays_equal_the_eager_static_steps(small_config):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_the_engine_decodes_from_cuda_graphs_when_asked(small_config):
-    import dataclasses
-
     from reattn_llm.runtime.engine import Engine
     from reattn_llm.runtime.sampling import SamplingParams
 
