@@ -131,7 +131,8 @@ class StaticStep:
         middle: M, the middle rows ``[G, G + M)`` every step of the bucket scores; the local rows
             ``[G + M, end)`` follow, those at or past ``total`` masked (not yet written).
         max_position: ``[1]`` int64 on the device, the largest query position so far (kept in place,
-            so replays keep it too); folded into :attr:`PatchState.max_position` when the bucket ends.
+            so replays keep it too); the decoder hands a copy to :attr:`PatchState.max_position` after
+            each step.
     """
 
     total: torch.Tensor
