@@ -75,6 +75,21 @@ def test_a_bucket_of_one_step_is_the_eager_step(shared_engine, eager_run):
         assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
 
 
+def test_two_level_selection_runs_static_too(small_config):
+    """Two-level selection (8 candidate blocks of a middle of about 50) in buckets of one step is
+    its eager step bit for bit; its block summaries come from the bucket's first step."""
+    from reattn_llm.runtime.engine import Engine
+
+    cfg = dataclasses.replace(small_config, selection="two_level", candidate_blocks=8)
+    engine = Engine(None, device="cpu", config=cfg, progress=False).load()
+    enc = _prompt(engine)
+    tokens, outs, _, _ = _decode(engine, enc, 6, None)
+    s_tokens, s_outs, _, _ = _decode(engine, enc, 6, 1)
+    assert s_tokens == tokens
+    for a, b in zip(outs, s_outs, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_buckets_keep_the_bound_and_answer_from_far_back(shared_engine, eager_run):
     enc, (tokens, *_rest) = eager_run
     state = shared_engine._handle.state
@@ -100,6 +115,11 @@ def test_what_cannot_run_static_is_named(shared_engine):
     asks = SimpleNamespace(config=dataclasses.replace(state.config, cuda_graphs=True))
     on_cpu = SimpleNamespace(_handle=SimpleNamespace(state=asks), device=torch.device("cpu"), model=None)
     assert isinstance(engine_decoder(on_cpu, cache, cite=False), EagerSteps)  # asked, but no CUDA here
+    two_level = SimpleNamespace(config=dataclasses.replace(asks.config, selection="two_level"))
+    on_gpu = SimpleNamespace(
+        _handle=SimpleNamespace(state=two_level), device=torch.device("cuda"), model=None
+    )
+    assert isinstance(engine_decoder(on_gpu, cache, cite=False), EagerSteps)  # its capture is unproven yet
     state.recorder = SelectionRecorder()
     try:
         assert "citations" in unsupported(cache, state)
@@ -112,10 +132,12 @@ def test_what_cannot_run_static_is_named(shared_engine):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_cuda_graph_replays_equal_the_eager_static_steps(small_config):
+@pytest.mark.parametrize("selection", ["exact", "two_level"])
+def test_cuda_graph_replays_equal_the_eager_static_steps(small_config, selection):
     from reattn_llm.runtime.engine import Engine
 
-    engine = Engine(None, device="cuda", config=small_config, progress=False).load()
+    cfg = dataclasses.replace(small_config, selection=selection, candidate_blocks=8)
+    engine = Engine(None, device="cuda", config=cfg, progress=False).load()
     enc = _prompt(engine)
     g_tokens, g_outs, dec, cache = _decode(engine, enc, 20, 8, capture=True)
     assert dec.captures == 3  # steps 1-8, 9-16, 17-20: each bucket's first step eager, then a graph

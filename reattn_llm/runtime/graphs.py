@@ -18,7 +18,10 @@ The first step of a bucket runs eagerly (it compiles what it needs and is the wa
 wants), then the bucket's graph is captured and replayed by the others. The eager static step and
 the replay compute the same thing, which ``tests/test_graphs.py`` checks on the GPU; with
 ``capture=False`` the decoder runs every step eagerly in the same static way (the CPU's path, and
-the reference). Steps that sync on purpose or keep host state stay eager: see :func:`unsupported`.
+the reference). Two-level selection runs static too (its block summaries cover the bucket's fixed
+middle, computed by the bucket's eager first step, read in place after), though the engine keeps
+it eager until its capture has run on a GPU (:func:`engine_decoder`). Steps that sync on purpose
+or keep host state stay eager: see :func:`unsupported`.
 """
 
 from __future__ import annotations
@@ -45,8 +48,8 @@ def unsupported(cache: Any, state: PatchState) -> str | None:
         return "the layers lie on several devices (device_map)"
     if cfg.mode != "reattention":
         return f"mode={cfg.mode!r} (static steps are for ReAttention's selection)"
-    if cfg.selection != "exact" or cfg.decode_spans == "running":
-        return "two-level selection and decode_spans='running' keep host state per step"
+    if cfg.decode_spans == "running":
+        return "decode_spans='running' carries each step's votes to the next on the host"
     if state.recorder is not None or state.observers:
         return "citations and observers read every step on the host"
     if state.rope.perm is not None:
@@ -74,7 +77,9 @@ def engine_decoder(engine: Any, cache: Any, cite: bool) -> GraphDecoder | EagerS
     state = engine._handle.state if engine._handle is not None else None
     if state is None or not state.config.cuda_graphs or engine.device.type != "cuda" or cite:
         return EagerSteps(engine, cache)
-    if unsupported(cache, state) is not None:
+    # two-level selection's static steps equal its eager ones on the CPU; its capture has not run on a
+    # GPU yet (tests/test_graphs.py has the test), so the engine keeps it eager until then
+    if state.config.selection != "exact" or unsupported(cache, state) is not None:
         return EagerSteps(engine, cache)
     local, _ = state.config.decode_sizes(pinned=cache.layers[0].pinned is not None)
     return GraphDecoder(engine.model, cache, state, bucket=min(DEFAULT_BUCKET, local))
