@@ -46,6 +46,10 @@ import torch
 DEV = "cuda"
 #: --graphs: also decode with CUDA graphs (reattn_llm.runtime.graphs) in --e2e
 GRAPHS = False
+#: --graph-buckets: the bucket sizes --graphs decodes with (reattn_llm.runtime.graphs.GraphDecoder)
+GRAPH_BUCKETS = [32]
+#: --selection: the ReAttention selection of --e2e
+SELECTION = "exact"
 BF16 = torch.bfloat16
 RESULTS: dict = {"rows": []}
 
@@ -710,47 +714,53 @@ def profile_steps(fn, steps=3, label=""):
     log(ka.table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=60))
 
 
-def graph_decode(model, cache, state, tok, buckets=3, bucket=None):
-    """Decode ``buckets`` buckets of static steps replayed from CUDA graphs
-    (:class:`reattn_llm.runtime.graphs.GraphDecoder`) after the eager steps: the median replayed
-    step, the mean step including each bucket's eager first step and capture, and the same static
-    steps run eagerly (``capture=False``) from the same cache, whose logits the replays must equal."""
-    from reattn_llm.runtime.graphs import DEFAULT_BUCKET, GraphDecoder
+def graph_decode(model, cache, state, tok, buckets=None):
+    """Decode with static steps replayed from CUDA graphs
+    (:class:`reattn_llm.runtime.graphs.GraphDecoder`) after the eager steps, once per bucket size
+    in ``buckets`` (default: :data:`GRAPH_BUCKETS`), each from the same prefilled rows: the median
+    replayed step, the mean step counting each bucket's eager first step and capture, and that
+    first step's mean. The first size decodes three buckets and then runs the same static steps
+    eagerly (``capture=False``), whose logits the replays must equal; the others decode two."""
+    from reattn_llm.runtime.graphs import GraphDecoder
 
-    bucket = bucket or DEFAULT_BUCKET
-    n = buckets * bucket
-    times, outs = [], []
-    dec = GraphDecoder(model, cache, state, bucket=bucket)
-    start_len = dec.length
-    try:
-        for _ in range(n):
-            dt, out = sync_time(lambda: dec.step(tok))
-            times.append(dt)
-            outs.append(out.float())
-    finally:
-        dec.close()
-    for layer in cache.layers:  # the same steps again, eagerly, from the same cache (crop forgets the pins)
-        pins = layer.pinned, layer.pinned_votes
-        layer.crop(start_len)
-        layer.pinned, layer.pinned_votes = pins
-    eager, diff = [], 0.0
-    ref = GraphDecoder(model, cache, state, bucket=bucket, capture=False)
-    try:
-        for i in range(n):
-            dt, out = sync_time(lambda: ref.step(tok))
-            eager.append(dt)
-            diff = max(diff, (out.float() - outs[i]).abs().max().item())
-    finally:
-        ref.close()
-    replays = [t for i, t in enumerate(times) if i % bucket]
-    return dict(
-        graph_s=sorted(replays)[len(replays) // 2],
-        graph_mean_s=sum(times) / n,
-        static_eager_s=sorted(eager)[len(eager) // 2],
-        max_diff=diff,
-        captures=dec.captures,
-        bucket=bucket,
-    )
+    start_len = cache.layers[0].length
+    out = {}
+    for k, bucket in enumerate(buckets or GRAPH_BUCKETS):
+        n = (3 if k == 0 else 2) * bucket
+        times, outs = [], []
+        for layer in cache.layers:  # every size decodes from the same prefilled rows
+            layer.rewind(start_len)
+        dec = GraphDecoder(model, cache, state, bucket=bucket)
+        try:
+            for _ in range(n):
+                dt, logits = sync_time(lambda: dec.step(tok))
+                times.append(dt)
+                outs.append(logits.float())
+        finally:
+            dec.close()
+        replays = sorted(t for i, t in enumerate(times) if i % bucket)
+        firsts = [t for i, t in enumerate(times) if i % bucket == 0]
+        r = dict(
+            graph_s=replays[len(replays) // 2],
+            graph_mean_s=sum(times) / n,
+            first_s=sum(firsts) / len(firsts),
+            captures=dec.captures,
+        )
+        if k == 0:
+            for layer in cache.layers:  # the same steps again, eagerly, from the same rows
+                layer.rewind(start_len)
+            eager, diff = [], 0.0
+            ref = GraphDecoder(model, cache, state, bucket=bucket, capture=False)
+            try:
+                for i in range(n):
+                    dt, logits = sync_time(lambda: ref.step(tok))
+                    eager.append(dt)
+                    diff = max(diff, (logits.float() - outs[i]).abs().max().item())
+            finally:
+                ref.close()
+            r.update(static_eager_s=sorted(eager)[len(eager) // 2], max_diff=diff)
+        out[bucket] = r
+    return dict(graphs=out)
 
 
 @torch.no_grad()
@@ -819,6 +829,28 @@ def reattn_prefill_decode(
     )
 
 
+def graph_rows(tag: str, r: dict, d_stock: float | None = None) -> None:
+    """The table's rows for :func:`graph_decode`'s figures, one per bucket size."""
+    for bucket, g in r.get("graphs", {}).items():
+        note = (
+            f"with each bucket's eager step and capture {g['graph_mean_s'] * 1e3:.1f} ms "
+            f"({g['captures']} captures of {bucket} steps; a bucket's first step {g['first_s'] * 1e3:.0f} ms)"
+        )
+        if "max_diff" in g:
+            note += f"; the same static steps eager {g['static_eager_s'] * 1e3:.1f} ms, max |logit diff| {g['max_diff']:.3g}"
+        if d_stock is not None:
+            note = f"ratio {g['graph_s'] / d_stock:.2f}; " + note
+        row(
+            "e2e",
+            f"{tag}: decode/token ReAttention, CUDA graph, bucket {bucket}",
+            g["graph_s"] * 1e3,
+            "ms",
+            "stock SDPA StaticCache" if d_stock is not None else None,
+            d_stock * 1e3 if d_stock is not None else None,
+            note,
+        )
+
+
 def e2e(which: list[str]):
     from reattn_llm import ReAttentionConfig, patch
 
@@ -829,7 +861,7 @@ def e2e(which: list[str]):
         # warm up both paths (kernel compiles) on a short sequence
         warm_ids = torch.randint(0, vocab, (1, 12288), device=DEV, generator=g)
         stock_prefill(model, warm_ids[:, :4096])  # (time, cache bytes) unused
-        h = patch(model, ReAttentionConfig(backend="triton"))
+        h = patch(model, ReAttentionConfig(backend="triton", selection=SELECTION))
         r = reattn_prefill_decode(model, warm_ids, steps=2, warm=1)
         log(f"  warm-up ReAttention 12K: prefill {r['prefill_s']:.2f} s")
         h.unpatch()
@@ -848,7 +880,7 @@ def e2e(which: list[str]):
             d_stock = stock_decode_static(model, T)
             gc.collect()
             torch.cuda.empty_cache()
-            h = patch(model, ReAttentionConfig(backend="triton"))
+            h = patch(model, ReAttentionConfig(backend="triton", selection=SELECTION))
             try:
                 r = reattn_prefill_decode(
                     model,
@@ -879,19 +911,7 @@ def e2e(which: list[str]):
                 d_stock * 1e3,
                 f"ratio {r['decode_s'] / d_stock:.2f} (target <= 0.85)",
             )
-            if "graph_s" in r:
-                row(
-                    "e2e",
-                    f"{tag}: decode/token ReAttention, CUDA graph",
-                    r["graph_s"] * 1e3,
-                    "ms",
-                    "stock SDPA StaticCache",
-                    d_stock * 1e3,
-                    f"ratio {r['graph_s'] / d_stock:.2f}; with each bucket's eager step and capture "
-                    f"{r['graph_mean_s'] * 1e3:.1f} ms ({r['captures']} captures of {r['bucket']} steps); "
-                    f"the same static steps eager {r['static_eager_s'] * 1e3:.1f} ms, "
-                    f"max |logit diff| {r['max_diff']:.3g}",
-                )
+            graph_rows(tag, r, d_stock)
             row(
                 "e2e",
                 f"{tag}: peak memory ReAttention",
@@ -918,13 +938,17 @@ def e2e(which: list[str]):
         T = 1 << 20
         g = torch.Generator(device=DEV).manual_seed(0)
         ids = torch.randint(0, vocab, (1, T), device=DEV, generator=g)
-        h = patch(model, ReAttentionConfig(backend="triton"))
+        h = patch(model, ReAttentionConfig(backend="triton", selection=SELECTION))
         try:
             reattn_prefill_decode(model, ids[:, :16384], steps=1, warm=1)  # compile
             gc.collect()
             torch.cuda.empty_cache()
             r = reattn_prefill_decode(
-                model, ids, piece=65536, time_budget=float(os.environ.get("SMOL_BUDGET_S", "240"))
+                model,
+                ids,
+                piece=65536,
+                time_budget=float(os.environ.get("SMOL_BUDGET_S", "240")),
+                state=h.state if GRAPHS else None,
             )
         finally:
             h.unpatch()
@@ -937,6 +961,7 @@ def e2e(which: list[str]):
             note=f"{r['tokens'] / r['prefill_s']:.0f} tok/s",
         )
         row("e2e", f"{tag}: decode/token ReAttention", r["decode_s"] * 1e3, "ms")
+        graph_rows(tag, r)
         row(
             "e2e",
             f"{tag}: peak memory",
@@ -963,10 +988,22 @@ def main() -> int:
         "decode on Triton), all (prefill chunks too) or none",
     )
     ap.add_argument("--graphs", action="store_true", help="--e2e also decodes with CUDA graphs")
+    ap.add_argument(
+        "--graph-buckets", default="32", help="comma list of the bucket sizes --graphs decodes with"
+    )
+    ap.add_argument(
+        "--selection",
+        choices=["exact", "two_level"],
+        default="exact",
+        help="ReAttention's selection in --e2e",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    global GRAPHS
+    global GRAPHS, GRAPH_BUCKETS, SELECTION
     GRAPHS = args.graphs
+    GRAPH_BUCKETS = [int(b) for b in args.graph_buckets.split(",") if b]
+    SELECTION = args.selection
+    RESULTS["selection"] = SELECTION
     from reattn_llm.method import attention as attention_mod
 
     if args.fused_select != "default":

@@ -48,6 +48,20 @@ def test_crop_and_reset():
     assert layer.get_seq_length() == 0 and layer.keys is None
 
 
+def test_rewind_keeps_the_question_pins_that_crop_forgets():
+    layer = DenseLayer()
+    x = torch.randn(1, 1, 50, 4)
+    layer.update(x, x)
+    pins = torch.tensor([[3, 17]]), torch.tensor([[5, 2]])
+    layer.pinned, layer.pinned_votes = pins
+    layer.update(torch.randn(1, 1, 1, 4), torch.randn(1, 1, 1, 4))  # a decoded token
+    layer.rewind(50)
+    assert layer.get_seq_length() == 50 and torch.equal(layer.keys, x)
+    assert layer.pinned is pins[0] and layer.pinned_votes is pins[1]
+    layer.crop(40)
+    assert layer.get_seq_length() == 40 and layer.pinned is None and layer.pinned_votes is None
+
+
 def _literal_from_hits(hits: torch.Tensor, m: int, max_spans: int, span: int) -> list[int]:
     votes: dict[int, int] = {}
     for c in hits.flatten().tolist():

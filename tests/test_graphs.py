@@ -141,11 +141,9 @@ def test_cuda_graph_replays_equal_the_eager_static_steps(small_config, selection
     enc = _prompt(engine)
     g_tokens, g_outs, dec, cache = _decode(engine, enc, 20, 8, capture=True)
     assert dec.captures == 3  # steps 1-8, 9-16, 17-20: each bucket's first step eager, then a graph
-    # the same steps again from the same prefilled rows, static but eager (crop forgets the pins)
+    # the same steps again from the same prefilled rows, static but eager
     for layer in cache.layers:
-        pins = layer.pinned, layer.pinned_votes
-        layer.crop(len(enc.ids))
-        layer.pinned, layer.pinned_votes = pins
+        layer.rewind(len(enc.ids))
     ref = GraphDecoder(engine.model, cache, engine._handle.state, bucket=8, capture=False)
     with ref:
         for tok, out in zip(g_tokens, g_outs, strict=True):

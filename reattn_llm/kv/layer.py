@@ -184,3 +184,11 @@ class KVLayer(CacheLayerMixin, KVReader):
         self.length = max(0, new_len)
         self.summaries.truncate(self.length)
         self.pinned = self.pinned_votes = None
+
+    def rewind(self, length: int) -> None:
+        """Keep the first ``length`` rows and the question's pinned span centres: decode the same
+        prompt again (``crop`` forgets the pins, since the rows it keeps need not end with the
+        question the pins came from)."""
+        pins = self.pinned, self.pinned_votes
+        self.crop(length)
+        self.pinned, self.pinned_votes = pins

@@ -127,7 +127,9 @@ class GraphDecoder:
         self.captures = 0
 
     def _static_ok(self, total: int) -> bool:
-        """A bucket ending at ``total + bucket - 1`` rows has a middle (else the step is eager)."""
+        """Whether a bucket starting at step ``total`` runs static: its end (``total + bucket - 1``
+        rows) leaves a middle of at least one row, and this step is already past ``G + L``, where
+        the attention stops being stock full attention (else the step runs eagerly)."""
         g = self.state.config.global_size
         return total + self.bucket - 1 - g - self.local >= 1 and total > g + self.state.config.local_size  # type: ignore[operator]
 
