@@ -15,7 +15,7 @@ import torch
 
 from reattn_llm.method.patch import make_cache
 from reattn_llm.method.state import SelectionRecorder
-from reattn_llm.runtime.graphs import EagerSteps, GraphDecoder, engine_decoder, unsupported
+from reattn_llm.runtime.graphs import EagerSteps, GraphDecoder, bucket_for, engine_decoder, unsupported
 
 FACT = "The secret code of the archive room is 73914."
 QUESTION = "What is the secret code of the archive room?"
@@ -110,16 +110,21 @@ def test_what_cannot_run_static_is_named(shared_engine):
     cache = make_cache(shared_engine.model, reserve=len(enc.ids) + 4)
     shared_engine.prefill(torch.tensor([enc.ids], device=shared_engine.device), cache, question=enc.question)
     assert unsupported(cache, state) is None
-    # the engine decodes eagerly unless its config asks for graphs and the device is CUDA
+    # graphs are the default, used on CUDA only; cuda_graphs=False decodes eagerly there too
+    assert state.config.cuda_graphs and shared_engine.device.type == "cpu"
     assert isinstance(engine_decoder(shared_engine, cache, cite=False), EagerSteps)
-    asks = SimpleNamespace(config=dataclasses.replace(state.config, cuda_graphs=True))
-    on_cpu = SimpleNamespace(_handle=SimpleNamespace(state=asks), device=torch.device("cpu"), model=None)
-    assert isinstance(engine_decoder(on_cpu, cache, cite=False), EagerSteps)  # asked, but no CUDA here
+    asks = SimpleNamespace(config=state.config)
+    off = SimpleNamespace(config=dataclasses.replace(state.config, cuda_graphs=False))
+    for st in (asks, off):
+        on_cpu = SimpleNamespace(_handle=SimpleNamespace(state=st), device=torch.device("cpu"), model=None)
+        assert isinstance(engine_decoder(on_cpu, cache, cite=False), EagerSteps)
+    gpu_off = SimpleNamespace(_handle=SimpleNamespace(state=off), device=torch.device("cuda"), model=None)
+    assert isinstance(engine_decoder(gpu_off, cache, cite=False), EagerSteps)
     two_level = SimpleNamespace(config=dataclasses.replace(asks.config, selection="two_level"))
     on_gpu = SimpleNamespace(
         _handle=SimpleNamespace(state=two_level), device=torch.device("cuda"), model=None
     )
-    assert isinstance(engine_decoder(on_gpu, cache, cite=False), EagerSteps)  # its capture is unproven yet
+    assert isinstance(engine_decoder(on_gpu, cache, cite=False), EagerSteps)  # it failed static on a GPU
     state.recorder = SelectionRecorder()
     try:
         assert "citations" in unsupported(cache, state)
@@ -168,3 +173,10 @@ def test_the_engine_decodes_from_cuda_graphs_when_asked(small_config):
     assert 0 <= out.max_position < engine.config.scope
     again = engine.complete(enc, SamplingParams(max_new_tokens=16))  # the kept prefix, graphs again
     assert again.text == out.text
+
+
+def test_the_engine_bucket_is_a_sixteenth_of_the_decode_local_window():
+    """A bucket's first step loses at most a sixteenth of its local rows; long windows stop at 128."""
+    assert [bucket_for(n) for n in (8, 16, 128, 512, 2048, 4096, 100_000)] == [1, 1, 8, 32, 128, 128, 128]
+    for n in range(1, 5000, 37):
+        assert 1 <= bucket_for(n) <= max(1, n // 16) and bucket_for(n) <= n

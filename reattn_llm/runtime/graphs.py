@@ -33,9 +33,18 @@ import torch
 from ..kv.dense import DenseLayer
 from ..method.state import PatchState, StaticStep
 
-#: Decode steps per captured graph (a bucket): more steps re-capture less often, but the first
-#: steps of a bucket see a shorter local window (at most ``bucket - 1`` rows fewer).
-DEFAULT_BUCKET = 32
+#: Decode steps per captured graph (a bucket) at most: more steps re-capture less often (a capture
+#: and the bucket's eager first step cost about ten replayed steps), but the first steps of a
+#: bucket see a shorter local window (at most ``bucket - 1`` rows fewer); see :func:`bucket_for`.
+DEFAULT_BUCKET = 128
+
+
+def bucket_for(local: int) -> int:
+    """The engine's bucket for a decode local window of ``local`` rows: ``local // 16`` (a
+    bucket's first step loses at most a sixteenth of its local rows), at most
+    :data:`DEFAULT_BUCKET`, at least 1. The Llama-3.1-8B shape with the paper's scope (2,048 local
+    rows while decoding) gets 128, the default model's scope (512) 32."""
+    return max(1, min(DEFAULT_BUCKET, local // 16))
 
 
 def unsupported(cache: Any, state: PatchState) -> str | None:
@@ -71,18 +80,19 @@ class EagerSteps:
 
 
 def engine_decoder(engine: Any, cache: Any, cite: bool) -> GraphDecoder | EagerSteps:
-    """How an engine decodes an answer: from CUDA graphs when its config asks for them
-    (``cuda_graphs``) and they can run here (a CUDA device, no citations, nothing
+    """How an engine decodes an answer: from CUDA graphs (in buckets of :func:`bucket_for` steps)
+    when its config allows them (``cuda_graphs``, the default) and they can run here (a CUDA device, no citations, nothing
     :func:`unsupported` names), else eager steps (:meth:`~reattn_llm.runtime.engine.Engine.decode_one_token`)."""
     state = engine._handle.state if engine._handle is not None else None
     if state is None or not state.config.cuda_graphs or engine.device.type != "cuda" or cite:
         return EagerSteps(engine, cache)
-    # two-level selection's static steps equal its eager ones on the CPU; its capture has not run on a
-    # GPU yet (tests/test_graphs.py has the test), so the engine keeps it eager until then
+    # two-level selection's static steps equal its eager ones (CPU; GPU on the default model), but at
+    # the 8B shape's 128K its first static step on the GPU indexed out of bounds (BENCHMARKS.md,
+    # Kernels, run 8): the engine keeps it eager until that is found and fixed
     if state.config.selection != "exact" or unsupported(cache, state) is not None:
         return EagerSteps(engine, cache)
     local, _ = state.config.decode_sizes(pinned=cache.layers[0].pinned is not None)
-    return GraphDecoder(engine.model, cache, state, bucket=min(DEFAULT_BUCKET, local))
+    return GraphDecoder(engine.model, cache, state, bucket=bucket_for(local))
 
 
 class GraphDecoder:
