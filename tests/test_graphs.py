@@ -75,6 +75,31 @@ def test_a_bucket_of_one_step_is_the_eager_step(shared_engine, eager_run):
         assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
 
 
+def test_rows_not_yet_written_never_reach_the_answer(shared_engine):
+    """A static step's scope reaches rows not written yet (masked); whatever their buffer holds
+    (here NaN, as fresh GPU memory may) must not reach the logits: 0 x NaN is NaN."""
+    enc = _prompt(shared_engine, 600)
+    model, state = shared_engine.model, shared_engine._handle.state
+    runs = []
+    for poison in (False, True):
+        cache = make_cache(model, reserve=len(enc.ids) + 8)
+        logits = shared_engine.prefill(torch.tensor([enc.ids]), cache, question=enc.question)
+        if poison:
+            with torch.inference_mode():
+                for layer in cache.layers:
+                    layer._k[:, :, len(enc.ids) :] = float("nan")
+                    layer._v[:, :, len(enc.ids) :] = float("nan")
+        outs = []
+        with GraphDecoder(model, cache, state, bucket=8, capture=False) as dec:
+            for _ in range(8):
+                logits = dec.step(logits.argmax(-1).reshape(1, 1))
+                outs.append(logits.clone())
+        runs.append(outs)
+    for clean, poisoned in zip(*runs, strict=True):
+        assert torch.isfinite(poisoned).all()
+        assert torch.equal(clean, poisoned)
+
+
 def test_two_level_selection_runs_static_too(small_config):
     """Two-level selection (8 candidate blocks of a middle of about 50) in buckets of one step is
     its eager step bit for bit; its block summaries come from the bucket's first step."""

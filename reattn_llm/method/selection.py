@@ -244,10 +244,13 @@ def mask_unwritten(scope: Scope, total: torch.Tensor) -> Scope:
     """The scope of a decode step whose cache view reaches past the rows written so far (a static
     step, :class:`~reattn_llm.method.state.StaticStep`): scope rows at or past ``total`` (``[1]`` int64
     on the device, the rows written including this step's) become padding, and positions close up
-    over the rest, as :func:`build_scope` would have numbered a scope without them."""
+    over the rest, as :func:`build_scope` would have numbered a scope without them. Padding reads
+    row 0 (the attention's contract: padding holds a written row; an unwritten row's V may hold
+    NaN, and a masked key's weight of 0 times NaN is NaN)."""
     valid = (scope.key_pos >= 0) & (scope.gather_idx < total)
     key_pos = valid.long().cumsum(dim=1) - 1
     q_len = scope.q_pos.shape[1]
     q_pos = key_pos[:, -1:] + 1 - q_len + torch.arange(q_len, device=key_pos.device)
     key_pos = torch.where(valid, key_pos, torch.full_like(key_pos, -1))
-    return Scope(scope.gather_idx, key_pos, q_pos, scope.middle, scope.middle_valid)
+    gather_idx = torch.where(valid, scope.gather_idx, torch.zeros_like(scope.gather_idx))
+    return Scope(gather_idx, key_pos, q_pos, scope.middle, scope.middle_valid)
