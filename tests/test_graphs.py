@@ -145,11 +145,6 @@ def test_what_cannot_run_static_is_named(shared_engine):
         assert isinstance(engine_decoder(on_cpu, cache, cite=False), EagerSteps)
     gpu_off = SimpleNamespace(_handle=SimpleNamespace(state=off), device=torch.device("cuda"), model=None)
     assert isinstance(engine_decoder(gpu_off, cache, cite=False), EagerSteps)
-    two_level = SimpleNamespace(config=dataclasses.replace(asks.config, selection="two_level"))
-    on_gpu = SimpleNamespace(
-        _handle=SimpleNamespace(state=two_level), device=torch.device("cuda"), model=None
-    )
-    assert isinstance(engine_decoder(on_gpu, cache, cite=False), EagerSteps)  # it failed static on a GPU
     state.recorder = SelectionRecorder()
     try:
         assert "citations" in unsupported(cache, state)

@@ -19,9 +19,8 @@ wants), then the bucket's graph is captured and replayed by the others. The eage
 the replay compute the same thing, which ``tests/test_graphs.py`` checks on the GPU; with
 ``capture=False`` the decoder runs every step eagerly in the same static way (the CPU's path, and
 the reference). Two-level selection runs static too (its block summaries cover the bucket's fixed
-middle, computed by the bucket's eager first step, read in place after), though the engine keeps
-it eager until its capture has run on a GPU (:func:`engine_decoder`). Steps that sync on purpose
-or keep host state stay eager: see :func:`unsupported`.
+middle, computed by the bucket's eager first step, read in place after). Steps that sync on
+purpose or keep host state stay eager: see :func:`unsupported`.
 """
 
 from __future__ import annotations
@@ -86,10 +85,7 @@ def engine_decoder(engine: Any, cache: Any, cite: bool) -> GraphDecoder | EagerS
     state = engine._handle.state if engine._handle is not None else None
     if state is None or not state.config.cuda_graphs or engine.device.type != "cuda" or cite:
         return EagerSteps(engine, cache)
-    # two-level selection's static steps equal its eager ones (CPU; GPU on the default model), but at
-    # the 8B shape's 128K its first static step on the GPU indexed out of bounds (BENCHMARKS.md,
-    # Kernels, run 8): the engine keeps it eager until that is found and fixed
-    if state.config.selection != "exact" or unsupported(cache, state) is not None:
+    if unsupported(cache, state) is not None:
         return EagerSteps(engine, cache)
     local, _ = state.config.decode_sizes(pinned=cache.layers[0].pinned is not None)
     return GraphDecoder(engine.model, cache, state, bucket=bucket_for(local))
