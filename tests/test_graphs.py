@@ -154,6 +154,8 @@ def test_what_cannot_run_static_is_named(shared_engine):
         state.recorder = None
     with pytest.raises(ValueError, match="bucket"):
         GraphDecoder(shared_engine.model, cache, state, bucket=10_000, capture=False)
+    with GraphDecoder(shared_engine.model, cache, state, capture=False) as dec:  # the engine's bucket
+        assert dec.bucket == bucket_for(dec.local) == 8  # the small config decodes with 128 local rows
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

@@ -79,16 +79,15 @@ class EagerSteps:
 
 
 def engine_decoder(engine: Any, cache: Any, cite: bool) -> GraphDecoder | EagerSteps:
-    """How an engine decodes an answer: from CUDA graphs (in buckets of :func:`bucket_for` steps)
-    when its config allows them (``cuda_graphs``, the default) and they can run here (a CUDA device, no citations, nothing
+    """How an engine decodes an answer: from CUDA graphs when its config allows them
+    (``cuda_graphs``, the default) and they can run here (a CUDA device, no citations, nothing
     :func:`unsupported` names), else eager steps (:meth:`~reattn_llm.runtime.engine.Engine.decode_one_token`)."""
     state = engine._handle.state if engine._handle is not None else None
     if state is None or not state.config.cuda_graphs or engine.device.type != "cuda" or cite:
         return EagerSteps(engine, cache)
     if unsupported(cache, state) is not None:
         return EagerSteps(engine, cache)
-    local, _ = state.config.decode_sizes(pinned=cache.layers[0].pinned is not None)
-    return GraphDecoder(engine.model, cache, state, bucket=bucket_for(local))
+    return GraphDecoder(engine.model, cache, state)
 
 
 class GraphDecoder:
@@ -98,7 +97,7 @@ class GraphDecoder:
         model: the patched model.
         cache: its :class:`~reattn_llm.kv.cache.ReAttentionCache` holding the prompt.
         state: the model's :class:`~reattn_llm.method.state.PatchState`.
-        bucket: steps per bucket (at most the decode local window).
+        bucket: steps per bucket (at most the decode local window); default :func:`bucket_for`.
         capture: capture graphs (CUDA); False runs every step eagerly, static all the same.
 
     Use as a context manager (or call :meth:`close`): leaving it hands the cache back with its
@@ -106,13 +105,14 @@ class GraphDecoder:
     """
 
     def __init__(
-        self, model: Any, cache: Any, state: PatchState, bucket: int = DEFAULT_BUCKET, capture: bool = True
+        self, model: Any, cache: Any, state: PatchState, bucket: int | None = None, capture: bool = True
     ) -> None:
         reason = unsupported(cache, state)
         if reason is not None:
             raise ValueError(f"decode steps cannot run static here: {reason}; decode eagerly instead.")
         cfg = state.config
         local, _ = cfg.decode_sizes(pinned=cache.layers[0].pinned is not None)
+        bucket = bucket_for(local) if bucket is None else bucket
         if not 1 <= bucket <= local:
             raise ValueError(f"bucket={bucket}: use 1 <= bucket <= {local}, the decode local window.")
         self.model, self.cache, self.state, self.bucket = model, cache, state, bucket
