@@ -714,6 +714,22 @@ def profile_steps(fn, steps=3, label=""):
     log(ka.table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=60))
 
 
+def _static_steps(model, cache, state, tok, start_len, bucket, n, capture):
+    """``n`` static steps in buckets of ``bucket`` from the first ``start_len`` rows (replayed from
+    CUDA graphs with ``capture``, else eager): (seconds per step, logits per step, captures)."""
+    from reattn_llm.runtime.graphs import GraphDecoder
+
+    for layer in cache.layers:  # every run decodes from the same prefilled rows
+        layer.rewind(start_len)
+    times, outs = [], []
+    with GraphDecoder(model, cache, state, bucket=bucket, capture=capture) as dec:
+        for _ in range(n):
+            dt, logits = sync_time(lambda: dec.step(tok))
+            times.append(dt)
+            outs.append(logits.float())
+    return times, outs, dec.captures
+
+
 def graph_decode(model, cache, state, tok, buckets=None):
     """Decode with static steps replayed from CUDA graphs
     (:class:`reattn_llm.runtime.graphs.GraphDecoder`) after the eager steps, once per bucket size
@@ -721,43 +737,22 @@ def graph_decode(model, cache, state, tok, buckets=None):
     replayed step, the mean step counting each bucket's eager first step and capture, and that
     first step's mean. The first size decodes three buckets and then runs the same static steps
     eagerly (``capture=False``), whose logits the replays must equal; the others decode two."""
-    from reattn_llm.runtime.graphs import GraphDecoder
-
     start_len = cache.layers[0].length
     out = {}
     for k, bucket in enumerate(buckets or GRAPH_BUCKETS):
         n = (3 if k == 0 else 2) * bucket
-        times, outs = [], []
-        for layer in cache.layers:  # every size decodes from the same prefilled rows
-            layer.rewind(start_len)
-        dec = GraphDecoder(model, cache, state, bucket=bucket)
-        try:
-            for _ in range(n):
-                dt, logits = sync_time(lambda: dec.step(tok))
-                times.append(dt)
-                outs.append(logits.float())
-        finally:
-            dec.close()
+        times, outs, captures = _static_steps(model, cache, state, tok, start_len, bucket, n, True)
         replays = sorted(t for i, t in enumerate(times) if i % bucket)
         firsts = [t for i, t in enumerate(times) if i % bucket == 0]
         r = dict(
             graph_s=replays[len(replays) // 2],
             graph_mean_s=sum(times) / n,
             first_s=sum(firsts) / len(firsts),
-            captures=dec.captures,
+            captures=captures,
         )
         if k == 0:
-            for layer in cache.layers:  # the same steps again, eagerly, from the same rows
-                layer.rewind(start_len)
-            eager, diff = [], 0.0
-            ref = GraphDecoder(model, cache, state, bucket=bucket, capture=False)
-            try:
-                for i in range(n):
-                    dt, logits = sync_time(lambda: ref.step(tok))
-                    eager.append(dt)
-                    diff = max(diff, (logits.float() - outs[i]).abs().max().item())
-            finally:
-                ref.close()
+            eager, ref, _ = _static_steps(model, cache, state, tok, start_len, bucket, n, False)
+            diff = max((a - b).abs().max().item() for a, b in zip(ref, outs, strict=True))
             r.update(static_eager_s=sorted(eager)[len(eager) // 2], max_diff=diff)
         out[bucket] = r
     return dict(graphs=out)

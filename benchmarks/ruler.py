@@ -340,10 +340,10 @@ def _read_samples(data: Path, tasks: list[str] | None, lengths: set[int] | None)
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    named = {"None": None, "True": True, "False": False}  # e.g. cuda_graphs=True
     out: dict[str, Any] = {}
     for item in (x for arg in items for x in arg.split(",")):
         k, _, v = item.partition("=")
-        named = {"None": None, "True": True, "False": False}  # e.g. cuda_graphs=True
         out[k] = int(v) if v.lstrip("-").isdigit() else named.get(v, v)
     return out
 

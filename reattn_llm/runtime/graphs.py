@@ -83,9 +83,13 @@ def engine_decoder(engine: Any, cache: Any, cite: bool) -> GraphDecoder | EagerS
     (``cuda_graphs``, the default) and they can run here (a CUDA device, no citations, nothing
     :func:`unsupported` names), else eager steps (:meth:`~reattn_llm.runtime.engine.Engine.decode_one_token`)."""
     state = engine._handle.state if engine._handle is not None else None
-    if state is None or not state.config.cuda_graphs or engine.device.type != "cuda" or cite:
-        return EagerSteps(engine, cache)
-    if unsupported(cache, state) is not None:
+    if (
+        state is None
+        or not state.config.cuda_graphs
+        or engine.device.type != "cuda"
+        or cite
+        or unsupported(cache, state) is not None
+    ):
         return EagerSteps(engine, cache)
     return GraphDecoder(engine.model, cache, state)
 
