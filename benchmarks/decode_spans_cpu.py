@@ -33,7 +33,12 @@ def main() -> None:
         nargs="+",
         help="decode_spans values; 'union:8' sets decode_extra_spans, ',k=v' other settings",
     )
-    ap.add_argument("--tokens", type=int, default=2000, help="prompt length (the window is 256)")
+    ap.add_argument(
+        "--tokens",
+        type=int,
+        default=2000,
+        help="prompt length (the window is 256 unless a choice sets ,window=N)",
+    )
     ap.add_argument(
         "--order",
         choices=("after", "first", "mixed"),
@@ -63,7 +68,7 @@ def main() -> None:
         name, _, extra = head.partition(":")
         kw: dict = {"decode_spans": name, **({"decode_extra_spans": int(extra)} if extra else {})}
         kw.update(_parse_overrides([settings] if settings else []))  # ruler.py's ',k=v' reading
-        cfg = ReAttentionConfig(window=needles.WINDOW, **kw)
+        cfg = ReAttentionConfig(**{"window": needles.WINDOW, **kw})  # ',window=128' overrides it
         t0 = time.perf_counter()
         if args.trace:
             for i in (int(x) for x in args.trace.split(",")):

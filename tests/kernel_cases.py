@@ -184,12 +184,28 @@ def attn_inputs(B, H, Hkv, Q, T, N, D, dtype, R=None, seed=0, shuffle=True, tran
     return q, kc, vc, idx, kpos, qpos, cos, sin
 
 
-def attn_case(B, H, Hkv, Q, T, N, D, dtype, config=None, R=None, transpose_q=False, shuffle=True):
+def attn_case(
+    B, H, Hkv, Q, T, N, D, dtype, config=None, R=None, transpose_q=False, shuffle=True, poison=False
+):
+    """Kernel and twin against fp64. ``poison``: the padding entries' rows hold NaN (as rows not
+    written yet may), and both must give what they give with those rows finite."""
     from reattn_llm.kernels.torch_ops import scope_attention_torch
     from reattn_llm.kernels.triton_attention import scope_attention_triton
 
     args = attn_inputs(B, H, Hkv, Q, T, N, D, dtype, R=R, transpose_q=transpose_q, shuffle=shuffle)
     scale = D**-0.5
+    if poison:
+        _q, kc, vc, idx, kpos = args[:5]
+        clean = scope_attention_triton(*args, scale, _config=config), scope_attention_torch(*args, scale)
+        for b in range(B):  # rows used only by padding (the indices are a permutation)
+            rows = idx[b][kpos[b] < 0]
+            kc[b, :, rows] = float("nan")
+            vc[b, :, rows] = float("nan")
+        assert bool(torch.isnan(kc).any()) and bool(torch.isnan(vc).any())
+        dirty = scope_attention_triton(*args, scale, _config=config), scope_attention_torch(*args, scale)
+        for a, z in zip(clean, dirty, strict=True):
+            assert bool(torch.isfinite(z).all()) and torch.equal(a, z), "a padding row reached the output"
+        return {"poisoned_rows": int((kpos < 0).sum())}
     got = scope_attention_triton(*args, scale, _config=config)
     assert got.shape == (B, Q, H, D) and got.dtype == dtype
     assert bool(torch.isfinite(got).all()), "non-finite output"
@@ -224,6 +240,13 @@ def attn_cases():
     cases["attn_prerot_d128_f32"] = lambda: attn_case(1, 4, 1, 20, 400, 150, 128, F32, PREFILL_PREROT)
     cases["attn_split_g7_f16"] = lambda: attn_case(1, 7, 1, 9, 400, 200, 64, F16, PREFILL_SPLIT)
     cases["attn_d256_g2_f16"] = lambda: attn_case(1, 4, 2, 5, 300, 97, 256, F16)
+    cases["attn_nan_padding_rows_decode_f32"] = lambda: attn_case(2, 6, 2, 1, 300, 97, 64, F32, poison=True)
+    cases["attn_nan_padding_rows_prefill_f16"] = lambda: attn_case(
+        1, 3, 1, 40, 400, 200, 64, F16, PREFILL_SMALL, poison=True
+    )
+    cases["attn_nan_padding_rows_prerot_f16"] = lambda: attn_case(
+        2, 8, 2, 12, 400, 150, 64, F16, PREFILL_PREROT, poison=True
+    )
     cases["attn_d96_g1_f32"] = lambda: attn_case(1, 2, 2, 4, 300, 97, 96, F32)
     cases["attn_partial_rotary_falls_back_f32"] = lambda: attn_case(1, 4, 2, 3, 200, 97, 64, F32, R=32)
     cases["attn_sorted_b2_f16"] = lambda: attn_case(

@@ -107,7 +107,8 @@ def scope_attention_torch(
         q: ``[B, H, Q, D]`` un-rotated queries.
         k_cache, v_cache: ``[B, Hkv, T, D]`` un-rotated keys and values (views are fine).
         gather_idx: ``[B, N]`` int64 rows of the cache forming the scope, in scope order.
-            Padding entries may hold any valid row (their ``key_pos`` is -1).
+            Padding entries may hold any row index in range (their ``key_pos`` is -1); what that
+            row holds, NaN included, never reaches the output.
         key_pos: ``[B, N]`` int64 RoPE position of each gathered key, -1 for padding.
         q_pos: ``[B, Q]`` int64 RoPE position of each query.
         cos, sin: ``[P, R]`` RoPE tables (rotate-half layout, the model's scaling included),
@@ -117,8 +118,9 @@ def scope_attention_torch(
     Returns:
         ``[B, Q, H, D]`` in ``q``'s dtype. Query i sees key j iff ``0 <= key_pos[j] <= q_pos[i]``.
     """
-    k = gather_kv(k_cache, gather_idx)
-    v = gather_kv(v_cache, gather_idx)
+    pad = (key_pos < 0)[:, None, :, None]  # a padding row may hold anything (NaN): 0 x NaN is NaN
+    k = gather_kv(k_cache, gather_idx).masked_fill(pad, 0)
+    v = gather_kv(v_cache, gather_idx).masked_fill(pad, 0)
     kp = key_pos.clamp(min=0)
     k = apply_rope(k, cos[kp], sin[kp])
     qr = apply_rope(q, cos[q_pos], sin[q_pos])

@@ -300,7 +300,9 @@ def _attend_tile(
     alpha = tl.exp2(m_i - m_use)
     p = tl.exp2(s - m_use[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    v = tl.load(v_base + idx[:, None] * sv_t + d[None, :] * sv_d, mask=nv[:, None] & dv[None, :], other=0.0)
+    # padding rows (kpos -1) are never read for V: whatever they hold (NaN) times a weight of 0 stays out
+    vm = (nv & (kpos >= 0))[:, None] & dv[None, :]
+    v = tl.load(v_base + idx[:, None] * sv_t + d[None, :] * sv_d, mask=vm, other=0.0)
     if IEEE:
         acc = acc * alpha[:, None] + tl.dot(p.to(dtype), v, input_precision="ieee")
     else:
@@ -554,7 +556,8 @@ def scope_attention_triton(
     Args:
         q: ``[B, H, Q, D]`` un-rotated queries (any strides).
         k_cache, v_cache: ``[B, Hkv, T, D]`` un-rotated keys / values (views of the cache buffers).
-        gather_idx: ``[B, N]`` integer rows of the cache, in scope order (padding: any valid row).
+        gather_idx: ``[B, N]`` integer rows of the cache, in scope order (padding: any row in range,
+            whose content, NaN included, never reaches the output).
         key_pos: ``[B, N]`` integer scope position of each gathered key, -1 for padding.
         q_pos: ``[B, Q]`` integer position of each query.
         cos, sin: ``[P, R]`` RoPE tables (rotate-half layout); ``R < D`` falls back to the twin.

@@ -245,8 +245,8 @@ def mask_unwritten(scope: Scope, total: torch.Tensor) -> Scope:
     step, :class:`~reattn_llm.method.state.StaticStep`): scope rows at or past ``total`` (``[1]`` int64
     on the device, the rows written including this step's) become padding, and positions close up
     over the rest, as :func:`build_scope` would have numbered a scope without them. Padding reads
-    row 0 (the attention's contract: padding holds a written row; an unwritten row's V may hold
-    NaN, and a masked key's weight of 0 times NaN is NaN)."""
+    row 0, a written row; the attention never lets a padding row's content (an unwritten row may
+    hold NaN) reach its output either."""
     valid = (scope.key_pos >= 0) & (scope.gather_idx < total)
     key_pos = valid.long().cumsum(dim=1) - 1
     q_len = scope.q_pos.shape[1]
