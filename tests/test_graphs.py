@@ -116,6 +116,42 @@ def test_two_level_selection_runs_static_too(small_config):
         assert torch.equal(a, b)
 
 
+def test_fp8_rows_on_the_device_run_static_too(small_config):
+    """fp8 storage (the tiered layer, rows on the device) decodes static: buckets of one step are its
+    eager steps bit for bit, buckets of 8 still answer from far back; offloaded rows stay eager."""
+    from reattn_llm.kv.storage import KVStorage
+    from reattn_llm.kv.tiered import TieredLayer
+    from reattn_llm.runtime.engine import Engine
+
+    cfg = dataclasses.replace(small_config, kv_dtype="fp8")
+    engine = Engine(None, device="cpu", config=cfg, progress=False).load()
+    enc = _prompt(engine)
+    tokens, outs, _, cache = _decode(engine, enc, 12, None)
+    assert isinstance(cache.layers[0], TieredLayer) and unsupported(cache, engine._handle.state) is None
+    s_tokens, s_outs, _, _ = _decode(engine, enc, 12, 1)
+    assert s_tokens == tokens
+    for a, b in zip(outs, s_outs, strict=True):
+        assert torch.equal(a, b)
+    b_tokens, _, dec, b_cache = _decode(engine, enc, 16, 8)
+    assert "73914" in engine.tokenizer.decode(b_tokens)
+    assert dec.length == b_cache.layers[0].length == len(enc.ids) + 16
+    offloaded = SimpleNamespace(layers=[TieredLayer(KVStorage("fp8", "values", 4, 256))])
+    assert "offloaded" in unsupported(offloaded, engine._handle.state)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="captures succeed on a GPU")
+def test_a_failed_capture_is_reported_and_decoding_goes_on(shared_engine, eager_run):
+    """Here (CPU) every capture fails: one warning, then the same static steps without graphs."""
+    enc, _ = eager_run
+    ref_tokens, ref_outs, _, _ = _decode(shared_engine, enc, 10, 4)
+    with pytest.warns(RuntimeWarning, match="capture failed") as caught:
+        tokens, outs, dec, _ = _decode(shared_engine, enc, 10, 4, capture=True)
+    assert len(caught) == 1 and dec.captures == 0 and not dec.capture
+    assert tokens == ref_tokens
+    for a, b in zip(ref_outs, outs, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_buckets_keep_the_bound_and_answer_from_far_back(shared_engine, eager_run):
     enc, (tokens, *_rest) = eager_run
     state = shared_engine._handle.state

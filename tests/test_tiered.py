@@ -209,3 +209,42 @@ def test_exact_topk_is_one_function_for_dense_and_fp8_readers(monkeypatch, rows,
             q, reader, top_k, 10**6, 8, "torch", lo=lo, hi=hi
         )  # every block a candidate
         assert torch.equal(fallback.sort(-1).values, ref)
+
+
+@pytest.mark.parametrize("bucket", [1, 8])
+def test_static_steps_write_fp8_rows_as_eager_steps_do(bucket):
+    """A device-resident fp8 layer's static steps (CUDA graphs' path, run eagerly here) write the same
+    fp8 bits and scales as eager steps, across the recent buffer's compaction. A bucket of one step
+    compacts when the eager step would, so its reads are the eager ones exactly; a longer bucket
+    makes room at its start, so it may keep a few more rows exact (never fewer)."""
+    st = KVStorage("fp8", "none", global_size=4, local_size=16)
+    eager, static = TieredLayer(st), TieredLayer(st)
+    torch.manual_seed(0)
+    k0, v0 = torch.randn(1, 2, 250, 8), torch.randn(1, 2, 250, 8)
+    eager.update(k0, v0)
+    static.update(k0, v0)
+    row = torch.zeros(1, dtype=torch.long)
+    steps = 40  # 250 + 40 rows pass the recent buffer's 282 (2L + 250): one compaction
+    for t in range(250, 250 + steps, bucket):
+        end = min(t + bucket, 250 + steps)
+        static.hold_static(row, end, t)
+        assert static.length == end and static.keys.shape[2] == end
+        for r in range(t, end):
+            k, v = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 1, 8)
+            eager.update(k, v)
+            row.fill_(r)
+            static.update(k, v)
+        static.hold_static(None, 0, end)
+        assert static.length == eager.length == end
+    assert eager.base > 0  # the compaction happened
+    for a, b in ((eager.cold_k, static.cold_k), (eager.cold_v, static.cold_v)):
+        assert torch.equal(a.data[:, :, : eager.length], b.data[:, :, : eager.length])
+        assert torch.equal(a.scale[:, :, : eager.length], b.scale[:, :, : eager.length])
+    idx = torch.arange(eager.length)[None]
+    ke, ve = eager.gather_scope(idx)
+    ks, vs = static.gather_scope(idx)
+    assert static.base <= eager.base
+    if bucket == 1:
+        assert static.base == eager.base and torch.equal(ke, ks) and torch.equal(ve, vs)
+    assert torch.equal(ke[:, :, eager.base :], ks[:, :, eager.base :])  # exact in both
+    assert torch.equal(ke[:, :, : static.base], ks[:, :, : static.base])  # global exact, then fp8 in both

@@ -112,6 +112,19 @@ class RowStore:
         else:
             self.data[:, :, start:end].copy_(rows, non_blocking=nb)  # type: ignore[index]
 
+    def write_at(self, row: torch.Tensor, rows: torch.Tensor) -> None:
+        """Store one token's ``rows [B, Hkv, 1, D]`` at the device index ``row`` (``[1]`` int64): a
+        static decode step's write, with no host value (a store on the compute device only)."""
+        assert self.data is not None and not self.offloaded, (
+            "static writes need a store on the compute device"
+        )
+        if self.fp8:
+            bits, scale = quantize_fp8(rows)
+            self.data.index_copy_(2, row, bits)
+            self.scale.index_copy_(2, row, scale)  # type: ignore[union-attr]
+        else:
+            self.data.index_copy_(2, row, rows)
+
     def _to_compute(self, data: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
         if self.device != self.compute:
             if self.pin:

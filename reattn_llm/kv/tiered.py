@@ -55,6 +55,8 @@ class TieredLayer(KVLayer):
         self._hot: list[torch.Tensor] = []  # [global K, global V, recent K, recent V]
         self._zero: torch.Tensor | None = None  # the scalar the shape stubs expand
         self.base = 0  # cache row held at row 0 of the recent buffers
+        #: ``(row, end)`` while decode steps run static (:meth:`hold_static`), else None
+        self._static: tuple[torch.Tensor, int] | None = None
 
     # -- writing --------------------------------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -83,6 +85,15 @@ class TieredLayer(KVLayer):
         """Append ``[B, Hkv, q, D]`` un-rotated keys/values; return shape stubs ``[B, Hkv, T, D]``."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        if self._static is not None and key_states.shape[2] == 1:  # a static step: write at the device row
+            row, end = self._static
+            self.cold_k.write_at(row, key_states)  # type: ignore[union-attr]
+            self.cold_v.write_at(row, value_states)  # type: ignore[union-attr]
+            self._hot[2].index_copy_(2, row - self.base, key_states)
+            self._hot[3].index_copy_(2, row - self.base, value_states)
+            self.length = end
+            self._sync_views()
+            return self.keys, self.values  # type: ignore[return-value]
         q, start = key_states.shape[2], self.length
         need = start + q
         limit = self._row_limit(key_states, value_states)
@@ -110,21 +121,50 @@ class TieredLayer(KVLayer):
 
     def _append_recent(self, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
         """Append to the exact recent rows; when full, keep the last ``L`` rows in a buffer of ``2L + q``."""
-        rk, rv = self._hot[2], self._hot[3]
         q = k.shape[2]
+        held = self._make_room(start, q)
+        self._hot[2][:, :, held : held + q].copy_(k)
+        self._hot[3][:, :, held : held + q].copy_(v)
+
+    def _make_room(self, start: int, q: int) -> int:
+        """Room in the recent buffers for rows ``[start, start + q)`` (``start`` rows written); when
+        full (or oversized after one long forward), keep only the last ``L`` rows in a buffer of
+        ``2L + q``. Returns where row ``start`` goes."""
+        rk, rv = self._hot[2], self._hot[3]
         held = start - self.base  # rows [base, start) are in the buffer
         cap = max(MIN_CAPACITY, 2 * self.storage.local_size + q)
-        if held + q > rk.shape[2] or rk.shape[2] > 2 * cap:  # full, or oversized after one long forward
+        if held + q > rk.shape[2] or rk.shape[2] > 2 * cap:
             keep_from = max(self.base, start - self.storage.local_size)
             keep = start - keep_from
-            nk, nv = k.new_empty(*k.shape[:2], cap, k.shape[3]), v.new_empty(*v.shape[:2], cap, v.shape[3])
+            nk, nv = (
+                rk.new_empty(*rk.shape[:2], cap, rk.shape[3]),
+                rv.new_empty(*rv.shape[:2], cap, rv.shape[3]),
+            )
             if keep:
                 nk[:, :, :keep].copy_(rk[:, :, keep_from - self.base : held])
                 nv[:, :, :keep].copy_(rv[:, :, keep_from - self.base : held])
-            self._hot[2], self._hot[3] = rk, rv = nk, nv
+            self._hot[2], self._hot[3] = nk, nv
             self.base, held = keep_from, keep
-        rk[:, :, held : held + q].copy_(k)
-        rv[:, :, held : held + q].copy_(v)
+        return held
+
+    def hold_static(self, row: torch.Tensor | None, end: int, length: int) -> None:
+        """Static decode steps (:mod:`reattn_llm.runtime.graphs`), as
+        :meth:`~reattn_llm.kv.dense.DenseLayer.hold_static`: room is made now for rows up to ``end``
+        (cold stores and recent buffers, which then neither grow nor compact until the bucket ends),
+        and a one-token update writes at the device row ``row``. Cold stores in host memory cannot
+        (:func:`~reattn_llm.runtime.graphs.unsupported` says so)."""
+        if row is not None:
+            assert self.cold_k is not None and self.cold_v is not None, "prefill before static steps"
+            limit = self._row_limit(self._hot[2], self._hot[3])
+            self.cold_k.ensure(end, self._hot[2], self.length, self.reserve_tokens, limit)
+            self.cold_v.ensure(end, self._hot[3], self.length, self.reserve_tokens, limit)
+            self._make_room(self.length, end - self.length)
+            self._static = (row, end)
+            self.length = end
+        else:
+            self._static = None
+            self.length = length
+        self._sync_views()
 
     def _sync_views(self) -> None:
         """``keys``/``values``: zero-stride ``[B, Hkv, T, D]`` stubs, the shape transformers expects."""

@@ -127,8 +127,8 @@ class ReAttentionConfig:
             8B shape's step 10 ms instead of 74 at 32K on one H200). Each bucket of steps
             (a sixteenth of the decode local window, at most 128) keeps one middle, and its first
             steps see up to a sixteenth fewer local rows. On by default (RULER's answers hold with
-            it); False decodes eagerly. Not used on the CPU, with citations, fp8 or offload
-            (their steps run eagerly).
+            it); False decodes eagerly. Not used on the CPU, with citations or offload (their
+            steps run eagerly); fp8 rows on the device decode from graphs too.
         allow_extrapolation: let the scope reach RoPE positions at or past the model's trained
             window (``max_position_embeddings``), with a larger ``window`` or sizes that add up past
             it. Off by default: such a config is refused when it meets the model (``patch``, the

@@ -12,7 +12,8 @@ not change, and a decode step's do: the cache grows by a row, the middle by a ro
   holds ``L' - (end - T)`` rows at step ``T``: up to ``bucket - 1`` fewer than a per-step window at
   a bucket's first step, never more (the scope's bound holds);
 * the cache views reach ``end`` and a step writes its K/V at a device row
-  (:meth:`~reattn_llm.kv.dense.DenseLayer.hold_static`); the host advances its counts after.
+  (:meth:`~reattn_llm.kv.dense.DenseLayer.hold_static`; fp8 rows on the device:
+  :meth:`~reattn_llm.kv.tiered.TieredLayer.hold_static`); the host advances its counts after.
 
 The first step of a bucket runs eagerly (it compiles what it needs and is the warm-up the capture
 wants), then the bucket's graph is captured and replayed by the others. The eager static step and
@@ -25,11 +26,13 @@ purpose or keep host state stay eager: see :func:`unsupported`.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 
 from ..kv.dense import DenseLayer
+from ..kv.tiered import TieredLayer
 from ..method.state import PatchState, StaticStep
 
 #: Decode steps per captured graph (a bucket) at most: more steps re-capture less often (a capture
@@ -50,8 +53,10 @@ def unsupported(cache: Any, state: PatchState) -> str | None:
     """Why decode steps of this model and cache cannot run static, or None when they can."""
     cfg = state.config
     layers = getattr(cache, "layers", [])
-    if not layers or not all(isinstance(layer, DenseLayer) for layer in layers):
-        return "the cache has layers other than dense ones (fp8, offload or sliding-window layers)"
+    if not layers or not all(isinstance(layer, (DenseLayer, TieredLayer)) for layer in layers):
+        return "the cache has sliding-window layers (Gemma 3), which keep only their window"
+    if any(isinstance(layer, TieredLayer) and layer.storage.offload != "none" for layer in layers):
+        return "offloaded rows are read from host memory, with a sync per layer on purpose"
     if len({layer.keys.device for layer in layers if layer.keys is not None}) > 1:
         return "the layers lie on several devices (device_map)"
     if cfg.mode != "reattention":
@@ -182,16 +187,34 @@ class GraphDecoder:
             else:
                 logits = self._forward()
                 if self.capture and total == self._end - self.bucket + 1 and total < self._end:
-                    self._graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(self._graph):
-                        self._logits = self._forward()
-                    self.captures += 1
+                    self._capture()
         finally:
             self.state.static = None
             if self.state.track_positions:  # what the static steps applied, for max_position
                 self.state._pending.append(self._step.max_position.clone())
         self.length = total
         return logits.clone()  # type: ignore[union-attr]
+
+    def _capture(self) -> None:
+        """Capture the bucket's step. A capture that fails (something in the step the graph cannot
+        hold) is reported once and the decoder goes on with the same static steps run eagerly: the
+        answer does not depend on it."""
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._logits = self._forward()
+        except Exception as e:  # any capture error: keep decoding without graphs
+            self._graph = self._logits = None
+            self.capture = False
+            warnings.warn(
+                f"CUDA graph capture failed ({type(e).__name__}: {e}); decoding on without graphs. "
+                "Pass ReAttentionConfig(cuda_graphs=False) to skip the attempt.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return
+        self._graph = graph
+        self.captures += 1
 
     def close(self) -> None:
         """Back to eager decoding: the layers hold :attr:`length` rows, the graph is freed."""
