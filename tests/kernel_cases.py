@@ -244,9 +244,6 @@ def attn_cases():
     cases["attn_nan_padding_rows_prefill_f16"] = lambda: attn_case(
         1, 3, 1, 40, 400, 200, 64, F16, PREFILL_SMALL, poison=True
     )
-    cases["attn_nan_padding_rows_prerot_f16"] = lambda: attn_case(
-        2, 8, 2, 12, 400, 150, 64, F16, PREFILL_PREROT, poison=True
-    )
     cases["attn_d96_g1_f32"] = lambda: attn_case(1, 2, 2, 4, 300, 97, 96, F32)
     cases["attn_partial_rotary_falls_back_f32"] = lambda: attn_case(1, 4, 2, 3, 200, 97, 64, F32, R=32)
     cases["attn_sorted_b2_f16"] = lambda: attn_case(

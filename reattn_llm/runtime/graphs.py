@@ -53,7 +53,9 @@ def unsupported(cache: Any, state: PatchState) -> str | None:
     """Why decode steps of this model and cache cannot run static, or None when they can."""
     cfg = state.config
     layers = getattr(cache, "layers", [])
-    if not layers or not all(isinstance(layer, (DenseLayer, TieredLayer)) for layer in layers):
+    if not layers:
+        return "the cache holds no layers yet (prefill the prompt first)"
+    if not all(isinstance(layer, (DenseLayer, TieredLayer)) for layer in layers):
         return "the cache has sliding-window layers (Gemma 3), which keep only their window"
     if any(isinstance(layer, TieredLayer) and layer.storage.offload != "none" for layer in layers):
         return "offloaded rows are read from host memory, with a sync per layer on purpose"
