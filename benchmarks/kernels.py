@@ -935,20 +935,9 @@ def e2e(which: list[str]):
         T = 1 << 20
         g = torch.Generator(device=DEV).manual_seed(0)
         ids = torch.randint(0, vocab, (1, T), device=DEV, generator=g)
-        h = patch(model, ReAttentionConfig(backend="triton", selection=SELECTION))
-        try:
-            reattn_prefill_decode(model, ids[:, :16384], steps=1, warm=1)  # compile
-            gc.collect()
-            torch.cuda.empty_cache()
-            r = reattn_prefill_decode(
-                model,
-                ids,
-                piece=65536,
-                time_budget=float(os.environ.get("SMOL_BUDGET_S", "240")),
-                state=h.state if GRAPHS else None,
-            )
-        finally:
-            h.unpatch()
+        r = long_run(
+            model, ids, ReAttentionConfig(backend="triton", selection=SELECTION), 16384, "SMOL_BUDGET_S"
+        )
         tag = f"SmolLM2-135M shape, {r['tokens'] // 1024}K"
         row(
             "e2e",
@@ -959,16 +948,47 @@ def e2e(which: list[str]):
         )
         row("e2e", f"{tag}: decode/token ReAttention", r["decode_s"] * 1e3, "ms")
         graph_rows(tag, r)
-        row(
-            "e2e",
-            f"{tag}: peak memory",
-            r["peak"] / 2**30,
-            "GiB",
-            note=f"cache {r['cache_bytes'] / 2**30:.1f} GiB",
-        )
+        peak_row(tag, r)
         del model
         gc.collect()
         torch.cuda.empty_cache()
+
+
+def long_run(model, ids, cfg, warm_tokens, budget_var, reserve=False, **kw):
+    """ReAttention (``cfg``) over a million-token ``ids``: compile on the first ``warm_tokens``, then
+    prefill in pieces of 65,536 tokens (stopped after ``$budget_var`` seconds, default 240; into a
+    cache reserved for every token with ``reserve``) and decode (``kw``: steps, warm), from CUDA
+    graphs too with ``--graphs``. Returns :func:`reattn_prefill_decode`'s dict."""
+    from reattn_llm import patch
+    from reattn_llm.method.patch import make_cache
+
+    h = patch(model, cfg)
+    try:
+        reattn_prefill_decode(model, ids[:, :warm_tokens], steps=1, warm=1)  # compile
+        gc.collect()
+        torch.cuda.empty_cache()
+        return reattn_prefill_decode(
+            model,
+            ids,
+            piece=65536,
+            time_budget=float(os.environ.get(budget_var, "240")),
+            cache=make_cache(model, reserve=ids.shape[1]) if reserve else None,
+            state=h.state if GRAPHS else None,
+            **kw,
+        )
+    finally:
+        h.unpatch()
+
+
+def peak_row(tag: str, r: dict) -> None:
+    """The table's peak-memory row of a :func:`long_run`."""
+    row(
+        "e2e",
+        f"{tag}: peak memory",
+        r["peak"] / 2**30,
+        "GiB",
+        note=f"cache {r['cache_bytes'] / 2**30:.1f} GiB",
+    )
 
 
 def llama_1m() -> None:
@@ -977,8 +997,7 @@ def llama_1m() -> None:
     ``LLAMA1M_BUDGET_S`` seconds, default 240: the row says how far it got) then 100 decode steps,
     eager, and with ``--graphs`` from CUDA graphs too. Stock cannot hold the cache, so its baseline is its own
     prefill and decode at 128K in the same run."""
-    from reattn_llm import ReAttentionConfig, patch
-    from reattn_llm.method.patch import make_cache
+    from reattn_llm import ReAttentionConfig
 
     model = build_model("llama8b")
     vocab = model.config.vocab_size
@@ -992,23 +1011,7 @@ def llama_1m() -> None:
     gc.collect()
     torch.cuda.empty_cache()
     cfg = ReAttentionConfig(backend="triton", selection="two_level", kv_dtype="fp8")
-    h = patch(model, cfg)
-    try:
-        reattn_prefill_decode(model, ids[:, :12288], steps=1, warm=1)  # compile
-        gc.collect()
-        torch.cuda.empty_cache()
-        r = reattn_prefill_decode(
-            model,
-            ids,
-            steps=100,
-            warm=3,
-            piece=65536,
-            time_budget=float(os.environ.get("LLAMA1M_BUDGET_S", "240")),
-            cache=make_cache(model, reserve=T),
-            state=h.state if GRAPHS else None,  # --graphs: fp8 rows decode static too
-        )
-    finally:
-        h.unpatch()
+    r = long_run(model, ids, cfg, 12288, "LLAMA1M_BUDGET_S", reserve=True, steps=100, warm=3)
     tag = f"Llama-3.1-8B shape, {r['tokens'] // 1024}K, fp8 K/V, two-level"
     graph_rows(tag, r, d_stock)
     stock_rate = (1 << 17) / t_stock
@@ -1029,13 +1032,7 @@ def llama_1m() -> None:
         "stock SDPA StaticCache at 128K",
         d_stock * 1e3,
     )
-    row(
-        "e2e",
-        f"{tag}: peak memory",
-        r["peak"] / 2**30,
-        "GiB",
-        note=f"cache {r['cache_bytes'] / 2**30:.1f} GiB",
-    )
+    peak_row(tag, r)
     del model
     gc.collect()
     torch.cuda.empty_cache()

@@ -69,8 +69,6 @@ class DenseLayer(_DenseReads, KVLayer):
         super().__init__(reserve, budget)
         self._k: torch.Tensor | None = None
         self._v: torch.Tensor | None = None
-        #: ``(row, end)`` while decode steps run static (:meth:`hold_static`), else None
-        self._static: tuple[torch.Tensor, int] | None = None
 
     @property
     def capacity(self) -> int:
@@ -146,20 +144,8 @@ class DenseLayer(_DenseReads, KVLayer):
         self._sync_views()
         return self.keys, self.values  # type: ignore[return-value]
 
-    def hold_static(self, row: torch.Tensor | None, end: int, length: int) -> None:
-        """Static decode steps (:mod:`reattn_llm.runtime.graphs`): from now on a one-token update
-        writes its K/V at the device row ``row`` (``[1]`` int64) and every step sees the rows up to
-        ``end`` (the bucket's last step; rows not written yet are masked by the attention), so every
-        step of the bucket has the same shapes and addresses. ``row=None`` ends it: ``length`` rows
-        are held (the host's count of the rows written)."""
-        if row is not None:
-            self.reserve(end)
-            self._static = (row, end)
-            self.length = end
-        else:
-            self._static = None
-            self.length = length
-        self._sync_views()
+    def _room_for_static(self, end: int) -> None:
+        self.reserve(end)
 
     def dense(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.keys[:, :, :n], self.values[:, :, :n]  # type: ignore[index]

@@ -138,6 +138,31 @@ class KVLayer(CacheLayerMixin, KVReader):
         self.reserve_tokens = reserve
         self.budget = budget
         self.summaries = KeySummaries()
+        #: ``(row, end)`` while decode steps run static (:meth:`hold_static`), else None
+        self._static: tuple[torch.Tensor, int] | None = None
+
+    def hold_static(self, row: torch.Tensor | None, end: int, length: int) -> None:
+        """Static decode steps (:mod:`reattn_llm.runtime.graphs`): from now on a one-token update
+        writes its K/V at the device row ``row`` (``[1]`` int64) and every step sees the rows up to
+        ``end`` (the bucket's last step; rows not written yet are masked by the attention), so every
+        step of the bucket has the same shapes and addresses; room for ``end`` rows is made now
+        (:meth:`_room_for_static`). ``row=None`` ends it: ``length`` rows are held (the host's count
+        of the rows written)."""
+        if row is not None:
+            self._room_for_static(end)
+            self._static = (row, end)
+            self.length = end
+        else:
+            self._static = None
+            self.length = length
+        self._sync_views()
+
+    def _room_for_static(self, end: int) -> None:
+        """Make room for rows up to ``end`` that lasts the whole bucket (no growth or move after)."""
+        raise NotImplementedError(f"{type(self).__name__} does not run static decode steps")
+
+    def _sync_views(self) -> None:
+        """Refresh the ``keys``/``values`` views after ``length`` changed."""
 
     @abstractmethod
     def reserve(self, total_tokens: int) -> None:

@@ -55,8 +55,6 @@ class TieredLayer(KVLayer):
         self._hot: list[torch.Tensor] = []  # [global K, global V, recent K, recent V]
         self._zero: torch.Tensor | None = None  # the scalar the shape stubs expand
         self.base = 0  # cache row held at row 0 of the recent buffers
-        #: ``(row, end)`` while decode steps run static (:meth:`hold_static`), else None
-        self._static: tuple[torch.Tensor, int] | None = None
 
     # -- writing --------------------------------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -147,24 +145,15 @@ class TieredLayer(KVLayer):
             self.base, held = keep_from, keep
         return held
 
-    def hold_static(self, row: torch.Tensor | None, end: int, length: int) -> None:
-        """Static decode steps (:mod:`reattn_llm.runtime.graphs`), as
-        :meth:`~reattn_llm.kv.dense.DenseLayer.hold_static`: room is made now for rows up to ``end``
-        (cold stores and recent buffers, which then neither grow nor compact until the bucket ends),
-        and a one-token update writes at the device row ``row``. Cold stores in host memory cannot
+    def _room_for_static(self, end: int) -> None:
+        """Room in the cold stores and the recent buffers for rows up to ``end``: neither grows nor
+        compacts until the bucket ends. Cold stores in host memory cannot run static
         (:func:`~reattn_llm.runtime.graphs.unsupported` says so)."""
-        if row is not None:
-            assert self.cold_k is not None and self.cold_v is not None, "prefill before static steps"
-            limit = self._row_limit(self._hot[2], self._hot[3])
-            self.cold_k.ensure(end, self._hot[2], self.length, self.reserve_tokens, limit)
-            self.cold_v.ensure(end, self._hot[3], self.length, self.reserve_tokens, limit)
-            self._make_room(self.length, end - self.length)
-            self._static = (row, end)
-            self.length = end
-        else:
-            self._static = None
-            self.length = length
-        self._sync_views()
+        assert self.cold_k is not None and self.cold_v is not None, "prefill before static steps"
+        limit = self._row_limit(self._hot[2], self._hot[3])
+        self.cold_k.ensure(end, self._hot[2], self.length, self.reserve_tokens, limit)
+        self.cold_v.ensure(end, self._hot[3], self.length, self.reserve_tokens, limit)
+        self._make_room(self.length, end - self.length)
 
     def _sync_views(self) -> None:
         """``keys``/``values``: zero-stride ``[B, Hkv, T, D]`` stubs, the shape transformers expects."""

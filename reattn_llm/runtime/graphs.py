@@ -12,8 +12,8 @@ not change, and a decode step's do: the cache grows by a row, the middle by a ro
   holds ``L' - (end - T)`` rows at step ``T``: up to ``bucket - 1`` fewer than a per-step window at
   a bucket's first step, never more (the scope's bound holds);
 * the cache views reach ``end`` and a step writes its K/V at a device row
-  (:meth:`~reattn_llm.kv.dense.DenseLayer.hold_static`; fp8 rows on the device:
-  :meth:`~reattn_llm.kv.tiered.TieredLayer.hold_static`); the host advances its counts after.
+  (:meth:`~reattn_llm.kv.layer.KVLayer.hold_static`: dense rows, and fp8 rows on the device); the
+  host advances its counts after.
 
 The first step of a bucket runs eagerly (it compiles what it needs and is the warm-up the capture
 wants), then the bucket's graph is captured and replayed by the others. The eager static step and
