@@ -352,8 +352,6 @@ def run(args: argparse.Namespace) -> None:
     import torch
 
     from reattn_llm import Engine, ReAttentionConfig
-    from reattn_llm.lab.trace import trace_line, traced
-    from reattn_llm.runtime.engine import SamplingParams
 
     lengths = {int(x) for x in args.lengths.split(",")} if args.lengths else None
     data = Path(args.data) / model_subdir(args.model)
@@ -382,41 +380,112 @@ def run(args: argparse.Namespace) -> None:
         recs = sorted(recs, key=lambda r: -r["tokens"])[index::count]  # each shard a mix of lengths
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // count))
     overrides = _parse_overrides(args.set or [])
+    variants = [_parse_variant(v) for v in args.variant or []]
     out = open(args.out, "a", encoding="utf-8")
     for mode in args.modes.split(","):
         m = {"stock": "full"}.get(mode, mode)
         cfg = ReAttentionConfig(mode=m, **overrides)
-        engine = Engine(
-            args.model, device=args.device, dtype=args.dtype, config=cfg, progress=False, keep_prefix=False
+        engine = Engine(  # with variants, the document prefix is kept for them
+            args.model,
+            device=args.device,
+            dtype=args.dtype,
+            config=cfg,
+            progress=False,
+            keep_prefix=bool(variants),
         )
         window = engine.config.window
+        if args.head_votes and m != "full":
+            _set_head_votes(engine, args.head_votes, Path(args.out).with_suffix(".heads.json"))
         for r in recs:
             if m == "full" and r["tokens"] + r["max_new_tokens"] > (args.stock_max or window):
                 continue
-            params = SamplingParams(max_new_tokens=r["max_new_tokens"], stop=["\n"])
-            t0 = time.perf_counter()
-            chat = r.get("format", "chat") == "chat"
-            qs = (
-                question_start(engine.tokenizer, r["prompt"], r["answer_prefix"], chat)
-                if args.question
-                else None
-            )
-            trace = _row_trace(engine, r) if args.trace and m != "full" else None  # stock: unpatched
-            with traced(engine.model, trace) if trace is not None else contextlib.nullcontext():
-                c = engine.complete(r["prompt"], params, chat=False, question_start=qs)
-            rec = {"task": r["task"], "length": r["length"], "index": r["index"], "mode": mode,
-                   "label": args.label or mode, "config": overrides, "pred": c.text, "outputs": r["outputs"],
-                   "kind": r["kind"], "tokens": c.prompt_tokens, "seconds": time.perf_counter() - t0,
-                   "max_position": c.max_position}  # fmt: skip
-            if trace is not None:
-                rec["trace"] = {"rows": len(trace.rows), "forwards": trace.summary()}
-                print("  trace: " + trace_line(rec["trace"]["forwards"]), flush=True)
-            out.write(json.dumps(rec) + "\n")
-            out.flush()
-            hit = all(o.lower() in c.text.lower() for o in r["outputs"])
-            print(f"{args.label or mode:14s} {r['task']:16s} {r['length']:>8d} #{r['index']:<3d} "
-                  f"{'ok ' if hit else 'MISS'} {c.text.strip()[:60]!r}", flush=True)  # fmt: skip
+            runs = [(args.label or mode, overrides, False)]
+            if m != "full":
+                runs += [(label, {**overrides, **extra}, True) for label, extra in variants]
+            for label, settings, variant in runs:
+                if variant:  # the same engine, its document prefix kept: only the question re-runs
+                    _reconfigure(engine, ReAttentionConfig(mode=m, **settings))
+                rec = _answer(engine, r, args, mode, label, settings)
+                out.write(json.dumps(rec) + "\n")
+                out.flush()
+            if variants:
+                _reconfigure(engine, cfg)
         del engine
+
+
+def _reconfigure(engine: Any, cfg: Any) -> None:
+    """Give a loaded engine (and its patched model) other settings, its kept prefix untouched: a
+    measuring shortcut for ``--variant`` (the engine has no public way, since a kept prefix made
+    under other sizes would be read wrongly; a variant may change no size)."""
+    before = engine.config
+    engine.user_config, engine._config = cfg, None  # resolved again, as the engine does
+    sizes = ("global_size", "local_size", "span_size", "max_spans", "chunk_size", "window")
+    if any(getattr(engine.config, n) != getattr(before, n) for n in sizes):
+        raise SystemExit(f"--variant changes the scope's sizes ({engine.config}): use --set instead")
+    engine._handle.state.config = engine.config
+
+
+def _set_head_votes(engine: Any, source: str, record: Path) -> None:
+    """``--head-votes``: the engine's retrieval-head votes (``vote_heads="retrieval"``), measured now on
+    the package's own needles in its bundled sample at 3x the scope (``auto``) or read from a JSON
+    file of ``{"votes": [[...]]}``; what was used is written to ``record``."""
+    import torch
+
+    from reattn_llm.calibration.calibrate import haystack
+    from reattn_llm.calibration.heads import head_votes, measure_hit_rates
+
+    engine.load()
+    state = engine._handle.state  # the engine's patched model (no public setter yet)
+    if source == "auto":
+        t0 = time.perf_counter()
+        text, _ = haystack()
+        rates = measure_hit_rates(engine.model, engine.tokenizer, text, 3 * engine.config.scope, 8)
+        votes = head_votes(rates)
+        data = {"rates": rates.tolist(), "votes": votes.tolist(), "seconds": time.perf_counter() - t0}
+    else:
+        data = json.loads(Path(source).read_text(encoding="utf-8"))
+        votes = torch.tensor(data["votes"], dtype=torch.int64)
+    state.head_votes = votes.to(engine.device)
+    record.write_text(json.dumps(data), encoding="utf-8")
+    print(
+        "head votes per layer: " + " ".join("".join(str(v) for v in row) for row in votes.tolist()),
+        flush=True,
+    )
+
+
+def _parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``LABEL:name=value,...`` -> ``(LABEL, overrides)`` (``run --variant``)."""
+    label, sep, settings = text.partition(":")
+    if not sep or not label:
+        raise SystemExit(f"--variant {text!r}: write LABEL:name=value[,name=value]")
+    return label, _parse_overrides([settings])
+
+
+def _answer(
+    engine: Any, r: dict[str, Any], args: Any, mode: str, label: str, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """One sample answered by ``engine`` (greedy, RULER's budget, stop at a newline): its record,
+    printed as one line."""
+    from reattn_llm.lab.trace import trace_line, traced
+    from reattn_llm.runtime.engine import SamplingParams
+
+    params = SamplingParams(max_new_tokens=r["max_new_tokens"], stop=["\n"])
+    t0 = time.perf_counter()
+    chat = r.get("format", "chat") == "chat"
+    qs = question_start(engine.tokenizer, r["prompt"], r["answer_prefix"], chat) if args.question else None
+    trace = _row_trace(engine, r) if args.trace and engine.config.mode != "full" else None  # stock: unpatched
+    with traced(engine.model, trace) if trace is not None else contextlib.nullcontext():
+        c = engine.complete(r["prompt"], params, chat=False, question_start=qs)
+    rec = {"task": r["task"], "length": r["length"], "index": r["index"], "mode": mode, "label": label,
+           "config": settings, "pred": c.text, "outputs": r["outputs"], "kind": r["kind"],
+           "tokens": c.prompt_tokens, "seconds": time.perf_counter() - t0, "max_position": c.max_position}  # fmt: skip
+    if trace is not None:
+        rec["trace"] = {"rows": len(trace.rows), "forwards": trace.summary()}
+        print("  trace: " + trace_line(rec["trace"]["forwards"]), flush=True)
+    hit = all(o.lower() in c.text.lower() for o in r["outputs"])
+    print(f"{label:14s} {r['task']:16s} {r['length']:>8d} #{r['index']:<3d} "
+          f"{'ok ' if hit else 'MISS'} {c.text.strip()[:60]!r} {rec['seconds']:.1f} s", flush=True)  # fmt: skip
+    return rec
 
 
 def _row_trace(engine: Any, r: dict[str, Any]) -> Any:
@@ -523,6 +592,14 @@ def main() -> None:
     )
     r.add_argument("--set", nargs="*", help="ReAttentionConfig overrides, e.g. local_size=2048 (or a,b)")
     r.add_argument("--label", default=None)
+    r.add_argument(
+        "--variant",
+        action="append",
+        help="LABEL:name=value,... : answer each sample again with these settings from the same engine, "
+        "the document's K/V kept, so only the question's chunk and the decode steps re-run (settings "
+        "acting on them are measured as in a full run; prompt_top_k then acts on the question alone); "
+        "repeatable",
+    )
     r.add_argument("--model", default=None, help="the model to run (its samples: --data's folder for it)")
     r.add_argument("--device", default="auto")
     r.add_argument("--dtype", default="auto")
@@ -539,6 +616,12 @@ def main() -> None:
         help="record per layer and forward whether the expected values' tokens are in scope and their "
         "attention (slower; not for stock, which is unpatched: trace ReAttention with --set "
         "local_size=N, N >= the prompt, for the stock model's own attention)",
+    )
+    r.add_argument(
+        "--head-votes",
+        default=None,
+        help="'auto' (measured now on the package's own needles) or a JSON file of {'votes': [[...]]}: the "
+        "retrieval-head votes that vote_heads=retrieval (e.g. in a --variant) uses",
     )
     r.add_argument("--workers", type=int, default=1, help="processes sharing the device, each a shard")
     r.add_argument("--shard", default=None, help=argparse.SUPPRESS)

@@ -15,6 +15,9 @@ from typing import Literal, get_args
 
 from ..errors import ConfigError
 from ..kernels import MAX_TOP_K
+from .chunks import chunk_bounds, prefill_bounds, reusable_length
+
+__all__ = ["ReAttentionConfig", "chunk_bounds", "prefill_bounds", "reusable_length"]
 
 Mode = Literal["reattention", "streaming", "full"]
 Backend = Literal["auto", "triton", "torch"]
@@ -24,6 +27,7 @@ Offload = Literal["none", "values", "keys_values"]
 Scoring = Literal["expected", "raw"]
 DecodeSpans = Literal["own", "question", "both", "running", "union"]
 VotePooling = Literal["span", "hit"]
+VoteHeads = Literal["all", "retrieval"]
 
 PAPER_SCOPE = 8192
 PAPER_GLOBAL = 32
@@ -42,6 +46,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "scoring": get_args(Scoring),
     "decode_spans": get_args(DecodeSpans),
     "vote_pooling": get_args(VotePooling),
+    "vote_heads": get_args(VoteHeads),
 }
 
 
@@ -102,6 +107,12 @@ class ReAttentionConfig:
             the most voted hit positions become span centres. Decode steps rank their few hits per
             hit either way, and ``decode_spans="running"`` (whose steps add to the prompt's votes)
             always counts per hit. BENCHMARKS.md compares them on RULER and on CPU needles.
+        vote_heads: whose hits vote for a prompt chunk's spans: ``"all"`` query heads (default) or the
+            model's ``"retrieval"`` heads: each head's hits count as often as its weight in the
+            model's head votes (``PatchState.head_votes``, measured by ``reattn calibrate``: how often
+            a head's top hits land on a planted fact; :mod:`reattn_llm.calibration.heads`), so the few
+            heads that look facts up are not outvoted by heads whose top hits among a million keys
+            are decoys. Needs the model's measured head votes. BENCHMARKS.md measures it on RULER.
         mode: ``"reattention"``; ``"streaming"`` (global + local only, StreamingLLM);
             ``"full"`` (the stock model, full attention: the baseline).
         backend: kernels: ``"auto"`` (Triton on CUDA, torch on CPU), ``"triton"`` or ``"torch"``.
@@ -158,6 +169,7 @@ class ReAttentionConfig:
     decode_extra_spans: int | None = None
     span_shift: int = 0
     vote_pooling: VotePooling = "span"
+    vote_heads: VoteHeads = "all"
     allow_extrapolation: bool = False
     cuda_graphs: bool = True
 
@@ -353,44 +365,3 @@ class ReAttentionConfig:
                 f"chunk_size={c.chunk_size} is larger than local_size={c.local_size}: the local window must hold the "
                 f"current chunk; use chunk_size <= {c.local_size}."
             )
-
-
-def chunk_bounds(total: int, chunk: int, tail: int) -> list[tuple[int, int]]:
-    """Split ``total`` queries into ``[start, end)`` chunks of at most ``chunk``; when more than
-    one chunk is needed, the last ``min(tail, chunk)`` queries form a chunk of their own."""
-    if total <= chunk:
-        return [(0, total)]
-    tail = min(tail, chunk)
-    body = total - tail if tail else total
-    bounds = [(s, min(s + chunk, body)) for s in range(0, body, chunk)]
-    if tail:
-        bounds.append((body, total))
-    return bounds
-
-
-def prefill_bounds(
-    total: int, chunk: int, tail: int, question_start: int | None = None
-) -> list[tuple[int, int]]:
-    """Prefill chunks of a ``total``-token prompt. Without ``question_start``: :func:`chunk_bounds`.
-    With it, the document ``[0, question_start)`` is cut on the regular grid from 0 (its last chunk
-    may be short) and the question ``[question_start, total)`` is prefilled on its own (split by
-    :func:`chunk_bounds` if longer than a chunk), so the selection that feeds the first answer token
-    is voted by the question alone, and the document's K/V do not depend on the question."""
-    if question_start is None or not 0 < question_start < total:
-        return chunk_bounds(total, chunk, tail)
-    doc = [(s, min(s + chunk, question_start)) for s in range(0, question_start, chunk)]
-    return doc + [
-        (question_start + s, question_start + e) for s, e in chunk_bounds(total - question_start, chunk, 0)
-    ]
-
-
-def reusable_length(total: int, chunk: int, tail: int = 0) -> int:
-    """Tokens at the start of a ``total``-token prompt that :func:`chunk_bounds` prefills in full chunks
-    of the regular grid ``[j·chunk, (j+1)·chunk)``. Their K/V do not depend on what follows, so a
-    later prompt with the same first tokens, prefilled on the same grid, can reuse them."""
-    n = 0
-    for s, e in chunk_bounds(total, chunk, tail):
-        if s != n or e - s != chunk:
-            break
-        n = e
-    return n
