@@ -394,8 +394,6 @@ def run(args: argparse.Namespace) -> None:
             keep_prefix=bool(variants),
         )
         window = engine.config.window
-        if args.head_votes and m != "full":
-            _set_head_votes(engine, args.head_votes, Path(args.out).with_suffix(".heads.json"))
         for r in recs:
             if m == "full" and r["tokens"] + r["max_new_tokens"] > (args.stock_max or window):
                 continue
@@ -423,34 +421,6 @@ def _reconfigure(engine: Any, cfg: Any) -> None:
     if any(getattr(engine.config, n) != getattr(before, n) for n in sizes):
         raise SystemExit(f"--variant changes the scope's sizes ({engine.config}): use --set instead")
     engine._handle.state.config = engine.config
-
-
-def _set_head_votes(engine: Any, source: str, record: Path) -> None:
-    """``--head-votes``: the engine's retrieval-head votes (``vote_heads="retrieval"``), measured now on
-    the package's own needles in its bundled sample at 3x the scope (``auto``) or read from a JSON
-    file of ``{"votes": [[...]]}``; what was used is written to ``record``."""
-    import torch
-
-    from reattn_llm.calibration.calibrate import haystack
-    from reattn_llm.calibration.heads import head_votes, measure_hit_rates
-
-    engine.load()
-    state = engine._handle.state  # the engine's patched model (no public setter yet)
-    if source == "auto":
-        t0 = time.perf_counter()
-        text, _ = haystack()
-        rates = measure_hit_rates(engine.model, engine.tokenizer, text, 3 * engine.config.scope, 8)
-        votes = head_votes(rates)
-        data = {"rates": rates.tolist(), "votes": votes.tolist(), "seconds": time.perf_counter() - t0}
-    else:
-        data = json.loads(Path(source).read_text(encoding="utf-8"))
-        votes = torch.tensor(data["votes"], dtype=torch.int64)
-    state.head_votes = votes.to(engine.device)
-    record.write_text(json.dumps(data), encoding="utf-8")
-    print(
-        "head votes per layer: " + " ".join("".join(str(v) for v in row) for row in votes.tolist()),
-        flush=True,
-    )
 
 
 def _parse_variant(text: str) -> tuple[str, dict[str, Any]]:
@@ -616,12 +586,6 @@ def main() -> None:
         help="record per layer and forward whether the expected values' tokens are in scope and their "
         "attention (slower; not for stock, which is unpatched: trace ReAttention with --set "
         "local_size=N, N >= the prompt, for the stock model's own attention)",
-    )
-    r.add_argument(
-        "--head-votes",
-        default=None,
-        help="'auto' (measured now on the package's own needles) or a JSON file of {'votes': [[...]]}: the "
-        "retrieval-head votes that vote_heads=retrieval (e.g. in a --variant) uses",
     )
     r.add_argument("--workers", type=int, default=1, help="processes sharing the device, each a shard")
     r.add_argument("--shard", default=None, help=argparse.SUPPRESS)

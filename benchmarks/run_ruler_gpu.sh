@@ -75,14 +75,14 @@ case "$phase" in
     wait
     ;;
   screen1m)  # question-side candidates at 1M: each sample prefilled once with the defaults, then answered again
-    # for every variant from the kept document K/V (ruler.py --variant: seconds each, not minutes); head votes
-    # measured first (--head-votes auto). INDICES picks samples (two side by side fit a command);
+    # for every variant from the kept document K/V (ruler.py --variant: seconds each, not minutes).
+    # INDICES picks samples (two side by side fit a command);
     # SCREEN32=1 screens the same variants on niah_single_2 and qa_1 at 32K (10 samples) beside them.
     idx=${INDICES:-0,4}; n=$(( $(tr -cd , <<<"$idx" | wc -c) + 1 ))
     T="timeout ${LIMIT_S:-540}"
-    var=(); for v in ${VARIANTS:-heads:vote_heads=retrieval heads-k8:vote_heads=retrieval,prompt_top_k=8 k8:prompt_top_k=8 k16:prompt_top_k=16 heads-k16:vote_heads=retrieval,prompt_top_k=16 question:decode_spans=question heads-question:vote_heads=retrieval,decode_spans=question raw:scoring=raw}; do var+=(--variant "$v"); done
-    $T $R --modes reattention --lengths 1048576 --indices "$idx" --workers "$n" --head-votes auto "${var[@]}" --out "$out/screen1m.jsonl" > "$out/screen1m.log" 2>&1 &
-    [ -z "${SCREEN32:-}" ] || $T $R --modes reattention --lengths 32768 --tasks niah_single_2,qa_1 --limit 10 --workers 4 --head-votes auto "${var[@]}" --out "$out/screen32.jsonl" > "$out/screen32.log" 2>&1 &
+    var=(); for v in ${VARIANTS:-union:decode_extra_until=None question:decode_spans=question k8:prompt_top_k=8 raw:scoring=raw}; do var+=(--variant "$v"); done
+    $T $R --modes reattention --lengths 1048576 --indices "$idx" --workers "$n" "${var[@]}" --out "$out/screen1m.jsonl" > "$out/screen1m.log" 2>&1 &
+    [ -z "${SCREEN32:-}" ] || $T $R --modes reattention --lengths 32768 --tasks niah_single_2,qa_1 --limit 10 --workers 4 "${var[@]}" --out "$out/screen32.jsonl" > "$out/screen32.log" 2>&1 &
     wait
     ;;
   votes)  # vote_pooling="span" candidates against Run 3's defaults on the same prompts, traced

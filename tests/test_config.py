@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from reattn_llm import ConfigError, ReAttentionConfig
@@ -204,12 +206,21 @@ def test_union_decode_trades_local_rows_for_spans_within_the_same_bound():
     assert (local, spans) == (512, 47)
     assert cfg.global_size + spans * cfg.span_size + local == cfg.scope == 2048
     assert cfg.decode_sizes(pinned=False) == (1024, 31)  # nothing remembered of a question: as "own"
+    assert cfg.decode_extra_until == 262_144 and cfg.decode_sizes(True, total=262_144) == (512, 47)
+    assert cfg.decode_sizes(True, total=262_145) == (1024, 31)  # past the limit: the question's spans only
+    assert dataclasses.replace(cfg, decode_extra_until=None).decode_sizes(True, total=10**7) == (512, 47)
     own = ReAttentionConfig(effective_window=2048, decode_spans="own").resolve(8192)
     assert own.decode_extra_spans is None and own.decode_sizes(pinned=True) == (1024, 31)
     assert ReAttentionConfig(decode_spans="union", decode_extra_spans=4).resolve(8192).decode_sizes(True) == (
         4096 - 128,
         127 + 4,
     )
+
+
+def test_decode_extra_until_misuse_names_the_fix():
+    for bad in (0, -5, 2.5, True, "1M"):
+        with pytest.raises(ConfigError, match="decode_extra_until"):
+            ReAttentionConfig(decode_extra_until=bad)
 
 
 def test_decode_extra_spans_misuse_names_the_fix():

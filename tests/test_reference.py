@@ -139,3 +139,30 @@ def test_decode_steps_match_reference_with_question_spans(
     ref = run()
     handle.unpatch()
     assert (fast - ref).abs().max().item() < 1e-5
+
+
+def test_past_decode_extra_until_union_steps_keep_only_the_question_spans():
+    """``decode_extra_until``: a ``"union"`` decode step over a longer cache adds no spans of its own
+    hits and keeps the whole local window, which is ``decode_spans="question"`` bit for bit; within
+    the limit the own spans are there (the logits differ from the question-only steps)."""
+    model = tiny_model("llama", heads=6, kv_heads=2, head_dim=64, window=128, seed=5).double()
+    sizes = dict(global_size=4, local_size=32, span_size=4, max_spans=4, top_k=2, chunk_size=16)
+    ids = distinct_ids(1, 230, seed=7)
+
+    def run(**kw) -> torch.Tensor:
+        from reattn_llm import ReAttentionCache
+
+        with patch(model, ReAttentionConfig(**sizes, **kw)):
+            cache = ReAttentionCache(model.config.num_hidden_layers)
+            with torch.no_grad():
+                out = [model(ids[:, :200], past_key_values=cache).logits[:, -1:]]
+                out += [model(ids[:, t : t + 1], past_key_values=cache).logits for t in range(200, 230)]
+        return torch.cat(out, 1)
+
+    question = run(decode_spans="question")
+    assert torch.equal(run(decode_spans="union", decode_extra_spans=2, decode_extra_until=150), question)
+    within = run(decode_spans="union", decode_extra_spans=2, decode_extra_until=None)
+    assert (within - question).abs().max().item() > 1e-6
+    assert torch.equal(
+        run(decode_spans="union", decode_extra_spans=2), within
+    )  # 230 tokens: within the default

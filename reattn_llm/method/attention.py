@@ -103,23 +103,15 @@ def _remember(kv: KVReader, ranked: torch.Tensor, votes: torch.Tensor, m: int) -
 
 
 def _select(
-    cfg: ReAttentionConfig,
-    kv: KVReader,
-    hits: torch.Tensor,
-    m: int,
-    qc: int,
-    n_spans: int,
-    span_votes: bool,
-    weights: torch.Tensor | None = None,
+    cfg: ReAttentionConfig, kv: KVReader, hits: torch.Tensor, m: int, qc: int, n_spans: int, span_votes: bool
 ) -> torch.Tensor:
     """Rank the hits into at most ``n_spans`` centres ``[B, n]`` (by rank), with what the layer
     remembers of the question (``kv.pinned`` / ``kv.pinned_votes``) per ``decode_spans``;
-    ``span_votes``: by the hits each span covers (:func:`~.selection.rank_spans`), each query head's
-    counted ``weights[h]`` times when given."""
+    ``span_votes``: by the hits each span covers (:func:`~.selection.rank_spans`)."""
     running = cfg.decode_spans == "running"
     keep = n_spans * (2 if running else 1)
     if span_votes:  # a prompt chunk: nothing pinned or carried
-        ranked, votes = rank_spans(hits, m, keep, cfg.span_size, weights)  # type: ignore[arg-type]
+        ranked, votes = rank_spans(hits, m, keep, cfg.span_size)  # type: ignore[arg-type]
     else:
         carried = (kv.pinned, kv.pinned_votes) if qc == 1 and running and kv.pinned is not None else None
         pins, union = _pins(cfg, kv, qc)
@@ -148,16 +140,13 @@ def _fused_scope(
     return Scope(r.gather_idx, r.key_pos, r.q_pos, r.middle, r.middle_valid)
 
 
-def plan_scope(
-    state: PatchState, q: torch.Tensor, kv: KVReader, total: int, backend: str, layer: int = -1
-) -> Scope:
+def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, backend: str) -> Scope:
     """The scope of one query chunk: stock full attention within ``G + L``, else global + selected + local.
 
     Args:
         q: ``[B, H, Qc, D]`` the chunk's un-rotated queries.
         kv: the layer's rows; the chunk sees rows ``0..total-1``.
         total: T, keys visible to the chunk (its queries are the last ``Qc`` of them).
-        layer: the layer's index among the patched ones (for ``head_votes`` and ``hit_observers``).
     """
     cfg = state.config
     b, _, qc, _ = q.shape
@@ -165,7 +154,7 @@ def plan_scope(
     if total <= g + cfg.local_size:  # type: ignore[operator]
         return full_scope(b, total, qc, q.device)
     # a decode step under decode_spans="union" trades local rows for spans of its own hits
-    loc, n_spans = cfg.decode_sizes(pinned=qc == 1 and kv.pinned is not None)
+    loc, n_spans = cfg.decode_sizes(pinned=qc == 1 and kv.pinned is not None, total=total)
     # a static decode step (CUDA graphs) keeps its bucket's middle; its local rows reach the bucket's end
     static = state.static if qc == 1 else None
     m = total - g - loc if static is None else static.middle  # type: ignore[operator]
@@ -182,9 +171,6 @@ def plan_scope(
             )  # type: ignore[arg-type]
         else:
             hits = kv.score_middle(qs, g, g + m, cfg.hits_for(qc), backend)  # type: ignore[arg-type]
-        if qc > 1:
-            for observe in state.hit_observers:
-                observe(layer, hits)
         if cfg.span_shift:  # spans reach further past their hits: move the hits, then pool them
             hits = (hits + cfg.span_shift).clamp(max=m - 1)
         running = cfg.decode_spans == "running"
@@ -193,8 +179,7 @@ def plan_scope(
         if backend in FUSED_SELECT["decode" if qc == 1 else "prefill"] and not (running or span_votes):
             scope = _fused_scope(cfg, kv, hits, (m, n_spans, loc_rows, total), qc, backend)  # type: ignore[arg-type]
             return scope if static is None else mask_unwritten(scope, static.total)
-        weights = state.head_votes[layer] if cfg.vote_heads == "retrieval" and span_votes else None  # type: ignore[index]
-        centres = _select(cfg, kv, hits, m, qc, n_spans, span_votes, weights).sort(dim=1).values
+        centres = _select(cfg, kv, hits, m, qc, n_spans, span_votes).sort(dim=1).values
         sel, valid = expand_spans(centres, m, cfg.span_size)  # type: ignore[arg-type]
     scope = build_scope(sel, valid, total, qc, g, loc_rows, b, q.device)  # type: ignore[arg-type]
     return scope if static is None else mask_unwritten(scope, static.total)
@@ -229,11 +214,6 @@ def reattention_forward(
             "pass no mask (or an all-ones 2D padding mask)."
         )
     cfg = state.config
-    if cfg.vote_heads == "retrieval" and state.head_votes is None:
-        raise ValueError(
-            "vote_heads='retrieval' needs the model's head votes, which it has none of: run `reattn calibrate "
-            "--model <model>` first, or use vote_heads='all'."
-        )
     kv = layer_reader(kwargs.get(CACHE_KWARG), getattr(module, "layer_idx", None), key, value)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     backend = resolve_backend(cfg.backend, query.device)
@@ -243,16 +223,13 @@ def reattention_forward(
     within = total <= cfg.global_size + cfg.local_size  # type: ignore[operator]
     bounds = [(0, q_len)] if within else chunk_bounds(q_len, cfg.chunk_size, cfg.tail_size)  # type: ignore[arg-type]
     outs = []
-    wants_layer = (
-        state.recorder is not None or state.observers or state.hit_observers or cfg.vote_heads != "all"
-    )
-    layer = state.layers.index(module) if wants_layer else -1
     for c0, c1 in bounds:
         qc = query[:, :, c0:c1]
-        scope = plan_scope(state, qc, kv, start + c1, backend, layer)
+        scope = plan_scope(state, qc, kv, start + c1, backend)
         state.note_positions(scope)
         k_src, v_src, idx = kv.read_scope(scope.gather_idx)
         if state.recorder is not None or state.observers:
+            layer = state.layers.index(module)
             if state.recorder is not None and state.recorder.wants(layer, len(state.layers)):
                 state.recorder.attend(qc, k_src, idx, scope, cos, sin, scale)  # citations: the whole scope
             for observe in state.observers:

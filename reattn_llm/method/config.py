@@ -27,7 +27,6 @@ Offload = Literal["none", "values", "keys_values"]
 Scoring = Literal["expected", "raw"]
 DecodeSpans = Literal["own", "question", "both", "running", "union"]
 VotePooling = Literal["span", "hit"]
-VoteHeads = Literal["all", "retrieval"]
 
 PAPER_SCOPE = 8192
 PAPER_GLOBAL = 32
@@ -36,6 +35,7 @@ PAPER_LOCAL = 4096
 PAPER_TOP_K = 4
 MAX_PREFILL_CHUNK = 1024
 CANDIDATES_PER_SPAN = 4
+DECODE_EXTRA_UNTIL = 1 << 18
 #: The option fields and their allowed values, from the Literal types above (one spelling).
 _CHOICES: dict[str, tuple[str, ...]] = {
     "mode": get_args(Mode),
@@ -46,7 +46,6 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "scoring": get_args(Scoring),
     "decode_spans": get_args(DecodeSpans),
     "vote_pooling": get_args(VotePooling),
-    "vote_heads": get_args(VoteHeads),
 }
 
 
@@ -94,6 +93,13 @@ class ReAttentionConfig:
         decode_extra_spans: with ``decode_spans="union"``, the spans a decode step adds for its own
             hits; decoding then attends to the last ``local_size - decode_extra_spans * span_size``
             tokens instead of ``local_size``. Default: half the local window's worth of spans.
+        decode_extra_until: the longest cache (tokens) at which ``"union"`` decode steps still add
+            spans of their own hits; past it they keep only the question's spans and the whole local
+            window. A decode step's own top hits among a million keys are decoys that take the
+            attention from the fact the question's spans hold: on RULER's niah_single_2 at 1M tokens
+            two own spans already lost a sample that the question's spans alone found, while at 128K
+            the own spans found 10/10 against 8/10 (BENCHMARKS.md, Run 12). Default 262,144 (between
+            the two); None: always.
         span_shift: tokens by which each span moves past its hit: a hit at c selects
             ``[c + span_shift - span_size // 2, c + span_shift - span_size // 2 + span_size)`` (the hit
             capped at the middle's last token first). 0 centres the span on the hit (the paper); up to
@@ -107,12 +113,6 @@ class ReAttentionConfig:
             the most voted hit positions become span centres. Decode steps rank their few hits per
             hit either way, and ``decode_spans="running"`` (whose steps add to the prompt's votes)
             always counts per hit. BENCHMARKS.md compares them on RULER and on CPU needles.
-        vote_heads: whose hits vote for a prompt chunk's spans: ``"all"`` query heads (default) or the
-            model's ``"retrieval"`` heads: each head's hits count as often as its weight in the
-            model's head votes (``PatchState.head_votes``, measured by ``reattn calibrate``: how often
-            a head's top hits land on a planted fact; :mod:`reattn_llm.calibration.heads`), so the few
-            heads that look facts up are not outvoted by heads whose top hits among a million keys
-            are decoys. Needs the model's measured head votes. BENCHMARKS.md measures it on RULER.
         mode: ``"reattention"``; ``"streaming"`` (global + local only, StreamingLLM);
             ``"full"`` (the stock model, full attention: the baseline).
         backend: kernels: ``"auto"`` (Triton on CUDA, torch on CPU), ``"triton"`` or ``"torch"``.
@@ -167,9 +167,9 @@ class ReAttentionConfig:
     scoring: Scoring = "expected"
     decode_spans: DecodeSpans = "union"
     decode_extra_spans: int | None = None
+    decode_extra_until: int | None = DECODE_EXTRA_UNTIL
     span_shift: int = 0
     vote_pooling: VotePooling = "span"
-    vote_heads: VoteHeads = "all"
     allow_extrapolation: bool = False
     cuda_graphs: bool = True
 
@@ -230,6 +230,11 @@ class ReAttentionConfig:
                 f"decode_extra_spans={extra} applies only to decode_spans='union' (it is {self.decode_spans!r}): "
                 "add decode_spans='union', or leave decode_extra_spans unset."
             )
+        until = self.decode_extra_until
+        if until is not None and (not isinstance(until, int) or isinstance(until, bool) or until < 1):
+            raise ConfigError(
+                f"decode_extra_until={until!r}: must be a positive number of tokens, or None (no limit)."
+            )
         shift = self.span_shift
         if not isinstance(shift, int) or isinstance(shift, bool) or shift < 0:
             raise ConfigError(
@@ -264,11 +269,14 @@ class ReAttentionConfig:
             raise ConfigError("scope needs a resolved config: call resolve(window) first.")
         return self.global_size + self.max_spans * self.span_size + self.local_size  # type: ignore[operator]
 
-    def decode_sizes(self, pinned: bool) -> tuple[int, int]:
-        """``(local, spans)`` of a one-token (decode) forward: with ``decode_spans="union"`` and the
-        question's centres remembered (``pinned``), ``decode_extra_spans`` more spans and a local
-        window shorter by their tokens; else ``(local_size, max_spans)``. Needs a resolved config."""
-        extra = (self.decode_extra_spans or 0) if pinned and self.decode_spans == "union" else 0
+    def decode_sizes(self, pinned: bool, total: int = 0) -> tuple[int, int]:
+        """``(local, spans)`` of a one-token (decode) forward over ``total`` cached tokens: with
+        ``decode_spans="union"``, the question's centres remembered (``pinned``) and ``total`` at most
+        ``decode_extra_until``, ``decode_extra_spans`` more spans and a local window shorter by their
+        tokens; else ``(local_size, max_spans)``. Needs a resolved config."""
+        until = self.decode_extra_until
+        union = pinned and self.decode_spans == "union" and (until is None or total <= until)
+        extra = (self.decode_extra_spans or 0) if union else 0
         return self.local_size - extra * self.span_size, self.max_spans + extra  # type: ignore[operator]
 
     @property

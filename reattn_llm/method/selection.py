@@ -117,7 +117,7 @@ def rank_centres(
 
 
 def rank_spans(
-    hits: torch.Tensor, middle_len: int, max_spans: int, span_size: int, weights: torch.Tensor | None = None
+    hits: torch.Tensor, middle_len: int, max_spans: int, span_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Like :func:`rank_centres`, but a centre is worth the hits its whole span covers: a fact that
     the question's words hit at several of its tokens outvotes a single token that many queries hit
@@ -128,9 +128,8 @@ def rank_spans(
     its own, then to the earlier one; no two lie within ``span - 1`` tokens of each other, so their
     spans do not overlap. When the whole middle fits the budget (``M <= max_spans * span``), the
     centres tile it instead (``span//2``, ``span + span//2``, ..., the last capped at ``M - 1``),
-    ranked the same way: peaks alone would leave gaps between them. ``hits [B, H, ...]`` int64 in
-    ``[0, M)``; ``weights [H]`` int64 >= 0, summing to at most ``H``: each head's hits count that
-    many times (None: once each).
+    ranked the same way: peaks alone would leave gaps between them. ``hits [B, ...]`` int64 in
+    ``[0, M)``.
 
     Returns:
         ``centres, votes``, each ``[B, min(max_spans, M)]`` int64, most span votes first (``M`` and 0:
@@ -140,11 +139,7 @@ def rank_spans(
     dev = hits.device
     flat = hits.reshape(b, -1)
     own = torch.zeros(b, m, dtype=torch.int64, device=dev)
-    if weights is None:
-        own.scatter_add_(1, flat, torch.ones_like(flat))
-    else:  # at most H per hit of a head on average: the vote total stays within flat.shape[1]
-        w = weights.to(dev).view(1, -1, *([1] * (hits.dim() - 2))).expand(hits.shape)
-        own.scatter_add_(1, flat, w.reshape(b, -1))
+    own.scatter_add_(1, flat, torch.ones_like(flat))
     half = span_size // 2
     total = torch.nn.functional.pad(own.cumsum(dim=1), (1, 0))  # [B, M + 1]: hits before each row
     pos = torch.arange(m, device=dev)

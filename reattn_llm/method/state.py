@@ -8,7 +8,6 @@ position applied; per cache row, how often selections drew on it: :class:`Select
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -158,10 +157,6 @@ class PatchState:
         track_positions: whether :meth:`note_positions` keeps ``max_position``.
         layers: the patched ``self_attn`` modules.
         observers: diagnostics called by every layer for every query chunk (:class:`ScopeObserver`).
-        head_votes: ``[layers, H]`` int64 vote weights of the query heads, each layer's summing to at most
-            ``H`` (:func:`~reattn_llm.calibration.heads.head_votes`), for ``vote_heads="retrieval"``.
-        hit_observers: called by every layer for every prompt chunk with ``(layer, hits)``: ``hits
-            [B, H, Q, k]`` int64 middle positions (the middle starts at row ``global_size``).
     """
 
     config: ReAttentionConfig
@@ -170,8 +165,6 @@ class PatchState:
     track_positions: bool = True
     layers: list[nn.Module] = field(default_factory=list)
     observers: list[ScopeObserver] = field(default_factory=list)
-    head_votes: torch.Tensor | None = None
-    hit_observers: list[Callable[[int, torch.Tensor], None]] = field(default_factory=list)
     #: set while decode steps run static (:class:`StaticStep`, :mod:`reattn_llm.runtime.graphs`), else None
     static: StaticStep | None = None
     _max: torch.Tensor | None = field(default=None, init=False, repr=False)

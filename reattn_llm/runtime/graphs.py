@@ -122,7 +122,8 @@ class GraphDecoder:
         if reason is not None:
             raise ValueError(f"decode steps cannot run static here: {reason}; decode eagerly instead.")
         cfg = state.config
-        local, _ = cfg.decode_sizes(pinned=cache.layers[0].pinned is not None)
+        first = cache.layers[0]  # the answer's first step decides (past the limit, it stays so)
+        local, _ = cfg.decode_sizes(pinned=first.pinned is not None, total=first.length + 1)
         bucket = bucket_for(local) if bucket is None else bucket
         if not 1 <= bucket <= local:
             raise ValueError(f"bucket={bucket}: use 1 <= bucket <= {local}, the decode local window.")
