@@ -123,7 +123,7 @@ echo "phase $phase: $(( $(date +%s) - t0 )) s"
 python3 - "$out" <<'PY'
 import collections, json, pathlib, sys
 hits = collections.Counter(); n = collections.Counter()
-for f in pathlib.Path(sys.argv[1]).glob("*.jsonl*"):
+for f in pathlib.Path(sys.argv[1]).glob("*.jsonl"):
     for line in f.open():
         r = json.loads(line); k = (r["label"], r["task"], r["length"])
         n[k] += 1; hits[k] += all(o.lower() in r["pred"].lower() for o in r["outputs"])
