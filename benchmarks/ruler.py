@@ -417,9 +417,11 @@ def _reconfigure(engine: Any, cfg: Any) -> None:
     under other sizes would be read wrongly; a variant may change no size)."""
     before = engine.config
     engine.user_config, engine._config = cfg, None  # resolved again, as the engine does
-    sizes = ("global_size", "local_size", "span_size", "max_spans", "chunk_size", "window")
-    if any(getattr(engine.config, n) != getattr(before, n) for n in sizes):
-        raise SystemExit(f"--variant changes the scope's sizes ({engine.config}): use --set instead")
+    fixed = ("global_size", "local_size", "span_size", "max_spans", "chunk_size", "window", "kv_dtype", "offload",
+             "selection", "block_size")  # fmt: skip
+    changed = [n for n in fixed if getattr(engine.config, n) != getattr(before, n)]
+    if changed:
+        raise SystemExit(f"--variant changes {changed}, which the kept K/V were made with: use --set instead")
     engine._handle.state.config = engine.config
 
 
