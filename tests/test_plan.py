@@ -18,7 +18,7 @@ from tests.tiny_models import SMOLLM2_SHAPE as SMOL
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_plan_is_within_20_percent_of_the_measured_peak_at_6k():
+def test_plan_is_within_20_percent_of_the_measured_peak_at_4k():
     """A fresh process (so the peak resident set is this prefill's): weights + KV + working set.
 
     glibc's malloc raises its mmap threshold after large frees and then keeps freed tensors in its
@@ -26,7 +26,7 @@ def test_plan_is_within_20_percent_of_the_measured_peak_at_6k():
     every large tensor its own mapping, returned when freed, and the peak the live bytes'."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "peak_memory.py"), "--tokens", "6144"],
+        [sys.executable, str(ROOT / "benchmarks" / "peak_memory.py"), "--tokens", "4096"],
         env=env,
         capture_output=True,
         text=True,
@@ -35,7 +35,9 @@ def test_plan_is_within_20_percent_of_the_measured_peak_at_6k():
         check=True,
     )
     row = json.loads(out.stdout.strip().splitlines()[-1])
-    assert row["tokens"] == 6144  # 3x the default scope: selection runs in most chunks
+    # 2x the default scope: selection runs in the second half of the chunks; the K/V (189 MB) is a
+    # quarter of the peak, so a plan twice off on it fails the bound
+    assert row["tokens"] == 4096
     assert 0.8 <= row["ratio"] <= 1.2, row
 
 
