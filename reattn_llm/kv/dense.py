@@ -128,12 +128,7 @@ class DenseLayer(_DenseReads, KVLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         q = key_states.shape[2]
-        if self._static is not None and q == 1:  # a static step: write at the device row, view to the end
-            row, end = self._static
-            self._k.index_copy_(2, row, key_states)  # type: ignore[union-attr]
-            self._v.index_copy_(2, row, value_states)  # type: ignore[union-attr]
-            self.length = end
-            self._sync_views()
+        if self._static_update(key_states, value_states):  # a static step: at the device row, view to the end
             return self.keys, self.values  # type: ignore[return-value]
         need = self.length + q
         if need > self.capacity:
@@ -146,6 +141,10 @@ class DenseLayer(_DenseReads, KVLayer):
 
     def _room_for_static(self, end: int) -> None:
         self.reserve(end)
+
+    def _write_at(self, row: torch.Tensor, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self._k.index_copy_(2, row, key_states)  # type: ignore[union-attr]
+        self._v.index_copy_(2, row, value_states)  # type: ignore[union-attr]
 
     def dense(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.keys[:, :, :n], self.values[:, :, :n]  # type: ignore[index]

@@ -161,6 +161,21 @@ class KVLayer(CacheLayerMixin, KVReader):
         """Make room for rows up to ``end`` that lasts the whole bucket (no growth or move after)."""
         raise NotImplementedError(f"{type(self).__name__} does not run static decode steps")
 
+    def _static_update(self, key_states: torch.Tensor, value_states: torch.Tensor) -> bool:
+        """A one-token update while :meth:`hold_static` holds: write it at the held device row
+        (:meth:`_write_at`) and keep the views at the bucket's end. False (nothing done) otherwise."""
+        if self._static is None or key_states.shape[2] != 1:
+            return False
+        row, end = self._static
+        self._write_at(row, key_states, value_states)
+        self.length = end
+        self._sync_views()
+        return True
+
+    def _write_at(self, row: torch.Tensor, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Store one token's ``[B, Hkv, 1, D]`` K/V at the device index ``row`` (``[1]`` int64)."""
+        raise NotImplementedError(f"{type(self).__name__} does not run static decode steps")
+
     def _sync_views(self) -> None:
         """Refresh the ``keys``/``values`` views after ``length`` changed."""
 

@@ -83,14 +83,7 @@ class TieredLayer(KVLayer):
         """Append ``[B, Hkv, q, D]`` un-rotated keys/values; return shape stubs ``[B, Hkv, T, D]``."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        if self._static is not None and key_states.shape[2] == 1:  # a static step: write at the device row
-            row, end = self._static
-            self.cold_k.write_at(row, key_states)  # type: ignore[union-attr]
-            self.cold_v.write_at(row, value_states)  # type: ignore[union-attr]
-            self._hot[2].index_copy_(2, row - self.base, key_states)
-            self._hot[3].index_copy_(2, row - self.base, value_states)
-            self.length = end
-            self._sync_views()
+        if self._static_update(key_states, value_states):  # a static step: write at the device row
             return self.keys, self.values  # type: ignore[return-value]
         q, start = key_states.shape[2], self.length
         need = start + q
@@ -144,6 +137,13 @@ class TieredLayer(KVLayer):
             self._hot[2], self._hot[3] = nk, nv
             self.base, held = keep_from, keep
         return held
+
+    def _write_at(self, row: torch.Tensor, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """The cold stores (fp8 bits and scales) and the exact recent buffer, at the device row."""
+        self.cold_k.write_at(row, key_states)  # type: ignore[union-attr]
+        self.cold_v.write_at(row, value_states)  # type: ignore[union-attr]
+        self._hot[2].index_copy_(2, row - self.base, key_states)
+        self._hot[3].index_copy_(2, row - self.base, value_states)
 
     def _room_for_static(self, end: int) -> None:
         """Room in the cold stores and the recent buffers for rows up to ``end``: neither grows nor
