@@ -110,7 +110,7 @@ def topk_planted(dtype):
     return check_topk(q, k, 4, got)
 
 
-def attn_case(B, H, Hkv, Q, T, N, D, dtype, seed=0):
+def attn_case(B, H, Hkv, Q, T, N, D, dtype, seed=0, chunk_tail=False, config=None):
     torch.manual_seed(seed)
     q = torch.randn(B, Q, H, D, device=DEV, dtype=dtype).transpose(1, 2)  # the layer's layout
     kc = torch.randn(B, Hkv, T + 64, D, device=DEV, dtype=dtype)[:, :, :T]
@@ -129,7 +129,7 @@ def attn_case(B, H, Hkv, Q, T, N, D, dtype, seed=0):
     cos, sin = rope_tables(N + 8, D, dtype=dtype)
     args = (q, kc, vc, idx, kpos, qpos, cos, sin)
     scale = D**-0.5
-    got = scope_attention_triton(*args, scale)
+    got = scope_attention_triton(*args, scale, chunk_tail, _config=config)
     torch.cuda.synchronize()
     assert got.shape == (B, Q, H, D) and got.dtype == dtype
     assert bool(torch.isfinite(got).all()), "non-finite output"
@@ -203,6 +203,25 @@ CASES = {
     "attn prefill Q512 N4096 H8/4 d256 bf16": lambda: attn_case(1, 8, 4, 512, 40000, 4096, 256, BF16),
     "attn prefill Q256 N2048 H32/8 d128 fp32": lambda: attn_case(1, 32, 8, 256, 10000, 2048, 128, F32),
     "attn b2 Q100 N3000 H14/2 (g7) d128 bf16": lambda: attn_case(2, 14, 2, 100, 9000, 3000, 128, BF16),
+    # the flash path with the prefill chunk's promise (the inputs keep it: the chunk is the tail)
+    "flash tail Q1024 N9216 H32/8 d128 bf16": lambda: attn_case(
+        1, 32, 8, 1024, 131072, 9216, 128, BF16, chunk_tail=True
+    ),
+    "flash tail Q512 N2560 H9/3 d64 bf16": lambda: attn_case(
+        1, 9, 3, 512, 100000, 2560, 64, BF16, chunk_tail=True
+    ),
+    "flash tail Q333 N4097 H8/4 d256 fp16": lambda: attn_case(
+        1, 8, 4, 333, 40000, 4097, 256, F16, chunk_tail=True
+    ),
+    "flash tail Q257 N2049 H32/8 d128 fp32": lambda: attn_case(
+        1, 32, 8, 257, 10000, 2049, 128, F32, chunk_tail=True
+    ),
+    "flash tail b2 Q100 N3001 H14/2 d96 bf16 split": lambda: attn_case(
+        2, 14, 2, 100, 9000, 3001, 96, BF16, chunk_tail=True, config=dict(splits=3)
+    ),
+    "old prefill kernel Q1024 N8192 H32/8 d128 bf16": lambda: attn_case(
+        1, 32, 8, 1024, 131072, 8192, 128, BF16, config=dict(FLASH=False)
+    ),
     "select decode H32 k4 127 pins 191 spans M131072": lambda: select_case(
         1, 32, 1, 4, 131072, 127, 191, 32, 32, 2048, True
     ),

@@ -345,20 +345,25 @@ def scoring(sweep: bool):
 # ----------------------------------------------------------------------------- attention
 
 ATTN_PREFILL_SWEEP = [
-    dict(name="prerot R128 N64 w8 s3", BLOCK_R=128, BLOCK_N=64, PREROT=True, num_warps=8, num_stages=3),
-    dict(name="prerot R128 N64 w8 s2", BLOCK_R=128, BLOCK_N=64, PREROT=True, num_warps=8, num_stages=2),
-    dict(name="prerot R128 N32 w4 s3", BLOCK_R=128, BLOCK_N=32, PREROT=True, num_warps=4, num_stages=3),
-    dict(name="prerot R128 N128 w8 s2", BLOCK_R=128, BLOCK_N=128, PREROT=True, num_warps=8, num_stages=2),
-    dict(name="prerot R64 N64 w4 s3", BLOCK_R=64, BLOCK_N=64, PREROT=True, num_warps=4, num_stages=3),
+    dict(name="flash R128 N64 w8 s3", FLASH=True, BLOCK_R=128, BLOCK_N=64, num_warps=8, num_stages=3),
+    dict(name="flash R128 N64 w4 s3", FLASH=True, BLOCK_R=128, BLOCK_N=64, num_warps=4, num_stages=3),
+    dict(name="flash R128 N128 w8 s2", FLASH=True, BLOCK_R=128, BLOCK_N=128, num_warps=8, num_stages=2),
+    dict(name="flash R128 N128 w8 s3", FLASH=True, BLOCK_R=128, BLOCK_N=128, num_warps=8, num_stages=3),
+    dict(name="flash R64 N64 w4 s3", FLASH=True, BLOCK_R=64, BLOCK_N=64, num_warps=4, num_stages=3),
+    dict(name="flash R128 N32 w4 s4", FLASH=True, BLOCK_R=128, BLOCK_N=32, num_warps=4, num_stages=4),
+    dict(name="flash R256 N64 w8 s3", FLASH=True, BLOCK_R=256, BLOCK_N=64, num_warps=8, num_stages=3),
     dict(
-        name="fused R128 N32 w4 s3 (run 1 best)",
+        name="in-place prerot R128 N32 w4 s3 (before the flash path)",
+        FLASH=False,
         BLOCK_R=128,
         BLOCK_N=32,
-        PREROT=False,
+        PREROT=True,
         num_warps=4,
         num_stages=3,
     ),
 ]
+#: The prefill kernel before the flash path (triton_attention.py, its H100 sweep's best).
+ATTN_PREFILL_BEFORE = dict(FLASH=False, BLOCK_R=128, BLOCK_N=32, PREROT=True, num_warps=4, num_stages=3)
 ATTN_DECODE_SWEEP = [
     dict(name="N64 w4 s3 t2", BLOCK_N=64, num_warps=4, num_stages=3, target_mult=2),
     dict(name="N128 w4 s3 t2", BLOCK_N=128, num_warps=4, num_stages=3, target_mult=2),
@@ -441,8 +446,10 @@ def attention(sweep: bool):
             else:
                 name = "installed"
             try:
-                ms = bench(
-                    lambda c=c: triton_attention.scope_attention_triton(*args, _config=c), warmup=3, rep=20
+                ms = bench(  # prefill with the chunk's promise, as the core calls it
+                    lambda c=c: triton_attention.scope_attention_triton(*args, Q > 1, _config=c),
+                    warmup=3,
+                    rep=20,
                 )
             except Exception as e:
                 log(f"[attention sweep] {name}: FAILED {type(e).__name__}: {str(e)[:200]}")
@@ -474,18 +481,36 @@ def attention(sweep: bool):
                 f"{flops / (ms * 1e-3) / 1e12:.0f} TFLOP/s; SDPA pre-gathered {ms_fl * 1e3:.0f} us",
             )
         if Q > 1:
-            ms_rot = bench(
-                lambda: triton_attention.rotate_keys(kc, idx, kpos, cos, sin, BF16), warmup=3, rep=20
+            from reattn_llm.kernels.triton_flash import gather_scope
+
+            # the core's prefill call: the flash path with the chunk's promise (chunk_tail)
+            ms_tail = bench(lambda: triton_attention.scope_attention_triton(*args, True), warmup=3, rep=20)
+            ms_old = bench(
+                lambda: triton_attention.scope_attention_triton(*args, _config=dict(ATTN_PREFILL_BEFORE)),
+                warmup=3,
+                rep=20,
             )
-            ms_all = bench(lambda: triton_attention.scope_attention_triton(*args), warmup=3, rep=20)
             row(
                 "attention",
-                "of which: gather + rotate K once (PREROT copy)",
+                "Triton prefill, flash path + chunk_tail (the core's call)",
+                ms_tail * 1e3,
+                "us",
+                "SDPA flash, no mask, pre-gathered",
+                ms_fl * 1e3,
+                f"{flops / (ms_tail * 1e-3) / 1e12:.0f} TFLOP/s; kernel before the flash path "
+                f"{ms_old * 1e3:.0f} us",
+            )
+            RESULTS["attn_prefill_tail_us"] = ms_tail * 1e3
+            RESULTS["attn_prefill_before_us"] = ms_old * 1e3
+            ms_rot = bench(lambda: gather_scope(kc, vc, idx, kpos, cos, sin), warmup=3, rep=20)
+            row(
+                "attention",
+                "of which: gather K (rotated) and V once",
                 ms_rot * 1e3,
                 "us",
                 "whole Triton prefill",
-                ms_all * 1e3,
-                f"{100 * ms_rot / ms_all:.1f}% of the attention call",
+                ms_tail * 1e3,
+                f"{100 * ms_rot / ms_tail:.1f}% of the attention call",
             )
         del q, kg, vg, qr
         torch.cuda.empty_cache()
@@ -1061,6 +1086,11 @@ def main() -> int:
         default="exact",
         help="ReAttention's selection in --e2e",
     )
+    ap.add_argument(
+        "--attn-before",
+        action="store_true",
+        help="prefill chunks attend with the kernel before the flash path (ATTN_PREFILL_BEFORE), the baseline",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     global GRAPHS, GRAPH_BUCKETS, SELECTION
@@ -1074,6 +1104,11 @@ def main() -> int:
         on = ("triton",) if args.fused_select == "all" else ()
         attention_mod.FUSED_SELECT = {"decode": on, "prefill": on}
     RESULTS["fused_select"] = attention_mod.FUSED_SELECT
+    if args.attn_before:
+        from reattn_llm.kernels import triton_attention
+
+        triton_attention.CONFIG_OVERRIDES["prefill"] = dict(ATTN_PREFILL_BEFORE)
+        RESULTS["attn_prefill"] = "before the flash path"
     RESULTS["device"] = torch.cuda.get_device_name()
     import transformers
     import triton

@@ -85,6 +85,19 @@ case "$phase" in
     [ -z "${SCREEN32:-}" ] || $T $R --modes reattention --lengths 32768 --tasks niah_single_2,qa_1 --limit 10 --workers 4 "${var[@]}" --out "$out/screen32.jsonl" > "$out/screen32.log" 2>&1 &
     wait
     ;;
+  between)  # decode_extra_until between the lengths measured: niah_single_2 at 512K (INDICES_512) with the
+    # defaults (question spans only past 262,144 cached tokens) and, from the same kept K/V, union's own
+    # spans (--variant); 1M samples (INDICES_1M, optional) the same way beside them.
+    T="timeout ${LIMIT_S:-540}"
+    v=(--variant union:decode_extra_until=None)
+    i5=${INDICES_512:-0,1,2}; n5=$(( $(tr -cd , <<<"$i5" | wc -c) + 1 ))
+    $T $R --modes reattention --lengths 524288 --indices "$i5" --workers "$n5" "${v[@]}" --out "$out/between.jsonl" > "$out/between_512k.log" 2>&1 &
+    if [ -n "${INDICES_1M:-}" ]; then
+      n1=$(( $(tr -cd , <<<"$INDICES_1M" | wc -c) + 1 ))
+      $T $R --modes reattention --lengths 1048576 --indices "$INDICES_1M" --workers "$n1" "${v[@]}" --out "$out/between.jsonl" > "$out/between_1m.log" 2>&1 &
+    fi
+    wait
+    ;;
   votes)  # vote_pooling="span" candidates against Run 3's defaults on the same prompts, traced
     # (ruler.py --trace: the value's rows in scope per layer, question forward and each decode step):
     # niah_single_2 at 32K and 128K, qa_1 at 32K. VARIANTS="label:k=v,k=v ..." overrides the list.

@@ -185,28 +185,50 @@ def attn_inputs(B, H, Hkv, Q, T, N, D, dtype, R=None, seed=0, shuffle=True, tran
 
 
 def attn_case(
-    B, H, Hkv, Q, T, N, D, dtype, config=None, R=None, transpose_q=False, shuffle=True, poison=False
+    B,
+    H,
+    Hkv,
+    Q,
+    T,
+    N,
+    D,
+    dtype,
+    config=None,
+    R=None,
+    transpose_q=False,
+    shuffle=True,
+    poison=False,
+    chunk_tail=False,
 ):
     """Kernel and twin against fp64. ``poison``: the padding entries' rows hold NaN (as rows not
-    written yet may), and both must give what they give with those rows finite."""
+    written yet may), and both must give what they give with those rows finite. ``chunk_tail``:
+    the kernel is given the promise (the inputs keep it: the chunk is the scope's tail, its
+    padding lies before the chunk)."""
     from reattn_llm.kernels.torch_ops import scope_attention_torch
     from reattn_llm.kernels.triton_attention import scope_attention_triton
 
     args = attn_inputs(B, H, Hkv, Q, T, N, D, dtype, R=R, transpose_q=transpose_q, shuffle=shuffle)
+    if chunk_tail:
+        kpos, qpos = args[4], args[5]
+        assert bool((kpos[:, N - Q :] == qpos).all()) and bool((kpos[:, : N - Q] < qpos[:, :1]).all())
     scale = D**-0.5
+
+    def kernel(*a):  # the twin ignores the promise: it stays the reference
+        return scope_attention_triton(*a, chunk_tail, _config=config)
+
     if poison:
         _q, kc, vc, idx, kpos = args[:5]
-        clean = scope_attention_triton(*args, scale, _config=config), scope_attention_torch(*args, scale)
+        clean = kernel(*args, scale), scope_attention_torch(*args, scale)
         for b in range(B):  # rows used only by padding (the indices are a permutation)
             rows = idx[b][kpos[b] < 0]
             kc[b, :, rows] = float("nan")
             vc[b, :, rows] = float("nan")
         assert bool(torch.isnan(kc).any()) and bool(torch.isnan(vc).any())
-        dirty = scope_attention_triton(*args, scale, _config=config), scope_attention_torch(*args, scale)
+        dirty = kernel(*args, scale), scope_attention_torch(*args, scale)
         for a, z in zip(clean, dirty, strict=True):
             assert bool(torch.isfinite(z).all()) and torch.equal(a, z), "a padding row reached the output"
         return {"poisoned_rows": int((kpos < 0).sum())}
-    got = scope_attention_triton(*args, scale, _config=config)
+    got = kernel(*args, scale)
     assert got.shape == (B, Q, H, D) and got.dtype == dtype
     assert bool(torch.isfinite(got).all()), "non-finite output"
     twin = scope_attention_torch(*args, scale)
@@ -217,11 +239,19 @@ def attn_case(
     return {"err_kernel": e_k, "err_twin": e_t}
 
 
-PREFILL_SMALL = dict(BLOCK_R=32, BLOCK_N=32, CAUSAL_SKIP=True, num_warps=4, num_stages=1, splits=1)
-PREFILL_PREROT = dict(
-    BLOCK_R=32, BLOCK_N=16, CAUSAL_SKIP=False, PREROT=True, num_warps=4, num_stages=1, splits=2
+# the kernel of triton_attention.py on prefill chunks (FLASH=False: the benchmarks' baseline)
+PREFILL_SMALL = dict(
+    FLASH=False, BLOCK_R=32, BLOCK_N=32, CAUSAL_SKIP=True, num_warps=4, num_stages=1, splits=1
 )
-PREFILL_SPLIT = dict(BLOCK_R=32, BLOCK_N=16, CAUSAL_SKIP=False, num_warps=4, num_stages=1, splits=3)
+PREFILL_PREROT = dict(
+    FLASH=False, BLOCK_R=32, BLOCK_N=16, CAUSAL_SKIP=False, PREROT=True, num_warps=4, num_stages=1, splits=2
+)
+PREFILL_SPLIT = dict(
+    FLASH=False, BLOCK_R=32, BLOCK_N=16, CAUSAL_SKIP=False, num_warps=4, num_stages=1, splits=3
+)
+# the flash path (triton_flash.py) at small tiles, one split or several
+FLASH_SMALL = dict(FLASH=True, BLOCK_R=32, BLOCK_N=16, num_warps=4, num_stages=1, splits=1)
+FLASH_SPLIT = dict(FLASH=True, BLOCK_R=16, BLOCK_N=16, num_warps=4, num_stages=1, splits=3)
 
 
 def attn_cases():
@@ -248,6 +278,29 @@ def attn_cases():
     cases["attn_partial_rotary_falls_back_f32"] = lambda: attn_case(1, 4, 2, 3, 200, 97, 64, F32, R=32)
     cases["attn_sorted_b2_f16"] = lambda: attn_case(
         2, 4, 1, 8, 300, 130, 64, F16, PREFILL_SMALL, shuffle=False
+    )
+    # flash path: with and without the chunk_tail promise, awkward sizes, splits, NaN padding rows
+    cases["flash_tail_g4_d128_f16"] = lambda: attn_case(
+        1, 8, 2, 40, 500, 301, 128, F16, FLASH_SMALL, chunk_tail=True
+    )
+    cases["flash_mask_g3_d64_f16"] = lambda: attn_case(2, 6, 2, 23, 400, 157, 64, F16, FLASH_SMALL)
+    cases["flash_tail_split_g7_f32"] = lambda: attn_case(
+        1, 7, 1, 19, 400, 203, 64, F32, FLASH_SPLIT, chunk_tail=True
+    )
+    cases["flash_tail_d96_g1_b2_f16"] = lambda: attn_case(
+        2, 2, 2, 33, 300, 120, 96, F16, FLASH_SPLIT, chunk_tail=True, transpose_q=True
+    )
+    cases["flash_tail_d256_g2_f16"] = lambda: attn_case(
+        1, 4, 2, 12, 300, 97, 256, F16, FLASH_SMALL, chunk_tail=True
+    )
+    cases["flash_default_config_tail_f16"] = lambda: attn_case(
+        1, 9, 3, 30, 400, 250, 64, F16, chunk_tail=True
+    )
+    cases["flash_nan_padding_rows_tail_f16"] = lambda: attn_case(
+        1, 3, 1, 40, 400, 200, 64, F16, FLASH_SMALL, poison=True, chunk_tail=True
+    )
+    cases["flash_nan_padding_rows_mask_f32"] = lambda: attn_case(
+        2, 4, 2, 21, 300, 100, 64, F32, FLASH_SPLIT, poison=True
     )
     return cases
 

@@ -92,3 +92,35 @@ def test_trace_refusals():
         RowTrace([])
     with pytest.raises(ValueError, match="not patched"):
         patch_state(tiny_model("llama", layers=1, window=64))
+
+
+def test_every_scope_the_core_builds_keeps_its_chunk_tail_promise():
+    """``Scope.chunk_tail`` lets the prefill kernel skip masking work: the scope's last Q keys are
+    the chunk's own, in query order, and every earlier key is visible to every query (padding
+    aside). Checked on every scope of a prefill over several chunks and of union decode steps;
+    a static step's scope (:func:`mask_unwritten`) does not promise it."""
+    from reattn_llm.method.selection import Scope, mask_unwritten
+
+    model = tiny_model("llama", layers=2, window=128, seed=1)
+    handle = patch(model, ReAttentionConfig(**CFG))
+    seen = {"prefill": 0, "decode": 0}
+
+    def check(layer, qc, k_src, idx, scope, cos, sin, scale):
+        q = qc.shape[2]
+        assert scope.chunk_tail
+        kpos, qpos = scope.key_pos, scope.q_pos
+        assert torch.equal(kpos[:, kpos.shape[1] - q :], qpos)
+        assert bool((kpos[:, : kpos.shape[1] - q] < qpos[:, :1]).all())
+        seen["prefill" if q > 1 else "decode"] += 1
+
+    state = patch_state(model)
+    state.observers.append(check)
+    try:
+        ids = distinct_ids(1, 140, seed=3)
+        _run(model, ids, 130, None)  # 130 > G + L: span selection in every chunk past the first
+    finally:
+        state.observers.remove(check)
+        handle.unpatch()
+    assert seen["prefill"] >= 2 * 8 and seen["decode"] == 2 * 10
+    idx = torch.arange(10)[None]
+    assert not mask_unwritten(Scope(idx, idx, idx[:, -1:]), torch.tensor([8])).chunk_tail

@@ -78,14 +78,16 @@ def scope_attention(
     cos: torch.Tensor,
     sin: torch.Tensor,
     scaling: float,
+    chunk_tail: bool = False,
     backend: str = "torch",
 ) -> torch.Tensor:
     """Dispatch for :func:`scope_attention_torch` (same signature, ``backend`` already resolved)."""
+    args = (q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling, chunk_tail)
     if backend == "triton":
         from .triton_attention import scope_attention_triton
 
-        return scope_attention_triton(q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling)
-    return scope_attention_torch(q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling)
+        return scope_attention_triton(*args)
+    return scope_attention_torch(*args)
 
 
 def select_scope(

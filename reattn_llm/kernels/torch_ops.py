@@ -100,6 +100,7 @@ def scope_attention_torch(
     cos: torch.Tensor,
     sin: torch.Tensor,
     scaling: float,
+    chunk_tail: bool = False,
 ) -> torch.Tensor:
     """Attention of un-rotated queries over a gathered, re-positioned scope of the cache.
 
@@ -114,10 +115,14 @@ def scope_attention_torch(
         cos, sin: ``[P, R]`` RoPE tables (rotate-half layout, the model's scaling included),
             ``P`` > every position used, ``R <= D`` rotary dims (partial rotary keeps the rest).
         scaling: softmax scale (usually ``D ** -0.5``).
+        chunk_tail: the caller's promise that the last ``Q`` keys are the queries' own, in query
+            order, and every earlier key is visible to every query unless it is padding. The
+            kernel skips masking work with it; the result is the same, so the twin ignores it.
 
     Returns:
         ``[B, Q, H, D]`` in ``q``'s dtype. Query i sees key j iff ``0 <= key_pos[j] <= q_pos[i]``.
     """
+    del chunk_tail  # the full position mask below is right with or without the promise
     pad = (key_pos < 0)[:, None, :, None]  # a padding row may hold anything (NaN): 0 x NaN is NaN
     k = gather_kv(k_cache, gather_idx).masked_fill(pad, 0)
     v = gather_kv(v_cache, gather_idx).masked_fill(pad, 0)

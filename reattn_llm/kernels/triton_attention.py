@@ -13,7 +13,12 @@ group. Queries are rotated at ``q_pos`` once on entry. Per key tile the program
   bottom-right for the chunk), runs the online softmax in exp2 and accumulates ``P @ V`` with V
   gathered from the cache by index.
 
-Long chunks (prefill, the default ``PREROT``): every row-block program reads every scope key, so
+Prefill chunks (more than 64 rows) take the flash path of :mod:`.triton_flash` by default: the
+scope's K (rotated) and V copied once into contiguous buffers, full-width dots, and with
+``chunk_tail`` no masking work outside the chunk's own keys. This module's kernel below stays for
+decode and short chunks, and as the prefill baseline of the benchmarks (``FLASH=False``):
+
+Long chunks (prefill, ``PREROT``): every row-block program reads every scope key, so
 re-rotating K in each of them costs more (cos/sin traffic, RoPE math) than rotating once:
 ``rotate_keys`` gathers + rotates the scope's keys into an ``[B, Hkv, N, D]`` buffer first
 (N * D elements; 21 us of a 511 us call on the H100 at N 8192, about 0.7% of a 128K prefill),
@@ -37,6 +42,7 @@ import triton.language as tl
 
 from ._triton_utils import cdiv, check_device, check_float, next_pow2, sm_count
 from .torch_ops import scope_attention_torch
+from .triton_flash import combine, flash_scope_attention
 
 __all__ = ["scope_attention_triton"]
 
@@ -363,39 +369,6 @@ def _rotate_keys_kernel(
     tl.store(orow + DH + dh[None, :], (k2 * c2 + k1 * s2).to(dtype), mask=km)
 
 
-@triton.jit
-def _combine_kernel(
-    po_ptr,
-    pml_ptr,
-    o_ptr,
-    Q,
-    H,
-    SPLITS,
-    D: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    SP: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)  # (b * H + h) * Q + i
-    b = row // (H * Q)
-    h = (row // Q) % H
-    qi = row % Q
-    sidx = tl.arange(0, SP)
-    sv = sidx < SPLITS
-    m = tl.load(pml_ptr + (row * SPLITS + sidx) * 2, mask=sv, other=float("-inf"))
-    lsum = tl.load(pml_ptr + (row * SPLITS + sidx) * 2 + 1, mask=sv, other=0.0)
-    mmax = tl.max(m, axis=0)
-    mu = tl.where(mmax == float("-inf"), 0.0, mmax)
-    w = tl.exp2(m - mu)
-    L = tl.sum(w * lsum, axis=0)
-    d = tl.arange(0, BLOCK_D)
-    dv = d < D
-    acc = tl.load(
-        po_ptr + (row * SPLITS + sidx)[:, None] * D + d[None, :], mask=sv[:, None] & dv[None, :], other=0.0
-    )
-    out = tl.sum(acc * w[:, None], axis=0) / tl.where(L == 0.0, 1.0, L)
-    tl.store(o_ptr + ((b * Q + qi) * H + h) * D + d, out.to(o_ptr.dtype.element_ty), mask=dv)
-
-
 # Tuning hook for benchmarks: ``{"decode": {...}, "prefill": {...}}`` merged into the picked config.
 CONFIG_OVERRIDES: dict[str, dict] = {"decode": {}, "prefill": {}}
 
@@ -414,11 +387,13 @@ def _pick_config(rows: int, N: int, D: int, n_sm: int) -> dict:
         )
         cfg.update(CONFIG_OVERRIDES["decode"])
         return cfg
-    if bd <= 128:  # H100 sweep (benchmarks/kernels.py --sweep): 510 us vs 593 for R128 N64 w8
-        cfg = dict(BLOCK_R=128, BLOCK_N=32, num_warps=4, num_stages=3)
+    # prefill: the flash path (triton_flash.py); FLASH=False runs this module's kernel (PREROT:
+    # its H100 sweep's best, 510 us against 593 for R128 N64 w8), kept as the benchmarks' baseline
+    if bd <= 128:
+        cfg = dict(BLOCK_R=128, BLOCK_N=64, num_warps=8, num_stages=3)
     else:
         cfg = dict(BLOCK_R=64, BLOCK_N=32, num_warps=8, num_stages=2)
-    cfg.update(CAUSAL_SKIP=False, PREROT=True, target=n_sm, min_tiles=16)
+    cfg.update(FLASH=True, CAUSAL_SKIP=False, PREROT=True, target=n_sm, min_tiles=16)
     if bd <= 128:
         cfg.update(CONFIG_OVERRIDES["prefill"])
     return cfg
@@ -452,7 +427,14 @@ def rotate_keys(k_cache, gather_idx, key_pos, cos, sin, dtype) -> torch.Tensor:
     return out
 
 
-def _launch(q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling, cfg) -> torch.Tensor:
+def _launch(
+    q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling, cfg, chunk_tail
+) -> torch.Tensor:
+    if cfg.get("FLASH"):
+        qk = float(scaling) * _LOG2E
+        return flash_scope_attention(
+            q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, qk, cfg, chunk_tail
+        )
     B, H, Q, D = q.shape
     Hkv = k_cache.shape[1]
     N = gather_idx.shape[1]
@@ -522,18 +504,7 @@ def _launch(q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling, 
         num_stages=cfg["num_stages"],
     )
     if split:
-        _combine_kernel[(B * H * Q,)](
-            po,
-            pml,
-            out,
-            Q,
-            H,
-            splits,
-            D=D,
-            BLOCK_D=max(16, next_pow2(D)),
-            SP=max(2, next_pow2(splits)),
-            num_warps=4 if D > 64 else 2,
-        )
+        combine(po, pml, out)
     return out
 
 
@@ -547,6 +518,7 @@ def scope_attention_triton(
     cos: torch.Tensor,
     sin: torch.Tensor,
     scaling: float,
+    chunk_tail: bool = False,
     *,
     _config: dict | None = None,
 ) -> torch.Tensor:
@@ -562,6 +534,9 @@ def scope_attention_triton(
         q_pos: ``[B, Q]`` integer position of each query.
         cos, sin: ``[P, R]`` RoPE tables (rotate-half layout); ``R < D`` falls back to the twin.
         scaling: softmax scale.
+        chunk_tail: a promise about the scope that lets prefill skip masking work
+            (:mod:`.triton_flash`): its last ``Q`` keys are the queries' own, in query order, and
+            every earlier key is visible to every query unless it is padding.
 
     Returns:
         ``[B, Q, H, D]`` in ``q``'s dtype; query i sees key j iff ``0 <= key_pos[j] <= q_pos[i]``.
@@ -602,7 +577,9 @@ def scope_attention_triton(
         if cos.shape[1] > D:
             raise ValueError(f"{name}: rotary width {cos.shape[1]} > head dim {D}")
         # partial rotary (Phi-3): the torch twin handles it
-        return scope_attention_torch(q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling)
+        return scope_attention_torch(
+            q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling, chunk_tail
+        )
     N = gather_idx.shape[1]
     if B * H * Q == 0:
         return torch.empty((B, Q, H, D), device=q.device, dtype=q.dtype)
@@ -615,4 +592,6 @@ def scope_attention_triton(
         )
     if _config:
         cfg.update(_config)
-    return _launch(q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling, cfg)
+    if chunk_tail and N < Q:
+        raise ValueError(f"{name}: chunk_tail promises the last Q={Q} of N={N} keys are the queries' own")
+    return _launch(q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling, cfg, chunk_tail)

@@ -236,7 +236,7 @@ def reattention_forward(
                 observe(layer, qc, k_src, idx, scope, cos, sin, scale)
         outs.append(
             scope_attention(
-                qc, k_src, v_src, idx, scope.key_pos, scope.q_pos, cos, sin, scale, backend=backend
+                qc, k_src, v_src, idx, scope.key_pos, scope.q_pos, cos, sin, scale, scope.chunk_tail, backend
             )
         )
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)

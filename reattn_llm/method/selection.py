@@ -22,6 +22,10 @@ class Scope:
         q_pos: ``[B, Q]`` int64 RoPE positions of the chunk's queries (the last ``Q`` of ``n_b``).
         middle: ``[B, S]`` int64 absolute cache rows of the selected middle tokens, or None.
         middle_valid: ``[B, S]`` bool, which entries of ``middle`` are real, or None.
+        chunk_tail: the scope's last ``Q`` keys are the chunk's own, in query order, and every
+            earlier key is visible to every query unless it is padding (true of every scope built
+            here but a static decode step's, :func:`mask_unwritten`); the prefill kernel skips
+            masking work with it.
     """
 
     gather_idx: torch.Tensor
@@ -29,6 +33,7 @@ class Scope:
     q_pos: torch.Tensor
     middle: torch.Tensor | None = None
     middle_valid: torch.Tensor | None = None
+    chunk_tail: bool = True
 
 
 def select_spans(
@@ -253,4 +258,4 @@ def mask_unwritten(scope: Scope, total: torch.Tensor) -> Scope:
     q_pos = key_pos[:, -1:] + 1 - q_len + torch.arange(q_len, device=key_pos.device)
     key_pos = torch.where(valid, key_pos, torch.full_like(key_pos, -1))
     gather_idx = torch.where(valid, scope.gather_idx, torch.zeros_like(scope.gather_idx))
-    return Scope(gather_idx, key_pos, q_pos, scope.middle, scope.middle_valid)
+    return Scope(gather_idx, key_pos, q_pos, scope.middle, scope.middle_valid, chunk_tail=False)
