@@ -11,6 +11,7 @@ not counted)::
 
     python benchmarks/decode_ops.py            # the table
     python benchmarks/decode_ops.py --ops      # and the launching ops of each ReAttention backend
+    python benchmarks/decode_ops.py --prefill  # a prompt chunk's layer instead of a decode step's
 """
 
 from __future__ import annotations
@@ -113,9 +114,10 @@ def counting() -> Iterator[collections.Counter]:
             restore[0].__call__ = restore[1]
 
 
-def decode_counts(backend: str | None) -> collections.Counter:
+def decode_counts(backend: str | None, prefill: bool = False) -> collections.Counter:
     """Ops of one decode forward (the second token after the prompt) of the tiny model, stock
-    (``backend=None``) or patched with ``backend``."""
+    (``backend=None``) or patched with ``backend``; ``prefill``: of one prompt chunk after the
+    prompt instead (``chunk_size`` tokens, one chunk with its span selection)."""
     import torch
 
     if str(ROOT / "tests") not in sys.path:
@@ -134,6 +136,10 @@ def decode_counts(backend: str | None) -> collections.Counter:
         with torch.no_grad():
             model(ids[:, :PROMPT], past_key_values=cache)
             model(ids[:, PROMPT : PROMPT + 1], past_key_values=cache)  # first step: lazy tables built
+        if prefill:  # the prompt's next chunk: one more chunk of the same prompt
+            with counting() as counts:
+                model(distinct_ids(1, CONFIG["chunk_size"], seed=3), past_key_values=cache)
+            return counts
         with counting() as counts:
             model(ids[:, PROMPT + 1 : PROMPT + 2], past_key_values=cache)
     finally:
@@ -153,12 +159,18 @@ def per_layer(counts: collections.Counter) -> tuple[float, float, float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ops", action="store_true", help="list the launching ops of each ReAttention backend")
+    ap.add_argument(
+        "--prefill",
+        action="store_true",
+        help=f"count a {CONFIG['chunk_size']}-token prompt chunk, not a decode step",
+    )
     args = ap.parse_args()
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton: CPU runs the interpreter
     rows = [("stock", None), ("reattention torch", "torch"), ("reattention triton", "triton")]
-    results = {label: decode_counts(backend) for label, backend in rows}
+    results = {label: decode_counts(backend, args.prefill) for label, backend in rows}
+    what = f"prompt chunk of {CONFIG['chunk_size']}" if args.prefill else "decode"
     print(
-        f"| ops per decode layer ({LAYERS} layers, {PROMPT + 2}-token context) | all | launching | views | allocations |"
+        f"| ops per {what} layer ({LAYERS} layers, {PROMPT + 2}-token context) | all | launching | views | allocations |"
     )
     print("|---|---|---|---|---|")
     for label, counts in results.items():

@@ -808,6 +808,7 @@ def reattn_prefill_decode(
             break
     peak_prefill = torch.cuda.max_memory_allocated()
     cache_bytes = torch.cuda.memory_allocated() - before
+    log(f"  prefill: {done} tokens in {t_total:.1f} s, peak {peak_prefill / 2**30:.1f} GiB")
     tok = ids[:, -1:]
     times = []
     for s in range(warm + steps):
@@ -979,6 +980,10 @@ def e2e(which: list[str]):
         torch.cuda.empty_cache()
 
 
+#: Rows a reserved long-run cache keeps past the prompt for the decode steps (eager and graphs).
+DECODE_ROOM = 4096
+
+
 def long_run(model, ids, cfg, warm_tokens, budget_var, reserve=False, **kw):
     """ReAttention (``cfg``) over a million-token ``ids``: compile on the first ``warm_tokens``, then
     prefill in pieces of 65,536 tokens (stopped after ``$budget_var`` seconds, default 240; into a
@@ -997,7 +1002,8 @@ def long_run(model, ids, cfg, warm_tokens, budget_var, reserve=False, **kw):
             ids,
             piece=65536,
             time_budget=float(os.environ.get(budget_var, "240")),
-            cache=make_cache(model, reserve=ids.shape[1]) if reserve else None,
+            # the prompt and the decode steps after it (eager, and the graph buckets' steps)
+            cache=make_cache(model, reserve=ids.shape[1] + DECODE_ROOM) if reserve else None,
             state=h.state if GRAPHS else None,
             **kw,
         )

@@ -387,10 +387,11 @@ def _pick_config(rows: int, N: int, D: int, n_sm: int) -> dict:
         )
         cfg.update(CONFIG_OVERRIDES["decode"])
         return cfg
-    # prefill: the flash path (triton_flash.py); FLASH=False runs this module's kernel (PREROT:
-    # its H100 sweep's best, 510 us against 593 for R128 N64 w8), kept as the benchmarks' baseline
+    # prefill: the flash path (triton_flash.py; H200 sweep, 1024 queries x 8192 keys, 32/8 heads, d 128:
+    # R64 N64 w4 s3 391 us, R128 N64 w8 s3 422, R256 N64 w8 449, R128 N128 w8 527). FLASH=False runs
+    # this module's kernel (PREROT: its H100 sweep's best, 520 us on the H200), the benchmarks' baseline
     if bd <= 128:
-        cfg = dict(BLOCK_R=128, BLOCK_N=64, num_warps=8, num_stages=3)
+        cfg = dict(BLOCK_R=64, BLOCK_N=64, num_warps=4, num_stages=3)
     else:
         cfg = dict(BLOCK_R=64, BLOCK_N=32, num_warps=8, num_stages=2)
     cfg.update(FLASH=True, CAUSAL_SKIP=False, PREROT=True, target=n_sm, min_tiles=16)
