@@ -158,6 +158,29 @@ def rank_blocks_case(B, H, Hkv, Q, NB, D, dtype, seed=0):
     return {"max_err": err, "triton_ms": round(t_tri, 3), "torch_ms": round(t_torch, 3)}
 
 
+def spans_case(B, H, Q, k, M, keep, span, bands=None, seed=0):
+    """A prompt chunk's span votes: kernel equals twin bit for bit; both timed. ``bands``: the hits
+    fall in that many narrow bands of the middle (real hits cluster), else uniformly."""
+    from reattn_llm.kernels.torch_ops import rank_spans_torch
+    from reattn_llm.kernels.triton_spans import rank_spans_triton
+
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    if bands is None:
+        hits = torch.randint(0, M, (B, H, Q, k), device=DEV, generator=g)
+    else:
+        c = torch.randint(0, M, (B, bands), device=DEV, generator=g)
+        pick = torch.randint(0, bands, (B, H * Q * k), device=DEV, generator=g)
+        off = torch.randint(-4 * span, 4 * span + 1, pick.shape, device=DEV, generator=g)
+        hits = (c.gather(1, pick) + off).clamp(0, M - 1).reshape(B, H, Q, k)
+    got = rank_spans_triton(hits, M, keep, span)
+    want = rank_spans_torch(hits, M, keep, span)
+    for a, w in zip(got, want, strict=True):
+        assert torch.equal(a, w), "kernel and twin differ"
+    t_tri = triton.testing.do_bench(lambda: rank_spans_triton(hits, M, keep, span), return_mode="median")
+    t_torch = triton.testing.do_bench(lambda: rank_spans_torch(hits, M, keep, span), return_mode="median")
+    return {"spans": int((got[0] < M).sum()), "triton_ms": round(t_tri, 3), "torch_ms": round(t_torch, 3)}
+
+
 def select_case(B, H, Q, k, M, P, n_spans, span, G, L, by_rank, spread=None, seed=0):
     """Fused selection == torch twin == method.selection, every output, exactly."""
     from reattn_llm.kernels.torch_ops import select_scope_torch
@@ -245,6 +268,11 @@ CASES = {
         1, 9, 3, 512, 1 << 15, 64, BF16
     ),
     "rank_blocks Q1 H9/3 d64 decode, 3,001 blocks, fp16": lambda: rank_blocks_case(2, 9, 3, 1, 3001, 64, F16),
+    "spans chunk Q1024 H32 k4 M131072 span32 keep127 bands": lambda: spans_case(
+        1, 32, 1024, 4, 131072, 127, 32, 300
+    ),
+    "spans chunk Q512 H9 k4 M1048576 span32 keep31 b2": lambda: spans_case(2, 9, 512, 4, 1 << 20, 31, 32),
+    "spans chunk Q512 H9 k4 M40000 span7 keep63 bands": lambda: spans_case(1, 9, 512, 4, 40000, 63, 7, 50),
     "select chunk Q7 H3 k5 M < n*span": lambda: select_case(1, 3, 7, 5, 50, 0, 9, 8, 4, 16, False),
 }
 

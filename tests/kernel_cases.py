@@ -402,12 +402,97 @@ def errors_case():
     return {}
 
 
+# ----------------------------------------------------------------------------- span votes
+
+
+def spans_case(B, shape, M, keep, span, seed=0, cluster=None, strided=False):
+    """A prompt chunk's span votes: the kernel equals the twin bit for bit. ``cluster``: the hits
+    fall in a few narrow bands (ties between neighbouring centres, as real hits give)."""
+    from reattn_llm.kernels.torch_ops import rank_spans_torch
+    from reattn_llm.kernels.triton_spans import rank_spans_triton
+
+    g = torch.Generator().manual_seed(seed)
+    if cluster is None:
+        hits = torch.randint(0, M, (B, *shape), generator=g)
+    else:
+        centres = torch.randint(0, M, (B, cluster), generator=g)
+        pick = torch.randint(0, cluster, (B, int(torch.tensor(shape).prod())), generator=g)
+        off = torch.randint(-span, span + 1, pick.shape, generator=g)
+        hits = (centres.gather(1, pick) + off).clamp(0, M - 1).reshape(B, *shape)
+    if strided:  # a view with a gap between batch entries
+        hits = torch.cat([hits, hits], dim=-1)[..., : shape[-1]]
+    got = rank_spans_triton(hits, M, keep, span)
+    want = rank_spans_torch(hits, M, keep, span)
+    for a, w, what in zip(got, want, ("centres", "votes"), strict=True):
+        assert a.dtype == torch.int64 and a.shape == w.shape, (what, a.shape, w.shape)
+        assert torch.equal(a, w), f"{what} differ: {a.tolist()} vs {w.tolist()}"
+    return {"spans": int((got[0] < M).sum()), "votes_max": int(got[1].max())}
+
+
+def span_scope_case(B, H, Q, k, M, n_spans, span, G, L, seed=0):
+    """A prompt chunk's scope from span votes in kernels (rank_spans_triton, scope_from_centres_triton)
+    equals method.selection's path (rank_spans, sort, expand_spans, build_scope) bit for bit."""
+    from reattn_llm.kernels.triton_select import scope_from_centres_triton
+    from reattn_llm.kernels.triton_spans import rank_spans_triton
+    from reattn_llm.method.selection import build_scope, expand_spans, rank_spans
+
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randint(0, M, (B, 6), generator=g)
+    pick = torch.randint(0, 6, (B, H * Q * k), generator=g)
+    hits = (centres.gather(1, pick) + torch.randint(-2 * span, 2 * span, pick.shape, generator=g)).clamp(
+        0, M - 1
+    )
+    hits = hits.reshape(B, H, Q, k)
+    total = G + M + L
+    ranked, _votes = rank_spans_triton(hits, M, n_spans, span)
+    got = scope_from_centres_triton(ranked, M, span, G, L, total, Q)
+    c, _ = rank_spans(hits, M, n_spans, span)
+    sel, valid = expand_spans(c.sort(dim=1).values, M, span)
+    want = build_scope(sel, valid, total, Q, G, L, B, hits.device)
+    for name, a, w in zip(
+        ("gather_idx", "key_pos", "q_pos", "middle", "middle_valid"),
+        got,
+        (want.gather_idx, want.key_pos, want.q_pos, want.middle, want.middle_valid),
+        strict=True,
+    ):
+        assert a.shape == w.shape and torch.equal(a, w), f"{name} differs"
+    return {"n": int(got[0].shape[1]), "in_scope": int((got[1] >= 0).sum())}
+
+
+def spans_cases():
+    return {
+        "span_scope_b2_equals_method_path": lambda: span_scope_case(2, 3, 8, 2, 2000, 9, 8, 4, 40),
+        "span_scope_span32_equals_method_path": lambda: span_scope_case(1, 4, 16, 4, 5000, 31, 32, 32, 100),
+        "spans_random_b2_span8": lambda: spans_case(2, (3, 5, 4), 1000, 9, 8),
+        "spans_clustered_span32": lambda: spans_case(1, (9, 40, 4), 4097, 31, 32, cluster=12),
+        "spans_odd_span7_strided": lambda: spans_case(2, (4, 6), 733, 5, 7, cluster=5, strided=True),
+        "spans_span1": lambda: spans_case(1, (50,), 300, 20, 1, cluster=3),
+        "spans_few_hits_many_spans": lambda: spans_case(1, (2, 2), 5000, 100, 16),
+        "spans_tiled_fits_budget": lambda: spans_case(2, (3, 7), 90, 12, 8),
+        "spans_errors": spans_errors_case,
+    }
+
+
+def spans_errors_case():
+    from reattn_llm.kernels.triton_spans import rank_spans_triton
+
+    hits = torch.zeros(1, 4, dtype=torch.int64)
+    return expect_value_errors(
+        [
+            lambda: rank_spans_triton(hits.int(), 10, 2, 2),
+            lambda: rank_spans_triton(hits, 0, 2, 2),
+            lambda: rank_spans_triton(hits, 10, 0, 2),
+        ]
+    )
+
+
 def all_cases():
     cases = {}
     cases.update(topk_cases())
     cases.update(attn_cases())
     cases["argument_errors"] = errors_case
     cases.update(rank_blocks_cases())
+    cases.update(spans_cases())
     return cases
 
 

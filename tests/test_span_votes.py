@@ -92,3 +92,50 @@ def test_prompt_top_k_is_for_prompt_chunks_only_and_checked():
         ReAttentionConfig(prompt_top_k=33)
     with pytest.raises(ConfigError, match="prompt_top_k=0: must be a positive integer"):
         ReAttentionConfig(prompt_top_k=0)
+
+
+def _span_run(span_kernels: tuple[str, ...], decode_spans: str) -> tuple[torch.Tensor, list]:
+    """Logits of a patched tiny llama (fp64; prompt chunks rank spans by span votes) over a prompt
+    and 8 decode steps, and each layer's remembered centres; ``span_kernels``: the backends whose
+    prompt chunks take the kernels' path (``attention.SPAN_KERNELS``, here their torch twins)."""
+    from tiny_models import distinct_ids, tiny_model
+
+    from reattn_llm import ReAttentionCache, patch
+    from reattn_llm.method import attention
+
+    model = tiny_model("llama", heads=6, kv_heads=2, head_dim=16, layers=2, window=128, seed=5).double()
+    cfg = ReAttentionConfig(
+        global_size=4,
+        local_size=32,
+        span_size=4,
+        max_spans=5,
+        top_k=2,
+        chunk_size=16,
+        decode_spans=decode_spans,
+    )
+    assert cfg.vote_pooling == "span"
+    ids = distinct_ids(1, 168, seed=7)
+    saved = attention.SPAN_KERNELS
+    attention.SPAN_KERNELS = span_kernels
+    handle = patch(model, cfg)
+    try:
+        cache = ReAttentionCache(2)
+        with torch.no_grad():
+            out = [model(ids[:, :160], past_key_values=cache).logits]
+            out += [model(ids[:, t : t + 1], past_key_values=cache).logits for t in range(160, 168)]
+        pinned = [cache.layers[i].pinned for i in range(2)]
+    finally:
+        handle.unpatch()
+        attention.SPAN_KERNELS = saved
+    return torch.cat(out, 1), pinned
+
+
+@pytest.mark.parametrize("decode_spans", ["union", "question"])
+def test_span_kernels_path_gives_the_method_path_bit_for_bit(decode_spans):
+    """Prompt chunks through rank_spans + scope_from_centres (the Triton path's plumbing, with the
+    torch twins standing in) give the logits of method.selection's ops and remember the same centres."""
+    want, want_pins = _span_run((), decode_spans)
+    got, got_pins = _span_run(("torch",), decode_spans)
+    assert torch.equal(got, want), (got - want).abs().max()
+    for p, q in zip(got_pins, want_pins, strict=True):
+        assert torch.equal(p, q)

@@ -3,7 +3,8 @@
 ``score_topk`` scores every middle key against every query of a chunk and keeps the top-k;
 ``select_scope`` pools the hits into ranked span centres and builds the chunk's scope from them;
 ``scope_attention`` attends over the gathered, re-positioned scope; ``rank_blocks`` is two-level
-selection's level 1 (block summaries against the chunk's queries). Each has a Triton
+selection's level 1 (block summaries against the chunk's queries); ``rank_spans`` ranks a prompt
+chunk's span centres by the hits their spans cover. Each has a Triton
 implementation (CUDA) and a torch twin of identical signature (CPU, and the reference).
 The choice is ``ReAttentionConfig.backend``: ``"auto"`` (Triton on CUDA when importable,
 torch otherwise), ``"triton"`` or ``"torch"``.
@@ -16,7 +17,9 @@ import torch
 from .torch_ops import (
     SelectedScope,
     rank_blocks_torch,
+    rank_spans_torch,
     scope_attention_torch,
+    scope_from_centres_torch,
     score_topk_torch,
     select_scope_torch,
 )
@@ -26,9 +29,13 @@ __all__ = [
     "SelectedScope",
     "rank_blocks",
     "rank_blocks_torch",
+    "rank_spans",
+    "rank_spans_torch",
     "resolve_backend",
     "scope_attention",
     "scope_attention_torch",
+    "scope_from_centres",
+    "scope_from_centres_torch",
     "score_topk",
     "score_topk_torch",
     "select_scope",
@@ -121,3 +128,33 @@ def rank_blocks(
 
         return rank_blocks_triton(q, summaries, weight)
     return rank_blocks_torch(q, summaries, weight)
+
+
+def rank_spans(
+    hits: torch.Tensor, middle_len: int, max_spans: int, span_size: int, backend: str = "torch"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dispatch for :func:`rank_spans_torch` (same signature, ``backend`` already resolved)."""
+    if backend == "triton":
+        from .triton_spans import rank_spans_triton
+
+        return rank_spans_triton(hits, middle_len, max_spans, span_size)
+    return rank_spans_torch(hits, middle_len, max_spans, span_size)
+
+
+def scope_from_centres(
+    centres: torch.Tensor,
+    middle_len: int,
+    span_size: int,
+    global_size: int,
+    local_size: int,
+    total: int,
+    q_len: int,
+    backend: str = "torch",
+) -> tuple[torch.Tensor, ...]:
+    """Dispatch for :func:`scope_from_centres_torch` (same signature, ``backend`` already resolved)."""
+    args = (centres, middle_len, span_size, global_size, local_size, total, q_len)
+    if backend == "triton":
+        from .triton_select import scope_from_centres_triton
+
+        return scope_from_centres_triton(*args)
+    return scope_from_centres_torch(*args)

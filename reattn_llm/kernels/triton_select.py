@@ -29,7 +29,7 @@ import triton.language as tl
 from ._triton_utils import check_device, next_pow2
 from .torch_ops import SelectedScope, rank_hits_torch
 
-__all__ = ["MAX_FUSED", "select_scope_triton"]
+__all__ = ["MAX_FUSED", "scope_from_centres_triton", "select_scope_triton"]
 
 #: The most hits + pinned centres ranked inside the kernel (one program's registers); decode
 #: steps always fit (``H * k + P``), larger prefill chunks are ranked by :func:`rank_hits_torch`.
@@ -178,8 +178,6 @@ def select_scope_triton(
         pins = pins.contiguous()
     n_pins = pins.shape[1] if pins is not None else 0
     nk = min(n_spans, m)
-    s = nk * span_size
-    n = g + s + loc
     dev = hits.device
     ranked = c_hits + n_pins > MAX_FUSED
     if ranked:
@@ -189,6 +187,28 @@ def select_scope_triton(
         cen = torch.empty(b, nk, dtype=torch.int64, device=dev)
         votes = torch.empty(b, nk, dtype=torch.int64, device=dev)
         cb = next_pow2(max(c_hits + n_pins, nk, 2))
+    scope = _launch(
+        flat,
+        pins,
+        cen,
+        votes,
+        (c_hits, n_pins, m, nk, g, loc, total, q_len),
+        k,
+        span_size,
+        cb,
+        by_rank,
+        ranked,
+    )
+    return SelectedScope(*scope, cen, votes)
+
+
+def _launch(flat, pins, cen, votes, sizes, k, span_size, cb, by_rank, ranked) -> tuple[torch.Tensor, ...]:
+    """One launch of the kernel; ``sizes``: ``(C_HITS, P, M, NK, G, L, total, Q)``. Returns
+    ``gather_idx, key_pos, q_pos, middle, middle_valid``."""
+    c_hits, n_pins, m, nk, g, loc, total, q_len = sizes
+    b, s = cen.shape[0], nk * span_size
+    n = g + s + loc
+    dev = cen.device
     idx = torch.empty(b, n, dtype=torch.int64, device=dev)
     key_pos = torch.empty(b, n, dtype=torch.int64, device=dev)
     q_pos = torch.empty(b, q_len, dtype=torch.int64, device=dev)
@@ -222,4 +242,34 @@ def select_scope_triton(
         RANKED=ranked,
         num_warps=max(4, min(16, cb // 256)),
     )
-    return SelectedScope(idx, key_pos, q_pos, middle, valid, cen, votes)
+    return idx, key_pos, q_pos, middle, valid
+
+
+def scope_from_centres_triton(
+    centres: torch.Tensor,
+    middle_len: int,
+    span_size: int,
+    global_size: int,
+    local_size: int,
+    total: int,
+    q_len: int,
+) -> tuple[torch.Tensor, ...]:
+    """Triton twin of :func:`~reattn_llm.kernels.torch_ops.scope_from_centres_torch` (same arguments,
+    same result, exactly): step 3 of the kernel from centres ranked elsewhere (a prompt chunk's span
+    votes, :func:`~.triton_spans.rank_spans_triton`). ``centres [B, n]`` int64, ``M`` = empty."""
+    name = "scope_from_centres_triton"
+    if centres.dtype != torch.int64 or centres.dim() != 2 or centres.shape[1] < 1:
+        raise ValueError(
+            f"{name}: centres must be int64 [B, n >= 1], got {centres.dtype} {tuple(centres.shape)}"
+        )
+    check_device(name, centres)
+    m, g, loc = middle_len, global_size, local_size
+    if min(m, span_size, q_len) < 1 or min(g, loc) < 0 or total != g + m + loc or q_len > total:
+        raise ValueError(
+            f"{name}: need M, span_size, q_len >= 1 and total = G + M + L >= q_len, got M={m}, "
+            f"span_size={span_size}, G={g}, L={loc}, total={total}, q_len={q_len}"
+        )
+    cen = centres.contiguous()
+    nk = cen.shape[1]
+    sizes = (0, 0, m, nk, g, loc, total, q_len)
+    return _launch(cen, None, cen, cen, sizes, 1, span_size, next_pow2(max(nk, 2)), False, True)

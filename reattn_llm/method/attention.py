@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..kernels import resolve_backend, scope_attention, select_scope
+from ..kernels import resolve_backend, scope_attention, scope_from_centres, select_scope
 from ..kv.cache import layer_reader
 from ..kv.layer import KVReader
 from .config import ReAttentionConfig, chunk_bounds
@@ -86,6 +86,10 @@ def decode_pins(cfg: ReAttentionConfig, kv: KVReader) -> torch.Tensor | None:
 #: stay unfused until a run shows the fused one no slower end to end (their hits exceed the kernel's
 #: ranking limit, so they gain little: 1.7 ms against 1.7 ms per chunk).
 FUSED_SELECT: dict[str, tuple[str, ...]] = {"decode": ("triton",), "prefill": ()}
+#: Backends whose prompt chunks turn span votes into their scope in kernels
+#: (:func:`~reattn_llm.kernels.rank_spans`, then :func:`~reattn_llm.kernels.scope_from_centres`):
+#: six launches per layer where ``method.selection``'s ops take about fifty, the same scope bit for bit.
+SPAN_KERNELS: tuple[str, ...] = ("triton",)
 
 
 def _pins(cfg: ReAttentionConfig, kv: KVReader, qc: int) -> tuple[torch.Tensor | None, bool]:
@@ -103,7 +107,14 @@ def _remember(kv: KVReader, ranked: torch.Tensor, votes: torch.Tensor, m: int) -
 
 
 def _select(
-    cfg: ReAttentionConfig, kv: KVReader, hits: torch.Tensor, m: int, qc: int, n_spans: int, span_votes: bool
+    cfg: ReAttentionConfig,
+    kv: KVReader,
+    hits: torch.Tensor,
+    m: int,
+    qc: int,
+    n_spans: int,
+    span_votes: bool,
+    backend: str,
 ) -> torch.Tensor:
     """Rank the hits into at most ``n_spans`` centres ``[B, n]`` (by rank), with what the layer
     remembers of the question (``kv.pinned`` / ``kv.pinned_votes``) per ``decode_spans``;
@@ -111,7 +122,7 @@ def _select(
     running = cfg.decode_spans == "running"
     keep = n_spans * (2 if running else 1)
     if span_votes:  # a prompt chunk: nothing pinned or carried
-        ranked, votes = rank_spans(hits, m, keep, cfg.span_size)  # type: ignore[arg-type]
+        ranked, votes = rank_spans(hits, m, keep, cfg.span_size, backend)  # type: ignore[arg-type]
     else:
         carried = (kv.pinned, kv.pinned_votes) if qc == 1 and running and kv.pinned is not None else None
         pins, union = _pins(cfg, kv, qc)
@@ -138,6 +149,23 @@ def _fused_scope(
     if qc > 1:
         _remember(kv, r.centres, r.votes, m)
     return Scope(r.gather_idx, r.key_pos, r.q_pos, r.middle, r.middle_valid)
+
+
+def _span_scope(
+    cfg: ReAttentionConfig,
+    kv: KVReader,
+    hits: torch.Tensor,
+    sizes: tuple[int, int, int, int],
+    qc: int,
+    backend: str,
+) -> Scope:
+    """A prompt chunk's span votes to its scope in kernels; ``sizes``: ``(M, n_spans, local, total)``.
+    The scope of :func:`_select` + sort + ``expand_spans`` + ``build_scope``, in six launches."""
+    m, n_spans, loc, total = sizes
+    span, g = cfg.span_size, cfg.global_size
+    centres, votes = rank_spans(hits, m, n_spans, span, backend)  # type: ignore[arg-type]
+    _remember(kv, centres, votes, m)
+    return Scope(*scope_from_centres(centres, m, span, g, loc, total, qc, backend))  # type: ignore[arg-type]
 
 
 def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, backend: str) -> Scope:
@@ -179,7 +207,9 @@ def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, bac
         if backend in FUSED_SELECT["decode" if qc == 1 else "prefill"] and not (running or span_votes):
             scope = _fused_scope(cfg, kv, hits, (m, n_spans, loc_rows, total), qc, backend)  # type: ignore[arg-type]
             return scope if static is None else mask_unwritten(scope, static.total)
-        centres = _select(cfg, kv, hits, m, qc, n_spans, span_votes).sort(dim=1).values
+        if span_votes and backend in SPAN_KERNELS:
+            return _span_scope(cfg, kv, hits, (m, n_spans, loc_rows, total), qc, backend)  # type: ignore[arg-type]
+        centres = _select(cfg, kv, hits, m, qc, n_spans, span_votes, backend).sort(dim=1).values
         sel, valid = expand_spans(centres, m, cfg.span_size)  # type: ignore[arg-type]
     scope = build_scope(sel, valid, total, qc, g, loc_rows, b, q.device)  # type: ignore[arg-type]
     return scope if static is None else mask_unwritten(scope, static.total)

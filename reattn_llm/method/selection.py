@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..kernels import rank_spans as kernel_rank_spans
+
 
 @dataclass
 class Scope:
@@ -122,7 +124,7 @@ def rank_centres(
 
 
 def rank_spans(
-    hits: torch.Tensor, middle_len: int, max_spans: int, span_size: int
+    hits: torch.Tensor, middle_len: int, max_spans: int, span_size: int, backend: str = "torch"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Like :func:`rank_centres`, but a centre is worth the hits its whole span covers: a fact that
     the question's words hit at several of its tokens outvotes a single token that many queries hit
@@ -134,52 +136,14 @@ def rank_spans(
     spans do not overlap. When the whole middle fits the budget (``M <= max_spans * span``), the
     centres tile it instead (``span//2``, ``span + span//2``, ..., the last capped at ``M - 1``),
     ranked the same way: peaks alone would leave gaps between them. ``hits [B, ...]`` int64 in
-    ``[0, M)``.
+    ``[0, M)``. ``backend``: the resolved kernel backend (:func:`~reattn_llm.kernels.rank_spans`;
+    the torch twin, :func:`~reattn_llm.kernels.torch_ops.rank_spans_torch`, is the rule as code).
 
     Returns:
         ``centres, votes``, each ``[B, min(max_spans, M)]`` int64, most span votes first (``M`` and 0:
         an empty slot).
     """
-    b, m = hits.shape[0], middle_len
-    dev = hits.device
-    flat = hits.reshape(b, -1)
-    own = torch.zeros(b, m, dtype=torch.int64, device=dev)
-    own.scatter_add_(1, flat, torch.ones_like(flat))
-    half = span_size // 2
-    total = torch.nn.functional.pad(own.cumsum(dim=1), (1, 0))  # [B, M + 1]: hits before each row
-    pos = torch.arange(m, device=dev)
-    span_votes = total[:, (pos - half + span_size).clamp(max=m)] - total[:, (pos - half).clamp(min=0)]
-    # one key orders centres: span votes, then own hits, then the earlier position (all distinct)
-    n_hits = flat.shape[1] + 1
-    key = (span_votes * n_hits + own) * m + (m - 1 - pos)
-    n_keep = min(max_spans, m)
-    if m <= max_spans * span_size:  # the whole middle fits: tile it, so every middle token is in scope
-        tiles = (torch.arange(0, m, span_size, device=dev) + half).clamp(max=m - 1)  # [ceil(M / span)]
-        top = key[:, tiles].sort(dim=1, descending=True).values
-        centre = (m - 1) - (top % m)
-        pad = n_keep - tiles.numel()
-        return (
-            torch.nn.functional.pad(centre, (0, pad), value=m),
-            torch.nn.functional.pad(top // m // n_hits, (0, pad), value=0),
-        )
-    ahead = key.clone()  # max of key[c .. c + span - 1], by doubling
-    step = 1
-    while step < min(span_size, m):
-        width = min(step, span_size - step, m - step)
-        ahead[:, : m - width] = torch.maximum(ahead[:, : m - width], ahead[:, width:])
-        step += width
-    around = ahead.clone()  # max over [c - span + 1, c + span - 1]
-    shift = span_size - 1
-    if 0 < shift < m:
-        around[:, shift:] = torch.maximum(ahead[:, shift:], ahead[:, :-shift])
-    if shift:
-        around[:, :shift] = torch.maximum(ahead[:, :shift], ahead[:, :1])  # [0, c) lies inside ahead[0]
-    peak = (key == around) & (span_votes > 0)
-    top = torch.where(peak, key, torch.full_like(key, -1)).topk(n_keep, dim=1).values
-    empty = top < 0
-    centre = (m - 1) - (top % m)
-    votes = top // m // n_hits
-    return torch.where(empty, torch.full_like(centre, m), centre), torch.where(empty, 0, votes)
+    return kernel_rank_spans(hits, middle_len, max_spans, span_size, backend)
 
 
 def expand_spans(centres: torch.Tensor, middle_len: int, span_size: int) -> tuple[torch.Tensor, torch.Tensor]:
