@@ -66,7 +66,9 @@ def op_name(func: object) -> str:
 
 
 #: aten ops that allocate (or only describe) memory without computing anything: no kernel launch.
-NO_KERNEL_OPS = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "promote_types"})
+NO_KERNEL_OPS = frozenset(
+    {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "promote_types"}
+)
 
 
 def is_view(name: str) -> bool:

@@ -85,6 +85,12 @@ case "$phase" in
     [ -z "${SCREEN32:-}" ] || $T $R --modes reattention --lengths 32768 --tasks niah_single_2,qa_1 --limit 10 --workers 4 "${var[@]}" --out "$out/screen32.jsonl" > "$out/screen32.log" 2>&1 &
     wait
     ;;
+  targets)  # the target task on the tree as it stands: niah_single_2, ReAttention, 32K (20 samples) and 128K (10)
+    T="timeout ${LIMIT_S:-540}"
+    $T $R --modes reattention --lengths 32768 --tasks niah_single_2 --workers 4 --out "$out/targets.jsonl" > "$out/targets_32k.log" 2>&1 &
+    $T $R --modes reattention --lengths 131072 --tasks niah_single_2 --workers 5 --out "$out/targets.jsonl" > "$out/targets_128k.log" 2>&1 &
+    wait
+    ;;
   between)  # decode_extra_until between the lengths measured: niah_single_2 at 512K (INDICES_512) with the
     # defaults (question spans only past 262,144 cached tokens) and, from the same kept K/V, union's own
     # spans (--variant); 1M samples (INDICES_1M, optional) the same way beside them.
