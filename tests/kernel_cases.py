@@ -459,8 +459,53 @@ def span_scope_case(B, H, Q, k, M, n_spans, span, G, L, seed=0):
     return {"n": int(got[0].shape[1]), "in_scope": int((got[1] >= 0).sum())}
 
 
+def e2e_prompt_kernels_case():
+    """A small patched model (fp32) with ``backend="triton"``, every kernel interpreted (scoring, span
+    votes, scope from centres, flash attention with the chunk's promise, the fused decode selection),
+    against ``backend="torch"``: the same remembered centres, logits within fp32 rounding."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tiny_models import distinct_ids, tiny_model
+
+    from reattn_llm import ReAttentionCache, ReAttentionConfig, patch
+    from reattn_llm.method import attention
+
+    ids = distinct_ids(1, 93, seed=7)
+    runs = {}
+    for backend in ("torch", "triton"):
+        model = tiny_model("llama", heads=6, kv_heads=2, head_dim=16, layers=2, window=128, seed=5)
+        cfg = ReAttentionConfig(
+            global_size=4, local_size=32, span_size=4, max_spans=5, top_k=2, chunk_size=16, backend=backend
+        )
+        calls = []
+        inner = attention.scope_from_centres
+        attention.scope_from_centres = lambda *a, calls=calls, inner=inner, **kw: (
+            calls.append(a[-2]) or inner(*a, **kw)
+        )
+        handle = patch(model, cfg)
+        try:
+            cache = ReAttentionCache(2)
+            with torch.no_grad():
+                out = [model(ids[:, :90], past_key_values=cache).logits]
+                out += [model(ids[:, t : t + 1], past_key_values=cache).logits for t in range(90, 93)]
+            runs[backend] = (torch.cat(out, 1), [cache.layers[i].pinned for i in range(2)], calls)
+        finally:
+            handle.unpatch()
+            attention.scope_from_centres = inner
+    (want, want_pins, none), (got, got_pins, calls) = runs["torch"], runs["triton"]
+    assert not none and calls, "the prompt chunks' kernel path ran only on the Triton backend"
+    for p, q in zip(got_pins, want_pins, strict=True):
+        assert torch.equal(p, q), f"remembered centres differ: {p} vs {q}"
+    err = (got - want).abs().max().item()
+    assert err <= 1e-4 * want.abs().max().item(), f"logits differ by {err:.3g}"
+    return {"prompt_chunks": len(calls), "max_logit_diff": err}
+
+
 def spans_cases():
     return {
+        "e2e_prompt_kernels_tiny_model": e2e_prompt_kernels_case,
         "span_scope_b2_equals_method_path": lambda: span_scope_case(2, 3, 8, 2, 2000, 9, 8, 4, 40),
         "span_scope_span32_equals_method_path": lambda: span_scope_case(1, 4, 16, 4, 5000, 31, 32, 32, 100),
         "spans_random_b2_span8": lambda: spans_case(2, (3, 5, 4), 1000, 9, 8),
