@@ -4,7 +4,7 @@
 ``select_scope`` pools the hits into ranked span centres and builds the chunk's scope from them;
 ``scope_attention`` attends over the gathered, re-positioned scope; ``rank_blocks`` is two-level
 selection's level 1 (block summaries against the chunk's queries); ``rank_spans`` ranks a prompt
-chunk's span centres by the hits their spans cover. Each has a Triton
+chunk's span centres by the hits their spans cover and ``scope_from_centres`` builds its scope from them. Each has a Triton
 implementation (CUDA) and a torch twin of identical signature (CPU, and the reference).
 The choice is ``ReAttentionConfig.backend``: ``"auto"`` (Triton on CUDA when importable,
 torch otherwise), ``"triton"`` or ``"torch"``.

@@ -88,7 +88,7 @@ def decode_pins(cfg: ReAttentionConfig, kv: KVReader) -> torch.Tensor | None:
 FUSED_SELECT: dict[str, tuple[str, ...]] = {"decode": ("triton",), "prefill": ()}
 #: Backends whose prompt chunks turn span votes into their scope in kernels
 #: (:func:`~reattn_llm.kernels.rank_spans`, then :func:`~reattn_llm.kernels.scope_from_centres`):
-#: six launches per layer where ``method.selection``'s ops take about fifty, the same scope bit for bit.
+#: seven launches per layer where ``method.selection``'s ops take about fifty, the same scope bit for bit.
 SPAN_KERNELS: tuple[str, ...] = ("triton",)
 
 
@@ -160,7 +160,7 @@ def _span_scope(
     backend: str,
 ) -> Scope:
     """A prompt chunk's span votes to its scope in kernels; ``sizes``: ``(M, n_spans, local, total)``.
-    The scope of :func:`_select` + sort + ``expand_spans`` + ``build_scope``, in six launches."""
+    The scope of :func:`_select` + sort + ``expand_spans`` + ``build_scope``, in seven launches."""
     m, n_spans, loc, total = sizes
     span, g = cfg.span_size, cfg.global_size
     centres, votes = rank_spans(hits, m, n_spans, span, backend)  # type: ignore[arg-type]
