@@ -20,8 +20,8 @@ decode and short chunks, and as the prefill baseline of the benchmarks (``FLASH=
 
 Long chunks (prefill, ``PREROT``): every row-block program reads every scope key, so
 re-rotating K in each of them costs more (cos/sin traffic, RoPE math) than rotating once:
-``rotate_keys`` gathers + rotates the scope's keys into an ``[B, Hkv, N, D]`` buffer first
-(N * D elements; 21 us of a 511 us call on the H100 at N 8192, about 0.7% of a 128K prefill),
+:func:`~.triton_flash.gather_scope` gathers + rotates the scope's keys into an ``[B, Hkv, N, D]``
+buffer first (N * D elements; 21 us of a 511 us call on the H100 at N 8192, about 0.7% of a 128K prefill),
 then the programs read that buffer; V is still read from the cache in place.
 Short query counts (decode: one query per head) stay fully fused (nothing is copied), split the
 scope over programs (flash-decoding) and a second tiny kernel combines the partial results.
@@ -42,7 +42,8 @@ import triton.language as tl
 
 from ._triton_utils import cdiv, check_device, check_float, next_pow2, sm_count
 from .torch_ops import scope_attention_torch
-from .triton_flash import combine, flash_scope_attention
+from .triton_flash import flash_scope_attention, gather_scope
+from .triton_online_softmax import combine, softmax_step
 
 __all__ = ["scope_attention_triton"]
 
@@ -301,72 +302,10 @@ def _attend_tile(
         s = tl.dot(q2r, tl.trans(k2r), s)
     vis = (kpos[None, :] >= 0) & (kpos[None, :] <= qpos[:, None])
     s = tl.where(vis, s * qk_scale, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp2(m_i - m_use)
-    p = tl.exp2(s - m_use[:, None])
-    l_i = l_i * alpha + tl.sum(p, axis=1)
     # padding rows (kpos -1) are never read for V: whatever they hold (NaN) times a weight of 0 stays out
     vm = (nv & (kpos >= 0))[:, None] & dv[None, :]
     v = tl.load(v_base + idx[:, None] * sv_t + d[None, :] * sv_d, mask=vm, other=0.0)
-    if IEEE:
-        acc = acc * alpha[:, None] + tl.dot(p.to(dtype), v, input_precision="ieee")
-    else:
-        acc = acc * alpha[:, None] + tl.dot(p.to(dtype), v)
-    return m_new, l_i, acc
-
-
-@triton.jit
-def _rotate_keys_kernel(
-    k_ptr,
-    idx_ptr,
-    kpos_ptr,
-    cos_ptr,
-    sin_ptr,
-    out_ptr,
-    N,
-    HKV,
-    sk_b,
-    sk_h,
-    sk_t,
-    sk_d,
-    si_b,
-    si_n,
-    sp_b,
-    sp_n,
-    sc_p,
-    sc_r,
-    ss_p,
-    ss_r,
-    DH: tl.constexpr,
-    BLOCK_DH: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    """``out[b, kv, n] = rope(k_cache[b, kv, idx[b, n]], key_pos[b, n])``: the scope's keys,
-    gathered and rotated once per call (``out`` is ``[B, Hkv, N, 2*DH]`` contiguous)."""
-    pid_n = tl.program_id(0)
-    pid = tl.program_id(1)
-    kvh = pid % HKV
-    b = (pid // HKV).to(tl.int64)
-    offs = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    nv = offs < N
-    dh = tl.arange(0, BLOCK_DH)
-    km = nv[:, None] & (dh < DH)[None, :]
-    idx = tl.load(idx_ptr + b * si_b + offs * si_n, mask=nv, other=0).to(tl.int64)
-    kp = tl.maximum(tl.load(kpos_ptr + b * sp_b + offs * sp_n, mask=nv, other=0), 0).to(tl.int64)
-    krow = k_ptr + b * sk_b + kvh.to(tl.int64) * sk_h + idx[:, None] * sk_t
-    k1 = tl.load(krow + dh[None, :] * sk_d, mask=km, other=0.0).to(tl.float32)
-    k2 = tl.load(krow + (dh[None, :] + DH) * sk_d, mask=km, other=0.0).to(tl.float32)
-    crow = cos_ptr + kp[:, None] * sc_p
-    srow = sin_ptr + kp[:, None] * ss_p
-    c1 = tl.load(crow + dh[None, :] * sc_r, mask=km, other=0.0).to(tl.float32)
-    c2 = tl.load(crow + (dh[None, :] + DH) * sc_r, mask=km, other=0.0).to(tl.float32)
-    s1 = tl.load(srow + dh[None, :] * ss_r, mask=km, other=0.0).to(tl.float32)
-    s2 = tl.load(srow + (dh[None, :] + DH) * ss_r, mask=km, other=0.0).to(tl.float32)
-    dtype = out_ptr.dtype.element_ty
-    orow = out_ptr + ((b * HKV + kvh) * N + offs)[:, None] * (2 * DH)
-    tl.store(orow + dh[None, :], (k1 * c1 - k2 * s1).to(dtype), mask=km)
-    tl.store(orow + DH + dh[None, :], (k2 * c2 + k1 * s2).to(dtype), mask=km)
+    return softmax_step(s, m_i, l_i, acc, v, IEEE, dtype)
 
 
 # Tuning hook for benchmarks: ``{"decode": {...}, "prefill": {...}}`` merged into the picked config.
@@ -398,34 +337,6 @@ def _pick_config(rows: int, N: int, D: int, n_sm: int) -> dict:
     if bd <= 128:
         cfg.update(CONFIG_OVERRIDES["prefill"])
     return cfg
-
-
-def rotate_keys(k_cache, gather_idx, key_pos, cos, sin, dtype) -> torch.Tensor:
-    """``[B, Hkv, N, D]``: the scope's keys gathered from the cache and rotated at ``key_pos``."""
-    B, Hkv, _, D = k_cache.shape
-    N = gather_idx.shape[1]
-    out = torch.empty((B, Hkv, N, D), device=k_cache.device, dtype=dtype)
-    RB = 64
-    _rotate_keys_kernel[(cdiv(N, RB), B * Hkv)](
-        k_cache,
-        gather_idx,
-        key_pos,
-        cos,
-        sin,
-        out,
-        N,
-        Hkv,
-        *k_cache.stride(),
-        *gather_idx.stride(),
-        *key_pos.stride(),
-        *cos.stride(),
-        *sin.stride(),
-        DH=D // 2,
-        BLOCK_DH=max(16, next_pow2(D // 2)),
-        BLOCK_N=RB,
-        num_warps=4,
-    )
-    return out
 
 
 def _launch(
@@ -462,7 +373,7 @@ def _launch(
     # PREROT: gather + rotate the scope's keys once per call (N*D elements, a few % of the
     # attention's time), so the row-block programs, which each read every key, skip the RoPE math
     # and its cos/sin traffic; values are still read from the cache in place.
-    k_src = rotate_keys(k_cache, gather_idx, key_pos, cos, sin, q.dtype) if prerot else k_cache
+    k_src = gather_scope(k_cache, None, gather_idx, key_pos, cos, sin)[0] if prerot else k_cache
     _scope_attn_kernel[(n_rb, B * Hkv * splits)](
         q,
         k_src,

@@ -1,4 +1,4 @@
-"""Scope attention for prefill chunks at flash-attention speed (Triton; twin: :func:`scope_attention_torch`).
+"""Scope attention for prefill chunks on a flash-attention path (Triton; twin: :func:`scope_attention_torch`).
 
 A prefill chunk's row blocks each read every key of the scope, so the scope is copied once into
 contiguous buffers and then read as flash attention reads its K/V:
@@ -23,7 +23,7 @@ causal mask; the tiles past them are not read at all (the causal half of the chu
 flash attention's causal loop does).
 
 Long scopes with few row blocks (small models, short chunks) split the keys over programs as
-flash-decoding does; :func:`combine` merges the partial results.
+flash-decoding does; :func:`~.triton_online_softmax.combine` merges the partial results.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ import triton
 import triton.language as tl
 
 from ._triton_utils import cdiv, next_pow2
+from .triton_online_softmax import combine, dot, softmax_step
 
-__all__ = ["combine", "flash_scope_attention", "gather_scope"]
+__all__ = ["flash_scope_attention", "gather_scope"]
 
 
 @triton.jit
@@ -69,6 +70,7 @@ def _gather_kernel(
     DH: tl.constexpr,
     BLOCK_DH: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    WITH_V: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid = tl.program_id(1)
@@ -96,34 +98,38 @@ def _gather_kernel(
     orow = ((b * HKV + kvh) * N + offs)[:, None] * D
     tl.store(ko_ptr + orow + dh[None, :], (k1 * c1 - k2 * s1).to(dtype), mask=sm)
     tl.store(ko_ptr + orow + DH + dh[None, :], (k2 * c2 + k1 * s2).to(dtype), mask=sm)
-    vrow = v_ptr + b * sv_b + kvh * sv_h + idx[:, None] * sv_t
-    v1 = tl.load(vrow + dh[None, :] * sv_d, mask=lm, other=0.0)
-    v2 = tl.load(vrow + (dh[None, :] + DH) * sv_d, mask=lm, other=0.0)
-    tl.store(vo_ptr + orow + dh[None, :], v1.to(dtype), mask=sm)
-    tl.store(vo_ptr + orow + DH + dh[None, :], v2.to(dtype), mask=sm)
+    if WITH_V:
+        vrow = v_ptr + b * sv_b + kvh * sv_h + idx[:, None] * sv_t
+        v1 = tl.load(vrow + dh[None, :] * sv_d, mask=lm, other=0.0)
+        v2 = tl.load(vrow + (dh[None, :] + DH) * sv_d, mask=lm, other=0.0)
+        tl.store(vo_ptr + orow + dh[None, :], v1.to(dtype), mask=sm)
+        tl.store(vo_ptr + orow + DH + dh[None, :], v2.to(dtype), mask=sm)
 
 
-def gather_scope(k_cache, v_cache, gather_idx, key_pos, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
+def gather_scope(k_cache, v_cache, gather_idx, key_pos, cos, sin) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(K', V')``, each ``[B, Hkv, N, D]`` contiguous in ``k_cache``'s dtype: the scope's keys
-    rotated at ``key_pos`` and its values, zeros at padding entries."""
+    rotated at ``key_pos`` and its values, zeros at padding entries. ``v_cache`` None: the keys
+    alone (``V'`` None)."""
     B, Hkv, _, D = k_cache.shape
     N = gather_idx.shape[1]
     ko = torch.empty((B, Hkv, N, D), device=k_cache.device, dtype=k_cache.dtype)
-    vo = torch.empty_like(ko)
+    with_v = v_cache is not None
+    vo = torch.empty_like(ko) if with_v else None
+    vc = v_cache if with_v else k_cache
     BN = 64 if D <= 128 else 32
     _gather_kernel[(cdiv(N, BN), B * Hkv)](
         k_cache,
-        v_cache,
+        vc,
         gather_idx,
         key_pos,
         cos,
         sin,
         ko,
-        vo,
+        vo if with_v else ko,
         N,
         Hkv,
         *k_cache.stride(),
-        *v_cache.stride(),
+        *vc.stride(),
         *gather_idx.stride(),
         *key_pos.stride(),
         *cos.stride(),
@@ -132,24 +138,10 @@ def gather_scope(k_cache, v_cache, gather_idx, key_pos, cos, sin) -> tuple[torch
         DH=D // 2,
         BLOCK_DH=max(16, next_pow2(D // 2)),
         BLOCK_N=BN,
+        WITH_V=with_v,
         num_warps=4,
     )
     return ko, vo
-
-
-@triton.jit
-def _softmax_step(s, m_i, l_i, acc, v, IEEE: tl.constexpr, dtype: tl.constexpr):
-    """Fold one tile's masked, scaled (log2) scores ``s [R, BN]`` and values ``v [BN, D]`` in."""
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp2(m_i - m_use)
-    p = tl.exp2(s - m_use[:, None])
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    if IEEE:
-        acc = acc * alpha[:, None] + tl.dot(p.to(dtype), v, input_precision="ieee")
-    else:
-        acc = acc * alpha[:, None] + tl.dot(p.to(dtype), v)
-    return m_new, l_i, acc
 
 
 @triton.jit
@@ -243,13 +235,10 @@ def _flash_kernel(
             offs = n0 + offs_n
             kpos = tl.load(kpos_base + offs * sp_n)
             kt = tl.load(k_base + offs[:, None] * D + d[None, :], mask=dv[None, :], other=0.0)
-            if IEEE:
-                sc = tl.dot(qr, tl.trans(kt), input_precision="ieee")
-            else:
-                sc = tl.dot(qr, tl.trans(kt))
+            sc = dot(qr, tl.trans(kt), IEEE)
             sc = sc * qk_scale + tl.where(kpos >= 0, 0.0, float("-inf"))[None, :]
             vt = tl.load(v_base + offs[:, None] * D + d[None, :], mask=dv[None, :], other=0.0)
-            m_i, l_i, acc = _softmax_step(sc, m_i, l_i, acc, vt, IEEE, dtype)
+            m_i, l_i, acc = softmax_step(sc, m_i, l_i, acc, vt, IEEE, dtype)
         lo = tl.maximum(start, open_end)
     else:
         causal_end = end
@@ -260,17 +249,14 @@ def _flash_kernel(
         kpos = tl.load(kpos_base + offs * sp_n, mask=nv, other=-1)
         km = nv[:, None] & dv[None, :]
         kt = tl.load(k_base + offs[:, None] * D + d[None, :], mask=km, other=0.0)
-        if IEEE:
-            sc = tl.dot(qr, tl.trans(kt), input_precision="ieee")
-        else:
-            sc = tl.dot(qr, tl.trans(kt))
+        sc = dot(qr, tl.trans(kt), IEEE)
         if TAIL:  # key first + j is query j's own: query i sees it iff j <= i
             vis = (kpos[None, :] >= 0) & ((offs[None, :] - (N - Q)) <= qi[:, None])
         else:
             vis = (kpos[None, :] >= 0) & (kpos[None, :] <= qpos[:, None])
         sc = tl.where(vis, sc * qk_scale, float("-inf"))
         vt = tl.load(v_base + offs[:, None] * D + d[None, :], mask=km, other=0.0)
-        m_i, l_i, acc = _softmax_step(sc, m_i, l_i, acc, vt, IEEE, dtype)
+        m_i, l_i, acc = softmax_step(sc, m_i, l_i, acc, vt, IEEE, dtype)
 
     row_id = (b64 * H + h) * Q + qi  # [BLOCK_R]: (b, h, i) flattened
     if SPLIT:
@@ -282,57 +268,6 @@ def _flash_kernel(
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         orow = ((b64 * Q + qi) * H + h) * D  # output [B, Q, H, D] contiguous
         tl.store(o_ptr + orow[:, None] + d[None, :], out.to(dtype), mask=qm)
-
-
-@triton.jit
-def _combine_kernel(
-    po_ptr,
-    pml_ptr,
-    o_ptr,
-    Q,
-    H,
-    SPLITS,
-    D: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    SP: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)  # (b * H + h) * Q + i
-    b = row // (H * Q)
-    h = (row // Q) % H
-    qi = row % Q
-    sidx = tl.arange(0, SP)
-    sv = sidx < SPLITS
-    m = tl.load(pml_ptr + (row * SPLITS + sidx) * 2, mask=sv, other=float("-inf"))
-    lsum = tl.load(pml_ptr + (row * SPLITS + sidx) * 2 + 1, mask=sv, other=0.0)
-    mmax = tl.max(m, axis=0)
-    mu = tl.where(mmax == float("-inf"), 0.0, mmax)
-    w = tl.exp2(m - mu)
-    L = tl.sum(w * lsum, axis=0)
-    d = tl.arange(0, BLOCK_D)
-    dv = d < D
-    acc = tl.load(
-        po_ptr + (row * SPLITS + sidx)[:, None] * D + d[None, :], mask=sv[:, None] & dv[None, :], other=0.0
-    )
-    out = tl.sum(acc * w[:, None], axis=0) / tl.where(L == 0.0, 1.0, L)
-    tl.store(o_ptr + ((b * Q + qi) * H + h) * D + d, out.to(o_ptr.dtype.element_ty), mask=dv)
-
-
-def combine(po: torch.Tensor, pml: torch.Tensor, out: torch.Tensor) -> None:
-    """Merge split partial results into ``out [B, Q, H, D]``: ``po [B, H, Q, S, D]`` un-normalised
-    fp32 accumulators, ``pml [B, H, Q, S, 2]`` their (log2 max, sum) pairs."""
-    B, H, Q, S, D = po.shape
-    _combine_kernel[(B * H * Q,)](
-        po,
-        pml,
-        out,
-        Q,
-        H,
-        S,
-        D=D,
-        BLOCK_D=max(16, next_pow2(D)),
-        SP=max(2, next_pow2(S)),
-        num_warps=4 if D > 64 else 2,
-    )
 
 
 def flash_scope_attention(
