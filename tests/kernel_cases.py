@@ -467,32 +467,24 @@ def e2e_prompt_kernels_case():
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from tiny_models import distinct_ids, tiny_model
+    from tiny_models import distinct_ids, prompt_then_steps, tiny_model
 
-    from reattn_llm import ReAttentionCache, ReAttentionConfig, patch
+    from reattn_llm import ReAttentionConfig
     from reattn_llm.method import attention
 
     ids = distinct_ids(1, 93, seed=7)
     runs = {}
+    inner = attention.scope_from_centres
     for backend in ("torch", "triton"):
         model = tiny_model("llama", heads=6, kv_heads=2, head_dim=16, layers=2, window=128, seed=5)
         cfg = ReAttentionConfig(
             global_size=4, local_size=32, span_size=4, max_spans=5, top_k=2, chunk_size=16, backend=backend
         )
         calls = []
-        inner = attention.scope_from_centres
-        attention.scope_from_centres = lambda *a, calls=calls, inner=inner, **kw: (
-            calls.append(a[-2]) or inner(*a, **kw)
-        )
-        handle = patch(model, cfg)
+        attention.scope_from_centres = lambda *a, calls=calls, **kw: calls.append(a[-2]) or inner(*a, **kw)
         try:
-            cache = ReAttentionCache(2)
-            with torch.no_grad():
-                out = [model(ids[:, :90], past_key_values=cache).logits]
-                out += [model(ids[:, t : t + 1], past_key_values=cache).logits for t in range(90, 93)]
-            runs[backend] = (torch.cat(out, 1), [cache.layers[i].pinned for i in range(2)], calls)
+            runs[backend] = (*prompt_then_steps(model, cfg, ids, 90), calls)
         finally:
-            handle.unpatch()
             attention.scope_from_centres = inner
     (want, want_pins, none), (got, got_pins, calls) = runs["torch"], runs["triton"]
     assert not none and calls, "the prompt chunks' kernel path ran only on the Triton backend"

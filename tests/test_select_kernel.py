@@ -139,9 +139,9 @@ def e2e_logits(decode_spans, fused, select=None, heads=6, layers=2, prompt=160, 
     """Logits of a prefill then ``steps`` one-token decode steps of a patched tiny llama (fp64), and
     each layer's remembered centres; ``fused``: the fused selection forced on for backend "torch"
     (``select``: the function standing in for ``kernels.select_scope``). Also returns its calls."""
-    from tiny_models import distinct_ids, tiny_model
+    from tiny_models import distinct_ids, prompt_then_steps, tiny_model
 
-    from reattn_llm import ReAttentionCache, ReAttentionConfig, patch
+    from reattn_llm import ReAttentionConfig
     from reattn_llm.method import attention
 
     model = tiny_model(
@@ -174,19 +174,11 @@ def e2e_logits(decode_spans, fused, select=None, heads=6, layers=2, prompt=160, 
             {"decode": ("triton", "torch"), "prefill": ("triton", "torch")},
             counted,
         )
-    handle = patch(model, cfg)
     try:
-        cache = ReAttentionCache(layers)
-        with torch.no_grad():
-            out = [model(ids[:, :prompt], past_key_values=cache).logits[:, -1:]]
-            out += [
-                model(ids[:, t : t + 1], past_key_values=cache).logits for t in range(prompt, prompt + steps)
-            ]
-        pinned = [cache.layers[i].pinned for i in range(layers)]
+        logits, pinned = prompt_then_steps(model, cfg, ids, prompt)
     finally:
-        handle.unpatch()
         attention.FUSED_SELECT, attention.select_scope = saved
-    return torch.cat(out, 1), pinned, calls
+    return logits[:, prompt - 1 :], pinned, calls
 
 
 def e2e_triton_case():

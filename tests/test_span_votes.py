@@ -98,9 +98,8 @@ def _span_run(span_kernels: tuple[str, ...], decode_spans: str) -> tuple[torch.T
     """Logits of a patched tiny llama (fp64; prompt chunks rank spans by span votes) over a prompt
     and 8 decode steps, and each layer's remembered centres; ``span_kernels``: the backends whose
     prompt chunks take the kernels' path (``attention.SPAN_KERNELS``, here their torch twins)."""
-    from tiny_models import distinct_ids, tiny_model
+    from tiny_models import distinct_ids, prompt_then_steps, tiny_model
 
-    from reattn_llm import ReAttentionCache, patch
     from reattn_llm.method import attention
 
     model = tiny_model("llama", heads=6, kv_heads=2, head_dim=16, layers=2, window=128, seed=5).double()
@@ -114,20 +113,12 @@ def _span_run(span_kernels: tuple[str, ...], decode_spans: str) -> tuple[torch.T
         decode_spans=decode_spans,
     )
     assert cfg.vote_pooling == "span"
-    ids = distinct_ids(1, 168, seed=7)
     saved = attention.SPAN_KERNELS
     attention.SPAN_KERNELS = span_kernels
-    handle = patch(model, cfg)
     try:
-        cache = ReAttentionCache(2)
-        with torch.no_grad():
-            out = [model(ids[:, :160], past_key_values=cache).logits]
-            out += [model(ids[:, t : t + 1], past_key_values=cache).logits for t in range(160, 168)]
-        pinned = [cache.layers[i].pinned for i in range(2)]
+        return prompt_then_steps(model, cfg, distinct_ids(1, 168, seed=7), 160)
     finally:
-        handle.unpatch()
         attention.SPAN_KERNELS = saved
-    return torch.cat(out, 1), pinned
 
 
 @pytest.mark.parametrize("decode_spans", ["union", "question"])

@@ -158,3 +158,23 @@ def distinct_ids(batch: int, length: int, seed: int = 0, vocab: int = 512) -> to
     so top-k selections are unique and implementations can be compared token for token."""
     g = torch.Generator().manual_seed(seed)
     return torch.stack([torch.randperm(vocab, generator=g)[:length] for _ in range(batch)])
+
+
+def prompt_then_steps(model, cfg, ids: torch.Tensor, prompt: int) -> tuple[torch.Tensor, list]:
+    """``model`` patched with ``cfg`` (unpatched after): ``ids[:, :prompt]`` in one forward, then the
+    rest one token at a time into one cache. Returns the logits of every position ``[1, T, V]`` and
+    each layer's remembered question centres (``pinned``)."""
+    from reattn_llm import ReAttentionCache, patch
+
+    layers = model.config.num_hidden_layers
+    handle = patch(model, cfg)
+    try:
+        cache = ReAttentionCache(layers)
+        with torch.no_grad():
+            out = [model(ids[:, :prompt], past_key_values=cache).logits]
+            out += [
+                model(ids[:, t : t + 1], past_key_values=cache).logits for t in range(prompt, ids.shape[1])
+            ]
+        return torch.cat(out, 1), [cache.layers[i].pinned for i in range(layers)]
+    finally:
+        handle.unpatch()
