@@ -11,6 +11,8 @@ Run on a CUDA machine: ``python benchmarks/gpu_kernels_check.py [--json out.json
 * level-1 block rank (two-level selection): the kernel against fp64 on the same rounded inputs,
   within the fp32 error of its dots; its time beside the torch twin's (which slices the
   ``[rows, blocks]`` scores).
+* level 2 of two-level selection: the top-k over candidate blocks read in place (a block table)
+  is an exact top-k of those keys and names the rows that gathering them first names; both timed.
 * selection: the fused span selection equals, exactly, its torch twin and ``method.selection``'s
   ops (rank_centres, sort, expand_spans, build_scope), decode and prefill chunks, ranked inside
   the kernel and outside it.
@@ -33,7 +35,7 @@ from reattn_llm.kernels.torch_ops import rank_blocks_torch, scope_attention_torc
 from reattn_llm.kernels.triton_attention import scope_attention_triton
 from reattn_llm.kernels.triton_blocks import rank_blocks_triton
 from reattn_llm.kernels.triton_select import MAX_FUSED, select_scope_triton
-from reattn_llm.kernels.triton_topk import score_topk_triton
+from reattn_llm.kernels.triton_topk import score_topk_blocks_triton, score_topk_triton
 
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
@@ -141,6 +143,37 @@ def attn_case(B, H, Hkv, Q, T, N, D, dtype, seed=0, chunk_tail=False, config=Non
     return {"err_kernel": e_k, "err_twin": e_t}
 
 
+def level2_case(B, H, Hkv, Q, M, D, bs, C, top_k, dtype, seed=0):
+    """Two-level selection's level 2 in place (a block table into the middle) against its twin, an
+    exact top-k of the candidate keys, timed beside gathering the candidates and scoring them."""
+    torch.manual_seed(seed)
+    q = torch.randn(B, H, Q, D, device=DEV, dtype=dtype)
+    k = torch.randn(B, Hkv, M + 64, D, device=DEV, dtype=dtype)[:, :, 32 : 32 + M]
+    n_full, tail = M // bs, M % bs
+    blocks = torch.rand(B, Hkv, n_full, device=DEV).topk(C, dim=2).indices.sort(dim=2).values
+    table = torch.cat([blocks, blocks.new_full((B, Hkv, 1), n_full)], dim=2) if tail else blocks
+    n_keys = C * bs + tail
+    got = score_topk_blocks_triton(q, k, table, bs, n_keys, top_k)
+    rows = (table[..., None] * bs + torch.arange(bs, device=DEV)).flatten(2)[..., :n_keys]
+
+    def gathered():
+        kc = k.gather(2, rows[..., None].expand(-1, -1, -1, D))
+        local = score_topk_triton(q, kc, top_k)
+        return rows.repeat_interleave(H // Hkv, 1).gather(2, local.flatten(2)).reshape(local.shape)
+
+    ref = gathered()
+    kc = k.gather(2, rows[..., None].expand(-1, -1, -1, D))
+    logical = torch.full((B, Hkv, M), -1, dtype=torch.long, device=DEV)
+    logical.scatter_(2, rows, torch.arange(n_keys, device=DEV).expand(B, Hkv, -1).contiguous())
+    local = logical.repeat_interleave(H // Hkv, 1).gather(2, got.flatten(2)).reshape(got.shape)
+    assert int(local.min()) >= 0, "a row outside the candidate blocks"
+    info = check_topk(q, kc, top_k, local)
+    info["same_rows_as_gathering"] = bool((got.sort(-1).values == ref.sort(-1).values).all())
+    t_in = triton.testing.do_bench(lambda: score_topk_blocks_triton(q, k, table, bs, n_keys, top_k))
+    t_ga = triton.testing.do_bench(gathered)
+    return {**info, "in_place_ms": round(t_in, 4), "gather_then_score_ms": round(t_ga, 4)}
+
+
 def rank_blocks_case(B, H, Hkv, Q, NB, D, dtype, seed=0):
     from reattn_llm.method.two_level import BOUND_WEIGHT as W
 
@@ -154,8 +187,15 @@ def rank_blocks_case(B, H, Hkv, Q, NB, D, dtype, seed=0):
     assert err <= tol, f"rank differs from fp64 by {err:.3g} (tol {tol:.3g})"
     del ref
     t_tri = triton.testing.do_bench(lambda: rank_blocks_triton(q, summ, W), return_mode="median")
+    one = dict(splits=1)  # the row-best pass unsplit, as before the decode split
+    t_one = triton.testing.do_bench(lambda: rank_blocks_triton(q, summ, W, _config=one), return_mode="median")
     t_torch = triton.testing.do_bench(lambda: rank_blocks_torch(q, summ, W), return_mode="median")
-    return {"max_err": err, "triton_ms": round(t_tri, 3), "torch_ms": round(t_torch, 3)}
+    return {
+        "max_err": err,
+        "triton_ms": round(t_tri, 4),
+        "unsplit_ms": round(t_one, 4),
+        "torch_ms": round(t_torch, 3),
+    }
 
 
 def spans_case(B, H, Q, k, M, keep, span, bands=None, seed=0):
@@ -268,6 +308,24 @@ CASES = {
         1, 9, 3, 512, 1 << 15, 64, BF16
     ),
     "rank_blocks Q1 H9/3 d64 decode, 3,001 blocks, fp16": lambda: rank_blocks_case(2, 9, 3, 1, 3001, 64, F16),
+    "rank_blocks Q1 H32/8 d128 decode 128K keys (4K blocks) bf16": lambda: rank_blocks_case(
+        1, 32, 8, 1, 4096, 128, BF16
+    ),
+    "rank_blocks Q1 H9/3 d64 decode 1M keys (32K blocks) bf16": lambda: rank_blocks_case(
+        1, 9, 3, 1, 1 << 15, 64, BF16
+    ),
+    "level2 decode H32/8 d128 M131040 bs32 C508 bf16": lambda: level2_case(
+        1, 32, 8, 1, 131040, 128, 32, 508, 4, BF16
+    ),
+    "level2 chunk Q1024 H32/8 d128 M131072 bs32 C508 bf16": lambda: level2_case(
+        1, 32, 8, 1024, 131072, 128, 32, 508, 4, BF16
+    ),
+    "level2 chunk Q512 H9/3 d64 M1048000 bs32 C508 bf16 b2": lambda: level2_case(
+        2, 9, 3, 512, 1048000, 64, 32, 508, 4, BF16
+    ),
+    "level2 decode H8/4 d256 M40001 bs16 C100 fp16": lambda: level2_case(
+        1, 8, 4, 1, 40001, 256, 16, 100, 8, F16
+    ),
     "spans chunk Q1024 H32 k4 M131072 span32 keep127 bands": lambda: spans_case(
         1, 32, 1024, 4, 131072, 127, 32, 300
     ),

@@ -121,6 +121,37 @@ def topk_dup_case(dtype, config=None):
     return topk_check(q, k, 4, got)
 
 
+def topk_blocks_case(B, H, Hkv, Q, M, D, bs, C, top_k, dtype, config=None, seed=0):
+    """Level 2 of two-level selection: the top-k over per-KV-head blocks read in place through a
+    block table (C increasing full blocks of each head, plus the partial block at the end of the
+    middle) must be an exact top-k of those keys, the twin's up to ties, and name rows of ``k``."""
+    from reattn_llm.kernels.torch_ops import score_topk_blocks_torch
+    from reattn_llm.kernels.triton_topk import score_topk_blocks_triton
+
+    torch.manual_seed(seed)
+    q = torch.randn(B, H, Q, D, dtype=dtype)
+    buf = torch.randn(B, Hkv, M + 9, D, dtype=dtype)
+    k = buf[:, :, 4 : 4 + M]  # the middle of a larger cache
+    n_full, tail = M // bs, M % bs
+    blocks = torch.rand(B, Hkv, n_full).topk(C, dim=2).indices.sort(dim=2).values
+    table = torch.cat([blocks, blocks.new_full((B, Hkv, 1), n_full)], dim=2) if tail else blocks
+    n_keys = C * bs + tail
+    got = score_topk_blocks_triton(q, k, table, bs, n_keys, top_k, _config=config)
+    twin = score_topk_blocks_torch(q, k, table, bs, n_keys, top_k)
+    assert got.shape == twin.shape == (B, H, Q, min(top_k, n_keys)), (tuple(got.shape), tuple(twin.shape))
+    rows = (table[..., None] * bs + torch.arange(bs)).flatten(2)[..., :n_keys]  # [B, Hkv, n_keys]
+    kc = k.gather(2, rows[..., None].expand(-1, -1, -1, D))
+    logical = torch.full((B, Hkv, M), -1, dtype=torch.long)
+    logical.scatter_(2, rows, torch.arange(n_keys).expand(B, Hkv, -1).contiguous())
+    g = H // Hkv
+    lg = logical.repeat_interleave(g, dim=1)
+    local = lg.gather(2, got.flatten(2)).reshape(got.shape)
+    assert int(local.min()) >= 0, "a row outside the candidate blocks"
+    out = topk_check(q, kc, top_k, local)
+    assert bool((got == twin).all()), "kernel and twin rows differ"  # random keys: no ties
+    return out
+
+
 GROUPED_SMALL = dict(BLOCK_R=32, BLOCK_N=32, CI=2, EARLY_EXIT=2, num_warps=4, num_stages=1)
 GROUPED_PACK = dict(
     BLOCK_R=32, BLOCK_N=32, CI=2, EARLY_EXIT=0, PACK=True, num_warps=4, num_stages=1, splits=2
@@ -157,6 +188,17 @@ def topk_cases():
     cases["topk_k16_grouped_f16"] = lambda: topk_case(1, 4, 1, 8, 300, 64, 16, F16, GROUPED_SMALL)
     cases["topk_k_gt_M_f32"] = lambda: topk_case(1, 3, 1, 2, 5, 64, 8, F32)
     cases["topk_k3_grouped_M33_f32"] = lambda: topk_case(1, 4, 1, 8, 33, 64, 3, F32, GROUPED_SMALL)
+    # level 2 in place: decode (plain, split), a prompt chunk (grouped, packed), no partial block, d 96
+    cases["topk_blocks_decode_split_f16"] = lambda: topk_blocks_case(
+        2, 6, 2, 1, 203, 64, 8, 9, 4, F16, PLAIN_SPLIT
+    )
+    cases["topk_blocks_packed_f16"] = lambda: topk_blocks_case(
+        1, 6, 2, 11, 301, 64, 16, 7, 4, F16, GROUPED_PACK
+    )
+    cases["topk_blocks_grouped_small_exact_blocks_f16"] = lambda: topk_blocks_case(
+        1, 8, 2, 16, 256, 64, 32, 3, 8, F16, GROUPED_SMALL
+    )
+    cases["topk_blocks_d96_f32"] = lambda: topk_blocks_case(1, 4, 1, 3, 150, 96, 8, 6, 5, F32)
     return cases
 
 
@@ -351,6 +393,7 @@ def rank_blocks_errors_case():
 
 
 SMALL_TILES = dict(BR=16, BN=16, num_warps=2)
+SPLIT_TILES = dict(BR=16, BN=16, num_warps=2, splits=5)
 
 
 def rank_blocks_cases():
@@ -366,6 +409,11 @@ def rank_blocks_cases():
         )
     # Gemma 3's head dim (32-row tiles)
     cases["rank_blocks_NB9_d256_f32"] = lambda: rank_blocks_case(1, 2, 1, 3, 9, 256, F32)
+    # a decode step's few rows: the blocks split across programs, each row's best merged over splits
+    cases["rank_blocks_decode_splits_f16"] = lambda: rank_blocks_case(1, 4, 2, 1, 203, 64, F16, SPLIT_TILES)
+    cases["rank_blocks_decode_auto_splits_f32"] = lambda: rank_blocks_case(
+        2, 8, 2, 1, 300, 64, F32, SMALL_TILES
+    )
     return cases
 
 
@@ -374,11 +422,16 @@ def rank_blocks_cases():
 
 def errors_case():
     from reattn_llm.kernels.triton_attention import scope_attention_triton
-    from reattn_llm.kernels.triton_topk import score_topk_triton
+    from reattn_llm.kernels.triton_topk import score_topk_blocks_triton, score_topk_triton
 
     q = torch.randn(1, 4, 2, 64)
     k = torch.randn(1, 3, 10, 64)
+    k2, tab = torch.randn(1, 2, 10, 64), torch.zeros(1, 2, 2, dtype=torch.long)
     bad = [
+        lambda: score_topk_blocks_triton(q, k2, tab.float(), 4, 8, 4),  # float block table
+        lambda: score_topk_blocks_triton(q, k2, tab[:, :1], 4, 8, 4),  # a table for one KV head of two
+        lambda: score_topk_blocks_triton(q, k2, tab, 4, 9, 4),  # 9 keys from 2 blocks of 4
+        lambda: score_topk_blocks_triton(q, k2, tab, 0, 0, 4),
         lambda: score_topk_triton(q, k, 4),  # 4 heads over 3 KV heads
         lambda: score_topk_triton(q, torch.randn(1, 2, 10, 32), 4),
         lambda: score_topk_triton(q, torch.randn(1, 2, 10, 64, dtype=F16), 4),
@@ -399,6 +452,7 @@ def errors_case():
     expect_value_errors(bad)
     empty = score_topk_triton(q, torch.randn(1, 2, 0, 64), 4)
     assert empty.shape == (1, 4, 2, 0)
+    assert score_topk_blocks_triton(q, k2, tab, 4, 0, 4).shape == (1, 4, 2, 0)
     return {}
 
 

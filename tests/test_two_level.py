@@ -10,6 +10,7 @@ from tiny_models import distinct_ids, tiny_model
 from reattn_llm import ConfigError, ReAttentionCache, ReAttentionConfig, patch
 from reattn_llm.kernels import rank_blocks_torch, score_topk_torch
 from reattn_llm.kv.dense import DenseLayer, TensorKV
+from reattn_llm.kv.layer import KVReader
 from reattn_llm.kv.summaries import KeySummaries, block_summaries
 from reattn_llm.method.two_level import BOUND_WEIGHT, block_bounds, two_level_topk
 
@@ -203,3 +204,23 @@ def test_two_level_finds_the_passkey_at_every_depth_beyond_3x_window(smollm2):
         largest = handle.state.largest_position()
     assert [r.found for r in results] == [True] * 5, [r.answer for r in results]
     assert largest < SMALL["window"]
+
+
+def test_level2_in_place_equals_level2_on_gathered_keys():
+    """Level 2 reads device keys in place through a block table (the full candidate blocks, then the
+    partial block at the end of the middle); it must name the rows the gathering path names."""
+    torch.manual_seed(5)
+    k = torch.randn(2, 2, 211, 32)
+    q = torch.randn(2, 6, 3, 32)
+    kv = TensorKV(k)
+    lo, hi, bs = 3, 200, 8  # 197 middle rows: 24 full blocks and 5 rows
+    blocks = torch.rand(2, 2, 24).topk(7, dim=2).indices.sort(dim=2).values
+    in_place = kv.score_blocks(q, lo, hi, blocks, bs, 4, "torch")
+    gathered = KVReader.score_blocks(kv, q, lo, hi, blocks, bs, 4, "torch")
+    assert in_place.shape == (2, 6, 3, 4)
+    assert torch.equal(in_place, gathered)
+    rows = torch.cat(
+        [(blocks[..., None] * bs + torch.arange(bs)).flatten(2), torch.arange(192, 197).expand(2, 2, 5)], 2
+    )
+    allowed = rows.repeat_interleave(3, dim=1)  # [B, H, 61]: the rows each query head may name
+    assert bool((in_place[..., None] == allowed[:, :, None, None]).any(-1).all())

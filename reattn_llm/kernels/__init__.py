@@ -3,7 +3,8 @@
 ``score_topk`` scores every middle key against every query of a chunk and keeps the top-k;
 ``select_scope`` pools the hits into ranked span centres and builds the chunk's scope from them;
 ``scope_attention`` attends over the gathered, re-positioned scope; ``rank_blocks`` is two-level
-selection's level 1 (block summaries against the chunk's queries); ``rank_spans`` ranks a prompt
+selection's level 1 (block summaries against the chunk's queries) and ``score_topk_blocks`` its
+level 2 (``score_topk`` over candidate blocks read in place); ``rank_spans`` ranks a prompt
 chunk's span centres by the hits their spans cover and ``scope_from_centres`` builds its scope from them. Each has a Triton
 implementation (CUDA) and a torch twin of identical signature (CPU, and the reference).
 The choice is ``ReAttentionConfig.backend``: ``"auto"`` (Triton on CUDA when importable,
@@ -20,6 +21,7 @@ from .torch_ops import (
     rank_spans_torch,
     scope_attention_torch,
     scope_from_centres_torch,
+    score_topk_blocks_torch,
     score_topk_torch,
     select_scope_torch,
 )
@@ -37,6 +39,8 @@ __all__ = [
     "scope_from_centres",
     "scope_from_centres_torch",
     "score_topk",
+    "score_topk_blocks",
+    "score_topk_blocks_torch",
     "score_topk_torch",
     "select_scope",
     "select_scope_torch",
@@ -73,6 +77,23 @@ def score_topk(q: torch.Tensor, k: torch.Tensor, top_k: int, backend: str = "tor
 
         return score_topk_triton(q, k, top_k)
     return score_topk_torch(q, k, top_k)
+
+
+def score_topk_blocks(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    blocks: torch.Tensor,
+    block_size: int,
+    n_keys: int,
+    top_k: int,
+    backend: str = "torch",
+) -> torch.Tensor:
+    """Dispatch for :func:`score_topk_blocks_torch` (same signature, ``backend`` already resolved)."""
+    if backend == "triton":
+        from .triton_topk import score_topk_blocks_triton
+
+        return score_topk_blocks_triton(q, k, blocks, block_size, n_keys, top_k)
+    return score_topk_blocks_torch(q, k, blocks, block_size, n_keys, top_k)
 
 
 def scope_attention(

@@ -6,10 +6,13 @@ bound of q.k blended with the mean key's score). A block's rank is its best *row
 score over the KV head's rows, ``max_r (s[r, n] - max_n' s[r, n'])``. The ``[rows, blocks]`` score
 matrix never exists (at 1M keys it would be ``H·Q·M/bs`` fp32 per chunk):
 
-1. ``_row_best_kernel``: one program per (batch x KV head, row tile) walks all blocks in tiles,
-   keeping each row's best score in registers -> ``[B, Hkv, rows]`` fp32.
+1. ``_row_best_kernel``: one program per (batch x KV head, row tile, block split) walks its
+   split's blocks in tiles, keeping each row's best score in registers -> ``[B, Hkv, S, rows]``
+   fp32. A decode step has a handful of rows per KV head, so its blocks are split (S > 1) until
+   the grid fills the GPU; a prompt chunk's row tiles fill it alone (S = 1).
 2. ``_block_rank_kernel``: one program per (batch x KV head, block tile) holds its blocks'
-   summaries and walks all rows in tiles, keeping each block's best ``s - row best`` -> ``[B, Hkv, n]``.
+   summaries and walks all rows in tiles, each row's best the maximum over the S splits, keeping
+   each block's best ``s - row best`` -> ``[B, Hkv, n]``.
 
 Each pass recomputes the dots (three ``tl.dot`` per tile, fp32 accumulation, IEEE for fp32
 inputs): ``2 x 6·H·Q·n·D`` FLOPs, ``6/bs`` of exact scoring, and nothing written but the results.
@@ -22,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_utils import cdiv, check_device, check_float, next_pow2
+from ._triton_utils import cdiv, check_device, check_float, next_pow2, sm_count
 
 __all__ = ["rank_blocks_triton"]
 
@@ -63,6 +66,8 @@ def _row_best_kernel(
     best_ptr,
     R,
     NB,
+    S,
+    PER_SPLIT,
     stride_qbh,
     stride_qr,
     stride_sbh,
@@ -76,19 +81,21 @@ def _row_best_kernel(
 ):
     bh = tl.program_id(0).to(tl.int64)
     r = tl.program_id(1) * BR + tl.arange(0, BR)
+    split = tl.program_id(2)
     rmask = r < R
     d = tl.arange(0, DP)
     dmask = d < D
     q, qp, qn = _load_rows(q_ptr + bh * stride_qbh, r, rmask, d, dmask, stride_qr)
     best = tl.full((BR,), _NEG, tl.float32)
-    for n0 in range(0, NB, BN):
+    first = split * PER_SPLIT
+    for n0 in range(first, tl.minimum(first + PER_SPLIT, NB), BN):
         n = n0 + tl.arange(0, BN)
         nmask = n < NB
         s_ptrs = s_ptr + bh * stride_sbh + n[:, None].to(tl.int64) * stride_sn + d[None, :]
         s = _tile_scores(q, qp, qn, s_ptrs, nmask, dmask, D, W, IEEE)
         s = tl.where(nmask[None, :], s, _NEG)
         best = tl.maximum(best, tl.max(s, axis=1))
-    tl.store(best_ptr + bh * R + r, best, mask=rmask)
+    tl.store(best_ptr + (bh * S + split) * R + r, best, mask=rmask)
 
 
 @triton.jit
@@ -99,6 +106,7 @@ def _block_rank_kernel(
     out_ptr,
     R,
     NB,
+    S,
     stride_qbh,
     stride_qr,
     stride_sbh,
@@ -122,7 +130,10 @@ def _block_rank_kernel(
         rmask = r < R
         q, qp, qn = _load_rows(q_ptr + bh * stride_qbh, r, rmask, d, dmask, stride_qr)
         s = _tile_scores(q, qp, qn, s_ptrs, nmask, dmask, D, W, IEEE)
-        row_best = tl.load(best_ptr + bh * R + r, mask=rmask, other=0.0)
+        row_best = tl.full((BR,), _NEG, tl.float32)
+        for split in range(0, S):
+            part = tl.load(best_ptr + (bh * S + split) * R + r, mask=rmask, other=0.0)
+            row_best = tl.maximum(row_best, part)
         s = tl.where(rmask[:, None], s - row_best[:, None], _NEG)
         rank = tl.maximum(rank, tl.max(s, axis=0))
     tl.store(out_ptr + bh * NB + n, rank, mask=nmask)
@@ -161,11 +172,21 @@ def rank_blocks_triton(
     if sm.stride(-1) != 1:
         sm = sm.contiguous()
     tile = 64 if d <= 128 else 32  # six [tile, D] operands per step: keep them within shared memory
-    cfg = {"BR": tile, "BN": tile, "num_warps": 4, **(_config or {})}
+    row_tile = min(tile, max(16, next_pow2(rows)))  # a decode step's few rows: no 64-row tile of padding
+    cfg = {"BR": row_tile, "BN": tile, "num_warps": 4, **(_config or {})}
     br, bn, warps = cfg["BR"], cfg["BN"], cfg["num_warps"]
-    best = torch.empty(b * hkv, rows, dtype=torch.float32, device=q.device)
-    common = (rows, nb, qr.stride(0), qr.stride(1), sm.stride(0), sm.stride(1), float(weight))
+    grid = b * hkv * cdiv(rows, br)
+    # split the blocks until the row-best pass has about two programs per SM, each at least 4 tiles
+    splits = cfg.get("splits") or max(1, min(cdiv(2 * sm_count(q.device), grid), cdiv(nb, 4 * bn)))
+    per_split = cdiv(cdiv(nb, splits), bn) * bn
+    splits = cdiv(nb, per_split)
+    best = torch.empty(b * hkv, splits, rows, dtype=torch.float32, device=q.device)
+    strides = (qr.stride(0), qr.stride(1), sm.stride(0), sm.stride(1), float(weight))
     meta = {"D": d, "DP": max(16, next_pow2(d)), "BR": br, "BN": bn, "IEEE": dt == torch.float32}
-    _row_best_kernel[(b * hkv, cdiv(rows, br))](qr, sm, best, *common, **meta, num_warps=warps)
-    _block_rank_kernel[(b * hkv, cdiv(nb, bn))](qr, sm, best, out, *common, **meta, num_warps=warps)
+    _row_best_kernel[(b * hkv, cdiv(rows, br), splits)](
+        qr, sm, best, rows, nb, splits, per_split, *strides, **meta, num_warps=warps
+    )
+    _block_rank_kernel[(b * hkv, cdiv(nb, bn))](
+        qr, sm, best, out, rows, nb, splits, *strides, **meta, num_warps=warps
+    )
     return out

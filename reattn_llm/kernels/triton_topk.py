@@ -46,7 +46,7 @@ import triton.language as tl
 
 from ._triton_utils import cdiv, check_device, check_float, next_pow2, sm_count
 
-__all__ = ["score_topk_triton"]
+__all__ = ["score_topk_blocks_triton", "score_topk_triton"]
 
 MAX_TOP_K = 32
 
@@ -158,11 +158,19 @@ def _topk_tile(
 
 
 @triton.jit
+def _block_rows(t_base, n, valid, BS: tl.constexpr):
+    """Logical keys ``n`` of a block table -> their rows: ``table[n // BS] * BS + n % BS`` (int64)."""
+    blk = tl.load(t_base + n // BS, mask=valid, other=0)
+    return blk.to(tl.int64) * BS + n % BS
+
+
+@triton.jit
 def _score_topk_kernel(
     q_ptr,
     k_ptr,
     cand_v_ptr,
     cand_i_ptr,
+    t_ptr,
     Q,
     M,
     G,
@@ -170,6 +178,7 @@ def _score_topk_kernel(
     KEYS_PER_SPLIT,
     SPLITS,
     HKV,
+    NT,
     sq_b,
     sq_h,
     sq_q,
@@ -178,6 +187,7 @@ def _score_topk_kernel(
     sk_h,
     sk_m,
     sk_d,
+    BS: tl.constexpr,
     D: tl.constexpr,
     BLOCK_D: tl.constexpr,
     TOPK: tl.constexpr,
@@ -232,10 +242,16 @@ def _score_topk_kernel(
 
     kt = k_base + start.to(tl.int64) * sk_m
     k_offs = offs_n[:, None] * sk_m + offs_d[None, :] * sk_d
+    t_base = t_ptr + (b.to(tl.int64) * HKV + kvh) * NT  # block table row (BS > 0)
     for n0 in range(start, full_end, BLOCK_N):  # full tiles: no masks
+        if BS > 0:  # keys in place through the block table
+            rows_n = _block_rows(t_base, n0 + offs_n, offs_n >= 0, BS)
+            kptrs = k_base + rows_n[:, None] * sk_m + offs_d[None, :] * sk_d
+        else:
+            kptrs = kt + k_offs
         vals, ids, thr = _topk_tile(
             q,
-            kt + k_offs,
+            kptrs,
             n0,
             end,
             offs_n,
@@ -259,9 +275,14 @@ def _score_topk_kernel(
         )
         kt += BLOCK_N * sk_m
     if full_end < end:  # the split's partial last tile
+        if BS > 0:
+            rows_n = _block_rows(t_base, full_end + offs_n, full_end + offs_n < end, BS)
+            kptrs = k_base + rows_n[:, None] * sk_m + offs_d[None, :] * sk_d
+        else:
+            kptrs = kt + k_offs
         vals, ids, thr = _topk_tile(
             q,
-            kt + k_offs,
+            kptrs,
             full_end,
             end,
             offs_n,
@@ -301,11 +322,13 @@ def _merge_refine_kernel(
     q_ptr,
     k_ptr,
     out_ptr,
+    t_ptr,
     Q,
     M,
     G,
     H,
     C,
+    NT,
     sq_b,
     sq_h,
     sq_q,
@@ -314,6 +337,7 @@ def _merge_refine_kernel(
     sk_h,
     sk_m,
     sk_d,
+    BS: tl.constexpr,
     D: tl.constexpr,
     BLOCK_D: tl.constexpr,
     TOPK: tl.constexpr,
@@ -328,11 +352,19 @@ def _merge_refine_kernel(
     cmask = c < C
     cv = tl.load(cand_v_ptr + row * C + c, mask=cmask, other=float("-inf"))
     cid = tl.load(cand_i_ptr + row * C + c, mask=cmask, other=-1)
+    b = row // (H * Q)
+    h = (row // Q) % H
+    kvh = h // G
+    t_base = t_ptr + (b * (H // G) + kvh) * NT  # block table row (BS > 0)
     if CI == 0:
         for t in tl.static_range(KK):
             m = tl.max(cv, axis=0)
             sel = tl.min(tl.where(cv == m, cid, 2147483647), axis=0)
-            tl.store(out_ptr + row * KK + t, sel.to(tl.int64))
+            if BS > 0:  # a logical key of the table -> its row
+                out = tl.load(t_base + sel // BS).to(tl.int64) * BS + sel % BS
+            else:
+                out = sel.to(tl.int64)
+            tl.store(out_ptr + row * KK + t, out)
             cv = tl.where((cid == sel) & (cv == m), float("-inf"), cv)
     else:
         # 1. the TOPK best groups over all splits
@@ -358,10 +390,9 @@ def _merge_refine_kernel(
         kvalid = (grp[:, None] >= 0) & (key < M)
         key = tl.reshape(key, [KP * S])
         kvalid = tl.reshape(kvalid, [KP * S])
-        b = row // (H * Q)
-        h = (row // Q) % H
+        if BS > 0:  # logical keys of the table -> their rows (increasing with the key when sorted)
+            key = _block_rows(t_base, key, kvalid, BS)
         qi = row % Q
-        kvh = h // G
         offs_d = tl.arange(0, BLOCK_D)
         dvalid = offs_d < D
         q = tl.load(q_ptr + b * sq_b + h * sq_h + qi * sq_q + offs_d * sq_d, mask=dvalid, other=0.0).to(
@@ -419,9 +450,21 @@ def _pick_config(rows: int, M: int, D: int, n_sm: int, batch_heads: int) -> dict
     return cfg
 
 
-def _launch(q: torch.Tensor, k: torch.Tensor, top_k: int, cfg: dict) -> torch.Tensor:
+def _launch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    top_k: int,
+    cfg: dict,
+    table: torch.Tensor | None = None,
+    block_size: int = 0,
+    n_keys: int = 0,
+) -> torch.Tensor:
+    """Both launches; with ``table [B, Hkv, NT]`` the ``n_keys`` logical keys are read through it."""
     B, H, Q, D = q.shape
-    Hkv, M = k.shape[1], k.shape[2]
+    Hkv = k.shape[1]
+    M = k.shape[2] if table is None else n_keys
+    tab = k if table is None else table  # never read without a table (BS = 0)
+    nt = 0 if table is None else table.shape[2]
     g = H // Hkv
     kk = min(top_k, M)
     rows = g * Q
@@ -446,6 +489,7 @@ def _launch(q: torch.Tensor, k: torch.Tensor, top_k: int, cfg: dict) -> torch.Te
         k,
         cand_v,
         cand_i,
+        tab,
         Q,
         M,
         g,
@@ -453,8 +497,10 @@ def _launch(q: torch.Tensor, k: torch.Tensor, top_k: int, cfg: dict) -> torch.Te
         keys_per_split,
         splits,
         Hkv,
+        nt,
         *q.stride(),
         *k.stride(),
+        BS=block_size if table is not None else 0,
         D=D,
         BLOCK_D=max(16, next_pow2(D)),
         TOPK=top_k,
@@ -476,13 +522,16 @@ def _launch(q: torch.Tensor, k: torch.Tensor, top_k: int, cfg: dict) -> torch.Te
         q,
         k,
         out,
+        tab,
         Q,
         M,
         g,
         H,
         C,
+        nt,
         *q.stride(),
         *k.stride(),
+        BS=block_size if table is not None else 0,
         D=D,
         BLOCK_D=max(16, next_pow2(D)),
         TOPK=top_k,
@@ -494,6 +543,38 @@ def _launch(q: torch.Tensor, k: torch.Tensor, top_k: int, cfg: dict) -> torch.Te
         num_warps=4 if CI > 0 else 1,
     )
     return out
+
+
+def _check(name: str, q: torch.Tensor, k: torch.Tensor, top_k: int) -> None:
+    if q.dim() != 4 or k.dim() != 4:
+        raise ValueError(
+            f"{name}: q [B,H,Q,D] and k [B,Hkv,M,D] must be 4-D, got {tuple(q.shape)}, {tuple(k.shape)}"
+        )
+    B, H, _, D = q.shape
+    if k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(f"{name}: q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch or head dim")
+    Hkv = k.shape[1]
+    if Hkv == 0 or H % Hkv != 0:
+        raise ValueError(f"{name}: query heads {H} not a multiple of KV heads {Hkv}")
+    if not 1 <= D <= 256:
+        raise ValueError(f"{name}: head dim {D} not in 1..256")
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise ValueError(f"{name}: top_k={top_k} not in 1..{MAX_TOP_K}")
+    check_float(name, "q", q)
+    if k.dtype != q.dtype:
+        raise ValueError(f"{name}: q is {q.dtype} but k is {k.dtype}")
+    check_device(name, q, k)
+
+
+def _config_for(q: torch.Tensor, hkv: int, m: int, _config: dict | None) -> dict:
+    B, H, Q, D = q.shape
+    cfg = _pick_config((H // hkv) * Q, m, D, sm_count(q.device), B * hkv)
+    if q.dtype == torch.float32:  # IEEE fp32 dots run on the FMA units: small tiles, plain mode
+        cfg.update(BLOCK_N=min(cfg["BLOCK_N"], 64), num_warps=4, num_stages=1, CI=0, EARLY_EXIT=0, PACK=False)
+        cfg["BLOCK_R"] = min(cfg["BLOCK_R"], 64)
+    if _config:
+        cfg.update(_config)
+    return cfg
 
 
 def score_topk_triton(
@@ -510,32 +591,53 @@ def score_topk_triton(
         ``[B, H, Q, min(top_k, M)]`` int64 indices into ``[0, M)``, best first; ties go to the
         lower index.
     """
-    name = "score_topk_triton"
-    if q.dim() != 4 or k.dim() != 4:
-        raise ValueError(
-            f"{name}: q [B,H,Q,D] and k [B,Hkv,M,D] must be 4-D, got {tuple(q.shape)}, {tuple(k.shape)}"
-        )
-    B, H, Q, D = q.shape
-    if k.shape[0] != B or k.shape[3] != D:
-        raise ValueError(f"{name}: q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch or head dim")
+    _check("score_topk_triton", q, k, top_k)
+    B, H, Q, _ = q.shape
     Hkv, M = k.shape[1], k.shape[2]
-    if Hkv == 0 or H % Hkv != 0:
-        raise ValueError(f"{name}: query heads {H} not a multiple of KV heads {Hkv}")
-    if not 1 <= D <= 256:
-        raise ValueError(f"{name}: head dim {D} not in 1..256")
-    if not 1 <= top_k <= MAX_TOP_K:
-        raise ValueError(f"{name}: top_k={top_k} not in 1..{MAX_TOP_K}")
-    check_float(name, "q", q)
-    if k.dtype != q.dtype:
-        raise ValueError(f"{name}: q is {q.dtype} but k is {k.dtype}")
-    check_device(name, q, k)
     kk = min(top_k, M)
     if B * H * Q == 0 or kk == 0:
         return torch.empty((B, H, Q, kk), device=q.device, dtype=torch.int64)
-    cfg = _pick_config((H // Hkv) * Q, M, D, sm_count(q.device), B * Hkv)
-    if q.dtype == torch.float32:  # IEEE fp32 dots run on the FMA units: small tiles, plain mode
-        cfg.update(BLOCK_N=min(cfg["BLOCK_N"], 64), num_warps=4, num_stages=1, CI=0, EARLY_EXIT=0, PACK=False)
-        cfg["BLOCK_R"] = min(cfg["BLOCK_R"], 64)
-    if _config:
-        cfg.update(_config)
-    return _launch(q, k, top_k, cfg)
+    return _launch(q, k, top_k, _config_for(q, Hkv, M, _config))
+
+
+def score_topk_blocks_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    blocks: torch.Tensor,
+    block_size: int,
+    n_keys: int,
+    top_k: int,
+    *,
+    _config: dict | None = None,
+) -> torch.Tensor:
+    """Exact top-k over per-KV-head key blocks read in place (Triton); twin
+    :func:`~reattn_llm.kernels.torch_ops.score_topk_blocks_torch`, same contract.
+
+    Logical key ``n < n_keys`` of KV head j is row ``blocks[b, j, n // bs] * bs + n % bs`` of ``k``
+    (the block table of paged attention): two-level selection's level 2 scores its candidate blocks
+    where they lie, without gathering them. Scores, ties and modes are :func:`score_topk_triton`'s
+    over the logical keys; the result is rows of ``k``.
+    """
+    name = "score_topk_blocks_triton"
+    _check(name, q, k, top_k)
+    _check_blocks(name, k, blocks, block_size, n_keys)
+    B, H, Q, _ = q.shape
+    kk = min(top_k, n_keys)
+    if B * H * Q == 0 or kk == 0:
+        return torch.empty((B, H, Q, kk), device=q.device, dtype=torch.int64)
+    table = blocks if blocks.is_contiguous() else blocks.contiguous()
+    return _launch(q, k, top_k, _config_for(q, k.shape[1], n_keys, _config), table, block_size, n_keys)
+
+
+def _check_blocks(name: str, k: torch.Tensor, blocks: torch.Tensor, block_size: int, n_keys: int) -> None:
+    if blocks.dim() != 3 or blocks.shape[:2] != k.shape[:2] or blocks.dtype not in (torch.int32, torch.int64):
+        raise ValueError(
+            f"{name}: blocks must be int32/int64 [B, Hkv, C] for k {tuple(k.shape)}, got "
+            f"{tuple(blocks.shape)} {blocks.dtype}"
+        )
+    if block_size < 1 or not 0 <= n_keys <= blocks.shape[2] * block_size:
+        raise ValueError(
+            f"{name}: need block_size >= 1 and 0 <= n_keys <= C * block_size "
+            f"({blocks.shape[2]} x {block_size}), got {block_size} and {n_keys}"
+        )
+    check_device(name, k, blocks)

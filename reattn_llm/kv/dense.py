@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ..kernels import score_topk_blocks
 from .layer import KVLayer, KVReader
 from .storage import MemoryBudget, rows_to_allocate
 from .summaries import block_summaries
@@ -40,6 +41,25 @@ class _DenseReads(KVReader):
         # the rows of a head are contiguous: copy whole blocks
         kb = full.unflatten(2, (n, block_size)).flatten(3)  # [B, Hkv, n, bs*D], a view
         return kb.gather(2, blocks[..., None].expand(-1, -1, -1, block_size * d)).reshape(b, h, -1, d)
+
+    def score_blocks(
+        self,
+        q: torch.Tensor,
+        lo: int,
+        hi: int,
+        blocks: torch.Tensor,
+        block_size: int,
+        top_k: int,
+        backend: str,
+    ) -> torch.Tensor:
+        """The candidate blocks scored where they lie (no gather): the full blocks plus the partial
+        one at the end of the middle form one block table (:func:`~reattn_llm.kernels.score_topk_blocks`)."""
+        n_full = (hi - lo) // block_size
+        table = blocks
+        if hi - lo > n_full * block_size:
+            table = torch.cat([blocks, blocks.new_full((*blocks.shape[:2], 1), n_full)], dim=2)
+        n_keys = blocks.shape[2] * block_size + (hi - lo - n_full * block_size)
+        return score_topk_blocks(q, self.read_keys(lo, hi), table, block_size, n_keys, top_k, backend)
 
     def read_scope(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.keys, self.values, idx  # type: ignore[return-value]

@@ -6,8 +6,8 @@ What one attention call reads from a layer of ``length`` rows (un-rotated keys, 
 * **score the middle**: the exact top-k keys over rows ``[lo, hi)`` for every (query head,
   query), :meth:`KVReader.score_middle`, decided in one function for every storage,
   :func:`exact_topk`;
-* **block summaries** for two-level selection, :meth:`KVReader.block_summaries`, and the keys of
-  the candidate blocks, :meth:`KVReader.take_key_blocks`;
+* **block summaries** for two-level selection, :meth:`KVReader.block_summaries`, and the exact
+  top-k over the candidate blocks, :meth:`KVReader.score_blocks`;
 * **the scope's rows**, :meth:`KVReader.read_scope`: ``[B, N]`` cache rows -> K, V and the index
   tensor that the scope-attention kernel gathers with.
 
@@ -61,6 +61,36 @@ class KVReader(ABC):
         offsets = torch.arange(block_size, device=blocks.device)
         rows = (lo + blocks[..., None] * block_size + offsets).flatten(2)
         return self.take_keys(rows)
+
+    def score_blocks(
+        self,
+        q: torch.Tensor,
+        lo: int,
+        hi: int,
+        blocks: torch.Tensor,
+        block_size: int,
+        top_k: int,
+        backend: str,
+    ) -> torch.Tensor:
+        """Exact top-k of ``q [B, H, Q, D]`` over per-KV-head key blocks of the middle ``[lo, hi)``:
+        the full blocks ``blocks [B, Hkv, C]`` (increasing; block j is rows ``lo + j·bs ..``) and the
+        partial block at its end -> ``[B, H, Q, k]`` offsets in ``[0, hi - lo)``. Here the candidates'
+        keys are gathered (only those rows are read from fp8 or host memory) and scored by
+        :func:`~reattn_llm.kernels.score_topk`; a layer whose keys lie on the device in the model's
+        dtype scores them in place instead (:func:`~reattn_llm.kernels.score_topk_blocks`)."""
+        b, h = q.shape[:2]
+        hkv, c = blocks.shape[1], blocks.shape[2]
+        n_full = (hi - lo) // block_size
+        offsets = torch.arange(block_size, device=q.device)
+        rows = (blocks[..., None] * block_size + offsets).reshape(b, hkv, c * block_size)
+        kc = self.take_key_blocks(lo, blocks, block_size)
+        if hi - lo > n_full * block_size:  # the partial block at the end of the middle
+            end = torch.arange(n_full * block_size, hi - lo, device=q.device).expand(b, hkv, -1)
+            rows = torch.cat([rows, end], dim=2)
+            kc = torch.cat([kc, self.read_keys(lo + n_full * block_size, hi)], dim=2)  # [B, Hkv, L2, D]
+        local = score_topk(q, kc, top_k, backend=backend)  # [B, H, Q, k'] into [0, L2)
+        rows_h = rows.repeat_interleave(h // hkv, dim=1)  # [B, H, L2]
+        return rows_h.gather(2, local.flatten(2)).reshape(local.shape)
 
     @abstractmethod
     def block_summaries(self, origin: int, block_size: int, n_blocks: int) -> torch.Tensor:

@@ -24,10 +24,10 @@ about the block size:
   Triton kernel, two passes that never write the ``[rows, blocks]`` scores, runs where
   :data:`LEVEL1_KERNEL` says). Cost ``6·H·Q·(M/bs)·D`` per pass: ``3/bs`` of exact.
 * **Level 2.** The candidates' keys (plus the partial block at the end of the middle, which has
-  no summary and is always a candidate) are gathered per KV head, ``[B, Hkv, C·bs + r, D]``, by
-  the layer (:meth:`~reattn_llm.kv.layer.KVReader.take_key_blocks`: whole blocks from a device
-  buffer, only those rows from fp8 or host memory), and scored exactly by
-  :func:`~reattn_llm.kernels.score_topk` (Triton or torch); indices map back to middle positions.
+  no summary and is always a candidate) are scored exactly by the layer
+  (:meth:`~reattn_llm.kv.layer.KVReader.score_blocks`): keys on the device in the model's dtype in
+  place, through a block table (:func:`~reattn_llm.kernels.score_topk_blocks`, Triton or torch);
+  fp8 or host rows gathered first, only those rows. Hits are middle positions.
   The hits then go to :func:`~reattn_llm.method.selection.select_spans` unchanged.
 
 Everything is fixed-shape (no ``nonzero``, ``unique`` or ``.item()``). When every full block fits
@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels import rank_blocks, score_topk
+from ..kernels import rank_blocks
 from ..kv.dense import TensorKV
 from ..kv.layer import KVReader, exact_topk
 
@@ -100,7 +100,6 @@ def two_level_topk(
     """
     kv = keys if isinstance(keys, KVReader) else TensorKV(keys)
     hi = kv.length if hi is None else hi
-    b, h, nq, _ = q.shape
     m = hi - lo
     n_full = m // block_size
     c = max(candidate_blocks, -(-top_k // block_size))
@@ -110,18 +109,6 @@ def two_level_topk(
     level1 = backend if backend in LEVEL1_KERNEL else "torch"
     summaries = kv.block_summaries(lo, block_size, n_full)
     rank = rank_blocks(q, summaries, BOUND_WEIGHT, level1)  # [B, Hkv, n_full]
-    hkv = rank.shape[1]
     blocks = rank.topk(c, dim=2).indices.sort(dim=2).values  # [B, Hkv, C], increasing
     # Level 2: exact scores over the candidates' keys and the partial block at the end.
-    offsets = torch.arange(block_size, device=q.device)
-    rows = (blocks[..., None] * block_size + offsets).reshape(b, hkv, c * block_size)
-    kc = kv.take_key_blocks(lo, blocks, block_size)
-    tail = m - n_full * block_size
-    if tail:
-        end = torch.arange(n_full * block_size, m, device=q.device).expand(b, hkv, tail)
-        rows = torch.cat([rows, end], dim=2)
-        kc = torch.cat([kc, kv.read_keys(lo + n_full * block_size, hi)], dim=2)  # [B, Hkv, L2, D]
-    local = score_topk(q, kc, top_k, backend=backend)  # [B, H, Q, k'] into [0, L2)
-    kk = local.shape[-1]
-    rows_h = rows.repeat_interleave(h // hkv, dim=1)  # [B, H, L2]
-    return rows_h.gather(2, local.reshape(b, h, nq * kk)).reshape(b, h, nq, kk)
+    return kv.score_blocks(q, lo, hi, blocks, block_size, top_k, backend)
