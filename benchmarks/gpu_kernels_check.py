@@ -149,12 +149,12 @@ def level2_case(B, H, Hkv, Q, M, D, bs, C, top_k, dtype, seed=0):
     torch.manual_seed(seed)
     q = torch.randn(B, H, Q, D, device=DEV, dtype=dtype)
     k = torch.randn(B, Hkv, M + 64, D, device=DEV, dtype=dtype)[:, :, 32 : 32 + M]
-    n_full, tail = M // bs, M % bs
+    n_full = M // bs
     blocks = torch.rand(B, Hkv, n_full, device=DEV).topk(C, dim=2).indices.sort(dim=2).values
-    table = torch.cat([blocks, blocks.new_full((B, Hkv, 1), n_full)], dim=2) if tail else blocks
-    n_keys = C * bs + tail
-    got = score_topk_blocks_triton(q, k, table, bs, n_keys, top_k)
-    rows = (table[..., None] * bs + torch.arange(bs, device=DEV)).flatten(2)[..., :n_keys]
+    n_keys = C * bs + M % bs
+    got = score_topk_blocks_triton(q, k, blocks, bs, top_k)
+    full = (blocks[..., None] * bs + torch.arange(bs, device=DEV)).flatten(2)
+    rows = torch.cat([full, torch.arange(n_full * bs, M, device=DEV).expand(B, Hkv, -1)], 2)
 
     def gathered():
         kc = k.gather(2, rows[..., None].expand(-1, -1, -1, D))
@@ -169,7 +169,7 @@ def level2_case(B, H, Hkv, Q, M, D, bs, C, top_k, dtype, seed=0):
     assert int(local.min()) >= 0, "a row outside the candidate blocks"
     info = check_topk(q, kc, top_k, local)
     info["same_rows_as_gathering"] = bool((got.sort(-1).values == ref.sort(-1).values).all())
-    t_in = triton.testing.do_bench(lambda: score_topk_blocks_triton(q, k, table, bs, n_keys, top_k))
+    t_in = triton.testing.do_bench(lambda: score_topk_blocks_triton(q, k, blocks, bs, top_k))
     t_ga = triton.testing.do_bench(gathered)
     return {**info, "in_place_ms": round(t_in, 4), "gather_then_score_ms": round(t_ga, 4)}
 

@@ -123,8 +123,8 @@ def topk_dup_case(dtype, config=None):
 
 def topk_blocks_case(B, H, Hkv, Q, M, D, bs, C, top_k, dtype, config=None, seed=0):
     """Level 2 of two-level selection: the top-k over per-KV-head blocks read in place through a
-    block table (C increasing full blocks of each head, plus the partial block at the end of the
-    middle) must be an exact top-k of those keys, the twin's up to ties, and name rows of ``k``."""
+    block table (C increasing full blocks of each head, then the partial block at the end of the
+    middle) must be an exact top-k of those keys, the twin's, and name rows of ``k``."""
     from reattn_llm.kernels.torch_ops import score_topk_blocks_torch
     from reattn_llm.kernels.triton_topk import score_topk_blocks_triton
 
@@ -132,19 +132,18 @@ def topk_blocks_case(B, H, Hkv, Q, M, D, bs, C, top_k, dtype, config=None, seed=
     q = torch.randn(B, H, Q, D, dtype=dtype)
     buf = torch.randn(B, Hkv, M + 9, D, dtype=dtype)
     k = buf[:, :, 4 : 4 + M]  # the middle of a larger cache
-    n_full, tail = M // bs, M % bs
+    n_full = M // bs
     blocks = torch.rand(B, Hkv, n_full).topk(C, dim=2).indices.sort(dim=2).values
-    table = torch.cat([blocks, blocks.new_full((B, Hkv, 1), n_full)], dim=2) if tail else blocks
-    n_keys = C * bs + tail
-    got = score_topk_blocks_triton(q, k, table, bs, n_keys, top_k, _config=config)
-    twin = score_topk_blocks_torch(q, k, table, bs, n_keys, top_k)
+    got = score_topk_blocks_triton(q, k, blocks, bs, top_k, _config=config)
+    twin = score_topk_blocks_torch(q, k, blocks, bs, top_k)
+    n_keys = C * bs + M % bs
     assert got.shape == twin.shape == (B, H, Q, min(top_k, n_keys)), (tuple(got.shape), tuple(twin.shape))
-    rows = (table[..., None] * bs + torch.arange(bs)).flatten(2)[..., :n_keys]  # [B, Hkv, n_keys]
+    full = (blocks[..., None] * bs + torch.arange(bs)).flatten(2)
+    rows = torch.cat([full, torch.arange(n_full * bs, M).expand(B, Hkv, -1)], 2)  # [B, Hkv, n_keys]
     kc = k.gather(2, rows[..., None].expand(-1, -1, -1, D))
     logical = torch.full((B, Hkv, M), -1, dtype=torch.long)
     logical.scatter_(2, rows, torch.arange(n_keys).expand(B, Hkv, -1).contiguous())
-    g = H // Hkv
-    lg = logical.repeat_interleave(g, dim=1)
+    lg = logical.repeat_interleave(H // Hkv, dim=1)
     local = lg.gather(2, got.flatten(2)).reshape(got.shape)
     assert int(local.min()) >= 0, "a row outside the candidate blocks"
     out = topk_check(q, kc, top_k, local)
@@ -428,10 +427,10 @@ def errors_case():
     k = torch.randn(1, 3, 10, 64)
     k2, tab = torch.randn(1, 2, 10, 64), torch.zeros(1, 2, 2, dtype=torch.long)
     bad = [
-        lambda: score_topk_blocks_triton(q, k2, tab.float(), 4, 8, 4),  # float block table
-        lambda: score_topk_blocks_triton(q, k2, tab[:, :1], 4, 8, 4),  # a table for one KV head of two
-        lambda: score_topk_blocks_triton(q, k2, tab, 4, 9, 4),  # 9 keys from 2 blocks of 4
-        lambda: score_topk_blocks_triton(q, k2, tab, 0, 0, 4),
+        lambda: score_topk_blocks_triton(q, k2, tab.float(), 4, 4),  # float block table
+        lambda: score_topk_blocks_triton(q, k2, tab[:, :1], 4, 4),  # a table for one KV head of two
+        lambda: score_topk_blocks_triton(q, k2, tab, 6, 4),  # 2 blocks of 6 in 10 rows
+        lambda: score_topk_blocks_triton(q, k2, tab, 0, 4),
         lambda: score_topk_triton(q, k, 4),  # 4 heads over 3 KV heads
         lambda: score_topk_triton(q, torch.randn(1, 2, 10, 32), 4),
         lambda: score_topk_triton(q, torch.randn(1, 2, 10, 64, dtype=F16), 4),
@@ -452,7 +451,7 @@ def errors_case():
     expect_value_errors(bad)
     empty = score_topk_triton(q, torch.randn(1, 2, 0, 64), 4)
     assert empty.shape == (1, 4, 2, 0)
-    assert score_topk_blocks_triton(q, k2, tab, 4, 0, 4).shape == (1, 4, 2, 0)
+    assert score_topk_blocks_triton(q, torch.randn(1, 2, 8, 64), tab[:, :, :0], 4, 4).shape == (1, 4, 2, 0)
     return {}
 
 

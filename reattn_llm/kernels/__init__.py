@@ -84,7 +84,6 @@ def score_topk_blocks(
     k: torch.Tensor,
     blocks: torch.Tensor,
     block_size: int,
-    n_keys: int,
     top_k: int,
     backend: str = "torch",
 ) -> torch.Tensor:
@@ -92,8 +91,8 @@ def score_topk_blocks(
     if backend == "triton":
         from .triton_topk import score_topk_blocks_triton
 
-        return score_topk_blocks_triton(q, k, blocks, block_size, n_keys, top_k)
-    return score_topk_blocks_torch(q, k, blocks, block_size, n_keys, top_k)
+        return score_topk_blocks_triton(q, k, blocks, block_size, top_k)
+    return score_topk_blocks_torch(q, k, blocks, block_size, top_k)
 
 
 def scope_attention(

@@ -55,25 +55,27 @@ def score_topk_torch(q: torch.Tensor, k: torch.Tensor, top_k: int) -> torch.Tens
 
 
 def score_topk_blocks_torch(
-    q: torch.Tensor, k: torch.Tensor, blocks: torch.Tensor, block_size: int, n_keys: int, top_k: int
+    q: torch.Tensor, k: torch.Tensor, blocks: torch.Tensor, block_size: int, top_k: int
 ) -> torch.Tensor:
     """:func:`score_topk_torch` over per-KV-head key blocks: two-level selection's level 2.
 
     Args:
         q: ``[B, H, Q, D]`` un-rotated queries.
         k: ``[B, Hkv, M, D]`` un-rotated keys (the middle).
-        blocks: ``[B, Hkv, C]`` int block table: logical key ``n < n_keys`` of KV head j is row
-            ``blocks[b, j, n // bs] * bs + n % bs`` of ``k`` (increasing blocks keep ties on the
-            lower row).
+        blocks: ``[B, Hkv, C]`` int full blocks of each KV head (block i is rows ``i·bs ..`` of
+            ``k``; increasing blocks keep ties on the lower row), at most ``M // bs``.
         block_size: bs.
-        n_keys: logical keys scored, at most ``C * bs`` (the last block may be partial).
 
     Returns:
-        ``[B, H, Q, min(top_k, n_keys)]`` int64 rows of ``k``, best first.
+        ``[B, H, Q, min(top_k, n)]`` int64 rows of ``k``, best first, over the ``n = C·bs + M % bs``
+        keys of the blocks and then of the partial block at the end of ``k`` (none when bs divides M).
     """
-    h, hkv = q.shape[1], k.shape[1]
+    b, h = q.shape[:2]
+    hkv, m = k.shape[1], k.shape[2]
     offsets = torch.arange(block_size, device=blocks.device)
-    rows = (blocks[..., None].long() * block_size + offsets).flatten(2)[..., :n_keys]  # [B, Hkv, n]
+    rows = (blocks[..., None].long() * block_size + offsets).flatten(2)  # [B, Hkv, C·bs]
+    tail = torch.arange(m // block_size * block_size, m, device=blocks.device).expand(b, hkv, -1)
+    rows = torch.cat([rows, tail], dim=2)
     local = score_topk_torch(q, k.gather(2, rows[..., None].expand(-1, -1, -1, k.shape[3])), top_k)
     rows_h = rows.repeat_interleave(h // hkv, dim=1)  # query head h reads KV head h // g
     return rows_h.gather(2, local.flatten(2)).reshape(local.shape)

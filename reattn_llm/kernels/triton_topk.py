@@ -158,10 +158,12 @@ def _topk_tile(
 
 
 @triton.jit
-def _block_rows(t_base, n, valid, BS: tl.constexpr):
-    """Logical keys ``n`` of a block table -> their rows: ``table[n // BS] * BS + n % BS`` (int64)."""
-    blk = tl.load(t_base + n // BS, mask=valid, other=0)
-    return blk.to(tl.int64) * BS + n % BS
+def _block_rows(t_base, n, valid, NT, TAIL, BS: tl.constexpr):
+    """Logical keys ``n`` -> their rows (int64): ``table[n // BS] * BS + n % BS`` for the ``NT``
+    blocks of the table, then the partial block's rows from ``TAIL`` on."""
+    j = n // BS
+    blk = tl.load(t_base + j, mask=valid & (j < NT), other=0)
+    return tl.where(j < NT, blk.to(tl.int64) * BS + n % BS, TAIL + (n - NT * BS).to(tl.int64))
 
 
 @triton.jit
@@ -179,6 +181,7 @@ def _score_topk_kernel(
     SPLITS,
     HKV,
     NT,
+    TAIL,
     sq_b,
     sq_h,
     sq_q,
@@ -245,7 +248,7 @@ def _score_topk_kernel(
     t_base = t_ptr + (b.to(tl.int64) * HKV + kvh) * NT  # block table row (BS > 0)
     for n0 in range(start, full_end, BLOCK_N):  # full tiles: no masks
         if BS > 0:  # keys in place through the block table
-            rows_n = _block_rows(t_base, n0 + offs_n, offs_n >= 0, BS)
+            rows_n = _block_rows(t_base, n0 + offs_n, offs_n >= 0, NT, TAIL, BS)
             kptrs = k_base + rows_n[:, None] * sk_m + offs_d[None, :] * sk_d
         else:
             kptrs = kt + k_offs
@@ -276,7 +279,7 @@ def _score_topk_kernel(
         kt += BLOCK_N * sk_m
     if full_end < end:  # the split's partial last tile
         if BS > 0:
-            rows_n = _block_rows(t_base, full_end + offs_n, full_end + offs_n < end, BS)
+            rows_n = _block_rows(t_base, full_end + offs_n, full_end + offs_n < end, NT, TAIL, BS)
             kptrs = k_base + rows_n[:, None] * sk_m + offs_d[None, :] * sk_d
         else:
             kptrs = kt + k_offs
@@ -329,6 +332,7 @@ def _merge_refine_kernel(
     H,
     C,
     NT,
+    TAIL,
     sq_b,
     sq_h,
     sq_q,
@@ -361,7 +365,9 @@ def _merge_refine_kernel(
             m = tl.max(cv, axis=0)
             sel = tl.min(tl.where(cv == m, cid, 2147483647), axis=0)
             if BS > 0:  # a logical key of the table -> its row
-                out = tl.load(t_base + sel // BS).to(tl.int64) * BS + sel % BS
+                j = sel // BS
+                blk = tl.load(t_base + j, mask=(j < NT) & (sel >= 0), other=0).to(tl.int64)
+                out = tl.where(j < NT, blk * BS + sel % BS, TAIL + (sel - NT * BS).to(tl.int64))
             else:
                 out = sel.to(tl.int64)
             tl.store(out_ptr + row * KK + t, out)
@@ -391,7 +397,7 @@ def _merge_refine_kernel(
         key = tl.reshape(key, [KP * S])
         kvalid = tl.reshape(kvalid, [KP * S])
         if BS > 0:  # logical keys of the table -> their rows (increasing with the key when sorted)
-            key = _block_rows(t_base, key, kvalid, BS)
+            key = _block_rows(t_base, key, kvalid, NT, TAIL, BS)
         qi = row % Q
         offs_d = tl.arange(0, BLOCK_D)
         dvalid = offs_d < D
@@ -457,14 +463,15 @@ def _launch(
     cfg: dict,
     table: torch.Tensor | None = None,
     block_size: int = 0,
-    n_keys: int = 0,
 ) -> torch.Tensor:
-    """Both launches; with ``table [B, Hkv, NT]`` the ``n_keys`` logical keys are read through it."""
+    """Both launches; with ``table [B, Hkv, NT]`` the keys are its blocks, then the partial block
+    at the end of ``k`` (:func:`score_topk_blocks_triton`)."""
     B, H, Q, D = q.shape
     Hkv = k.shape[1]
-    M = k.shape[2] if table is None else n_keys
-    tab = k if table is None else table  # never read without a table (BS = 0)
-    nt = 0 if table is None else table.shape[2]
+    M, tab, nt, tail = k.shape[2], k, 0, 0  # without a table (BS = 0) tab is never read
+    if table is not None:
+        nt, tail = table.shape[2], k.shape[2] // block_size * block_size
+        M, tab = nt * block_size + k.shape[2] - tail, table
     g = H // Hkv
     kk = min(top_k, M)
     rows = g * Q
@@ -498,6 +505,7 @@ def _launch(
         splits,
         Hkv,
         nt,
+        tail,
         *q.stride(),
         *k.stride(),
         BS=block_size if table is not None else 0,
@@ -529,6 +537,7 @@ def _launch(
         H,
         C,
         nt,
+        tail,
         *q.stride(),
         *k.stride(),
         BS=block_size if table is not None else 0,
@@ -605,7 +614,6 @@ def score_topk_blocks_triton(
     k: torch.Tensor,
     blocks: torch.Tensor,
     block_size: int,
-    n_keys: int,
     top_k: int,
     *,
     _config: dict | None = None,
@@ -613,31 +621,32 @@ def score_topk_blocks_triton(
     """Exact top-k over per-KV-head key blocks read in place (Triton); twin
     :func:`~reattn_llm.kernels.torch_ops.score_topk_blocks_torch`, same contract.
 
-    Logical key ``n < n_keys`` of KV head j is row ``blocks[b, j, n // bs] * bs + n % bs`` of ``k``
-    (the block table of paged attention): two-level selection's level 2 scores its candidate blocks
-    where they lie, without gathering them. Scores, ties and modes are :func:`score_topk_triton`'s
-    over the logical keys; the result is rows of ``k``.
+    The keys of KV head j are its full blocks ``blocks[b, j, :]`` (block i is rows ``i·bs ..`` of
+    ``k``, the table of paged attention) and then the partial block at the end of ``k``: two-level
+    selection's level 2 scores its candidates where they lie, without gathering them. Scores, ties
+    and modes are :func:`score_topk_triton`'s over those keys in that order; the result is rows of ``k``.
     """
     name = "score_topk_blocks_triton"
     _check(name, q, k, top_k)
-    _check_blocks(name, k, blocks, block_size, n_keys)
+    _check_blocks(name, k, blocks, block_size)
     B, H, Q, _ = q.shape
+    n_keys = blocks.shape[2] * block_size + k.shape[2] % block_size
     kk = min(top_k, n_keys)
     if B * H * Q == 0 or kk == 0:
         return torch.empty((B, H, Q, kk), device=q.device, dtype=torch.int64)
     table = blocks if blocks.is_contiguous() else blocks.contiguous()
-    return _launch(q, k, top_k, _config_for(q, k.shape[1], n_keys, _config), table, block_size, n_keys)
+    return _launch(q, k, top_k, _config_for(q, k.shape[1], n_keys, _config), table, block_size)
 
 
-def _check_blocks(name: str, k: torch.Tensor, blocks: torch.Tensor, block_size: int, n_keys: int) -> None:
+def _check_blocks(name: str, k: torch.Tensor, blocks: torch.Tensor, block_size: int) -> None:
     if blocks.dim() != 3 or blocks.shape[:2] != k.shape[:2] or blocks.dtype not in (torch.int32, torch.int64):
         raise ValueError(
             f"{name}: blocks must be int32/int64 [B, Hkv, C] for k {tuple(k.shape)}, got "
             f"{tuple(blocks.shape)} {blocks.dtype}"
         )
-    if block_size < 1 or not 0 <= n_keys <= blocks.shape[2] * block_size:
+    if block_size < 1 or blocks.shape[2] > k.shape[2] // block_size:
         raise ValueError(
-            f"{name}: need block_size >= 1 and 0 <= n_keys <= C * block_size "
-            f"({blocks.shape[2]} x {block_size}), got {block_size} and {n_keys}"
+            f"{name}: need block_size >= 1 and at most M // block_size blocks per head "
+            f"({k.shape[2]} // {block_size}), got {block_size} and {blocks.shape[2]}"
         )
     check_device(name, k, blocks)

@@ -52,14 +52,9 @@ class _DenseReads(KVReader):
         top_k: int,
         backend: str,
     ) -> torch.Tensor:
-        """The candidate blocks scored where they lie (no gather): the full blocks plus the partial
-        one at the end of the middle form one block table (:func:`~reattn_llm.kernels.score_topk_blocks`)."""
-        n_full = (hi - lo) // block_size
-        table = blocks
-        if hi - lo > n_full * block_size:
-            table = torch.cat([blocks, blocks.new_full((*blocks.shape[:2], 1), n_full)], dim=2)
-        n_keys = blocks.shape[2] * block_size + (hi - lo - n_full * block_size)
-        return score_topk_blocks(q, self.read_keys(lo, hi), table, block_size, n_keys, top_k, backend)
+        """The candidate blocks scored where they lie, no gather
+        (:func:`~reattn_llm.kernels.score_topk_blocks`: a block table into the middle's view)."""
+        return score_topk_blocks(q, self.read_keys(lo, hi), blocks, block_size, top_k, backend)
 
     def read_scope(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.keys, self.values, idx  # type: ignore[return-value]

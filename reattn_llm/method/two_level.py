@@ -109,6 +109,6 @@ def two_level_topk(
     level1 = backend if backend in LEVEL1_KERNEL else "torch"
     summaries = kv.block_summaries(lo, block_size, n_full)
     rank = rank_blocks(q, summaries, BOUND_WEIGHT, level1)  # [B, Hkv, n_full]
-    blocks = rank.topk(c, dim=2).indices.sort(dim=2).values  # [B, Hkv, C], increasing
+    blocks = rank.topk(c, dim=2, sorted=False).indices.sort(dim=2).values  # [B, Hkv, C], increasing
     # Level 2: exact scores over the candidates' keys and the partial block at the end.
     return kv.score_blocks(q, lo, hi, blocks, block_size, top_k, backend)
