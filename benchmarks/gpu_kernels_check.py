@@ -31,9 +31,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch
 import triton.testing
 
-from reattn_llm.kernels.torch_ops import rank_blocks_torch, scope_attention_torch, score_topk_torch
+from reattn_llm.kernels.torch_ops import (
+    rank_blocks_torch,
+    scope_attention_torch,
+    score_topk_torch,
+    top_blocks_torch,
+)
 from reattn_llm.kernels.triton_attention import scope_attention_triton
-from reattn_llm.kernels.triton_blocks import rank_blocks_triton
+from reattn_llm.kernels.triton_blocks import rank_blocks_triton, top_blocks_triton
 from reattn_llm.kernels.triton_select import MAX_FUSED, select_scope_triton
 from reattn_llm.kernels.triton_topk import score_topk_blocks_triton, score_topk_triton
 
@@ -172,6 +177,20 @@ def level2_case(B, H, Hkv, Q, M, D, bs, C, top_k, dtype, seed=0):
     t_in = triton.testing.do_bench(lambda: score_topk_blocks_triton(q, k, blocks, bs, top_k))
     t_ga = triton.testing.do_bench(gathered)
     return {**info, "in_place_ms": round(t_in, 4), "gather_then_score_ms": round(t_ga, 4)}
+
+
+def top_blocks_case(B, Hkv, n, c, seed=0):
+    """Level 1's candidates in one launch against the twin (stable sort), timed beside topk + sort."""
+    torch.manual_seed(seed)
+    rank = -torch.rand(B, Hkv, n, device=DEV) * 3
+    rank[..., ::97] = 0.0  # ties at the top, as every row's best block gives
+    got = top_blocks_triton(rank, c)
+    assert torch.equal(got, top_blocks_torch(rank, c)), "kernel and twin pick different blocks"
+    t_k = triton.testing.do_bench(lambda: top_blocks_triton(rank, c), return_mode="median")
+    t_ts = triton.testing.do_bench(
+        lambda: rank.topk(c, dim=2, sorted=False).indices.sort(dim=2).values, return_mode="median"
+    )
+    return {"kernel_ms": round(t_k, 4), "topk_sort_ms": round(t_ts, 4)}
 
 
 def rank_blocks_case(B, H, Hkv, Q, NB, D, dtype, seed=0):
@@ -314,6 +333,9 @@ CASES = {
     "rank_blocks Q1 H9/3 d64 decode 1M keys (32K blocks) bf16": lambda: rank_blocks_case(
         1, 9, 3, 1, 1 << 15, 64, BF16
     ),
+    "top_blocks 8 heads 4,096 blocks C508": lambda: top_blocks_case(1, 8, 4096, 508),
+    "top_blocks 3 heads 32,768 blocks C508": lambda: top_blocks_case(1, 3, 1 << 15, 508),
+    "top_blocks b2 3 heads 1,001 blocks C100": lambda: top_blocks_case(2, 3, 1001, 100),
     "level2 decode H32/8 d128 M131040 bs32 C508 bf16": lambda: level2_case(
         1, 32, 8, 1, 131040, 128, 32, 508, 4, BF16
     ),

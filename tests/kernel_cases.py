@@ -375,6 +375,26 @@ def rank_blocks_case(B, H, Hkv, Q, NB, D, dtype, config=None, seed=0, transpose_
     return {"max_err": err, "twin_err": err_t}
 
 
+def top_blocks_case(B, Hkv, n, c, ties=False, seed=0):
+    """The C best-ranked blocks per KV head, increasing, ties to the lower block: the twin's exactly
+    (with many equal ranks, -inf and -0.0 among them when ``ties``)."""
+    from reattn_llm.kernels.torch_ops import top_blocks_torch
+    from reattn_llm.kernels.triton_blocks import top_blocks_triton
+
+    torch.manual_seed(seed)
+    rank = -torch.rand(B, Hkv, n) * 3  # ranks are <= 0 (each row's best block scores 0)
+    if ties:
+        rank = (rank * 4).round() / 4  # 13 distinct values
+        rank[..., ::7] = float("-inf")
+        rank[..., 1::5] = -0.0
+        rank[..., 2::5] = 0.0
+    got = top_blocks_triton(rank, c)
+    twin = top_blocks_torch(rank, c)
+    assert got.shape == (B, Hkv, c) and got.dtype == torch.int64
+    assert torch.equal(got, twin), "kernel and twin pick different blocks"
+    return {}
+
+
 def rank_blocks_errors_case():
     from reattn_llm.kernels.triton_blocks import rank_blocks_triton
 
@@ -408,6 +428,12 @@ def rank_blocks_cases():
         )
     # Gemma 3's head dim (32-row tiles)
     cases["rank_blocks_NB9_d256_f32"] = lambda: rank_blocks_case(1, 2, 1, 3, 9, 256, F32)
+    cases["top_blocks_n1000_c77"] = lambda: top_blocks_case(2, 3, 1000, 77)
+    cases["top_blocks_ties_n4097_c508"] = lambda: top_blocks_case(1, 2, 4097, 508, ties=True)
+    cases["top_blocks_ties_n33_all_and_one"] = lambda: (
+        top_blocks_case(1, 1, 33, 33, ties=True),
+        top_blocks_case(2, 1, 33, 1, ties=True),
+    )[0]
     # a decode step's few rows: the blocks split across programs, each row's best merged over splits
     cases["rank_blocks_decode_splits_f16"] = lambda: rank_blocks_case(1, 4, 2, 1, 203, 64, F16, SPLIT_TILES)
     cases["rank_blocks_decode_auto_splits_f32"] = lambda: rank_blocks_case(

@@ -4,7 +4,7 @@
 ``select_scope`` pools the hits into ranked span centres and builds the chunk's scope from them;
 ``scope_attention`` attends over the gathered, re-positioned scope; ``rank_blocks`` is two-level
 selection's level 1 (block summaries against the chunk's queries) and ``score_topk_blocks`` its
-level 2 (``score_topk`` over candidate blocks read in place); ``rank_spans`` ranks a prompt
+level 2 (``score_topk`` over candidate blocks read in place), ``top_blocks`` picks the candidates; ``rank_spans`` ranks a prompt
 chunk's span centres by the hits their spans cover and ``scope_from_centres`` builds its scope from them. Each has a Triton
 implementation (CUDA) and a torch twin of identical signature (CPU, and the reference).
 The choice is ``ReAttentionConfig.backend``: ``"auto"`` (Triton on CUDA when importable,
@@ -24,6 +24,7 @@ from .torch_ops import (
     score_topk_blocks_torch,
     score_topk_torch,
     select_scope_torch,
+    top_blocks_torch,
 )
 
 __all__ = [
@@ -44,6 +45,8 @@ __all__ = [
     "score_topk_torch",
     "select_scope",
     "select_scope_torch",
+    "top_blocks",
+    "top_blocks_torch",
 ]
 
 #: The most hits per query that every backend keeps (the Triton top-k kernel's limit,
@@ -148,6 +151,17 @@ def rank_blocks(
 
         return rank_blocks_triton(q, summaries, weight)
     return rank_blocks_torch(q, summaries, weight)
+
+
+def top_blocks(rank: torch.Tensor, c: int, backend: str = "torch") -> torch.Tensor:
+    """Dispatch for :func:`top_blocks_torch` (same signature, ``backend`` already resolved); more
+    blocks than one program holds (``triton_blocks.MAX_TOP_BLOCKS``) take the twin."""
+    if backend == "triton":
+        from .triton_blocks import MAX_TOP_BLOCKS, top_blocks_triton
+
+        if rank.shape[-1] <= MAX_TOP_BLOCKS:
+            return top_blocks_triton(rank, c)
+    return top_blocks_torch(rank, c)
 
 
 def rank_spans(

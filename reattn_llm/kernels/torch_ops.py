@@ -323,6 +323,13 @@ def rank_blocks_torch(q: torch.Tensor, summaries: torch.Tensor, weight: float) -
     return best
 
 
+def top_blocks_torch(rank: torch.Tensor, c: int) -> torch.Tensor:
+    """Two-level selection's candidates: ``rank [B, Hkv, n]`` -> ``[B, Hkv, c]`` int64, the ``c``
+    best-ranked blocks of each KV head in increasing order (ties to the lower block)."""
+    best = rank.sort(dim=-1, descending=True, stable=True).indices[..., :c]
+    return best.sort(dim=-1).values
+
+
 def rank_spans_torch(
     hits: torch.Tensor, middle_len: int, max_spans: int, span_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

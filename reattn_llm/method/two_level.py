@@ -20,9 +20,10 @@ about the block size:
   ``[w·relu(q) | w·min(q, 0) | (1-w)·q] · [max | min | mean]``. Each (query head, query) row is
   normalised by its best block (``s - max_blocks s``), and a block's rank is its best normalised
   score over all the rows of its KV head (all GQA heads, all the chunk's queries): per KV head the
-  ``candidate_blocks`` best blocks are the candidates (:func:`~reattn_llm.kernels.rank_blocks`; its
+  ``candidate_blocks`` best blocks are the candidates: :func:`~reattn_llm.kernels.rank_blocks` (its
   Triton kernel, two passes that never write the ``[rows, blocks]`` scores, runs where
-  :data:`LEVEL1_KERNEL` says). Cost ``6·H·Q·(M/bs)·D`` per pass: ``3/bs`` of exact.
+  :data:`LEVEL1_KERNEL` says), then :func:`~reattn_llm.kernels.top_blocks` (ties to the lower
+  block). Cost ``6·H·Q·(M/bs)·D`` per pass: ``3/bs`` of exact.
 * **Level 2.** The candidates' keys (plus the partial block at the end of the middle, which has
   no summary and is always a candidate) are scored exactly by the layer
   (:meth:`~reattn_llm.kv.layer.KVReader.score_blocks`): keys on the device in the model's dtype in
@@ -41,7 +42,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels import rank_blocks
+from ..kernels import rank_blocks, top_blocks
 from ..kv.dense import TensorKV
 from ..kv.layer import KVReader, exact_topk
 
@@ -109,6 +110,6 @@ def two_level_topk(
     level1 = backend if backend in LEVEL1_KERNEL else "torch"
     summaries = kv.block_summaries(lo, block_size, n_full)
     rank = rank_blocks(q, summaries, BOUND_WEIGHT, level1)  # [B, Hkv, n_full]
-    blocks = rank.topk(c, dim=2, sorted=False).indices.sort(dim=2).values  # [B, Hkv, C], increasing
+    blocks = top_blocks(rank, c, level1)  # [B, Hkv, C], increasing
     # Level 2: exact scores over the candidates' keys and the partial block at the end.
     return kv.score_blocks(q, lo, hi, blocks, block_size, top_k, backend)
