@@ -334,7 +334,7 @@ CASES = {
         1, 9, 3, 1, 1 << 15, 64, BF16
     ),
     "top_blocks 8 heads 4,096 blocks C508": lambda: top_blocks_case(1, 8, 4096, 508),
-    "top_blocks 3 heads 32,768 blocks C508": lambda: top_blocks_case(1, 3, 1 << 15, 508),
+    "top_blocks 3 heads 8,192 blocks C508": lambda: top_blocks_case(1, 3, 1 << 13, 508),
     "top_blocks b2 3 heads 1,001 blocks C100": lambda: top_blocks_case(2, 3, 1001, 100),
     "level2 decode H32/8 d128 M131040 bs32 C508 bf16": lambda: level2_case(
         1, 32, 8, 1, 131040, 128, 32, 508, 4, BF16

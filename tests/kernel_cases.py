@@ -430,6 +430,7 @@ def rank_blocks_cases():
     cases["rank_blocks_NB9_d256_f32"] = lambda: rank_blocks_case(1, 2, 1, 3, 9, 256, F32)
     cases["top_blocks_n1000_c77"] = lambda: top_blocks_case(2, 3, 1000, 77)
     cases["top_blocks_ties_n4097_c508"] = lambda: top_blocks_case(1, 2, 4097, 508, ties=True)
+    cases["top_blocks_ties_n8192_c2000"] = lambda: top_blocks_case(1, 1, 8192, 2000, ties=True)
     cases["top_blocks_ties_n33_all_and_one"] = lambda: (
         top_blocks_case(1, 1, 33, 33, ties=True),
         top_blocks_case(2, 1, 33, 1, ties=True),

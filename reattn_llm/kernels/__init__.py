@@ -154,13 +154,16 @@ def rank_blocks(
 
 
 def top_blocks(rank: torch.Tensor, c: int, backend: str = "torch") -> torch.Tensor:
-    """Dispatch for :func:`top_blocks_torch` (same signature, ``backend`` already resolved); more
-    blocks than one program holds (``triton_blocks.MAX_TOP_BLOCKS``) take the twin."""
+    """Dispatch for :func:`top_blocks_torch` (same signature, ``backend`` already resolved). More
+    blocks than one program holds (``triton_blocks.MAX_TOP_BLOCKS``) take torch's ``topk`` and a
+    sort on the GPU, faster there than the twin's stable sort; ties at the C-th rank then go to
+    any of the tied blocks."""
     if backend == "triton":
         from .triton_blocks import MAX_TOP_BLOCKS, top_blocks_triton
 
         if rank.shape[-1] <= MAX_TOP_BLOCKS:
             return top_blocks_triton(rank, c)
+        return rank.topk(c, dim=-1, sorted=False).indices.sort(dim=-1).values
     return top_blocks_torch(rank, c)
 
 

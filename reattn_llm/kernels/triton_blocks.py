@@ -17,7 +17,7 @@ matrix never exists (at 1M keys it would be ``H·Q·M/bs`` fp32 per chunk):
 3. ``_top_blocks_kernel`` (:func:`top_blocks_triton`, twin
    :func:`~reattn_llm.kernels.torch_ops.top_blocks_torch`): the ``C`` best-ranked blocks of each
    KV head in increasing order, in one launch instead of a ``topk`` and a ``sort`` (which took
-   about 40 and 30 us per layer of a decode step at 1M keys). One program holds a head's whole
+   about 60 us together at 4K blocks per head). One program holds a head's whole
    rank in registers (at most :data:`MAX_TOP_BLOCKS` blocks), finds the C-th largest value by a
    bitwise search over order-preserving int32 keys (32 counts), keeps every block above it and
    the lowest-indexed ones equal to it, and writes them where a prefix sum puts them.
@@ -38,8 +38,9 @@ from ._triton_utils import cdiv, check_device, check_float, next_pow2, sm_count
 __all__ = ["MAX_TOP_BLOCKS", "rank_blocks_triton", "top_blocks_triton"]
 
 #: The most blocks per KV head that :func:`top_blocks_triton` holds in one program's registers
-#: (1M middle keys in blocks of 32); more take the twin.
-MAX_TOP_BLOCKS = 1 << 15
+#: (256K middle keys in blocks of 32). Past it one program is slower than torch's multi-block
+#: ``topk`` (H200: 134 us against 96 us for topk + sort, 3 heads of 32K blocks).
+MAX_TOP_BLOCKS = 1 << 13
 
 _NEG = tl.constexpr(float("-inf"))  # a jit function reads globals only as constexpr
 
@@ -204,7 +205,7 @@ def rank_blocks_triton(
     return out
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "C"])  # one compile for every length of a growing middle
 def _top_blocks_kernel(r_ptr, out_ptr, N, C, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     n = tl.arange(0, BLOCK)
@@ -243,6 +244,6 @@ def top_blocks_triton(rank: torch.Tensor, c: int) -> torch.Tensor:
     if c == 0 or b * hkv == 0:
         return out
     r = rank if rank.is_contiguous() else rank.contiguous()
-    block = max(16, next_pow2(n))
-    _top_blocks_kernel[(b * hkv,)](r, out, n, c, BLOCK=block, num_warps=min(16, max(4, block // 2048)))
+    block = 2048 if n <= 2048 else MAX_TOP_BLOCKS  # two compiles, not one per power of two
+    _top_blocks_kernel[(b * hkv,)](r, out, n, c, BLOCK=block, num_warps=4 if block == 2048 else 8)
     return out
