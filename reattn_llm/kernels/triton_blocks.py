@@ -217,8 +217,8 @@ def _top_blocks_kernel(r_ptr, out_ptr, N, C, BLOCK: tl.constexpr):
     key = tl.where(valid, key, -2147483648)  # padding below every real key (-inf's key is above it)
     # the C-th largest key, built bit by bit from the top in the unsigned domain (u = key + 2^31)
     t = tl.zeros([], tl.int64)
-    for b in tl.static_range(31, -1, -1):
-        cand = t | (1 << b)
+    for i in range(32):  # a loop, not unrolled: 32 copies of a wide reduction compile slowly
+        cand = t | (tl.full([], 1, tl.int64) << (31 - i))
         cnt = tl.sum((key >= (cand - 2147483648).to(tl.int32)).to(tl.int32), axis=0)
         t = tl.where(cnt >= C, cand, t)
     thr = (t - 2147483648).to(tl.int32)
