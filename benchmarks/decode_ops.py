@@ -12,6 +12,7 @@ not counted)::
     python benchmarks/decode_ops.py            # the table
     python benchmarks/decode_ops.py --ops      # and the launching ops of each ReAttention backend
     python benchmarks/decode_ops.py --prefill  # a prompt chunk's layer instead of a decode step's
+    python benchmarks/decode_ops.py --selection two_level  # two-level selection's
 """
 
 from __future__ import annotations
@@ -116,10 +117,13 @@ def counting() -> Iterator[collections.Counter]:
             restore[0].__call__ = restore[1]
 
 
-def decode_counts(backend: str | None, prefill: bool = False) -> collections.Counter:
+def decode_counts(
+    backend: str | None, prefill: bool = False, selection: str = "exact"
+) -> collections.Counter:
     """Ops of one decode forward (the second token after the prompt) of the tiny model, stock
     (``backend=None``) or patched with ``backend``; ``prefill``: of one prompt chunk after the
-    prompt instead (``chunk_size`` tokens, one chunk with its span selection)."""
+    prompt instead (``chunk_size`` tokens, one chunk with its span selection). ``selection``: the
+    config's (two-level: 32 candidate blocks of 8 rows, of the middle's 40)."""
     import torch
 
     if str(ROOT / "tests") not in sys.path:
@@ -131,7 +135,7 @@ def decode_counts(backend: str | None, prefill: bool = False) -> collections.Cou
     model = tiny_model("llama", layers=LAYERS, window=512, seed=1)
     handle = None
     if backend is not None:
-        handle = patch(model, ReAttentionConfig(**CONFIG, backend=backend))
+        handle = patch(model, ReAttentionConfig(**CONFIG, backend=backend, selection=selection))
     ids = distinct_ids(1, PROMPT + 2, seed=2)
     cache = ReAttentionCache(LAYERS)
     try:
@@ -166,10 +170,11 @@ def main() -> None:
         action="store_true",
         help=f"count a {CONFIG['chunk_size']}-token prompt chunk, not a decode step",
     )
+    ap.add_argument("--selection", default="exact", choices=("exact", "two_level"))
     args = ap.parse_args()
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton: CPU runs the interpreter
     rows = [("stock", None), ("reattention torch", "torch"), ("reattention triton", "triton")]
-    results = {label: decode_counts(backend, args.prefill) for label, backend in rows}
+    results = {label: decode_counts(backend, args.prefill, args.selection) for label, backend in rows}
     what = f"prompt chunk of {CONFIG['chunk_size']}" if args.prefill else "decode"
     print(
         f"| ops per {what} layer ({LAYERS} layers, {PROMPT + 2}-token context) | all | launching | views | allocations |"
