@@ -42,7 +42,7 @@ from bench_data import default_text
 from reattn_llm.kernels import resolve_backend, score_topk
 from reattn_llm.kv.dense import DenseLayer
 from reattn_llm.kv.summaries import block_summaries
-from reattn_llm.method.selection import select_spans
+from reattn_llm.method.selection import expand_spans, rank_spans, select_spans
 from reattn_llm.method.two_level import two_level_topk
 
 H, HKV, D = 9, 3, 64
@@ -197,6 +197,111 @@ def run_recall(args, dev: torch.device) -> list[dict]:
     return rows
 
 
+def _scope_mask(hits: torch.Tensor, m: int) -> torch.Tensor:
+    """The middle rows ``[M]`` that a prompt chunk's spans keep, by the default rule (span votes)."""
+    centres, _ = rank_spans(hits.flatten()[None], m, SPANS, SPAN)
+    sel, valid = expand_spans(centres.sort(dim=1).values, m, SPAN)
+    mask = torch.zeros(m, dtype=torch.bool, device=hits.device)
+    mask[sel[0][valid[0]]] = True
+    return mask
+
+
+@torch.inference_mode()
+def ruler_recall(args, dev: torch.device) -> list[dict]:
+    """Two-level against exact selection on RULER's needle prompts (``--ruler FILE``): each sample's
+    prompt is read in streaming mode up to its last 1024-token chunk (the question's), whose queries
+    then select against the middle at every ``--layer-stride``-th layer, exact and two-level with
+    each ``--candidates`` budget. Per sample: hit and span recall as above, and in how many of the
+    sampled layers each selection's spans keep every token of the needle's value (its answer)."""
+    import lzma
+
+    from reattn_llm import ReAttentionCache, ReAttentionConfig, patch
+    from reattn_llm.runtime.models import load_model
+
+    model, tok = load_model(None, dev, torch.float32)
+    with lzma.open(args.ruler, "rt", encoding="utf-8") as f:
+        samples = [json.loads(line) for line in f]
+    picked = [samples[i] for i in (range(len(samples)) if args.indices is None else args.indices)]
+    layers = list(range(1, model.config.num_hidden_layers, args.layer_stride))
+    rows = []
+    qs: dict[int, torch.Tensor] = {}  # layer -> the question chunk's queries, by the hooks below
+    for r in picked:
+        text, answer = r["prompt"], r["outputs"][0]
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = torch.tensor([enc.input_ids], device=dev)
+        at = text.find(answer)
+        needle = [i for i, (a, b) in enumerate(enc.offset_mapping) if a < at + len(answer) and b > at]
+        total = ids.shape[1]
+        m = total - G - LOCAL
+        qs.clear()
+        hooks = [
+            model.model.layers[li].self_attn.q_proj.register_forward_hook(
+                lambda mod, inp, out, li=li: qs.__setitem__(
+                    li, out.reshape(out.shape[0], out.shape[1], H, D).transpose(1, 2).contiguous()
+                )
+            )
+            for li in layers
+        ]
+        cache = ReAttentionCache(model.config.num_hidden_layers, reserve=total)
+        t0 = time.perf_counter()
+        with patch(model, ReAttentionConfig(mode="streaming")):
+            for a in range(0, total, CHUNK):
+                b = total if total - a < 2 * CHUNK else a + CHUNK  # the last chunk ends the prompt
+                model(input_ids=ids[:, a:b], past_key_values=cache, use_cache=True, logits_to_keep=1)
+                if b == total:
+                    break
+        for h in hooks:
+            h.remove()
+        mid = torch.tensor([i - G for i in needle], device=dev)
+        for c in args.candidates:
+            hit_r, span_r, in_exact, in_two = [], [], 0, 0
+            for li in layers:
+                q, kmid = qs[li][:, :, -CHUNK:], cache.layers[li].keys[:, :, G : G + m]
+                exact = score_topk(q, kmid, TOP_K)
+                two = two_level_topk(q, kmid, TOP_K, c, SPAN)
+                hit_r.append(float((two[..., :, None] == exact[..., None, :]).any(-2).float().mean()))
+                a_m, b_m = _scope_mask(exact, m), _scope_mask(two, m)
+                span_r.append(float((a_m & b_m).sum() / a_m.sum()))
+                in_exact += bool(a_m[mid].all())
+                in_two += bool(b_m[mid].all())
+            row = dict(
+                sample=r["index"],
+                tokens=total,
+                M=m,
+                C=c,
+                needle_at=needle[0],
+                hit_recall=statistics.mean(hit_r),
+                span_recall=statistics.mean(span_r),
+                needle_layers_exact=in_exact,
+                needle_layers_two_level=in_two,
+                layers=len(layers),
+                read_s=time.perf_counter() - t0,
+            )
+            rows.append(row)
+            print(f"[ruler] {row}", file=sys.stderr, flush=True)
+    return rows
+
+
+def ruler_table(args, dev: torch.device, name: str) -> int:
+    """``--ruler``: the table (and ``--out`` JSON) of :func:`ruler_recall`."""
+    rows = ruler_recall(args, dev)
+    print(f"\nTwo-level against exact selection on {Path(args.ruler).name} ({name}, fp32, question chunk)")
+    print(
+        "| sample | tokens | C blocks | hit recall | span recall | needle kept, exact | needle kept, two-level |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['sample']} | {r['tokens']} | {r['C']} | {r['hit_recall']:.3f} | {r['span_recall']:.3f} | "
+            f"{r['needle_layers_exact']}/{r['layers']} | {r['needle_layers_two_level']}/{r['layers']} |"
+        )
+    if args.out:
+        Path(args.out).write_text(
+            json.dumps({"device": name, "torch": torch.__version__, "ruler": rows}, indent=1)
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", default="8192,32768", help="middle lengths M")
@@ -221,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run level 1 as its torch twin on every backend, not the kernel (two_level.LEVEL1_KERNEL)",
     )
+    ap.add_argument(
+        "--ruler",
+        default=None,
+        help="a RULER samples file (benchmarks/ruler.py generate): recall on its prompts",
+    )
+    ap.add_argument("--indices", default=None, help="with --ruler: comma list of samples (default: all)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.level1_torch:
@@ -244,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
         f"backend {resolve_backend(args.backend, dev)}",
         file=sys.stderr,
     )
+    if args.ruler:
+        args.indices = None if args.indices is None else [int(x) for x in args.indices.split(",")]
+        return ruler_table(args, dev, name)
     res: dict = {
         "device": name,
         "torch": torch.__version__,
