@@ -38,7 +38,7 @@ from reattn_llm.kernels.torch_ops import (
     top_blocks_torch,
 )
 from reattn_llm.kernels.triton_attention import scope_attention_triton
-from reattn_llm.kernels.triton_blocks import rank_blocks_triton, top_blocks_triton
+from reattn_llm.kernels.triton_blocks import candidate_blocks_triton, rank_blocks_triton, top_blocks_triton
 from reattn_llm.kernels.triton_select import MAX_FUSED, select_scope_triton
 from reattn_llm.kernels.triton_topk import score_topk_blocks_triton, score_topk_triton
 
@@ -193,6 +193,24 @@ def top_blocks_case(B, Hkv, n, c, seed=0):
     return {"kernel_ms": round(t_k, 4), "topk_sort_ms": round(t_ts, 4)}
 
 
+def candidate_blocks_case(B, H, Hkv, NB, D, c, dtype, seed=0):
+    """A decode step's level 1 fused (summaries read once, two launches) against rank_blocks +
+    top_blocks (three launches): the same blocks, and both timed."""
+    from reattn_llm.method.two_level import BOUND_WEIGHT as W
+
+    torch.manual_seed(seed)
+    q = torch.randn(B, H, 1, D, device=DEV, dtype=dtype)
+    summ = torch.randn(B, Hkv, NB, 3 * D, device=DEV, dtype=dtype)
+    got = candidate_blocks_triton(q, summ, W, c)
+    ref = top_blocks_triton(rank_blocks_triton(q, summ, W), c)
+    assert torch.equal(got, ref), "fused and two-kernel level 1 pick different blocks"
+    t_f = triton.testing.do_bench(lambda: candidate_blocks_triton(q, summ, W, c), return_mode="median")
+    t_u = triton.testing.do_bench(
+        lambda: top_blocks_triton(rank_blocks_triton(q, summ, W), c), return_mode="median"
+    )
+    return {"fused_ms": round(t_f, 4), "rank_then_top_ms": round(t_u, 4)}
+
+
 def rank_blocks_case(B, H, Hkv, Q, NB, D, dtype, seed=0):
     from reattn_llm.method.two_level import BOUND_WEIGHT as W
 
@@ -332,6 +350,15 @@ CASES = {
     ),
     "rank_blocks Q1 H9/3 d64 decode 1M keys (32K blocks) bf16": lambda: rank_blocks_case(
         1, 9, 3, 1, 1 << 15, 64, BF16
+    ),
+    "candidate_blocks decode H32/8 d128 4,096 blocks C508 bf16": lambda: candidate_blocks_case(
+        1, 32, 8, 4096, 128, 508, BF16
+    ),
+    "candidate_blocks decode H9/3 d64 8,192 blocks C508 bf16": lambda: candidate_blocks_case(
+        1, 9, 3, 8192, 64, 508, BF16
+    ),
+    "candidate_blocks decode b2 H8/4 d256 1,001 blocks C100 fp16": lambda: candidate_blocks_case(
+        2, 8, 4, 1001, 256, 100, F16
     ),
     "top_blocks 8 heads 4,096 blocks C508": lambda: top_blocks_case(1, 8, 4096, 508),
     "top_blocks 3 heads 8,192 blocks C508": lambda: top_blocks_case(1, 3, 1 << 13, 508),

@@ -209,10 +209,13 @@ def _scope_mask(hits: torch.Tensor, m: int) -> torch.Tensor:
 @torch.inference_mode()
 def ruler_recall(args, dev: torch.device) -> list[dict]:
     """Two-level against exact selection on RULER's needle prompts (``--ruler FILE``): each sample's
-    prompt is read in streaming mode up to its last 1024-token chunk (the question's), whose queries
-    then select against the middle at every ``--layer-stride``-th layer, exact and two-level with
-    each ``--candidates`` budget. Per sample: hit and span recall as above, and in how many of the
-    sampled layers each selection's spans keep every token of the needle's value (its answer)."""
+    prompt is read up to its last 1024-token chunk (the question's), whose queries then select
+    against the middle at every ``--layer-stride``-th layer, exact and two-level with each
+    ``--candidates`` budget. Per sample: hit and span recall as above, and in how many of the
+    sampled layers each selection's spans keep every token of the needle's value (its answer).
+    ``--read-mode streaming`` (fast) or ``reattention`` (the default config with exact selection:
+    the keys and the question's queries are those the product computes, so "needle kept" means
+    what it says; streaming's queries never saw the needle)."""
     import lzma
 
     from reattn_llm import ReAttentionCache, ReAttentionConfig, patch
@@ -244,7 +247,10 @@ def ruler_recall(args, dev: torch.device) -> list[dict]:
         ]
         cache = ReAttentionCache(model.config.num_hidden_layers, reserve=total)
         t0 = time.perf_counter()
-        with patch(model, ReAttentionConfig(mode="streaming")):
+        read_cfg = (
+            ReAttentionConfig(mode="streaming") if args.read_mode == "streaming" else ReAttentionConfig()
+        )
+        with patch(model, read_cfg):
             for a in range(0, total, CHUNK):
                 b = total if total - a < 2 * CHUNK else a + CHUNK  # the last chunk ends the prompt
                 model(input_ids=ids[:, a:b], past_key_values=cache, use_cache=True, logits_to_keep=1)
@@ -285,7 +291,10 @@ def ruler_recall(args, dev: torch.device) -> list[dict]:
 def ruler_table(args, dev: torch.device, name: str) -> int:
     """``--ruler``: the table (and ``--out`` JSON) of :func:`ruler_recall`."""
     rows = ruler_recall(args, dev)
-    print(f"\nTwo-level against exact selection on {Path(args.ruler).name} ({name}, fp32, question chunk)")
+    print(
+        f"\nTwo-level against exact selection on {Path(args.ruler).name} ({name}, fp32, question chunk, "
+        f"prompt read in {args.read_mode} mode)"
+    )
     print(
         "| sample | tokens | C blocks | hit recall | span recall | needle kept, exact | needle kept, two-level |"
     )
@@ -296,9 +305,8 @@ def ruler_table(args, dev: torch.device, name: str) -> int:
             f"{r['needle_layers_exact']}/{r['layers']} | {r['needle_layers_two_level']}/{r['layers']} |"
         )
     if args.out:
-        Path(args.out).write_text(
-            json.dumps({"device": name, "torch": torch.__version__, "ruler": rows}, indent=1)
-        )
+        res = {"device": name, "torch": torch.__version__, "read_mode": args.read_mode, "ruler": rows}
+        Path(args.out).write_text(json.dumps(res, indent=1))
     return 0
 
 
@@ -332,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
         help="a RULER samples file (benchmarks/ruler.py generate): recall on its prompts",
     )
     ap.add_argument("--indices", default=None, help="with --ruler: comma list of samples (default: all)")
+    ap.add_argument(
+        "--read-mode",
+        default="streaming",
+        choices=("streaming", "reattention"),
+        help="with --ruler: how the prompt is read",
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.level1_torch:

@@ -395,6 +395,29 @@ def top_blocks_case(B, Hkv, n, c, ties=False, seed=0):
     return {}
 
 
+def candidate_blocks_case(B, H, Hkv, Q, NB, D, c, dtype, config=None, seed=0):
+    """A decode step's level 1 fused (pass 1 keeps the rows' scores, the candidates kernel ranks from
+    them): the blocks of the two-kernel path and of the twin, exactly."""
+    from reattn_llm.kernels.torch_ops import candidate_blocks_torch
+    from reattn_llm.kernels.triton_blocks import (
+        candidate_blocks_triton,
+        rank_blocks_triton,
+        top_blocks_triton,
+    )
+    from reattn_llm.kv.summaries import block_summaries
+    from reattn_llm.method.two_level import BOUND_WEIGHT
+
+    torch.manual_seed(seed)
+    q = torch.randn(B, H, Q, D, dtype=dtype)
+    summ = block_summaries(torch.randn(B, Hkv, NB * 8, D, dtype=dtype), 8)
+    got = candidate_blocks_triton(q, summ, BOUND_WEIGHT, c, _config=config)
+    unfused = top_blocks_triton(rank_blocks_triton(q, summ, BOUND_WEIGHT, _config=config), c)
+    assert got.shape == (B, Hkv, c) and got.dtype == torch.int64
+    assert torch.equal(got, unfused), "fused and two-kernel level 1 pick different blocks"
+    twin = candidate_blocks_torch(q, summ, BOUND_WEIGHT, c)
+    return {"same_as_twin": bool(torch.equal(got, twin))}
+
+
 def rank_blocks_errors_case():
     from reattn_llm.kernels.triton_blocks import rank_blocks_triton
 
@@ -435,6 +458,11 @@ def rank_blocks_cases():
         top_blocks_case(1, 1, 33, 33, ties=True),
         top_blocks_case(2, 1, 33, 1, ties=True),
     )[0]
+    cases["candidate_blocks_decode_splits_f16"] = lambda: candidate_blocks_case(
+        2, 6, 2, 1, 300, 64, 77, F16, SPLIT_TILES
+    )
+    cases["candidate_blocks_decode_f32"] = lambda: candidate_blocks_case(1, 8, 2, 1, 97, 128, 30, F32)
+    cases["candidate_blocks_two_queries_d96_f16"] = lambda: candidate_blocks_case(1, 8, 2, 2, 50, 96, 50, F16)
     # a decode step's few rows: the blocks split across programs, each row's best merged over splits
     cases["rank_blocks_decode_splits_f16"] = lambda: rank_blocks_case(1, 4, 2, 1, 203, 64, F16, SPLIT_TILES)
     cases["rank_blocks_decode_auto_splits_f32"] = lambda: rank_blocks_case(

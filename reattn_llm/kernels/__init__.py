@@ -17,6 +17,7 @@ import torch
 
 from .torch_ops import (
     SelectedScope,
+    candidate_blocks_torch,
     rank_blocks_torch,
     rank_spans_torch,
     scope_attention_torch,
@@ -30,6 +31,8 @@ from .torch_ops import (
 __all__ = [
     "MAX_TOP_K",
     "SelectedScope",
+    "candidate_blocks",
+    "candidate_blocks_torch",
     "rank_blocks",
     "rank_blocks_torch",
     "rank_spans",
@@ -165,6 +168,21 @@ def top_blocks(rank: torch.Tensor, c: int, backend: str = "torch") -> torch.Tens
             return top_blocks_triton(rank, c)
         return rank.topk(c, dim=-1, sorted=False).indices.sort(dim=-1).values
     return top_blocks_torch(rank, c)
+
+
+def candidate_blocks(
+    q: torch.Tensor, summaries: torch.Tensor, weight: float, c: int, backend: str = "torch"
+) -> torch.Tensor:
+    """Dispatch for :func:`candidate_blocks_torch` (same signature, ``backend`` already resolved): on
+    Triton a decode step's few rows take the fused path (``triton_blocks.candidate_blocks_triton``),
+    larger chunks :func:`rank_blocks` then :func:`top_blocks`."""
+    if backend == "triton":
+        from .triton_blocks import FUSED_ROWS, MAX_TOP_BLOCKS, candidate_blocks_triton
+
+        rows = q.shape[1] // max(1, summaries.shape[1]) * q.shape[2]
+        if 1 <= rows <= FUSED_ROWS and c <= summaries.shape[2] <= MAX_TOP_BLOCKS:
+            return candidate_blocks_triton(q, summaries, weight, c)
+    return top_blocks(rank_blocks(q, summaries, weight, backend), c, backend)
 
 
 def rank_spans(

@@ -330,6 +330,12 @@ def top_blocks_torch(rank: torch.Tensor, c: int) -> torch.Tensor:
     return best.sort(dim=-1).values
 
 
+def candidate_blocks_torch(q: torch.Tensor, summaries: torch.Tensor, weight: float, c: int) -> torch.Tensor:
+    """Two-level selection's level 1 whole: :func:`rank_blocks_torch`, then :func:`top_blocks_torch`
+    -> ``[B, Hkv, c]`` int64 blocks, increasing."""
+    return top_blocks_torch(rank_blocks_torch(q, summaries, weight), c)
+
+
 def rank_spans_torch(
     hits: torch.Tensor, middle_len: int, max_spans: int, span_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,11 @@ matrix never exists (at 1M keys it would be ``H·Q·M/bs`` fp32 per chunk):
    bitwise search over order-preserving int32 keys (32 counts), keeps every block above it and
    the lowest-indexed ones equal to it, and writes them where a prefix sum puts them.
 
+4. :func:`candidate_blocks_triton`, a decode step's level 1 whole (at most :data:`FUSED_ROWS` rows
+   per KV head): pass 1 also stores the few rows' scores, ``[B, Hkv, rows, n]`` fp32 (small for
+   few rows), and the candidates kernel ranks the blocks from them, so the summaries are read
+   once and pass 2 is not launched.
+
 Each pass recomputes the dots (three ``tl.dot`` per tile, fp32 accumulation, IEEE for fp32
 inputs): ``2 x 6·H·Q·n·D`` FLOPs, ``6/bs`` of exact scoring, and nothing written but the results.
 Head dims up to 256 (non powers of two masked), fp16 / bf16 / fp32, any GQA group.
@@ -35,12 +40,21 @@ import triton.language as tl
 
 from ._triton_utils import cdiv, check_device, check_float, next_pow2, sm_count
 
-__all__ = ["MAX_TOP_BLOCKS", "rank_blocks_triton", "top_blocks_triton"]
+__all__ = [
+    "FUSED_ROWS",
+    "MAX_TOP_BLOCKS",
+    "candidate_blocks_triton",
+    "rank_blocks_triton",
+    "top_blocks_triton",
+]
 
 #: The most blocks per KV head that :func:`top_blocks_triton` holds in one program's registers
 #: (256K middle keys in blocks of 32). Past it one program is slower than torch's multi-block
 #: ``topk`` (H200: 134 us against 96 us for topk + sort, 3 heads of 32K blocks).
 MAX_TOP_BLOCKS = 1 << 13
+#: The most rows per KV head (GQA heads x queries) whose scores :func:`candidate_blocks_triton`
+#: keeps between its two launches (a decode step: one query per head).
+FUSED_ROWS = 16
 
 _NEG = tl.constexpr(float("-inf"))  # a jit function reads globals only as constexpr
 
@@ -77,6 +91,7 @@ def _row_best_kernel(
     q_ptr,
     s_ptr,
     best_ptr,
+    sc_ptr,
     R,
     NB,
     S,
@@ -91,6 +106,7 @@ def _row_best_kernel(
     BR: tl.constexpr,
     BN: tl.constexpr,
     IEEE: tl.constexpr,
+    STORE: tl.constexpr,
 ):
     bh = tl.program_id(0).to(tl.int64)
     r = tl.program_id(1) * BR + tl.arange(0, BR)
@@ -107,6 +123,9 @@ def _row_best_kernel(
         s_ptrs = s_ptr + bh * stride_sbh + n[:, None].to(tl.int64) * stride_sn + d[None, :]
         s = _tile_scores(q, qp, qn, s_ptrs, nmask, dmask, D, W, IEEE)
         s = tl.where(nmask[None, :], s, _NEG)
+        if STORE:  # a decode step's few rows: keep the scores, [B*Hkv, R, NB], for the fused rank
+            sc = sc_ptr + (bh * R + r[:, None]) * NB + n[None, :]
+            tl.store(sc, s, mask=rmask[:, None] & nmask[None, :])
         best = tl.maximum(best, tl.max(s, axis=1))
     tl.store(best_ptr + (bh * S + split) * R + r, best, mask=rmask)
 
@@ -152,12 +171,9 @@ def _block_rank_kernel(
     tl.store(out_ptr + bh * NB + n, rank, mask=nmask)
 
 
-def rank_blocks_triton(
-    q: torch.Tensor, summaries: torch.Tensor, weight: float, *, _config: dict | None = None
-) -> torch.Tensor:
-    """Triton twin of :func:`~reattn_llm.kernels.torch_ops.rank_blocks_torch`: ``q [B, H, Q, D]``,
-    ``summaries [B, Hkv, n, 3D]`` (``[max | min | mean]``) -> ``[B, Hkv, n]`` fp32."""
-    name = "rank_blocks_triton"
+def _prepare(name: str, q: torch.Tensor, summaries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Checked ``q [B*Hkv, rows, D]`` (a KV head's GQA heads' queries, head-major) and summaries
+    ``[B*Hkv, n, 3D]`` in one dtype, and the rows per KV head."""
     check_float(name, "q", q)
     check_float(name, "summaries", summaries)
     check_device(name, q, summaries)
@@ -173,44 +189,109 @@ def rank_blocks_triton(
             f"{name}: summaries {tuple(summaries.shape)} do not fit q {tuple(q.shape)}: need [B, Hkv, n, 3D] "
             "with H a multiple of Hkv and D <= 256"
         )
-    out = torch.empty(b, hkv, nb, dtype=torch.float32, device=q.device)
     rows = (h // hkv) * nq
-    if nb == 0 or rows == 0:
-        return out.fill_(float("-inf"))
     dt = q.dtype if q.dtype == summaries.dtype else torch.float32
-    qr = q.to(dt).reshape(b * hkv, rows, d)  # rows of a KV head: its GQA heads' queries, head-major
+    qr = q.to(dt).reshape(b * hkv, rows, d)
     if qr.stride(-1) != 1:
         qr = qr.contiguous()
     sm = summaries.to(dt).reshape(b * hkv, nb, 3 * d)
     if sm.stride(-1) != 1:
         sm = sm.contiguous()
+    return qr, sm, rows
+
+
+def _row_best(
+    qr: torch.Tensor, sm: torch.Tensor, weight: float, config: dict | None, scores: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict, tuple]:
+    """Pass 1 (each row's best block score per split, ``[B*Hkv, S, rows]``; with ``scores``, every
+    score too); returns it with the launch's meta-parameters and arguments for pass 2."""
+    bh, rows, d = qr.shape
+    nb = sm.shape[1]
     tile = 64 if d <= 128 else 32  # six [tile, D] operands per step: keep them within shared memory
     row_tile = min(tile, max(16, next_pow2(rows)))  # a decode step's few rows: no 64-row tile of padding
-    cfg = {"BR": row_tile, "BN": tile, "num_warps": 4, **(_config or {})}
-    br, bn, warps = cfg["BR"], cfg["BN"], cfg["num_warps"]
-    grid = b * hkv * cdiv(rows, br)
+    cfg = {"BR": row_tile, "BN": tile, "num_warps": 4, **(config or {})}
+    br, bn = cfg["BR"], cfg["BN"]
     # split the blocks until the row-best pass has about two programs per SM, each at least 4 tiles
-    splits = cfg.get("splits") or max(1, min(cdiv(2 * sm_count(q.device), grid), cdiv(nb, 4 * bn)))
+    grid = bh * cdiv(rows, br)
+    splits = cfg.get("splits") or max(1, min(cdiv(2 * sm_count(qr.device), grid), cdiv(nb, 4 * bn)))
     per_split = cdiv(cdiv(nb, splits), bn) * bn
     splits = cdiv(nb, per_split)
-    best = torch.empty(b * hkv, splits, rows, dtype=torch.float32, device=q.device)
+    best = torch.empty(bh, splits, rows, dtype=torch.float32, device=qr.device)
     strides = (qr.stride(0), qr.stride(1), sm.stride(0), sm.stride(1), float(weight))
-    meta = {"D": d, "DP": max(16, next_pow2(d)), "BR": br, "BN": bn, "IEEE": dt == torch.float32}
-    _row_best_kernel[(b * hkv, cdiv(rows, br), splits)](
-        qr, sm, best, rows, nb, splits, per_split, *strides, **meta, num_warps=warps
+    meta = {"D": d, "DP": max(16, next_pow2(d)), "BR": br, "BN": bn, "IEEE": qr.dtype == torch.float32}
+    _row_best_kernel[(bh, cdiv(rows, br), splits)](
+        qr,
+        sm,
+        best,
+        best if scores is None else scores,
+        rows,
+        nb,
+        splits,
+        per_split,
+        *strides,
+        **meta,
+        STORE=scores is not None,
+        num_warps=cfg["num_warps"],
     )
-    _block_rank_kernel[(b * hkv, cdiv(nb, bn))](
-        qr, sm, best, out, rows, nb, splits, *strides, **meta, num_warps=warps
-    )
+    return best, {**meta, "num_warps": cfg["num_warps"]}, (rows, nb, splits, *strides)
+
+
+def rank_blocks_triton(
+    q: torch.Tensor, summaries: torch.Tensor, weight: float, *, _config: dict | None = None
+) -> torch.Tensor:
+    """Triton twin of :func:`~reattn_llm.kernels.torch_ops.rank_blocks_torch`: ``q [B, H, Q, D]``,
+    ``summaries [B, Hkv, n, 3D]`` (``[max | min | mean]``) -> ``[B, Hkv, n]`` fp32."""
+    qr, sm, rows = _prepare("rank_blocks_triton", q, summaries)
+    b, hkv, nb = summaries.shape[:3]
+    out = torch.empty(b, hkv, nb, dtype=torch.float32, device=q.device)
+    if nb == 0 or rows == 0:
+        return out.fill_(float("-inf"))
+    best, meta, args = _row_best(qr, sm, weight, _config)
+    _block_rank_kernel[(b * hkv, cdiv(nb, meta["BN"]))](qr, sm, best, out, *args, **meta)
     return out
 
 
-@triton.jit(do_not_specialize=["N", "C"])  # one compile for every length of a growing middle
-def _top_blocks_kernel(r_ptr, out_ptr, N, C, BLOCK: tl.constexpr):
+def candidate_blocks_triton(
+    q: torch.Tensor, summaries: torch.Tensor, weight: float, c: int, *, _config: dict | None = None
+) -> torch.Tensor:
+    """Level 1 whole for a decode step (twin: :func:`~reattn_llm.kernels.torch_ops.candidate_blocks_torch`):
+    ``[B, Hkv, c]`` int64, the ``c`` best-ranked blocks per KV head, increasing. Pass 1 keeps the
+    few rows' scores (``[B*Hkv, rows, n]`` fp32, small when rows are few), and the candidates
+    kernel ranks the blocks from them: the summaries are read once, not twice, in two launches,
+    not three. At most :data:`FUSED_ROWS` rows per KV head and :data:`MAX_TOP_BLOCKS` blocks."""
+    name = "candidate_blocks_triton"
+    qr, sm, rows = _prepare(name, q, summaries)
+    b, hkv, nb = summaries.shape[:3]
+    if not 1 <= rows <= FUSED_ROWS or not 0 <= c <= nb <= MAX_TOP_BLOCKS:
+        raise ValueError(
+            f"{name}: needs 1..{FUSED_ROWS} rows per KV head and 0 <= c <= n <= {MAX_TOP_BLOCKS}, "
+            f"got {rows} rows, c={c}, n={nb}"
+        )
+    out = torch.empty(b, hkv, c, dtype=torch.int64, device=q.device)
+    if c == 0:
+        return out
+    scores = torch.empty(b * hkv, rows, nb, dtype=torch.float32, device=q.device)
+    best, _, (_, _, splits, *_) = _row_best(qr, sm, weight, _config, scores)
+    _launch_top(scores, out, nb, c, (best, rows, splits))
+    return out
+
+
+@triton.jit(do_not_specialize=["N", "C", "R", "S"])  # one compile for every length of a growing middle
+def _top_blocks_kernel(r_ptr, out_ptr, best_ptr, N, C, R, S, BLOCK: tl.constexpr, FROM_SCORES: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     n = tl.arange(0, BLOCK)
     valid = n < N
-    bits = tl.load(r_ptr + row * N + n, mask=valid, other=float("-inf")).to(tl.int32, bitcast=True)
+    if FROM_SCORES:  # r_ptr: the rows' scores [B*Hkv, R, N]; each block's best of s - row best
+        rank = tl.full((BLOCK,), _NEG, tl.float32)
+        for i in range(R):
+            rb = tl.load(best_ptr + row * S * R + i)
+            for j in range(1, S):
+                rb = tl.maximum(rb, tl.load(best_ptr + (row * S + j) * R + i))
+            s = tl.load(r_ptr + (row * R + i) * N + n, mask=valid, other=float("-inf"))
+            rank = tl.maximum(rank, s - rb)
+    else:
+        rank = tl.load(r_ptr + row * N + n, mask=valid, other=float("-inf"))
+    bits = rank.to(tl.int32, bitcast=True)
     bits = tl.where(bits == -2147483648, 0, bits)  # -0.0 ranks as +0.0
     # order-preserving int32 keys: negative floats' magnitude bits flipped
     key = tl.where(bits >= 0, bits, bits ^ 2147483647)
@@ -243,7 +324,26 @@ def top_blocks_triton(rank: torch.Tensor, c: int) -> torch.Tensor:
     out = torch.empty(b, hkv, c, dtype=torch.int64, device=rank.device)
     if c == 0 or b * hkv == 0:
         return out
-    r = rank if rank.is_contiguous() else rank.contiguous()
-    block = 2048 if n <= 2048 else MAX_TOP_BLOCKS  # two compiles, not one per power of two
-    _top_blocks_kernel[(b * hkv,)](r, out, n, c, BLOCK=block, num_warps=4 if block == 2048 else 8)
+    _launch_top(rank if rank.is_contiguous() else rank.contiguous(), out, n, c)
     return out
+
+
+def _launch_top(
+    src: torch.Tensor, out: torch.Tensor, n: int, c: int, from_scores: tuple | None = None
+) -> None:
+    """The candidates kernel over ``src``: ranks ``[B*Hkv, n]``, or with ``from_scores = (row best
+    per split, rows, splits)`` the rows' scores ``[B*Hkv, rows, n]``."""
+    best, rows, splits = from_scores if from_scores is not None else (src, 0, 0)
+    block = 2048 if n <= 2048 else MAX_TOP_BLOCKS  # two compiles, not one per power of two
+    _top_blocks_kernel[(out.shape[0] * out.shape[1],)](
+        src,
+        out,
+        best,
+        n,
+        c,
+        rows,
+        splits,
+        BLOCK=block,
+        FROM_SCORES=from_scores is not None,
+        num_warps=4 if block == 2048 else 8,
+    )

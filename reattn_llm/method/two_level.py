@@ -23,7 +23,8 @@ about the block size:
   ``candidate_blocks`` best blocks are the candidates: :func:`~reattn_llm.kernels.rank_blocks` (its
   Triton kernel, two passes that never write the ``[rows, blocks]`` scores, runs where
   :data:`LEVEL1_KERNEL` says), then :func:`~reattn_llm.kernels.top_blocks` (ties to the lower
-  block). Cost ``6·H·Q·(M/bs)·D`` per pass: ``3/bs`` of exact.
+  block); both as :func:`~reattn_llm.kernels.candidate_blocks`, which fuses them for a decode step's
+  few rows. Cost ``6·H·Q·(M/bs)·D`` per pass: ``3/bs`` of exact.
 * **Level 2.** The candidates' keys (plus the partial block at the end of the middle, which has
   no summary and is always a candidate) are scored exactly by the layer
   (:meth:`~reattn_llm.kv.layer.KVReader.score_blocks`): keys on the device in the model's dtype in
@@ -42,7 +43,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels import rank_blocks, top_blocks
+from ..kernels import candidate_blocks as level1_candidates
 from ..kv.dense import TensorKV
 from ..kv.layer import KVReader, exact_topk
 
@@ -109,7 +110,6 @@ def two_level_topk(
     # Level 1: rank the full blocks by their best row-normalised blended score; keep the best C.
     level1 = backend if backend in LEVEL1_KERNEL else "torch"
     summaries = kv.block_summaries(lo, block_size, n_full)
-    rank = rank_blocks(q, summaries, BOUND_WEIGHT, level1)  # [B, Hkv, n_full]
-    blocks = top_blocks(rank, c, level1)  # [B, Hkv, C], increasing
+    blocks = level1_candidates(q, summaries, BOUND_WEIGHT, c, level1)  # [B, Hkv, C], increasing
     # Level 2: exact scores over the candidates' keys and the partial block at the end.
     return kv.score_blocks(q, lo, hi, blocks, block_size, top_k, backend)
