@@ -258,7 +258,8 @@ def ruler_recall(args, dev: torch.device) -> list[dict]:
                     break
         for h in hooks:
             h.remove()
-        mid = torch.tensor([i - G for i in needle], device=dev)
+        local = max(needle) >= G + m  # the needle in the local window: every selection keeps it
+        mid = torch.tensor([min(i - G, m - 1) for i in needle], device=dev)
         for c in args.candidates:
             hit_r, span_r, in_exact, in_two = [], [], 0, 0
             for li in layers:
@@ -268,14 +269,15 @@ def ruler_recall(args, dev: torch.device) -> list[dict]:
                 hit_r.append(float((two[..., :, None] == exact[..., None, :]).any(-2).float().mean()))
                 a_m, b_m = _scope_mask(exact, m), _scope_mask(two, m)
                 span_r.append(float((a_m & b_m).sum() / a_m.sum()))
-                in_exact += bool(a_m[mid].all())
-                in_two += bool(b_m[mid].all())
+                in_exact += local or bool(a_m[mid].all())
+                in_two += local or bool(b_m[mid].all())
             row = dict(
                 sample=r["index"],
                 tokens=total,
                 M=m,
                 C=c,
                 needle_at=needle[0],
+                needle_local=local,
                 hit_recall=statistics.mean(hit_r),
                 span_recall=statistics.mean(span_r),
                 needle_layers_exact=in_exact,
