@@ -52,6 +52,10 @@ if [ "$stage" = 1 ]; then  # installs the wheels carried and keeps part_aa if ca
   [ -z "$whl" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /root/reattn/site $whl
   [ ! -f .gpu/smol.gguf.part_aa ] || cp .gpu/smol.gguf.part_aa /root/reattn/
   echo "stage 1 done: $(ls /root/reattn) $(ls /root/reattn/site 2>/dev/null | grep -c dist-info) wheels"
+  # nothing carried and nothing installed before: the image's own transformers would run, unpinned
+  ls /root/reattn/site/transformers-*.dist-info > /dev/null 2>&1 ||
+    echo "WARNING: no transformers wheel staged (run 'bash benchmarks/gpu_setup.sh pack' here and carry .gpu/whl):" \
+      "the image's transformers $(python3 -c 'import transformers; print(transformers.__version__)' 2>/dev/null) runs instead"
 elif [ "$stage" = 2 ]; then
   test -f /root/reattn/smol.gguf.part_aa || { echo "stage 1 missing: the machine was given back; run stage 1 again"; exit 3; }
   cat /root/reattn/smol.gguf.part_aa .gpu/smol.gguf.part_ab > /root/reattn/smol.gguf
