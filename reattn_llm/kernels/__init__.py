@@ -2,11 +2,12 @@
 
 ``score_topk`` scores every middle key against every query of a chunk and keeps the top-k;
 ``select_scope`` pools the hits into ranked span centres and builds the chunk's scope from them;
-``scope_attention`` attends over the gathered, re-positioned scope; ``rank_blocks`` is two-level
-selection's level 1 (block summaries against the chunk's queries) and ``score_topk_blocks`` its
-level 2 (``score_topk`` over candidate blocks read in place), ``top_blocks`` picks the candidates; ``rank_spans`` ranks a prompt
-chunk's span centres by the hits their spans cover and ``scope_from_centres`` builds its scope from them. Each has a Triton
-implementation (CUDA) and a torch twin of identical signature (CPU, and the reference).
+``scope_attention`` attends over the gathered, re-positioned scope; ``rank_spans`` ranks a prompt
+chunk's span centres by the hits their spans cover and ``scope_from_centres`` builds its scope
+from them. Two-level selection: ``rank_blocks`` ranks key blocks from their summaries (level 1),
+``top_blocks`` picks the candidates, ``candidate_blocks`` is both (fused for a decode step), and
+``score_topk_blocks`` is ``score_topk`` over the candidate blocks read in place (level 2). Each has
+a Triton implementation (CUDA) and a torch twin of identical signature (CPU, and the reference).
 The choice is ``ReAttentionConfig.backend``: ``"auto"`` (Triton on CUDA when importable,
 torch otherwise), ``"triton"`` or ``"torch"``.
 """

@@ -29,8 +29,8 @@ about the block size:
   no summary and is always a candidate) are scored exactly by the layer
   (:meth:`~reattn_llm.kv.layer.KVReader.score_blocks`): keys on the device in the model's dtype in
   place, through a block table (:func:`~reattn_llm.kernels.score_topk_blocks`, Triton or torch);
-  fp8 or host rows gathered first, only those rows. Hits are middle positions.
-  The hits then go to :func:`~reattn_llm.method.selection.select_spans` unchanged.
+  fp8 or host rows gathered first, only those rows. The hits (middle positions) then go to the
+  span selection unchanged.
 
 Everything is fixed-shape (no ``nonzero``, ``unique`` or ``.item()``). When every full block fits
 in the candidate budget (``candidate_blocks * block_size >= M``), exact scoring runs instead
