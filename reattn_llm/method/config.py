@@ -120,7 +120,9 @@ class ReAttentionConfig:
             blocks of keys from per-block summaries (the min/max upper bound of q.k blended with
             the mean key's score), then scores exactly only the keys of the best
             ``candidate_blocks`` blocks per KV head (:mod:`reattn_llm.method.two_level`): about
-            ``block_size`` times less scoring at long contexts, approximate (BENCHMARKS.md).
+            ``block_size`` times less scoring at long contexts, approximate: it keeps about 85% of
+            the exact hits, and it lost RULER's natural-prose needle at 32K in both samples tried,
+            which exact selection answered (BENCHMARKS.md, "Two-level selection").
         candidate_blocks: blocks per KV head that two-level selection scores exactly; default
             ``4 * max_spans`` (:attr:`candidates`). When they cover the whole middle, the result is
             the exact selection's.
