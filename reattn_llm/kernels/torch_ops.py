@@ -70,15 +70,25 @@ def score_topk_blocks_torch(
         ``[B, H, Q, min(top_k, n)]`` int64 rows of ``k``, best first, over the ``n = C·bs + M % bs``
         keys of the blocks and then of the partial block at the end of ``k`` (none when bs divides M).
     """
-    b, h = q.shape[:2]
-    hkv, m = k.shape[1], k.shape[2]
-    offsets = torch.arange(block_size, device=blocks.device)
-    rows = (blocks[..., None].long() * block_size + offsets).flatten(2)  # [B, Hkv, C·bs]
-    tail = torch.arange(m // block_size * block_size, m, device=blocks.device).expand(b, hkv, -1)
-    rows = torch.cat([rows, tail], dim=2)
+    rows = block_rows(blocks, block_size, k.shape[2])
     local = score_topk_torch(q, k.gather(2, rows[..., None].expand(-1, -1, -1, k.shape[3])), top_k)
-    rows_h = rows.repeat_interleave(h // hkv, dim=1)  # query head h reads KV head h // g
-    return rows_h.gather(2, local.flatten(2)).reshape(local.shape)
+    return rows_of_hits(rows, local)
+
+
+def block_rows(blocks: torch.Tensor, block_size: int, m: int) -> torch.Tensor:
+    """Level 2's keys as rows of a middle of ``m`` rows: the full blocks ``blocks [B, Hkv, C]`` (block i
+    is rows ``i·bs ..``), then the partial block at the end -> ``[B, Hkv, C·bs + m % bs]`` int64."""
+    offsets = torch.arange(block_size, device=blocks.device)
+    full = (blocks[..., None].long() * block_size + offsets).flatten(2)  # [B, Hkv, C·bs]
+    tail = torch.arange(m // block_size * block_size, m, device=blocks.device)
+    return torch.cat([full, tail.expand(*blocks.shape[:2], -1)], dim=2)
+
+
+def rows_of_hits(rows: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
+    """Hits ``[B, H, Q, k]`` indexing each KV head's keys ``rows [B, Hkv, n]`` -> the rows they name
+    (query head h reads KV head ``h // (H / Hkv)``)."""
+    rows_h = rows.repeat_interleave(hits.shape[1] // rows.shape[1], dim=1)  # [B, H, n]
+    return rows_h.gather(2, hits.flatten(2)).reshape(hits.shape)
 
 
 def merge_topk(

@@ -271,8 +271,8 @@ def candidate_blocks_triton(
     if c == 0:
         return out
     scores = torch.empty(b * hkv, rows, nb, dtype=torch.float32, device=q.device)
-    best, _, (_, _, splits, *_) = _row_best(qr, sm, weight, _config, scores)
-    _launch_top(scores, out, nb, c, (best, rows, splits))
+    best, _, _ = _row_best(qr, sm, weight, _config, scores)
+    _launch_top(scores, out, nb, c, best)
     return out
 
 
@@ -329,11 +329,12 @@ def top_blocks_triton(rank: torch.Tensor, c: int) -> torch.Tensor:
 
 
 def _launch_top(
-    src: torch.Tensor, out: torch.Tensor, n: int, c: int, from_scores: tuple | None = None
+    src: torch.Tensor, out: torch.Tensor, n: int, c: int, row_best: torch.Tensor | None = None
 ) -> None:
-    """The candidates kernel over ``src``: ranks ``[B*Hkv, n]``, or with ``from_scores = (row best
-    per split, rows, splits)`` the rows' scores ``[B*Hkv, rows, n]``."""
-    best, rows, splits = from_scores if from_scores is not None else (src, 0, 0)
+    """The candidates kernel over ``src``: ranks ``[B*Hkv, n]``, or with ``row_best`` (pass 1's
+    ``[B*Hkv, splits, rows]``) the rows' scores ``[B*Hkv, rows, n]``."""
+    best = src if row_best is None else row_best
+    splits, rows = (0, 0) if row_best is None else row_best.shape[1:]
     block = 2048 if n <= 2048 else MAX_TOP_BLOCKS  # two compiles, not one per power of two
     _top_blocks_kernel[(out.shape[0] * out.shape[1],)](
         src,
@@ -344,6 +345,6 @@ def _launch_top(
         rows,
         splits,
         BLOCK=block,
-        FROM_SCORES=from_scores is not None,
+        FROM_SCORES=row_best is not None,
         num_warps=4 if block == 2048 else 8,
     )

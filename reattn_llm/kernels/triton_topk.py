@@ -365,9 +365,7 @@ def _merge_refine_kernel(
             m = tl.max(cv, axis=0)
             sel = tl.min(tl.where(cv == m, cid, 2147483647), axis=0)
             if BS > 0:  # a logical key of the table -> its row
-                j = sel // BS
-                blk = tl.load(t_base + j, mask=(j < NT) & (sel >= 0), other=0).to(tl.int64)
-                out = tl.where(j < NT, blk * BS + sel % BS, TAIL + (sel - NT * BS).to(tl.int64))
+                out = _block_rows(t_base, sel, sel >= 0, NT, TAIL, BS)
             else:
                 out = sel.to(tl.int64)
             tl.store(out_ptr + row * KK + t, out)

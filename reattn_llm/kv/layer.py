@@ -27,7 +27,7 @@ import torch
 from transformers.cache_utils import CacheLayerMixin
 
 from ..kernels import score_topk
-from ..kernels.torch_ops import merge_topk
+from ..kernels.torch_ops import block_rows, merge_topk, rows_of_hits
 from .storage import MemoryBudget
 from .summaries import KeySummaries
 
@@ -78,19 +78,12 @@ class KVReader(ABC):
         keys are gathered (only those rows are read from fp8 or host memory) and scored by
         :func:`~reattn_llm.kernels.score_topk`; a layer whose keys lie on the device in the model's
         dtype scores them in place instead (:func:`~reattn_llm.kernels.score_topk_blocks`)."""
-        b, h = q.shape[:2]
-        hkv, c = blocks.shape[1], blocks.shape[2]
-        n_full = (hi - lo) // block_size
-        offsets = torch.arange(block_size, device=q.device)
-        rows = (blocks[..., None] * block_size + offsets).reshape(b, hkv, c * block_size)
+        tail = lo + (hi - lo) // block_size * block_size
         kc = self.take_key_blocks(lo, blocks, block_size)
-        if hi - lo > n_full * block_size:  # the partial block at the end of the middle
-            end = torch.arange(n_full * block_size, hi - lo, device=q.device).expand(b, hkv, -1)
-            rows = torch.cat([rows, end], dim=2)
-            kc = torch.cat([kc, self.read_keys(lo + n_full * block_size, hi)], dim=2)  # [B, Hkv, L2, D]
+        if hi > tail:  # the partial block at the end of the middle
+            kc = torch.cat([kc, self.read_keys(tail, hi)], dim=2)  # [B, Hkv, L2, D]
         local = score_topk(q, kc, top_k, backend=backend)  # [B, H, Q, k'] into [0, L2)
-        rows_h = rows.repeat_interleave(h // hkv, dim=1)  # [B, H, L2]
-        return rows_h.gather(2, local.flatten(2)).reshape(local.shape)
+        return rows_of_hits(block_rows(blocks, block_size, hi - lo), local)
 
     @abstractmethod
     def block_summaries(self, origin: int, block_size: int, n_blocks: int) -> torch.Tensor:
