@@ -114,6 +114,18 @@ def run_speed(args, dev: torch.device, dtype: torch.dtype) -> list[dict]:
     return rows
 
 
+def query_hooks(model, layers: list[int], qs: dict[int, torch.Tensor]) -> list:
+    """Forward hooks that keep each listed layer's last un-rotated queries ``[B, H, Q, D]`` in ``qs``."""
+    hooks = []
+    for li in layers:
+
+        def hook(mod, inp, out, li=li):
+            qs[li] = out.reshape(out.shape[0], out.shape[1], H, D).transpose(1, 2).contiguous()
+
+        hooks.append(model.model.layers[li].self_attn.q_proj.register_forward_hook(hook))
+    return hooks
+
+
 @torch.inference_mode()
 def capture(args, dev: torch.device) -> dict[int, list[tuple[torch.Tensor, torch.Tensor]]]:
     """Real un-rotated ``(queries, middle keys)`` per sampled layer, for each M in ``args.lengths``:
@@ -135,13 +147,7 @@ def capture(args, dev: torch.device) -> dict[int, list[tuple[torch.Tensor, torch
     cuts = sorted(set(cuts))
     layers = list(range(1, model.config.num_hidden_layers, args.layer_stride))
     qs: dict[int, torch.Tensor] = {}
-    hooks = []
-    for li in layers:
-
-        def hook(mod, inp, out, li=li):
-            qs[li] = out.reshape(out.shape[0], out.shape[1], H, D).transpose(1, 2).contiguous()
-
-        hooks.append(model.model.layers[li].self_attn.q_proj.register_forward_hook(hook))
+    hooks = query_hooks(model, layers, qs)
     cache = ReAttentionCache(model.config.num_hidden_layers, reserve=total)
     out: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     t0 = time.perf_counter()
@@ -237,14 +243,7 @@ def ruler_recall(args, dev: torch.device) -> list[dict]:
         total = ids.shape[1]
         m = total - G - LOCAL
         qs.clear()
-        hooks = [
-            model.model.layers[li].self_attn.q_proj.register_forward_hook(
-                lambda mod, inp, out, li=li: qs.__setitem__(
-                    li, out.reshape(out.shape[0], out.shape[1], H, D).transpose(1, 2).contiguous()
-                )
-            )
-            for li in layers
-        ]
+        hooks = query_hooks(model, layers, qs)
         cache = ReAttentionCache(model.config.num_hidden_layers, reserve=total)
         t0 = time.perf_counter()
         read_cfg = (
