@@ -50,6 +50,8 @@ GRAPHS = False
 GRAPH_BUCKETS = [32]
 #: --selection: the ReAttention selection of --e2e
 SELECTION = "exact"
+#: --exact-answer: ReAttentionConfig.exact_answer of --e2e (None: the default)
+EXACT_ANSWER: bool | None = None
 BF16 = torch.bfloat16
 RESULTS: dict = {"rows": []}
 
@@ -873,7 +875,7 @@ def graph_rows(tag: str, r: dict, d_stock: float | None = None) -> None:
 
 
 def e2e(which: list[str]):
-    from reattn_llm import ReAttentionConfig, patch
+    from reattn_llm import patch
 
     if any(w in ("llama32k", "llama128k") for w in which):
         model = build_model("llama8b")
@@ -902,7 +904,7 @@ def e2e(which: list[str]):
             d_stock = stock_decode_static(model, T)
             gc.collect()
             torch.cuda.empty_cache()
-            h = patch(model, ReAttentionConfig(backend="triton", selection=SELECTION))
+            h = patch(model, e2e_config())
             try:
                 r = reattn_prefill_decode(
                     model,
@@ -965,7 +967,7 @@ def e2e(which: list[str]):
         r = long_run(
             model,
             ids,
-            ReAttentionConfig(backend="triton", selection=SELECTION),
+            e2e_config(),
             16384,
             "SMOL_BUDGET_S",
             profile_label="ReAttention decode smol1m" if "smol1m" in PROFILE else None,
@@ -998,12 +1000,19 @@ def warm_configs() -> list:
     scores exactly while its candidates cover the middle (``candidate_blocks * 32`` keys, 16K by
     default: all of a 12K warm-up), so a second warm-up with 16 candidates runs its level-1 and
     level-2 kernels too; otherwise their compiles land in the timed prefill (seconds)."""
+    cfgs = [e2e_config()]
+    if SELECTION == "two_level":
+        cfgs.append(e2e_config(candidate_blocks=16))
+    return cfgs
+
+
+def e2e_config(**kw):
+    """The ReAttention config of ``--e2e``: Triton, ``--selection``, ``--exact-answer``, then ``kw``."""
     from reattn_llm import ReAttentionConfig
 
-    cfgs = [ReAttentionConfig(backend="triton", selection=SELECTION)]
-    if SELECTION == "two_level":
-        cfgs.append(ReAttentionConfig(backend="triton", selection="two_level", candidate_blocks=16))
-    return cfgs
+    return ReAttentionConfig(
+        **{"backend": "triton", "selection": SELECTION, "exact_answer": EXACT_ANSWER, **kw}
+    )
 
 
 def long_run(model, ids, cfg, warm_tokens, budget_var, reserve=False, **kw):
@@ -1054,7 +1063,6 @@ def llama_1m() -> None:
     ``LLAMA1M_BUDGET_S`` seconds, default 240: the row says how far it got) then 100 decode steps,
     eager, and with ``--graphs`` from CUDA graphs too. Stock cannot hold the cache, so its baseline is its own
     prefill and decode at 128K in the same run."""
-    from reattn_llm import ReAttentionConfig
 
     model = build_model("llama8b")
     vocab = model.config.vocab_size
@@ -1067,7 +1075,7 @@ def llama_1m() -> None:
     d_stock = stock_decode_static(model, 1 << 17)
     gc.collect()
     torch.cuda.empty_cache()
-    cfg = ReAttentionConfig(backend="triton", selection="two_level", kv_dtype="fp8")
+    cfg = e2e_config(selection="two_level", kv_dtype="fp8")
     r = long_run(model, ids, cfg, 12288, "LLAMA1M_BUDGET_S", reserve=True, steps=100, warm=3)
     tag = f"Llama-3.1-8B shape, {r['tokens'] // 1024}K, fp8 K/V, two-level"
     graph_rows(tag, r, d_stock)
@@ -1119,17 +1127,25 @@ def main() -> int:
         help="ReAttention's selection in --e2e",
     )
     ap.add_argument(
+        "--exact-answer",
+        choices=["default", "true", "false"],
+        default="default",
+        help="two-level selection: whether the answer forwards (short chunks, decode steps) score exactly",
+    )
+    ap.add_argument(
         "--attn-before",
         action="store_true",
         help="prefill chunks attend with the kernel before the flash path (ATTN_PREFILL_BEFORE), the baseline",
     )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    global GRAPHS, GRAPH_BUCKETS, SELECTION
+    global GRAPHS, GRAPH_BUCKETS, SELECTION, EXACT_ANSWER
     GRAPHS = args.graphs
     GRAPH_BUCKETS = [int(b) for b in args.graph_buckets.split(",") if b]
     SELECTION = args.selection
     RESULTS["selection"] = SELECTION
+    EXACT_ANSWER = {"default": None, "true": True, "false": False}[args.exact_answer]
+    RESULTS["exact_answer"] = EXACT_ANSWER
     from reattn_llm.method import attention as attention_mod
 
     if args.fused_select != "default":

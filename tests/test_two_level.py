@@ -224,3 +224,60 @@ def test_level2_in_place_equals_level2_on_gathered_keys():
     )
     allowed = rows.repeat_interleave(3, dim=1)  # [B, H, 61]: the rows each query head may name
     assert bool((in_place[..., None] == allowed[:, :, None, None]).any(-1).all())
+
+
+def _doc_then_answer(model, doc_cfg, answer_cfg, ids, doc, question):
+    """``ids[:, :doc]`` in full chunks under ``doc_cfg``, then the question ``ids[:, doc:doc+question]``
+    and the rest one token at a time under ``answer_cfg``, into one cache: the logits after the doc."""
+    cache = ReAttentionCache(model.config.num_hidden_layers)
+    with torch.no_grad():
+        with patch(model, doc_cfg):
+            for s in range(0, doc, doc_cfg.chunk_size):
+                model(ids[:, s : s + doc_cfg.chunk_size], past_key_values=cache)
+        with patch(model, answer_cfg):
+            out = [model(ids[:, doc : doc + question], past_key_values=cache).logits]
+            out += [
+                model(ids[:, t : t + 1], past_key_values=cache).logits
+                for t in range(doc + question, ids.shape[1])
+            ]
+    return torch.cat(out, 1)
+
+
+def test_exact_answer_scores_the_question_and_decode_steps_exactly(monkeypatch):
+    """With ``exact_answer`` (the default) a two-level prefill's question forward (shorter than a chunk)
+    and decode steps select as exact selection does over the same cache: the answer's logits equal
+    those of exact selection after the same two-level document, bit for bit; the document's full
+    chunks stay two-level. ``exact_answer=False`` selects the answer two-level too."""
+    from reattn_llm.method import attention
+
+    model = tiny_model("llama", heads=6, kv_heads=2, head_dim=64, window=128).double()
+    base = dict(global_size=4, local_size=48, span_size=8, max_spans=6, top_k=3, chunk_size=16)
+    ids = distinct_ids(1, 240, seed=3)
+    two = ReAttentionConfig(**base, selection="two_level", candidate_blocks=3)
+    calls: list[int] = []
+    real = attention.two_level_topk
+    monkeypatch.setattr(
+        attention, "two_level_topk", lambda q, *a, **k: calls.append(q.shape[2]) or real(q, *a, **k)
+    )
+    hybrid = _doc_then_answer(model, two, two, ids, 224, 11)
+    assert set(calls) == {16}  # only the document's full chunks
+    exact_after = _doc_then_answer(model, two, ReAttentionConfig(**base), ids, 224, 11)
+    assert torch.equal(hybrid, exact_after)
+    calls.clear()
+    approx = _doc_then_answer(model, two, ReAttentionConfig(**base, selection="two_level", candidate_blocks=3,
+                                                            exact_answer=False), ids, 224, 11)  # fmt: skip
+    assert {11, 1} <= set(calls)
+    assert torch.isfinite(approx).all()
+
+
+def test_exact_answer_config():
+    assert ReAttentionConfig(selection="two_level").resolve(8192).two_level_for(1) is False
+    c = ReAttentionConfig(selection="two_level", exact_answer=False).resolve(8192)
+    assert c.two_level_for(1) and c.two_level_for(c.chunk_size)
+    kv = ReAttentionConfig(selection="two_level", offload="keys_values").resolve(8192)
+    assert kv.two_level_for(1)  # keys in host memory: an exact step would fetch all of them
+    assert not ReAttentionConfig().resolve(8192).two_level_for(1024)
+    with pytest.raises(ConfigError, match="exact_answer=False"):
+        ReAttentionConfig(selection="two_level", offload="keys_values", exact_answer=True)
+    with pytest.raises(ConfigError, match="exact_answer="):
+        ReAttentionConfig(exact_answer=1)  # type: ignore[arg-type]

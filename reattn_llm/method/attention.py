@@ -193,7 +193,7 @@ def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, bac
         qs = q
         if cfg.scoring == "expected":  # the logit a key gets at the distances a span takes in scope
             qs = rotate_expected(q, *state.rope.expected(loc, loc + spans, q.device))  # type: ignore[operator]
-        if cfg.selection == "two_level":
+        if cfg.two_level_for(qc):
             hits = two_level_topk(
                 qs, kv, cfg.hits_for(qc), cfg.candidates, cfg.summary_block, backend, lo=g, hi=g + m
             )  # type: ignore[arg-type]

@@ -127,6 +127,11 @@ class ReAttentionConfig:
             ``4 * max_spans`` (:attr:`candidates`). When they cover the whole middle, the result is
             the exact selection's.
         block_size: keys per summarised block for two-level selection; default ``span_size``.
+        exact_answer: with ``selection="two_level"``, the forwards an answer is read from score
+            exactly: a chunk shorter than ``chunk_size`` (the question, prefilled as its own chunk,
+            or a prompt's last ``tail_size`` tokens) and each decode step; a document's full chunks
+            (nearly all of a long prompt's scoring) stay two-level. None (default): on, except with
+            ``offload="keys_values"``, where an exact step would fetch every key from host memory.
         kv_dtype: storage of the cached K/V outside the global and recent rows: ``"model"`` (the
             model's dtype, exact) or ``"fp8"`` (float8 e4m3 with one scale per token and KV head:
             half the bytes of bf16; selection and the selected spans read the rounded values,
@@ -163,6 +168,7 @@ class ReAttentionConfig:
     selection: Selection = "exact"
     candidate_blocks: int | None = None
     block_size: int | None = None
+    exact_answer: bool | None = None
     kv_dtype: KVDtype = "model"
     offload: Offload = "none"
     effective_window: int | None = None
@@ -187,6 +193,13 @@ class ReAttentionConfig:
                 "offload='keys_values' needs selection='two_level': exact selection reads every middle key "
                 "per forward, which from host memory would cost a full PCIe transfer of K each step. Use "
                 "offload='values' (K stays on the device), or add selection='two_level'."
+            )
+        if self.exact_answer is not None and not isinstance(self.exact_answer, bool):
+            raise ConfigError(f"exact_answer={self.exact_answer!r}: must be True, False or None (default).")
+        if self.exact_answer and self.offload == "keys_values":
+            raise ConfigError(
+                "exact_answer=True with offload='keys_values' would fetch every key from host memory for "
+                "each decode step: use exact_answer=False (or None), or offload='values'."
             )
         if (self.kv_dtype != "model" or self.offload != "none") and self.mode == "full":
             raise ConfigError(
@@ -251,6 +264,13 @@ class ReAttentionConfig:
         """Hits per (query head, query) for a forward of ``queries`` queries: ``top_k`` for a decode
         step, ``prompt_top_k`` (when set) for a prompt chunk."""
         return self.top_k if queries == 1 or self.prompt_top_k is None else self.prompt_top_k
+
+    def two_level_for(self, queries: int) -> bool:
+        """Whether a forward chunk of ``queries`` queries selects two-level (see ``exact_answer``)."""
+        if self.selection != "two_level":
+            return False
+        exact = self.offload != "keys_values" if self.exact_answer is None else self.exact_answer
+        return not (exact and queries < self.chunk_size)  # type: ignore[operator]
 
     @property
     def is_resolved(self) -> bool:
