@@ -107,6 +107,16 @@ case "$phase" in
        --label re-two-c512 --variant re-two-c512-all:exact_answer=False --workers 2 --out "$out/two_level.jsonl" > "$out/two512_128k.log" 2>&1 &
     wait
     ;;
+  two_level_tasks)  # two-level selection (the default exact answer forwards) against exact and streaming at 32K
+    # on three more tasks (niah_multikey_1, niah_multivalue, qa_1: 20 samples each, generated like Run 2's)
+    T="timeout ${LIMIT_S:-540}"
+    tasks=niah_multikey_1,niah_multivalue,qa_1
+    $T $R --modes reattention --lengths 32768 --tasks $tasks --workers 5 --out "$out/tasks.jsonl" > "$out/tasks_exact.log" 2>&1 &
+    $T $R --modes reattention --lengths 32768 --tasks $tasks --set selection=two_level --label re-two-level --workers 5 \
+       --out "$out/tasks.jsonl" > "$out/tasks_two.log" 2>&1 &
+    $T $R --modes streaming --lengths 32768 --tasks $tasks --workers 3 --out "$out/tasks.jsonl" > "$out/tasks_streaming.log" 2>&1 &
+    wait
+    ;;
   between)  # decode_extra_until between the lengths measured: niah_single_2 at 512K (INDICES_512) with the
     # defaults (question spans only past 262,144 cached tokens) and, from the same kept K/V, union's own
     # spans (--variant); 1M samples (INDICES_1M, optional) the same way beside them.

@@ -168,13 +168,16 @@ def _span_scope(
     return Scope(*scope_from_centres(centres, m, span, g, loc, total, qc, backend))  # type: ignore[arg-type]
 
 
-def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, backend: str) -> Scope:
+def plan_scope(
+    state: PatchState, q: torch.Tensor, kv: KVReader, total: int, backend: str, last: bool = True
+) -> Scope:
     """The scope of one query chunk: stock full attention within ``G + L``, else global + selected + local.
 
     Args:
         q: ``[B, H, Qc, D]`` the chunk's un-rotated queries.
         kv: the layer's rows; the chunk sees rows ``0..total-1``.
         total: T, keys visible to the chunk (its queries are the last ``Qc`` of them).
+        last: the chunk ends its forward (two-level selection's ``exact_answer`` rule).
     """
     cfg = state.config
     b, _, qc, _ = q.shape
@@ -193,7 +196,7 @@ def plan_scope(state: PatchState, q: torch.Tensor, kv: KVReader, total: int, bac
         qs = q
         if cfg.scoring == "expected":  # the logit a key gets at the distances a span takes in scope
             qs = rotate_expected(q, *state.rope.expected(loc, loc + spans, q.device))  # type: ignore[operator]
-        if cfg.two_level_for(qc):
+        if cfg.two_level_for(qc, last):
             hits = two_level_topk(
                 qs, kv, cfg.hits_for(qc), cfg.candidates, cfg.summary_block, backend, lo=g, hi=g + m
             )  # type: ignore[arg-type]
@@ -255,7 +258,7 @@ def reattention_forward(
     outs = []
     for c0, c1 in bounds:
         qc = query[:, :, c0:c1]
-        scope = plan_scope(state, qc, kv, start + c1, backend)
+        scope = plan_scope(state, qc, kv, start + c1, backend, last=c1 == q_len)
         state.note_positions(scope)
         k_src, v_src, idx = kv.read_scope(scope.gather_idx)
         if state.recorder is not None or state.observers:

@@ -120,17 +120,19 @@ class ReAttentionConfig:
             blocks of keys from per-block summaries (the min/max upper bound of q.k blended with
             the mean key's score), then scores exactly only the keys of the best
             ``candidate_blocks`` blocks per KV head (:mod:`reattn_llm.method.two_level`): about
-            ``block_size`` times less scoring at long contexts, approximate: it keeps about 85% of
-            the exact hits, and it lost RULER's natural-prose needle at 32K in both samples tried,
-            which exact selection answered (BENCHMARKS.md, "Two-level selection").
+            ``block_size`` times less scoring at long contexts, approximate (about 85% of the exact
+            hits kept), so the answer's own forwards score exactly by default (``exact_answer``):
+            RULER's niah_multikey_1 at 32K 35 against exact's 45 (BENCHMARKS.md, "Two-level selection").
         candidate_blocks: blocks per KV head that two-level selection scores exactly; default
             ``4 * max_spans`` (:attr:`candidates`). When they cover the whole middle, the result is
             the exact selection's.
         block_size: keys per summarised block for two-level selection; default ``span_size``.
         exact_answer: with ``selection="two_level"``, the forwards an answer is read from score
-            exactly: a chunk shorter than ``chunk_size`` (the question, prefilled as its own chunk,
-            or a prompt's last ``tail_size`` tokens) and each decode step; a document's full chunks
-            (nearly all of a long prompt's scoring) stay two-level. None (default): on, except with
+            exactly: a forward's last chunk when shorter than ``chunk_size`` (the question, prefilled
+            as its own chunk, or a prompt's last ``tail_size`` tokens) and each decode step; the
+            document's full chunks (nearly all of a long prompt's scoring) stay two-level. RULER's
+            niah_single_2 on one H200: 100 at 32K and 128K with it, as exact selection; 55 and 30
+            without (BENCHMARKS.md, "Two-level selection"). None (default): on, except with
             ``offload="keys_values"``, where an exact step would fetch every key from host memory.
         kv_dtype: storage of the cached K/V outside the global and recent rows: ``"model"`` (the
             model's dtype, exact) or ``"fp8"`` (float8 e4m3 with one scale per token and KV head:
@@ -265,12 +267,13 @@ class ReAttentionConfig:
         step, ``prompt_top_k`` (when set) for a prompt chunk."""
         return self.top_k if queries == 1 or self.prompt_top_k is None else self.prompt_top_k
 
-    def two_level_for(self, queries: int) -> bool:
-        """Whether a forward chunk of ``queries`` queries selects two-level (see ``exact_answer``)."""
+    def two_level_for(self, queries: int, last: bool = True) -> bool:
+        """Whether a chunk of ``queries`` queries selects two-level (see ``exact_answer``); ``last``:
+        it ends its forward."""
         if self.selection != "two_level":
             return False
         exact = self.offload != "keys_values" if self.exact_answer is None else self.exact_answer
-        return not (exact and queries < self.chunk_size)  # type: ignore[operator]
+        return not (exact and last and queries < self.chunk_size)  # type: ignore[operator]
 
     @property
     def is_resolved(self) -> bool:
