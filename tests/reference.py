@@ -80,10 +80,15 @@ def literal_selection(
         ranked = sorted(votes, key=lambda c: (-votes[c], c))
     hits = (first + [c for c in ranked if c not in first])[:max_spans]
     kept = {c: votes[c] for c in ranked[:remember]}
+    return spans_of(hits, m, span), hits, kept
+
+
+def spans_of(centres: list[int], m: int, span: int) -> list[int]:
+    """Middle positions (sorted, each once) of the spans on ``centres`` below ``m``, cut at 0 and m."""
     chosen: set[int] = set()
-    for c in hits:
+    for c in (c for c in centres if c < m):
         chosen.update(range(max(0, c - span // 2), min(m, c - span // 2 + span)))
-    return sorted(chosen), hits, kept
+    return sorted(chosen)
 
 
 def literal_attention(
@@ -142,6 +147,11 @@ def literal_attention(
                     if pinned is not None and cfg.decode_spans == "both":
                         pinned = pinned[: cfg.max_spans // 2]
                     carried = votes_memory.get(b) if one and running else None
+                if n_spans and one and cfg.decode_spans == "question" and pinned is not None:
+                    mid = spans_of(
+                        pinned, seen - near - g, cfg.span_size
+                    )  # the question's spans, nothing scored
+                elif n_spans:
                     mid, hits, kept = literal_selection(
                         qs, k[b, :, g : seen - near], cfg.hits_for(c1 - c0), n_spans, cfg.span_size, pinned,
                         carried, 2 * cfg.max_spans, by_rank=union, shift=cfg.span_shift,

@@ -9,6 +9,7 @@ from tiny_models import distinct_ids, tiny_model
 from transformers import AttentionInterface
 
 from reattn_llm import ReAttentionConfig, patch
+from reattn_llm.kv.layer import KVReader
 
 REF_NAME = "reattention_literal_reference"
 
@@ -161,6 +162,15 @@ def test_past_decode_extra_until_union_steps_keep_only_the_question_spans():
 
     question = run(decode_spans="question")
     assert torch.equal(run(decode_spans="union", decode_extra_spans=2, decode_extra_until=150), question)
+    # such a step scores nothing: its spans are the question's (slots the question left empty stay empty)
+    scored: list[int] = []
+    real = KVReader.score_middle
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(
+            KVReader, "score_middle", lambda self, q, *a: scored.append(q.shape[2]) or real(self, q, *a)
+        )
+        assert torch.equal(run(decode_spans="union", decode_extra_spans=2, decode_extra_until=150), question)
+    assert scored and 1 not in scored
     within = run(decode_spans="union", decode_extra_spans=2, decode_extra_until=None)
     assert (within - question).abs().max().item() > 1e-6
     assert torch.equal(

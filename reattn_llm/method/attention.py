@@ -191,6 +191,12 @@ def plan_scope(
     m = total - g - loc if static is None else static.middle  # type: ignore[operator]
     loc_rows = total - g - m  # == loc, except in a static step
     sel = valid = None
+    pins, _ = _pins(cfg, kv, qc)
+    if n_spans and pins is not None and pins.shape[1] >= n_spans:
+        # a step that keeps the question's spans and adds none (decode_spans="question", or "union" past
+        # decode_extra_until): its own hits could only fill slots the question left empty; none are scored
+        scope = Scope(*scope_from_centres(pins, m, cfg.span_size, g, loc_rows, total, qc, backend))  # type: ignore[arg-type]
+        return scope if static is None else mask_unwritten(scope, static.total)
     if n_spans:
         spans = n_spans * cfg.span_size  # type: ignore[operator]
         qs = q
