@@ -86,20 +86,20 @@ class ReAttentionConfig:
             then best ranked), paid for by a local window shorter by as many tokens while
             decoding, so the scope's bound is unchanged: the question's votes find the fact, the
             answer's own words keep what it needs next. ``"own"``: each decode step selects alone
-            (the paper); ``"question"``: only the question's centres; ``"both"``: the question's
-            most voted half and the step's own hits in the other half; ``"running"``: each decode
-            step adds its own hits to the votes the question and the earlier steps cast (the
-            ``2 * max_spans`` most voted are remembered). BENCHMARKS.md compares them on RULER.
+            (the paper); ``"question"``: only the question's centres, nothing scored; ``"both"``:
+            the question's most voted half and the step's own hits in the other half; ``"running"``:
+            each decode step adds its own hits to the votes the question and the earlier steps cast
+            (the ``2 * max_spans`` most voted are remembered). BENCHMARKS.md compares them on RULER.
         decode_extra_spans: with ``decode_spans="union"``, the spans a decode step adds for its own
             hits; decoding then attends to the last ``local_size - decode_extra_spans * span_size``
             tokens instead of ``local_size``. Default: half the local window's worth of spans.
         decode_extra_until: the longest cache (tokens) at which ``"union"`` decode steps still add
             spans of their own hits; past it they keep only the question's spans and the whole local
-            window. A decode step's own top hits among a million keys are decoys that take the
-            attention from the fact the question's spans hold: on RULER's niah_single_2 at 1M tokens
-            two own spans already lost a sample that the question's spans alone found, while at 128K
-            the own spans found 10/10 against 8/10 (BENCHMARKS.md, Run 12). Default 262,144 (between
-            the two); None: always.
+            window, and score no key (a step's cost stops growing with the cache). A decode step's
+            own top hits among a million keys are decoys that take the attention from the fact the
+            question's spans hold: on RULER's niah_single_2 at 1M tokens two own spans already lost a
+            sample that the question's spans alone found, while at 128K the own spans found 10/10
+            against 8/10 (BENCHMARKS.md, Run 12). Default 262,144 (between the two); None: always.
         span_shift: tokens by which each span moves past its hit: a hit at c selects
             ``[c + span_shift - span_size // 2, c + span_shift - span_size // 2 + span_size)`` (the hit
             capped at the middle's last token first). 0 centres the span on the hit (the paper); up to
