@@ -33,6 +33,7 @@ modules' ``CONFIG_OVERRIDES``) before the later sections run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -884,7 +885,7 @@ def e2e(which: list[str]):
         # warm up both paths (kernel compiles) on a short sequence
         warm_ids = torch.randint(0, vocab, (1, 12288), device=DEV, generator=g)
         stock_prefill(model, warm_ids[:, :4096])  # (time, cache bytes) unused
-        for cfg in warm_configs():
+        for cfg in warm_configs(model, warm_ids.shape[1]):
             h = patch(model, cfg)
             r = reattn_prefill_decode(model, warm_ids, steps=2, warm=1)
             log(f"  warm-up ReAttention 12K: prefill {r['prefill_s']:.2f} s")
@@ -995,14 +996,20 @@ PROFILE = os.environ.get("PROFILE", "llama32k").split(",")
 DECODE_ROOM = 4096
 
 
-def warm_configs() -> list:
-    """Configurations whose kernels a warm-up compiles before anything is timed. Two-level selection
-    scores exactly while its candidates cover the middle (``candidate_blocks * 32`` keys, 16K by
-    default: all of a 12K warm-up), so a second warm-up with 16 candidates runs its level-1 and
-    level-2 kernels too; otherwise their compiles land in the timed prefill (seconds)."""
-    cfgs = [e2e_config()]
-    if SELECTION == "two_level":
-        cfgs.append(e2e_config(candidate_blocks=16))
+def warm_configs(model, warm_tokens: int, cfg=None) -> list:
+    """Configurations whose kernels a warm-up over ``warm_tokens`` compiles before anything is timed.
+    Two-level selection scores exactly while its candidates cover the middle (``candidate_blocks * 32``
+    keys, 16K by default: all of a 12K warm-up), so a second warm-up runs its level-1 and level-2
+    kernels with one candidate block fewer than the warm-up's middle holds: as close as it gets to
+    the timed run's level 2, whose split count (a ``tl.constexpr`` of the merge kernel, and 1 or not
+    for the scoring kernel) follows the candidates' keys; with 16 candidates these compiles landed in
+    the timed prefill (run 14: 15.9 s in a machine's first process, 11.2 s in its second)."""
+    cfg = cfg or e2e_config()
+    cfgs = [cfg]
+    if cfg.selection == "two_level":
+        rc = cfg.resolve(model.config.max_position_embeddings)
+        blocks = (warm_tokens - rc.global_size - rc.local_size) // rc.summary_block
+        cfgs.append(dataclasses.replace(cfg, candidate_blocks=max(1, blocks - 1)))
     return cfgs
 
 
@@ -1023,7 +1030,9 @@ def long_run(model, ids, cfg, warm_tokens, budget_var, reserve=False, **kw):
     from reattn_llm import patch
     from reattn_llm.method.patch import make_cache
 
-    for warm in warm_configs()[1:]:  # two-level's kernels (the main config's come next)
+    for warm in warm_configs(model, warm_tokens, cfg)[
+        1:
+    ]:  # two-level's kernels (the main config's come next)
         h = patch(model, warm)
         reattn_prefill_decode(model, ids[:, :warm_tokens], steps=1, warm=1)
         h.unpatch()
