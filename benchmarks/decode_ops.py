@@ -13,6 +13,7 @@ not counted)::
     python benchmarks/decode_ops.py --ops      # and the launching ops of each ReAttention backend
     python benchmarks/decode_ops.py --prefill  # a prompt chunk's layer instead of a decode step's
     python benchmarks/decode_ops.py --selection two_level  # two-level selection's
+    python benchmarks/decode_ops.py --past-limit   # a step past decode_extra_until: the question's spans only
 """
 
 from __future__ import annotations
@@ -118,12 +119,13 @@ def counting() -> Iterator[collections.Counter]:
 
 
 def decode_counts(
-    backend: str | None, prefill: bool = False, selection: str = "exact"
+    backend: str | None, prefill: bool = False, selection: str = "exact", past_limit: bool = False
 ) -> collections.Counter:
     """Ops of one decode forward (the second token after the prompt) of the tiny model, stock
     (``backend=None``) or patched with ``backend``; ``prefill``: of one prompt chunk after the
     prompt instead (``chunk_size`` tokens, one chunk with its span selection). ``selection``: the
-    config's (two-level: 32 candidate blocks of 8 rows, of the middle's 40)."""
+    config's (two-level: 32 candidate blocks of 8 rows, of the middle's 40). ``past_limit``: the step
+    is past ``decode_extra_until`` (it keeps the question's spans and scores nothing)."""
     import torch
 
     if str(ROOT / "tests") not in sys.path:
@@ -135,7 +137,8 @@ def decode_counts(
     model = tiny_model("llama", layers=LAYERS, window=512, seed=1)
     handle = None
     if backend is not None:
-        handle = patch(model, ReAttentionConfig(**CONFIG, backend=backend, selection=selection))
+        until = {"decode_extra_until": PROMPT} if past_limit else {}
+        handle = patch(model, ReAttentionConfig(**CONFIG, **until, backend=backend, selection=selection))
     ids = distinct_ids(1, PROMPT + 2, seed=2)
     cache = ReAttentionCache(LAYERS)
     try:
@@ -171,10 +174,14 @@ def main() -> None:
         help=f"count a {CONFIG['chunk_size']}-token prompt chunk, not a decode step",
     )
     ap.add_argument("--selection", default="exact", choices=("exact", "two_level"))
+    ap.add_argument("--past-limit", action="store_true", help="a decode step past decode_extra_until")
     args = ap.parse_args()
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton: CPU runs the interpreter
     rows = [("stock", None), ("reattention torch", "torch"), ("reattention triton", "triton")]
-    results = {label: decode_counts(backend, args.prefill, args.selection) for label, backend in rows}
+    results = {
+        label: decode_counts(backend, args.prefill, args.selection, args.past_limit)
+        for label, backend in rows
+    }
     what = f"prompt chunk of {CONFIG['chunk_size']}" if args.prefill else "decode"
     print(
         f"| ops per {what} layer ({LAYERS} layers, {PROMPT + 2}-token context) | all | launching | views | allocations |"
