@@ -52,7 +52,7 @@ GRAPH_BUCKETS = [32]
 #: --selection: the ReAttention selection of --e2e
 SELECTION = "exact"
 #: --exact-answer: ReAttentionConfig.exact_answer of --e2e (None: the default)
-EXACT_ANSWER: bool | None = None
+EXACT_ANSWER: str | None = None
 BF16 = torch.bfloat16
 RESULTS: dict = {"rows": []}
 
@@ -1137,9 +1137,9 @@ def main() -> int:
     )
     ap.add_argument(
         "--exact-answer",
-        choices=["default", "true", "false"],
+        choices=["default", "all", "question", "none"],
         default="default",
-        help="two-level selection: whether the answer forwards (short chunks, decode steps) score exactly",
+        help="two-level selection: which answer forwards score exactly (ReAttentionConfig.exact_answer)",
     )
     ap.add_argument(
         "--attn-before",
@@ -1153,7 +1153,7 @@ def main() -> int:
     GRAPH_BUCKETS = [int(b) for b in args.graph_buckets.split(",") if b]
     SELECTION = args.selection
     RESULTS["selection"] = SELECTION
-    EXACT_ANSWER = {"default": None, "true": True, "false": False}[args.exact_answer]
+    EXACT_ANSWER = None if args.exact_answer == "default" else args.exact_answer
     RESULTS["exact_answer"] = EXACT_ANSWER
     from reattn_llm.method import attention as attention_mod
 

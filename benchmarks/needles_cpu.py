@@ -22,9 +22,9 @@ DEFAULT_SETS = [
     "exact:mode=reattention",
     "streaming:mode=streaming",
     "two-level:selection=two_level",
-    "two-level-answers-too:selection=two_level,exact_answer=False",
+    "two-level-answers-too:selection=two_level,exact_answer=none",
     "two-level-c8:selection=two_level,candidate_blocks=8",
-    "two-level-c8-answers-too:selection=two_level,candidate_blocks=8,exact_answer=False",
+    "two-level-c8-answers-too:selection=two_level,candidate_blocks=8,exact_answer=none",
 ]
 
 

@@ -104,7 +104,7 @@ def test_two_level_selection_finds_it_with_the_answer_scored_exactly(smollm2, ne
     """Two-level selection with 8 candidate blocks of 16 keys (7% of the ~1,850-key middle): the
     document's chunks select from the candidates, the question and the decode steps exactly (the
     default ``exact_answer``). Measured on the CPU: 10/10 (exact selection 10/10; with two-level
-    answers too, ``exact_answer=False``, 7/10)."""
+    answers too, ``exact_answer="none"``, 7/10)."""
     model, tok = smollm2
     ids, question, answers = needle_batch
     cfg = ReAttentionConfig(window=WINDOW, selection="two_level", candidate_blocks=8)

@@ -40,10 +40,12 @@ def _run(model, cfg: ReAttentionConfig, ids: torch.Tensor, decode: int = 6) -> t
 
 @pytest.mark.parametrize(
     "storage",
-    # keys in host memory keep two-level answers (exact_answer resolves to False): the reference says so too
+    # with keys in host memory the question scores exactly, the decode steps two-level (exact_answer
+    # 'question', their default): the reference on the device says so too
     [
         dict(offload="values"),
-        dict(offload="keys_values", selection="two_level", candidate_blocks=5, exact_answer=False),
+        dict(offload="keys_values", selection="two_level", candidate_blocks=5, exact_answer="question"),
+        dict(offload="keys_values", selection="two_level", candidate_blocks=5, exact_answer="none"),
     ],
 )
 def test_offload_in_the_models_dtype_is_exact(storage):

@@ -191,7 +191,7 @@ def test_patched_model_equals_exact_when_candidates_cover_the_middle_and_runs_wh
 
 def test_two_level_finds_the_passkey_at_every_depth_beyond_3x_window(smollm2):
     """The small-window passkey test of test_passkey.py with two-level selection everywhere (the
-    answer forwards too: ``exact_answer=False``), candidates cut to 8 blocks of 16 keys (at most ~10%
+    answer forwards too: ``exact_answer="none"``), candidates cut to 8 blocks of 16 keys (at most ~10%
     of the ~1,340 middle keys). With the default (exact answer forwards over the two-level document)
     this toy setting misses depth 0.3 (BENCHMARKS.md, "Two-level selection"), while on RULER's
     natural-prose needles the default keeps exact selection's score and two-level answers do not."""
@@ -200,7 +200,7 @@ def test_two_level_finds_the_passkey_at_every_depth_beyond_3x_window(smollm2):
     from reattn_llm.lab.evaluation import passkey_trial
 
     model, tok = smollm2
-    cfg = ReAttentionConfig(**SMALL, selection="two_level", candidate_blocks=8, exact_answer=False)
+    cfg = ReAttentionConfig(**SMALL, selection="two_level", candidate_blocks=8, exact_answer="none")
     with patch(model, cfg) as handle:
         results = [
             passkey_trial(model, tok, LENGTH, d, k, chunk=128) for d, k in zip(DEPTHS, KEYS, strict=True)
@@ -251,7 +251,8 @@ def test_exact_answer_scores_the_question_and_decode_steps_exactly(monkeypatch):
     """With ``exact_answer`` (the default) a two-level prefill's question forward (shorter than a chunk)
     and decode steps select as exact selection does over the same cache: the answer's logits equal
     those of exact selection after the same two-level document, bit for bit; the document's full
-    chunks stay two-level. ``exact_answer=False`` selects the answer two-level too."""
+    chunks stay two-level. ``exact_answer="none"`` selects the answer two-level too, ``"question"`` its
+    decode steps."""
     from reattn_llm.method import attention
 
     model = tiny_model("llama", heads=6, kv_heads=2, head_dim=64, window=128).double()
@@ -269,9 +270,13 @@ def test_exact_answer_scores_the_question_and_decode_steps_exactly(monkeypatch):
     assert torch.equal(hybrid, exact_after)
     calls.clear()
     approx = _doc_then_answer(model, two, ReAttentionConfig(**base, selection="two_level", candidate_blocks=3,
-                                                            exact_answer=False), ids, 224, 11)  # fmt: skip
+                                                            exact_answer="none"), ids, 224, 11)  # fmt: skip
     assert {11, 1} <= set(calls)
     assert torch.isfinite(approx).all()
+    calls.clear()  # "question": the question exact (the same logits), the decode steps two-level
+    q_only = _doc_then_answer(model, two, ReAttentionConfig(**base, selection="two_level", candidate_blocks=3,
+                                                            exact_answer="question"), ids, 224, 11)  # fmt: skip
+    assert 1 in calls and 11 not in calls and torch.equal(q_only[:, :11], hybrid[:, :11])
     # one long forward: its short body remainder is two-level, only its last (tail) chunk is exact
     calls.clear()
     with (
@@ -285,13 +290,18 @@ def test_exact_answer_scores_the_question_and_decode_steps_exactly(monkeypatch):
 
 
 def test_exact_answer_config():
-    assert ReAttentionConfig(selection="two_level").resolve(8192).two_level_for(1) is False
-    c = ReAttentionConfig(selection="two_level", exact_answer=False).resolve(8192)
-    assert c.two_level_for(1) and c.two_level_for(c.chunk_size)
+    """Which chunks select two-level: ``two_level_for(queries, last)``."""
+    c = ReAttentionConfig(selection="two_level").resolve(8192)  # "all": question and decode steps exact
+    assert (c.two_level_for(1), c.two_level_for(11), c.two_level_for(11, last=False)) == (False, False, True)
+    assert c.two_level_for(c.chunk_size)  # a full chunk is the document's
+    c = ReAttentionConfig(selection="two_level", exact_answer="none").resolve(8192)
+    assert c.two_level_for(1) and c.two_level_for(11)
+    c = ReAttentionConfig(selection="two_level", exact_answer="question").resolve(8192)
+    assert c.two_level_for(1) and not c.two_level_for(11)
     kv = ReAttentionConfig(selection="two_level", offload="keys_values").resolve(8192)
-    assert kv.two_level_for(1)  # keys in host memory: an exact step would fetch all of them
+    assert kv.two_level_for(1) and not kv.two_level_for(11)  # K from host: once per question, not per token
     assert not ReAttentionConfig().resolve(8192).two_level_for(1024)
-    with pytest.raises(ConfigError, match="exact_answer=False"):
-        ReAttentionConfig(selection="two_level", offload="keys_values", exact_answer=True)
+    with pytest.raises(ConfigError, match="exact_answer='question'"):
+        ReAttentionConfig(selection="two_level", offload="keys_values", exact_answer="all")
     with pytest.raises(ConfigError, match="exact_answer="):
-        ReAttentionConfig(exact_answer=1)  # type: ignore[arg-type]
+        ReAttentionConfig(exact_answer=True)  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ Offload = Literal["none", "values", "keys_values"]
 Scoring = Literal["expected", "raw"]
 DecodeSpans = Literal["own", "question", "both", "running", "union"]
 VotePooling = Literal["span", "hit"]
+ExactAnswer = Literal["all", "question", "none"]
 
 PAPER_SCOPE = 8192
 PAPER_GLOBAL = 32
@@ -46,6 +47,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "scoring": get_args(Scoring),
     "decode_spans": get_args(DecodeSpans),
     "vote_pooling": get_args(VotePooling),
+    "exact_answer": get_args(ExactAnswer),  # or None: the default
 }
 
 
@@ -69,8 +71,7 @@ class ReAttentionConfig:
         tail_size: the last tokens of a prompt (at most this many) form a chunk of their own, so
             the selection that feeds the first answer token is voted by the question alone, not
             by the end of the document before it. 0 turns this off.
-        window: the trained context W that positions must stay under; default: the model's
-            ``max_position_embeddings``.
+        window: the trained context W that positions stay under; default ``max_position_embeddings``.
         effective_window: the longest context the model reads well (its own in-window accuracy
             holds), which sizes the scope: G + max_spans * span + L <= min(window, effective_window),
             L half of it. Default: 8192, the paper's scope; the engine fills in a model's measured
@@ -117,23 +118,22 @@ class ReAttentionConfig:
             ``"full"`` (the stock model, full attention: the baseline).
         backend: kernels: ``"auto"`` (Triton on CUDA, torch on CPU), ``"triton"`` or ``"torch"``.
         selection: ``"exact"`` scores every middle key (the paper); ``"two_level"`` first ranks
-            blocks of keys from per-block summaries (the min/max upper bound of q.k blended with
-            the mean key's score), then scores exactly only the keys of the best
-            ``candidate_blocks`` blocks per KV head (:mod:`reattn_llm.method.two_level`): about
-            ``block_size`` times less scoring at long contexts, approximate (about 85% of the exact
-            hits kept), so the answer's own forwards score exactly by default (``exact_answer``):
-            RULER's niah_multikey_1 at 32K 35 against exact's 45 (BENCHMARKS.md, "Two-level selection").
+            blocks of keys from per-block summaries (Quest's min/max bound of q.k blended with the mean
+            key's score), then scores exactly only the keys of the best ``candidate_blocks`` blocks per
+            KV head (:mod:`reattn_llm.method.two_level`): about ``block_size`` times less scoring at
+            long contexts, approximate (85% of the exact hits kept), so the answer's own forwards
+            score exactly by default (``exact_answer``; RULER: BENCHMARKS.md, "Two-level selection").
         candidate_blocks: blocks per KV head that two-level selection scores exactly; default
             ``4 * max_spans`` (:attr:`candidates`). When they cover the whole middle, the result is
             the exact selection's.
         block_size: keys per summarised block for two-level selection; default ``span_size``.
-        exact_answer: with ``selection="two_level"``, the forwards an answer is read from score
-            exactly: a forward's last chunk when shorter than ``chunk_size`` (the question, prefilled
-            as its own chunk, or a prompt's last ``tail_size`` tokens) and each decode step; the
-            document's full chunks (nearly all of a long prompt's scoring) stay two-level. RULER's
-            niah_single_2 on one H200: 100 at 32K and 128K with it, as exact selection; 55 and 30
-            without (BENCHMARKS.md, "Two-level selection"). None (default): on, except with
-            ``offload="keys_values"``, where an exact step would fetch every key from host memory.
+        exact_answer: with ``selection="two_level"``, the forwards an answer is read from that score
+            exactly: ``"all"``, the question (a forward's last chunk when shorter than ``chunk_size``:
+            the question as its own chunk, or a prompt's last ``tail_size`` tokens) and each decode
+            step; ``"question"``; ``"none"``. A document's full chunks stay two-level. RULER's
+            niah_single_2 (one H200): 100 at 32K and 128K with ``"all"``, as exact selection, 55 and 30
+            with ``"none"``. None (default): ``"all"``, or ``"question"`` with ``offload="keys_values"``
+            (K streamed from host once per question, not for every token).
         kv_dtype: storage of the cached K/V outside the global and recent rows: ``"model"`` (the
             model's dtype, exact) or ``"fp8"`` (float8 e4m3 with one scale per token and KV head:
             half the bytes of bf16; selection and the selected spans read the rounded values,
@@ -170,7 +170,7 @@ class ReAttentionConfig:
     selection: Selection = "exact"
     candidate_blocks: int | None = None
     block_size: int | None = None
-    exact_answer: bool | None = None
+    exact_answer: ExactAnswer | None = None
     kv_dtype: KVDtype = "model"
     offload: Offload = "none"
     effective_window: int | None = None
@@ -188,20 +188,19 @@ class ReAttentionConfig:
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag}={getattr(self, flag)!r}: must be True or False.")
         for name, allowed in _CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {allowed}.")
+            value = getattr(self, name)
+            if value not in allowed and (value is not None or name != "exact_answer"):  # None: its default
+                raise ConfigError(f"{name}={value!r} is not one of {allowed}.")
         if self.offload == "keys_values" and self.selection != "two_level":
             raise ConfigError(
                 "offload='keys_values' needs selection='two_level': exact selection reads every middle key "
                 "per forward, which from host memory would cost a full PCIe transfer of K each step. Use "
                 "offload='values' (K stays on the device), or add selection='two_level'."
             )
-        if self.exact_answer is not None and not isinstance(self.exact_answer, bool):
-            raise ConfigError(f"exact_answer={self.exact_answer!r}: must be True, False or None (default).")
-        if self.exact_answer and self.offload == "keys_values":
+        if self.exact_answer == "all" and self.offload == "keys_values":
             raise ConfigError(
-                "exact_answer=True with offload='keys_values' would fetch every key from host memory for "
-                "each decode step: use exact_answer=False (or None), or offload='values'."
+                "exact_answer='all' with offload='keys_values' would stream every key from host memory for "
+                "each decode step: use exact_answer='question' (the default there), or offload='values'."
             )
         if (self.kv_dtype != "model" or self.offload != "none") and self.mode == "full":
             raise ConfigError(
@@ -268,12 +267,13 @@ class ReAttentionConfig:
         return self.top_k if queries == 1 or self.prompt_top_k is None else self.prompt_top_k
 
     def two_level_for(self, queries: int, last: bool = True) -> bool:
-        """Whether a chunk of ``queries`` queries selects two-level (see ``exact_answer``); ``last``:
-        it ends its forward."""
+        """Whether a chunk of ``queries`` queries (``last``: it ends its forward) selects two-level."""
         if self.selection != "two_level":
             return False
-        exact = self.offload != "keys_values" if self.exact_answer is None else self.exact_answer
-        return not (exact and last and queries < self.chunk_size)  # type: ignore[operator]
+        exact = self.exact_answer or ("question" if self.offload == "keys_values" else "all")
+        if queries == 1:  # a decode step
+            return exact != "all"
+        return not (exact != "none" and last and queries < self.chunk_size)  # type: ignore[operator]
 
     @property
     def is_resolved(self) -> bool:
