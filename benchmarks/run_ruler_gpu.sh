@@ -94,11 +94,12 @@ case "$phase" in
   two_level)  # two-level selection against exact on the target prompts (niah_single_2, 32K: 20, 128K: 10).
     # Exact (the default) and two-level with the default budget run side by side; each two-level sample is
     # answered again from the same two-level document K/V (--variant) with the answer forwards two-level too
-    # (exact_answer=none) and with 512 candidate blocks for them; at 128K a document prefilled with 512
+    # (exact_answer=none), with 512 candidate blocks for them, and with the question alone exact
+    # (exact_answer=question, keys_values' default; added after Run 15); at 128K a document prefilled with 512
     # candidate blocks (12.6% of its blocks, the default's share at 32K being 12.5%) as well.
     T="timeout ${LIMIT_S:-540}"
     two=(--set selection=two_level --label re-two-level --variant re-two-all:exact_answer=none
-         --variant re-two-all-c512:exact_answer=none,candidate_blocks=512)
+         --variant re-two-all-c512:exact_answer=none,candidate_blocks=512 --variant re-two-question:exact_answer=question)
     $T $R --modes reattention --lengths 32768 --tasks niah_single_2 --workers 2 --out "$out/two_level.jsonl" > "$out/exact_32k.log" 2>&1 &
     $T $R --modes reattention --lengths 32768 --tasks niah_single_2 "${two[@]}" --workers 3 --out "$out/two_level.jsonl" > "$out/two_32k.log" 2>&1 &
     $T $R --modes reattention --lengths 131072 --tasks niah_single_2 --workers 4 --out "$out/two_level.jsonl" > "$out/exact_128k.log" 2>&1 &
