@@ -50,19 +50,16 @@ def main() -> int:
         t0 = time.perf_counter()
         got = _answers(model, tok, ids, question, ReAttentionConfig(window=WINDOW, **settings))
         found = [a in g for a, g in zip(answers, got, strict=True)]
-        rows.append((label, settings, found, time.perf_counter() - t0))
-        print(
-            f"[needles] {label}: {sum(found)}/{SAMPLES} {time.perf_counter() - t0:.1f} s",
-            file=sys.stderr,
-            flush=True,
-        )
+        secs = time.perf_counter() - t0
+        rows.append((label, settings, found, secs))
+        print(f"[needles] {label}: {sum(found)}/{SAMPLES} {secs:.1f} s", file=sys.stderr, flush=True)
     print(
         f"\n| config (window {WINDOW}, {ids.shape[1]} tokens) | settings | found / {SAMPLES} | by depth | s |"
     )
     print("|---|---|---|---|---|")
     for label, settings, found, secs in rows:
         marks = "".join("x" if f else "." for f in found)
-        print(f"| {label} | {settings or 'defaults'} | {sum(found)} | `{marks}` | {secs:.0f} |")
+        print(f"| {label} | {settings} | {sum(found)} | `{marks}` | {secs:.0f} |")
     return 0
 
 

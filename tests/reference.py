@@ -148,9 +148,8 @@ def literal_attention(
                         pinned = pinned[: cfg.max_spans // 2]
                     carried = votes_memory.get(b) if one and running else None
                 if n_spans and one and cfg.decode_spans == "question" and pinned is not None:
-                    mid = spans_of(
-                        pinned, seen - near - g, cfg.span_size
-                    )  # the question's spans, nothing scored
+                    # the question's spans, nothing scored
+                    mid = spans_of(pinned, seen - near - g, cfg.span_size)
                 elif n_spans:
                     mid, hits, kept = literal_selection(
                         qs, k[b, :, g : seen - near], cfg.hits_for(c1 - c0), n_spans, cfg.span_size, pinned,

@@ -270,10 +270,10 @@ class ReAttentionConfig:
         """Whether a chunk of ``queries`` queries (``last``: it ends its forward) selects two-level."""
         if self.selection != "two_level":
             return False
-        exact = self.exact_answer or ("question" if self.offload == "keys_values" else "all")
+        mode = self.exact_answer or ("question" if self.offload == "keys_values" else "all")
         if queries == 1:  # a decode step
-            return exact != "all"
-        return not (exact != "none" and last and queries < self.chunk_size)  # type: ignore[operator]
+            return mode != "all"
+        return not (mode != "none" and last and queries < self.chunk_size)  # type: ignore[operator]
 
     @property
     def is_resolved(self) -> bool:
