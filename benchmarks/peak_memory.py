@@ -42,6 +42,7 @@ def main() -> None:
     p.add_argument("--kv-dtype", default="model")
     p.add_argument("--offload", default="none")
     p.add_argument("--selection", default="exact")
+    p.add_argument("--prefill-forward", type=int, default=None, help="tokens per prefill forward (default: the config's)")
     a = p.parse_args()
 
     from reattn_llm import ReAttentionConfig
@@ -51,7 +52,9 @@ def main() -> None:
     from reattn_llm.runtime.plan import make_plan
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    cfg = ReAttentionConfig(kv_dtype=a.kv_dtype, offload=a.offload, selection=a.selection)
+    cfg = ReAttentionConfig(
+        kv_dtype=a.kv_dtype, offload=a.offload, selection=a.selection, prefill_forward=a.prefill_forward
+    )
     engine = Engine(None, device="cpu", dtype="fp32", config=cfg, progress=False)
     tok = engine.tokenizer
     ids = tok(SAMPLE.read_text(), add_special_tokens=False)["input_ids"]

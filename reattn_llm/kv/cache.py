@@ -35,7 +35,7 @@ class SlidingLayer(DynamicSlidingWindowLayer):
 
     Cropping back (a kept document prefix reused by the next question) is exact only where the
     rows are still held: while the layer holds all its rows (fewer than the window), or at the end
-    of one of the last :attr:`snapshots` multi-token updates (prefill chunks), whose window rows
+    of one of the last :attr:`snapshots` multi-token updates (prefill forwards), whose window rows
     are kept (at most ``sliding_window - 1`` rows each). :meth:`can_crop` says which, and
     :meth:`rows_at` / :meth:`restore` carry such a point to and from a saved document cache.
 

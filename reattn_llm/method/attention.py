@@ -7,8 +7,8 @@ the patch's ``self_attn`` pre-hook passes in as ``reattn_cache`` knows the layer
 storage; a plain transformers cache or none gives the raw tensors.
 
 A forward with more queries than one chunk is split into chunks of ``chunk_size`` (the last
-``tail_size`` queries apart), each selecting against the keys before it, so any single
-``model(ids)`` call stays in distribution.
+``tail_size`` queries apart, unless the engine joined whole chunks: ``PatchState.whole_chunks``),
+each selecting against the keys before it, so any single ``model(ids)`` call stays in distribution.
 """
 
 from __future__ import annotations
@@ -260,7 +260,8 @@ def reattention_forward(
     q_len, total = query.shape[2], kv.length
     start = total - q_len
     within = total <= cfg.global_size + cfg.local_size  # type: ignore[operator]
-    bounds = [(0, q_len)] if within else chunk_bounds(q_len, cfg.chunk_size, cfg.tail_size)  # type: ignore[arg-type]
+    tail = 0 if state.joined else cfg.tail_size  # a joined forward's chunks are all whole (whole_chunks)
+    bounds = [(0, q_len)] if within else chunk_bounds(q_len, cfg.chunk_size, tail)  # type: ignore[arg-type]
     outs = []
     for c0, c1 in bounds:
         qc = query[:, :, c0:c1]

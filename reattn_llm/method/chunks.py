@@ -1,8 +1,13 @@
 """The prefill grid: how a prompt's queries are cut into chunks, each selecting against the keys
-before it (:func:`chunk_bounds`, :func:`prefill_bounds`), and which of its tokens a later prompt can
-reuse (:func:`reusable_length`)."""
+before it (:func:`chunk_bounds`, :func:`prefill_bounds`), which chunks one model forward carries
+(:func:`forward_bounds`), and which of its tokens a later prompt can reuse (:func:`reusable_length`)."""
 
 from __future__ import annotations
+
+from typing import Any
+
+#: Prompt tokens per engine prefill forward by default (``ReAttentionConfig.prefill_forward``).
+PREFILL_FORWARD = 8192
 
 
 def chunk_bounds(total: int, chunk: int, tail: int) -> list[tuple[int, int]]:
@@ -44,3 +49,41 @@ def reusable_length(total: int, chunk: int, tail: int = 0) -> int:
             break
         n = e
     return n
+
+
+def forward_size(chunk: int, tokens: int | None) -> int:
+    """Tokens of a joined prefill forward: ``tokens`` (None: :data:`PREFILL_FORWARD`) rounded down to
+    whole chunks of ``chunk``, at least one chunk."""
+    return max(1, (tokens or PREFILL_FORWARD) // chunk) * chunk
+
+
+def engine_forward(config: Any, chunk: int) -> int:
+    """Tokens per prefill forward of the engine for a resolved ``ReAttentionConfig`` whose forwards
+    carry chunks of ``chunk`` tokens: :func:`forward_size` of its ``prefill_forward``. Unset, one
+    chunk with ``mode="full"`` (the stock baseline) and with ``kv_dtype="fp8"`` or offload, whose
+    exact recent rows on the device (``kv.tiered``) grow with the forward; there a joined forward
+    also reads more rows exactly, so its logits are close to, not equal to, a forward per chunk."""
+    tiered = config.kv_dtype != "model" or config.offload != "none"
+    if config.mode == "full" or (tiered and config.prefill_forward is None):
+        return chunk
+    return forward_size(chunk, config.prefill_forward)
+
+
+def forward_bounds(bounds: list[tuple[int, int]], chunk: int, tokens: int | None) -> list[tuple[int, int]]:
+    """The model forwards that feed the chunks ``bounds`` (contiguous ``[start, end)``): each run of
+    whole chunks (``chunk`` tokens) joined into forwards of at most :func:`forward_size` tokens; any
+    other chunk a forward of its own. A joined forward splits back into its chunks inside the layers
+    (:meth:`~reattn_llm.method.state.PatchState.whole_chunks`), each selecting against the keys before
+    it as if fed alone, while the linear layers run once for all."""
+    per = forward_size(chunk, tokens) // chunk
+    out: list[tuple[int, int]] = []
+    joined = 0  # whole chunks in the last forward of ``out``, 0 if it is not a run of whole chunks
+    for s, e in bounds:
+        whole = e - s == chunk
+        if whole and 0 < joined < per and out[-1][1] == s:
+            out[-1] = (out[-1][0], e)
+            joined += 1
+        else:
+            out.append((s, e))
+            joined = 1 if whole else 0
+    return out

@@ -64,13 +64,16 @@ class ReAttentionConfig:
         prompt_top_k: hits per (query head, query token) for prompt chunks (more than one query);
             default ``top_k``. Decode steps keep ``top_k``: a step's few queries rank their hits one
             by one, and more of them drown the good ones. Meant for very long documents, where the
-            question's words recur as decoys; no better than the default on the CPU needles, and
-            at 1M tokens 16 left a sample unfinished after 400 s that the default ends in 303 (Run 7).
+            question's words recur as decoys; no better on the CPU needles, too slow at 1M (Run 7).
         max_spans: spans kept per layer per forward (the most-voted hits). 0 = streaming.
         chunk_size: queries per prefill chunk (and per in-layer split of a long forward); <= L.
         tail_size: the last tokens of a prompt (at most this many) form a chunk of their own, so
             the selection that feeds the first answer token is voted by the question alone, not
             by the end of the document before it. 0 turns this off.
+        prefill_forward: the most prompt tokens the engine feeds in one model forward (default 8192; one
+            chunk with fp8 or offload: ``method.chunks.engine_forward``): whole chunks join, the layers
+            split them back and each selects as if fed alone, while the linear layers run (and launch)
+            once for all. The engine's working reserve grows with it; ``chunk_size``: a forward a chunk.
         window: the trained context W that positions stay under; default ``max_position_embeddings``.
         effective_window: the longest context the model reads well (its own in-window accuracy
             holds), which sizes the scope: G + max_spans * span + L <= min(window, effective_window),
@@ -164,6 +167,7 @@ class ReAttentionConfig:
     max_spans: int | None = None
     chunk_size: int | None = None
     tail_size: int = 16
+    prefill_forward: int | None = None
     window: int | None = None
     mode: Mode = "reattention"
     backend: Backend = "auto"
@@ -207,14 +211,10 @@ class ReAttentionConfig:
                 f"kv_dtype={self.kv_dtype!r} / offload={self.offload!r} apply to ReAttention's cache; mode='full' "
                 "is the stock model's attention: use mode='reattention' (or 'streaming'), or the defaults."
             )
-        for name in ("candidate_blocks", "block_size"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ConfigError(
-                    f"{name}={value!r}: must be a positive integer (or None for the default), used by "
-                    "selection='two_level'."
-                )
         for name in (
+            "candidate_blocks",
+            "block_size",
+            "prefill_forward",
             "global_size",
             "local_size",
             "span_size",
@@ -226,7 +226,7 @@ class ReAttentionConfig:
         ):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ConfigError(f"{name}={value!r}: must be a positive integer.")
+                raise ConfigError(f"{name}={value!r}: must be a positive integer (or None for the default).")
         for name, k in (("top_k", self.top_k), ("prompt_top_k", self.prompt_top_k or 0)):
             if k > MAX_TOP_K:
                 raise ConfigError(

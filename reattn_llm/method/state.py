@@ -8,6 +8,8 @@ position applied; per cache row, how often selections drew on it: :class:`Select
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -167,9 +169,23 @@ class PatchState:
     observers: list[ScopeObserver] = field(default_factory=list)
     #: set while decode steps run static (:class:`StaticStep`, :mod:`reattn_llm.runtime.graphs`), else None
     static: StaticStep | None = None
+    #: set while a forward carries whole chunks only (:meth:`whole_chunks`): no tail is split off it
+    joined: bool = False
     _max: torch.Tensor | None = field(default=None, init=False, repr=False)
     #: ``q_pos [B, Q]`` of the chunks noted since :attr:`_max` was last brought up to date.
     _pending: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
+
+    @contextlib.contextmanager
+    def whole_chunks(self, joined: bool = True) -> Iterator[None]:
+        """While the block runs (``joined``), forwards carry whole chunks joined on the prefill grid
+        (:func:`~reattn_llm.method.chunks.forward_bounds`): the layers split each at every
+        ``chunk_size`` and set no ``tail_size`` tail apart, so every chunk is the one it would be fed
+        alone."""
+        before, self.joined = self.joined, joined or self.joined
+        try:
+            yield
+        finally:
+            self.joined = before
 
     @property
     def max_position(self) -> torch.Tensor | None:

@@ -31,6 +31,7 @@ import torch
 from ..errors import ContextTooLongError
 from ..kv.cache import SlidingLayer
 from ..kv.storage import KVStorage, budget_rows
+from ..method.chunks import engine_forward
 from ..method.config import ReAttentionConfig
 from ..method.families import sliding_windows, text_config
 
@@ -152,17 +153,27 @@ def available_bytes(device: torch.device) -> int:
 
 
 def working_reserve(
-    model_config: Any, config: ReAttentionConfig, dtype: torch.dtype, device: torch.device | None = None
+    model_config: Any,
+    config: ReAttentionConfig,
+    dtype: torch.dtype,
+    device: torch.device | None = None,
+    prompt: int | None = None,
 ) -> int:
-    """Bytes one prefill chunk needs beside the weights and the KV cache, at its peak:
+    """Bytes one prefill forward needs beside the weights and the KV cache, at its peak, for a
+    forward of ``tokens`` (whole chunks joined up to ``prefill_forward``,
+    :func:`~reattn_llm.method.chunks.engine_forward`; no more than a ``prompt`` of that many tokens
+    needs, when given). A layer's attention and its MLP do not hold their temporaries at once, so
+    the larger of the two phases counts:
 
-    * activations: the residual stream, norms, q/k/v/o and the MLP's gate, up and product,
-      ``chunk * (8 * hidden + 3 * intermediate)`` values;
-    * the scope: gathered K and V and their rotated copies (``3 * 2 * Hkv * scope * D`` values) and
-      the boolean mask (``chunk * scope`` bytes);
-    * scoring: the torch twin's fp32 score block (``kernels.torch_ops``: 64 MB on the CPU, 1 GiB on
-      a GPU) when it runs; the Triton kernel keeps scores on chip;
-    * the last position's logits and 64 MiB of allocator slack.
+    * attention: the residual stream, its norm, q, k, v and the chunks' outputs
+      (``tokens * (4 * hidden + 2 * Hkv * D)`` values); per chunk the scope's gathered K and V and
+      their rotated copies (``3 * 2 * Hkv * scope * D`` values) and the boolean mask (``chunk *
+      scope`` bytes), and the torch twin's fp32 score block when it scores (``kernels.torch_ops``:
+      64 MB on the CPU, 1 GiB on a GPU; the Triton kernel keeps scores on chip);
+    * MLP: the residual stream, its norm, gate, up and their product (``tokens * (2 * hidden + 3 *
+      intermediate)`` values);
+
+    and the last position's logits and 64 MiB of allocator slack.
     """
     from ..kernels import resolve_backend
     from ..kernels.torch_ops import _SCORE_BLOCK_ELEMS
@@ -174,16 +185,19 @@ def working_reserve(
     h, inter = c.hidden_size, c.intermediate_size
     _, kv, d = _shape(model_config)
     scope = config.scope if config.is_resolved and config.mode != "full" else (config.window or 8192)
-    acts = chunk * (8 * h + 3 * inter) * size
+    tokens = engine_forward(config, chunk)
+    if prompt is not None:  # the forward no longer than the prompt's whole chunks (at least one chunk)
+        tokens = min(tokens, max(chunk, -(-prompt // chunk) * chunk))
     attn = 6 * kv * scope * d * size + chunk * scope
     slide = max(sliding_windows(model_config) or [0], key=lambda w: w or 0) or 0
-    if slide:  # a sliding layer's concatenation of its window and the chunk, and that mask
-        attn = max(attn, 2 * kv * (slide + chunk) * d * size + chunk * (slide + chunk))
-    scoring = 0
+    if slide:  # a sliding layer's concatenation of its window and the forward, and that mask
+        attn = max(attn, 2 * kv * (slide + tokens) * d * size + tokens * (slide + tokens))
     if config.mode == "reattention" and resolve_backend(config.backend, device) == "torch":
-        scoring = 4 * _SCORE_BLOCK_ELEMS.get(device.type, 1 << 24)
+        attn += 4 * _SCORE_BLOCK_ELEMS.get(device.type, 1 << 24)
+    attention = tokens * (4 * h + 2 * kv * d) * size + attn
+    mlp = tokens * (2 * h + 3 * inter) * size
     logits = 2 * c.vocab_size * 4
-    return int(acts + attn + scoring + logits + (64 << 20))
+    return int(max(attention, mlp) + logits + (64 << 20))
 
 
 def engine_capacity(

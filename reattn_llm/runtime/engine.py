@@ -13,15 +13,17 @@ between deltas never blocks another request.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from typing import Any
 
 import torch
 
 from ..kv.cache import ReAttentionCache
+from ..method.chunks import engine_forward, forward_bounds
 from ..method.config import ReAttentionConfig, prefill_bounds, reusable_length
 from ..method.patch import PatchHandle, make_cache, patch, resolve_for_model
 from .capacity import Capacity, check_fits, engine_capacity
@@ -41,13 +43,11 @@ from .models import (
 from .prefix import CacheSpec, PrefixStore, load_prefix, save_prefix
 from .prefix_store import DocumentStore
 from .prompts import EncodedPrompt, Prompt, QuestionStart, check_prompt, document_ids, encode_prompt
-from .request import Request, freed_after_oom
+from .request import PrefillProgress, ProgressFn, Request, freed_after_oom
 from .sampling import AnswerText, Sampler, SamplingParams, eos_ids
 from .stream import Completion, Stream
 
 __all__ = ["Completion", "Engine", "SamplingParams", "Stream"]
-
-ProgressFn = Callable[[int, int, float], None]
 
 
 class Engine:
@@ -196,27 +196,21 @@ class Engine:
         """Feed ``ids [1, T]`` from ``start`` (a multiple of the chunk: the cache already holds
         ``ids[:, :start]``) in chunks of ``chunk_size``: with ``question`` (the token where the
         question starts, >= ``start``) the document on the grid and the question as its own chunk,
-        else the last ``tail_size`` tokens apart (:func:`~reattn_llm.method.config.prefill_bounds`);
-        return the last logits ``[1, V]``."""
-        total = ids.shape[1]
+        else the last ``tail_size`` tokens apart (:func:`~reattn_llm.method.config.prefill_bounds`),
+        whole chunks joined in forwards of :attr:`prefill_forward` tokens; return the last logits ``[1, V]``."""
+        total, chunk = ids.shape[1], self.prefill_chunk
         tail = self.config.tail_size if tail is None else tail
-        bar = self._bar(total - start)
-        t0 = time.perf_counter()
         logits = None
         self.last_prefill_tokens = total - start
-        try:
-            q = None if question is None else question - start
-            for s, e in prefill_bounds(total - start, self.prefill_chunk, tail, q):
+        state = self._handle.state if self._handle is not None else None
+        bounds = prefill_bounds(total - start, chunk, tail, None if question is None else question - start)
+        with PrefillProgress(total - start, self.progress and total - start > chunk, on_progress) as progress:
+            for s, e in forward_bounds(bounds, chunk, self.prefill_forward):
                 piece = ids[:, start + s : start + e]
-                out = self.model(input_ids=piece, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                with state.whole_chunks(e - s > chunk) if state is not None else contextlib.nullcontext():
+                    out = self.model(input_ids=piece, past_key_values=cache, use_cache=True, logits_to_keep=1)
                 logits = out.logits[:, -1].to(self.device)  # from the last layer's device (device_map)
-                if bar is not None:
-                    bar.update(piece.shape[1])
-                if on_progress is not None:
-                    on_progress(e, total - start, time.perf_counter() - t0)
-        finally:
-            if bar is not None:
-                bar.close()
+                progress.update(e)
         assert logits is not None  # an empty prompt is refused before any prefill
         return logits
 
@@ -272,7 +266,7 @@ class Engine:
         finish = "length"
 
         def progress(done: int, total: int, elapsed: float) -> None:
-            turn.check()  # a cancelled request stops between prefill chunks
+            turn.check()  # a cancelled request stops between prefill forwards
             if on_progress is not None:
                 on_progress(done, total, elapsed)
 
@@ -342,8 +336,14 @@ class Engine:
     # -- reusable prefixes ---------------------------------------------------------------------
     @property
     def prefill_chunk(self) -> int:
-        """Tokens per prefill forward (the config's chunk; 2048 for the stock baseline)."""
+        """Tokens per prefill chunk (the config's; 2048 for the stock baseline)."""
         return self.config.chunk_size if self.config.mode != "full" else 2048  # type: ignore[return-value]
+
+    @property
+    def prefill_forward(self) -> int:
+        """Tokens per prefill forward: whole chunks joined up to the config's ``prefill_forward``
+        (:func:`~reattn_llm.method.chunks.engine_forward`)."""
+        return engine_forward(self.config, self.prefill_chunk)
 
     def _cache_for(self, ids: list[int], reserve: int) -> tuple[ReAttentionCache, int]:
         """A cache for ``ids`` that the request owns: the kept prefix when it shares a reusable
@@ -390,11 +390,3 @@ class Engine:
         with self._lock:
             self.prefixes.prefix = prefix
         return prefix.reusable
-
-    # -- helpers -------------------------------------------------------------------------------
-    def _bar(self, total: int) -> Any:
-        if not self.progress or total <= (self.config.chunk_size or 0):
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, unit="tok", unit_scale=True, desc="prefill", leave=False, dynamic_ncols=True)

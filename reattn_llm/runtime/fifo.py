@@ -80,6 +80,6 @@ class Turn:
         self._cancelled.set()
 
     def check(self) -> None:
-        """Raise :class:`Cancelled` if the request was cancelled (called between prefill chunks)."""
+        """Raise :class:`Cancelled` if the request was cancelled (called between prefill forwards)."""
         if self._cancelled.is_set():
             raise Cancelled("the request was cancelled")

@@ -24,6 +24,7 @@ from .capacity import (
     kv_bytes_per_token,
     parameter_count,
     sliding_kv_bytes,
+    working_reserve,
 )
 
 
@@ -105,7 +106,7 @@ def make_plan(
         + sliding_kv_bytes(model_config, dtype, tokens),
         host_kv_bytes=host_kv_bytes_per_token(model_config, dtype, config) * tokens,
         weight_bytes=cap.weight_bytes,
-        reserve_bytes=cap.reserve_bytes,
+        reserve_bytes=working_reserve(model_config, config, dtype, device, prompt=tokens),
         capacity=cap,
         prefill_flops=prefill_flops(model_config, config, tokens),
         device_flops=measured_flops(device, dtype),

@@ -203,7 +203,7 @@ def fingerprint(t: torch.Tensor) -> str:
 
 def savable(cache: ReAttentionCache, n: int) -> bool:
     """Whether every layer of ``cache`` still holds its rows at ``n`` tokens (a sliding-window layer
-    only at the end of one of its last prefill chunks, :meth:`~reattn_llm.kv.cache.SlidingLayer.can_crop`)."""
+    only at the end of one of its last prefill forwards, :meth:`~reattn_llm.kv.cache.SlidingLayer.can_crop`)."""
     return all(layer.can_crop(n) for layer in cache.layers if isinstance(layer, SlidingLayer))
 
 
@@ -223,7 +223,7 @@ def save_prefix(
     if not savable(prefix.cache, n):
         raise CacheFileError(
             f"The kept prefix's sliding-window layers no longer hold their rows at its {n} reusable tokens "
-            "(they keep only their window, at the last few prefill-chunk ends): call warm(document) again "
+            "(they keep only their window, at the last few prefill forwards' ends): call warm(document) again "
             "and save right after it."
         )
     tensors: dict[str, torch.Tensor] = {"ids": torch.tensor(prefix.ids[:n], dtype=torch.int64)}

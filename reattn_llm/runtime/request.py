@@ -8,7 +8,9 @@ place for each unit and taken back after it, never left for the next request to 
 
 from __future__ import annotations
 
+import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,6 +18,39 @@ import torch
 from ..errors import OutOfMemoryError
 from ..method.state import PatchState, SelectionRecorder
 from .fifo import Turn
+
+#: ``on_progress(done, total, elapsed_s)``: prompt tokens prefilled so far, of ``total``.
+ProgressFn = Callable[[int, int, float], None]
+
+
+class PrefillProgress:
+    """A prefill's progress, as a context manager: a tqdm bar (tokens, tokens/s, ETA) when ``show``,
+    closed on exit, and the caller's ``on_progress`` after each forward (:meth:`update`)."""
+
+    def __init__(self, total: int, show: bool, on_progress: ProgressFn | None) -> None:
+        self.total, self.done, self.on_progress, self.t0 = total, 0, on_progress, time.perf_counter()
+        self.bar = None
+        if show:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=total, unit="tok", unit_scale=True, desc="prefill", leave=False, dynamic_ncols=True
+            )
+
+    def __enter__(self) -> PrefillProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def update(self, done: int) -> None:
+        """``done`` of the prompt's tokens are prefilled."""
+        if self.bar is not None:
+            self.bar.update(done - self.done)
+        self.done = done
+        if self.on_progress is not None:
+            self.on_progress(done, self.total, time.perf_counter() - self.t0)
 
 
 class Request:

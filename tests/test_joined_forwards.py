@@ -1,0 +1,114 @@
+"""The engine's prefill joins whole chunks into one model forward (``prefill_forward``); the layers
+split it back and every chunk selects as if fed alone, so the logits, the cached rows and the
+question's remembered spans equal those of a forward per chunk, bit for bit, on the real model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from reattn_llm import ReAttentionConfig
+from reattn_llm.method.chunks import PREFILL_FORWARD, engine_forward, forward_bounds, prefill_bounds
+from reattn_llm.method.patch import make_cache
+from reattn_llm.runtime.capacity import working_reserve
+from reattn_llm.runtime.engine import Engine
+from tests.conftest import SMALL_CONFIG_KWARGS
+from tests.tiny_models import SMOLLM2_SHAPE
+
+CHUNK = SMALL_CONFIG_KWARGS["chunk_size"]
+
+
+def test_forward_bounds_join_runs_of_whole_chunks_only():
+    # a 1000-token document on the grid of 128, its 104-token remainder, then a 40-token question
+    bounds = prefill_bounds(1040, 128, 16, question_start=1000)
+    assert forward_bounds(bounds, 128, 3 * 128 + 50) == [
+        (0, 384),
+        (384, 768),
+        (768, 896),
+        (896, 1000),
+        (1000, 1040),
+    ]
+    assert forward_bounds(bounds, 128, 128) == bounds  # a forward per chunk
+    assert forward_bounds(bounds, 128, 1) == bounds  # at least one chunk
+    assert forward_bounds(bounds, 128, 10**6) == [(0, 896), (896, 1000), (1000, 1040)]
+    # no question: the body's whole chunks join, the short body chunk and the tail stay apart
+    tail = prefill_bounds(700, 128, 16)
+    assert forward_bounds(tail, 128, 10**6) == [(0, 640), (640, 684), (684, 700)]
+    # a question longer than a chunk: its whole chunks join too (they are whole, on its own grid)
+    q = prefill_bounds(700, 128, 16, question_start=100)
+    assert forward_bounds(q, 128, 10**6) == [(0, 100), (100, 612), (612, 700)]
+
+
+def test_engine_forward_rules():
+    base = ReAttentionConfig(**SMALL_CONFIG_KWARGS).resolve(512)
+    assert engine_forward(base, CHUNK) == PREFILL_FORWARD  # 8192 = 64 chunks of 128
+    assert engine_forward(dataclasses.replace(base, prefill_forward=1000), CHUNK) == 896  # whole chunks
+    assert engine_forward(dataclasses.replace(base, prefill_forward=5), CHUNK) == CHUNK
+    # fp8 / offload keep exact recent rows on the device that grow with the forward: one chunk unless asked
+    fp8 = dataclasses.replace(base, kv_dtype="fp8")
+    assert engine_forward(fp8, CHUNK) == CHUNK
+    assert engine_forward(dataclasses.replace(fp8, prefill_forward=512), CHUNK) == 512
+    assert engine_forward(dataclasses.replace(base, mode="full"), 2048) == 2048  # the stock baseline
+
+
+def test_config_refuses_a_bad_prefill_forward():
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="prefill_forward"):
+            ReAttentionConfig(prefill_forward=bad)
+
+
+def test_working_reserve_grows_with_the_forward_and_stops_at_the_prompt():
+    cfg = ReAttentionConfig(**SMALL_CONFIG_KWARGS).resolve(512)
+    one = working_reserve(SMOLLM2_SHAPE, dataclasses.replace(cfg, prefill_forward=CHUNK), torch.float32)
+    joined = working_reserve(SMOLLM2_SHAPE, cfg, torch.float32)
+    h, inter = SMOLLM2_SHAPE.hidden_size, SMOLLM2_SHAPE.intermediate_size
+    mlp = PREFILL_FORWARD * (2 * h + 3 * inter) * 4  # the MLP temporaries of 8192 tokens: the peak there
+    assert mlp <= joined <= mlp + (70 << 20)  # with the logits and the allocator's slack
+    # a 300-token prompt joins at most its 3 chunks
+    short = working_reserve(SMOLLM2_SHAPE, cfg, torch.float32, prompt=300)
+    assert one < short < joined
+
+
+@pytest.fixture(scope="module")
+def prose_ids(shared_data):
+    from reattn_llm.runtime.models import load_tokenizer
+
+    text = (shared_data / "texts" / "austen_emma.txt").read_text(encoding="utf-8")[20000:40000]
+    return load_tokenizer(None)(text, add_special_tokens=False)["input_ids"][:1500]
+
+
+def prefill(forward: int, selection: str, ids: list[int], question: int) -> tuple:
+    """``(logits, last layer's K/V rows, every layer's pinned centres, forward sizes, progress)``."""
+    cfg = ReAttentionConfig(**SMALL_CONFIG_KWARGS, selection=selection, prefill_forward=forward)
+    engine = Engine(None, device="cpu", dtype="fp32", config=cfg, progress=False, keep_prefix=False)
+    assert engine.prefill_forward == forward
+    calls: list[int] = []
+    seen: list[int] = []
+    engine.model.register_forward_pre_hook(
+        lambda m, a, kw: calls.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
+    cache = make_cache(engine.model, reserve=len(ids))
+    logits = engine.prefill(
+        torch.tensor([ids]), cache, lambda done, total, s: seen.append(done), question=question
+    )
+    pinned = [layer.pinned for layer in cache.layers]
+    return logits, cache.layers[-1].dense(len(ids)), pinned, calls, seen
+
+
+@pytest.mark.parametrize("selection", ["exact", "two_level"])
+def test_joined_forwards_equal_a_forward_per_chunk(prose_ids, selection):
+    """1,500 tokens of prose, 3x the shrunk window, the last 20 as the question: forwards of 3
+    chunks against one chunk each, the same logits, K/V rows and pinned span centres."""
+    question = len(prose_ids) - 20
+    a, rows_a, pins_a, calls_a, _ = prefill(CHUNK, selection, prose_ids, question)
+    b, rows_b, pins_b, calls_b, seen_b = prefill(3 * CHUNK, selection, prose_ids, question)
+    # 11 whole chunks of the document (1408 tokens), its 72-token remainder, the question
+    assert calls_a == [CHUNK] * 11 + [72, 20]
+    assert calls_b == [3 * CHUNK] * 3 + [2 * CHUNK, 72, 20]
+    assert seen_b == [384, 768, 1152, 1408, 1480, 1500]  # progress after each forward
+    assert torch.equal(a, b)
+    assert all(torch.equal(x, y) for x, y in zip(rows_a, rows_b, strict=True))
+    assert all(p is not None for p in pins_a)  # the question selected spans in every layer
+    assert all(torch.equal(x, y) for x, y in zip(pins_a, pins_b, strict=True))
