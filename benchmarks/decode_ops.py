@@ -12,6 +12,7 @@ not counted)::
     python benchmarks/decode_ops.py            # the table
     python benchmarks/decode_ops.py --ops      # and the launching ops of each ReAttention backend
     python benchmarks/decode_ops.py --prefill  # a prompt chunk's layer instead of a decode step's
+    python benchmarks/decode_ops.py --prefill --joined 8  # per chunk, 8 whole chunks in one forward
     python benchmarks/decode_ops.py --selection two_level  # two-level selection's
     python benchmarks/decode_ops.py --past-limit   # a step past decode_extra_until: the question's spans only
 """
@@ -119,13 +120,19 @@ def counting() -> Iterator[collections.Counter]:
 
 
 def decode_counts(
-    backend: str | None, prefill: bool = False, selection: str = "exact", past_limit: bool = False
+    backend: str | None,
+    prefill: bool = False,
+    selection: str = "exact",
+    past_limit: bool = False,
+    joined: int = 1,
 ) -> collections.Counter:
     """Ops of one decode forward (the second token after the prompt) of the tiny model, stock
     (``backend=None``) or patched with ``backend``; ``prefill``: of one prompt chunk after the
     prompt instead (``chunk_size`` tokens, one chunk with its span selection). ``selection``: the
     config's (two-level: 32 candidate blocks of 8 rows, of the middle's 40). ``past_limit``: the step
-    is past ``decode_extra_until`` (it keeps the question's spans and scores nothing)."""
+    is past ``decode_extra_until`` (it keeps the question's spans and scores nothing). ``joined``: with
+    ``prefill``, that many whole chunks in one forward (the engine's ``prefill_forward``), the counts
+    per chunk."""
     import torch
 
     if str(ROOT / "tests") not in sys.path:
@@ -145,10 +152,12 @@ def decode_counts(
         with torch.no_grad():
             model(ids[:, :PROMPT], past_key_values=cache)
             model(ids[:, PROMPT : PROMPT + 1], past_key_values=cache)  # first step: lazy tables built
-        if prefill:  # the prompt's next chunk: one more chunk of the same prompt
-            with counting() as counts:
-                model(distinct_ids(1, CONFIG["chunk_size"], seed=3), past_key_values=cache)
-            return counts
+        if prefill:  # the prompt's next chunk(s): ``joined`` whole chunks of the same prompt in one forward
+            state = handle.state if handle is not None else None
+            ctx = state.whole_chunks(joined > 1) if state is not None else contextlib.nullcontext()
+            with counting() as counts, ctx:
+                model(distinct_ids(1, joined * CONFIG["chunk_size"], seed=3), past_key_values=cache)
+            return collections.Counter({name: n / joined for name, n in counts.items()})
         with counting() as counts:
             model(ids[:, PROMPT + 1 : PROMPT + 2], past_key_values=cache)
     finally:
@@ -175,14 +184,19 @@ def main() -> None:
     )
     ap.add_argument("--selection", default="exact", choices=("exact", "two_level"))
     ap.add_argument("--past-limit", action="store_true", help="a decode step past decode_extra_until")
+    ap.add_argument(
+        "--joined", type=int, default=1, help="with --prefill: whole chunks per forward, ops per chunk"
+    )
     args = ap.parse_args()
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton: CPU runs the interpreter
     rows = [("stock", None), ("reattention torch", "torch"), ("reattention triton", "triton")]
     results = {
-        label: decode_counts(backend, args.prefill, args.selection, args.past_limit)
+        label: decode_counts(backend, args.prefill, args.selection, args.past_limit, args.joined)
         for label, backend in rows
     }
     what = f"prompt chunk of {CONFIG['chunk_size']}" if args.prefill else "decode"
+    if args.prefill and args.joined > 1:
+        what += f", {args.joined} joined per forward,"
     print(
         f"| ops per {what} layer ({LAYERS} layers, {PROMPT + 2}-token context) | all | launching | views | allocations |"
     )

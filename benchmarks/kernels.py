@@ -21,8 +21,9 @@ Sections
              heads), at M = 32K, 128K, 1M; plus the in-kernel ranking against ranking outside it
              at MAX_FUSED hits, to set that threshold. ``--select`` runs this section alone.
   e2e        Llama-3.1-8B-shaped model (random weights, bf16): prefill and per-token decode,
-             ReAttention (backend "triton", the paper's 8192 scope) against stock SDPA full
-             attention (decode with a StaticCache), at 32K and 128K; SmolLM2-135M-shaped at 1M.
+             ReAttention (backend "triton", the paper's 8192 scope; prefill in the engine's forwards,
+             whole chunks joined: --prefill-forward) against stock SDPA full attention (prefill in
+             one call, decode with a StaticCache), at 32K and 128K; SmolLM2-135M-shaped at 1M.
 ``--sweep`` times several tile configurations per kernel and installs the fastest (through the
 modules' ``CONFIG_OVERRIDES``) before the later sections run.
 """
@@ -53,6 +54,9 @@ GRAPH_BUCKETS = [32]
 SELECTION = "exact"
 #: --exact-answer: ReAttentionConfig.exact_answer of --e2e (None: the default)
 EXACT_ANSWER: str | None = None
+#: --prefill-forward: tokens per ReAttention prefill forward in --e2e, whole chunks joined as the engine
+#: does (method.chunks.forward_bounds; None: the engine's default); 0: the prompt (or its pieces) in one call
+PREFILL_FORWARD: int | None = None
 BF16 = torch.bfloat16
 RESULTS: dict = {"rows": []}
 
@@ -786,26 +790,42 @@ def graph_decode(model, cache, state, tok, buckets=None):
     return dict(graphs=out)
 
 
+def prefill_forwards(state, T: int, piece: int | None) -> list[tuple[int, int]]:
+    """The ``[start, end)`` forwards of a ``T``-token prompt: the engine's (the chunks of
+    ``chunk_bounds``, whole ones joined up to ``--prefill-forward``), or with ``--prefill-forward 0``
+    pieces of ``piece`` tokens (the whole prompt if None), each split by the layers."""
+    from reattn_llm.method.chunks import chunk_bounds, engine_forward, forward_bounds
+
+    cfg = state.config
+    if PREFILL_FORWARD == 0:
+        piece = piece or T
+        return [(s, min(s + piece, T)) for s in range(0, T, piece)]
+    tokens = engine_forward(dataclasses.replace(cfg, prefill_forward=PREFILL_FORWARD), cfg.chunk_size)
+    return forward_bounds(chunk_bounds(T, cfg.chunk_size, cfg.tail_size), cfg.chunk_size, tokens)
+
+
 @torch.no_grad()
 def reattn_prefill_decode(
     model, ids, steps=8, warm=3, piece=None, time_budget=None, profile_label=None, state=None, cache=None
 ):
-    """Prefill ``ids`` (in pieces of ``piece`` tokens if given, into ``cache`` if given) then decode;
+    """Prefill ``ids`` in the engine's forwards (:func:`prefill_forwards`; ``piece``: their size with
+    ``--prefill-forward 0``), into ``cache`` if given, then decode;
     returns dict. With the patch's ``state``, also decode with CUDA graphs (:func:`graph_decode`)."""
     t_total = 0.0
     pkv = cache
     T = ids.shape[1]
-    piece = piece or T
     done = 0
+    patched = state or model._reattn_handle.state
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
-    while done < T:
-        chunk = ids[:, done : done + piece]
-        dt, out = sync_time(lambda: model(chunk, past_key_values=pkv, use_cache=True, logits_to_keep=1))
+    for s, e in prefill_forwards(patched, T, piece):
+        chunk = ids[:, s:e]
+        with patched.whole_chunks(e - s > patched.config.chunk_size):
+            dt, out = sync_time(lambda: model(chunk, past_key_values=pkv, use_cache=True, logits_to_keep=1))
         pkv = out.past_key_values
         del out
         t_total += dt
-        done += chunk.shape[1]
+        done = e
         if time_budget is not None and t_total > time_budget and done < T:
             log(f"  prefill stopped by the time budget at {done} tokens")
             break
@@ -1145,9 +1165,18 @@ def main() -> int:
         action="store_true",
         help="prefill chunks attend with the kernel before the flash path (ATTN_PREFILL_BEFORE), the baseline",
     )
+    ap.add_argument(
+        "--prefill-forward",
+        type=int,
+        default=None,
+        help="tokens per ReAttention prefill forward in --e2e, whole chunks joined as the engine does "
+        "(default: the engine's); 0: the prompt in one call (pieces of 64K at 1M), split by the layers",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    global GRAPHS, GRAPH_BUCKETS, SELECTION, EXACT_ANSWER
+    global GRAPHS, GRAPH_BUCKETS, SELECTION, EXACT_ANSWER, PREFILL_FORWARD
+    PREFILL_FORWARD = args.prefill_forward
+    RESULTS["prefill_forward"] = PREFILL_FORWARD
     GRAPHS = args.graphs
     GRAPH_BUCKETS = [int(b) for b in args.graph_buckets.split(",") if b]
     SELECTION = args.selection

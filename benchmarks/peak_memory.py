@@ -42,7 +42,9 @@ def main() -> None:
     p.add_argument("--kv-dtype", default="model")
     p.add_argument("--offload", default="none")
     p.add_argument("--selection", default="exact")
-    p.add_argument("--prefill-forward", type=int, default=None, help="tokens per prefill forward (default: the config's)")
+    p.add_argument(
+        "--prefill-forward", type=int, default=None, help="tokens per prefill forward (default: the config's)"
+    )
     a = p.parse_args()
 
     from reattn_llm import ReAttentionConfig

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..method.chunks import forward_bounds
 from ..method.config import ReAttentionConfig, chunk_bounds
 from ..method.patch import make_cache, model_window, patch
 
@@ -79,12 +81,21 @@ class PasskeyResult:
 def greedy_continue(
     model: Any, ids: torch.Tensor, chunk: int, max_new_tokens: int, tail: int = 16
 ) -> list[int]:
-    """Chunked prefill of ``ids [1, T]`` (as the engine does it: the last ``tail`` tokens apart)
-    through a fresh :class:`ReAttentionCache`, then greedy decode."""
+    """Chunked prefill of ``ids [1, T]`` through a fresh :class:`ReAttentionCache`, then greedy decode.
+    As the engine does it on a patched model: its config's chunks (the last ``tail`` tokens apart),
+    whole ones joined in forwards of ``chunk`` tokens; an unpatched model takes forwards of ``chunk``."""
     cache = make_cache(model, reserve=ids.shape[1] + max_new_tokens)
+    handle = getattr(model, "_reattn_handle", None)
+    state = handle.state if handle is not None and handle.active else None
+    size = chunk if state is None else state.config.chunk_size
+    forwards = chunk_bounds(ids.shape[1], size, tail)
+    if state is not None:
+        forwards = forward_bounds(forwards, size, chunk)
     logits = None
-    for s, e in chunk_bounds(ids.shape[1], chunk, tail):
-        logits = model(input_ids=ids[:, s:e], past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+    for s, e in forwards:
+        with state.whole_chunks(e - s > size) if state is not None else contextlib.nullcontext():
+            out = model(input_ids=ids[:, s:e], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits
     out: list[int] = []
     for _ in range(max_new_tokens):
         nxt = int(logits[0, -1].argmax())  # type: ignore[index]
