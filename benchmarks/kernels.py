@@ -800,7 +800,7 @@ def prefill_forwards(state, T: int, piece: int | None) -> list[tuple[int, int]]:
     if PREFILL_FORWARD == 0:
         piece = piece or T
         return [(s, min(s + piece, T)) for s in range(0, T, piece)]
-    tokens = engine_forward(dataclasses.replace(cfg, prefill_forward=PREFILL_FORWARD), cfg.chunk_size)
+    tokens = engine_forward(dataclasses.replace(cfg, prefill_forward=PREFILL_FORWARD), cfg.chunk_size, "cuda")
     return forward_bounds(chunk_bounds(T, cfg.chunk_size, cfg.tail_size), cfg.chunk_size, tokens)
 
 

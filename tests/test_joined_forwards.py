@@ -43,14 +43,17 @@ def test_forward_bounds_join_runs_of_whole_chunks_only():
 
 def test_engine_forward_rules():
     base = ReAttentionConfig(**SMALL_CONFIG_KWARGS).resolve(512)
-    assert engine_forward(base, CHUNK) == PREFILL_FORWARD  # 8192 = 64 chunks of 128
-    assert engine_forward(dataclasses.replace(base, prefill_forward=1000), CHUNK) == 896  # whole chunks
-    assert engine_forward(dataclasses.replace(base, prefill_forward=5), CHUNK) == CHUNK
+    assert engine_forward(base, CHUNK, "cuda") == PREFILL_FORWARD  # 8192 = 64 chunks of 128
+    assert engine_forward(base, CHUNK, "cpu") == CHUNK  # the CPU gains nothing; progress stays prompt
+    for device in ("cuda", "cpu"):  # as asked, in whole chunks, at least one
+        assert engine_forward(dataclasses.replace(base, prefill_forward=1000), CHUNK, device) == 896
+        assert engine_forward(dataclasses.replace(base, prefill_forward=5), CHUNK, device) == CHUNK
     # fp8 / offload keep exact recent rows on the device that grow with the forward: one chunk unless asked
     fp8 = dataclasses.replace(base, kv_dtype="fp8")
-    assert engine_forward(fp8, CHUNK) == CHUNK
-    assert engine_forward(dataclasses.replace(fp8, prefill_forward=512), CHUNK) == 512
-    assert engine_forward(dataclasses.replace(base, mode="full"), 2048) == 2048  # the stock baseline
+    assert engine_forward(fp8, CHUNK, "cuda") == CHUNK
+    assert engine_forward(dataclasses.replace(fp8, prefill_forward=512), CHUNK, "cuda") == 512
+    full = dataclasses.replace(base, mode="full", prefill_forward=8192)
+    assert engine_forward(full, 2048, "cuda") == 2048  # the stock baseline: a forward per chunk
 
 
 def test_config_refuses_a_bad_prefill_forward():
@@ -61,7 +64,8 @@ def test_config_refuses_a_bad_prefill_forward():
 
 def test_working_reserve_grows_with_the_forward_and_stops_at_the_prompt():
     cfg = ReAttentionConfig(**SMALL_CONFIG_KWARGS).resolve(512)
-    one = working_reserve(SMOLLM2_SHAPE, dataclasses.replace(cfg, prefill_forward=CHUNK), torch.float32)
+    one = working_reserve(SMOLLM2_SHAPE, cfg, torch.float32)  # the CPU's default: a forward per chunk
+    cfg = dataclasses.replace(cfg, prefill_forward=PREFILL_FORWARD)
     joined = working_reserve(SMOLLM2_SHAPE, cfg, torch.float32)
     h, inter = SMOLLM2_SHAPE.hidden_size, SMOLLM2_SHAPE.intermediate_size
     mlp = PREFILL_FORWARD * (2 * h + 3 * inter) * 4  # the MLP temporaries of 8192 tokens: the peak there
@@ -112,3 +116,36 @@ def test_joined_forwards_equal_a_forward_per_chunk(prose_ids, selection):
     assert all(torch.equal(x, y) for x, y in zip(rows_a, rows_b, strict=True))
     assert all(p is not None for p in pins_a)  # the question selected spans in every layer
     assert all(torch.equal(x, y) for x, y in zip(pins_a, pins_b, strict=True))
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_joined_forwards_on_tiny_models_with_sliding_layers(family):
+    """Gemma 3's stock sliding-window layers see a joined forward as one long forward (their own
+    mask), the full layers split it: the logits of a forward per chunk, and the sliding layers'
+    snapshot at the joined forward's end (a kept prefix reusable there)."""
+    from tiny_models import distinct_ids, tiny_gemma3, tiny_model
+
+    from reattn_llm import patch
+    from reattn_llm.kv.cache import SlidingLayer
+
+    cfg = ReAttentionConfig(global_size=4, local_size=48, span_size=8, max_spans=6, top_k=3, chunk_size=16)
+    ids = distinct_ids(1, 300, seed=4) % 508 + 4
+    bounds = prefill_bounds(
+        300, 16, 16, question_start=290
+    )  # 18 whole chunks, a 2-token remainder, the question
+    logits = {}
+    for tokens in (16, 64):
+        model = (
+            tiny_gemma3(seed=5) if family == "gemma3" else tiny_model("llama", layers=3, window=128, seed=5)
+        )
+        with patch(model, cfg) as handle, torch.no_grad():
+            cache = make_cache(model, reserve=300)
+            for s, e in forward_bounds(bounds, 16, tokens):
+                with handle.state.whole_chunks(e - s > 16):
+                    out = model(input_ids=ids[:, s:e], past_key_values=cache, use_cache=True)
+            logits[tokens] = out.logits
+            sliding = [layer for layer in cache.layers if isinstance(layer, SlidingLayer)]
+            assert (family == "gemma3") == bool(sliding)
+            assert all(layer.can_crop(288) for layer in sliding)  # the last joined forward's end
+    # Llama: bit for bit; Gemma's stock sliding SDPA sums a longer forward in another order (4e-7)
+    assert torch.allclose(logits[16], logits[64], atol=1e-5, rtol=0)

@@ -57,14 +57,16 @@ def forward_size(chunk: int, tokens: int | None) -> int:
     return max(1, (tokens or PREFILL_FORWARD) // chunk) * chunk
 
 
-def engine_forward(config: Any, chunk: int) -> int:
-    """Tokens per prefill forward of the engine for a resolved ``ReAttentionConfig`` whose forwards
-    carry chunks of ``chunk`` tokens: :func:`forward_size` of its ``prefill_forward``. Unset, one
-    chunk with ``mode="full"`` (the stock baseline) and with ``kv_dtype="fp8"`` or offload, whose
-    exact recent rows on the device (``kv.tiered``) grow with the forward; there a joined forward
-    also reads more rows exactly, so its logits are close to, not equal to, a forward per chunk."""
+def engine_forward(config: Any, chunk: int, device: str) -> int:
+    """Tokens per prefill forward of the engine on a ``device`` type for a ``ReAttentionConfig`` whose
+    forwards carry chunks of ``chunk`` tokens: :func:`forward_size` of its ``prefill_forward``.
+    Unset: :data:`PREFILL_FORWARD` on a GPU, where a forward's launches cost; one chunk on the CPU,
+    where joining saves nothing measurable (BENCHMARKS.md) and a forward per chunk keeps progress
+    and cancellation prompt; one chunk with ``mode="full"`` (the stock baseline) and with
+    ``kv_dtype="fp8"`` or offload, whose exact recent rows on the device (``kv.tiered``) grow with
+    the forward (a joined forward there also reads more rows exactly: close logits, not equal)."""
     tiered = config.kv_dtype != "model" or config.offload != "none"
-    if config.mode == "full" or (tiered and config.prefill_forward is None):
+    if config.mode == "full" or (config.prefill_forward is None and (tiered or device != "cuda")):
         return chunk
     return forward_size(chunk, config.prefill_forward)
 

@@ -70,10 +70,10 @@ class ReAttentionConfig:
         tail_size: the last tokens of a prompt (at most this many) form a chunk of their own, so
             the selection that feeds the first answer token is voted by the question alone, not
             by the end of the document before it. 0 turns this off.
-        prefill_forward: the most prompt tokens the engine feeds in one model forward (default 8192; one
-            chunk with fp8 or offload: ``method.chunks.engine_forward``): whole chunks join, the layers
-            split them back and each selects as if fed alone, while the linear layers run (and launch)
-            once for all. The engine's working reserve grows with it; ``chunk_size``: a forward a chunk.
+        prefill_forward: the most prompt tokens the engine feeds in one model forward (default 8192 on
+            a GPU; one chunk on the CPU and with fp8 or offload: ``method.chunks.engine_forward``): whole
+            chunks join, the layers split them back and each selects as if fed alone, while the linear
+            layers run (and launch) once for all. The working reserve grows with it.
         window: the trained context W that positions stay under; default ``max_position_embeddings``.
         effective_window: the longest context the model reads well (its own in-window accuracy
             holds), which sizes the scope: G + max_spans * span + L <= min(window, effective_window),

@@ -185,7 +185,7 @@ def working_reserve(
     h, inter = c.hidden_size, c.intermediate_size
     _, kv, d = _shape(model_config)
     scope = config.scope if config.is_resolved and config.mode != "full" else (config.window or 8192)
-    tokens = engine_forward(config, chunk)
+    tokens = engine_forward(config, chunk, device.type)
     if prompt is not None:  # the forward no longer than the prompt's whole chunks (at least one chunk)
         tokens = min(tokens, max(chunk, -(-prompt // chunk) * chunk))
     attn = 6 * kv * scope * d * size + chunk * scope

@@ -343,7 +343,7 @@ class Engine:
     def prefill_forward(self) -> int:
         """Tokens per prefill forward: whole chunks joined up to the config's ``prefill_forward``
         (:func:`~reattn_llm.method.chunks.engine_forward`)."""
-        return engine_forward(self.config, self.prefill_chunk)
+        return engine_forward(self.config, self.prefill_chunk, self.device.type)
 
     def _cache_for(self, ids: list[int], reserve: int) -> tuple[ReAttentionCache, int]:
         """A cache for ``ids`` that the request owns: the kept prefix when it shares a reusable
