@@ -34,6 +34,8 @@ if [ "$stage" = pack ]; then  # here, once: what calls 1 and 2 carry
   rm -f .gpu/smol.gguf.part_*
   split -b 50000000 "$gguf" .gpu/smol.gguf.part_
   cat .gpu/smol.gguf.part_* | md5sum | grep -q "^a1231443440b107ff29f02bdb38c9d0a " || { echo "GGUF md5 mismatch"; exit 1; }
+  # the shared prose (4 MB) for benchmarks that read it on the device (prefill_forward.py --texts)
+  if [ -d ../shared/data/texts ]; then mkdir -p .gpu/data && cp -r ../shared/data/texts .gpu/data/; fi
   ls -l .gpu/whl .gpu/smol.gguf.part_*
   exit 0
 fi

@@ -21,8 +21,9 @@ args=($MICRO)
 if [ -n "$E2E" ]; then args+=(--e2e "$E2E" --graphs); fi
 python3 benchmarks/kernels.py "${args[@]}" --json "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log" | grep -v -- '-sweep\]'
 # PREFILL_FORWARDS=1: the engine's prefill with whole chunks joined against a forward per chunk, on the
-# default model (gpu_setup.sh 1 and 2 first), BENCHMARKS.md "Prefill forwards"
+# default model (gpu_setup.sh 1 and 2 first, call 2 carrying .gpu/data: the prose), BENCHMARKS.md "Prefill forwards"
 if [ -n "$PREFILL_FORWARDS" ]; then
   python3 benchmarks/prefill_forward.py --device cuda --tokens 131072 --forwards 0,2048,8192,32768 --repeats 2 \
+    --texts "${TEXTS:-/root/reattn/data/texts}" \
     2>&1 | tee "$OUT/prefill_forward.log"
 fi
