@@ -208,10 +208,10 @@ def main() -> None:
         for label, counts in results.items():
             if label == "stock":
                 continue
-            print(f"\n{label}: launching ops per decode step ({LAYERS} layers)")
+            print(f"\n{label}: launching ops per {what} ({LAYERS} layers)")
             for name, n in counts.most_common():
                 if launches(name):
-                    print(f"  {n:4d} {name}")
+                    print(f"  {n:6g} {name}")
 
 
 if __name__ == "__main__":

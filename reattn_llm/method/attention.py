@@ -115,10 +115,12 @@ def _select(
     n_spans: int,
     span_votes: bool,
     backend: str,
+    remember: bool = True,
 ) -> torch.Tensor:
     """Rank the hits into at most ``n_spans`` centres ``[B, n]`` (by rank), with what the layer
     remembers of the question (``kv.pinned`` / ``kv.pinned_votes``) per ``decode_spans``;
-    ``span_votes``: by the hits each span covers (:func:`~.selection.rank_spans`)."""
+    ``span_votes``: by the hits each span covers (:func:`~.selection.rank_spans`); ``remember``:
+    keep a prompt chunk's centres in the layer (its forward's last chunk: the next overwrites them)."""
     running = cfg.decode_spans == "running"
     keep = n_spans * (2 if running else 1)
     if span_votes:  # a prompt chunk: nothing pinned or carried
@@ -127,7 +129,7 @@ def _select(
         carried = (kv.pinned, kv.pinned_votes) if qc == 1 and running and kv.pinned is not None else None
         pins, union = _pins(cfg, kv, qc)
         ranked, votes = rank_centres(hits, m, keep, pins, carried, by_rank=union)
-    if qc > 1 or running:
+    if (qc > 1 or running) and remember:
         _remember(kv, ranked, votes, m)
     return ranked[:, :n_spans]
 
@@ -139,6 +141,7 @@ def _fused_scope(
     sizes: tuple[int, int, int, int],
     qc: int,
     backend: str,
+    remember: bool = True,
 ) -> Scope:
     """:func:`_select` + sort + ``expand_spans`` + ``build_scope`` in one fused selection;
     ``sizes``: ``(M, n_spans, local, total)``. Not for ``decode_spans="running"``."""
@@ -146,7 +149,7 @@ def _fused_scope(
     pins, union = _pins(cfg, kv, qc)
     g, span = cfg.global_size, cfg.span_size
     r = select_scope(hits, pins, m, n_spans, span, g, loc, total, qc, by_rank=union, backend=backend)  # type: ignore[arg-type]
-    if qc > 1:
+    if qc > 1 and remember:
         _remember(kv, r.centres, r.votes, m)
     return Scope(r.gather_idx, r.key_pos, r.q_pos, r.middle, r.middle_valid)
 
@@ -158,18 +161,26 @@ def _span_scope(
     sizes: tuple[int, int, int, int],
     qc: int,
     backend: str,
+    remember: bool = True,
 ) -> Scope:
     """A prompt chunk's span votes to its scope in kernels; ``sizes``: ``(M, n_spans, local, total)``.
     The scope of :func:`_select` + sort + ``expand_spans`` + ``build_scope``, in seven launches."""
     m, n_spans, loc, total = sizes
     span, g = cfg.span_size, cfg.global_size
     centres, votes = rank_spans(hits, m, n_spans, span, backend)  # type: ignore[arg-type]
-    _remember(kv, centres, votes, m)
+    if remember:
+        _remember(kv, centres, votes, m)
     return Scope(*scope_from_centres(centres, m, span, g, loc, total, qc, backend))  # type: ignore[arg-type]
 
 
 def plan_scope(
-    state: PatchState, q: torch.Tensor, kv: KVReader, total: int, backend: str, last: bool = True
+    state: PatchState,
+    q: torch.Tensor,
+    kv: KVReader,
+    total: int,
+    backend: str,
+    last: bool = True,
+    scored: torch.Tensor | None = None,
 ) -> Scope:
     """The scope of one query chunk: stock full attention within ``G + L``, else global + selected + local.
 
@@ -177,7 +188,10 @@ def plan_scope(
         q: ``[B, H, Qc, D]`` the chunk's un-rotated queries.
         kv: the layer's rows; the chunk sees rows ``0..total-1``.
         total: T, keys visible to the chunk (its queries are the last ``Qc`` of them).
-        last: the chunk ends its forward (two-level selection's ``exact_answer`` rule).
+        last: the chunk ends its forward (two-level selection's ``exact_answer`` rule; only its
+            centres are remembered for the decode steps).
+        scored: a prompt chunk's queries already rotated for ``scoring="expected"`` (a forward of
+            several chunks rotates them all at once, :func:`prompt_scoring_queries`), or None.
     """
     cfg = state.config
     b, _, qc, _ = q.shape
@@ -199,8 +213,8 @@ def plan_scope(
         return scope if static is None else mask_unwritten(scope, static.total)
     if n_spans:
         spans = n_spans * cfg.span_size  # type: ignore[operator]
-        qs = q
-        if cfg.scoring == "expected":  # the logit a key gets at the distances a span takes in scope
+        qs = q if scored is None else scored
+        if cfg.scoring == "expected" and scored is None:  # the logit a key gets at the distances a span takes
             qs = rotate_expected(q, *state.rope.expected(loc, loc + spans, q.device))  # type: ignore[operator]
         if cfg.two_level_for(qc, last):
             hits = two_level_topk(
@@ -214,14 +228,26 @@ def plan_scope(
         # a prompt chunk ranks spans by the hits they cover (not under "running": decode steps add to its votes)
         span_votes = qc > 1 and cfg.vote_pooling == "span" and not running
         if backend in FUSED_SELECT["decode" if qc == 1 else "prefill"] and not (running or span_votes):
-            scope = _fused_scope(cfg, kv, hits, (m, n_spans, loc_rows, total), qc, backend)  # type: ignore[arg-type]
+            scope = _fused_scope(cfg, kv, hits, (m, n_spans, loc_rows, total), qc, backend, last)  # type: ignore[arg-type]
             return scope if static is None else mask_unwritten(scope, static.total)
         if span_votes and backend in SPAN_KERNELS:
-            return _span_scope(cfg, kv, hits, (m, n_spans, loc_rows, total), qc, backend)  # type: ignore[arg-type]
-        centres = _select(cfg, kv, hits, m, qc, n_spans, span_votes, backend).sort(dim=1).values
+            return _span_scope(cfg, kv, hits, (m, n_spans, loc_rows, total), qc, backend, last)  # type: ignore[arg-type]
+        centres = _select(cfg, kv, hits, m, qc, n_spans, span_votes, backend, last).sort(dim=1).values
         sel, valid = expand_spans(centres, m, cfg.span_size)  # type: ignore[arg-type]
     scope = build_scope(sel, valid, total, qc, g, loc_rows, b, q.device)  # type: ignore[arg-type]
     return scope if static is None else mask_unwritten(scope, static.total)
+
+
+def prompt_scoring_queries(state: PatchState, query: torch.Tensor) -> torch.Tensor | None:
+    """``query [B, H, Q, D]`` rotated as every prompt chunk (more than one query) scores it under
+    ``scoring="expected"``: they all keep ``local_size`` rows and ``max_spans`` spans, so one
+    elementwise rotation of a forward's queries serves all its chunks, bit for bit (four launches a
+    forward instead of four a chunk). None when nothing scores that way."""
+    cfg = state.config
+    if cfg.scoring != "expected" or not cfg.max_spans:
+        return None
+    loc, spans = cfg.local_size, cfg.max_spans * cfg.span_size  # type: ignore[operator]
+    return rotate_expected(query, *state.rope.expected(loc, loc + spans, query.device))  # type: ignore[operator]
 
 
 def reattention_forward(
@@ -263,9 +289,11 @@ def reattention_forward(
     tail = 0 if state.joined else cfg.tail_size  # a joined forward's chunks are all whole (whole_chunks)
     bounds = [(0, q_len)] if within else chunk_bounds(q_len, cfg.chunk_size, tail)  # type: ignore[arg-type]
     outs = []
+    scored = prompt_scoring_queries(state, query) if len(bounds) > 1 else None
     for c0, c1 in bounds:
         qc = query[:, :, c0:c1]
-        scope = plan_scope(state, qc, kv, start + c1, backend, last=c1 == q_len)
+        qs = scored[:, :, c0:c1] if scored is not None and c1 - c0 > 1 else None
+        scope = plan_scope(state, qc, kv, start + c1, backend, last=c1 == q_len, scored=qs)
         state.note_positions(scope)
         k_src, v_src, idx = kv.read_scope(scope.gather_idx)
         if state.recorder is not None or state.observers:
