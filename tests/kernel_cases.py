@@ -603,9 +603,52 @@ def e2e_prompt_kernels_case():
     return {"prompt_chunks": len(calls), "max_logit_diff": err}
 
 
+def joined_forwards_case(selection: str):
+    """A small patched model (fp32, ``backend="triton"``, every kernel interpreted) prefilled in
+    forwards of four whole chunks (``PatchState.whole_chunks``: one expected-distance rotation a
+    forward, the chunks' scope attention in one launch over K/V with a zero batch stride) against a
+    forward per chunk: the same logits, bit for bit."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tiny_models import distinct_ids, tiny_model
+
+    from reattn_llm import ReAttentionConfig, patch
+    from reattn_llm.method.chunks import forward_bounds, prefill_bounds
+    from reattn_llm.method.patch import make_cache
+
+    cfg = ReAttentionConfig(
+        global_size=4,
+        local_size=64,
+        span_size=8,
+        max_spans=8,
+        top_k=2,
+        chunk_size=32,
+        backend="triton",
+        selection=selection,
+        candidate_blocks=8,
+    )
+    ids = distinct_ids(1, 400, seed=2)
+    bounds = prefill_bounds(400, 32, 16, question_start=390)
+    logits = {}
+    for tokens in (32, 128):
+        model = tiny_model("llama", layers=2, window=512, seed=1)
+        with patch(model, cfg) as handle, torch.no_grad():
+            cache = make_cache(model, reserve=400)
+            for s, e in forward_bounds(bounds, 32, tokens):
+                with handle.state.whole_chunks(e - s > 32):
+                    out = model(input_ids=ids[:, s:e], past_key_values=cache, use_cache=True)
+            logits[tokens] = out.logits
+    assert torch.equal(logits[32], logits[128]), float((logits[32] - logits[128]).abs().max())
+    return {"max_logit_diff": 0.0}
+
+
 def spans_cases():
     return {
         "e2e_prompt_kernels_tiny_model": e2e_prompt_kernels_case,
+        "e2e_joined_forwards_exact": lambda: joined_forwards_case("exact"),
+        "e2e_joined_forwards_two_level": lambda: joined_forwards_case("two_level"),
         "span_scope_b2_equals_method_path": lambda: span_scope_case(2, 3, 8, 2, 2000, 9, 8, 4, 40),
         "span_scope_span32_equals_method_path": lambda: span_scope_case(1, 4, 16, 4, 5000, 31, 32, 32, 100),
         "spans_random_b2_span8": lambda: spans_case(2, (3, 5, 4), 1000, 9, 8),

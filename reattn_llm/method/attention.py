@@ -288,7 +288,8 @@ def reattention_forward(
     within = total <= cfg.global_size + cfg.local_size  # type: ignore[operator]
     tail = 0 if state.joined else cfg.tail_size  # a joined forward's chunks are all whole (whole_chunks)
     bounds = [(0, q_len)] if within else chunk_bounds(q_len, cfg.chunk_size, tail)  # type: ignore[arg-type]
-    outs = []
+    outs: list[torch.Tensor] = []
+    group: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Scope]] = []
     scored = prompt_scoring_queries(state, query) if len(bounds) > 1 else None
     for c0, c1 in bounds:
         qc = query[:, :, c0:c1]
@@ -302,13 +303,55 @@ def reattention_forward(
                 state.recorder.attend(qc, k_src, idx, scope, cos, sin, scale)  # citations: the whole scope
             for observe in state.observers:
                 observe(layer, qc, k_src, idx, scope, cos, sin, scale)
-        outs.append(
-            scope_attention(
-                qc, k_src, v_src, idx, scope.key_pos, scope.q_pos, cos, sin, scale, scope.chunk_tail, backend
-            )
-        )
+        chunk = (qc, k_src, v_src, idx, scope)
+        if group and not _joins(group[0], chunk):
+            outs.append(_attend(group, cos, sin, scale, backend))
+            group = []
+        group.append(chunk)
+    outs.append(_attend(group, cos, sin, scale, backend))
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
     return out, None
+
+
+_Chunk = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Scope]
+
+
+def _joins(first: _Chunk, chunk: _Chunk) -> bool:
+    """Whether ``chunk`` (``(q, K, V, gather_idx, scope)``) can attend in one launch with the group
+    that ``first`` opened: one sequence (B = 1), the same K/V (the layer's rows, not a compact copy
+    per chunk), queries and scopes of one shape, the same ``chunk_tail`` promise."""
+    q0, k0, v0, i0, s0 = first
+    q, k, v, i, s = chunk
+    same = all(
+        a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+        for a, b in ((k0, k), (v0, v))
+    )
+    return (
+        same
+        and q0.shape[0] == 1
+        and q.shape == q0.shape
+        and i.shape == i0.shape
+        and s.chunk_tail == s0.chunk_tail
+    )
+
+
+def _attend(
+    group: list[_Chunk], cos: torch.Tensor, sin: torch.Tensor, scale: float, backend: str
+) -> torch.Tensor:
+    """Scope attention of chunks that :func:`_joins` grouped -> ``[1, C * Qc, H, D]`` (or one chunk's
+    ``[B, Qc, H, D]``): C chunks as a batch of C over K/V expanded with a zero batch stride, one
+    launch instead of C (more programs for a small model's chunk), each chunk's result as alone."""
+    if len(group) == 1:
+        q, k, v, idx, sc = group[0]
+        return scope_attention(q, k, v, idx, sc.key_pos, sc.q_pos, cos, sin, scale, sc.chunk_tail, backend)
+    c, sc = len(group), group[0][4]
+    q = torch.cat([g[0] for g in group])  # [C, H, Qc, D]
+    k, v = (t.expand(c, -1, -1, -1) for t in group[0][1:3])
+    idx, kp, qp = (
+        torch.cat(ts) for ts in zip(*((g[3], g[4].key_pos, g[4].q_pos) for g in group), strict=True)
+    )
+    out = scope_attention(q, k, v, idx, kp, qp, cos, sin, scale, sc.chunk_tail, backend)  # [C, Qc, H, D]
+    return out.reshape(1, -1, *out.shape[2:])
 
 
 def reattention_mask(
