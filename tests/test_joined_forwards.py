@@ -68,8 +68,8 @@ def test_working_reserve_grows_with_the_forward_and_stops_at_the_prompt():
     cfg = dataclasses.replace(cfg, prefill_forward=PREFILL_FORWARD)
     joined = working_reserve(SMOLLM2_SHAPE, cfg, torch.float32)
     h, inter = SMOLLM2_SHAPE.hidden_size, SMOLLM2_SHAPE.intermediate_size
-    mlp = PREFILL_FORWARD * (2 * h + 3 * inter) * 4  # the MLP temporaries of 8192 tokens: the peak there
-    assert mlp <= joined <= mlp + (70 << 20)  # with the logits and the allocator's slack
+    mlp = PREFILL_FORWARD * (2 * h + 3 * inter) * 4  # the MLP temporaries of 8192 tokens
+    assert mlp <= joined <= mlp + (128 << 20)  # the attention phase, the logits, the allocator's slack
     # a 300-token prompt joins at most its 3 chunks
     short = working_reserve(SMOLLM2_SHAPE, cfg, torch.float32, prompt=300)
     assert one < short < joined

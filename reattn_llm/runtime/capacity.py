@@ -165,8 +165,8 @@ def working_reserve(
     needs, when given). A layer's attention and its MLP do not hold their temporaries at once, so
     the larger of the two phases counts:
 
-    * attention: the residual stream, its norm, q and its rotation for scoring, k, v and the chunks'
-      outputs (``tokens * (5 * hidden + 2 * Hkv * D)`` values); per chunk the scope's gathered K and V and
+    * attention: the residual stream, its norm, q, its rotation for scoring and its copy as a batch
+      of chunks, k, v and the chunks' outputs (``tokens * (6 * hidden + 2 * Hkv * D)`` values); per chunk the scope's gathered K and V and
       their rotated copies (``3 * 2 * Hkv * scope * D`` values) and the boolean mask (``chunk *
       scope`` bytes), and the torch twin's fp32 score block when it scores (``kernels.torch_ops``:
       64 MB on the CPU, 1 GiB on a GPU; the Triton kernel keeps scores on chip);
@@ -194,7 +194,7 @@ def working_reserve(
         attn = max(attn, 2 * kv * (slide + tokens) * d * size + tokens * (slide + tokens))
     if config.mode == "reattention" and resolve_backend(config.backend, device) == "torch":
         attn += 4 * _SCORE_BLOCK_ELEMS.get(device.type, 1 << 24)
-    attention = tokens * (5 * h + 2 * kv * d) * size + attn
+    attention = tokens * (6 * h + 2 * kv * d) * size + attn
     mlp = tokens * (2 * h + 3 * inter) * size
     logits = 2 * c.vocab_size * 4
     return int(max(attention, mlp) + logits + (64 << 20))
