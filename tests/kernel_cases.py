@@ -612,11 +612,9 @@ def joined_forwards_case(selection: str):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from tiny_models import distinct_ids, tiny_model
+    from tiny_models import distinct_ids, prefill_in_forwards, tiny_model
 
-    from reattn_llm import ReAttentionConfig, patch
-    from reattn_llm.method.chunks import forward_bounds, prefill_bounds
-    from reattn_llm.method.patch import make_cache
+    from reattn_llm import ReAttentionConfig
 
     cfg = ReAttentionConfig(
         global_size=4,
@@ -629,17 +627,11 @@ def joined_forwards_case(selection: str):
         selection=selection,
         candidate_blocks=8,
     )
-    ids = distinct_ids(1, 400, seed=2)
-    bounds = prefill_bounds(400, 32, 16, question_start=390)
+    ids = distinct_ids(1, 264, seed=2)  # 8 whole chunks (two joined forwards), the question
     logits = {}
     for tokens in (32, 128):
         model = tiny_model("llama", layers=2, window=512, seed=1)
-        with patch(model, cfg) as handle, torch.no_grad():
-            cache = make_cache(model, reserve=400)
-            for s, e in forward_bounds(bounds, 32, tokens):
-                with handle.state.whole_chunks(e - s > 32):
-                    out = model(input_ids=ids[:, s:e], past_key_values=cache, use_cache=True)
-            logits[tokens] = out.logits
+        logits[tokens] = prefill_in_forwards(model, cfg, ids, 256, tokens)[0]
     assert torch.equal(logits[32], logits[128]), float((logits[32] - logits[128]).abs().max())
     return {"max_logit_diff": 0.0}
 

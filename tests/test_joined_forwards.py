@@ -123,29 +123,20 @@ def test_joined_forwards_on_tiny_models_with_sliding_layers(family):
     """Gemma 3's stock sliding-window layers see a joined forward as one long forward (their own
     mask), the full layers split it: the logits of a forward per chunk, and the sliding layers'
     snapshot at the joined forward's end (a kept prefix reusable there)."""
-    from tiny_models import distinct_ids, tiny_gemma3, tiny_model
+    from tiny_models import distinct_ids, prefill_in_forwards, tiny_gemma3, tiny_model
 
-    from reattn_llm import patch
     from reattn_llm.kv.cache import SlidingLayer
 
     cfg = ReAttentionConfig(global_size=4, local_size=48, span_size=8, max_spans=6, top_k=3, chunk_size=16)
-    ids = distinct_ids(1, 300, seed=4) % 508 + 4
-    bounds = prefill_bounds(
-        300, 16, 16, question_start=290
-    )  # 18 whole chunks, a 2-token remainder, the question
+    ids = distinct_ids(1, 300, seed=4) % 508 + 4  # 18 whole chunks, a 2-token remainder, the question
     logits = {}
     for tokens in (16, 64):
         model = (
             tiny_gemma3(seed=5) if family == "gemma3" else tiny_model("llama", layers=3, window=128, seed=5)
         )
-        with patch(model, cfg) as handle, torch.no_grad():
-            cache = make_cache(model, reserve=300)
-            for s, e in forward_bounds(bounds, 16, tokens):
-                with handle.state.whole_chunks(e - s > 16):
-                    out = model(input_ids=ids[:, s:e], past_key_values=cache, use_cache=True)
-            logits[tokens] = out.logits
-            sliding = [layer for layer in cache.layers if isinstance(layer, SlidingLayer)]
-            assert (family == "gemma3") == bool(sliding)
-            assert all(layer.can_crop(288) for layer in sliding)  # the last joined forward's end
+        logits[tokens], layers = prefill_in_forwards(model, cfg, ids, 290, tokens)
+        sliding = [layer for layer in layers if isinstance(layer, SlidingLayer)]
+        assert (family == "gemma3") == bool(sliding)
+        assert all(layer.can_crop(288) for layer in sliding)  # the last joined forward's end
     # Llama: bit for bit; Gemma's stock sliding SDPA sums a longer forward in another order (4e-7)
     assert torch.allclose(logits[16], logits[64], atol=1e-5, rtol=0)
