@@ -65,6 +65,9 @@ def _stock_attention(module: torch.nn.Module, name: str) -> Any:
     return eager if name == "eager" and eager is not None else ALL_ATTENTION_FUNCTIONS["sdpa"]
 
 
+#: A chunk whose scope attention is pending: ``(q, K, V, gather_idx, scope)`` (:func:`_attend`).
+_Chunk = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Scope]
+
 #: A pinned centre that no middle ever reaches (an empty slot of the question's selection).
 _NEVER = 1 << 62
 
@@ -215,7 +218,7 @@ def plan_scope(
         spans = n_spans * cfg.span_size  # type: ignore[operator]
         qs = q if scored is None else scored
         if cfg.scoring == "expected" and scored is None:  # the logit a key gets at the distances a span takes
-            qs = rotate_expected(q, *state.rope.expected(loc, loc + spans, q.device))  # type: ignore[operator]
+            qs = _expected_queries(state, q, loc, spans)  # type: ignore[arg-type]
         if cfg.two_level_for(qc, last):
             hits = two_level_topk(
                 qs, kv, cfg.hits_for(qc), cfg.candidates, cfg.summary_block, backend, lo=g, hi=g + m
@@ -238,16 +241,22 @@ def plan_scope(
     return scope if static is None else mask_unwritten(scope, static.total)
 
 
+def _expected_queries(state: PatchState, q: torch.Tensor, local: int, spans: int) -> torch.Tensor:
+    """``q [B, H, Q, D]`` rotated by RoPE averaged over the distances ``[local, local + spans)`` a
+    selected span takes in a scope of ``local`` rows and ``spans`` span tokens (``scoring="expected"``)."""
+    return rotate_expected(q, *state.rope.expected(local, local + spans, q.device))
+
+
 def prompt_scoring_queries(state: PatchState, query: torch.Tensor) -> torch.Tensor | None:
     """``query [B, H, Q, D]`` rotated as every prompt chunk (more than one query) scores it under
-    ``scoring="expected"``: they all keep ``local_size`` rows and ``max_spans`` spans, so one
+    ``scoring="expected"``: they all have the sizes of ``decode_sizes(pinned=False)``, so one
     elementwise rotation of a forward's queries serves all its chunks, bit for bit (four launches a
     forward instead of four a chunk). None when nothing scores that way."""
     cfg = state.config
-    if cfg.scoring != "expected" or not cfg.max_spans:
+    loc, n_spans = cfg.decode_sizes(pinned=False)
+    if cfg.scoring != "expected" or not n_spans:
         return None
-    loc, spans = cfg.local_size, cfg.max_spans * cfg.span_size  # type: ignore[operator]
-    return rotate_expected(query, *state.rope.expected(loc, loc + spans, query.device))  # type: ignore[operator]
+    return _expected_queries(state, query, loc, n_spans * cfg.span_size)  # type: ignore[operator]
 
 
 def reattention_forward(
@@ -289,7 +298,7 @@ def reattention_forward(
     tail = 0 if state.joined else cfg.tail_size  # a joined forward's chunks are all whole (whole_chunks)
     bounds = [(0, q_len)] if within else chunk_bounds(q_len, cfg.chunk_size, tail)  # type: ignore[arg-type]
     outs: list[torch.Tensor] = []
-    group: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Scope]] = []
+    group: list[_Chunk] = []  # chunks that attend in one launch (_joins)
     scored = prompt_scoring_queries(state, query) if len(bounds) > 1 else None
     for c0, c1 in bounds:
         qc = query[:, :, c0:c1]
@@ -311,9 +320,6 @@ def reattention_forward(
     outs.append(_attend(group, cos, sin, scale, backend))
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
     return out, None
-
-
-_Chunk = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Scope]
 
 
 def _joins(first: _Chunk, chunk: _Chunk) -> bool:

@@ -71,13 +71,13 @@ def engine_forward(config: Any, chunk: int, device: str) -> int:
     return forward_size(chunk, config.prefill_forward)
 
 
-def forward_bounds(bounds: list[tuple[int, int]], chunk: int, tokens: int | None) -> list[tuple[int, int]]:
+def forward_bounds(bounds: list[tuple[int, int]], chunk: int, tokens: int) -> list[tuple[int, int]]:
     """The model forwards that feed the chunks ``bounds`` (contiguous ``[start, end)``): each run of
-    whole chunks (``chunk`` tokens) joined into forwards of at most :func:`forward_size` tokens; any
-    other chunk a forward of its own. A joined forward splits back into its chunks inside the layers
+    whole chunks (``chunk`` tokens) joined into forwards of at most ``tokens`` tokens (whole chunks,
+    at least one: :func:`engine_forward` gives the engine's); any other chunk a forward of its own. A joined forward splits back into its chunks inside the layers
     (:meth:`~reattn_llm.method.state.PatchState.whole_chunks`), each selecting against the keys before
     it as if fed alone, while the linear layers run once for all."""
-    per = forward_size(chunk, tokens) // chunk
+    per = max(1, tokens // chunk)
     out: list[tuple[int, int]] = []
     joined = 0  # whole chunks in the last forward of ``out``, 0 if it is not a run of whole chunks
     for s, e in bounds:
