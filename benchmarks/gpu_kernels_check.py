@@ -238,7 +238,7 @@ def rank_blocks_case(B, H, Hkv, Q, NB, D, dtype, seed=0):
 def spans_case(B, H, Q, k, M, keep, span, bands=None, seed=0):
     """A prompt chunk's span votes: kernel equals twin bit for bit; both timed. ``bands``: the hits
     fall in that many narrow bands of the middle (real hits cluster), else uniformly."""
-    from reattn_llm.kernels.torch_ops import rank_spans_torch
+    from reattn_llm.kernels.torch_select import rank_spans_torch
     from reattn_llm.kernels.triton_spans import rank_spans_triton
 
     g = torch.Generator(device=DEV).manual_seed(seed)
@@ -260,7 +260,7 @@ def spans_case(B, H, Q, k, M, keep, span, bands=None, seed=0):
 
 def select_case(B, H, Q, k, M, P, n_spans, span, G, L, by_rank, spread=None, seed=0):
     """Fused selection == torch twin == method.selection, every output, exactly."""
-    from reattn_llm.kernels.torch_ops import select_scope_torch
+    from reattn_llm.kernels.torch_select import select_scope_torch
     from reattn_llm.method.selection import build_scope, expand_spans, rank_centres
 
     g = torch.Generator(device=DEV).manual_seed(seed)

@@ -560,7 +560,7 @@ def select_inputs(H, Q, k, M, P, seed=0):
 
 def selection():
     from reattn_llm.kernels import triton_select
-    from reattn_llm.kernels.torch_ops import select_scope_torch
+    from reattn_llm.kernels.torch_select import select_scope_torch
     from reattn_llm.method.selection import build_scope, expand_spans, rank_centres
 
     G, span = 32, 32

@@ -151,6 +151,33 @@ def topk_blocks_case(B, H, Hkv, Q, M, D, bs, C, top_k, dtype, config=None, seed=
     return out
 
 
+def topk_grow_case(C, H, Hkv, Q, M, D, top_k, grow, dtype, config=None, seed=0):
+    """One forward's C chunks as a batch (``grow``): one sequence's keys expanded over them with
+    batch stride 0, chunk b scoring its first ``M - (C - 1 - b)·grow``. Each row must equal the kernel
+    on that chunk alone, bit for bit, be an exact top-k of its keys, and equal the twin's rows."""
+    from reattn_llm.kernels.torch_ops import score_topk_torch
+    from reattn_llm.kernels.triton_topk import score_topk_triton
+
+    torch.manual_seed(seed)
+    q = torch.randn(1, H, C * Q, D, dtype=dtype)[0].unflatten(1, (C, Q)).transpose(0, 1)  # a strided view
+    buf = torch.randn(1, Hkv, M + 9, D, dtype=dtype)
+    k = buf[:, :, 5 : 5 + M].expand(C, -1, -1, -1)
+    got = score_topk_triton(q, k, top_k, grow=grow, _config=config)
+    twin = score_topk_torch(q, k, top_k, grow)
+    first = M - (C - 1) * grow
+    assert got.shape == twin.shape == (C, H, Q, min(top_k, first)), (tuple(got.shape), tuple(twin.shape))
+    for b in range(C):
+        mb = first + b * grow
+        alone = score_topk_triton(q[b : b + 1], k[b : b + 1, :, :mb], top_k, _config=config)
+        assert torch.equal(got[b : b + 1], alone[..., : got.shape[-1]]), f"chunk {b} differs from alone"
+        topk_check(q[b : b + 1], k[b : b + 1, :, :mb], got.shape[-1], got[b : b + 1])
+    assert torch.equal(got, twin), "kernel and twin rows differ"  # random keys: no ties
+    expect_value_errors(
+        [lambda: score_topk_triton(q, k, top_k, grow=-1), lambda: score_topk_triton(q, k, top_k, grow=M)]
+    )
+    return {"first": first, "last": M}
+
+
 GROUPED_SMALL = dict(BLOCK_R=32, BLOCK_N=32, CI=2, EARLY_EXIT=2, num_warps=4, num_stages=1)
 GROUPED_PACK = dict(
     BLOCK_R=32, BLOCK_N=32, CI=2, EARLY_EXIT=0, PACK=True, num_warps=4, num_stages=1, splits=2
@@ -198,6 +225,14 @@ def topk_cases():
         1, 8, 2, 16, 256, 64, 32, 3, 8, F16, GROUPED_SMALL
     )
     cases["topk_blocks_d96_f32"] = lambda: topk_blocks_case(1, 4, 1, 3, 150, 96, 8, 6, 5, F32)
+    # a forward's chunks as one batch (grow): default prefill config, packed with splits, plain with splits
+    cases["topk_grow_chunks_default_f16"] = lambda: topk_grow_case(3, 6, 2, 24, 420, 64, 4, 24, F16)
+    cases["topk_grow_chunks_packed_f16"] = lambda: topk_grow_case(
+        4, 6, 2, 11, 333, 64, 4, 80, F16, GROUPED_PACK
+    )
+    cases["topk_grow_chunks_plain_split_f32"] = lambda: topk_grow_case(
+        3, 4, 4, 2, 301, 96, 5, 100, F32, PLAIN_SPLIT
+    )
     return cases
 
 
@@ -516,7 +551,7 @@ def errors_case():
 def spans_case(B, shape, M, keep, span, seed=0, cluster=None, strided=False):
     """A prompt chunk's span votes: the kernel equals the twin bit for bit. ``cluster``: the hits
     fall in a few narrow bands (ties between neighbouring centres, as real hits give)."""
-    from reattn_llm.kernels.torch_ops import rank_spans_torch
+    from reattn_llm.kernels.torch_select import rank_spans_torch
     from reattn_llm.kernels.triton_spans import rank_spans_triton
 
     g = torch.Generator().manual_seed(seed)
@@ -535,6 +570,49 @@ def spans_case(B, shape, M, keep, span, seed=0, cluster=None, strided=False):
         assert a.dtype == torch.int64 and a.shape == w.shape, (what, a.shape, w.shape)
         assert torch.equal(a, w), f"{what} differ: {a.tolist()} vs {w.tolist()}"
     return {"spans": int((got[0] < M).sum()), "votes_max": int(got[1].max())}
+
+
+def grown_spans_case(C, shape, M, keep, span, grow, G, L, Q, seed=0):
+    """One forward's C chunks as a batch (``grow``): chunk b's middle is ``M - (C - 1 - b)·grow``. The
+    span votes and the scope from them (kernels, and twins with ``grow``) equal each chunk's alone,
+    bit for bit."""
+    from reattn_llm.kernels.torch_select import rank_spans_torch, scope_from_centres_torch
+    from reattn_llm.kernels.triton_select import scope_from_centres_triton
+    from reattn_llm.kernels.triton_spans import rank_spans_triton
+
+    g = torch.Generator().manual_seed(seed)
+    first = M - (C - 1) * grow
+    sizes = [first + b * grow for b in range(C)]
+    rows = []
+    for mb in sizes:  # each chunk's hits lie in its own middle, clustered as real hits are
+        centres = torch.randint(0, mb, (1, 5), generator=g)
+        pick = torch.randint(0, 5, (1, int(torch.tensor(shape).prod())), generator=g)
+        off = torch.randint(-span, span + 1, pick.shape, generator=g)
+        rows.append((centres.gather(1, pick) + off).clamp(0, mb - 1).reshape(1, *shape))
+    hits = torch.cat(rows)
+    got = rank_spans_triton(hits, M, keep, span, grow)
+    twin = rank_spans_torch(hits, M, keep, span, grow)
+    total = G + M + L
+    scope = scope_from_centres_triton(got[0], M, span, G, L, total, Q, grow)
+    scope_twin = scope_from_centres_torch(got[0], M, span, G, L, total, Q, grow)
+    for b, mb in enumerate(sizes):
+        alone = rank_spans_triton(hits[b : b + 1], mb, keep, span)
+        for a, w, what in zip(got, alone, ("centres", "votes"), strict=True):
+            assert torch.equal(a[b : b + 1], w[:, : a.shape[1]]), (
+                f"chunk {b} {what}: {a[b].tolist()} vs {w.tolist()}"
+            )
+        one = scope_from_centres_triton(got[0][b : b + 1], mb, span, G, L, total - M + mb, Q)
+        for name, a, w in zip(("gather_idx", "key_pos", "q_pos", "middle", "valid"), scope, one, strict=True):
+            assert torch.equal(a[b : b + 1], w), f"chunk {b} {name} differs from alone"
+    for a, w in zip((*got, *scope), (*twin, *scope_twin), strict=True):
+        assert torch.equal(a, w), "kernel and twin differ"
+    expect_value_errors(
+        [
+            lambda: rank_spans_triton(hits, M, keep, span, -1),
+            lambda: scope_from_centres_triton(got[0], M, span, G, L, total, Q, M),
+        ]
+    )
+    return {"spans_first": int((got[0][0] < first).sum()), "spans_last": int((got[0][-1] < M).sum())}
 
 
 def span_scope_case(B, H, Q, k, M, n_spans, span, G, L, seed=0):
@@ -650,6 +728,8 @@ def spans_cases():
         "spans_few_hits_many_spans": lambda: spans_case(1, (2, 2), 5000, 100, 16),
         "spans_tiled_fits_budget": lambda: spans_case(2, (3, 7), 90, 12, 8),
         "spans_errors": spans_errors_case,
+        "spans_grow_chunks_span8": lambda: grown_spans_case(4, (3, 8, 2), 900, 9, 8, 64, 4, 40, 8),
+        "spans_grow_chunks_tiled_first": lambda: grown_spans_case(3, (2, 5, 2), 300, 6, 16, 110, 2, 20, 5),
     }
 
 

@@ -22,7 +22,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from reattn_llm.kernels.torch_ops import select_scope_torch  # noqa: E402
+from reattn_llm.kernels.torch_select import select_scope_torch  # noqa: E402
 from reattn_llm.method.selection import build_scope, expand_spans, rank_centres  # noqa: E402
 
 FIELDS = ("gather_idx", "key_pos", "q_pos", "middle", "middle_valid", "centres", "votes")

@@ -17,17 +17,14 @@ from __future__ import annotations
 import torch
 
 from .torch_ops import (
-    SelectedScope,
     candidate_blocks_torch,
     rank_blocks_torch,
-    rank_spans_torch,
     scope_attention_torch,
-    scope_from_centres_torch,
     score_topk_blocks_torch,
     score_topk_torch,
-    select_scope_torch,
     top_blocks_torch,
 )
+from .torch_select import SelectedScope, rank_spans_torch, scope_from_centres_torch, select_scope_torch
 
 __all__ = [
     "MAX_TOP_K",
@@ -77,13 +74,15 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "triton" if device.type == "cuda" and _triton_available() else "torch"
 
 
-def score_topk(q: torch.Tensor, k: torch.Tensor, top_k: int, backend: str = "torch") -> torch.Tensor:
+def score_topk(
+    q: torch.Tensor, k: torch.Tensor, top_k: int, backend: str = "torch", grow: int = 0
+) -> torch.Tensor:
     """Dispatch for :func:`score_topk_torch` (same signature, ``backend`` already resolved)."""
     if backend == "triton":
         from .triton_topk import score_topk_triton
 
-        return score_topk_triton(q, k, top_k)
-    return score_topk_torch(q, k, top_k)
+        return score_topk_triton(q, k, top_k, grow=grow)
+    return score_topk_torch(q, k, top_k, grow)
 
 
 def score_topk_blocks(
@@ -187,14 +186,19 @@ def candidate_blocks(
 
 
 def rank_spans(
-    hits: torch.Tensor, middle_len: int, max_spans: int, span_size: int, backend: str = "torch"
+    hits: torch.Tensor,
+    middle_len: int,
+    max_spans: int,
+    span_size: int,
+    backend: str = "torch",
+    grow: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dispatch for :func:`rank_spans_torch` (same signature, ``backend`` already resolved)."""
     if backend == "triton":
         from .triton_spans import rank_spans_triton
 
-        return rank_spans_triton(hits, middle_len, max_spans, span_size)
-    return rank_spans_torch(hits, middle_len, max_spans, span_size)
+        return rank_spans_triton(hits, middle_len, max_spans, span_size, grow)
+    return rank_spans_torch(hits, middle_len, max_spans, span_size, grow)
 
 
 def scope_from_centres(
@@ -206,9 +210,10 @@ def scope_from_centres(
     total: int,
     q_len: int,
     backend: str = "torch",
+    grow: int = 0,
 ) -> tuple[torch.Tensor, ...]:
     """Dispatch for :func:`scope_from_centres_torch` (same signature, ``backend`` already resolved)."""
-    args = (centres, middle_len, span_size, global_size, local_size, total, q_len)
+    args = (centres, middle_len, span_size, global_size, local_size, total, q_len, grow)
     if backend == "triton":
         from .triton_select import scope_from_centres_triton
 

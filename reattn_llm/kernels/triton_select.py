@@ -1,4 +1,4 @@
-"""Fused span selection in Triton (twin: :func:`~reattn_llm.kernels.torch_ops.select_scope_torch`).
+"""Fused span selection in Triton (twin: :func:`~reattn_llm.kernels.torch_select.select_scope_torch`).
 
 From one chunk's top-k hits to its scope in one launch, one program per batch row, no host
 sync and nothing of size ``M``:
@@ -27,7 +27,8 @@ import triton
 import triton.language as tl
 
 from ._triton_utils import check_device, next_pow2
-from .torch_ops import SelectedScope, rank_hits_torch
+from .torch_ops import grown_first
+from .torch_select import SelectedScope, rank_hits_torch
 
 __all__ = ["MAX_FUSED", "scope_from_centres_triton", "select_scope_triton"]
 
@@ -64,6 +65,7 @@ def _select_scope_kernel(
     Q,
     stride_hb,
     stride_pb,
+    GROW,
     K: tl.constexpr,
     SPAN: tl.constexpr,
     CB: tl.constexpr,
@@ -72,6 +74,8 @@ def _select_scope_kernel(
     RANKED: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
+    M = M + b * GROW  # batch entry b: a chunk further on by b * GROW queries (0: all alike)
+    T = T + b * GROW
     i = tl.arange(0, CB).to(tl.int64)
     if RANKED:  # centres given (ranked outside): [B, NK]
         cen = tl.load(cen_ptr + b * NK + i, mask=i < NK, other=M)
@@ -152,7 +156,7 @@ def select_scope_triton(
     q_len: int,
     by_rank: bool = False,
 ) -> SelectedScope:
-    """Triton twin of :func:`~reattn_llm.kernels.torch_ops.select_scope_torch` (same arguments,
+    """Triton twin of :func:`~reattn_llm.kernels.torch_select.select_scope_torch` (same arguments,
     same result, exactly): ``hits [B, H, Q, k]`` int64, ``pinned [B, P]`` int64 or None."""
     name = "select_scope_triton"
     if hits.dtype != torch.int64 or hits.dim() < 2:
@@ -202,9 +206,12 @@ def select_scope_triton(
     return SelectedScope(*scope, cen, votes)
 
 
-def _launch(flat, pins, cen, votes, sizes, k, span_size, cb, by_rank, ranked) -> tuple[torch.Tensor, ...]:
-    """One launch of the kernel; ``sizes``: ``(C_HITS, P, M, NK, G, L, total, Q)``. Returns
-    ``gather_idx, key_pos, q_pos, middle, middle_valid``."""
+def _launch(
+    flat, pins, cen, votes, sizes, k, span_size, cb, by_rank, ranked, grow=0
+) -> tuple[torch.Tensor, ...]:
+    """One launch of the kernel; ``sizes``: ``(C_HITS, P, M, NK, G, L, total, Q)`` of the first batch
+    entry (entry b: ``M`` and ``total`` larger by ``b·grow``). Returns ``gather_idx, key_pos, q_pos,
+    middle, middle_valid``."""
     c_hits, n_pins, m, nk, g, loc, total, q_len = sizes
     b, s = cen.shape[0], nk * span_size
     n = g + s + loc
@@ -234,6 +241,7 @@ def _launch(flat, pins, cen, votes, sizes, k, span_size, cb, by_rank, ranked) ->
         q_len,
         flat.stride(0),
         pins.stride(0) if pins is not None else 0,
+        grow,
         K=k,
         SPAN=span_size,
         CB=cb,
@@ -253,10 +261,12 @@ def scope_from_centres_triton(
     local_size: int,
     total: int,
     q_len: int,
+    grow: int = 0,
 ) -> tuple[torch.Tensor, ...]:
-    """Triton twin of :func:`~reattn_llm.kernels.torch_ops.scope_from_centres_torch` (same arguments,
+    """Triton twin of :func:`~reattn_llm.kernels.torch_select.scope_from_centres_torch` (same arguments,
     same result, exactly): step 3 of the kernel from centres ranked elsewhere (a prompt chunk's span
-    votes, :func:`~.triton_spans.rank_spans_triton`). ``centres [B, n]`` int64, ``M`` = empty."""
+    votes, :func:`~.triton_spans.rank_spans_triton`). ``centres [B, n]`` int64, ``M`` = empty; with
+    ``grow`` entry b has ``M - (B - 1 - b)·grow`` middle keys (and as many fewer in ``total``)."""
     name = "scope_from_centres_triton"
     if centres.dtype != torch.int64 or centres.dim() != 2 or centres.shape[1] < 1:
         raise ValueError(
@@ -269,7 +279,12 @@ def scope_from_centres_triton(
             f"{name}: need M, span_size, q_len >= 1 and total = G + M + L >= q_len, got M={m}, "
             f"span_size={span_size}, G={g}, L={loc}, total={total}, q_len={q_len}"
         )
+    first = grown_first(name, m, centres.shape[0], grow) if grow else m
+    if g + first + loc < q_len:
+        raise ValueError(
+            f"{name}: the first batch entry's {g + first + loc} keys are fewer than q_len={q_len}"
+        )
     cen = centres.contiguous()
     nk = cen.shape[1]
-    sizes = (0, 0, m, nk, g, loc, total, q_len)
-    return _launch(cen, None, cen, cen, sizes, 1, span_size, next_pow2(max(nk, 2)), False, True)
+    sizes = (0, 0, first, nk, g, loc, total - (m - first), q_len)
+    return _launch(cen, None, cen, cen, sizes, 1, span_size, next_pow2(max(nk, 2)), False, True, grow)

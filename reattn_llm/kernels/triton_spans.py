@@ -1,4 +1,4 @@
-"""Span votes of a prompt chunk in Triton (twin: :func:`~.torch_ops.rank_spans_torch`).
+"""Span votes of a prompt chunk in Triton (twin: :func:`~.torch_select.rank_spans_torch`).
 
 A prompt chunk ranks span centres by the hits each centre's span covers
 (:func:`reattn_llm.method.selection.rank_spans` states the rule). The twin builds it from about
@@ -15,7 +15,9 @@ window maxima, ...), each a kernel launch per layer per chunk; here it takes fou
 4. ``topk`` of the peaks (torch), then ``_decode_kernel`` splits each kept key into centre and votes.
 
 When the whole middle fits the budget (``M <= max_spans * span``) the centres tile it; that small
-case runs the twin.
+case runs the twin. With ``grow`` the batch is one forward's chunks, entry b a chunk whose middle
+is ``M_b = M - (B - 1 - b)·grow``: each is ranked over its own middle in the same launches (rows
+are ``M`` long; entries past ``M_b`` are never peaks), as if alone.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import triton
 import triton.language as tl
 
 from ._triton_utils import cdiv, check_device, next_pow2
-from .torch_ops import rank_spans_torch
+from .torch_ops import grown_first
+from .torch_select import rank_spans_torch
 
 __all__ = ["rank_spans_triton"]
 
@@ -41,40 +44,43 @@ def _hist_kernel(hits_ptr, own_ptr, n, M, s_hb, s_hn, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _key_kernel(own_ptr, key_ptr, M, scale, half, span, SP: tl.constexpr, BLOCK: tl.constexpr):
+def _key_kernel(own_ptr, key_ptr, MS, M0, GROW, scale, half, span, SP: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
+    M = M0 + b * GROW  # this batch entry's middle (rows are MS long)
     pos = pid * BLOCK + tl.arange(0, BLOCK)
     pv = pos < M
     j = tl.arange(0, SP)
     win = pos[:, None] - half + j[None, :]
     wm = pv[:, None] & (j[None, :] < span) & (win >= 0) & (win < M)
-    base = own_ptr + b * M
+    base = own_ptr + b * MS
     votes = tl.sum(tl.load(base + win, mask=wm, other=0), axis=1).to(tl.int64)
     own = tl.load(base + pos, mask=pv, other=0).to(tl.int64)
     key = (votes * scale + own) * M + (M - 1 - pos)
-    tl.store(key_ptr + b * M + pos, key, mask=pv)
+    tl.store(key_ptr + b * MS + pos, key, mask=pv)
 
 
 @triton.jit
-def _peak_kernel(key_ptr, out_ptr, M, reach, thresh, SP: tl.constexpr, BLOCK: tl.constexpr):
+def _peak_kernel(key_ptr, out_ptr, MS, M0, GROW, scale, reach, SP: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
+    M = M0 + b * GROW
     pos = pid * BLOCK + tl.arange(0, BLOCK)
     pv = pos < M
     j = tl.arange(0, SP)
     win = pos[:, None] - reach + j[None, :]
     wm = pv[:, None] & (j[None, :] < 2 * reach + 1) & (win >= 0) & (win < M)
-    base = key_ptr + b * M
+    base = key_ptr + b * MS
     around = tl.max(tl.load(base + win, mask=wm, other=-1), axis=1)
     key = tl.load(base + pos, mask=pv, other=-1)
-    peak = (key == around) & (key >= thresh)  # the largest key around, and its span holds a hit
-    tl.store(out_ptr + b * M + pos, tl.where(peak, key, -1), mask=pv)
+    peak = pv & (key == around) & (key >= scale * M)  # the largest key around, and its span holds a hit
+    tl.store(out_ptr + b * MS + pos, tl.where(peak, key, -1), mask=pos < MS)
 
 
 @triton.jit
-def _decode_kernel(top_ptr, cen_ptr, vot_ptr, K, M, scale, BLOCK: tl.constexpr):
+def _decode_kernel(top_ptr, cen_ptr, vot_ptr, K, M0, GROW, scale, BLOCK: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
+    M = M0 + b * GROW
     i = tl.arange(0, BLOCK)
     ok = i < K
     top = tl.load(top_ptr + b * K + i, mask=ok, other=-1)
@@ -86,18 +92,19 @@ def _decode_kernel(top_ptr, cen_ptr, vot_ptr, K, M, scale, BLOCK: tl.constexpr):
 
 
 def rank_spans_triton(
-    hits: torch.Tensor, middle_len: int, max_spans: int, span_size: int
+    hits: torch.Tensor, middle_len: int, max_spans: int, span_size: int, grow: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`~.torch_ops.rank_spans_torch` on the GPU (same arguments and result, bit for bit).
+    """:func:`~.torch_select.rank_spans_torch` on the GPU (same arguments and result, bit for bit).
 
     Args:
-        hits: ``[B, ...]`` int64 middle rows in ``[0, M)`` (a chunk's top-k, ``[B, H, Q, k]``).
-        middle_len: M.
+        hits: ``[B, ...]`` int64 middle rows in ``[0, M_b)`` (a chunk's top-k, ``[B, H, Q, k]``).
+        middle_len: M (the last batch entry's).
         max_spans: centres kept, at most.
         span_size: tokens per span.
+        grow: batch entry b is a chunk whose middle is ``M_b = M - (B - 1 - b)·grow``.
 
     Returns:
-        ``centres, votes``, each ``[B, min(max_spans, M)]`` int64, most span votes first.
+        ``centres, votes``, each ``[B, min(max_spans, M_0)]`` int64, most span votes first.
     """
     name = "rank_spans_triton"
     if hits.dim() < 1 or hits.dtype != torch.int64:
@@ -109,10 +116,10 @@ def rank_spans_triton(
             f"{name}: middle_len {middle_len}, max_spans {max_spans} and span_size {span_size} must be >= 1"
         )
     check_device(name, hits)
-    m = middle_len
-    if m <= max_spans * span_size:  # the middle fits the budget: the spans tile it (small; the twin)
-        return rank_spans_torch(hits, middle_len, max_spans, span_size)
-    b = hits.shape[0]
+    m, b = middle_len, hits.shape[0]
+    first = grown_first(name, m, b, grow) if grow else m
+    if first <= max_spans * span_size:  # a middle fits the budget: the spans tile it (small; the twin)
+        return rank_spans_torch(hits, middle_len, max_spans, span_size, grow)
     flat = hits.reshape(b, -1)
     n = flat.shape[1]
     scale = n + 1  # the twin's n_hits: more than any span's votes
@@ -125,16 +132,20 @@ def rank_spans_triton(
     sp = max(2, next_pow2(span_size))
     blk = max(16, min(256, 8192 // sp))
     _key_kernel[(cdiv(m, blk), b)](
-        own, key, m, scale, span_size // 2, span_size, SP=sp, BLOCK=blk, num_warps=4
+        own, key, m, first, grow, scale, span_size // 2, span_size, SP=sp, BLOCK=blk, num_warps=4
     )
     peaks = torch.empty_like(key)
     reach = span_size - 1
     sp2 = max(2, next_pow2(2 * reach + 1))
     blk2 = max(16, min(256, 8192 // sp2))
-    _peak_kernel[(cdiv(m, blk2), b)](key, peaks, m, reach, scale * m, SP=sp2, BLOCK=blk2, num_warps=4)
-    n_keep = min(max_spans, m)
+    _peak_kernel[(cdiv(m, blk2), b)](
+        key, peaks, m, first, grow, scale, reach, SP=sp2, BLOCK=blk2, num_warps=4
+    )
+    n_keep = min(max_spans, first)
     top = peaks.topk(n_keep, dim=1).values.contiguous()
     centres = torch.empty_like(top)
     votes = torch.empty_like(top)
-    _decode_kernel[(b,)](top, centres, votes, n_keep, m, scale, BLOCK=max(2, next_pow2(n_keep)), num_warps=1)
+    _decode_kernel[(b,)](
+        top, centres, votes, n_keep, first, grow, scale, BLOCK=max(2, next_pow2(n_keep)), num_warps=1
+    )
     return centres, votes

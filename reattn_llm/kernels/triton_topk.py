@@ -45,6 +45,7 @@ import triton
 import triton.language as tl
 
 from ._triton_utils import cdiv, check_device, check_float, next_pow2, sm_count
+from .torch_ops import grown_first
 
 __all__ = ["score_topk_blocks_triton", "score_topk_triton"]
 
@@ -175,6 +176,7 @@ def _score_topk_kernel(
     t_ptr,
     Q,
     M,
+    GROW,
     G,
     ROWS,
     KEYS_PER_SPLIT,
@@ -223,7 +225,7 @@ def _score_topk_kernel(
 
     k_base = k_ptr + b.to(tl.int64) * sk_b + kvh.to(tl.int64) * sk_h
     start = split * KEYS_PER_SPLIT
-    end = tl.minimum(start + KEYS_PER_SPLIT, M)
+    end = tl.minimum(start + KEYS_PER_SPLIT, M + b * GROW)  # batch entry b scores M + b * GROW keys
     full_end = start + ((end - start) // BLOCK_N) * BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
 
@@ -328,6 +330,7 @@ def _merge_refine_kernel(
     t_ptr,
     Q,
     M,
+    GROW,
     G,
     H,
     C,
@@ -391,7 +394,7 @@ def _merge_refine_kernel(
             + 2 * (loc % 4)[:, None]
             + (mem % 2)[None, :]
         )  # [KP, S]
-        kvalid = (grp[:, None] >= 0) & (key < M)
+        kvalid = (grp[:, None] >= 0) & (key < M + b * GROW)
         key = tl.reshape(key, [KP * S])
         kvalid = tl.reshape(kvalid, [KP * S])
         if BS > 0:  # logical keys of the table -> their rows (increasing with the key when sorted)
@@ -461,17 +464,20 @@ def _launch(
     cfg: dict,
     table: torch.Tensor | None = None,
     block_size: int = 0,
+    grow: int = 0,
 ) -> torch.Tensor:
     """Both launches; with ``table [B, Hkv, NT]`` the keys are its blocks, then the partial block
-    at the end of ``k`` (:func:`score_topk_blocks_triton`)."""
+    at the end of ``k`` (:func:`score_topk_blocks_triton`); with ``grow`` batch entry b scores the
+    first ``M - (B - 1 - b)·grow`` keys (:func:`score_topk_triton`)."""
     B, H, Q, D = q.shape
     Hkv = k.shape[1]
     M, tab, nt, tail = k.shape[2], k, 0, 0  # without a table (BS = 0) tab is never read
     if table is not None:
         nt, tail = table.shape[2], k.shape[2] // block_size * block_size
         M, tab = nt * block_size + k.shape[2] - tail, table
+    m0 = M - (B - 1) * grow  # the first batch entry's keys (the kernels add b * grow)
     g = H // Hkv
-    kk = min(top_k, M)
+    kk = min(top_k, m0)
     rows = g * Q
     BLOCK_R, BLOCK_N, CI = cfg["BLOCK_R"], cfg["BLOCK_N"], cfg["CI"]
     if CI > 0 and BLOCK_N % (8 * CI) != 0:
@@ -496,7 +502,8 @@ def _launch(
         cand_i,
         tab,
         Q,
-        M,
+        m0,
+        grow,
         g,
         rows,
         keys_per_split,
@@ -530,7 +537,8 @@ def _launch(
         out,
         tab,
         Q,
-        M,
+        m0,
+        grow,
         g,
         H,
         C,
@@ -585,26 +593,30 @@ def _config_for(q: torch.Tensor, hkv: int, m: int, _config: dict | None) -> dict
 
 
 def score_topk_triton(
-    q: torch.Tensor, k: torch.Tensor, top_k: int, *, _config: dict | None = None
+    q: torch.Tensor, k: torch.Tensor, top_k: int, *, grow: int = 0, _config: dict | None = None
 ) -> torch.Tensor:
     """Exact position-agnostic top-k (Triton); same contract as :func:`score_topk_torch`.
 
     Args:
         q: ``[B, H, Q, D]`` un-rotated queries (any strides).
-        k: ``[B, Hkv, M, D]`` un-rotated middle keys (any strides, e.g. a slice of the cache buffer).
+        k: ``[B, Hkv, M, D]`` un-rotated middle keys (any strides, e.g. a slice of the cache buffer,
+            or one sequence's keys expanded over a batch of its chunks with batch stride 0).
         top_k: keys per (batch, head, query), 1..32.
+        grow: batch entry b scores only the first ``M - (B - 1 - b)·grow`` keys (one forward's
+            chunks, each a chunk further into the sequence than the one before).
 
     Returns:
-        ``[B, H, Q, min(top_k, M)]`` int64 indices into ``[0, M)``, best first; ties go to the
-        lower index.
+        ``[B, H, Q, min(top_k, M0)]`` int64 indices into ``[0, M)``, best first; ties go to the
+        lower index (``M0``: the first entry's keys, ``M`` without ``grow``).
     """
-    _check("score_topk_triton", q, k, top_k)
+    name = "score_topk_triton"
+    _check(name, q, k, top_k)
     B, H, Q, _ = q.shape
     Hkv, M = k.shape[1], k.shape[2]
-    kk = min(top_k, M)
+    kk = min(top_k, grown_first(name, M, B, grow))
     if B * H * Q == 0 or kk == 0:
         return torch.empty((B, H, Q, kk), device=q.device, dtype=torch.int64)
-    return _launch(q, k, top_k, _config_for(q, Hkv, M, _config))
+    return _launch(q, k, top_k, _config_for(q, Hkv, M, _config), grow=grow)
 
 
 def score_topk_blocks_triton(

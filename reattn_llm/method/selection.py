@@ -137,7 +137,7 @@ def rank_spans(
     centres tile it instead (``span//2``, ``span + span//2``, ..., the last capped at ``M - 1``),
     ranked the same way: peaks alone would leave gaps between them. ``hits [B, ...]`` int64 in
     ``[0, M)``. ``backend``: the resolved kernel backend (:func:`~reattn_llm.kernels.rank_spans`;
-    the torch twin, :func:`~reattn_llm.kernels.torch_ops.rank_spans_torch`, is the rule as code).
+    the torch twin, :func:`~reattn_llm.kernels.torch_select.rank_spans_torch`, is the rule as code).
 
     Returns:
         ``centres, votes``, each ``[B, min(max_spans, M)]`` int64, most span votes first (``M`` and 0:
