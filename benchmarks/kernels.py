@@ -1141,7 +1141,7 @@ def main() -> int:
         "--fused-select",
         choices=["default", "all", "none"],
         default="default",
-        help="end to end, the span selection fused for: the default phases (method.attention.FUSED_SELECT: "
+        help="end to end, the span selection fused for: the default phases (method.planning.FUSED_SELECT: "
         "decode on Triton), all (prefill chunks too) or none",
     )
     ap.add_argument("--graphs", action="store_true", help="--e2e also decodes with CUDA graphs")
@@ -1183,12 +1183,12 @@ def main() -> int:
     RESULTS["selection"] = SELECTION
     EXACT_ANSWER = None if args.exact_answer == "default" else args.exact_answer
     RESULTS["exact_answer"] = EXACT_ANSWER
-    from reattn_llm.method import attention as attention_mod
+    from reattn_llm.method import planning
 
     if args.fused_select != "default":
         on = ("triton",) if args.fused_select == "all" else ()
-        attention_mod.FUSED_SELECT = {"decode": on, "prefill": on}
-    RESULTS["fused_select"] = attention_mod.FUSED_SELECT
+        planning.FUSED_SELECT = {"decode": on, "prefill": on}
+    RESULTS["fused_select"] = planning.FUSED_SELECT
     if args.attn_before:
         from reattn_llm.kernels import triton_attention
 

@@ -656,22 +656,22 @@ def e2e_prompt_kernels_case():
     from tiny_models import distinct_ids, prompt_then_steps, tiny_model
 
     from reattn_llm import ReAttentionConfig
-    from reattn_llm.method import attention
+    from reattn_llm.method import planning
 
     ids = distinct_ids(1, 93, seed=7)
     runs = {}
-    inner = attention.scope_from_centres
+    inner = planning.scope_from_centres
     for backend in ("torch", "triton"):
         model = tiny_model("llama", heads=6, kv_heads=2, head_dim=16, layers=2, window=128, seed=5)
         cfg = ReAttentionConfig(
             global_size=4, local_size=32, span_size=4, max_spans=5, top_k=2, chunk_size=16, backend=backend
         )
         calls = []
-        attention.scope_from_centres = lambda *a, calls=calls, **kw: calls.append(a[-2]) or inner(*a, **kw)
+        planning.scope_from_centres = lambda *a, calls=calls, **kw: calls.append(a[-2]) or inner(*a, **kw)
         try:
             runs[backend] = (*prompt_then_steps(model, cfg, ids, 90), calls)
         finally:
-            attention.scope_from_centres = inner
+            planning.scope_from_centres = inner
     (want, want_pins, none), (got, got_pins, calls) = runs["torch"], runs["triton"]
     assert not none and calls, "the prompt chunks' kernel path ran only on the Triton backend"
     for p, q in zip(got_pins, want_pins, strict=True):
@@ -684,8 +684,9 @@ def e2e_prompt_kernels_case():
 def joined_forwards_case(selection: str):
     """A small patched model (fp32, ``backend="triton"``, every kernel interpreted) prefilled in
     forwards of four whole chunks (``PatchState.whole_chunks``: one expected-distance rotation a
-    forward, the chunks' scope attention in one launch over K/V with a zero batch stride) against a
-    forward per chunk: the same logits, bit for bit."""
+    forward, the chunks' scope attention in one launch over K/V with a zero batch stride; with exact
+    selection the chunks past the tiled middles select as one batch, ``planning.plan_chunks``) against
+    a forward per chunk: the same logits, bit for bit."""
     import sys
     from pathlib import Path
 
@@ -705,13 +706,22 @@ def joined_forwards_case(selection: str):
         selection=selection,
         candidate_blocks=8,
     )
+    from reattn_llm.method import planning
+
     ids = distinct_ids(1, 264, seed=2)  # 8 whole chunks (two joined forwards), the question
-    logits = {}
-    for tokens in (32, 128):
-        model = tiny_model("llama", layers=2, window=512, seed=1)
-        logits[tokens] = prefill_in_forwards(model, cfg, ids, 256, tokens)[0]
+    logits, runs = {}, []
+    inner = planning._batched_scopes
+    planning._batched_scopes = lambda *a: runs.append(len(a[4])) or inner(*a)
+    try:
+        for tokens in (32, 128):
+            model = tiny_model("llama", layers=2, window=512, seed=1)
+            logits[tokens] = prefill_in_forwards(model, cfg, ids, 256, tokens)[0]
+    finally:
+        planning._batched_scopes = inner
     assert torch.equal(logits[32], logits[128]), float((logits[32] - logits[128]).abs().max())
-    return {"max_logit_diff": 0.0}
+    # exact: the second forward's four chunks (middles past the 64 tokens the spans tile) in one batch
+    assert runs == ([4, 4] if selection == "exact" else []), runs
+    return {"max_logit_diff": 0.0, "batched_runs": runs}
 
 
 def spans_cases():

@@ -247,7 +247,7 @@ def test_span_shift_moves_the_selected_rows_past_the_hit():
     import torch
 
     from reattn_llm.kv.dense import TensorKV
-    from reattn_llm.method.attention import plan_scope
+    from reattn_llm.method.planning import plan_scope
     from reattn_llm.method.rope import RopeTable
     from reattn_llm.method.state import PatchState
 

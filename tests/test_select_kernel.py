@@ -26,7 +26,7 @@ from reattn_llm.kernels.torch_select import select_scope_torch  # noqa: E402
 from reattn_llm.method.selection import build_scope, expand_spans, rank_centres  # noqa: E402
 
 FIELDS = ("gather_idx", "key_pos", "q_pos", "middle", "middle_valid", "centres", "votes")
-NEVER = 1 << 62  # an empty slot of a remembered selection (attention._NEVER)
+NEVER = 1 << 62  # an empty slot of a remembered selection (planning._NEVER)
 
 
 def make_inputs(seed, B, H, Q, k, M, n_spans, span, P=0, G=3, L=4, spread=None, by_rank=False):
@@ -142,7 +142,7 @@ def e2e_logits(decode_spans, fused, select=None, heads=6, layers=2, prompt=160, 
     from tiny_models import distinct_ids, prompt_then_steps, tiny_model
 
     from reattn_llm import ReAttentionConfig
-    from reattn_llm.method import attention
+    from reattn_llm.method import planning
 
     model = tiny_model(
         "llama", heads=heads, kv_heads=heads // 3, head_dim=16, layers=layers, window=128, seed=5
@@ -160,24 +160,24 @@ def e2e_logits(decode_spans, fused, select=None, heads=6, layers=2, prompt=160, 
     )
     ids = distinct_ids(1, prompt + steps, seed=7)
     calls = []
-    inner = select or attention.select_scope
+    inner = select or planning.select_scope
 
     def counted(hits, *args, **kw):
         calls.append(hits.shape[2])
         return inner(hits, *args, **kw)
 
-    saved = attention.FUSED_SELECT, attention.select_scope
+    saved = planning.FUSED_SELECT, planning.select_scope
     if not fused:
-        attention.FUSED_SELECT = {"decode": (), "prefill": ()}
+        planning.FUSED_SELECT = {"decode": (), "prefill": ()}
     if fused:
-        attention.FUSED_SELECT, attention.select_scope = (
+        planning.FUSED_SELECT, planning.select_scope = (
             {"decode": ("triton", "torch"), "prefill": ("triton", "torch")},
             counted,
         )
     try:
         logits, pinned = prompt_then_steps(model, cfg, ids, prompt)
     finally:
-        attention.FUSED_SELECT, attention.select_scope = saved
+        planning.FUSED_SELECT, planning.select_scope = saved
     return logits[:, prompt - 1 :], pinned, calls
 
 
@@ -322,7 +322,7 @@ def test_cuda_default_fused_decode_equals_unfused(span_shift):
     from tiny_models import distinct_ids, tiny_model
 
     from reattn_llm import ReAttentionCache, ReAttentionConfig, patch
-    from reattn_llm.method import attention
+    from reattn_llm.method import planning
 
     model = tiny_model("llama", heads=6, kv_heads=2, head_dim=64, layers=2, window=128, seed=5).cuda()
     cfg = ReAttentionConfig(
@@ -332,8 +332,8 @@ def test_cuda_default_fused_decode_equals_unfused(span_shift):
     ids = distinct_ids(1, 200, seed=7).cuda()
 
     def run(fused: dict) -> tuple[torch.Tensor, list]:
-        saved = attention.FUSED_SELECT
-        attention.FUSED_SELECT = fused
+        saved = planning.FUSED_SELECT
+        planning.FUSED_SELECT = fused
         handle = patch(model, cfg)
         try:
             cache = ReAttentionCache(2)
@@ -343,11 +343,11 @@ def test_cuda_default_fused_decode_equals_unfused(span_shift):
             return torch.cat(out, 1), [cache.layers[i].pinned for i in range(2)]
         finally:
             handle.unpatch()
-            attention.FUSED_SELECT = saved
+            planning.FUSED_SELECT = saved
 
-    assert attention.FUSED_SELECT["decode"] == ("triton",)  # the default this test stands for
+    assert planning.FUSED_SELECT["decode"] == ("triton",)  # the default this test stands for
     want, want_pins = run({"decode": (), "prefill": ()})
-    got, got_pins = run(dict(attention.FUSED_SELECT))
+    got, got_pins = run(dict(planning.FUSED_SELECT))
     assert torch.equal(got, want), f"logits differ by {(got - want).abs().max().item():.3g}"
     for p, q in zip(got_pins, want_pins, strict=True):
         assert torch.equal(p, q)

@@ -97,10 +97,10 @@ def test_prompt_top_k_is_for_prompt_chunks_only_and_checked():
 def _span_run(span_kernels: tuple[str, ...], decode_spans: str) -> tuple[torch.Tensor, list]:
     """Logits of a patched tiny llama (fp64; prompt chunks rank spans by span votes) over a prompt
     and 8 decode steps, and each layer's remembered centres; ``span_kernels``: the backends whose
-    prompt chunks take the kernels' path (``attention.SPAN_KERNELS``, here their torch twins)."""
+    prompt chunks take the kernels' path (``planning.SPAN_KERNELS``, here their torch twins)."""
     from tiny_models import distinct_ids, prompt_then_steps, tiny_model
 
-    from reattn_llm.method import attention
+    from reattn_llm.method import planning
 
     model = tiny_model("llama", heads=6, kv_heads=2, head_dim=16, layers=2, window=128, seed=5).double()
     cfg = ReAttentionConfig(
@@ -113,12 +113,12 @@ def _span_run(span_kernels: tuple[str, ...], decode_spans: str) -> tuple[torch.T
         decode_spans=decode_spans,
     )
     assert cfg.vote_pooling == "span"
-    saved = attention.SPAN_KERNELS
-    attention.SPAN_KERNELS = span_kernels
+    saved = planning.SPAN_KERNELS
+    planning.SPAN_KERNELS = span_kernels
     try:
         return prompt_then_steps(model, cfg, distinct_ids(1, 168, seed=7), 160)
     finally:
-        attention.SPAN_KERNELS = saved
+        planning.SPAN_KERNELS = saved
 
 
 @pytest.mark.parametrize("decode_spans", ["union", "question"])

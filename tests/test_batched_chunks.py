@@ -1,0 +1,148 @@
+"""A forward's runs of whole prompt chunks select as one batch (``planning.plan_chunks``): one
+scoring, span-vote and scope launch for the run instead of one per chunk, each chunk over its own
+middle (the kernels' ``grow``). The scopes, the remembered question spans and the model's logits
+equal those of planning chunk by chunk through ``method.selection``'s readable ops, bit for bit.
+
+The Triton kernels' ``grow`` is checked against their twins under the interpreter
+(``tests/kernel_cases.py``: ``topk_grow_*``, ``spans_grow_*``); here the twins run, switched on for
+the torch backend (``BATCHED_CHUNKS`` and ``SPAN_KERNELS`` name only Triton by default)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from reattn_llm import ReAttentionConfig
+from reattn_llm.kv.dense import TensorKV
+from reattn_llm.method import planning
+from reattn_llm.method.patch import make_cache
+from reattn_llm.method.rope import RopeTable
+from reattn_llm.method.state import PatchState
+from reattn_llm.runtime.engine import Engine
+from tests.conftest import SMALL_CONFIG_KWARGS
+
+CHUNK = SMALL_CONFIG_KWARGS["chunk_size"]
+
+
+@contextlib.contextmanager
+def batching(on: bool) -> Iterator[list[int]]:
+    """The torch backend plans runs of chunks as one batch (``on``) or each chunk through the readable
+    ops (off); yields the sizes of the runs batched."""
+    saved = planning.BATCHED_CHUNKS, planning.SPAN_KERNELS, planning._batched_scopes
+    runs: list[int] = []
+
+    def counted(state, query, kv, start, run, backend, scored):
+        runs.append(len(run))
+        return saved[2](state, query, kv, start, run, backend, scored)
+
+    planning.BATCHED_CHUNKS = planning.SPAN_KERNELS = ("torch",) if on else ()
+    planning._batched_scopes = counted
+    try:
+        yield runs
+    finally:
+        planning.BATCHED_CHUNKS, planning.SPAN_KERNELS, planning._batched_scopes = saved
+
+
+def small_state(**kw) -> PatchState:
+    cfg = ReAttentionConfig(
+        global_size=4, local_size=32, span_size=8, max_spans=4, top_k=2, chunk_size=16, scoring="raw", **kw
+    ).resolve(256)  # fmt: skip
+    return PatchState(cfg, RopeTable.__new__(RopeTable))
+
+
+def test_a_run_of_chunks_plans_the_scopes_of_chunk_by_chunk():
+    """A forward of 8 whole chunks and a 5-query remainder from row 10 of a 143-row layer: the first
+    chunk within ``G + L`` (full scope), two whose middle the spans tile, five batched, the short
+    remainder alone. Every scope field and the remembered centres equal chunk-by-chunk planning."""
+    torch.manual_seed(0)
+    h, hkv, d, total = 4, 2, 16, 143
+    keys = torch.randn(1, hkv, total, d)
+    query = torch.randn(1, h, 133, d)
+    bounds = [(i, i + 16) for i in range(0, 128, 16)] + [(128, 133)]
+    got_state, want_state = small_state(), small_state()
+    got_kv, want_kv = TensorKV(keys, keys), TensorKV(keys, keys)
+    with batching(True) as runs:
+        got = planning.plan_chunks(got_state, query, got_kv, bounds, "torch")
+    assert runs == [5]  # totals 74 .. 138: middles 38 .. 102 past the 32 tokens the spans tile
+    with batching(False) as none:
+        want = [
+            planning.plan_scope(want_state, query[:, :, c0:c1], want_kv, 10 + c1, "torch", c1 == 133)
+            for c0, c1 in bounds
+        ]
+    assert none == []
+    fields = ("gather_idx", "key_pos", "q_pos", "middle", "middle_valid", "chunk_tail")
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        for f in fields:
+            x, y = getattr(a, f), getattr(b, f)
+            same = torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
+            assert same, f"chunk {i}: {f} differs"
+    assert torch.equal(got_kv.pinned, want_kv.pinned) and torch.equal(
+        got_kv.pinned_votes, want_kv.pinned_votes
+    )
+
+
+def test_the_remembered_spans_are_the_forwards_last_chunks_when_it_is_batched():
+    torch.manual_seed(1)
+    keys = torch.randn(1, 2, 200, 16)
+    query = torch.randn(1, 4, 64, 16)
+    bounds = [(i, i + 16) for i in range(0, 64, 16)]
+    states, kvs = (small_state(), small_state()), (TensorKV(keys, keys), TensorKV(keys, keys))
+    with batching(True) as runs:
+        planning.plan_chunks(states[0], query, kvs[0], bounds, "torch")
+    assert runs == [4]
+    planning.plan_scope(states[1], query[:, :, 48:], kvs[1], 200, "torch", True)
+    assert torch.equal(kvs[0].pinned, kvs[1].pinned) and torch.equal(kvs[0].pinned_votes, kvs[1].pinned_votes)
+
+
+@pytest.mark.parametrize(
+    "case", ["batch of two sequences", "two-level selection", "span_shift", "hit votes", "backend off"]
+)
+def test_chunks_that_select_otherwise_are_planned_one_by_one(case):
+    torch.manual_seed(2)
+    b = 2 if case == "batch of two sequences" else 1
+    keys = torch.randn(b, 2, 200, 16)
+    query = torch.randn(b, 4, 64, 16)
+    kw = {
+        "two-level selection": {"selection": "two_level", "candidate_blocks": 2},
+        "span_shift": {"span_shift": 2},
+        "hit votes": {"vote_pooling": "hit"},
+    }.get(case, {})
+    bounds = [(i, i + 16) for i in range(0, 64, 16)]
+    with batching(case != "backend off") as runs:
+        if case == "backend off":
+            planning.BATCHED_CHUNKS = ()
+        got = planning.plan_chunks(small_state(**kw), query, TensorKV(keys, keys), bounds, "torch")
+    assert runs == [] and len(got) == 4
+
+
+@pytest.fixture(scope="module")
+def prose_ids(shared_data):
+    from reattn_llm.runtime.models import load_tokenizer
+
+    text = (shared_data / "texts" / "austen_emma.txt").read_text(encoding="utf-8")[40000:60000]
+    return load_tokenizer(None)(text, add_special_tokens=False)["input_ids"][:1500]
+
+
+def test_the_default_model_prefills_the_same_with_batched_chunks(prose_ids):
+    """1,500 tokens of prose at 3x the shrunk window, forwards of 3 chunks, the question apart: the
+    logits, the cached rows and every layer's remembered question spans equal bit for bit, with
+    eight chunks of every layer selected in three batches (one a forward: runs of 3, 3, 2)."""
+    question = len(prose_ids) - 20
+    out = {}
+    for on in (False, True):
+        cfg = ReAttentionConfig(**SMALL_CONFIG_KWARGS, prefill_forward=3 * CHUNK)
+        engine = Engine(None, device="cpu", dtype="fp32", config=cfg, progress=False, keep_prefix=False)
+        cache = make_cache(engine.model, reserve=len(prose_ids))
+        with batching(on) as runs:
+            logits = engine.prefill(torch.tensor([prose_ids]), cache, question=question)
+        layers = engine.model.config.num_hidden_layers
+        assert runs == ([3] * 2 * layers + [2] * layers if on else [])  # per forward, every layer
+        out[on] = logits, cache.layers[-1].dense(len(prose_ids)), [layer.pinned for layer in cache.layers]
+    (a, rows_a, pins_a), (b, rows_b, pins_b) = out[False], out[True]
+    assert torch.equal(a, b)
+    assert all(torch.equal(x, y) for x, y in zip(rows_a, rows_b, strict=True))
+    assert all(p is not None for p in pins_a)
+    assert all(torch.equal(x, y) for x, y in zip(pins_a, pins_b, strict=True))
