@@ -9,6 +9,8 @@ storage; a plain transformers cache or none gives the raw tensors.
 A forward with more queries than one chunk is split into chunks of ``chunk_size`` (the last
 ``tail_size`` queries apart, unless the engine joined whole chunks: ``PatchState.whole_chunks``),
 each selecting against the keys before it, so any single ``model(ids)`` call stays in distribution.
+Each chunk's scope comes from :mod:`.planning` (a run of whole chunks selects as one batch there);
+the chunks whose scopes have one shape attend in one launch (:func:`_attend`).
 """
 
 from __future__ import annotations
