@@ -684,9 +684,9 @@ def e2e_prompt_kernels_case():
 def joined_forwards_case(selection: str):
     """A small patched model (fp32, ``backend="triton"``, every kernel interpreted) prefilled in
     forwards of four whole chunks (``PatchState.whole_chunks``: one expected-distance rotation a
-    forward, the chunks' scope attention in one launch over K/V with a zero batch stride; with exact
-    selection the chunks past the tiled middles select as one batch, ``planning.plan_chunks``) against
-    a forward per chunk: the same logits, bit for bit."""
+    forward, the chunks' scope attention in one launch over K/V with a zero batch stride; the chunks
+    past the tiled middles select as one batch, ``planning.plan_chunks``) against a forward per
+    chunk: the same logits, bit for bit."""
     import sys
     from pathlib import Path
 
@@ -719,8 +719,8 @@ def joined_forwards_case(selection: str):
     finally:
         planning._batched_scopes = inner
     assert torch.equal(logits[32], logits[128]), float((logits[32] - logits[128]).abs().max())
-    # exact: the second forward's four chunks (middles past the 64 tokens the spans tile) in one batch
-    assert runs == ([4, 4] if selection == "exact" else []), runs
+    # the second forward's four chunks (middles past the 64 tokens the spans tile) in one batch a layer
+    assert runs == [4, 4], runs
     return {"max_logit_diff": 0.0, "batched_runs": runs}
 
 

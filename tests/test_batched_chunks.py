@@ -53,16 +53,22 @@ def small_state(**kw) -> PatchState:
     return PatchState(cfg, RopeTable.__new__(RopeTable))
 
 
-def test_a_run_of_chunks_plans_the_scopes_of_chunk_by_chunk():
+TWO_LEVEL = {"selection": "two_level", "candidate_blocks": 2}
+
+
+@pytest.mark.parametrize("selection", ["exact", "two_level"])
+def test_a_run_of_chunks_plans_the_scopes_of_chunk_by_chunk(selection):
     """A forward of 8 whole chunks and a 5-query remainder from row 10 of a 143-row layer: the first
     chunk within ``G + L`` (full scope), two whose middle the spans tile, five batched, the short
-    remainder alone. Every scope field and the remembered centres equal chunk-by-chunk planning."""
+    remainder alone. Every scope field and the remembered centres equal chunk-by-chunk planning,
+    with exact and with two-level selection (2 candidate blocks of 8 keys: middles of 38 to 102 keys)."""
     torch.manual_seed(0)
     h, hkv, d, total = 4, 2, 16, 143
     keys = torch.randn(1, hkv, total, d)
     query = torch.randn(1, h, 133, d)
     bounds = [(i, i + 16) for i in range(0, 128, 16)] + [(128, 133)]
-    got_state, want_state = small_state(), small_state()
+    kw = TWO_LEVEL if selection == "two_level" else {}
+    got_state, want_state = small_state(**kw), small_state(**kw)
     got_kv, want_kv = TensorKV(keys, keys), TensorKV(keys, keys)
     with batching(True) as runs:
         got = planning.plan_chunks(got_state, query, got_kv, bounds, "torch")
@@ -98,7 +104,7 @@ def test_the_remembered_spans_are_the_forwards_last_chunks_when_it_is_batched():
 
 
 @pytest.mark.parametrize(
-    "case", ["batch of two sequences", "two-level selection", "span_shift", "hit votes", "backend off"]
+    "case", ["batch of two sequences", "span_shift", "hit votes", "running votes", "backend off"]
 )
 def test_chunks_that_select_otherwise_are_planned_one_by_one(case):
     torch.manual_seed(2)
@@ -106,8 +112,8 @@ def test_chunks_that_select_otherwise_are_planned_one_by_one(case):
     keys = torch.randn(b, 2, 200, 16)
     query = torch.randn(b, 4, 64, 16)
     kw = {
-        "two-level selection": {"selection": "two_level", "candidate_blocks": 2},
         "span_shift": {"span_shift": 2},
+        "running votes": {"decode_spans": "running"},
         "hit votes": {"vote_pooling": "hit"},
     }.get(case, {})
     bounds = [(i, i + 16) for i in range(0, 64, 16)]
@@ -126,14 +132,16 @@ def prose_ids(shared_data):
     return load_tokenizer(None)(text, add_special_tokens=False)["input_ids"][:1500]
 
 
-def test_the_default_model_prefills_the_same_with_batched_chunks(prose_ids):
+@pytest.mark.parametrize("selection", ["exact", "two_level"])
+def test_the_default_model_prefills_the_same_with_batched_chunks(prose_ids, selection):
     """1,500 tokens of prose at 3x the shrunk window, forwards of 3 chunks, the question apart: the
     logits, the cached rows and every layer's remembered question spans equal bit for bit, with
-    eight chunks of every layer selected in three batches (one a forward: runs of 3, 3, 2)."""
+    eight chunks of every layer selected in three batches (one a forward: runs of 3, 3, 2), with
+    exact and with two-level selection."""
     question = len(prose_ids) - 20
     out = {}
     for on in (False, True):
-        cfg = ReAttentionConfig(**SMALL_CONFIG_KWARGS, prefill_forward=3 * CHUNK)
+        cfg = ReAttentionConfig(**SMALL_CONFIG_KWARGS, prefill_forward=3 * CHUNK, selection=selection)
         engine = Engine(None, device="cpu", dtype="fp32", config=cfg, progress=False, keep_prefix=False)
         cache = make_cache(engine.model, reserve=len(prose_ids))
         with batching(on) as runs:

@@ -228,19 +228,19 @@ def plan_chunks(
     scored: torch.Tensor | None = None,
 ) -> list[Scope]:
     """The scope of every chunk ``bounds`` (query ranges, in order) of one forward: :func:`plan_scope`
-    each, but runs of two or more whole prompt chunks that :func:`_batchable` admits as one batch
+    each, but runs of two or more whole prompt chunks that :func:`_batch_mode` admits as one batch
     (:func:`_batched_scopes`). ``query [B, H, Q, D]`` is the forward's (its last query is the
     layer's last row); ``scored`` its queries rotated for scoring (:func:`prompt_scoring_queries`)."""
     q_len = query.shape[2]
     start = kv.length - q_len  # the forward's first query is cache row ``start``
-    ok = [
-        _batchable(state, query.shape[0], kv, start + c1, c1 - c0, c1 == q_len, backend) for c0, c1 in bounds
+    modes = [
+        _batch_mode(state, query.shape[0], kv, start + c1, c1 - c0, c1 == q_len, backend) for c0, c1 in bounds
     ]
     scopes: list[Scope] = []
     i = 0
     while i < len(bounds):
         j, size = i + 1, bounds[i][1] - bounds[i][0]
-        while ok[i] and j < len(bounds) and ok[j] and bounds[j][1] - bounds[j][0] == size:
+        while modes[i] and j < len(bounds) and modes[j] == modes[i] and bounds[j][1] - bounds[j][0] == size:
             j += 1
         if j - i > 1:
             scopes.extend(_batched_scopes(state, query, kv, start, bounds[i:j], backend, scored))
@@ -252,30 +252,32 @@ def plan_chunks(
     return scopes
 
 
-def _batchable(
+def _batch_mode(
     state: PatchState, batch: int, kv: KVReader, total: int, qc: int, last: bool, backend: str
-) -> bool:
-    """Whether a chunk of ``qc`` queries seeing ``total`` keys (``last``: it ends its forward) takes
-    :func:`plan_scope`'s path that :func:`_batched_scopes` batches: one sequence, a prompt chunk past
-    ``G + L`` whose middle the spans do not tile, exact scoring of keys in one view, span votes in
-    kernels, no ``span_shift``."""
+) -> str | None:
+    """How a chunk of ``qc`` queries seeing ``total`` keys (``last``: it ends its forward) scores, when
+    it takes :func:`plan_scope`'s path that :func:`_batched_scopes` batches (one sequence, a prompt
+    chunk past ``G + L`` whose middle the spans do not tile, span votes in kernels, no ``span_shift``):
+    ``"exact"`` (keys in one view) or ``"two_level"``; else None. A run batches chunks of one mode."""
     cfg = state.config
     g, span = cfg.global_size, cfg.span_size
     if backend not in BATCHED_CHUNKS or batch != 1 or qc < 2 or total <= g + cfg.local_size:  # type: ignore[operator]
-        return False
+        return None
     loc, n_spans = cfg.decode_sizes(pinned=False)
     m = total - g - loc  # type: ignore[operator]
-    return (
+    two_level = cfg.two_level_for(qc, last)
+    if (
         n_spans > 0
         and m > n_spans * span  # type: ignore[operator]
         and m >= cfg.hits_for(qc)
-        and m <= kv.key_block_rows
-        and not cfg.two_level_for(qc, last)
+        and (two_level or m <= kv.key_block_rows)
         and not cfg.span_shift
         and cfg.vote_pooling == "span"
         and cfg.decode_spans != "running"
         and backend in SPAN_KERNELS
-    )
+    ):
+        return "two_level" if two_level else "exact"
+    return None
 
 
 def _batched_scopes(
@@ -287,10 +289,11 @@ def _batched_scopes(
     backend: str,
     scored: torch.Tensor | None,
 ) -> list[Scope]:
-    """The scopes of ``run``, C consecutive chunks of Q queries that :func:`_batchable` admits, selected
+    """The scopes of ``run``, C consecutive chunks of Q queries that :func:`_batch_mode` admits, selected
     as one batch of C: their queries ``[C, H, Q, D]`` (a view of ``query [1, H, ., D]``) over the
     layer's middle expanded to C with batch stride 0, chunk c scoring, ranking and building its scope
-    over its own middle (``grow=Q``). Each scope is row c of the batch's, a ``[1, ...]`` view; equal
+    over its own middle (``grow=Q``); under two-level selection each chunk's levels run alone, its
+    hits then ranked and built into scopes with the others. Each scope is row c of the batch's, a ``[1, ...]`` view; equal
     bit for bit to :func:`plan_scope`'s for the chunk (its ``_span_scope`` path), and the forward's
     last chunk, when in the run, is remembered as there."""
     cfg = state.config
@@ -304,8 +307,16 @@ def _batched_scopes(
     qs = src[0, :, lo:hi].unflatten(1, (c, qc)).transpose(0, 1)  # [C, H, Q, D]
     if cfg.scoring == "expected" and scored is None:
         qs = _expected_queries(state, qs, loc, n_spans * span)  # type: ignore[arg-type, operator]
-    keys = kv.read_keys(g, g + m).expand(c, -1, -1, -1)  # type: ignore[operator]
-    hits = score_topk(qs, keys, cfg.hits_for(qc), backend, grow=qc)
+    k = cfg.hits_for(qc)
+    if cfg.two_level_for(qc, hi == query.shape[2]):  # levels 1 and 2 chunk by chunk, each over its middle
+        bs, ms = cfg.summary_block, [m - (c - 1 - i) * qc for i in range(c)]
+        args = (k, cfg.candidates, bs, backend)
+        hits = torch.cat(
+            [two_level_topk(qs[i : i + 1], kv, *args, lo=g, hi=g + mi) for i, mi in enumerate(ms)]
+        )  # type: ignore[arg-type]
+    else:
+        keys = kv.read_keys(g, g + m).expand(c, -1, -1, -1)  # type: ignore[operator]
+        hits = score_topk(qs, keys, k, backend, grow=qc)
     centres, votes = rank_spans(hits, m, n_spans, span, backend, grow=qc)  # type: ignore[arg-type]
     if hi == query.shape[2]:  # the forward's last chunk: the decode steps keep its centres
         _remember(kv, centres[-1:], votes[-1:], m)
