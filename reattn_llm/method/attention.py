@@ -150,13 +150,30 @@ def _attend(
         q, k, v, idx, sc = group[0]
         return scope_attention(q, k, v, idx, sc.key_pos, sc.q_pos, cos, sin, scale, sc.chunk_tail, backend)
     c, sc = len(group), group[0][4]
-    q = torch.cat([g[0] for g in group])  # [C, H, Qc, D]
     k, v = (t.expand(c, -1, -1, -1) for t in group[0][1:3])
-    idx, kp, qp = (
-        torch.cat(ts) for ts in zip(*((g[3], g[4].key_pos, g[4].q_pos) for g in group), strict=True)
-    )
+    q, idx, kp, qp = (
+        _stacked(ts) for ts in zip(*((g[0], g[3], g[4].key_pos, g[4].q_pos) for g in group), strict=True)
+    )  # [C, H, Qc, D], [C, N], [C, N], [C, Qc]
     out = scope_attention(q, k, v, idx, kp, qp, cos, sin, scale, sc.chunk_tail, backend)  # [C, Qc, H, D]
     return out.reshape(1, -1, *out.shape[2:])
+
+
+def _stacked(parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``C`` tensors ``[1, ...]`` of one shape -> ``[C, ...]``: a view when they lie one after another
+    in one storage at a fixed step (a forward's consecutive query chunks; the rows of a batch of
+    chunks' scope, :func:`~.planning.plan_chunks`), else a copy (``torch.cat``)."""
+    first = parts[0]
+    step = (parts[1].data_ptr() - first.data_ptr()) // first.element_size()
+    regular = step > 0 and all(
+        p.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+        and p.shape == first.shape
+        and p.stride() == first.stride()
+        and p.data_ptr() == first.data_ptr() + i * step * first.element_size()
+        for i, p in enumerate(parts)
+    )
+    if not regular:
+        return torch.cat(parts)
+    return first.as_strided((len(parts), *first.shape[1:]), (step, *first.stride()[1:]))
 
 
 def reattention_mask(
