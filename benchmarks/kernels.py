@@ -1172,6 +1172,12 @@ def main() -> int:
         help="tokens per ReAttention prefill forward in --e2e, whole chunks joined as the engine does "
         "(default: the engine's); 0: the prompt in one call (pieces of 64K at 1M), split by the layers",
     )
+    ap.add_argument(
+        "--unbatched",
+        action="store_true",
+        help="a forward's whole prompt chunks select chunk by chunk (method.planning.BATCHED_CHUNKS off), "
+        "the baseline of the batched selection",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     global GRAPHS, GRAPH_BUCKETS, SELECTION, EXACT_ANSWER, PREFILL_FORWARD
@@ -1189,6 +1195,9 @@ def main() -> int:
         on = ("triton",) if args.fused_select == "all" else ()
         planning.FUSED_SELECT = {"decode": on, "prefill": on}
     RESULTS["fused_select"] = planning.FUSED_SELECT
+    if args.unbatched:
+        planning.BATCHED_CHUNKS = ()
+    RESULTS["batched_chunks"] = planning.BATCHED_CHUNKS
     if args.attn_before:
         from reattn_llm.kernels import triton_attention
 

@@ -10,8 +10,11 @@ the CPU the linear layers' cost per token barely depends on the forward's size::
     python benchmarks/prefill_forward.py                               # CPU, 8,192 tokens
     python benchmarks/prefill_forward.py --device cuda --tokens 131072 --forwards 0,4096,8192,32768
     python benchmarks/prefill_forward.py --selection two_level
+    python benchmarks/prefill_forward.py --device cuda --tokens 131072 --forwards 8192 --batched both
 
 ``--forwards``: tokens per forward, 0 = one chunk (a forward per chunk, the engine before joining).
+``--batched``: whether a forward's whole chunks select as one batch (``method.planning.plan_chunks``,
+on by default where the backend is Triton), ``off`` (chunk by chunk) or ``both`` (a row each).
 Each setting runs ``--repeats`` times after one warm-up prefill; the median is reported.
 """
 
@@ -53,15 +56,21 @@ def main() -> int:
     ap.add_argument("--selection", default="exact", choices=("exact", "two_level"))
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--texts", default=str(ROOT.parent / "shared" / "data" / "texts"))
+    ap.add_argument("--batched", default="on", choices=("on", "off", "both"))
     args = ap.parse_args()
 
     from reattn_llm import ReAttentionConfig
+    from reattn_llm.method import planning
     from reattn_llm.method.patch import make_cache
     from reattn_llm.runtime.engine import Engine
 
     device = torch.device(args.device)
     rows, first = [], None
-    for forward in (int(f) for f in args.forwards.split(",")):
+    default_batched = planning.BATCHED_CHUNKS
+    batched = {"on": (True,), "off": (False,), "both": (True, False)}[args.batched]
+    settings = [(int(f), b) for f in args.forwards.split(",") for b in batched]
+    for forward, on in settings:
+        planning.BATCHED_CHUNKS = default_batched if on else ()
         probe = Engine(
             None, device=args.device, config=ReAttentionConfig(), progress=False, keep_prefix=False
         )
@@ -83,7 +92,9 @@ def main() -> int:
         secs = statistics.median(times)
         first = logits if first is None else first
         diff = float((logits.float() - first.float()).abs().max())
-        label = f"{engine.prefill_forward} ({engine.prefill_forward // chunk} chunks)"
+        label = f"{engine.prefill_forward} ({engine.prefill_forward // chunk} chunks)" + (
+            "" if on else ", unbatched"
+        )
         rows.append((label, secs, diff))
         print(
             f"[prefill_forward] {label}: {secs:.2f} s, max |logit diff| {diff:g}", file=sys.stderr, flush=True

@@ -26,4 +26,8 @@ if [ -n "$PREFILL_FORWARDS" ]; then
   python3 benchmarks/prefill_forward.py --device cuda --tokens 131072 --forwards 0,2048,8192,32768 --repeats 2 \
     --texts "${TEXTS:-/root/reattn/data/texts}" \
     2>&1 | tee "$OUT/prefill_forward.log"
+  # the same joined forwards with their chunks selected one by one: the batched selection's baseline
+  python3 benchmarks/prefill_forward.py --device cuda --tokens 131072 --forwards 8192 --batched both --repeats 2 \
+    --texts "${TEXTS:-/root/reattn/data/texts}" \
+    2>&1 | tee "$OUT/prefill_batched.log"
 fi
