@@ -154,3 +154,24 @@ def test_the_default_model_prefills_the_same_with_batched_chunks(prose_ids, sele
     assert all(torch.equal(x, y) for x, y in zip(rows_a, rows_b, strict=True))
     assert all(p is not None for p in pins_a)
     assert all(torch.equal(x, y) for x, y in zip(pins_a, pins_b, strict=True))
+
+
+def test_a_long_run_is_cut_where_its_span_votes_would_pass_the_batch_bytes(monkeypatch):
+    """``BATCH_BYTES`` bounds a batch's span-vote arrays (20 bytes per chunk and key): a run of five
+    chunks over middles of up to 138 keys, with room for three, batches 3 then 2, the same scopes."""
+    monkeypatch.setattr(planning, "BATCH_BYTES", planning.SPAN_BYTES_PER_KEY * 150 * 3)
+    torch.manual_seed(0)
+    keys = torch.randn(1, 2, 143, 16)
+    query = torch.randn(1, 4, 133, 16)
+    bounds = [(i, i + 16) for i in range(0, 128, 16)] + [(128, 133)]
+    with batching(True) as runs:
+        got = planning.plan_chunks(small_state(), query, TensorKV(keys, keys), bounds, "torch")
+    assert runs == [3, 2]
+    want = [
+        planning.plan_scope(small_state(), query[:, :, a:b], TensorKV(keys, keys), 10 + b, "torch")
+        for a, b in bounds
+    ]
+    assert all(
+        torch.equal(x.gather_idx, y.gather_idx) and torch.equal(x.key_pos, y.key_pos)
+        for x, y in zip(got, want, strict=True)
+    )

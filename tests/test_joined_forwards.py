@@ -68,8 +68,13 @@ def test_working_reserve_grows_with_the_forward_and_stops_at_the_prompt():
     cfg = dataclasses.replace(cfg, prefill_forward=PREFILL_FORWARD)
     joined = working_reserve(SMOLLM2_SHAPE, cfg, torch.float32)
     h, inter = SMOLLM2_SHAPE.hidden_size, SMOLLM2_SHAPE.intermediate_size
+    kv, d = SMOLLM2_SHAPE.num_key_value_heads, h // SMOLLM2_SHAPE.num_attention_heads
     mlp = PREFILL_FORWARD * (2 * h + 3 * inter) * 4  # the MLP temporaries of 8192 tokens
-    assert mlp <= joined <= mlp + (128 << 20)  # the attention phase, the logits, the allocator's slack
+    # its 64 chunks attend as one batch: each gathers its scope's K and V, rotated, and a mask
+    gathered = PREFILL_FORWARD // CHUNK * (6 * kv * cfg.scope * d * 4 + CHUNK * cfg.scope)
+    attention = PREFILL_FORWARD * (6 * h + 2 * kv * d) * 4 + gathered
+    peak = max(mlp, attention)
+    assert peak <= joined <= peak + (128 << 20)  # the logits, the allocator's slack
     # a 300-token prompt joins at most its 3 chunks
     short = working_reserve(SMOLLM2_SHAPE, cfg, torch.float32, prompt=300)
     assert one < short < joined

@@ -217,6 +217,12 @@ def prompt_scoring_queries(state: PatchState, query: torch.Tensor) -> torch.Tens
 #: that select otherwise (within ``G + L``, a middle the spans tile, two-level selection,
 #: ``span_shift``, keys read in blocks) are planned one by one.
 BATCHED_CHUNKS: tuple[str, ...] = ("triton",)
+#: The most bytes a batch's span-vote arrays take (20 per chunk and middle key: hits per key, their
+#: order keys, the peaks); a longer run is cut into batches of fewer chunks (at least two), so a
+#: batch at millions of keys stays bounded (``runtime.capacity.working_reserve`` counts it).
+BATCH_BYTES = 256 << 20
+#: Bytes per chunk and middle key of a batch's span votes (``kernels.triton_spans``: int32 + 2 int64).
+SPAN_BYTES_PER_KEY = 20
 
 
 def plan_chunks(
@@ -241,6 +247,8 @@ def plan_chunks(
     while i < len(bounds):
         j, size = i + 1, bounds[i][1] - bounds[i][0]
         while modes[i] and j < len(bounds) and modes[j] == modes[i] and bounds[j][1] - bounds[j][0] == size:
+            if j - i >= max(2, BATCH_BYTES // (SPAN_BYTES_PER_KEY * (start + bounds[j][1]))):
+                break  # the batch's span-vote arrays would pass BATCH_BYTES
             j += 1
         if j - i > 1:
             scopes.extend(_batched_scopes(state, query, kv, start, bounds[i:j], backend, scored))

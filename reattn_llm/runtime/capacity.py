@@ -166,18 +166,20 @@ def working_reserve(
     the larger of the two phases counts:
 
     * attention: the residual stream, its norm, q, its rotation for scoring and its copy as a batch
-      of chunks, k, v and the chunks' outputs (``tokens * (6 * hidden + 2 * Hkv * D)`` values); per chunk the scope's gathered K and V and
-      their rotated copies (``3 * 2 * Hkv * scope * D`` values) and the boolean mask (``chunk *
-      scope`` bytes), and the torch twin's fp32 score block when it scores (``kernels.torch_ops``:
-      64 MB on the CPU, 1 GiB on a GPU; the Triton kernel keeps scores on chip);
+      of chunks, k, v and the chunks' outputs (``tokens * (6 * hidden + 2 * Hkv * D)`` values); then
+      the larger of the selection's and the scope attention's temporaries. Selection: the hits and
+      the scoring kernel's candidates (``24`` bytes per query, head and hit), the span votes' arrays
+      per middle key (20 bytes per chunk of a batch, at most ``planning.BATCH_BYTES`` a batch, or
+      the twin's 80 bytes of one chunk), and the torch twin's fp32 score block when it scores
+      (``kernels.torch_ops``: 64 MB on the CPU, 1 GiB on a GPU; the Triton kernel keeps scores on
+      chip). Attention, for each of the forward's chunks (they attend as one batch): the scope's
+      gathered K and V and their rotated copies (``3 * 2 * Hkv * scope * D`` values) and the boolean
+      mask (``chunk * scope`` bytes);
     * MLP: the residual stream, its norm, gate, up and their product (``tokens * (2 * hidden + 3 *
       intermediate)`` values);
 
     and the last position's logits and 64 MiB of allocator slack.
     """
-    from ..kernels import resolve_backend
-    from ..kernels.torch_ops import _SCORE_BLOCK_ELEMS
-
     device = device or torch.device("cpu")
     chunk = config.chunk_size or 1024
     size = torch.empty((), dtype=dtype).element_size()
@@ -188,16 +190,46 @@ def working_reserve(
     tokens = engine_forward(config, chunk, device.type)
     if prompt is not None:  # the forward no longer than the prompt's whole chunks (at least one chunk)
         tokens = min(tokens, max(chunk, -(-prompt // chunk) * chunk))
-    attn = 6 * kv * scope * d * size + chunk * scope
+    joined = max(1, tokens // chunk)  # the forward's chunks attend (and on Triton select) as one batch
+    attn = joined * (6 * kv * scope * d * size + chunk * scope)
     slide = max(sliding_windows(model_config) or [0], key=lambda w: w or 0) or 0
     if slide:  # a sliding layer's concatenation of its window and the forward, and that mask
         attn = max(attn, 2 * kv * (slide + tokens) * d * size + tokens * (slide + tokens))
-    if config.mode == "reattention" and resolve_backend(config.backend, device) == "torch":
-        attn += 4 * _SCORE_BLOCK_ELEMS.get(device.type, 1 << 24)
+    if config.mode == "reattention":
+        attn = max(
+            attn, _selection_bytes(config, c.num_attention_heads, tokens, joined, scope, prompt, device)
+        )
     attention = tokens * (6 * h + 2 * kv * d) * size + attn
     mlp = tokens * (2 * h + 3 * inter) * size
     logits = 2 * c.vocab_size * 4
     return int(max(attention, mlp) + logits + (64 << 20))
+
+
+def _selection_bytes(
+    config: ReAttentionConfig,
+    heads: int,
+    tokens: int,
+    joined: int,
+    scope: int,
+    prompt: int | None,
+    device: torch.device,
+) -> int:
+    """A forward's selection temporaries (:func:`working_reserve`): hits and candidates, span votes
+    over the largest middle (the prompt's, when known), the torch twin's score block."""
+    from ..kernels import resolve_backend
+    from ..kernels.torch_ops import _SCORE_BLOCK_ELEMS
+    from ..method.planning import BATCH_BYTES, BATCHED_CHUNKS, SPAN_BYTES_PER_KEY
+
+    backend = resolve_backend(config.backend, device)
+    hits = tokens * heads * max(config.top_k, config.prompt_top_k or 0) * 24
+    middle = max(0, (prompt or 0) - scope)
+    if backend in BATCHED_CHUNKS and joined > 1:  # a batch of chunks: bounded, at least two chunks
+        spans = max(BATCH_BYTES if prompt is None else min(BATCH_BYTES, joined * SPAN_BYTES_PER_KEY * middle),
+                    2 * SPAN_BYTES_PER_KEY * middle)  # fmt: skip
+    else:
+        spans = (SPAN_BYTES_PER_KEY if backend == "triton" else 80) * middle
+    score = 4 * _SCORE_BLOCK_ELEMS.get(device.type, 1 << 24) if backend == "torch" else 0
+    return hits + spans + score
 
 
 def engine_capacity(
