@@ -70,8 +70,14 @@ def test_working_reserve_grows_with_the_forward_and_stops_at_the_prompt():
     h, inter = SMOLLM2_SHAPE.hidden_size, SMOLLM2_SHAPE.intermediate_size
     kv, d = SMOLLM2_SHAPE.num_key_value_heads, h // SMOLLM2_SHAPE.num_attention_heads
     mlp = PREFILL_FORWARD * (2 * h + 3 * inter) * 4  # the MLP temporaries of 8192 tokens
-    # its 64 chunks attend as one batch: each gathers its scope's K and V, rotated, and a mask
-    gathered = PREFILL_FORWARD // CHUNK * (6 * kv * cfg.scope * d * 4 + CHUNK * cfg.scope)
+    # its 64 chunks attend as one batch: each gathers its scope's K and V, rotated, and a mask; the
+    # CPU's torch twin then holds its SDPA's fp32 scores and the mask as floats
+    per_chunk = (
+        6 * kv * cfg.scope * d * 4
+        + CHUNK * cfg.scope
+        + (SMOLLM2_SHAPE.num_attention_heads + 1) * CHUNK * cfg.scope * 4
+    )
+    gathered = PREFILL_FORWARD // CHUNK * per_chunk
     attention = PREFILL_FORWARD * (6 * h + 2 * kv * d) * 4 + gathered
     peak = max(mlp, attention)
     assert peak <= joined <= peak + (128 << 20)  # the logits, the allocator's slack

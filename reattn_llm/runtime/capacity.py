@@ -174,12 +174,15 @@ def working_reserve(
       (``kernels.torch_ops``: 64 MB on the CPU, 1 GiB on a GPU; the Triton kernel keeps scores on
       chip). Attention, for each of the forward's chunks (they attend as one batch): the scope's
       gathered K and V and their rotated copies (``3 * 2 * Hkv * scope * D`` values) and the boolean
-      mask (``chunk * scope`` bytes);
+      mask (``chunk * scope`` bytes), and with the torch twin its SDPA's fp32 scores and the mask
+      as floats (``(H + 1) * chunk * scope`` values; the Triton kernel keeps scores on chip);
     * MLP: the residual stream, its norm, gate, up and their product (``tokens * (2 * hidden + 3 *
       intermediate)`` values);
 
     and the last position's logits and 64 MiB of allocator slack.
     """
+    from ..kernels import resolve_backend
+
     device = device or torch.device("cpu")
     chunk = config.chunk_size or 1024
     size = torch.empty((), dtype=dtype).element_size()
@@ -192,6 +195,8 @@ def working_reserve(
         tokens = min(tokens, max(chunk, -(-prompt // chunk) * chunk))
     joined = max(1, tokens // chunk)  # the forward's chunks attend (and on Triton select) as one batch
     attn = joined * (6 * kv * scope * d * size + chunk * scope)
+    if config.mode == "reattention" and resolve_backend(config.backend, device) == "torch":
+        attn += joined * (c.num_attention_heads + 1) * chunk * scope * 4  # the twin's SDPA: scores, float mask
     slide = max(sliding_windows(model_config) or [0], key=lambda w: w or 0) or 0
     if slide:  # a sliding layer's concatenation of its window and the forward, and that mask
         attn = max(attn, 2 * kv * (slide + tokens) * d * size + tokens * (slide + tokens))
