@@ -16,6 +16,8 @@ Run on a CUDA machine: ``python benchmarks/gpu_kernels_check.py [--json out.json
 * selection: the fused span selection equals, exactly, its torch twin and ``method.selection``'s
   ops (rank_centres, sort, expand_spans, build_scope), decode and prefill chunks, ranked inside
   the kernel and outside it.
+* a forward's chunks as one batch (``grow``): scoring, span votes and scope equal each chunk's
+  alone, bit for bit, timed against the chunk-by-chunk chain.
 """
 
 from __future__ import annotations
@@ -258,6 +260,38 @@ def spans_case(B, H, Q, k, M, keep, span, bands=None, seed=0):
     return {"spans": int((got[0] < M).sum()), "triton_ms": round(t_tri, 3), "torch_ms": round(t_torch, 3)}
 
 
+def grow_case(C, H, Hkv, Q, M, D, top_k, n_spans, span, G, L, dtype, seed=0):
+    """One forward's C chunks selected as one batch (``grow``, ``method.planning.plan_chunks``): the
+    scoring, span votes and scope of the batch equal each chunk's alone, bit for bit; the batch's
+    three calls timed against the C chunks' (the chain the per-chunk planner runs)."""
+    from reattn_llm.kernels.triton_select import scope_from_centres_triton
+    from reattn_llm.kernels.triton_spans import rank_spans_triton
+    from reattn_llm.kernels.triton_topk import score_topk_triton
+
+    torch.manual_seed(seed)
+    q = torch.randn(1, H, C * Q, D, device=DEV, dtype=dtype)[0].unflatten(1, (C, Q)).transpose(0, 1)
+    keys = torch.randn(1, Hkv, M + 64, D, device=DEV, dtype=dtype)[:, :, 32 : 32 + M]
+
+    def batch():
+        hits = score_topk_triton(q, keys.expand(C, -1, -1, -1), top_k, grow=Q)
+        centres, votes = rank_spans_triton(hits, M, n_spans, span, Q)
+        return (hits, centres, votes, *scope_from_centres_triton(centres, M, span, G, L, G + M + L, Q, Q))
+
+    def alone(c):
+        m = M - (C - 1 - c) * Q
+        hits = score_topk_triton(q[c : c + 1], keys[:, :, :m], top_k)
+        centres, votes = rank_spans_triton(hits, m, n_spans, span)
+        return (hits, centres, votes, *scope_from_centres_triton(centres, m, span, G, L, G + m + L, Q))
+
+    got = batch()
+    for c in range(C):
+        for a, w in zip(got, alone(c), strict=True):
+            assert torch.equal(a[c : c + 1], w[:, : a.shape[1]] if a.dim() == 2 else w), f"chunk {c} differs"
+    t_batch = triton.testing.do_bench(batch, return_mode="median")
+    t_alone = triton.testing.do_bench(lambda: [alone(c) for c in range(C)], return_mode="median")
+    return {"batched_ms": round(t_batch, 3), "chunk_by_chunk_ms": round(t_alone, 3)}
+
+
 def select_case(B, H, Q, k, M, P, n_spans, span, G, L, by_rank, spread=None, seed=0):
     """Fused selection == torch twin == method.selection, every output, exactly."""
     from reattn_llm.kernels.torch_select import select_scope_torch
@@ -381,6 +415,16 @@ CASES = {
     "spans chunk Q512 H9 k4 M1048576 span32 keep31 b2": lambda: spans_case(2, 9, 512, 4, 1 << 20, 31, 32),
     "spans chunk Q512 H9 k4 M40000 span7 keep63 bands": lambda: spans_case(1, 9, 512, 4, 40000, 63, 7, 50),
     "select chunk Q7 H3 k5 M < n*span": lambda: select_case(1, 3, 7, 5, 50, 0, 9, 8, 4, 16, False),
+    # a forward's chunks as one batch: the 8B shape's 8 chunks of 1024 at 128K, SmolLM2's 16 of 512
+    "grow chunks C8 Q1024 H32/8 d128 M122880 bf16": lambda: grow_case(
+        8, 32, 8, 1024, 122880, 128, 4, 127, 32, 32, 4096, BF16
+    ),
+    "grow chunks C16 Q512 H9/3 d64 M131072 bf16": lambda: grow_case(
+        16, 9, 3, 512, 131072, 64, 4, 31, 32, 32, 1024, BF16
+    ),
+    "grow chunks C12 Q512 H9/3 d64 M1048576 bf16": lambda: grow_case(
+        12, 9, 3, 512, 1 << 20, 64, 4, 31, 32, 32, 1024, BF16
+    ),
 }
 
 
