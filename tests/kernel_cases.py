@@ -473,6 +473,44 @@ SMALL_TILES = dict(BR=16, BN=16, num_warps=2)
 SPLIT_TILES = dict(BR=16, BN=16, num_warps=2, splits=5)
 
 
+def two_level_grow_case(C, H, Hkv, Q, M, D, bs, c, top_k, grow, dtype, config=None, seed=0):
+    """Both levels of two-level selection for one forward's C chunks as a batch (``grow`` rows, whole
+    blocks): level 1 ranks each chunk's own blocks (the rest ``-inf``) and level 2 scores each chunk's
+    candidates and its own partial block, every row equal to that chunk alone, bit for bit."""
+    from reattn_llm.kernels.torch_ops import score_topk_blocks_torch, top_blocks_torch
+    from reattn_llm.kernels.triton_blocks import rank_blocks_triton
+    from reattn_llm.kernels.triton_topk import score_topk_blocks_triton
+    from reattn_llm.kv.summaries import block_summaries
+    from reattn_llm.method.two_level import BOUND_WEIGHT
+
+    torch.manual_seed(seed)
+    q = torch.randn(1, H, C * Q, D, dtype=dtype)[0].unflatten(1, (C, Q)).transpose(0, 1)
+    keys = torch.randn(1, Hkv, M + 11, D, dtype=dtype)[:, :, 3 : 3 + M]
+    summ = block_summaries(keys, bs)  # [1, Hkv, M // bs, 3D]
+    n, gb = summ.shape[2], grow // bs
+    rank = rank_blocks_triton(q, summ.expand(C, -1, -1, -1), BOUND_WEIGHT, gb, _config=config)
+    blocks = top_blocks_torch(rank, c)
+    got = score_topk_blocks_triton(q, keys.expand(C, -1, -1, -1), blocks, bs, top_k, grow=grow)
+    twin = score_topk_blocks_torch(q, keys.expand(C, -1, -1, -1), blocks, bs, top_k, grow)
+    for b in range(C):
+        nb, mb = n - (C - 1 - b) * gb, M - (C - 1 - b) * grow
+        alone = rank_blocks_triton(q[b : b + 1], summ[:, :, :nb], BOUND_WEIGHT, _config=config)
+        assert torch.equal(rank[b : b + 1, :, :nb], alone), f"chunk {b}: level 1 differs from alone"
+        assert bool((rank[b, :, nb:] == float("-inf")).all()), f"chunk {b} ranks blocks past its middle"
+        one = score_topk_blocks_triton(q[b : b + 1], keys[:, :, :mb], blocks[b : b + 1], bs, top_k)
+        assert torch.equal(got[b : b + 1], one), f"chunk {b}: level 2 differs from alone"
+    assert torch.equal(got, twin), "level 2 kernel and twin differ"  # random keys: no ties
+    k4 = keys.expand(C, -1, -1, -1)
+    expect_value_errors(
+        [
+            lambda: score_topk_blocks_triton(q, k4, blocks, bs, top_k, grow=grow + 1),  # not whole blocks
+            lambda: score_topk_blocks_triton(q, k4, top_blocks_torch(rank, n), bs, top_k, grow=grow),
+            lambda: rank_blocks_triton(q, summ.expand(C, -1, -1, -1), BOUND_WEIGHT, n),
+        ]
+    )
+    return {"blocks_first": n - (C - 1) * gb, "blocks_last": n}
+
+
 def rank_blocks_cases():
     cases = {"rank_blocks_argument_errors": rank_blocks_errors_case}
     for dt in (F16, F32):
@@ -503,6 +541,12 @@ def rank_blocks_cases():
     cases["rank_blocks_decode_auto_splits_f32"] = lambda: rank_blocks_case(
         2, 8, 2, 1, 300, 64, F32, SMALL_TILES
     )
+    # a forward's chunks as one batch: plain level 2 with split level 1, grouped level 2, d 96
+    cases["two_level_grow_plain_splits_f16"] = lambda: two_level_grow_case(
+        3, 6, 2, 8, 301, 64, 8, 5, 4, 16, F16, SPLIT_TILES
+    )
+    cases["two_level_grow_grouped_f16"] = lambda: two_level_grow_case(3, 6, 2, 24, 250, 64, 8, 6, 4, 24, F16)
+    cases["two_level_grow_d96_f32"] = lambda: two_level_grow_case(2, 4, 1, 5, 203, 96, 16, 3, 5, 32, F32)
     return cases
 
 

@@ -17,7 +17,7 @@ import torch
 
 from reattn_llm import ReAttentionConfig
 from reattn_llm.kv.dense import TensorKV
-from reattn_llm.method import planning
+from reattn_llm.method import planning, two_level
 from reattn_llm.method.patch import make_cache
 from reattn_llm.method.rope import RopeTable
 from reattn_llm.method.state import PatchState
@@ -70,9 +70,18 @@ def test_a_run_of_chunks_plans_the_scopes_of_chunk_by_chunk(selection):
     kw = TWO_LEVEL if selection == "two_level" else {}
     got_state, want_state = small_state(**kw), small_state(**kw)
     got_kv, want_kv = TensorKV(keys, keys), TensorKV(keys, keys)
-    with batching(True) as runs:
-        got = planning.plan_chunks(got_state, query, got_kv, bounds, "torch")
+    level1 = two_level.level1_candidates
+    grows: list[int] = []
+    two_level.level1_candidates = lambda *a: grows.append(a[-1]) or level1(*a)
+    try:
+        with batching(True) as runs:
+            got = planning.plan_chunks(got_state, query, got_kv, bounds, "torch")
+    finally:
+        two_level.level1_candidates = level1
     assert runs == [5]  # totals 74 .. 138: middles 38 .. 102 past the 32 tokens the spans tile
+    # two-level: level 1 once for the five chunks (2 blocks more each); the short remainder (the
+    # question's forward) scores exactly (exact_answer)
+    assert grows == ([2] if selection == "two_level" else [])
     with batching(False) as none:
         want = [
             planning.plan_scope(want_state, query[:, :, c0:c1], want_kv, 10 + c1, "torch", c1 == 133)

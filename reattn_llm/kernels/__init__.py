@@ -92,13 +92,14 @@ def score_topk_blocks(
     block_size: int,
     top_k: int,
     backend: str = "torch",
+    grow: int = 0,
 ) -> torch.Tensor:
     """Dispatch for :func:`score_topk_blocks_torch` (same signature, ``backend`` already resolved)."""
     if backend == "triton":
         from .triton_topk import score_topk_blocks_triton
 
-        return score_topk_blocks_triton(q, k, blocks, block_size, top_k)
-    return score_topk_blocks_torch(q, k, blocks, block_size, top_k)
+        return score_topk_blocks_triton(q, k, blocks, block_size, top_k, grow=grow)
+    return score_topk_blocks_torch(q, k, blocks, block_size, top_k, grow)
 
 
 def scope_attention(
@@ -146,14 +147,14 @@ def select_scope(
 
 
 def rank_blocks(
-    q: torch.Tensor, summaries: torch.Tensor, weight: float, backend: str = "torch"
+    q: torch.Tensor, summaries: torch.Tensor, weight: float, backend: str = "torch", grow: int = 0
 ) -> torch.Tensor:
     """Dispatch for :func:`rank_blocks_torch` (same signature, ``backend`` already resolved)."""
     if backend == "triton":
         from .triton_blocks import rank_blocks_triton
 
-        return rank_blocks_triton(q, summaries, weight)
-    return rank_blocks_torch(q, summaries, weight)
+        return rank_blocks_triton(q, summaries, weight, grow)
+    return rank_blocks_torch(q, summaries, weight, grow)
 
 
 def top_blocks(rank: torch.Tensor, c: int, backend: str = "torch") -> torch.Tensor:
@@ -171,18 +172,18 @@ def top_blocks(rank: torch.Tensor, c: int, backend: str = "torch") -> torch.Tens
 
 
 def candidate_blocks(
-    q: torch.Tensor, summaries: torch.Tensor, weight: float, c: int, backend: str = "torch"
+    q: torch.Tensor, summaries: torch.Tensor, weight: float, c: int, backend: str = "torch", grow: int = 0
 ) -> torch.Tensor:
     """Dispatch for :func:`candidate_blocks_torch` (same signature, ``backend`` already resolved): on
     Triton a decode step's few rows take the fused path (``triton_blocks.candidate_blocks_triton``),
     larger chunks :func:`rank_blocks` then :func:`top_blocks`."""
-    if backend == "triton":
+    if backend == "triton" and not grow:
         from .triton_blocks import FUSED_ROWS, MAX_TOP_BLOCKS, candidate_blocks_triton
 
         rows = q.shape[1] // max(1, summaries.shape[1]) * q.shape[2]
         if 1 <= rows <= FUSED_ROWS and c <= summaries.shape[2] <= MAX_TOP_BLOCKS:
             return candidate_blocks_triton(q, summaries, weight, c)
-    return top_blocks(rank_blocks(q, summaries, weight, backend), c, backend)
+    return top_blocks(rank_blocks(q, summaries, weight, backend, grow), c, backend)
 
 
 def rank_spans(

@@ -73,7 +73,7 @@ def score_topk_torch(q: torch.Tensor, k: torch.Tensor, top_k: int, grow: int = 0
 
 
 def score_topk_blocks_torch(
-    q: torch.Tensor, k: torch.Tensor, blocks: torch.Tensor, block_size: int, top_k: int
+    q: torch.Tensor, k: torch.Tensor, blocks: torch.Tensor, block_size: int, top_k: int, grow: int = 0
 ) -> torch.Tensor:
     """:func:`score_topk_torch` over per-KV-head key blocks: two-level selection's level 2.
 
@@ -83,11 +83,28 @@ def score_topk_blocks_torch(
         blocks: ``[B, Hkv, C]`` int full blocks of each KV head (block i is rows ``i·bs ..`` of
             ``k``; increasing blocks keep ties on the lower row), at most ``M // bs``.
         block_size: bs.
+        grow: batch entry b's middle is only its first ``M - (B - 1 - b)·grow`` rows
+            (:func:`grown_first`; a multiple of bs, so every entry has ``C·bs + M % bs`` keys).
 
     Returns:
         ``[B, H, Q, min(top_k, n)]`` int64 rows of ``k``, best first, over the ``n = C·bs + M % bs``
         keys of the blocks and then of the partial block at the end of ``k`` (none when bs divides M).
     """
+    if grow:
+        b, m = k.shape[0], k.shape[2]
+        first = grown_first("score_topk_blocks_torch", m, b, grow)
+        if grow % block_size:
+            raise ValueError(
+                f"score_topk_blocks_torch: grow={grow} must be a multiple of block_size={block_size}"
+            )
+        return torch.cat(
+            [
+                score_topk_blocks_torch(
+                    q[i : i + 1], k[i : i + 1, :, : first + i * grow], blocks[i : i + 1], block_size, top_k
+                )
+                for i in range(b)
+            ]
+        )
     rows = block_rows(blocks, block_size, k.shape[2])
     local = score_topk_torch(q, k.gather(2, rows[..., None].expand(-1, -1, -1, k.shape[3])), top_k)
     return rows_of_hits(rows, local)
@@ -191,13 +208,23 @@ def scope_attention_torch(
     return out.transpose(1, 2)
 
 
-def rank_blocks_torch(q: torch.Tensor, summaries: torch.Tensor, weight: float) -> torch.Tensor:
+def rank_blocks_torch(q: torch.Tensor, summaries: torch.Tensor, weight: float, grow: int = 0) -> torch.Tensor:
     """Two-level selection's level-1 rank of every key block (:mod:`reattn_llm.method.two_level`):
     ``q [B, H, Q, D]``, ``summaries [B, Hkv, n, 3D]`` (``[max | min | mean]`` per block) -> ``[B, Hkv, n]``
     fp32 (fp64 for fp64 inputs): per KV head, the block's best over the head's rows (its GQA heads'
     queries) of ``s - max_blocks s``, with ``s = weight·(relu(q)·max + min(q, 0)·min) + (1 - weight)·q·mean``
     (Quest's bound of q.k blended with the mean key's score; higher is better). Rows are scored in
-    slices, so the ``[rows, n]`` matrix is never whole."""
+    slices, so the ``[rows, n]`` matrix is never whole. ``grow``: batch entry b (a chunk of one
+    forward) has only its first ``n - (B - 1 - b)·grow`` blocks (:func:`grown_first`); the rest rank
+    ``-inf``."""
+    if grow:  # batch entry b ranks its first n - (B - 1 - b)·grow blocks alone, the rest -inf
+        n = summaries.shape[2]
+        first = grown_first("rank_blocks_torch", n, q.shape[0], grow)
+        rows = [
+            rank_blocks_torch(q[i : i + 1], summaries[i : i + 1, :, : first + i * grow], weight)
+            for i in range(q.shape[0])
+        ]
+        return torch.cat([F.pad(r, (0, n - r.shape[2]), value=float("-inf")) for r in rows])
     b, h, nq, d = q.shape
     hkv, n = summaries.shape[1], summaries.shape[2]
     rows = (h // hkv) * nq
@@ -221,7 +248,9 @@ def top_blocks_torch(rank: torch.Tensor, c: int) -> torch.Tensor:
     return best.sort(dim=-1).values
 
 
-def candidate_blocks_torch(q: torch.Tensor, summaries: torch.Tensor, weight: float, c: int) -> torch.Tensor:
+def candidate_blocks_torch(
+    q: torch.Tensor, summaries: torch.Tensor, weight: float, c: int, grow: int = 0
+) -> torch.Tensor:
     """Two-level selection's level 1 whole: :func:`rank_blocks_torch`, then :func:`top_blocks_torch`
-    -> ``[B, Hkv, c]`` int64 blocks, increasing."""
-    return top_blocks_torch(rank_blocks_torch(q, summaries, weight), c)
+    -> ``[B, Hkv, c]`` int64 blocks, increasing (``grow``: as :func:`rank_blocks_torch`'s)."""
+    return top_blocks_torch(rank_blocks_torch(q, summaries, weight, grow), c)

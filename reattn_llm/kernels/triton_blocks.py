@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 
 from ._triton_utils import cdiv, check_device, check_float, next_pow2, sm_count
+from .torch_ops import grown_first
 
 __all__ = [
     "FUSED_ROWS",
@@ -98,9 +99,12 @@ def _row_best_kernel(
     PER_SPLIT,
     stride_qbh,
     stride_qr,
-    stride_sbh,
+    stride_sb,
+    stride_sh,
     stride_sn,
     W,
+    HKV,
+    GROW,
     D: tl.constexpr,
     DP: tl.constexpr,
     BR: tl.constexpr,
@@ -115,16 +119,18 @@ def _row_best_kernel(
     d = tl.arange(0, DP)
     dmask = d < D
     q, qp, qn = _load_rows(q_ptr + bh * stride_qbh, r, rmask, d, dmask, stride_qr)
+    s_base = s_ptr + (bh // HKV) * stride_sb + (bh % HKV) * stride_sh
+    nb = NB - ((tl.num_programs(0) - 1 - bh) // HKV) * GROW  # this batch entry's blocks (GROW: fewer before)
     best = tl.full((BR,), _NEG, tl.float32)
     first = split * PER_SPLIT
-    for n0 in range(first, tl.minimum(first + PER_SPLIT, NB), BN):
+    for n0 in range(first, tl.minimum(first + PER_SPLIT, nb), BN):
         n = n0 + tl.arange(0, BN)
-        nmask = n < NB
-        s_ptrs = s_ptr + bh * stride_sbh + n[:, None].to(tl.int64) * stride_sn + d[None, :]
+        nmask = n < nb
+        s_ptrs = s_base + n[:, None].to(tl.int64) * stride_sn + d[None, :]
         s = _tile_scores(q, qp, qn, s_ptrs, nmask, dmask, D, W, IEEE)
         s = tl.where(nmask[None, :], s, _NEG)
         if STORE:  # a decode step's few rows: keep the scores, [B*Hkv, R, NB], for the fused rank
-            sc = sc_ptr + (bh * R + r[:, None]) * NB + n[None, :]
+            sc = sc_ptr + (bh * R + r[:, None]) * NB + n[None, :]  # (STORE: decode, GROW 0)
             tl.store(sc, s, mask=rmask[:, None] & nmask[None, :])
         best = tl.maximum(best, tl.max(s, axis=1))
     tl.store(best_ptr + (bh * S + split) * R + r, best, mask=rmask)
@@ -141,9 +147,12 @@ def _block_rank_kernel(
     S,
     stride_qbh,
     stride_qr,
-    stride_sbh,
+    stride_sb,
+    stride_sh,
     stride_sn,
     W,
+    HKV,
+    GROW,
     D: tl.constexpr,
     DP: tl.constexpr,
     BR: tl.constexpr,
@@ -152,10 +161,17 @@ def _block_rank_kernel(
 ):
     bh = tl.program_id(0).to(tl.int64)
     n = tl.program_id(1) * BN + tl.arange(0, BN)
-    nmask = n < NB
+    nb = NB - ((tl.num_programs(0) - 1 - bh) // HKV) * GROW  # this batch entry's blocks
+    nmask = n < nb
     d = tl.arange(0, DP)
     dmask = d < D
-    s_ptrs = s_ptr + bh * stride_sbh + n[:, None].to(tl.int64) * stride_sn + d[None, :]
+    s_ptrs = (
+        s_ptr
+        + (bh // HKV) * stride_sb
+        + (bh % HKV) * stride_sh
+        + n[:, None].to(tl.int64) * stride_sn
+        + d[None, :]
+    )
     rank = tl.full((BN,), _NEG, tl.float32)
     for r0 in range(0, R, BR):
         r = r0 + tl.arange(0, BR)
@@ -168,12 +184,13 @@ def _block_rank_kernel(
             row_best = tl.maximum(row_best, part)
         s = tl.where(rmask[:, None], s - row_best[:, None], _NEG)
         rank = tl.maximum(rank, tl.max(s, axis=0))
-    tl.store(out_ptr + bh * NB + n, rank, mask=nmask)
+    tl.store(out_ptr + bh * NB + n, tl.where(nmask, rank, _NEG), mask=n < NB)  # past nb: no block, -inf
 
 
 def _prepare(name: str, q: torch.Tensor, summaries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Checked ``q [B*Hkv, rows, D]`` (a KV head's GQA heads' queries, head-major) and summaries
-    ``[B*Hkv, n, 3D]`` in one dtype, and the rows per KV head."""
+    ``[B, Hkv, n, 3D]`` (any batch stride: one sequence's, expanded over a batch of its chunks) in
+    one dtype, and the rows per KV head."""
     check_float(name, "q", q)
     check_float(name, "summaries", summaries)
     check_device(name, q, summaries)
@@ -183,7 +200,7 @@ def _prepare(name: str, q: torch.Tensor, summaries: torch.Tensor) -> tuple[torch
             f"{tuple(q.shape)} and {tuple(summaries.shape)}"
         )
     b, h, nq, d = q.shape
-    hkv, nb = summaries.shape[1], summaries.shape[2]
+    hkv = summaries.shape[1]
     if summaries.shape[0] != b or summaries.shape[3] != 3 * d or hkv < 1 or h % hkv or d > 256:
         raise ValueError(
             f"{name}: summaries {tuple(summaries.shape)} do not fit q {tuple(q.shape)}: need [B, Hkv, n, 3D] "
@@ -194,19 +211,25 @@ def _prepare(name: str, q: torch.Tensor, summaries: torch.Tensor) -> tuple[torch
     qr = q.to(dt).reshape(b * hkv, rows, d)
     if qr.stride(-1) != 1:
         qr = qr.contiguous()
-    sm = summaries.to(dt).reshape(b * hkv, nb, 3 * d)
+    sm = summaries.to(dt)
     if sm.stride(-1) != 1:
         sm = sm.contiguous()
     return qr, sm, rows
 
 
 def _row_best(
-    qr: torch.Tensor, sm: torch.Tensor, weight: float, config: dict | None, scores: torch.Tensor | None = None
+    qr: torch.Tensor,
+    sm: torch.Tensor,
+    weight: float,
+    config: dict | None,
+    scores: torch.Tensor | None = None,
+    grow: int = 0,
 ) -> tuple[torch.Tensor, dict, tuple]:
     """Pass 1 (each row's best block score per split, ``[B*Hkv, S, rows]``; with ``scores``, every
-    score too); returns it with the launch's meta-parameters and arguments for pass 2."""
+    score too); returns it with the launch's meta-parameters and arguments for pass 2. ``grow``:
+    batch entry b has ``n - (B - 1 - b)·grow`` blocks."""
     bh, rows, d = qr.shape
-    nb = sm.shape[1]
+    nb = sm.shape[2]
     tile = 64 if d <= 128 else 32  # six [tile, D] operands per step: keep them within shared memory
     row_tile = min(tile, max(16, next_pow2(rows)))  # a decode step's few rows: no 64-row tile of padding
     cfg = {"BR": row_tile, "BN": tile, "num_warps": 4, **(config or {})}
@@ -217,7 +240,16 @@ def _row_best(
     per_split = cdiv(cdiv(nb, splits), bn) * bn
     splits = cdiv(nb, per_split)
     best = torch.empty(bh, splits, rows, dtype=torch.float32, device=qr.device)
-    strides = (qr.stride(0), qr.stride(1), sm.stride(0), sm.stride(1), float(weight))
+    strides = (
+        qr.stride(0),
+        qr.stride(1),
+        sm.stride(0),
+        sm.stride(1),
+        sm.stride(2),
+        float(weight),
+        sm.shape[1],
+        grow,
+    )
     meta = {"D": d, "DP": max(16, next_pow2(d)), "BR": br, "BN": bn, "IEEE": qr.dtype == torch.float32}
     _row_best_kernel[(bh, cdiv(rows, br), splits)](
         qr,
@@ -237,16 +269,20 @@ def _row_best(
 
 
 def rank_blocks_triton(
-    q: torch.Tensor, summaries: torch.Tensor, weight: float, *, _config: dict | None = None
+    q: torch.Tensor, summaries: torch.Tensor, weight: float, grow: int = 0, *, _config: dict | None = None
 ) -> torch.Tensor:
     """Triton twin of :func:`~reattn_llm.kernels.torch_ops.rank_blocks_torch`: ``q [B, H, Q, D]``,
-    ``summaries [B, Hkv, n, 3D]`` (``[max | min | mean]``) -> ``[B, Hkv, n]`` fp32."""
-    qr, sm, rows = _prepare("rank_blocks_triton", q, summaries)
+    ``summaries [B, Hkv, n, 3D]`` (``[max | min | mean]``) -> ``[B, Hkv, n]`` fp32; with ``grow``
+    batch entry b ranks its first ``n - (B - 1 - b)·grow`` blocks alone (the rest ``-inf``)."""
+    name = "rank_blocks_triton"
+    qr, sm, rows = _prepare(name, q, summaries)
     b, hkv, nb = summaries.shape[:3]
+    if grow:
+        grown_first(name, nb, b, grow)
     out = torch.empty(b, hkv, nb, dtype=torch.float32, device=q.device)
     if nb == 0 or rows == 0:
         return out.fill_(float("-inf"))
-    best, meta, args = _row_best(qr, sm, weight, _config)
+    best, meta, args = _row_best(qr, sm, weight, _config, grow=grow)
     _block_rank_kernel[(b * hkv, cdiv(nb, meta["BN"]))](qr, sm, best, out, *args, **meta)
     return out
 

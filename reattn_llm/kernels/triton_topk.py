@@ -225,7 +225,12 @@ def _score_topk_kernel(
 
     k_base = k_ptr + b.to(tl.int64) * sk_b + kvh.to(tl.int64) * sk_h
     start = split * KEYS_PER_SPLIT
-    end = tl.minimum(start + KEYS_PER_SPLIT, M + b * GROW)  # batch entry b scores M + b * GROW keys
+    if BS > 0:  # a table: batch entry b's partial block starts b * GROW rows later, M logical keys each
+        TAIL = TAIL + b * GROW
+        MB = M
+    else:  # batch entry b scores its first M + b * GROW keys
+        MB = M + b * GROW
+    end = tl.minimum(start + KEYS_PER_SPLIT, MB)
     full_end = start + ((end - start) // BLOCK_N) * BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
 
@@ -363,6 +368,11 @@ def _merge_refine_kernel(
     h = (row // Q) % H
     kvh = h // G
     t_base = t_ptr + (b * (H // G) + kvh) * NT  # block table row (BS > 0)
+    if BS > 0:  # as in _score_topk_kernel
+        TAIL = TAIL + b * GROW
+        MB = M
+    else:
+        MB = M + b * GROW
     if CI == 0:
         for t in tl.static_range(KK):
             m = tl.max(cv, axis=0)
@@ -394,7 +404,7 @@ def _merge_refine_kernel(
             + 2 * (loc % 4)[:, None]
             + (mem % 2)[None, :]
         )  # [KP, S]
-        kvalid = (grp[:, None] >= 0) & (key < M + b * GROW)
+        kvalid = (grp[:, None] >= 0) & (key < MB)
         key = tl.reshape(key, [KP * S])
         kvalid = tl.reshape(kvalid, [KP * S])
         if BS > 0:  # logical keys of the table -> their rows (increasing with the key when sorted)
@@ -475,7 +485,10 @@ def _launch(
     if table is not None:
         nt, tail = table.shape[2], k.shape[2] // block_size * block_size
         M, tab = nt * block_size + k.shape[2] - tail, table
-    m0 = M - (B - 1) * grow  # the first batch entry's keys (the kernels add b * grow)
+    if table is None:
+        m0 = M - (B - 1) * grow  # the first batch entry's keys (the kernels add b * grow)
+    else:  # every entry has M logical keys; the first's partial block starts (B - 1) * grow rows earlier
+        m0, tail = M, tail - (B - 1) * grow
     g = H // Hkv
     kk = min(top_k, m0)
     rows = g * Q
@@ -626,6 +639,7 @@ def score_topk_blocks_triton(
     block_size: int,
     top_k: int,
     *,
+    grow: int = 0,
     _config: dict | None = None,
 ) -> torch.Tensor:
     """Exact top-k over per-KV-head key blocks read in place (Triton); twin
@@ -635,20 +649,22 @@ def score_topk_blocks_triton(
     ``k``, the table of paged attention) and then the partial block at the end of ``k``: two-level
     selection's level 2 scores its candidates where they lie, without gathering them. Scores, ties
     and modes are :func:`score_topk_triton`'s over those keys in that order; the result is rows of ``k``.
+    With ``grow`` (a multiple of ``block_size``) batch entry b's middle is its first
+    ``M - (B - 1 - b)·grow`` rows: its partial block ends there.
     """
     name = "score_topk_blocks_triton"
     _check(name, q, k, top_k)
-    _check_blocks(name, k, blocks, block_size)
+    _check_blocks(name, k, blocks, block_size, grow)
     B, H, Q, _ = q.shape
     n_keys = blocks.shape[2] * block_size + k.shape[2] % block_size
     kk = min(top_k, n_keys)
     if B * H * Q == 0 or kk == 0:
         return torch.empty((B, H, Q, kk), device=q.device, dtype=torch.int64)
     table = blocks if blocks.is_contiguous() else blocks.contiguous()
-    return _launch(q, k, top_k, _config_for(q, k.shape[1], n_keys, _config), table, block_size)
+    return _launch(q, k, top_k, _config_for(q, k.shape[1], n_keys, _config), table, block_size, grow)
 
 
-def _check_blocks(name: str, k: torch.Tensor, blocks: torch.Tensor, block_size: int) -> None:
+def _check_blocks(name: str, k: torch.Tensor, blocks: torch.Tensor, block_size: int, grow: int = 0) -> None:
     if blocks.dim() != 3 or blocks.shape[:2] != k.shape[:2] or blocks.dtype not in (torch.int32, torch.int64):
         raise ValueError(
             f"{name}: blocks must be int32/int64 [B, Hkv, C] for k {tuple(k.shape)}, got "
@@ -659,4 +675,11 @@ def _check_blocks(name: str, k: torch.Tensor, blocks: torch.Tensor, block_size: 
             f"{name}: need block_size >= 1 and at most M // block_size blocks per head "
             f"({k.shape[2]} // {block_size}), got {block_size} and {blocks.shape[2]}"
         )
+    if grow:
+        first = grown_first(name, k.shape[2], k.shape[0], grow)
+        if grow % block_size or blocks.shape[2] > first // block_size:
+            raise ValueError(
+                f"{name}: grow={grow} must be a multiple of block_size={block_size}, and the first batch "
+                f"entry's {first} rows hold {first // block_size} full blocks, fewer than {blocks.shape[2]}"
+            )
     check_device(name, k, blocks)

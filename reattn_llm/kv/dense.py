@@ -51,10 +51,15 @@ class _DenseReads(KVReader):
         block_size: int,
         top_k: int,
         backend: str,
+        grow: int = 0,
     ) -> torch.Tensor:
         """The candidate blocks scored where they lie, no gather
-        (:func:`~reattn_llm.kernels.score_topk_blocks`: a block table into the middle's view)."""
-        return score_topk_blocks(q, self.read_keys(lo, hi), blocks, block_size, top_k, backend)
+        (:func:`~reattn_llm.kernels.score_topk_blocks`: a block table into the middle's view; with
+        ``grow`` the middle expanded over ``q``'s batch of chunks, each entry's ending earlier)."""
+        keys = self.read_keys(lo, hi)
+        if grow:
+            keys = keys.expand(q.shape[0], -1, -1, -1)
+        return score_topk_blocks(q, keys, blocks, block_size, top_k, backend, grow)
 
     def read_scope(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.keys, self.values, idx  # type: ignore[return-value]

@@ -71,13 +71,32 @@ class KVReader(ABC):
         block_size: int,
         top_k: int,
         backend: str,
+        grow: int = 0,
     ) -> torch.Tensor:
         """Exact top-k of ``q [B, H, Q, D]`` over per-KV-head key blocks of the middle ``[lo, hi)``:
         the full blocks ``blocks [B, Hkv, C]`` (increasing; block j is rows ``lo + j·bs ..``) and the
         partial block at its end -> ``[B, H, Q, k]`` offsets in ``[0, hi - lo)``. Here the candidates'
         keys are gathered (only those rows are read from fp8 or host memory) and scored by
         :func:`~reattn_llm.kernels.score_topk`; a layer whose keys lie on the device in the model's
-        dtype scores them in place instead (:func:`~reattn_llm.kernels.score_topk_blocks`)."""
+        dtype scores them in place instead (:func:`~reattn_llm.kernels.score_topk_blocks`). With
+        ``grow``, ``q``'s batch is one sequence's chunks and entry b's middle ends ``(B - 1 - b)·grow``
+        rows before ``hi`` (here entry by entry)."""
+        if grow:
+            b = q.shape[0]
+            return torch.cat(
+                [
+                    self.score_blocks(
+                        q[i : i + 1],
+                        lo,
+                        hi - (b - 1 - i) * grow,
+                        blocks[i : i + 1],
+                        block_size,
+                        top_k,
+                        backend,
+                    )
+                    for i in range(b)
+                ]
+            )
         tail = lo + (hi - lo) // block_size * block_size
         kc = self.take_key_blocks(lo, blocks, block_size)
         if hi > tail:  # the partial block at the end of the middle

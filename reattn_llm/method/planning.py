@@ -300,10 +300,10 @@ def _batched_scopes(
     """The scopes of ``run``, C consecutive chunks of Q queries that :func:`_batch_mode` admits, selected
     as one batch of C: their queries ``[C, H, Q, D]`` (a view of ``query [1, H, ., D]``) over the
     layer's middle expanded to C with batch stride 0, chunk c scoring, ranking and building its scope
-    over its own middle (``grow=Q``); under two-level selection each chunk's levels run alone, its
-    hits then ranked and built into scopes with the others. Each scope is row c of the batch's, a ``[1, ...]`` view; equal
-    bit for bit to :func:`plan_scope`'s for the chunk (its ``_span_scope`` path), and the forward's
-    last chunk, when in the run, is remembered as there."""
+    over its own middle (``grow=Q``), under two-level selection too
+    (:func:`~.two_level.two_level_topk`). Each scope is row c of the batch's, a ``[1, ...]`` view;
+    equal bit for bit to :func:`plan_scope`'s for the chunk (its ``_span_scope`` path), and the
+    forward's last chunk, when in the run, is remembered as there."""
     cfg = state.config
     g, span = cfg.global_size, cfg.span_size
     loc, n_spans = cfg.decode_sizes(pinned=False)
@@ -316,12 +316,9 @@ def _batched_scopes(
     if cfg.scoring == "expected" and scored is None:
         qs = _expected_queries(state, qs, loc, n_spans * span)  # type: ignore[arg-type, operator]
     k = cfg.hits_for(qc)
-    if cfg.two_level_for(qc, hi == query.shape[2]):  # levels 1 and 2 chunk by chunk, each over its middle
-        bs, ms = cfg.summary_block, [m - (c - 1 - i) * qc for i in range(c)]
-        args = (k, cfg.candidates, bs, backend)
-        hits = torch.cat(
-            [two_level_topk(qs[i : i + 1], kv, *args, lo=g, hi=g + mi) for i, mi in enumerate(ms)]
-        )  # type: ignore[arg-type]
+    if cfg.two_level_for(qc, hi == query.shape[2]):  # both levels for the batch, each chunk over its middle
+        bs = cfg.summary_block
+        hits = two_level_topk(qs, kv, k, cfg.candidates, bs, backend, lo=g, hi=g + m, grow=qc)  # type: ignore[arg-type]
     else:
         keys = kv.read_keys(g, g + m).expand(c, -1, -1, -1)  # type: ignore[operator]
         hits = score_topk(qs, keys, k, backend, grow=qc)

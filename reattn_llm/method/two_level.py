@@ -88,6 +88,7 @@ def two_level_topk(
     *,
     lo: int = 0,
     hi: int | None = None,
+    grow: int = 0,
 ) -> torch.Tensor:
     """Top-k middle keys per (query head, query), scored exactly inside summary-picked candidates.
 
@@ -100,6 +101,9 @@ def two_level_topk(
         block_size: bs, keys per block; blocks start at row ``lo``.
         backend: resolved kernel backend for both levels.
         lo, hi: the middle, rows ``[lo, hi)`` (default: every row).
+        grow: ``q``'s batch is one sequence's chunks (``keys`` that sequence's): entry b's middle is
+            ``[lo, hi - (B - 1 - b)·grow)``, selected as if alone. Both levels run once for the batch
+            when every entry selects two-level and ``grow`` is whole blocks; else entry by entry.
 
     Returns:
         ``[B, H, Q, k']`` int64 middle positions in ``[0, hi - lo)``, like :func:`score_topk`. When
@@ -110,6 +114,8 @@ def two_level_topk(
     m = hi - lo
     n_full = m // block_size
     c = max(candidate_blocks, -(-top_k // block_size))
+    if grow:
+        return _grown(q, kv, top_k, candidate_blocks, block_size, backend, lo, hi, grow)
     if c >= n_full:
         return exact_topk(q, kv, lo, hi, top_k, backend)
     # Level 1: rank the full blocks by their best row-normalised blended score; keep the best C.
@@ -118,3 +124,36 @@ def two_level_topk(
     blocks = level1_candidates(q, summaries, BOUND_WEIGHT, c, level1)  # [B, Hkv, C], increasing
     # Level 2: exact scores over the candidates' keys and the partial block at the end.
     return kv.score_blocks(q, lo, hi, blocks, block_size, top_k, backend)
+
+
+def _grown(
+    q: torch.Tensor,
+    kv: KVReader,
+    top_k: int,
+    candidate_blocks: int,
+    block_size: int,
+    backend: str,
+    lo: int,
+    hi: int,
+    grow: int,
+) -> torch.Tensor:
+    """:func:`two_level_topk` of a batch of one sequence's chunks (``grow``): the summaries are
+    taken chunk by chunk, as each chunk alone would take them (a kept block is summarised once, by
+    the first chunk that needs it), then level 1 ranks each chunk's own blocks and level 2 scores
+    each chunk's candidates and partial block, for the whole batch in the same launches."""
+    b = q.shape[0]
+    c = max(candidate_blocks, -(-top_k // block_size))
+    ends = [hi - (b - 1 - i) * grow for i in range(b)]
+    if grow % block_size or c >= (ends[0] - lo) // block_size:  # a chunk scores exactly, or blocks misalign
+        parts = [
+            two_level_topk(q[i : i + 1], kv, top_k, candidate_blocks, block_size, backend, lo=lo, hi=e)
+            for i, e in enumerate(ends)
+        ]
+        return torch.cat(parts)
+    for e in ends:
+        summaries = kv.block_summaries(lo, block_size, (e - lo) // block_size)
+    level1 = backend if backend in LEVEL1_KERNEL else "torch"
+    blocks = level1_candidates(
+        q, summaries.expand(b, -1, -1, -1), BOUND_WEIGHT, c, level1, grow // block_size
+    )
+    return kv.score_blocks(q, lo, hi, blocks, block_size, top_k, backend, grow)

@@ -196,7 +196,9 @@ def working_reserve(
     joined = max(1, tokens // chunk)  # the forward's chunks attend (and on Triton select) as one batch
     attn = joined * (6 * kv * scope * d * size + chunk * scope)
     if config.mode == "reattention" and resolve_backend(config.backend, device) == "torch":
-        attn += joined * (c.num_attention_heads + 1) * chunk * scope * 4  # the twin's SDPA: scores, float mask
+        attn += (
+            joined * (c.num_attention_heads + 1) * chunk * scope * 4
+        )  # the twin's SDPA: scores, float mask
     slide = max(sliding_windows(model_config) or [0], key=lambda w: w or 0) or 0
     if slide:  # a sliding layer's concatenation of its window and the forward, and that mask
         attn = max(attn, 2 * kv * (slide + tokens) * d * size + tokens * (slide + tokens))
