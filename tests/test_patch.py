@@ -7,6 +7,7 @@ import torch
 from tiny_models import FAMILIES, distinct_ids, tiny_model, tiny_phi3
 
 import reattn_llm.method.attention as attention_mod
+import reattn_llm.method.planning as planning_mod
 from reattn_llm import ReAttentionConfig, UnsupportedModelError, patch, unpatch
 from reattn_llm.kv.cache import ReAttentionCache
 
@@ -64,8 +65,8 @@ def test_gather_path_covering_every_middle_token_reproduces_sdpa(monkeypatch, po
     )
     calls = []
     name = {"hit": "rank_centres", "span": "rank_spans"}[pooling]
-    real = getattr(attention_mod, name)
-    monkeypatch.setattr(attention_mod, name, lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
+    real = getattr(planning_mod, name)
+    monkeypatch.setattr(planning_mod, name, lambda *a, **kw: calls.append(a[1]) or real(*a, **kw))
     with torch.no_grad(), patch(model, cfg):
         # one chunk: every query sees the whole middle selected, so scope == all keys in order
         cache = ReAttentionCache(2)

@@ -253,16 +253,16 @@ def test_exact_answer_scores_the_question_and_decode_steps_exactly(monkeypatch):
     those of exact selection after the same two-level document, bit for bit; the document's full
     chunks stay two-level. ``exact_answer="none"`` selects the answer two-level too, ``"question"`` its
     decode steps."""
-    from reattn_llm.method import attention
+    from reattn_llm.method import planning
 
     model = tiny_model("llama", heads=6, kv_heads=2, head_dim=64, window=128).double()
     base = dict(global_size=4, local_size=48, span_size=8, max_spans=6, top_k=3, chunk_size=16)
     ids = distinct_ids(1, 240, seed=3)
     two = ReAttentionConfig(**base, selection="two_level", candidate_blocks=3)
     calls: list[int] = []
-    real = attention.two_level_topk
+    real = planning.two_level_topk
     monkeypatch.setattr(
-        attention, "two_level_topk", lambda q, *a, **k: calls.append(q.shape[2]) or real(q, *a, **k)
+        planning, "two_level_topk", lambda q, *a, **k: calls.append(q.shape[2]) or real(q, *a, **k)
     )
     hybrid = _doc_then_answer(model, two, two, ids, 224, 11)
     assert set(calls) == {16}  # only the document's full chunks

@@ -626,7 +626,7 @@ def score_topk_triton(
     _check(name, q, k, top_k)
     B, H, Q, _ = q.shape
     Hkv, M = k.shape[1], k.shape[2]
-    kk = min(top_k, grown_first(name, M, B, grow))
+    kk = min(top_k, grown_first(name, M, B, grow) if grow else M)
     if B * H * Q == 0 or kk == 0:
         return torch.empty((B, H, Q, kk), device=q.device, dtype=torch.int64)
     return _launch(q, k, top_k, _config_for(q, Hkv, M, _config), grow=grow)
