@@ -141,16 +141,25 @@ def prose_ids(shared_data):
     return load_tokenizer(None)(text, add_special_tokens=False)["input_ids"][:1500]
 
 
-@pytest.mark.parametrize("selection", ["exact", "two_level"])
-def test_the_default_model_prefills_the_same_with_batched_chunks(prose_ids, selection):
+SETTINGS = {
+    "exact": {},
+    # 4 candidate blocks of 16 keys in middles of 252 to 1148 keys: both levels run for the batch
+    "two_level": {"selection": "two_level", "candidate_blocks": 4},
+    # fp8 rows: level 2 gathers each chunk's candidates from the tiered layer (entry by entry)
+    "two_level_fp8": {"selection": "two_level", "candidate_blocks": 4, "kv_dtype": "fp8"},
+}
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_the_default_model_prefills_the_same_with_batched_chunks(prose_ids, setting):
     """1,500 tokens of prose at 3x the shrunk window, forwards of 3 chunks, the question apart: the
     logits, the cached rows and every layer's remembered question spans equal bit for bit, with
     eight chunks of every layer selected in three batches (one a forward: runs of 3, 3, 2), with
-    exact and with two-level selection."""
+    exact selection, two-level, and two-level over fp8 rows."""
     question = len(prose_ids) - 20
     out = {}
     for on in (False, True):
-        cfg = ReAttentionConfig(**SMALL_CONFIG_KWARGS, prefill_forward=3 * CHUNK, selection=selection)
+        cfg = ReAttentionConfig(**SMALL_CONFIG_KWARGS, prefill_forward=3 * CHUNK, **SETTINGS[setting])
         engine = Engine(None, device="cpu", dtype="fp32", config=cfg, progress=False, keep_prefix=False)
         cache = make_cache(engine.model, reserve=len(prose_ids))
         with batching(on) as runs:
