@@ -137,10 +137,10 @@ def _grown(
     hi: int,
     grow: int,
 ) -> torch.Tensor:
-    """:func:`two_level_topk` of a batch of one sequence's chunks (``grow``): the summaries are
-    taken chunk by chunk, as each chunk alone would take them (a kept block is summarised once, by
-    the first chunk that needs it), then level 1 ranks each chunk's own blocks and level 2 scores
-    each chunk's candidates and partial block, for the whole batch in the same launches."""
+    """:func:`two_level_topk` of a batch of one sequence's chunks (``grow``): the blocks of the last
+    chunk's middle are summarised at once (a kept block is summarised once, whoever needs it
+    first), then level 1 ranks each chunk's own blocks and level 2 scores each chunk's candidates
+    and partial block, for the whole batch in the same launches."""
     b = q.shape[0]
     c = max(candidate_blocks, -(-top_k // block_size))
     ends = [hi - (b - 1 - i) * grow for i in range(b)]
@@ -150,8 +150,7 @@ def _grown(
             for i, e in enumerate(ends)
         ]
         return torch.cat(parts)
-    for e in ends:
-        summaries = kv.block_summaries(lo, block_size, (e - lo) // block_size)
+    summaries = kv.block_summaries(lo, block_size, (hi - lo) // block_size)
     level1 = backend if backend in LEVEL1_KERNEL else "torch"
     blocks = level1_candidates(
         q, summaries.expand(b, -1, -1, -1), BOUND_WEIGHT, c, level1, grow // block_size
