@@ -16,8 +16,8 @@ Run on a CUDA machine: ``python benchmarks/gpu_kernels_check.py [--json out.json
 * selection: the fused span selection equals, exactly, its torch twin and ``method.selection``'s
   ops (rank_centres, sort, expand_spans, build_scope), decode and prefill chunks, ranked inside
   the kernel and outside it.
-* a forward's chunks as one batch (``grow``): scoring, span votes and scope equal each chunk's
-  alone, bit for bit, timed against the chunk-by-chunk chain.
+* a forward's chunks as one batch (``grow``): scoring, span votes and scope, and two-level
+  selection's levels, equal each chunk's alone, bit for bit, timed against the chunk-by-chunk chain.
 """
 
 from __future__ import annotations
@@ -292,6 +292,49 @@ def grow_case(C, H, Hkv, Q, M, D, top_k, n_spans, span, G, L, dtype, seed=0):
     return {"batched_ms": round(t_batch, 3), "chunk_by_chunk_ms": round(t_alone, 3)}
 
 
+def grow_levels_case(C, H, Hkv, Q, M, D, bs, c, top_k, dtype, seed=0):
+    """Two-level selection's levels for one forward's C chunks as a batch (``grow``): level 1's ranks
+    and level 2's hits of each row equal that chunk alone, bit for bit; both timed against the C
+    chunks' calls."""
+    from reattn_llm.kernels import top_blocks
+    from reattn_llm.kernels.triton_blocks import rank_blocks_triton
+    from reattn_llm.kernels.triton_topk import score_topk_blocks_triton
+    from reattn_llm.kv.summaries import block_summaries
+    from reattn_llm.method.two_level import BOUND_WEIGHT
+
+    torch.manual_seed(seed)
+    q = torch.randn(1, H, C * Q, D, device=DEV, dtype=dtype)[0].unflatten(1, (C, Q)).transpose(0, 1)
+    keys = torch.randn(1, Hkv, M, D, device=DEV, dtype=dtype)
+    summ = block_summaries(keys, bs)
+    n, gb = summ.shape[2], Q // bs
+
+    def batch():
+        rank = rank_blocks_triton(q, summ.expand(C, -1, -1, -1), BOUND_WEIGHT, gb)
+        blocks = top_blocks(rank, c, "triton")
+        return (
+            rank,
+            blocks,
+            score_topk_blocks_triton(q, keys.expand(C, -1, -1, -1), blocks, bs, top_k, grow=Q),
+        )
+
+    def alone(b, blocks=None):
+        nb, mb = n - (C - 1 - b) * gb, M - (C - 1 - b) * Q
+        rank = rank_blocks_triton(q[b : b + 1], summ[:, :, :nb], BOUND_WEIGHT)
+        blocks = top_blocks(rank, c, "triton") if blocks is None else blocks
+        return rank, score_topk_blocks_triton(q[b : b + 1], keys[:, :, :mb], blocks, bs, top_k)
+
+    # level 2 alone scores the batch's blocks: past MAX_TOP_BLOCKS the candidates come from torch's
+    # topk, whose ties (every row's best block ranks 0) may fall on other blocks in another shape
+    rank, blocks, hits = batch()
+    for b in range(C):
+        r, h = alone(b, blocks[b : b + 1])
+        assert torch.equal(rank[b : b + 1, :, : r.shape[2]], r), f"chunk {b}: level 1 differs"
+        assert torch.equal(hits[b : b + 1], h), f"chunk {b}: level 2 differs"
+    t_batch = triton.testing.do_bench(batch, return_mode="median")
+    t_alone = triton.testing.do_bench(lambda: [alone(b) for b in range(C)], return_mode="median")
+    return {"batched_ms": round(t_batch, 3), "chunk_by_chunk_ms": round(t_alone, 3)}
+
+
 def select_case(B, H, Q, k, M, P, n_spans, span, G, L, by_rank, spread=None, seed=0):
     """Fused selection == torch twin == method.selection, every output, exactly."""
     from reattn_llm.kernels.torch_select import select_scope_torch
@@ -424,6 +467,12 @@ CASES = {
     ),
     "grow chunks C12 Q512 H9/3 d64 M1048576 bf16": lambda: grow_case(
         12, 9, 3, 512, 1 << 20, 64, 4, 31, 32, 32, 1024, BF16
+    ),
+    "grow levels C8 Q1024 H32/8 d128 M122880 bs32 C508 bf16": lambda: grow_levels_case(
+        8, 32, 8, 1024, 122880, 128, 32, 508, 4, BF16
+    ),
+    "grow levels C12 Q512 H9/3 d64 M1048576 bs32 C508 bf16": lambda: grow_levels_case(
+        12, 9, 3, 512, 1 << 20, 64, 32, 508, 4, BF16
     ),
 }
 
