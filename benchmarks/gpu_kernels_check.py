@@ -317,17 +317,17 @@ def grow_levels_case(C, H, Hkv, Q, M, D, bs, c, top_k, dtype, seed=0):
             score_topk_blocks_triton(q, keys.expand(C, -1, -1, -1), blocks, bs, top_k, grow=Q),
         )
 
-    def alone(b, blocks=None):
+    def alone(b):
         nb, mb = n - (C - 1 - b) * gb, M - (C - 1 - b) * Q
         rank = rank_blocks_triton(q[b : b + 1], summ[:, :, :nb], BOUND_WEIGHT)
-        blocks = top_blocks(rank, c, "triton") if blocks is None else blocks
+        blocks = top_blocks(rank, c, "triton")
         return rank, score_topk_blocks_triton(q[b : b + 1], keys[:, :, :mb], blocks, bs, top_k)
 
-    # level 2 alone scores the batch's blocks: past MAX_TOP_BLOCKS the candidates come from torch's
-    # topk, whose ties (every row's best block ranks 0) may fall on other blocks in another shape
+    # the candidates too: past MAX_TOP_BLOCKS torch's topk runs over keys that order ties to the lower
+    # block (every row's best block ranks 0), so another shape picks the same blocks
     rank, blocks, hits = batch()
     for b in range(C):
-        r, h = alone(b, blocks[b : b + 1])
+        r, h = alone(b)
         assert torch.equal(rank[b : b + 1, :, : r.shape[2]], r), f"chunk {b}: level 1 differs"
         assert torch.equal(hits[b : b + 1], h), f"chunk {b}: level 2 differs"
     t_batch = triton.testing.do_bench(batch, return_mode="median")

@@ -122,6 +122,24 @@ def test_rank_is_sliced_over_rows_without_changing_it(monkeypatch):
     assert torch.allclose(whole.amax(-1), torch.zeros(2, 2, dtype=torch.float64))
 
 
+def test_many_blocks_take_the_twins_candidates_ties_to_the_lower_block():
+    """Past ``MAX_TOP_BLOCKS`` blocks the GPU path ranks with torch's ``topk`` over keys that order
+    ties to the lower block: its candidates are the twin's (stable sort), heavy ties, ``-0.0``, ``-inf``
+    and all but a few blocks kept included. The path is plain torch, so it runs here."""
+    from reattn_llm.kernels import top_blocks, top_blocks_torch
+    from reattn_llm.kernels.triton_blocks import MAX_TOP_BLOCKS
+
+    g = torch.Generator().manual_seed(0)
+    for n, c in (
+        (MAX_TOP_BLOCKS + 1, 508),
+        (4 * MAX_TOP_BLOCKS, 508),
+        (MAX_TOP_BLOCKS + 100, MAX_TOP_BLOCKS),
+    ):
+        rank = torch.randint(-3, 2, (2, 3, n), generator=g).float()  # every value tied thousands of times
+        rank[0, 0, 5], rank[0, 0, 7], rank[1, 2, :4] = -0.0, 0.0, float("-inf")
+        assert torch.equal(top_blocks(rank, c, "triton"), top_blocks_torch(rank, c)), (n, c)
+
+
 def test_cache_keeps_summaries_incrementally_and_forgets_cropped_rows():
     layer = DenseLayer()
     ks = [torch.randn(1, 2, n, 8) for n in (5, 30, 1, 40)]

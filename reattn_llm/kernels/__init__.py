@@ -160,15 +160,27 @@ def rank_blocks(
 def top_blocks(rank: torch.Tensor, c: int, backend: str = "torch") -> torch.Tensor:
     """Dispatch for :func:`top_blocks_torch` (same signature, ``backend`` already resolved). More
     blocks than one program holds (``triton_blocks.MAX_TOP_BLOCKS``) take torch's ``topk`` and a
-    sort on the GPU, faster there than the twin's stable sort; ties at the C-th rank then go to
-    any of the tied blocks."""
+    sort on the GPU (faster there than the twin's stable sort) over keys that order ties to the
+    lower block, so the blocks are the twin's whatever the shape (every row's best block ranks 0:
+    ties at the C-th rank are common)."""
     if backend == "triton":
         from .triton_blocks import MAX_TOP_BLOCKS, top_blocks_triton
 
         if rank.shape[-1] <= MAX_TOP_BLOCKS:
             return top_blocks_triton(rank, c)
-        return rank.topk(c, dim=-1, sorted=False).indices.sort(dim=-1).values
+        return tie_ordered_keys(rank).topk(c, dim=-1, sorted=False).indices.sort(dim=-1).values
     return top_blocks_torch(rank, c)
+
+
+def tie_ordered_keys(rank: torch.Tensor) -> torch.Tensor:
+    """``rank [..., n]`` fp32 -> int64 keys in the same order, distinct, equal ranks ordered to the
+    lower index: the fp32 bits made order-preserving (``-0.0`` as ``+0.0``) in the high half, ``n - 1 -
+    index`` in the low half."""
+    bits = rank.contiguous().view(torch.int32)
+    bits = torch.where(bits == -(1 << 31), 0, bits)
+    key = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).long()
+    n = rank.shape[-1]
+    return key * (1 << 32) + (n - 1 - torch.arange(n, device=rank.device))
 
 
 def candidate_blocks(
