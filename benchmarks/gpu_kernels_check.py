@@ -325,7 +325,7 @@ def grow_levels_case(C, H, Hkv, Q, M, D, bs, c, top_k, dtype, seed=0):
 
     # the candidates too: past MAX_TOP_BLOCKS torch's topk runs over keys that order ties to the lower
     # block (every row's best block ranks 0), so another shape picks the same blocks
-    rank, blocks, hits = batch()
+    rank, hits = batch()
     for b in range(C):
         r, h = alone(b)
         assert torch.equal(rank[b : b + 1, :, : r.shape[2]], r), f"chunk {b}: level 1 differs"
