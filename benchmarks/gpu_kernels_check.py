@@ -311,11 +311,7 @@ def grow_levels_case(C, H, Hkv, Q, M, D, bs, c, top_k, dtype, seed=0):
     def batch():
         rank = rank_blocks_triton(q, summ.expand(C, -1, -1, -1), BOUND_WEIGHT, gb)
         blocks = top_blocks(rank, c, "triton")
-        return (
-            rank,
-            blocks,
-            score_topk_blocks_triton(q, keys.expand(C, -1, -1, -1), blocks, bs, top_k, grow=Q),
-        )
+        return rank, score_topk_blocks_triton(q, keys.expand(C, -1, -1, -1), blocks, bs, top_k, grow=Q)
 
     def alone(b):
         nb, mb = n - (C - 1 - b) * gb, M - (C - 1 - b) * Q
