@@ -230,7 +230,7 @@ def _score_topk_kernel(
         MB = M
     else:  # batch entry b scores its first M + b * GROW keys
         MB = M + b * GROW
-    end = tl.minimum(start + KEYS_PER_SPLIT, MB)
+    end = tl.maximum(tl.minimum(start + KEYS_PER_SPLIT, MB), start)  # an entry's keys may end before a split
     full_end = start + ((end - start) // BLOCK_N) * BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
 
