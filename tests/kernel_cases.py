@@ -226,9 +226,9 @@ def topk_cases():
     )
     cases["topk_blocks_d96_f32"] = lambda: topk_blocks_case(1, 4, 1, 3, 150, 96, 8, 6, 5, F32)
     # a forward's chunks as one batch (grow): default prefill config, packed with splits, plain with splits
-    cases["topk_grow_chunks_default_f16"] = lambda: topk_grow_case(3, 6, 2, 24, 420, 64, 4, 24, F16)
+    cases["topk_grow_chunks_default_f16"] = lambda: topk_grow_case(2, 6, 2, 24, 260, 64, 4, 24, F16)
     cases["topk_grow_chunks_packed_f16"] = lambda: topk_grow_case(
-        4, 6, 2, 11, 333, 64, 4, 80, F16, GROUPED_PACK
+        3, 6, 2, 11, 250, 64, 4, 60, F16, GROUPED_PACK
     )
     cases["topk_grow_chunks_plain_split_f32"] = lambda: topk_grow_case(
         3, 4, 4, 2, 301, 96, 5, 100, F32, PLAIN_SPLIT
@@ -545,7 +545,7 @@ def rank_blocks_cases():
     cases["two_level_grow_plain_splits_f16"] = lambda: two_level_grow_case(
         3, 6, 2, 8, 301, 64, 8, 5, 4, 16, F16, SPLIT_TILES
     )
-    cases["two_level_grow_grouped_f16"] = lambda: two_level_grow_case(3, 6, 2, 24, 250, 64, 8, 6, 4, 24, F16)
+    cases["two_level_grow_grouped_f16"] = lambda: two_level_grow_case(2, 6, 2, 24, 200, 64, 8, 6, 4, 24, F16)
     cases["two_level_grow_d96_f32"] = lambda: two_level_grow_case(2, 4, 1, 5, 203, 96, 16, 3, 5, 32, F32)
     return cases
 
