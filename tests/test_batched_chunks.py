@@ -193,3 +193,26 @@ def test_a_long_run_is_cut_where_its_span_votes_would_pass_the_batch_bytes(monke
         torch.equal(x.gather_idx, y.gather_idx) and torch.equal(x.key_pos, y.key_pos)
         for x, y in zip(got, want, strict=True)
     )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("setting", ["exact", "two_level"])
+def test_on_the_gpu_the_kernels_batch_and_the_prefill_is_unchanged(prose_ids, setting):
+    """The Triton kernels (their default: a forward's chunks as one batch) against the same engine with
+    batching off, bf16 on the GPU: the same logits and remembered spans, bit for bit."""
+    question = len(prose_ids) - 20
+    out = {}
+    for on in (True, False):
+        saved = planning.BATCHED_CHUNKS
+        planning.BATCHED_CHUNKS = saved if on else ()
+        try:
+            cfg = ReAttentionConfig(**SMALL_CONFIG_KWARGS, prefill_forward=3 * CHUNK, **SETTINGS[setting])
+            engine = Engine(None, device="cuda", dtype="bf16", config=cfg, progress=False, keep_prefix=False)
+            cache = make_cache(engine.model, reserve=len(prose_ids))
+            ids = torch.tensor([prose_ids], device="cuda")
+            out[on] = engine.prefill(ids, cache, question=question), [layer.pinned for layer in cache.layers]
+        finally:
+            planning.BATCHED_CHUNKS = saved
+    assert planning.BATCHED_CHUNKS == ("triton",)
+    assert torch.equal(out[True][0], out[False][0])
+    assert all(torch.equal(x, y) for x, y in zip(out[True][1], out[False][1], strict=True))
