@@ -8,6 +8,10 @@ from them. Two-level selection: ``rank_blocks`` ranks key blocks from their summ
 ``top_blocks`` picks the candidates, ``candidate_blocks`` is both (fused for a decode step), and
 ``score_topk_blocks`` is ``score_topk`` over the candidate blocks read in place (level 2). Each has
 a Triton implementation (CUDA) and a torch twin of identical signature (CPU, and the reference).
+The prompt-chunk kernels (``score_topk``, ``score_topk_blocks``, ``rank_blocks``, ``rank_spans``,
+``scope_from_centres``) also take ``grow``: the batch is one forward's chunks, entry b's middle
+``(B - 1 - b)·grow`` keys shorter than the last's, each selected as if alone in the same launches
+(:func:`~reattn_llm.method.planning.plan_chunks`).
 The choice is ``ReAttentionConfig.backend``: ``"auto"`` (Triton on CUDA when importable,
 torch otherwise), ``"triton"`` or ``"torch"``.
 """
