@@ -193,6 +193,35 @@ def test_a_second_engine_prefills_only_the_question_from_the_store_and_answers_t
     assert b.text == a.text and "73914" in b.text
 
 
+def test_the_store_serves_an_engine_that_only_runs_differently(engine, tmp_path):
+    """Forwards of several chunks and no CUDA graphs leave the same document rows in the cache: an
+    engine that differs only so reads the first engine's file, and answers the same."""
+    import dataclasses
+
+    from reattn_llm.runtime.prefix import CacheSpec
+
+    store = DocumentStore(tmp_path / "store")
+    prompt = PROMPT.format(doc=DOC, q="What is the secret code of the archive room?")
+    params = SamplingParams(max_new_tokens=16)
+    a = _sibling(engine, prefix_store=store).complete(prompt, params)
+    other = Engine(
+        config=dataclasses.replace(CFG, prefill_forward=3 * engine.prefill_chunk, cuda_graphs=False),
+        progress=False,
+        prefix_store=store,
+    )
+    other._model, other._tokenizer, other._handle = engine._model, engine._tokenizer, engine._handle
+    assert CacheSpec.of(other).meta == CacheSpec.of(engine).meta
+    b = other.complete(prompt, params)
+    question = a.prompt_tokens - len(engine.encode(DOC)[0])
+    assert other.last_prefill_tokens < question + engine.prefill_chunk  # the document came from the file
+    assert b.text == a.text and "73914" in b.text
+    # a config that changes what the rows hold still keys a different file
+    assert (
+        CacheSpec.of(Engine(config=dataclasses.replace(CFG, top_k=2), progress=False)).meta
+        != CacheSpec.of(engine).meta
+    )
+
+
 def test_the_store_is_bounded_and_evicts_the_least_recently_used(engine, tmp_path):
     store = DocumentStore(tmp_path)
     e = _sibling(engine, prefix_store=store, keep_prefix=False)  # every reuse comes from disk

@@ -23,7 +23,7 @@ import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,12 @@ class CacheLayout:
         return out
 
 
+#: ``ReAttentionConfig`` fields, with their defaults, that change how a prefill or a decode step runs
+#: but not the K/V a document's chunks leave in the cache: how many chunks one forward carries (the
+#: same rows, ``tests/test_joined_forwards.py``) and whether decode steps replay CUDA graphs.
+EXECUTION_FIELDS: dict[str, Any] = {"prefill_forward": None, "cuda_graphs": True}
+
+
 @dataclass(frozen=True)
 class CacheSpec:
     """What a document cache must match to serve an engine: its ``meta`` (model, dtype, config,
@@ -111,8 +117,11 @@ class CacheSpec:
 
     @classmethod
     def of(cls, engine: Any) -> CacheSpec:
-        """The spec of an :class:`~reattn_llm.runtime.engine.Engine` (reads its model config only)."""
-        meta = {"model": engine.model_name, "dtype": str(engine.dtype), "config": repr(engine.config)}
+        """The spec of an :class:`~reattn_llm.runtime.engine.Engine` (reads its model config only). The
+        config is compared without the fields that only say how the work runs
+        (:data:`EXECUTION_FIELDS`): a document cache serves an engine whatever they are."""
+        config = replace(engine.config, **EXECUTION_FIELDS)
+        meta = {"model": engine.model_name, "dtype": str(engine.dtype), "config": repr(config)}
         layout = CacheLayout.of(load_config(engine.model_id), engine.dtype)
         return cls(meta, layout, engine.device, KVStorage.from_config(engine.config))
 
