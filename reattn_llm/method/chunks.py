@@ -8,6 +8,16 @@ from typing import Any
 
 #: Prompt tokens per engine prefill forward by default (``ReAttentionConfig.prefill_forward``).
 PREFILL_FORWARD = 8192
+#: Tokens per prefill chunk of the stock baseline (``mode="full"``: no selection, so any size).
+STOCK_CHUNK = 2048
+
+
+def prefill_chunk(config: Any) -> int:
+    """Tokens per prefill chunk: the config's ``chunk_size`` (1,024 while unresolved), or
+    :data:`STOCK_CHUNK` for the stock baseline."""
+    if config.mode == "full":
+        return STOCK_CHUNK
+    return config.chunk_size or 1024
 
 
 def chunk_bounds(total: int, chunk: int, tail: int) -> list[tuple[int, int]]:

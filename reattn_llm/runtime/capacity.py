@@ -31,7 +31,7 @@ import torch
 from ..errors import ContextTooLongError
 from ..kv.cache import SlidingLayer
 from ..kv.storage import KVStorage, budget_rows
-from ..method.chunks import engine_forward
+from ..method.chunks import engine_forward, prefill_chunk
 from ..method.config import ReAttentionConfig
 from ..method.families import sliding_windows, text_config
 
@@ -184,7 +184,7 @@ def working_reserve(
     from ..kernels import resolve_backend
 
     device = device or torch.device("cpu")
-    chunk = config.chunk_size or 1024
+    chunk = prefill_chunk(config)
     size = torch.empty((), dtype=dtype).element_size()
     c = text_config(model_config)
     h, inter = c.hidden_size, c.intermediate_size

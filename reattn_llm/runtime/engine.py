@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..kv.cache import ReAttentionCache
-from ..method.chunks import engine_forward, forward_bounds
+from ..method.chunks import engine_forward, forward_bounds, prefill_chunk
 from ..method.config import ReAttentionConfig, prefill_bounds, reusable_length
 from ..method.patch import PatchHandle, make_cache, patch, resolve_for_model
 from .capacity import Capacity, check_fits, engine_capacity
@@ -336,8 +336,9 @@ class Engine:
     # -- reusable prefixes ---------------------------------------------------------------------
     @property
     def prefill_chunk(self) -> int:
-        """Tokens per prefill chunk (the config's; 2048 for the stock baseline)."""
-        return self.config.chunk_size if self.config.mode != "full" else 2048  # type: ignore[return-value]
+        """Tokens per prefill chunk (the config's; :data:`~reattn_llm.method.chunks.STOCK_CHUNK` for the
+        stock baseline)."""
+        return prefill_chunk(self.config)
 
     @property
     def prefill_forward(self) -> int:

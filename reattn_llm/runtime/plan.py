@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..method.chunks import prefill_chunk
 from ..method.config import ReAttentionConfig
 from ..method.families import sliding_windows, text_config
 from .capacity import (
@@ -67,7 +68,7 @@ def prefill_flops(model_config: Any, config: ReAttentionConfig, tokens: int) -> 
     g, loc = config.global_size or 0, config.local_size or 0
     scope = min(tokens, config.scope if config.mode != "full" else tokens)
     attn = 4.0 * tokens * scope * heads * d * layers / (2 if config.mode == "full" else 1)
-    chunk = config.chunk_size if config.mode != "full" and config.chunk_size else 2048
+    chunk = prefill_chunk(config)
     attn += sum(4.0 * tokens * min(tokens, w + chunk) * heads * d for w in windows if w is not None)
     middle = max(0, tokens - g - loc)
     scoring = 0.0 if config.mode != "reattention" else 2.0 * heads * d * layers * middle * middle / 2

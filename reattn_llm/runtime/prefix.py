@@ -100,8 +100,10 @@ class CacheLayout:
 
 
 #: ``ReAttentionConfig`` fields, with their defaults, that change how a prefill or a decode step runs
-#: but not the K/V a document's chunks leave in the cache: how many chunks one forward carries (the
-#: same rows, ``tests/test_joined_forwards.py``) and whether decode steps replay CUDA graphs.
+#: but not what the K/V a document's chunks leave in the cache are: how many chunks one forward
+#: carries (the same rows bit for bit in the model's dtype, ``tests/test_joined_forwards.py``; with
+#: fp8 or offload a joined forward reads more rows exactly, close rows) and whether decode steps
+#: replay CUDA graphs.
 EXECUTION_FIELDS: dict[str, Any] = {"prefill_forward": None, "cuda_graphs": True}
 
 
