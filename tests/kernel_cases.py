@@ -151,6 +151,28 @@ def topk_blocks_case(B, H, Hkv, Q, M, D, bs, C, top_k, dtype, config=None, seed=
     return out
 
 
+def topk_ties_case(dtype, config, grow=0, seed=2):
+    """Exact duplicate keys (repeated tokens give them in layer 0, un-rotated keys being position-free):
+    the chosen indices must not depend on how the keys are split over programs, nor on a batch of
+    chunks (``grow``) that changes the splits: the running top-k keeps the best under (value, then
+    the lower id), a total order, and evicts the highest id among tied slots."""
+    from reattn_llm.kernels.triton_topk import score_topk_triton
+
+    torch.manual_seed(seed)
+    C, H, Hkv, Q, M, D, k = (3 if grow else 1), 6, 2, 24, 652, 64, 4
+    q = torch.randn(1, H, C * Q, D, dtype=dtype)[0].unflatten(1, (C, Q)).transpose(0, 1)
+    base = torch.randn(1, Hkv, 7, D, dtype=dtype)
+    keys = base[:, :, torch.randint(0, 7, (M,))].contiguous()  # 7 distinct keys, each ~93 times
+    runs = [score_topk_triton(q, keys.expand(C, -1, -1, -1), k, grow=grow, _config={**config, "splits": n})
+            for n in (1, 2, 5)]  # fmt: skip
+    for r in runs[1:]:
+        assert torch.equal(r, runs[0]), f"splits change the tied choice: {int((r != runs[0]).sum())} entries"
+    for b in range(C if grow else 0):  # each chunk of the batch as alone
+        alone = score_topk_triton(q[b : b + 1], keys[:, :, : M - (C - 1 - b) * grow], k, _config=config)
+        assert torch.equal(runs[0][b : b + 1], alone), f"chunk {b} picks other tied keys than alone"
+    return topk_check(q[:1], keys, k, runs[0][:1])
+
+
 def topk_grow_case(C, H, Hkv, Q, M, D, top_k, grow, dtype, config=None, seed=0):
     """One forward's C chunks as a batch (``grow``): one sequence's keys expanded over them with
     batch stride 0, chunk b scoring its first ``M - (C - 1 - b)·grow``. Each row must equal the kernel
@@ -225,6 +247,9 @@ def topk_cases():
         1, 8, 2, 16, 256, 64, 32, 3, 8, F16, GROUPED_SMALL
     )
     cases["topk_blocks_d96_f32"] = lambda: topk_blocks_case(1, 4, 1, 3, 150, 96, 8, 6, 5, F32)
+    # exact ties (duplicate keys): the same indices whatever the splits, and in a batch as alone
+    cases["topk_ties_split_independent_default_f16"] = lambda: topk_ties_case(F16, {})  # packed, CI 4
+    cases["topk_ties_batch_as_alone_default_f16"] = lambda: topk_ties_case(F16, {}, grow=40)
     # a forward's chunks as one batch (grow): default prefill config, packed with splits, plain with splits
     cases["topk_grow_chunks_default_f16"] = lambda: topk_grow_case(2, 6, 2, 24, 260, 64, 4, 24, F16)
     cases["topk_grow_chunks_packed_f16"] = lambda: topk_grow_case(

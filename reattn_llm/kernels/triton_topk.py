@@ -30,7 +30,11 @@ Algorithm (two launches, no host sync):
    Each program writes its split's candidates: ``[B, H, Q, splits, top_k]`` values and ids.
 2. ``_merge_refine_kernel``: one program per row merges the candidates of all splits; in grouped
    mode it then rescores the ``top_k * 2*CI`` keys of the chosen groups exactly (fp32) and keeps
-   the top-k keys. Ties go to the lower key index.
+   the top-k keys. Ties go to the lower key index (plain mode), or to the lower group and then the
+   lower key among the chosen groups' (grouped mode). Either way the running top-k keeps the best
+   under (value, then the lower id) and evicts the highest id among tied slots, so how the keys
+   are split over programs (and a batch of chunks, which splits them otherwise) never changes
+   which of several exactly equal keys is kept: repeated tokens give equal un-rotated keys.
 
 Supported: head dims up to 256 (any size; non powers of two are masked), any ``M``, any GQA
 group size, top_k up to 32, fp16 / bf16 / fp32, strided views (the middle slice of the cache).
@@ -53,11 +57,21 @@ MAX_TOP_K = 32
 
 
 @triton.jit
+def _worst_slot(vals, ids, thr, colk, KP: tl.constexpr):
+    """Each row's worst slot: its k-th best value ``thr``, and among slots tied there the one of the
+    highest id (a later tile or key). The running top-k keeps the best under (value, then lower id),
+    a total order, so a split of the keys, or a batch that changes the splits, keeps the same ones."""
+    tie = vals == thr[:, None]
+    worst = tl.max(tl.where(tie, ids, -2), axis=1)
+    return tl.min(tl.where(tie & (ids == worst[:, None]), colk, KP), axis=1)
+
+
+@triton.jit
 def _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP: tl.constexpr):
     """One step of the running top-k: rows with ``need`` (their best remaining candidate ``m``
     beats their k-th best ``thr``) replace their worst slot by it; the candidate is knocked out."""
     gi = tl.min(tl.where(gm == m[:, None], gidx, 2147483647), axis=1)
-    pos = tl.min(tl.where(vals == thr[:, None], colk, KP), axis=1)
+    pos = _worst_slot(vals, ids, thr, colk, KP)
     repl = (colk == pos[:, None]) & need[:, None]
     vals = tl.where(repl, m[:, None], vals)
     ids = tl.where(repl, gi[:, None], ids)
@@ -133,7 +147,7 @@ def _topk_tile(
     need = m > thr
     if PACK:
         for _ in tl.static_range(TOPK):
-            pos = tl.min(tl.where(vals == thr[:, None], colk, KP), axis=1)
+            pos = _worst_slot(vals, ids, thr, colk, KP)
             repl = (colk == pos[:, None]) & need[:, None]
             vals = tl.where(repl, m[:, None], vals)
             ids = tl.where(repl, tile, ids)
