@@ -112,6 +112,34 @@ def test_the_remembered_spans_are_the_forwards_last_chunks_when_it_is_batched():
     assert torch.equal(kvs[0].pinned, kvs[1].pinned) and torch.equal(kvs[0].pinned_votes, kvs[1].pinned_votes)
 
 
+class BlockReads(TensorKV):
+    """Keys read 32 rows at a time, as an fp8 or host layer reads them (``key_block_rows``)."""
+
+    @property
+    def key_block_rows(self) -> int:
+        return 32
+
+
+def test_keys_read_in_blocks_are_scored_chunk_by_chunk_inside_the_batch():
+    """A layer that reads its keys in blocks scores each chunk of a batch alone
+    (``kv.layer.exact_topk``'s ``grow``); the run is still one batch for the span votes and the
+    scopes, each equal to planning the chunk alone (blocked too)."""
+    torch.manual_seed(3)
+    keys = torch.randn(1, 2, 200, 16)
+    query = torch.randn(1, 4, 64, 16)
+    bounds = [(i, i + 16) for i in range(0, 64, 16)]
+    with batching(True) as runs:
+        got = planning.plan_chunks(small_state(), query, BlockReads(keys, keys), bounds, "torch")
+    assert runs == [4]
+    with batching(False):
+        want = [
+            planning.plan_scope(small_state(), query[:, :, a:b], BlockReads(keys, keys), 136 + b, "torch")
+            for a, b in bounds
+        ]
+    for x, y in zip(got, want, strict=True):
+        assert torch.equal(x.gather_idx, y.gather_idx) and torch.equal(x.key_pos, y.key_pos)
+
+
 @pytest.mark.parametrize(
     "case", ["batch of two sequences", "span_shift", "hit votes", "running votes", "backend off"]
 )

@@ -80,6 +80,14 @@ def _tile_scores(q, qp, qn, s_ptrs, nmask, dmask, D: tl.constexpr, W, IEEE: tl.c
 
 
 @triton.jit
+def _entry(s_ptr, bh, HKV, NB, GROW, stride_sb, stride_sh):
+    """Program ``bh`` (batch entry x KV head)'s summaries row and its blocks: ``NB`` less ``GROW`` per
+    later batch entry (a batch of one forward's chunks; any batch stride, 0 when expanded)."""
+    nb = NB - ((tl.num_programs(0) - 1 - bh) // HKV) * GROW
+    return s_ptr + (bh // HKV) * stride_sb + (bh % HKV) * stride_sh, nb
+
+
+@triton.jit
 def _load_rows(q_ptr, r, rmask, d, dmask, stride_r):
     q = tl.load(q_ptr + r[:, None] * stride_r + d[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
     zero = tl.zeros_like(q)
@@ -119,8 +127,7 @@ def _row_best_kernel(
     d = tl.arange(0, DP)
     dmask = d < D
     q, qp, qn = _load_rows(q_ptr + bh * stride_qbh, r, rmask, d, dmask, stride_qr)
-    s_base = s_ptr + (bh // HKV) * stride_sb + (bh % HKV) * stride_sh
-    nb = NB - ((tl.num_programs(0) - 1 - bh) // HKV) * GROW  # this batch entry's blocks (GROW: fewer before)
+    s_base, nb = _entry(s_ptr, bh, HKV, NB, GROW, stride_sb, stride_sh)
     best = tl.full((BR,), _NEG, tl.float32)
     first = split * PER_SPLIT
     for n0 in range(first, tl.minimum(first + PER_SPLIT, nb), BN):
@@ -161,17 +168,11 @@ def _block_rank_kernel(
 ):
     bh = tl.program_id(0).to(tl.int64)
     n = tl.program_id(1) * BN + tl.arange(0, BN)
-    nb = NB - ((tl.num_programs(0) - 1 - bh) // HKV) * GROW  # this batch entry's blocks
+    s_base, nb = _entry(s_ptr, bh, HKV, NB, GROW, stride_sb, stride_sh)
     nmask = n < nb
     d = tl.arange(0, DP)
     dmask = d < D
-    s_ptrs = (
-        s_ptr
-        + (bh // HKV) * stride_sb
-        + (bh % HKV) * stride_sh
-        + n[:, None].to(tl.int64) * stride_sn
-        + d[None, :]
-    )
+    s_ptrs = s_base + n[:, None].to(tl.int64) * stride_sn + d[None, :]
     rank = tl.full((BN,), _NEG, tl.float32)
     for r0 in range(0, R, BR):
         r = r0 + tl.arange(0, BR)

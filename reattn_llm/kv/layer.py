@@ -115,13 +115,17 @@ class KVReader(ABC):
         ``gather_idx [B, N]`` such that row ``gather_idx[b, n]`` of K/V is cache row ``idx[b, n]``
         (the arguments of :func:`~reattn_llm.kernels.scope_attention`)."""
 
-    def score_middle(self, q: torch.Tensor, lo: int, hi: int, top_k: int, backend: str) -> torch.Tensor:
+    def score_middle(
+        self, q: torch.Tensor, lo: int, hi: int, top_k: int, backend: str, grow: int = 0
+    ) -> torch.Tensor:
         """Exact top-k of ``q [B, H, Q, D]`` over key rows ``[lo, hi)``: ``[B, H, Q, k]`` in ``[0, hi - lo)``
         (:func:`exact_topk`)."""
-        return exact_topk(q, self, lo, hi, top_k, backend)
+        return exact_topk(q, self, lo, hi, top_k, backend, grow)
 
 
-def exact_topk(q: torch.Tensor, reader: KVReader, lo: int, hi: int, top_k: int, backend: str) -> torch.Tensor:
+def exact_topk(
+    q: torch.Tensor, reader: KVReader, lo: int, hi: int, top_k: int, backend: str, grow: int = 0
+) -> torch.Tensor:
     """The exact top-k keys of rows ``[lo, hi)`` for every (query head, query): the one place it is decided.
 
     Keys are read in blocks of ``reader.key_block_rows`` rows (one view for model-dtype keys on the
@@ -135,11 +139,25 @@ def exact_topk(q: torch.Tensor, reader: KVReader, lo: int, hi: int, top_k: int, 
         lo, hi: the rows scored (the middle).
         top_k: hits per (query head, query); ``min(top_k, hi - lo)`` are returned.
         backend: the resolved kernel backend.
+        grow: ``q``'s batch is one sequence's chunks (the reader's batch is 1): entry b scores rows
+            ``[lo, hi - (B - 1 - b)·grow)``, as alone: keys in one view in one call
+            (:func:`~reattn_llm.kernels.score_topk`'s ``grow``), keys read in blocks entry by entry.
 
     Returns:
-        ``[B, H, Q, min(top_k, hi - lo)]`` int64 row offsets in ``[0, hi - lo)``, best first.
+        ``[B, H, Q, min(top_k, hi - lo)]`` int64 row offsets in ``[0, hi - lo)``, best first (with
+        ``grow``, ``min(top_k, the first entry's rows)``).
     """
     step = max(1, reader.key_block_rows)
+    if grow and hi - lo <= step:
+        keys = reader.read_keys(lo, hi).expand(q.shape[0], -1, -1, -1)
+        return score_topk(q, keys, top_k, backend=backend, grow=grow)
+    if grow:
+        b = q.shape[0]
+        kk = min(top_k, hi - lo - (b - 1) * grow)
+        parts = (
+            exact_topk(q[i : i + 1], reader, lo, hi - (b - 1 - i) * grow, top_k, backend) for i in range(b)
+        )
+        return torch.cat([p[..., :kk] for p in parts])
     if hi - lo <= step:
         return score_topk(q, reader.read_keys(lo, hi), top_k, backend=backend)
     b, h, nq, d = q.shape

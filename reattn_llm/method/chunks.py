@@ -84,7 +84,8 @@ def engine_forward(config: Any, chunk: int, device: str) -> int:
 def forward_bounds(bounds: list[tuple[int, int]], chunk: int, tokens: int) -> list[tuple[int, int]]:
     """The model forwards that feed the chunks ``bounds`` (contiguous ``[start, end)``): each run of
     whole chunks (``chunk`` tokens) joined into forwards of at most ``tokens`` tokens (whole chunks,
-    at least one: :func:`engine_forward` gives the engine's); any other chunk a forward of its own. A joined forward splits back into its chunks inside the layers
+    at least one: :func:`engine_forward` gives the engine's); any other chunk a forward of its own.
+    A joined forward splits back into its chunks inside the layers
     (:meth:`~reattn_llm.method.state.PatchState.whole_chunks`), each selecting against the keys before
     it as if fed alone, while the linear layers run once for all."""
     per = max(1, tokens // chunk)

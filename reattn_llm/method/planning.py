@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels import rank_spans, scope_from_centres, score_topk, select_scope
+from ..kernels import rank_spans, scope_from_centres, select_scope
 from ..kv.layer import KVReader
 from .config import ReAttentionConfig
 from .rope import rotate_expected
@@ -214,8 +214,10 @@ def prompt_scoring_queries(state: PatchState, query: torch.Tensor) -> torch.Tens
 #: Backends whose runs of whole prompt chunks in one forward select as one batch: the run's scoring,
 #: span votes and scope kernels launch once, each chunk over its own middle (the kernels' ``grow``),
 #: instead of once per chunk; the same scopes bit for bit (``tests/test_batched_chunks.py``). Chunks
-#: that select otherwise (within ``G + L``, a middle the spans tile, two-level selection,
-#: ``span_shift``, keys read in blocks) are planned one by one.
+#: that select otherwise (within ``G + L``, a middle the spans tile, ``span_shift``, hit votes,
+#: ``decode_spans="running"``, several sequences) are planned one by one. Exact and two-level
+#: selection both batch; a layer whose keys are read in blocks (fp8, host) scores entry by entry
+#: inside the reader (:func:`~reattn_llm.kv.layer.exact_topk`, ``KVReader.score_blocks``).
 BATCHED_CHUNKS: tuple[str, ...] = ("triton",)
 #: The most bytes a batch's span-vote arrays take (20 per chunk and middle key: hits per key, their
 #: order keys, the peaks); a longer run is cut into batches of fewer chunks (at least two), so a
@@ -240,7 +242,7 @@ def plan_chunks(
     q_len = query.shape[2]
     start = kv.length - q_len  # the forward's first query is cache row ``start``
     modes = [
-        _batch_mode(state, query.shape[0], kv, start + c1, c1 - c0, c1 == q_len, backend) for c0, c1 in bounds
+        _batch_mode(state, query.shape[0], start + c1, c1 - c0, c1 == q_len, backend) for c0, c1 in bounds
     ]
     scopes: list[Scope] = []
     i = 0
@@ -260,13 +262,11 @@ def plan_chunks(
     return scopes
 
 
-def _batch_mode(
-    state: PatchState, batch: int, kv: KVReader, total: int, qc: int, last: bool, backend: str
-) -> str | None:
+def _batch_mode(state: PatchState, batch: int, total: int, qc: int, last: bool, backend: str) -> str | None:
     """How a chunk of ``qc`` queries seeing ``total`` keys (``last``: it ends its forward) scores, when
     it takes :func:`plan_scope`'s path that :func:`_batched_scopes` batches (one sequence, a prompt
     chunk past ``G + L`` whose middle the spans do not tile, span votes in kernels, no ``span_shift``):
-    ``"exact"`` (keys in one view) or ``"two_level"``; else None. A run batches chunks of one mode."""
+    ``"exact"`` or ``"two_level"``; else None. A run batches chunks of one mode."""
     cfg = state.config
     g, span = cfg.global_size, cfg.span_size
     if backend not in BATCHED_CHUNKS or batch != 1 or qc < 2 or total <= g + cfg.local_size:  # type: ignore[operator]
@@ -278,7 +278,6 @@ def _batch_mode(
         n_spans > 0
         and m > n_spans * span  # type: ignore[operator]
         and m >= cfg.hits_for(qc)
-        and (two_level or m <= kv.key_block_rows)
         and not cfg.span_shift
         and cfg.vote_pooling == "span"
         and cfg.decode_spans != "running"
@@ -320,8 +319,7 @@ def _batched_scopes(
         bs = cfg.summary_block
         hits = two_level_topk(qs, kv, k, cfg.candidates, bs, backend, lo=g, hi=g + m, grow=qc)  # type: ignore[arg-type]
     else:
-        keys = kv.read_keys(g, g + m).expand(c, -1, -1, -1)  # type: ignore[operator]
-        hits = score_topk(qs, keys, k, backend, grow=qc)
+        hits = kv.score_middle(qs, g, g + m, k, backend, grow=qc)  # type: ignore[operator]
     centres, votes = rank_spans(hits, m, n_spans, span, backend, grow=qc)  # type: ignore[arg-type]
     if hi == query.shape[2]:  # the forward's last chunk: the decode steps keep its centres
         _remember(kv, centres[-1:], votes[-1:], m)

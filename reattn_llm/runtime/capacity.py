@@ -194,18 +194,16 @@ def working_reserve(
     if prompt is not None:  # the forward no longer than the prompt's whole chunks (at least one chunk)
         tokens = min(tokens, max(chunk, -(-prompt // chunk) * chunk))
     joined = max(1, tokens // chunk)  # the forward's chunks attend (and on Triton select) as one batch
+    backend = resolve_backend(config.backend, device)
     attn = joined * (6 * kv * scope * d * size + chunk * scope)
-    if config.mode == "reattention" and resolve_backend(config.backend, device) == "torch":
-        attn += (
-            joined * (c.num_attention_heads + 1) * chunk * scope * 4
-        )  # the twin's SDPA: scores, float mask
+    if config.mode == "reattention" and backend == "torch":  # the twin's SDPA: scores, float mask
+        attn += joined * (c.num_attention_heads + 1) * chunk * scope * 4
     slide = max(sliding_windows(model_config) or [0], key=lambda w: w or 0) or 0
     if slide:  # a sliding layer's concatenation of its window and the forward, and that mask
         attn = max(attn, 2 * kv * (slide + tokens) * d * size + tokens * (slide + tokens))
     if config.mode == "reattention":
-        attn = max(
-            attn, _selection_bytes(config, c.num_attention_heads, tokens, joined, scope, prompt, device)
-        )
+        heads = c.num_attention_heads
+        attn = max(attn, _selection_bytes(config, heads, tokens, joined, scope, prompt, device, backend))
     attention = tokens * (6 * h + 2 * kv * d) * size + attn
     mlp = tokens * (2 * h + 3 * inter) * size
     logits = 2 * c.vocab_size * 4
@@ -220,14 +218,14 @@ def _selection_bytes(
     scope: int,
     prompt: int | None,
     device: torch.device,
+    backend: str,
 ) -> int:
-    """A forward's selection temporaries (:func:`working_reserve`): hits and candidates, span votes
-    over the largest middle (the prompt's, when known), the torch twin's score block."""
-    from ..kernels import resolve_backend
+    """A forward's selection temporaries (:func:`working_reserve`) on the resolved ``backend``: hits
+    and candidates, span votes over the largest middle (the prompt's, when known), the torch twin's
+    score block."""
     from ..kernels.torch_ops import _SCORE_BLOCK_ELEMS
     from ..method.planning import BATCH_BYTES, BATCHED_CHUNKS, SPAN_BYTES_PER_KEY
 
-    backend = resolve_backend(config.backend, device)
     hits = tokens * heads * max(config.top_k, config.prompt_top_k or 0) * 24
     middle = max(0, (prompt or 0) - scope)
     if backend in BATCHED_CHUNKS and joined > 1:  # a batch of chunks: bounded, at least two chunks
