@@ -48,6 +48,7 @@ def _gather_kernel(
     sin_ptr,
     ko_ptr,
     vo_ptr,
+    dst_ptr,
     N,
     HKV,
     sk_b,
@@ -66,11 +67,16 @@ def _gather_kernel(
     sc_r,
     ss_p,
     ss_r,
+    sd_b,
+    so_b,
+    so_h,
+    so_n,
     D: tl.constexpr,
     DH: tl.constexpr,
     BLOCK_DH: tl.constexpr,
     BLOCK_N: tl.constexpr,
     WITH_V: tl.constexpr,
+    COMPACT: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid = tl.program_id(1)
@@ -84,7 +90,12 @@ def _gather_kernel(
     real = nv & (kp >= 0)
     kp = tl.maximum(kp, 0).to(tl.int64)
     lm = real[:, None] & (dh < DH)[None, :]  # padding rows are not read: written as zeros
-    sm = nv[:, None] & (dh < DH)[None, :]
+    if COMPACT:  # each real key to its row ``dest`` (its rank among the real ones); padding not written
+        sm = lm
+        dst = tl.load(dst_ptr + b * sd_b + offs, mask=nv, other=0).to(tl.int64)
+    else:
+        sm = nv[:, None] & (dh < DH)[None, :]
+        dst = offs.to(tl.int64)
     krow = k_ptr + b * sk_b + kvh * sk_h + idx[:, None] * sk_t
     k1 = tl.load(krow + dh[None, :] * sk_d, mask=lm, other=0.0).to(tl.float32)
     k2 = tl.load(krow + (dh[None, :] + DH) * sk_d, mask=lm, other=0.0).to(tl.float32)
@@ -95,7 +106,7 @@ def _gather_kernel(
     s1 = tl.load(srow + dh[None, :] * ss_r, mask=lm, other=0.0).to(tl.float32)
     s2 = tl.load(srow + (dh[None, :] + DH) * ss_r, mask=lm, other=0.0).to(tl.float32)
     dtype = ko_ptr.dtype.element_ty
-    orow = ((b * HKV + kvh) * N + offs)[:, None] * D
+    orow = (b * so_b + kvh * so_h + dst * so_n)[:, None]
     tl.store(ko_ptr + orow + dh[None, :], (k1 * c1 - k2 * s1).to(dtype), mask=sm)
     tl.store(ko_ptr + orow + DH + dh[None, :], (k2 * c2 + k1 * s2).to(dtype), mask=sm)
     if WITH_V:
@@ -106,13 +117,23 @@ def _gather_kernel(
         tl.store(vo_ptr + orow + DH + dh[None, :], v2.to(dtype), mask=sm)
 
 
-def gather_scope(k_cache, v_cache, gather_idx, key_pos, cos, sin) -> tuple[torch.Tensor, torch.Tensor | None]:
+def gather_scope(
+    k_cache, v_cache, gather_idx, key_pos, cos, sin, dest: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(K', V')``, each ``[B, Hkv, N, D]`` contiguous in ``k_cache``'s dtype: the scope's keys
     rotated at ``key_pos`` and its values, zeros at padding entries. ``v_cache`` None: the keys
-    alone (``V'`` None)."""
+    alone (``V'`` None).
+
+    ``dest [B, N]`` (contiguous rows, each real entry's rank among its entry's real ones): each
+    ``[B, N, Hkv, D]`` contiguous instead (token-major, as flash attention's varlen interface reads
+    keys), entry ``b``'s real keys in its first ``n_b`` rows in scope order, padding dropped and the
+    rows past ``n_b`` left unwritten."""
     B, Hkv, _, D = k_cache.shape
     N = gather_idx.shape[1]
-    ko = torch.empty((B, Hkv, N, D), device=k_cache.device, dtype=k_cache.dtype)
+    compact = dest is not None
+    shape = (B, N, Hkv, D) if compact else (B, Hkv, N, D)
+    ko = torch.empty(shape, device=k_cache.device, dtype=k_cache.dtype)
+    so = (N * Hkv * D, D, Hkv * D) if compact else (Hkv * N * D, N * D, D)
     with_v = v_cache is not None
     vo = torch.empty_like(ko) if with_v else None
     vc = v_cache if with_v else k_cache
@@ -126,6 +147,7 @@ def gather_scope(k_cache, v_cache, gather_idx, key_pos, cos, sin) -> tuple[torch
         sin,
         ko,
         vo if with_v else ko,
+        dest if compact else gather_idx,
         N,
         Hkv,
         *k_cache.stride(),
@@ -134,11 +156,14 @@ def gather_scope(k_cache, v_cache, gather_idx, key_pos, cos, sin) -> tuple[torch
         *key_pos.stride(),
         *cos.stride(),
         *sin.stride(),
+        dest.stride(0) if compact else 0,
+        *so,
         D=D,
         DH=D // 2,
         BLOCK_DH=max(16, next_pow2(D // 2)),
         BLOCK_N=BN,
         WITH_V=with_v,
+        COMPACT=compact,
         num_warps=4,
     )
     return ko, vo
