@@ -861,12 +861,15 @@ def reattn_prefill_decode(
             profile_steps(
                 lambda: model(tok, past_key_values=pkv, use_cache=True, logits_to_keep=1), 3, profile_label
             )
-            chunk = ids[:, :1024]
-            profile_steps(
-                lambda: model(chunk, past_key_values=pkv, use_cache=True, logits_to_keep=1),
-                1,
-                profile_label + ": one 1024-token prefill chunk",
-            )
+            # one prefill forward as the engine feeds them (whole chunks joined), past the prompt
+            span = max(e - s for s, e in prefill_forwards(patched, T, piece))
+            chunk = ids[:, :span]
+            with patched.whole_chunks(span > patched.config.chunk_size):
+                profile_steps(
+                    lambda: model(chunk, past_key_values=pkv, use_cache=True, logits_to_keep=1),
+                    1,
+                    profile_label + f": one {span}-token prefill forward",
+                )
         except Exception as e:
             log(f"profile failed: {e}")
     graphs = {}
