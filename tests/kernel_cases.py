@@ -473,7 +473,7 @@ def varlen_case(B, H, Hkv, Q, T, N, D, dtype, pads, poison=False):
         triton_flash.torch.empty = real_empty
         flash_varlen.available, flash_varlen._flash_varlen = saved[:2]
     assert got.shape == (B, Q, H, D) and got.dtype == dtype and bool(torch.isfinite(got).all())
-    rq = flash_varlen.rotate_queries(q, qpos, cos, sin)
+    rq = triton_flash.rotate_rows(q, qpos, cos, sin).transpose(1, 2)
     from reattn_llm.kernels.torch_ops import apply_rope
 
     want_q = apply_rope(q.float(), cos[qpos], sin[qpos]).to(dtype).transpose(1, 2)
@@ -489,12 +489,43 @@ def varlen_case(B, H, Hkv, Q, T, N, D, dtype, pads, poison=False):
     return {"err_library_path": e_k, "err_twin": e_t}
 
 
+def rotate_one_case(shape, D, dtype, transpose=False):
+    """``kernels.rotate_one`` on Triton (one launch) against its twin and ``method.rope.rotate_expected``
+    (the readable ops the torch backend keeps): bit for bit, strided queries included."""
+    from reattn_llm.kernels import rotate_one, rotate_one_torch
+    from reattn_llm.method.rope import rotate_expected
+
+    B, H, S = shape
+    torch.manual_seed(3)
+    q = (
+        torch.randn(B, S, H, D, dtype=dtype).transpose(1, 2)
+        if transpose
+        else torch.randn(B, H, S, D, dtype=dtype)
+    )
+    inv = 1.0 / (10000 ** (torch.arange(0, D, 2).double() / D))
+    ang = torch.outer(torch.arange(100, 200).double(), inv)
+    cos = torch.cat([ang.cos(), ang.cos()], -1).mean(0).float()
+    sin = torch.cat([ang.sin(), ang.sin()], -1).mean(0).float()
+    got = rotate_one(q, cos, sin, "triton")
+    twin = rotate_one_torch(q, cos, sin)
+    ref = rotate_expected(q, cos, sin)
+    assert got.shape == q.shape and got.dtype == dtype
+    assert torch.equal(got, twin) and torch.equal(twin, ref), (
+        (got.float() - twin.float()).abs().max().item(),
+        (twin.float() - ref.float()).abs().max().item(),
+    )
+    return {"elements": got.numel()}
+
+
 def varlen_cases():
     return {
         "varlen_g4_d128_b3_f16": lambda: varlen_case(3, 8, 2, 24, 400, 181, 128, F16, pads=(0, 5, 40)),
         "varlen_g1_d64_b2_f16": lambda: varlen_case(2, 3, 3, 33, 300, 97, 64, F16, pads=(7, 1)),
         "varlen_g3_d96_f32": lambda: varlen_case(1, 6, 2, 19, 300, 120, 96, F32, pads=(11,)),
         "varlen_positions_with_holes_f16": lambda: varlen_case(2, 4, 2, 20, 300, 90, 64, F16, pads=None),
+        "rotate_one_d128_f16": lambda: rotate_one_case((2, 4, 70), 128, F16),
+        "rotate_one_d96_transposed_f32": lambda: rotate_one_case((1, 3, 33), 96, F32, transpose=True),
+        "rotate_one_d64_transposed_f16": lambda: rotate_one_case((3, 9, 17), 64, F16, transpose=True),
         "varlen_d256_nan_padding_rows_f16": lambda: varlen_case(
             2, 4, 2, 12, 300, 97, 256, F16, pads=(3, 9), poison=True
         ),

@@ -23,6 +23,7 @@ import torch
 from .torch_ops import (
     candidate_blocks_torch,
     rank_blocks_torch,
+    rotate_one_torch,
     scope_attention_torch,
     score_topk_blocks_torch,
     score_topk_torch,
@@ -40,6 +41,8 @@ __all__ = [
     "rank_spans",
     "rank_spans_torch",
     "resolve_backend",
+    "rotate_one",
+    "rotate_one_torch",
     "scope_attention",
     "scope_attention_torch",
     "scope_from_centres",
@@ -126,6 +129,16 @@ def scope_attention(
 
         return scope_attention_triton(*args)
     return scope_attention_torch(*args)
+
+
+def rotate_one(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: str = "torch") -> torch.Tensor:
+    """Dispatch for :func:`rotate_one_torch` (same signature, ``backend`` already resolved): one
+    launch on Triton (:func:`~.triton_flash.rotate_rows`), where the readable ops take four."""
+    if backend == "triton":
+        from .triton_flash import rotate_rows
+
+        return rotate_rows(q, None, cos[None], sin[None])
+    return rotate_one_torch(q, cos, sin)
 
 
 def select_scope(

@@ -13,8 +13,8 @@ our Triton loop (:mod:`.triton_flash`, 1.86x that kernel's time at the 8B shape;
    first ``n_b`` rows in scope order (``dest``: each real key's rank, a cumulative count); the rows
    past ``n_b`` are never written nor read. Visibility then follows the order alone (the promise),
    so the scope positions, which only rotate, need not be ``0..n_b-1``.
-2. The queries rotated at ``q_pos`` into ``[B, Q, H, D]`` (the same gather kernel, the queries'
-   own rows).
+2. The queries rotated at ``q_pos`` into ``[B, Q, H, D]`` (:func:`~.triton_flash.rotate_rows`,
+   the same kernel over the queries' own rows).
 3. One varlen call: entry ``b`` is a sequence of ``Q`` queries over ``seqused_k[b] = n_b`` keys
    (``cu_seq_k`` steps by ``N``), ``is_causal`` (bottom-right), GQA native. Each sequence is one
    set of programs whose key loop depends on ``n_b`` and ``Q`` only, so a batch of chunks gives each
@@ -31,10 +31,9 @@ import functools
 
 import torch
 
-from ._triton_utils import next_pow2
-from .triton_flash import _gather_kernel, gather_scope
+from .triton_flash import gather_scope, rotate_rows
 
-__all__ = ["available", "rotate_queries", "varlen_scope_attention"]
+__all__ = ["available", "varlen_scope_attention"]
 
 
 @functools.cache
@@ -57,48 +56,6 @@ def available(q: torch.Tensor) -> bool:
         and torch.cuda.get_device_capability(q.device)[0] >= 8
         and _op_takes_seqused_k()
     )
-
-
-def rotate_queries(
-    q: torch.Tensor, q_pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-) -> torch.Tensor:
-    """``q [B, H, Q, D]`` rotated at ``q_pos [B, Q]`` into ``[B, Q, H, D]`` contiguous, in ``q``'s
-    dtype (rotate-half RoPE in fp32, as the keys are in :func:`~.triton_flash.gather_scope`)."""
-    B, H, Q, D = q.shape
-    out = torch.empty((B, Q, H, D), device=q.device, dtype=q.dtype)
-    rows = torch.arange(Q, device=q.device).expand(B, Q)  # the queries' own rows
-    BN = 64 if D <= 128 else 32
-    _gather_kernel[(-(-Q // BN), B * H)](
-        q,
-        q,
-        rows,
-        q_pos,
-        cos,
-        sin,
-        out,
-        out,
-        rows,
-        Q,
-        H,
-        *q.stride(),
-        *q.stride(),
-        *rows.stride(),
-        *q_pos.stride(),
-        *cos.stride(),
-        *sin.stride(),
-        0,
-        Q * H * D,
-        D,
-        H * D,
-        D=D,
-        DH=D // 2,
-        BLOCK_DH=max(16, next_pow2(D // 2)),
-        BLOCK_N=BN,
-        WITH_V=False,
-        COMPACT=False,
-        num_warps=4,
-    )
-    return out
 
 
 @functools.cache
@@ -135,7 +92,7 @@ def varlen_scope_attention(
     N = gather_idx.shape[1]
     count = torch.cumsum(key_pos >= 0, dim=1, dtype=torch.int32)  # [B, N] real keys up to each entry
     ko, vo = gather_scope(k_cache, v_cache, gather_idx, key_pos, cos, sin, dest=count - 1)
-    qr = rotate_queries(q, q_pos, cos, sin)
+    qr = rotate_rows(q, q_pos, cos, sin).transpose(1, 2)  # [B, Q, H, D] contiguous
     used = count[:, -1].contiguous()  # n_b
     out = _flash_varlen(
         qr.view(B * Q, H, D),

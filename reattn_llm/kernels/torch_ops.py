@@ -143,6 +143,13 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def rotate_one_torch(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``q [B, H, S, D]`` rotated by one RoPE ``cos, sin [D]`` (fp32; rotate-half), every row alike,
+    in fp32 math, returned in ``q``'s dtype (``scoring="expected"``'s averaged query)."""
+    qf = q.float()
+    return (qf * cos + rotate_half(qf) * sin).to(q.dtype)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x [B, h, S, D]`` by ``cos, sin [B, S, R]`` (R <= D: partial rotary keeps x[..., R:])."""
     cos = cos.unsqueeze(1).to(x.dtype)

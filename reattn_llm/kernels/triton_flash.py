@@ -35,7 +35,7 @@ import triton.language as tl
 from ._triton_utils import cdiv, next_pow2
 from .triton_online_softmax import combine, dot, softmax_step
 
-__all__ = ["flash_scope_attention", "gather_scope"]
+__all__ = ["flash_scope_attention", "gather_scope", "rotate_rows"]
 
 
 @triton.jit
@@ -77,6 +77,8 @@ def _gather_kernel(
     BLOCK_N: tl.constexpr,
     WITH_V: tl.constexpr,
     COMPACT: tl.constexpr,
+    OWN_ROWS: tl.constexpr,
+    POS0: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid = tl.program_id(1)
@@ -85,8 +87,14 @@ def _gather_kernel(
     offs = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nv = offs < N
     dh = tl.arange(0, BLOCK_DH)
-    idx = tl.load(idx_ptr + b * si_b + offs * si_n, mask=nv, other=0).to(tl.int64)
-    kp = tl.load(kpos_ptr + b * sp_b + offs * sp_n, mask=nv, other=-1)
+    if OWN_ROWS:  # rows 0..N-1 of the source, in order (queries rotated in place of keys gathered)
+        idx = offs.to(tl.int64)
+    else:
+        idx = tl.load(idx_ptr + b * si_b + offs * si_n, mask=nv, other=0).to(tl.int64)
+    if POS0:  # every row rotated by the tables' row 0 (one RoPE for all)
+        kp = tl.where(nv, 0, -1)
+    else:
+        kp = tl.load(kpos_ptr + b * sp_b + offs * sp_n, mask=nv, other=-1)
     real = nv & (kp >= 0)
     kp = tl.maximum(kp, 0).to(tl.int64)
     lm = real[:, None] & (dh < DH)[None, :]  # padding rows are not read: written as zeros
@@ -164,9 +172,59 @@ def gather_scope(
         BLOCK_N=BN,
         WITH_V=with_v,
         COMPACT=compact,
+        OWN_ROWS=False,
+        POS0=False,
         num_warps=4,
     )
     return ko, vo
+
+
+def rotate_rows(
+    x: torch.Tensor, pos: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor
+) -> torch.Tensor:
+    """``x [B, H, S, D]`` (any strides) rotated at ``pos`` (``[B, S]`` integer rows of ``cos``/``sin``
+    ``[P, D]``; None: row 0 for all) as the gather rotates keys (rotate-half, fp32 math); returns
+    ``[B, H, S, D]`` in ``x``'s dtype, a view of a ``[B, S, H, D]`` contiguous buffer (the layout
+    flash attention's varlen interface reads queries in)."""
+    B, H, S, D = x.shape
+    pos0 = pos is None
+    pos_t = cos if pos0 else pos  # never read with POS0
+    out = torch.empty((B, S, H, D), device=x.device, dtype=x.dtype)
+    BN = 64 if D <= 128 else 32
+    _gather_kernel[(cdiv(S, BN), B * H)](
+        x,
+        x,
+        pos_t,
+        pos_t,
+        cos,
+        sin,
+        out,
+        out,
+        pos_t,
+        S,
+        H,
+        *x.stride(),
+        *x.stride(),
+        0,
+        0,
+        *((0, 0) if pos0 else pos.stride()),
+        *cos.stride(),
+        *sin.stride(),
+        0,
+        S * H * D,
+        D,
+        H * D,
+        D=D,
+        DH=D // 2,
+        BLOCK_DH=max(16, next_pow2(D // 2)),
+        BLOCK_N=BN,
+        WITH_V=False,
+        COMPACT=False,
+        OWN_ROWS=True,
+        POS0=pos0,
+        num_warps=4,
+    )
+    return out.transpose(1, 2)
 
 
 @triton.jit

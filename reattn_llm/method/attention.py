@@ -100,7 +100,7 @@ def reattention_forward(
     bounds = [(0, q_len)] if within else chunk_bounds(q_len, cfg.chunk_size, tail)  # type: ignore[arg-type]
     outs: list[torch.Tensor] = []
     group: list[_Chunk] = []  # chunks that attend in one launch (_joins)
-    scored = prompt_scoring_queries(state, query) if len(bounds) > 1 else None
+    scored = prompt_scoring_queries(state, query, backend) if len(bounds) > 1 else None
     for (c0, c1), scope in zip(bounds, plan_chunks(state, query, kv, bounds, backend, scored), strict=True):
         qc = query[:, :, c0:c1]
         state.note_positions(scope)

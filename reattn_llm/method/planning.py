@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels import rank_spans, scope_from_centres, select_scope
+from ..kernels import rank_spans, rotate_one, scope_from_centres, select_scope
 from ..kv.layer import KVReader
 from .config import ReAttentionConfig
 from .rope import rotate_expected
@@ -170,7 +170,7 @@ def plan_scope(
         spans = n_spans * cfg.span_size  # type: ignore[operator]
         qs = q if scored is None else scored
         if cfg.scoring == "expected" and scored is None:  # the logit a key gets at the distances a span takes
-            qs = _expected_queries(state, q, loc, spans)  # type: ignore[arg-type]
+            qs = _expected_queries(state, q, loc, spans, backend)  # type: ignore[arg-type]
         if cfg.two_level_for(qc, last):
             hits = two_level_topk(
                 qs, kv, cfg.hits_for(qc), cfg.candidates, cfg.summary_block, backend, lo=g, hi=g + m
@@ -193,22 +193,29 @@ def plan_scope(
     return scope if static is None else mask_unwritten(scope, static.total)
 
 
-def _expected_queries(state: PatchState, q: torch.Tensor, local: int, spans: int) -> torch.Tensor:
+def _expected_queries(
+    state: PatchState, q: torch.Tensor, local: int, spans: int, backend: str
+) -> torch.Tensor:
     """``q [B, H, Q, D]`` rotated by RoPE averaged over the distances ``[local, local + spans)`` a
-    selected span takes in a scope of ``local`` rows and ``spans`` span tokens (``scoring="expected"``)."""
-    return rotate_expected(q, *state.rope.expected(local, local + spans, q.device))
+    selected span takes in a scope of ``local`` rows and ``spans`` span tokens (``scoring="expected"``);
+    one kernel on Triton (full rotary width), the readable ops otherwise."""
+    rope = state.rope.expected(local, local + spans, q.device)
+    if backend == "triton" and rope.cos.shape[-1] == q.shape[-1]:
+        return rotate_one(q, rope.cos, rope.sin, backend)
+    return rotate_expected(q, *rope)
 
 
-def prompt_scoring_queries(state: PatchState, query: torch.Tensor) -> torch.Tensor | None:
+def prompt_scoring_queries(state: PatchState, query: torch.Tensor, backend: str) -> torch.Tensor | None:
     """``query [B, H, Q, D]`` rotated as every prompt chunk (more than one query) scores it under
     ``scoring="expected"``: they all have the sizes of ``decode_sizes(pinned=False)``, so one
-    elementwise rotation of a forward's queries serves all its chunks, bit for bit (four launches a
-    forward instead of four a chunk). None when nothing scores that way."""
+    elementwise rotation of a forward's queries serves all its chunks, bit for bit (a launch a forward
+    on Triton, four through the readable ops, instead of as many a chunk). None when nothing scores
+    that way."""
     cfg = state.config
     loc, n_spans = cfg.decode_sizes(pinned=False)
     if cfg.scoring != "expected" or not n_spans:
         return None
-    return _expected_queries(state, query, loc, n_spans * cfg.span_size)  # type: ignore[operator]
+    return _expected_queries(state, query, loc, n_spans * cfg.span_size, backend)  # type: ignore[operator]
 
 
 #: Backends whose runs of whole prompt chunks in one forward select as one batch: the run's scoring,
@@ -313,7 +320,7 @@ def _batched_scopes(
     src = query if scored is None else scored
     qs = src[0, :, lo:hi].unflatten(1, (c, qc)).transpose(0, 1)  # [C, H, Q, D]
     if cfg.scoring == "expected" and scored is None:
-        qs = _expected_queries(state, qs, loc, n_spans * span)  # type: ignore[arg-type, operator]
+        qs = _expected_queries(state, qs, loc, n_spans * span, backend)  # type: ignore[arg-type, operator]
     k = cfg.hits_for(qc)
     if cfg.two_level_for(qc, hi == query.shape[2]):  # both levels for the batch, each chunk over its middle
         bs = cfg.summary_block
