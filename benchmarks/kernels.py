@@ -449,7 +449,7 @@ def attention(sweep: bool):
                     c["target"] = c.pop("target_mult") * n_sm
                     c.update(BLOCK_R=16, CAUSAL_SKIP=False, min_tiles=2)
                 else:
-                    c.update(target=n_sm, min_tiles=16, CAUSAL_SKIP=False, LIBRARY=False)
+                    c.update(target=n_sm, min_tiles=16, CAUSAL_SKIP=False)
             else:
                 name = "installed"
             try:
@@ -490,24 +490,8 @@ def attention(sweep: bool):
         if Q > 1:
             from reattn_llm.kernels.triton_flash import gather_scope
 
-            # the core's prefill call with the chunk's promise (chunk_tail): torch's flash kernel over
-            # the compacted scope (kernels/flash_varlen.py) where it runs, against the Triton flash path
-            ms_lib = bench(lambda: triton_attention.scope_attention_triton(*args, True), warmup=3, rep=20)
-            row(
-                "attention",
-                "prefill + chunk_tail: library flash kernel, varlen (the core's call)",
-                ms_lib * 1e3,
-                "us",
-                "SDPA flash, no mask, pre-gathered",
-                ms_fl * 1e3,
-                f"{flops / (ms_lib * 1e-3) / 1e12:.0f} TFLOP/s",
-            )
-            RESULTS["attn_prefill_library_us"] = ms_lib * 1e3
-            ms_tail = bench(
-                lambda: triton_attention.scope_attention_triton(*args, True, _config={"LIBRARY": False}),
-                warmup=3,
-                rep=20,
-            )
+            # the core's prefill call: the flash path with the chunk's promise (chunk_tail)
+            ms_tail = bench(lambda: triton_attention.scope_attention_triton(*args, True), warmup=3, rep=20)
             ms_old = bench(
                 lambda: triton_attention.scope_attention_triton(*args, _config=dict(ATTN_PREFILL_BEFORE)),
                 warmup=3,
@@ -515,7 +499,7 @@ def attention(sweep: bool):
             )
             row(
                 "attention",
-                "Triton prefill, flash path + chunk_tail (before the library path)",
+                "Triton prefill, flash path + chunk_tail (the core's call)",
                 ms_tail * 1e3,
                 "us",
                 "SDPA flash, no mask, pre-gathered",
@@ -1185,12 +1169,6 @@ def main() -> int:
         help="prefill chunks attend with the kernel before the flash path (ATTN_PREFILL_BEFORE), the baseline",
     )
     ap.add_argument(
-        "--attn-triton",
-        action="store_true",
-        help="prefill chunks attend with the Triton flash path instead of torch's flash kernel "
-        "(kernels/flash_varlen.py), the baseline of the library path",
-    )
-    ap.add_argument(
         "--prefill-forward",
         type=int,
         default=None,
@@ -1228,11 +1206,6 @@ def main() -> int:
 
         triton_attention.CONFIG_OVERRIDES["prefill"] = dict(ATTN_PREFILL_BEFORE)
         RESULTS["attn_prefill"] = "before the flash path"
-    if args.attn_triton:
-        from reattn_llm.kernels import triton_attention
-
-        triton_attention.CONFIG_OVERRIDES["prefill"] = {"LIBRARY": False}
-        RESULTS["attn_prefill"] = "Triton flash path"
     RESULTS["device"] = torch.cuda.get_device_name()
     import transformers
     import triton

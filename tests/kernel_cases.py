@@ -406,89 +406,6 @@ def attn_cases():
     return cases
 
 
-def varlen_reference(q, k, v, cu_q, cu_k, max_q, max_k, seqused_k, scale):
-    """Flash attention's varlen call in torch (fp32 math): sequence b's queries ``q[cu_q[b]:cu_q[b+1]]``
-    over its first ``seqused_k[b]`` keys from ``cu_k[b]``, causal aligned to the bottom right, GQA."""
-    import torch.nn.functional as F
-
-    out = torch.full_like(q, float("nan"))
-    g = q.shape[1] // k.shape[1]
-    for b in range(len(cu_q) - 1):
-        q0, q1, k0, n = int(cu_q[b]), int(cu_q[b + 1]), int(cu_k[b]), int(seqused_k[b])
-        assert q1 - q0 <= max_q and n <= int(cu_k[b + 1]) - k0 <= max_k
-        qb = q[q0:q1].transpose(0, 1).float()
-        kb = k[k0 : k0 + n].transpose(0, 1).float().repeat_interleave(g, 0)
-        vb = v[k0 : k0 + n].transpose(0, 1).float().repeat_interleave(g, 0)
-        assert bool(torch.isfinite(kb).all() and torch.isfinite(vb).all()), "an unwritten row was read"
-        m = q1 - q0
-        vis = torch.arange(n)[None, :] <= torch.arange(m)[:, None] + n - m
-        out[q0:q1] = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=vis, scale=scale).transpose(0, 1)
-    return out.to(q.dtype)
-
-
-def varlen_case(B, H, Hkv, Q, T, N, D, dtype, pads, poison=False):
-    """The library path (:mod:`reattn_llm.kernels.flash_varlen`) with the library call replaced by
-    :func:`varlen_reference`: the compact gather, the rotated queries and the varlen arguments
-    against the twin and fp64. Entry b has ``pads[b]`` padding entries before its chunk, so its
-    real keys ``n_b`` differ (``pads`` None: :func:`attn_inputs`' scope, whose positions skip the
-    padding entries' instead of running ``0..n_b-1``); the compacted buffers are filled with NaN
-    first, so a row the gather left unwritten and the call read would show."""
-    from reattn_llm.kernels import flash_varlen, triton_flash
-    from reattn_llm.kernels.torch_ops import scope_attention_torch
-    from reattn_llm.kernels.triton_attention import scope_attention_triton
-
-    q, kc, vc, idx, kpos, qpos, cos, sin = attn_inputs(B, H, Hkv, Q, T, N, D, dtype)
-    for b in range(B if pads else 0):  # pads[b] padding entries spread over the part before the chunk
-        real = torch.ones(N, dtype=torch.bool)
-        real[torch.randperm(N - Q)[: pads[b]]] = False
-        kpos[b] = torch.where(real, real.long().cumsum(0) - 1, -1)
-        qpos[b] = kpos[b, N - Q :]
-    if poison:
-        for b in range(B):
-            kc[b, :, idx[b][kpos[b] < 0]] = float("nan")
-            vc[b, :, idx[b][kpos[b] < 0]] = float("nan")
-    args = (q, kc, vc, idx, kpos, qpos, cos, sin)
-    scale = D**-0.5
-    ko, vo = triton_flash.gather_scope(kc, vc, idx, kpos, cos, sin)
-    real_empty = torch.empty
-
-    def nan_empty(*a, **k):
-        return real_empty(*a, **k).fill_(float("nan"))
-
-    saved = flash_varlen.available, flash_varlen._flash_varlen, triton_flash.torch.empty
-    flash_varlen.available = lambda q: True
-    flash_varlen._flash_varlen = varlen_reference
-    try:
-        triton_flash.torch.empty = nan_empty  # the gather's buffers start as NaN
-        rank = torch.cumsum(kpos >= 0, 1) - 1
-        kz, vz = triton_flash.gather_scope(kc, vc, idx, kpos, cos, sin, dest=rank)
-        triton_flash.torch.empty = real_empty
-        for b in range(B):  # compact rows = the padded layout's real entries, in order
-            n = int(rank[b, -1]) + 1
-            assert torch.equal(kz[b, :n].transpose(0, 1), ko[b][:, kpos[b] >= 0])
-            assert torch.equal(vz[b, :n].transpose(0, 1), vo[b][:, kpos[b] >= 0])
-            assert bool(torch.isnan(kz[b, n:]).all()), "a row past n_b was written"
-        got = scope_attention_triton(*args, scale, True)
-    finally:
-        triton_flash.torch.empty = real_empty
-        flash_varlen.available, flash_varlen._flash_varlen = saved[:2]
-    assert got.shape == (B, Q, H, D) and got.dtype == dtype and bool(torch.isfinite(got).all())
-    rq = triton_flash.rotate_rows(q, qpos, cos, sin).transpose(1, 2)
-    from reattn_llm.kernels.torch_ops import apply_rope
-
-    want_q = apply_rope(q.float(), cos[qpos], sin[qpos]).to(dtype).transpose(1, 2)
-    e_q = (rq.float() - want_q.float()).abs().max().item()
-    assert e_q <= (1e-6 if dtype == F32 else 1e-2), f"rotated queries off by {e_q}"
-    if poison:
-        return {"finite": True}
-    twin = scope_attention_torch(*args, scale)
-    ref = scope_attention_torch(*[a.double() if a.is_floating_point() else a for a in args], scale)
-    e_k = ((got.double() - ref).norm() / ref.norm()).item()
-    e_t = ((twin.double() - ref).norm() / ref.norm()).item()
-    assert e_k <= 2 * e_t + 1e-9, f"library path error {e_k:.3g} > 2x twin error {e_t:.3g}"
-    return {"err_library_path": e_k, "err_twin": e_t}
-
-
 def rotate_one_case(shape, D, dtype, transpose=False):
     """``kernels.rotate_one`` on Triton (one launch) against its twin and ``method.rope.rotate_expected``
     (the readable ops the torch backend keeps): bit for bit, strided queries included."""
@@ -517,18 +434,11 @@ def rotate_one_case(shape, D, dtype, transpose=False):
     return {"elements": got.numel()}
 
 
-def varlen_cases():
+def rotate_cases():
     return {
-        "varlen_g4_d128_b3_f16": lambda: varlen_case(3, 8, 2, 24, 400, 181, 128, F16, pads=(0, 5, 40)),
-        "varlen_g1_d64_b2_f16": lambda: varlen_case(2, 3, 3, 33, 300, 97, 64, F16, pads=(7, 1)),
-        "varlen_g3_d96_f32": lambda: varlen_case(1, 6, 2, 19, 300, 120, 96, F32, pads=(11,)),
-        "varlen_positions_with_holes_f16": lambda: varlen_case(2, 4, 2, 20, 300, 90, 64, F16, pads=None),
         "rotate_one_d128_f16": lambda: rotate_one_case((2, 4, 70), 128, F16),
         "rotate_one_d96_transposed_f32": lambda: rotate_one_case((1, 3, 33), 96, F32, transpose=True),
         "rotate_one_d64_transposed_f16": lambda: rotate_one_case((3, 9, 17), 64, F16, transpose=True),
-        "varlen_d256_nan_padding_rows_f16": lambda: varlen_case(
-            2, 4, 2, 12, 300, 97, 256, F16, pads=(3, 9), poison=True
-        ),
     }
 
 
@@ -955,7 +865,7 @@ def all_cases():
     cases = {}
     cases.update(topk_cases())
     cases.update(attn_cases())
-    cases.update(varlen_cases())
+    cases.update(rotate_cases())
     cases["argument_errors"] = errors_case
     cases.update(rank_blocks_cases())
     cases.update(spans_cases())

@@ -13,9 +13,7 @@ group. Queries are rotated at ``q_pos`` once on entry. Per key tile the program
   bottom-right for the chunk), runs the online softmax in exp2 and accumulates ``P @ V`` with V
   gathered from the cache by index.
 
-Prefill chunks (more than 64 rows) with the ``chunk_tail`` promise go to torch's own flash-attention
-kernel where it runs (:mod:`.flash_varlen`: the scope compacted, one varlen call); otherwise they
-take the flash path of :mod:`.triton_flash`: the
+Prefill chunks (more than 64 rows) take the flash path of :mod:`.triton_flash` by default: the
 scope's K (rotated) and V copied once into contiguous buffers, full-width dots, and with
 ``chunk_tail`` no masking work outside the chunk's own keys. This module's kernel below stays for
 decode and short chunks, and as the prefill baseline of the benchmarks (``FLASH=False``):
@@ -42,7 +40,6 @@ import torch
 import triton
 import triton.language as tl
 
-from . import flash_varlen
 from ._triton_utils import cdiv, check_device, check_float, next_pow2, sm_count
 from .torch_ops import scope_attention_torch
 from .triton_flash import flash_scope_attention, gather_scope
@@ -346,10 +343,6 @@ def _launch(
     q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling, cfg, chunk_tail
 ) -> torch.Tensor:
     if cfg.get("FLASH"):
-        if chunk_tail and cfg.get("LIBRARY", True) and flash_varlen.available(q):
-            return flash_varlen.varlen_scope_attention(
-                q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling
-            )
         qk = float(scaling) * _LOG2E
         return flash_scope_attention(
             q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, qk, cfg, chunk_tail

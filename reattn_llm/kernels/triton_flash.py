@@ -48,7 +48,6 @@ def _gather_kernel(
     sin_ptr,
     ko_ptr,
     vo_ptr,
-    dst_ptr,
     N,
     HKV,
     sk_b,
@@ -67,7 +66,6 @@ def _gather_kernel(
     sc_r,
     ss_p,
     ss_r,
-    sd_b,
     so_b,
     so_h,
     so_n,
@@ -76,7 +74,6 @@ def _gather_kernel(
     BLOCK_DH: tl.constexpr,
     BLOCK_N: tl.constexpr,
     WITH_V: tl.constexpr,
-    COMPACT: tl.constexpr,
     OWN_ROWS: tl.constexpr,
     POS0: tl.constexpr,
 ):
@@ -98,12 +95,7 @@ def _gather_kernel(
     real = nv & (kp >= 0)
     kp = tl.maximum(kp, 0).to(tl.int64)
     lm = real[:, None] & (dh < DH)[None, :]  # padding rows are not read: written as zeros
-    if COMPACT:  # each real key to its row ``dest`` (its rank among the real ones); padding not written
-        sm = lm
-        dst = tl.load(dst_ptr + b * sd_b + offs, mask=nv, other=0).to(tl.int64)
-    else:
-        sm = nv[:, None] & (dh < DH)[None, :]
-        dst = offs.to(tl.int64)
+    sm = nv[:, None] & (dh < DH)[None, :]
     krow = k_ptr + b * sk_b + kvh * sk_h + idx[:, None] * sk_t
     k1 = tl.load(krow + dh[None, :] * sk_d, mask=lm, other=0.0).to(tl.float32)
     k2 = tl.load(krow + (dh[None, :] + DH) * sk_d, mask=lm, other=0.0).to(tl.float32)
@@ -114,7 +106,7 @@ def _gather_kernel(
     s1 = tl.load(srow + dh[None, :] * ss_r, mask=lm, other=0.0).to(tl.float32)
     s2 = tl.load(srow + (dh[None, :] + DH) * ss_r, mask=lm, other=0.0).to(tl.float32)
     dtype = ko_ptr.dtype.element_ty
-    orow = (b * so_b + kvh * so_h + dst * so_n)[:, None]
+    orow = (b * so_b + kvh * so_h + offs.to(tl.int64) * so_n)[:, None]
     tl.store(ko_ptr + orow + dh[None, :], (k1 * c1 - k2 * s1).to(dtype), mask=sm)
     tl.store(ko_ptr + orow + DH + dh[None, :], (k2 * c2 + k1 * s2).to(dtype), mask=sm)
     if WITH_V:
@@ -125,23 +117,14 @@ def _gather_kernel(
         tl.store(vo_ptr + orow + DH + dh[None, :], v2.to(dtype), mask=sm)
 
 
-def gather_scope(
-    k_cache, v_cache, gather_idx, key_pos, cos, sin, dest: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def gather_scope(k_cache, v_cache, gather_idx, key_pos, cos, sin) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(K', V')``, each ``[B, Hkv, N, D]`` contiguous in ``k_cache``'s dtype: the scope's keys
     rotated at ``key_pos`` and its values, zeros at padding entries. ``v_cache`` None: the keys
-    alone (``V'`` None).
-
-    ``dest [B, N]`` (contiguous rows, each real entry's rank among its entry's real ones): each
-    ``[B, N, Hkv, D]`` contiguous instead (token-major, as flash attention's varlen interface reads
-    keys), entry ``b``'s real keys in its first ``n_b`` rows in scope order, padding dropped and the
-    rows past ``n_b`` left unwritten."""
+    alone (``V'`` None)."""
     B, Hkv, _, D = k_cache.shape
     N = gather_idx.shape[1]
-    compact = dest is not None
-    shape = (B, N, Hkv, D) if compact else (B, Hkv, N, D)
-    ko = torch.empty(shape, device=k_cache.device, dtype=k_cache.dtype)
-    so = (N * Hkv * D, D, Hkv * D) if compact else (Hkv * N * D, N * D, D)
+    ko = torch.empty((B, Hkv, N, D), device=k_cache.device, dtype=k_cache.dtype)
+    so = (Hkv * N * D, N * D, D)
     with_v = v_cache is not None
     vo = torch.empty_like(ko) if with_v else None
     vc = v_cache if with_v else k_cache
@@ -155,7 +138,6 @@ def gather_scope(
         sin,
         ko,
         vo if with_v else ko,
-        dest if compact else gather_idx,
         N,
         Hkv,
         *k_cache.stride(),
@@ -164,14 +146,12 @@ def gather_scope(
         *key_pos.stride(),
         *cos.stride(),
         *sin.stride(),
-        dest.stride(0) if compact else 0,
         *so,
         D=D,
         DH=D // 2,
         BLOCK_DH=max(16, next_pow2(D // 2)),
         BLOCK_N=BN,
         WITH_V=with_v,
-        COMPACT=compact,
         OWN_ROWS=False,
         POS0=False,
         num_warps=4,
@@ -184,8 +164,8 @@ def rotate_rows(
 ) -> torch.Tensor:
     """``x [B, H, S, D]`` (any strides) rotated at ``pos`` (``[B, S]`` integer rows of ``cos``/``sin``
     ``[P, D]``; None: row 0 for all) as the gather rotates keys (rotate-half, fp32 math); returns
-    ``[B, H, S, D]`` in ``x``'s dtype, a view of a ``[B, S, H, D]`` contiguous buffer (the layout
-    flash attention's varlen interface reads queries in)."""
+    ``[B, H, S, D]`` in ``x``'s dtype, a view of a ``[B, S, H, D]`` contiguous buffer (the layer's
+    own layout of queries)."""
     B, H, S, D = x.shape
     pos0 = pos is None
     pos_t = cos if pos0 else pos  # never read with POS0
@@ -200,7 +180,6 @@ def rotate_rows(
         sin,
         out,
         out,
-        pos_t,
         S,
         H,
         *x.stride(),
@@ -210,7 +189,6 @@ def rotate_rows(
         *((0, 0) if pos0 else pos.stride()),
         *cos.stride(),
         *sin.stride(),
-        0,
         S * H * D,
         D,
         H * D,
@@ -219,7 +197,6 @@ def rotate_rows(
         BLOCK_DH=max(16, next_pow2(D // 2)),
         BLOCK_N=BN,
         WITH_V=False,
-        COMPACT=False,
         OWN_ROWS=True,
         POS0=pos0,
         num_warps=4,

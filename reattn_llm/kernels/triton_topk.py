@@ -67,32 +67,6 @@ def _worst_slot(vals, ids, thr, colk, KP: tl.constexpr):
 
 
 @triton.jit
-def _flip(i):
-    """Float bits (int32) <-> an int32 with the floats' order (an involution)."""
-    return i ^ ((i >> 31) & 0x7FFFFFFF)
-
-
-@triton.jit
-def _evict_key(v, i):
-    """Value ``v`` (fp32) and id ``i`` as one int64 ordered as the running top-k evicts: the lower
-    value first, then the higher id; so a row's worst slot is its smallest key, found by one ``min``
-    (grouped mode's slots, whose ids are tiles: no two hold the same value and id)."""
-    return (_flip(v.to(tl.int32, bitcast=True)).to(tl.int64) << 32) + (2147483647 - i.to(tl.int64))
-
-
-@triton.jit
-def _key_value(e):
-    """The fp32 value of :func:`_evict_key`'s ``e``."""
-    return _flip((e >> 32).to(tl.int32)).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _key_id(e):
-    """The id of :func:`_evict_key`'s ``e``."""
-    return (2147483647 - (e & 4294967295)).to(tl.int32)
-
-
-@triton.jit
 def _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP: tl.constexpr):
     """One step of the running top-k: rows with ``need`` (their best remaining candidate ``m``
     beats their k-th best ``thr``) replace their worst slot by it; the candidate is knocked out."""
@@ -170,18 +144,18 @@ def _topk_tile(
         packed = ((gm.to(tl.int32, bitcast=True) & ~(GPT - 1)) | gcol).to(tl.float32, bitcast=True)
         gm = tl.where(gm == NEG, NEG, packed)
     m = tl.max(gm, axis=1)
+    need = m > thr
     if PACK:
-        # vals: the slots' evict keys (int64, _evict_key), thr: each row's smallest, the slot to evict
-        need = m > _key_value(thr)
         for _ in tl.static_range(TOPK):
-            repl = (vals == thr[:, None]) & need[:, None]
-            vals = tl.where(repl, _evict_key(m, tile)[:, None], vals)
+            pos = _worst_slot(vals, ids, thr, colk, KP)
+            repl = (colk == pos[:, None]) & need[:, None]
+            vals = tl.where(repl, m[:, None], vals)
+            ids = tl.where(repl, tile, ids)
             thr = tl.min(vals, axis=1)
             gm = tl.where(gm == m[:, None], NEG, gm)
             m = tl.max(gm, axis=1)
-            need = m > _key_value(thr)
+            need = m > thr
     elif EARLY_EXIT == 1:  # data-dependent loop (defeats software pipelining of the K loads)
-        need = m > thr
         cnt = tl.sum(need.to(tl.int32), axis=0)
         it = 0
         while (cnt > 0) & (it < TOPK):
@@ -189,12 +163,10 @@ def _topk_tile(
             cnt = tl.sum(need.to(tl.int32), axis=0)
             it += 1
     elif EARLY_EXIT == 2:  # skip the insertion when no row of the tile beats its k-th best
-        need = m > thr
         if tl.max(need.to(tl.int32), axis=0) > 0:
             for _ in tl.static_range(TOPK):
                 vals, ids, thr, gm, m, need = _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP)
     else:
-        need = m > thr
         for _ in tl.static_range(TOPK):
             vals, ids, thr, gm, m, need = _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP)
     return vals, ids, thr
@@ -285,7 +257,7 @@ def _score_topk_kernel(
     if PACK:
         # slots start at distinct finite sentinels just above -inf (-FLT_MAX, -FLT_MAX + ulp, ...)
         sent = (-8388609 - colk + tl.zeros([BLOCK_R, KP], tl.int32)).to(tl.float32, bitcast=True)
-        vals = _evict_key(tl.where(colk < TOPK, sent, float("inf")), tl.full([BLOCK_R, KP], -1, tl.int32))
+        vals = tl.where(colk < TOPK, sent, float("inf"))
         thr = tl.min(vals, axis=1)
     else:
         vals = tl.where(colk < TOPK, float("-inf"), float("inf")) + tl.zeros([BLOCK_R, KP], tl.float32)
@@ -361,9 +333,7 @@ def _score_topk_kernel(
     H = HKV * G
     row_off = ((b.to(tl.int64) * H + h) * Q + qi) * (SPLITS * TOPK) + split * TOPK
     omask = rvalid[:, None] & (colk < TOPK)
-    if PACK:  # evict keys -> values and (tile, low bits) -> group id; sentinels -> -1
-        ids = _key_id(vals)
-        vals = _key_value(vals)
+    if PACK:  # (tile, low bits) -> group id; sentinels -> -1
         ids = tl.where(ids >= 0, ids * GPT + (vals.to(tl.int32, bitcast=True) & (GPT - 1)), -1)
     tl.store(cand_v_ptr + row_off[:, None] + colk, vals, mask=omask)
     tl.store(cand_i_ptr + row_off[:, None] + colk, ids, mask=omask)
