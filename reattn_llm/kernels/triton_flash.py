@@ -117,6 +117,43 @@ def _gather_kernel(
         tl.store(vo_ptr + orow + DH + dh[None, :], v2.to(dtype), mask=sm)
 
 
+def _gather(src, vsrc, idx, pos, cos, sin, out, vout, out_strides) -> None:
+    """Launch :func:`_gather_kernel`: rows of ``src [B, heads, T, D]`` (and ``vsrc``) rotated at ``pos``
+    into ``out`` (and ``vout``) at ``out_strides`` (batch, head, row). ``idx`` None: rows ``0..n-1``
+    of ``pos``'s length ``n`` (``pos [B, n]``), or of ``src`` with ``pos`` None (table row 0 for all)."""
+    B, heads, T, D = src.shape
+    n = T if idx is None and pos is None else (pos if idx is None else idx).shape[1]
+    v = vsrc if vsrc is not None else src
+    BN = 64 if D <= 128 else 32
+    _gather_kernel[(cdiv(n, BN), B * heads)](
+        src,
+        v,
+        cos if idx is None else idx,  # never read without idx (OWN_ROWS)
+        cos if pos is None else pos,  # never read without pos (POS0)
+        cos,
+        sin,
+        out,
+        vout if vout is not None else out,
+        n,
+        heads,
+        *src.stride(),
+        *v.stride(),
+        *((0, 0) if idx is None else idx.stride()),
+        *((0, 0) if pos is None else pos.stride()),
+        *cos.stride(),
+        *sin.stride(),
+        *out_strides,
+        D=D,
+        DH=D // 2,
+        BLOCK_DH=max(16, next_pow2(D // 2)),
+        BLOCK_N=BN,
+        WITH_V=vsrc is not None,
+        OWN_ROWS=idx is None,
+        POS0=pos is None,
+        num_warps=4,
+    )
+
+
 def gather_scope(k_cache, v_cache, gather_idx, key_pos, cos, sin) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(K', V')``, each ``[B, Hkv, N, D]`` contiguous in ``k_cache``'s dtype: the scope's keys
     rotated at ``key_pos`` and its values, zeros at padding entries. ``v_cache`` None: the keys
@@ -124,38 +161,8 @@ def gather_scope(k_cache, v_cache, gather_idx, key_pos, cos, sin) -> tuple[torch
     B, Hkv, _, D = k_cache.shape
     N = gather_idx.shape[1]
     ko = torch.empty((B, Hkv, N, D), device=k_cache.device, dtype=k_cache.dtype)
-    so = (Hkv * N * D, N * D, D)
-    with_v = v_cache is not None
-    vo = torch.empty_like(ko) if with_v else None
-    vc = v_cache if with_v else k_cache
-    BN = 64 if D <= 128 else 32
-    _gather_kernel[(cdiv(N, BN), B * Hkv)](
-        k_cache,
-        vc,
-        gather_idx,
-        key_pos,
-        cos,
-        sin,
-        ko,
-        vo if with_v else ko,
-        N,
-        Hkv,
-        *k_cache.stride(),
-        *vc.stride(),
-        *gather_idx.stride(),
-        *key_pos.stride(),
-        *cos.stride(),
-        *sin.stride(),
-        *so,
-        D=D,
-        DH=D // 2,
-        BLOCK_DH=max(16, next_pow2(D // 2)),
-        BLOCK_N=BN,
-        WITH_V=with_v,
-        OWN_ROWS=False,
-        POS0=False,
-        num_warps=4,
-    )
+    vo = torch.empty_like(ko) if v_cache is not None else None
+    _gather(k_cache, v_cache, gather_idx, key_pos, cos, sin, ko, vo, (Hkv * N * D, N * D, D))
     return ko, vo
 
 
@@ -167,40 +174,8 @@ def rotate_rows(
     ``[B, H, S, D]`` in ``x``'s dtype, a view of a ``[B, S, H, D]`` contiguous buffer (the layer's
     own layout of queries)."""
     B, H, S, D = x.shape
-    pos0 = pos is None
-    pos_t = cos if pos0 else pos  # never read with POS0
     out = torch.empty((B, S, H, D), device=x.device, dtype=x.dtype)
-    BN = 64 if D <= 128 else 32
-    _gather_kernel[(cdiv(S, BN), B * H)](
-        x,
-        x,
-        pos_t,
-        pos_t,
-        cos,
-        sin,
-        out,
-        out,
-        S,
-        H,
-        *x.stride(),
-        *x.stride(),
-        0,
-        0,
-        *((0, 0) if pos0 else pos.stride()),
-        *cos.stride(),
-        *sin.stride(),
-        S * H * D,
-        D,
-        H * D,
-        D=D,
-        DH=D // 2,
-        BLOCK_DH=max(16, next_pow2(D // 2)),
-        BLOCK_N=BN,
-        WITH_V=False,
-        OWN_ROWS=True,
-        POS0=pos0,
-        num_warps=4,
-    )
+    _gather(x, None, None, pos, cos, sin, out, None, (S * H * D, D, H * D))
     return out.transpose(1, 2)
 
 
