@@ -119,10 +119,10 @@ def _gather_kernel(
 
 def _gather(src, vsrc, idx, pos, cos, sin, out, vout, out_strides) -> None:
     """Launch :func:`_gather_kernel`: rows of ``src [B, heads, T, D]`` (and ``vsrc``) rotated at ``pos``
-    into ``out`` (and ``vout``) at ``out_strides`` (batch, head, row). ``idx`` None: rows ``0..n-1``
-    of ``pos``'s length ``n`` (``pos [B, n]``), or of ``src`` with ``pos`` None (table row 0 for all)."""
+    into ``out`` (and ``vout``) at ``out_strides`` (batch, head, row). ``idx [B, n]`` the rows to take,
+    or None: every row of ``src`` in order (``pos [B, T]``, or None: table row 0 for all)."""
     B, heads, T, D = src.shape
-    n = T if idx is None and pos is None else (pos if idx is None else idx).shape[1]
+    n = T if idx is None else idx.shape[1]
     v = vsrc if vsrc is not None else src
     BN = 64 if D <= 128 else 32
     _gather_kernel[(cdiv(n, BN), B * heads)](
