@@ -173,6 +173,21 @@ def _topk_tile(
 
 
 @triton.jit
+def _entry_keys(M, GROW, TAIL, b, BS: tl.constexpr):
+    """Batch entry ``b``'s logical keys and where its partial block starts (a batch of one forward's
+    chunks, ``GROW`` rows apart): with a block table (``BS > 0``) every entry has ``M`` logical keys
+    and its partial block starts ``b * GROW`` rows later; without one entry b scores its first
+    ``M + b * GROW`` keys."""
+    if BS > 0:
+        mb = M
+        tail = TAIL + b * GROW
+    else:
+        mb = M + b * GROW
+        tail = TAIL
+    return mb, tail
+
+
+@triton.jit
 def _block_rows(t_base, n, valid, NT, TAIL, BS: tl.constexpr):
     """Logical keys ``n`` -> their rows (int64): ``table[n // BS] * BS + n % BS`` for the ``NT``
     blocks of the table, then the partial block's rows from ``TAIL`` on."""
@@ -239,11 +254,7 @@ def _score_topk_kernel(
 
     k_base = k_ptr + b.to(tl.int64) * sk_b + kvh.to(tl.int64) * sk_h
     start = split * KEYS_PER_SPLIT
-    if BS > 0:  # a table: batch entry b's partial block starts b * GROW rows later, M logical keys each
-        TAIL = TAIL + b * GROW
-        MB = M
-    else:  # batch entry b scores its first M + b * GROW keys
-        MB = M + b * GROW
+    MB, TAIL = _entry_keys(M, GROW, TAIL, b, BS)
     end = tl.maximum(tl.minimum(start + KEYS_PER_SPLIT, MB), start)  # an entry's keys may end before a split
     full_end = start + ((end - start) // BLOCK_N) * BLOCK_N
     offs_n = tl.arange(0, BLOCK_N)
@@ -382,11 +393,7 @@ def _merge_refine_kernel(
     h = (row // Q) % H
     kvh = h // G
     t_base = t_ptr + (b * (H // G) + kvh) * NT  # block table row (BS > 0)
-    if BS > 0:  # as in _score_topk_kernel
-        TAIL = TAIL + b * GROW
-        MB = M
-    else:
-        MB = M + b * GROW
+    MB, TAIL = _entry_keys(M, GROW, TAIL, b, BS)
     if CI == 0:
         for t in tl.static_range(KK):
             m = tl.max(cv, axis=0)
