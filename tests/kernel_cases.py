@@ -207,6 +207,33 @@ GROUPED_PACK = dict(
 GROUPED_CI1 = dict(BLOCK_R=16, BLOCK_N=16, CI=1, EARLY_EXIT=1, num_warps=4, num_stages=1)
 GROUPED_EE0 = dict(BLOCK_R=32, BLOCK_N=64, CI=4, EARLY_EXIT=0, num_warps=4, num_stages=1, splits=3)
 PLAIN_SPLIT = dict(BLOCK_R=16, BLOCK_N=32, CI=0, EARLY_EXIT=0, num_warps=4, num_stages=1, splits=5)
+# lazy insertion (EARLY_EXIT 3): one insertion a tile, the rest only when a row of the block needs them
+GROUPED_LAZY = dict(GROUPED_PACK, EARLY_EXIT=3)
+PLAIN_LAZY = dict(PLAIN_SPLIT, EARLY_EXIT=3)
+
+
+def topk_lazy_case(dtype, config):
+    """Lazy insertion returns the eager kernel's indices bit for bit: on random keys, on keys whose
+    scores rise along the middle (every tile inserts several groups: the lazy branch is taken) and
+    on repeated keys (exact ties)."""
+    from reattn_llm.kernels.triton_topk import score_topk_triton
+
+    torch.manual_seed(3)
+    B, H, Hkv, Q, M, D = 1, 4, 2, 5, 611, 64
+    q = torch.randn(B, H, Q, D, dtype=dtype)
+    rising = q[:, ::2].float().mean(2, keepdim=True) * torch.linspace(0.0, 2.0, M).view(1, 1, M, 1)
+    keyset = {
+        "random": torch.randn(B, Hkv, M, D, dtype=dtype),
+        "rising": (rising + 0.05 * torch.randn(B, Hkv, M, D)).to(dtype),
+        "repeated": torch.randn(B, Hkv, 7, D, dtype=dtype)[:, :, torch.randint(0, 7, (M,))],
+    }
+    out = {}
+    for name, k in keyset.items():
+        got = score_topk_triton(q, k, 4, _config=config)
+        eager = score_topk_triton(q, k, 4, _config=dict(config, EARLY_EXIT=0))
+        assert torch.equal(got, eager), f"{name} keys: lazy and eager insertion disagree"
+        out[name] = topk_check(q, k, 4, got)["max_score_gap"]
+    return out
 
 
 def topk_cases():
@@ -229,6 +256,8 @@ def topk_cases():
         )
         cases[f"topk_duplicate_keys_packed_{n}"] = lambda dt=dt: topk_dup_case(dt, GROUPED_PACK)
         cases[f"topk_planted_plain_{n}"] = lambda dt=dt: topk_planted_case(dt, PLAIN_SPLIT)
+        cases[f"topk_lazy_packed_{n}"] = lambda dt=dt: topk_lazy_case(dt, GROUPED_LAZY)
+        cases[f"topk_lazy_plain_{n}"] = lambda dt=dt: topk_lazy_case(dt, PLAIN_LAZY)
     cases["topk_M1025_g7_ee0_splits_f16"] = lambda: topk_case(1, 7, 1, 5, 1025, 64, 4, F16, GROUPED_EE0)
     cases["topk_M97_d256_g2_f16"] = lambda: topk_case(1, 4, 2, 3, 97, 256, 4, F16)
     cases["topk_M97_d96_g1_f32"] = lambda: topk_case(1, 2, 2, 3, 97, 96, 4, F32)

@@ -22,8 +22,13 @@ Algorithm (two launches, no host sync):
      index rides in the low mantissa bits of its max, so one max yields value and group and the
      knock-out is an equality test; the truncation (4 bits) is far below the fp32 rounding of a
      D-term dot, and only ranks groups: keys are rescored exactly in step 2.
-     (``EARLY_EXIT`` 1/2 variants skip insertions data-dependently; they defeat Triton's software
-     pipelining and measured slower on the H100, so they stay as tested alternatives.)
+     **Lazy insertion** (``EARLY_EXIT=3``, the prefill default): a tile's first insertion always
+     runs, the other ``top_k - 1`` only when some row of the block still has a group that beats
+     its k-th best. Past the first tiles a row rarely gains two groups from one tile, so the
+     branch is rarely taken; the result is the eager loop's bit for bit (a row without ``need``
+     is a no-op in it), and the next tile's K copy is issued before the branch (its loads stay
+     pipelined). (``EARLY_EXIT`` 1/2 skip insertions data-dependently from the first one; they
+     measured slower on the H100 and stay as tested alternatives.)
    * **plain mode** (decode, tiny chunks, fp32): the same insertion on the key scores
      themselves; decode is memory-bound, so the per-key work hides under the K stream.
 
@@ -83,6 +88,21 @@ def _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP: tl.constexpr):
 
 
 @triton.jit
+def _insert_packed(vals, ids, thr, gm, m, need, tile, colk, KP: tl.constexpr):
+    """:func:`_insert_best` on packed group maxima: the group rides in ``m``'s low bits, so the slot
+    keeps the tile and the knock-out is an equality test."""
+    pos = _worst_slot(vals, ids, thr, colk, KP)
+    repl = (colk == pos[:, None]) & need[:, None]
+    vals = tl.where(repl, m[:, None], vals)
+    ids = tl.where(repl, tile, ids)
+    thr = tl.min(vals, axis=1)
+    gm = tl.where(gm == m[:, None], float("-inf"), gm)
+    m = tl.max(gm, axis=1)
+    need = m > thr
+    return vals, ids, thr, gm, m, need
+
+
+@triton.jit
 def _topk_tile(
     q,
     kptrs,
@@ -136,25 +156,29 @@ def _topk_tile(
     else:
         gm = s
         gidx = gcol + n0
+    tile = n0 // BLOCK_N
     if PACK:
         # the group's index in the low bits of its max: one max yields value and group, and a
         # knock-out is an equality test. The truncation (log2(GPT) low mantissa bits) is far below
         # the fp32 rounding of a D-term dot product; the refine pass rescores keys exactly.
-        tile = n0 // BLOCK_N
         packed = ((gm.to(tl.int32, bitcast=True) & ~(GPT - 1)) | gcol).to(tl.float32, bitcast=True)
         gm = tl.where(gm == NEG, NEG, packed)
     m = tl.max(gm, axis=1)
     need = m > thr
-    if PACK:
+    if EARLY_EXIT == 3:  # one insertion; the others only when a row still has a candidate that beats it
+        if PACK:
+            vals, ids, thr, gm, m, need = _insert_packed(vals, ids, thr, gm, m, need, tile, colk, KP)
+        else:
+            vals, ids, thr, gm, m, need = _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP)
+        if tl.max(need.to(tl.int32), axis=0) > 0:
+            for _ in tl.static_range(TOPK - 1):
+                if PACK:
+                    vals, ids, thr, gm, m, need = _insert_packed(vals, ids, thr, gm, m, need, tile, colk, KP)
+                else:
+                    vals, ids, thr, gm, m, need = _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP)
+    elif PACK:
         for _ in tl.static_range(TOPK):
-            pos = _worst_slot(vals, ids, thr, colk, KP)
-            repl = (colk == pos[:, None]) & need[:, None]
-            vals = tl.where(repl, m[:, None], vals)
-            ids = tl.where(repl, tile, ids)
-            thr = tl.min(vals, axis=1)
-            gm = tl.where(gm == m[:, None], NEG, gm)
-            m = tl.max(gm, axis=1)
-            need = m > thr
+            vals, ids, thr, gm, m, need = _insert_packed(vals, ids, thr, gm, m, need, tile, colk, KP)
     elif EARLY_EXIT == 1:  # data-dependent loop (defeats software pipelining of the K loads)
         cnt = tl.sum(need.to(tl.int32), axis=0)
         it = 0
@@ -476,7 +500,7 @@ def _pick_config(rows: int, M: int, D: int, n_sm: int, batch_heads: int) -> dict
             BLOCK_R=128,
             BLOCK_N=128 if bd <= 128 else 64,
             CI=4,
-            EARLY_EXIT=0,
+            EARLY_EXIT=3,
             PACK=True,
             num_warps=8,
             num_stages=2,
