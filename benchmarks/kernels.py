@@ -1026,12 +1026,14 @@ def warm_configs(model, warm_tokens: int, cfg=None) -> list:
     kernels with one candidate block fewer than the warm-up's middle holds: as close as it gets to
     the timed run's level 2, whose split count (a ``tl.constexpr`` of the merge kernel, and 1 or not
     for the scoring kernel) follows the candidates' keys; with 16 candidates these compiles landed in
-    the timed prefill (run 14: 15.9 s in a machine's first process, 11.2 s in its second)."""
+    the timed prefill (run 14: 15.9 s in a machine's first process, 11.2 s in its second). The kernels'
+    length arguments are not specialised (``do_not_specialize``), so other lengths reuse these compiles."""
     cfg = cfg or e2e_config()
     cfgs = [cfg]
     if cfg.selection == "two_level":
         rc = cfg.resolve(model.config.max_position_embeddings)
-        blocks = (warm_tokens - rc.global_size - rc.local_size) // rc.summary_block
+        # the last whole chunk's middle (the prompt's tail chunk scores exactly, so it does not count)
+        blocks = (warm_tokens - rc.tail_size - rc.global_size - rc.local_size) // rc.summary_block
         cfgs.append(dataclasses.replace(cfg, candidate_blocks=max(1, blocks - 1)))
     return cfgs
 

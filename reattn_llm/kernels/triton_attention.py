@@ -50,7 +50,7 @@ __all__ = ["scope_attention_triton"]
 _LOG2E = 1.4426950408889634
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Q", "ROWS", "SPLITS", "sqp_b"])
 def _scope_attn_kernel(
     q_ptr,
     k_ptr,

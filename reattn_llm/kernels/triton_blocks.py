@@ -95,7 +95,7 @@ def _load_rows(q_ptr, r, rmask, d, dmask, stride_r):
     return q, tl.maximum(q, zero).to(q.dtype), tl.minimum(q, zero).to(q.dtype)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NB", "S"])
 def _row_best_kernel(
     q_ptr,
     s_ptr,
@@ -143,7 +143,7 @@ def _row_best_kernel(
     tl.store(best_ptr + (bh * S + split) * R + r, best, mask=rmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NB", "S"])
 def _block_rank_kernel(
     q_ptr,
     s_ptr,

@@ -38,7 +38,7 @@ from .triton_online_softmax import combine, dot, softmax_step
 __all__ = ["flash_scope_attention", "gather_scope", "rotate_rows"]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])
 def _gather_kernel(
     k_ptr,
     v_ptr,
@@ -179,7 +179,7 @@ def rotate_rows(
     return out.transpose(1, 2)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Q", "N", "ROWS", "SPLITS", "sqp_b"])
 def _flash_kernel(
     q_ptr,
     k_ptr,

@@ -33,7 +33,7 @@ def softmax_step(s, m_i, l_i, acc, v, IEEE: tl.constexpr, dtype: tl.constexpr):
     return m_new, l_i, acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Q", "SPLITS"])
 def _combine_kernel(
     po_ptr,
     pml_ptr,
@@ -79,6 +79,6 @@ def combine(po: torch.Tensor, pml: torch.Tensor, out: torch.Tensor) -> None:
         S,
         D=D,
         BLOCK_D=max(16, next_pow2(D)),
-        SP=max(2, next_pow2(S)),
+        SP=max(64, next_pow2(S)),  # a bucket: one compile for split counts up to 64
         num_warps=4 if D > 64 else 2,
     )

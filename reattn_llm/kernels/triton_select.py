@@ -44,7 +44,7 @@ def _max(a, b):
     return tl.maximum(a, b)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "T", "Q"])
 def _select_scope_kernel(
     hits_ptr,
     pin_ptr,

@@ -33,7 +33,7 @@ from .torch_select import rank_spans_torch
 __all__ = ["rank_spans_triton"]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n", "M"])
 def _hist_kernel(hits_ptr, own_ptr, n, M, s_hb, s_hn, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -43,7 +43,7 @@ def _hist_kernel(hits_ptr, own_ptr, n, M, s_hb, s_hn, BLOCK: tl.constexpr):
     tl.atomic_add(own_ptr + b * M + h, tl.full([BLOCK], 1, tl.int32), mask=ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M0", "scale", "GROW"])
 def _key_kernel(own_ptr, key_ptr, MS, M0, GROW, scale, half, span, SP: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -60,7 +60,7 @@ def _key_kernel(own_ptr, key_ptr, MS, M0, GROW, scale, half, span, SP: tl.conste
     tl.store(key_ptr + b * MS + pos, key, mask=pv)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M0", "scale", "GROW"])
 def _peak_kernel(key_ptr, out_ptr, MS, M0, GROW, scale, reach, SP: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -77,7 +77,7 @@ def _peak_kernel(key_ptr, out_ptr, MS, M0, GROW, scale, reach, SP: tl.constexpr,
     tl.store(out_ptr + b * MS + pos, tl.where(peak, key, -1), mask=pos < MS)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M0", "scale", "GROW"])
 def _decode_kernel(top_ptr, cen_ptr, vot_ptr, K, M0, GROW, scale, BLOCK: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     M = M0 + b * GROW

@@ -220,7 +220,7 @@ def _block_rows(t_base, n, valid, NT, TAIL, BS: tl.constexpr):
     return tl.where(j < NT, blk.to(tl.int64) * BS + n % BS, TAIL + (n - NT * BS).to(tl.int64))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Q", "M", "ROWS", "SPLITS", "NT", "TAIL", "GROW"])
 def _score_topk_kernel(
     q_ptr,
     k_ptr,
@@ -374,7 +374,7 @@ def _score_topk_kernel(
     tl.store(cand_i_ptr + row_off[:, None] + colk, ids, mask=omask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Q", "M", "C", "NT", "TAIL", "GROW"])
 def _merge_refine_kernel(
     cand_v_ptr,
     cand_i_ptr,
@@ -512,6 +512,13 @@ def _pick_config(rows: int, M: int, D: int, n_sm: int, batch_heads: int) -> dict
     return cfg
 
 
+def _candidate_bucket(c: int, ci: int) -> int:
+    """The merge's candidate width (a constexpr) for ``c = splits * top_k`` candidates a row: a
+    bucket that one compile serves for many lengths (the split count grows with the middle), so a
+    long prompt does not compile a new merge kernel inside its prefill."""
+    return max(16 if ci > 0 else 1024, next_pow2(c))
+
+
 def _launch(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -610,10 +617,10 @@ def _launch(
         TOPK=top_k,
         KK=kk,
         KP=kp,
-        CP=next_pow2(C),
+        CP=_candidate_bucket(C, CI),
         CI=CI,
         BLOCK_N=BLOCK_N,
-        num_warps=4 if CI > 0 else 1,
+        num_warps=4,
     )
     return out
 
