@@ -145,13 +145,50 @@ def matmul_only(q, k, chunk=16384):
 
 PREFILL_SWEEP = [
     dict(
+        name="pack lazy w8 s2 (default)",
+        BLOCK_R=128,
+        BLOCK_N=128,
+        CI=4,
+        EARLY_EXIT=3,
+        PACK=True,
+        num_warps=8,
+        num_stages=2,
+    ),
+    dict(
+        name="pack lazy ci8 w8 s2",
+        BLOCK_R=128,
+        BLOCK_N=128,
+        CI=8,
+        EARLY_EXIT=3,
+        PACK=True,
+        num_warps=8,
+        num_stages=2,
+    ),
+    dict(
+        name="pack lazy w4 s2",
+        BLOCK_R=128,
+        BLOCK_N=128,
+        CI=4,
+        EARLY_EXIT=3,
+        PACK=True,
+        num_warps=4,
+        num_stages=2,
+    ),
+    dict(
         name="pack w4 s2", BLOCK_R=128, BLOCK_N=128, CI=4, EARLY_EXIT=0, PACK=True, num_warps=4, num_stages=2
     ),
     dict(
         name="pack w4 s3", BLOCK_R=128, BLOCK_N=128, CI=4, EARLY_EXIT=0, PACK=True, num_warps=4, num_stages=3
     ),
     dict(
-        name="pack w8 s2", BLOCK_R=128, BLOCK_N=128, CI=4, EARLY_EXIT=0, PACK=True, num_warps=8, num_stages=2
+        name="pack eager w8 s2 (the default before lazy insertion)",
+        BLOCK_R=128,
+        BLOCK_N=128,
+        CI=4,
+        EARLY_EXIT=0,
+        PACK=True,
+        num_warps=8,
+        num_stages=2,
     ),
     dict(
         name="pack ci8 w4 s2",
@@ -201,6 +238,9 @@ DECODE_SWEEP = [
     dict(name="plain N128 w4 s4 t16", BLOCK_N=128, num_warps=4, num_stages=4, target_mult=16),
     dict(name="plain N256 w4 s3 t16", BLOCK_N=256, num_warps=4, num_stages=3, target_mult=16),
     dict(name="plain N128 w4 s3 t24", BLOCK_N=128, num_warps=4, num_stages=3, target_mult=24),
+    dict(
+        name="plain lazy N128 w4 s3 t16", BLOCK_N=128, num_warps=4, num_stages=3, target_mult=16, EARLY_EXIT=3
+    ),
 ]
 
 
@@ -309,7 +349,8 @@ def scoring(sweep: bool):
                 c = dict(c)
                 name = c.pop("name")
                 c["target"] = c.pop("target_mult") * n_sm
-                c.update(BLOCK_R=16, CI=0, EARLY_EXIT=0, min_tiles=4)
+                c.update(BLOCK_R=16, CI=0, min_tiles=4)
+                c.setdefault("EARLY_EXIT", 0)
             else:
                 name = "installed"
             try:
