@@ -954,6 +954,7 @@ def e2e(which: list[str]):
             r = reattn_prefill_decode(model, warm_ids, steps=2, warm=1)
             log(f"  warm-up ReAttention 12K: prefill {r['prefill_s']:.2f} s")
             h.unpatch()
+        warm_wide_candidates(model)
         for w in which:
             if w not in ("llama32k", "llama128k"):
                 continue
@@ -1062,21 +1063,48 @@ DECODE_ROOM = 4096
 
 def warm_configs(model, warm_tokens: int, cfg=None) -> list:
     """Configurations whose kernels a warm-up over ``warm_tokens`` compiles before anything is timed.
-    Two-level selection scores exactly while its candidates cover the middle (``candidate_blocks * 32``
-    keys, 16K by default: all of a 12K warm-up), so a second warm-up runs its level-1 and level-2
-    kernels with one candidate block fewer than the warm-up's middle holds: as close as it gets to
-    the timed run's level 2, whose split count (a ``tl.constexpr`` of the merge kernel, and 1 or not
-    for the scoring kernel) follows the candidates' keys; with 16 candidates these compiles landed in
-    the timed prefill (run 14: 15.9 s in a machine's first process, 11.2 s in its second). The kernels'
-    length arguments are not specialised (``do_not_specialize``), so other lengths reuse these compiles."""
+    Two-level selection scores exactly while its candidates cover a chunk's middle
+    (``candidate_blocks * 32`` keys, 16K by default: all of a 12K warm-up), so a second warm-up runs
+    with fewer candidates than the first chunk of the warm-up's last joined forward has blocks: that
+    forward then selects two-level as one batch (``grow``), the path of the timed prefill's
+    forwards, and compiles level 1 (``rank_blocks``, the candidates kernel) and level 2 (the block
+    table's top-k and merge). The kernels' length arguments are not specialised
+    (``do_not_specialize``) and their length-derived constexprs are bucketed, so these compiles serve
+    the timed lengths; the candidates kernel's second width (middles past 2,048 blocks) is compiled
+    by :func:`warm_wide_candidates`. (Run 14, with 16 candidates: 15.9 s in a machine's first
+    process, 11.2 s in its second.)"""
+    from reattn_llm.method.chunks import chunk_bounds, engine_forward, forward_bounds
+
     cfg = cfg or e2e_config()
     cfgs = [cfg]
     if cfg.selection == "two_level":
         rc = cfg.resolve(model.config.max_position_embeddings)
-        # the last whole chunk's middle (the prompt's tail chunk scores exactly, so it does not count)
-        blocks = (warm_tokens - rc.tail_size - rc.global_size - rc.local_size) // rc.summary_block
+        tokens = engine_forward(
+            dataclasses.replace(rc, prefill_forward=PREFILL_FORWARD), rc.chunk_size, "cuda"
+        )
+        fwd = forward_bounds(chunk_bounds(warm_tokens, rc.chunk_size, rc.tail_size), rc.chunk_size, tokens)
+        joined = [s for s, e in fwd if e - s > rc.chunk_size] or [s for s, _ in fwd]
+        blocks = (joined[-1] - rc.global_size - rc.local_size) // rc.summary_block
         cfgs.append(dataclasses.replace(cfg, candidate_blocks=max(1, blocks - 1)))
     return cfgs
+
+
+def warm_wide_candidates(model, cfg=None) -> None:
+    """Compile the candidates kernel's wide variant (``top_blocks``: a middle past 2,048 blocks, 64K
+    keys, which no short warm-up reaches) on a synthetic ranking, before anything is timed."""
+    cfg = cfg or e2e_config()
+    if cfg.selection != "two_level" or cfg.backend != "triton":
+        return
+    from reattn_llm.kernels.triton_blocks import MAX_TOP_BLOCKS, candidate_blocks_triton, top_blocks_triton
+    from reattn_llm.method.two_level import BOUND_WEIGHT
+
+    mc = model.config
+    c = min(cfg.resolve(mc.max_position_embeddings).candidates, MAX_TOP_BLOCKS)
+    hkv, d = mc.num_key_value_heads, getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
+    top_blocks_triton(torch.rand(1, hkv, MAX_TOP_BLOCKS, device=DEV), c)  # a prompt chunk's level 1
+    q = torch.randn(1, mc.num_attention_heads, 1, d, device=DEV, dtype=model.dtype)
+    summaries = torch.randn(1, hkv, MAX_TOP_BLOCKS, 3 * d, device=DEV, dtype=model.dtype)
+    candidate_blocks_triton(q, summaries, BOUND_WEIGHT, c)  # a decode step's (two-level answers)
 
 
 def e2e_config(**kw):
@@ -1101,6 +1129,7 @@ def long_run(model, ids, cfg, warm_tokens, budget_var, reserve=False, **kw):
         h = patch(model, warm)
         reattn_prefill_decode(model, ids[:, :warm_tokens], steps=1, warm=1)
         h.unpatch()
+    warm_wide_candidates(model, cfg)
     h = patch(model, cfg)
     try:
         reattn_prefill_decode(model, ids[:, :warm_tokens], steps=1, warm=1)  # compile
