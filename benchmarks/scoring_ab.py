@@ -36,6 +36,7 @@ PREFILL = [
     ("eager, groups of 16 keys", dict(EARLY_EXIT=0, CI=8)),
     ("lazy, 3 stages", dict(EARLY_EXIT=3, num_stages=3)),
     ("lazy, 4 warps", dict(EARLY_EXIT=3, num_warps=4)),
+    ("lazy, 64-key tiles (3 programs an SM)", dict(EARLY_EXIT=3, BLOCK_N=64)),
 ]
 #: decode variants (plain mode)
 DECODE = [("default", {}), ("eager insertion", dict(EARLY_EXIT=0)), ("lazy insertion", dict(EARLY_EXIT=3))]
