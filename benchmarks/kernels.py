@@ -175,6 +175,16 @@ PREFILL_SWEEP = [
         num_stages=2,
     ),
     dict(
+        name="pack lazy N64 w8 s2",
+        BLOCK_R=128,
+        BLOCK_N=64,
+        CI=4,
+        EARLY_EXIT=3,
+        PACK=True,
+        num_warps=8,
+        num_stages=2,
+    ),
+    dict(
         name="pack w4 s2", BLOCK_R=128, BLOCK_N=128, CI=4, EARLY_EXIT=0, PACK=True, num_warps=4, num_stages=2
     ),
     dict(
