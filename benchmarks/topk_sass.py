@@ -1,0 +1,120 @@
+"""What the scoring kernel's loop costs, from its sm_90 machine code: no GPU needed.
+
+    python benchmarks/topk_sass.py
+
+Compiles ``triton_topk._score_topk_kernel`` for an H100/H200 (``cuda:90``) in the configurations
+below (the 8B shape: d 128, top-4; bf16, pointers and strides 16-byte aligned as at run time) and
+prints, per configuration, the SASS instructions of each block of the key loop (one warp's share
+of one tile: the block that ends with the backward branch is the loop; with lazy insertion the
+loop is split by the rarely taken branch), registers, shared memory and the async copies of the
+K loads in the TTGIR. Triton's bundled ``cuobjdump`` reads the registers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+#: (name, constexprs and options): prefill (grouped, packed) and decode (plain) tiles
+CONFIGS = [
+    ("prefill, eager insertion", dict(EARLY_EXIT=0, CI=4, BLOCK_R=128, BLOCK_N=128, PACK=True), 8, 2),
+    (
+        "prefill, lazy insertion (default)",
+        dict(EARLY_EXIT=3, CI=4, BLOCK_R=128, BLOCK_N=128, PACK=True),
+        8,
+        2,
+    ),
+    ("prefill, lazy, groups of 16 keys", dict(EARLY_EXIT=3, CI=8, BLOCK_R=128, BLOCK_N=128, PACK=True), 8, 2),
+    ("prefill, lazy, 64-key tiles", dict(EARLY_EXIT=3, CI=4, BLOCK_R=128, BLOCK_N=64, PACK=True), 8, 2),
+    (
+        "decode, eager insertion (default)",
+        dict(EARLY_EXIT=0, CI=0, BLOCK_R=16, BLOCK_N=128, PACK=False),
+        4,
+        3,
+    ),
+    ("decode, lazy insertion", dict(EARLY_EXIT=3, CI=0, BLOCK_R=16, BLOCK_N=128, PACK=False), 4, 3),
+]
+
+
+def compile_kernel(consts: dict, num_warps: int, num_stages: int):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from reattn_llm.kernels import triton_topk
+
+    fn = triton_topk._score_topk_kernel
+    names = fn.arg_names
+    consts = dict(BS=0, D=128, BLOCK_D=128, TOPK=4, KP=4, IEEE=False, sq_d=1, sk_d=1, **consts)
+    ptr = {"cand_v_ptr": "*fp32", "cand_i_ptr": "*i32", "t_ptr": "*i32"}
+    sig = {
+        n: "constexpr" if n in consts else ptr.get(n, "*bf16") if n.endswith("_ptr") else "i32" for n in names
+    }
+    aligned = [
+        n for n in names if n.endswith("_ptr") or n in ("sq_b", "sq_h", "sq_q", "sk_b", "sk_h", "sk_m")
+    ]
+    src = ASTSource(
+        fn=fn,
+        signature=sig,
+        constexprs={(names.index(k),): v for k, v in consts.items()},
+        attrs={(names.index(n),): [["tt.divisibility", 16]] for n in [*aligned, "KEYS_PER_SPLIT"]},
+    )
+    return triton.compile(
+        src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=num_stages)
+    )
+
+
+def loop_blocks(sass: str) -> list[int]:
+    """Instruction counts of the key loop's blocks (cut at its labels and after its branches): the
+    loop runs from the first backward branch's target to that branch."""
+    lines = [ln for ln in sass.splitlines() if ln.strip()]
+    label_at = {m.group(1): i for i, ln in enumerate(lines) if (m := re.match(r"^(LBB\d+):", ln))}
+    for i, ln in enumerate(lines):
+        m = re.search(r"BRA (LBB\d+);", ln)
+        if m and label_at.get(m.group(1), i) < i:  # the first backward branch closes the key loop
+            start = label_at[m.group(1)]
+            inner = [
+                j for j in range(start + 1, i + 1) if lines[j].startswith("LBB") or "BRA" in lines[j - 1]
+            ]
+            cuts = sorted({start, *inner, i + 1})
+            return [sum(";" in x for x in lines[a:b]) for a, b in itertools.pairwise(cuts)]
+    return []
+
+
+def registers(cubin: bytes) -> str:
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile("wb", suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+)", out)
+    return m.group(1) if m else "?"
+
+
+def main() -> None:
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    print(
+        "| configuration | key loop, SASS per block (one warp, one tile; lazy: common, branch, end) "
+        "| registers | shared memory | K copies async |"
+    )
+    print("|---|---|---|---|---|")
+    for name, consts, warps, stages in CONFIGS:
+        k = compile_kernel(consts, warps, stages)
+        blocks = loop_blocks(k.asm["sass"])
+        copies = k.asm["ttgir"].count("async_copy_global_to_local")
+        shared = k.metadata.shared // 1024
+        print(
+            f"| {name} | {' + '.join(map(str, blocks))} | {registers(k.asm['cubin'])} | {shared} KiB | {copies} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
