@@ -27,7 +27,6 @@ import sys
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch
 
@@ -36,11 +35,32 @@ PHASE = ["init"]
 FIRST: dict[str, dict] = defaultdict(dict)
 
 
-class Recorder:
-    """``kernel[grid](...)`` -> the launch's specialisation key, recorded under the current phase."""
+def specialiser():
+    """``(value, param) -> key part``: Triton's own specialisation of a non-constexpr argument for
+    ``cuda:90`` (type, ``== 1``, ``% 16 == 0`` or pointer alignment, as the kernel's
+    ``do_not_specialize`` lists allow). Triton's internal API: ImportError where it lacks it."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
 
-    def __init__(self, fn, name: str, specialize) -> None:
-        self.fn, self.name, self.specialize = fn, name, specialize
+    backend = make_backend(GPUTarget("cuda", 90, 32))
+
+    def specialize(v, p) -> tuple:
+        spec = native_specialize_impl(
+            backend, v, p.is_const, not p.do_not_specialize, not p.do_not_specialize_on_alignment
+        )
+        return tuple(spec)
+
+    return specialize
+
+
+class Recorder:
+    """Stands in for a ``@triton.jit`` kernel: ``kernel[grid](...)`` runs nothing and hands the
+    launch's specialisation key (every constexpr, the launch options, each other argument's
+    :func:`specialiser` part) to ``sink(name, key)``."""
+
+    def __init__(self, fn, name: str, specialize, sink) -> None:
+        self.fn, self.name, self.specialize, self.sink = fn, name, specialize, sink
 
     def __getitem__(self, grid):
         return self.launch
@@ -55,8 +75,7 @@ class Recorder:
             else (p.name, *self.specialize(bound.arguments[p.name], p))
             for p in self.fn.params
         )
-        key += tuple(sorted((k, v) for k, v in kwargs.items() if k not in names))
-        FIRST[self.name].setdefault(key, PHASE[0])
+        self.sink(self.name, key + tuple(sorted((k, v) for k, v in kwargs.items() if k not in names)))
 
 
 def install(sms: int) -> None:
@@ -65,22 +84,15 @@ def install(sms: int) -> None:
     import importlib
     import pkgutil
 
-    from triton._C.libtriton import native_specialize_impl
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import make_backend
     from triton.runtime.jit import JITFunction
 
     import reattn_llm.kernels as pkg
     from reattn_llm.kernels import torch_ops, torch_select
 
-    backend = make_backend(GPUTarget("cuda", 90, 32))
+    specialize = specialiser()
 
-    def specialize(v, p):
-        return tuple(
-            native_specialize_impl(
-                backend, v, p.is_const, not p.do_not_specialize, not p.do_not_specialize_on_alignment
-            )
-        )
+    def first_phase(name: str, key: tuple) -> None:
+        FIRST[name].setdefault(key, PHASE[0])
 
     mods = {}
     for info in pkgutil.iter_modules(pkg.__path__):
@@ -90,7 +102,7 @@ def install(sms: int) -> None:
                 mod.sm_count = lambda device: sms
             for n, f in list(vars(mod).items()):
                 if isinstance(f, JITFunction) and n.endswith("_kernel"):
-                    setattr(mod, n, Recorder(f, f"{info.name}.{n}", specialize))
+                    setattr(mod, n, Recorder(f, f"{info.name}.{n}", specialize, first_phase))
 
     def after(mod: str, name: str, result) -> None:
         orig = getattr(mods[mod], name)
@@ -119,17 +131,25 @@ def install(sms: int) -> None:
         after(mod, name, lambda r, *a, fn=fn, **kw: fn(*a, **kw))
 
 
+def bench_module():
+    """``benchmarks/kernels.py`` (its e2e warm-up and model constants), loaded under its own name:
+    a module called ``kernels`` would pass for Hugging Face's ``kernels`` package."""
+    import importlib.util
+
+    name = "reattn_benchmarks_kernels"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(os.path.dirname(__file__), "kernels.py")
+        )
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
 def model_8b_attention():
+    """One layer with the Llama-3.1-8B attention shape (a tiny MLP and vocabulary), bf16."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    rope = {
-        "rope_type": "llama3",
-        "rope_theta": 500000.0,
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192,
-    }
     cfg = LlamaConfig(
         hidden_size=64,
         intermediate_size=64,
@@ -139,7 +159,7 @@ def model_8b_attention():
         head_dim=128,
         vocab_size=512,
         max_position_embeddings=131072,
-        rope_parameters=rope,
+        rope_parameters=bench_module().LLAMA31_ROPE,
     )
     cfg._attn_implementation = "sdpa"
     return LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
@@ -183,8 +203,7 @@ def main() -> None:
     except ImportError as e:
         raise SystemExit(f"compile_keys.py needs Triton's specialiser (pip install triton): {e}") from e
     os.environ["TRITON_INTERPRET"] = "1"  # after the kernels exist: lets the launchers take CPU tensors
-    import kernels as bench  # benchmarks/kernels.py: the e2e warm-up's own configurations
-
+    bench = bench_module()  # the e2e warm-up's own configurations
     bench.DEV, bench.SELECTION = "cpu", args.selection
     model = model_8b_attention()
     PHASE[0] = "warm-up"

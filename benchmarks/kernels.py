@@ -143,104 +143,24 @@ def matmul_only(q, k, chunk=16384):
     return out
 
 
+def _prefill_tile(name: str, **kw) -> dict:
+    """A prefill scoring configuration: the default's (packed group maxima, lazy insertion) with ``kw``."""
+    base = dict(BLOCK_R=128, BLOCK_N=128, CI=4, EARLY_EXIT=3, PACK=True, num_warps=8, num_stages=2)
+    return dict(base, name=name, **kw)
+
+
 PREFILL_SWEEP = [
-    dict(
-        name="pack lazy w8 s2 (default)",
-        BLOCK_R=128,
-        BLOCK_N=128,
-        CI=4,
-        EARLY_EXIT=3,
-        PACK=True,
-        num_warps=8,
-        num_stages=2,
-    ),
-    dict(
-        name="pack lazy ci8 w8 s2",
-        BLOCK_R=128,
-        BLOCK_N=128,
-        CI=8,
-        EARLY_EXIT=3,
-        PACK=True,
-        num_warps=8,
-        num_stages=2,
-    ),
-    dict(
-        name="pack lazy w4 s2",
-        BLOCK_R=128,
-        BLOCK_N=128,
-        CI=4,
-        EARLY_EXIT=3,
-        PACK=True,
-        num_warps=4,
-        num_stages=2,
-    ),
-    dict(
-        name="pack lazy N64 w8 s2",
-        BLOCK_R=128,
-        BLOCK_N=64,
-        CI=4,
-        EARLY_EXIT=3,
-        PACK=True,
-        num_warps=8,
-        num_stages=2,
-    ),
-    dict(
-        name="pack w4 s2", BLOCK_R=128, BLOCK_N=128, CI=4, EARLY_EXIT=0, PACK=True, num_warps=4, num_stages=2
-    ),
-    dict(
-        name="pack w4 s3", BLOCK_R=128, BLOCK_N=128, CI=4, EARLY_EXIT=0, PACK=True, num_warps=4, num_stages=3
-    ),
-    dict(
-        name="pack eager w8 s2 (the default before lazy insertion)",
-        BLOCK_R=128,
-        BLOCK_N=128,
-        CI=4,
-        EARLY_EXIT=0,
-        PACK=True,
-        num_warps=8,
-        num_stages=2,
-    ),
-    dict(
-        name="pack ci8 w4 s2",
-        BLOCK_R=128,
-        BLOCK_N=128,
-        CI=8,
-        EARLY_EXIT=0,
-        PACK=True,
-        num_warps=4,
-        num_stages=2,
-    ),
-    dict(
-        name="pack ci2 w4 s2",
-        BLOCK_R=128,
-        BLOCK_N=128,
-        CI=2,
-        EARLY_EXIT=0,
-        PACK=True,
-        num_warps=4,
-        num_stages=2,
-    ),
-    dict(
-        name="nopack ee0 w4 s2 (run 1 best)",
-        BLOCK_R=128,
-        BLOCK_N=128,
-        CI=4,
-        EARLY_EXIT=0,
-        PACK=False,
-        num_warps=4,
-        num_stages=2,
-    ),
-    dict(
-        name="pack w4 s2 splits1",
-        BLOCK_R=128,
-        BLOCK_N=128,
-        CI=4,
-        EARLY_EXIT=0,
-        PACK=True,
-        num_warps=4,
-        num_stages=2,
-        splits=1,
-    ),
+    _prefill_tile("pack lazy w8 s2 (default)"),
+    _prefill_tile("pack lazy ci8 w8 s2", CI=8),
+    _prefill_tile("pack lazy w4 s2", num_warps=4),
+    _prefill_tile("pack lazy N64 w8 s2", BLOCK_N=64),
+    _prefill_tile("pack w4 s2", EARLY_EXIT=0, num_warps=4),
+    _prefill_tile("pack w4 s3", EARLY_EXIT=0, num_warps=4, num_stages=3),
+    _prefill_tile("pack eager w8 s2 (the default before lazy insertion)", EARLY_EXIT=0),
+    _prefill_tile("pack ci8 w4 s2", EARLY_EXIT=0, CI=8, num_warps=4),
+    _prefill_tile("pack ci2 w4 s2", EARLY_EXIT=0, CI=2, num_warps=4),
+    _prefill_tile("nopack ee0 w4 s2 (run 1 best)", EARLY_EXIT=0, PACK=False, num_warps=4),
+    _prefill_tile("pack w4 s2 splits1", EARLY_EXIT=0, num_warps=4, splits=1),
 ]
 
 DECODE_SWEEP = [
@@ -685,6 +605,17 @@ def selection():
 # ----------------------------------------------------------------------------- end to end
 
 
+#: Llama-3.1's RoPE scaling (window 131,072 from 8,192)
+LLAMA31_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+
+
 def build_model(kind: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -698,14 +629,7 @@ def build_model(kind: str):
             vocab_size=128256,
             max_position_embeddings=131072,
             rms_norm_eps=1e-5,
-            rope_parameters={
-                "rope_type": "llama3",
-                "rope_theta": 500000.0,
-                "factor": 8.0,
-                "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 8192,
-            },
+            rope_parameters=LLAMA31_ROPE,
         )
     else:  # SmolLM2-135M
         cfg = LlamaConfig(

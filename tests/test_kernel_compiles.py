@@ -11,64 +11,42 @@ an H200-sized GPU (132 SMs), must be the same at a 12K prompt's middle as at 32K
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 triton = pytest.importorskip("triton")
+BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
 
 BF16 = torch.bfloat16
 #: middle lengths of a 12K (the benchmarks' warm-up), 32K and 128K prompt: divisible by 16 or not
 MIDDLES = (8160, 24570, 126944)
 
 
-class _Recorder:
-    """Stands in for a ``@triton.jit`` kernel: ``kernel[grid](...)`` records its specialisation key."""
-
-    def __init__(self, fn, keys: set, specialize) -> None:
-        self.fn, self.keys, self.specialize = fn, keys, specialize
-
-    def __getitem__(self, grid):
-        return self._launch
-
-    def _launch(self, *args, **kwargs) -> None:
-        names = [p.name for p in self.fn.params]
-        bound = self.fn.signature.bind(*args, **{k: v for k, v in kwargs.items() if k in names})
-        bound.apply_defaults()
-        key = []
-        for p in self.fn.params:
-            v = bound.arguments[p.name]
-            if p.is_constexpr:
-                key.append((p.name, "constexpr", v))
-            else:
-                key.append((p.name, *self.specialize(v, p)))
-        options = tuple(sorted((k, v) for k, v in kwargs.items() if k not in names))
-        self.keys.add((self.fn.__name__, tuple(key), options))
-
-
 @pytest.fixture
 def recorded(monkeypatch):
-    """``set`` of keys, filled by the top-k module's kernels while the fixture is active."""
-    try:
-        from triton._C.libtriton import native_specialize_impl
-        from triton.backends.compiler import GPUTarget
-        from triton.compiler import make_backend
-    except ImportError as e:  # the specialiser is Triton's internal API
-        pytest.skip(f"this Triton has no native_specialize_impl: {e}")
+    """``set`` of ``(kernel, key)``, filled by the top-k module's kernels while the fixture is active
+    (``benchmarks/compile_keys.py``'s recorder: the launch's key from Triton's own specialiser)."""
     from reattn_llm.kernels import triton_topk
 
-    backend = make_backend(GPUTarget("cuda", 90, 32))
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        from compile_keys import Recorder, specialiser
+    finally:
+        sys.path.remove(BENCHMARKS)
 
-    def specialize(v, p):
-        s = native_specialize_impl(
-            backend, v, p.is_const, not p.do_not_specialize, not p.do_not_specialize_on_alignment
-        )
-        return tuple(s)
-
+    try:
+        specialize = specialiser()
+    except ImportError as e:  # the specialiser is Triton's internal API
+        pytest.skip(f"this Triton has no native_specialize_impl: {e}")
     keys: set = set()
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # only so the launchers accept CPU tensors
     monkeypatch.setattr(triton_topk, "sm_count", lambda device: 132)
     for name in ("_score_topk_kernel", "_merge_refine_kernel"):
-        monkeypatch.setattr(triton_topk, name, _Recorder(getattr(triton_topk, name), keys, specialize))
+        rec = Recorder(getattr(triton_topk, name), name, specialize, lambda n, k: keys.add((n, k)))
+        monkeypatch.setattr(triton_topk, name, rec)
     return keys
 
 
