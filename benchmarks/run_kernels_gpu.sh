@@ -3,6 +3,7 @@
 # CUDA-graph decode included, which need the default model: gpu_setup.sh 1 and 2 first), then kernel
 # (and optionally end-to-end) benchmarks; end to end decodes from CUDA graphs too (kernels.py --graphs).
 #   bash benchmarks/run_kernels_gpu.sh "--micro --sweep" "llama32k,llama128k"
+#   AB=1 SKIP_CHECK= bash benchmarks/run_kernels_gpu.sh "" "llama32k"    # the scoring A/B, checks, one e2e
 # Logs and JSON land in $OUT (or ./gpu_out when OUT is unset).
 set -o pipefail
 OUT=${OUT:-gpu_out}
@@ -17,6 +18,10 @@ if [ -z "$SKIP_CHECK" ]; then
   python3 -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_select_kernel.py tests/test_batched_chunks.py \
     -k "graph or cuda or gpu" \
     2>&1 | tail -3 | tee "$OUT/pytest_gpu.log"
+fi
+# AB=1: score_topk's variants against the default first (same inputs; decode replayed from a graph)
+if [ -n "$AB" ]; then
+  python3 benchmarks/scoring_ab.py 2>&1 | tee "$OUT/scoring_ab.log" | grep '^|'
 fi
 args=($MICRO)
 if [ -n "$E2E" ]; then args+=(--e2e "$E2E" --graphs); fi
