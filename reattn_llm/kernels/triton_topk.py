@@ -596,6 +596,7 @@ def _launch(
     )
     out = torch.empty((B, H, Q, kk), device=q.device, dtype=torch.int64)
     C = splits * top_k
+    cp = _candidate_bucket(C, CI)
     _merge_refine_kernel[(B * H * Q,)](
         cand_v,
         cand_i,
@@ -619,10 +620,10 @@ def _launch(
         TOPK=top_k,
         KK=kk,
         KP=kp,
-        CP=_candidate_bucket(C, CI),
+        CP=cp,
         CI=CI,
         BLOCK_N=BLOCK_N,
-        num_warps=4,
+        num_warps=4 if CI > 0 or cp > 1024 else 1,  # one warp past 1,024 candidates spills registers
     )
     return out
 
