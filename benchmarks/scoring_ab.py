@@ -8,7 +8,8 @@ replaced (``_config``), so the baseline is the default kernel in the same proces
 keep the default's groups per tile return its indices exactly (the insertion schedule, pipeline
 depth and warps change, not the ranking); another group size (``CI``) or tile width packs the
 group index into other low mantissa bits of the group maxima, so scores within a few ulps may
-rank otherwise (both are exact top-k up to those near-ties); the table says per shape whether the indices are the same.
+rank otherwise (both are exact top-k up to those near-ties); the table says per shape whether
+the indices are the same.
 
 Prefill shapes are the engine's: one forward's chunks scored as one batch (``grow``: chunk b sees
 its own middle), the Llama-3.1-8B shape (32/8 heads, d 128) and SmolLM2's (9/3, d 64), random
