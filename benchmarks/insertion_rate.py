@@ -42,8 +42,11 @@ def tiles_per_split(rows: int, m: int, batch: int, hkv: int, cfg: dict) -> int:
     return cdiv(tiles, splits)
 
 
-def branch_rate(q: torch.Tensor, k: torch.Tensor, grouped: bool, batch: int = 1, sms: int = 132) -> float:
-    """Share of (row block, tile) steps in which a row of the block gains 2+ groups from the tile.
+def branch_rate(
+    q: torch.Tensor, k: torch.Tensor, grouped: bool, batch: int = 1, sms: int = 132
+) -> tuple[float, float]:
+    """Shares of (row block, tile) steps in which a row of the block gains 2+ groups from the tile
+    (lazy insertion's branch), and 1+ (a block with none could skip the tile's first insertion).
 
     q ``[1, H, Q, D]``, k ``[1, Hkv, M, D]`` (un-rotated): rows are (query, head of the KV group),
     query-major, as the kernel lays them out; ``batch``: the forward's chunks (the split count's)."""
@@ -57,7 +60,7 @@ def branch_rate(q: torch.Tensor, k: torch.Tensor, grouped: bool, batch: int = 1,
     block_r, block_n, ci = cfg["block_r"], cfg["block_n"], cfg["ci"]
     rows = g * nq
     per_split = tiles_per_split(rows, m, batch, hkv, cfg) * block_n
-    taken = steps = 0
+    taken = touched = steps = 0
     for j in range(hkv):
         qr = q[0, j * g : (j + 1) * g].transpose(0, 1).reshape(rows, -1).float()  # row = i * g + head
         for s0 in range(0, m, per_split):
@@ -76,11 +79,15 @@ def branch_rate(q: torch.Tensor, k: torch.Tensor, grouped: bool, batch: int = 1,
                 second_worst = vals.topk(2, dim=1, largest=False).values[:, 1]
                 thr1 = torch.where(best2[:, 0] > thr, torch.minimum(second_worst, best2[:, 0]), thr)
                 need2 = best2[:, 1] > thr1
-                blocks = torch.nn.functional.pad(need2, (0, -rows % block_r)).view(-1, block_r).any(dim=1)
-                taken += int(blocks.sum())
-                steps += blocks.numel()
+                for need, _ in ((need2, 0), (best2[:, 0] > thr, 1)):
+                    blocks = torch.nn.functional.pad(need, (0, -rows % block_r)).view(-1, block_r).any(dim=1)
+                    if _:
+                        touched += int(blocks.sum())
+                    else:
+                        taken += int(blocks.sum())
+                        steps += blocks.numel()
                 vals = torch.cat([vals, gm], dim=1).topk(TOP_K, dim=1).values
-    return taken / max(1, steps)
+    return taken / max(1, steps), touched / max(1, steps)
 
 
 def main() -> None:
@@ -101,21 +108,24 @@ def main() -> None:
         if path:
             torch.save(data, path)
     print(f"\nprefill forwards of {args.batch} chunks; decode one query")
-    print("| M | keys | layers | prefill: steps taking the branch | decode: steps taking the branch |")
-    print("|---|---|---|---|---|")
+    print(
+        "| M | keys | layers | prefill: steps taking the branch | prefill: steps inserting at all | decode: steps taking the branch |"
+    )
+    print("|---|---|---|---|---|---|")
     torch.manual_seed(0)
     for m in args.lengths:
         for kind in ("real", "random"):
-            pre, dec = [], []
+            pre, any1, dec = [], [], []
             for q, kmid in data[m]:
                 if kind == "random":
                     q, kmid = torch.randn_like(q), torch.randn_like(kmid)
-                pre.append(branch_rate(q, kmid, grouped=True, batch=args.batch))
-                dec.append(branch_rate(q[:, :, -1:], kmid, grouped=False))
+                two, one = branch_rate(q, kmid, grouped=True, batch=args.batch)
+                pre.append(two)
+                any1.append(one)
+                dec.append(branch_rate(q[:, :, -1:], kmid, grouped=False)[0])
             n = len(pre)
-            print(
-                f"| {m} | {kind} | {n} | {100 * sum(pre) / n:.1f}% | {100 * sum(dec) / n:.1f}% |", flush=True
-            )
+            pct = [f"{100 * sum(x) / n:.1f}%" for x in (pre, any1, dec)]
+            print(f"| {m} | {kind} | {n} | " + " | ".join(pct) + " |", flush=True)
 
 
 if __name__ == "__main__":
