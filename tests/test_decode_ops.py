@@ -18,8 +18,12 @@ from reattn_llm.method.rope import identity_rope, is_identity_rope, rotate_expec
 from reattn_llm.method.selection import Scope
 from reattn_llm.method.state import _PENDING_MAX, PatchState
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import decode_ops
+BENCHMARKS = str(Path(__file__).resolve().parents[1] / "benchmarks")
+sys.path.insert(0, BENCHMARKS)
+try:
+    import decode_ops
+finally:  # benchmarks/ holds kernels.py: left on the path it would pass for a top-level ``kernels``
+    sys.path.remove(BENCHMARKS)
 
 #: Launching ops (no views, no bare allocations) per layer of a torch-backend decode step of the
 #: benchmark's tiny Llama: 140.5 before the identity RoPE was skipped, positions noted lazily and the
