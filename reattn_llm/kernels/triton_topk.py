@@ -26,7 +26,7 @@ Algorithm (two launches, no host sync):
      runs, the other ``top_k - 1`` only when some row of the block still has a group that beats
      its k-th best. Past a program's first tiles a row rarely gains two groups from one tile (on
      the default model's keys the branch runs on 36% of a block's tiles at an 8K middle, 13% at
-     32K: ``benchmarks/insertion_rate.py``); the result is the eager loop's bit for bit (a row
+     32K, 4% at 128K: ``benchmarks/insertion_rate.py``); the result is the eager loop's bit for bit (a row
      without ``need`` is a no-op in it), and the next tile's K copy is issued before the branch
      (its loads stay pipelined). Decode stays eager: a step's programs walk ~4 tiles each and
      would take the branch on ~80% of them. (``EARLY_EXIT`` 1/2 skip insertions data-dependently from the first one; they
