@@ -26,11 +26,12 @@ Algorithm (two launches, no host sync):
      runs, the other ``top_k - 1`` only when some row of the block still has a group that beats
      its k-th best. Past a program's first tiles a row rarely gains two groups from one tile (on
      the default model's keys the branch runs on 36% of a block's tiles at an 8K middle, 13% at
-     32K, 4% at 128K: ``benchmarks/insertion_rate.py``); the result is the eager loop's bit for bit (a row
-     without ``need`` is a no-op in it), and the next tile's K copy is issued before the branch
-     (its loads stay pipelined). Decode stays eager: a step's programs walk ~4 tiles each and
-     would take the branch on ~80% of them. (``EARLY_EXIT`` 1/2 skip insertions data-dependently from the first one; they
-     measured slower on the H100 and stay as tested alternatives.)
+     32K, 4% at 128K: ``benchmarks/insertion_rate.py``); the result is the eager loop's bit for
+     bit (a row without ``need`` is a no-op in it), and the next tile's K copy is issued before
+     the branch (its loads stay pipelined). Decode stays eager: a step's programs walk ~4 tiles
+     each and would take the branch on ~80% of them. (``EARLY_EXIT`` 1/2, plain mode only, skip
+     insertions data-dependently from the first one; they measured slower on the H100 and stay as
+     tested alternatives.)
    * **plain mode** (decode, tiny chunks, fp32): the same insertion on the key scores
      themselves; decode is memory-bound, so the per-key work hides under the K stream.
 
@@ -74,31 +75,27 @@ def _worst_slot(vals, ids, thr, colk, KP: tl.constexpr):
 
 
 @triton.jit
-def _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP: tl.constexpr):
+def _insert(vals, ids, thr, gm, gidx, tile, m, need, colk, KP: tl.constexpr, PACK: tl.constexpr):
     """One step of the running top-k: rows with ``need`` (their best remaining candidate ``m``
-    beats their k-th best ``thr``) replace their worst slot by it; the candidate is knocked out."""
-    gi = tl.min(tl.where(gm == m[:, None], gidx, 2147483647), axis=1)
+    beats their k-th best ``thr``) replace their worst slot by it; the candidate is knocked out.
+    With ``PACK`` the group rides in ``m``'s low bits: the slot keeps the ``tile`` and the knock-out
+    is an equality test; otherwise the candidate's index is looked up in ``gidx``."""
+    if PACK:
+        gi = tile
+    else:
+        gi = tl.min(tl.where(gm == m[:, None], gidx, 2147483647), axis=1)
     pos = _worst_slot(vals, ids, thr, colk, KP)
     repl = (colk == pos[:, None]) & need[:, None]
     vals = tl.where(repl, m[:, None], vals)
-    ids = tl.where(repl, gi[:, None], ids)
+    if PACK:
+        ids = tl.where(repl, gi, ids)
+    else:
+        ids = tl.where(repl, gi[:, None], ids)
     thr = tl.min(vals, axis=1)
-    gm = tl.where(gidx == gi[:, None], float("-inf"), gm)
-    m = tl.max(gm, axis=1)
-    need = m > thr
-    return vals, ids, thr, gm, m, need
-
-
-@triton.jit
-def _insert_packed(vals, ids, thr, gm, m, need, tile, colk, KP: tl.constexpr):
-    """:func:`_insert_best` on packed group maxima: the group rides in ``m``'s low bits, so the slot
-    keeps the tile and the knock-out is an equality test."""
-    pos = _worst_slot(vals, ids, thr, colk, KP)
-    repl = (colk == pos[:, None]) & need[:, None]
-    vals = tl.where(repl, m[:, None], vals)
-    ids = tl.where(repl, tile, ids)
-    thr = tl.min(vals, axis=1)
-    gm = tl.where(gm == m[:, None], float("-inf"), gm)
+    if PACK:
+        gm = tl.where(gm == m[:, None], float("-inf"), gm)
+    else:
+        gm = tl.where(gidx == gi[:, None], float("-inf"), gm)
     m = tl.max(gm, axis=1)
     need = m > thr
     return vals, ids, thr, gm, m, need
@@ -168,33 +165,26 @@ def _topk_tile(
     m = tl.max(gm, axis=1)
     need = m > thr
     if EARLY_EXIT == 3:  # one insertion; the others only when a row still has a candidate that beats it
-        if PACK:
-            vals, ids, thr, gm, m, need = _insert_packed(vals, ids, thr, gm, m, need, tile, colk, KP)
-        else:
-            vals, ids, thr, gm, m, need = _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP)
+        vals, ids, thr, gm, m, need = _insert(vals, ids, thr, gm, gidx, tile, m, need, colk, KP, PACK)
         if tl.max(need.to(tl.int32), axis=0) > 0:
             for _ in tl.static_range(TOPK - 1):
-                if PACK:
-                    vals, ids, thr, gm, m, need = _insert_packed(vals, ids, thr, gm, m, need, tile, colk, KP)
-                else:
-                    vals, ids, thr, gm, m, need = _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP)
-    elif PACK:
-        for _ in tl.static_range(TOPK):
-            vals, ids, thr, gm, m, need = _insert_packed(vals, ids, thr, gm, m, need, tile, colk, KP)
-    elif EARLY_EXIT == 1:  # data-dependent loop (defeats software pipelining of the K loads)
+                vals, ids, thr, gm, m, need = _insert(vals, ids, thr, gm, gidx, tile, m, need, colk, KP, PACK)
+    elif EARLY_EXIT == 1 and not PACK:  # data-dependent loop (defeats software pipelining of the K loads)
         cnt = tl.sum(need.to(tl.int32), axis=0)
         it = 0
         while (cnt > 0) & (it < TOPK):
-            vals, ids, thr, gm, m, need = _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP)
+            vals, ids, thr, gm, m, need = _insert(vals, ids, thr, gm, gidx, tile, m, need, colk, KP, False)
             cnt = tl.sum(need.to(tl.int32), axis=0)
             it += 1
-    elif EARLY_EXIT == 2:  # skip the insertion when no row of the tile beats its k-th best
+    elif EARLY_EXIT == 2 and not PACK:  # skip the insertion when no row of the tile beats its k-th best
         if tl.max(need.to(tl.int32), axis=0) > 0:
             for _ in tl.static_range(TOPK):
-                vals, ids, thr, gm, m, need = _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP)
-    else:
+                vals, ids, thr, gm, m, need = _insert(
+                    vals, ids, thr, gm, gidx, tile, m, need, colk, KP, False
+                )
+    else:  # eager: every insertion on every tile
         for _ in tl.static_range(TOPK):
-            vals, ids, thr, gm, m, need = _insert_best(vals, ids, thr, gm, gidx, m, need, colk, KP)
+            vals, ids, thr, gm, m, need = _insert(vals, ids, thr, gm, gidx, tile, m, need, colk, KP, PACK)
     return vals, ids, thr
 
 
