@@ -169,7 +169,6 @@ def model_8b_attention():
 def run(model, tokens: int, steps: int, cfg, phase: str) -> None:
     """Prefill ``tokens`` in the engine's forwards, then ``steps`` decode steps."""
     from reattn_llm import patch
-    from reattn_llm.method.chunks import chunk_bounds, engine_forward, forward_bounds
 
     handle = patch(model, cfg)
     try:
@@ -177,8 +176,7 @@ def run(model, tokens: int, steps: int, cfg, phase: str) -> None:
         ids = torch.randint(0, model.config.vocab_size, (1, tokens))
         pkv = None
         PHASE[0] = f"{phase} prefill"
-        per = engine_forward(c, c.chunk_size, "cuda")
-        for s, e in forward_bounds(chunk_bounds(tokens, c.chunk_size, c.tail_size), c.chunk_size, per):
+        for s, e in bench_module().engine_forwards(c, tokens):
             with handle.state.whole_chunks(e - s > c.chunk_size):
                 pkv = model(
                     ids[:, s:e], past_key_values=pkv, use_cache=True, logits_to_keep=1

@@ -769,12 +769,17 @@ def prefill_forwards(state, T: int, piece: int | None) -> list[tuple[int, int]]:
     """The ``[start, end)`` forwards of a ``T``-token prompt: the engine's (the chunks of
     ``chunk_bounds``, whole ones joined up to ``--prefill-forward``), or with ``--prefill-forward 0``
     pieces of ``piece`` tokens (the whole prompt if None), each split by the layers."""
-    from reattn_llm.method.chunks import chunk_bounds, engine_forward, forward_bounds
-
-    cfg = state.config
     if PREFILL_FORWARD == 0:
         piece = piece or T
         return [(s, min(s + piece, T)) for s in range(0, T, piece)]
+    return engine_forwards(state.config, T)
+
+
+def engine_forwards(cfg, T: int) -> list[tuple[int, int]]:
+    """The engine's ``[start, end)`` forwards of a ``T``-token prompt on a GPU for a resolved
+    config: the chunks of ``chunk_bounds``, whole ones joined up to ``--prefill-forward``."""
+    from reattn_llm.method.chunks import chunk_bounds, engine_forward, forward_bounds
+
     tokens = engine_forward(dataclasses.replace(cfg, prefill_forward=PREFILL_FORWARD), cfg.chunk_size, "cuda")
     return forward_bounds(chunk_bounds(T, cfg.chunk_size, cfg.tail_size), cfg.chunk_size, tokens)
 
@@ -1007,16 +1012,11 @@ def warm_configs(model, warm_tokens: int, cfg=None) -> list:
     the timed lengths; the candidates kernel's second width (middles past 2,048 blocks) is compiled
     by :func:`warm_wide_candidates`. (Run 14, with 16 candidates: 15.9 s in a machine's first
     process, 11.2 s in its second.)"""
-    from reattn_llm.method.chunks import chunk_bounds, engine_forward, forward_bounds
-
     cfg = cfg or e2e_config()
     cfgs = [cfg]
     if cfg.selection == "two_level":
         rc = cfg.resolve(model.config.max_position_embeddings)
-        tokens = engine_forward(
-            dataclasses.replace(rc, prefill_forward=PREFILL_FORWARD), rc.chunk_size, "cuda"
-        )
-        fwd = forward_bounds(chunk_bounds(warm_tokens, rc.chunk_size, rc.tail_size), rc.chunk_size, tokens)
+        fwd = engine_forwards(rc, warm_tokens)
         joined = [s for s, e in fwd if e - s > rc.chunk_size] or [s for s, _ in fwd]
         blocks = (joined[-1] - rc.global_size - rc.local_size) // rc.summary_block
         cfgs.append(dataclasses.replace(cfg, candidate_blocks=max(1, blocks - 1)))
