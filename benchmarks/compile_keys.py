@@ -78,15 +78,27 @@ class Recorder:
         self.sink(self.name, key + tuple(sorted((k, v) for k, v in kwargs.items() if k not in names)))
 
 
-def install(sms: int) -> None:
-    """Recorders for every kernel of ``reattn_llm.kernels.triton_*``; stand-in results for the
-    launchers whose outputs the engine reads."""
+def triton_modules() -> dict:
+    """``reattn_llm.kernels``' Triton modules (``triton_*``) by name."""
     import importlib
     import pkgutil
 
+    import reattn_llm.kernels as pkg
+
+    names = [i.name for i in pkgutil.iter_modules(pkg.__path__) if i.name.startswith("triton_")]
+    return {n: importlib.import_module(f"{pkg.__name__}.{n}") for n in names}
+
+
+def jit_kernels(mod) -> dict:
+    """A module's ``@triton.jit`` kernels (names ending ``_kernel``; helpers left out) by name."""
     from triton.runtime.jit import JITFunction
 
-    import reattn_llm.kernels as pkg
+    return {n: f for n, f in vars(mod).items() if isinstance(f, JITFunction) and n.endswith("_kernel")}
+
+
+def install(sms: int) -> None:
+    """Recorders for every kernel of ``reattn_llm.kernels.triton_*``; stand-in results for the
+    launchers whose outputs the engine reads."""
     from reattn_llm.kernels import torch_ops, torch_select
 
     specialize = specialiser()
@@ -94,15 +106,12 @@ def install(sms: int) -> None:
     def first_phase(name: str, key: tuple) -> None:
         FIRST[name].setdefault(key, PHASE[0])
 
-    mods = {}
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name.startswith("triton_"):
-            mod = mods[info.name] = importlib.import_module(f"{pkg.__name__}.{info.name}")
-            if hasattr(mod, "sm_count"):
-                mod.sm_count = lambda device: sms
-            for n, f in list(vars(mod).items()):
-                if isinstance(f, JITFunction) and n.endswith("_kernel"):
-                    setattr(mod, n, Recorder(f, f"{info.name}.{n}", specialize, first_phase))
+    mods = triton_modules()
+    for mod_name, mod in mods.items():
+        if hasattr(mod, "sm_count"):
+            mod.sm_count = lambda device: sms
+        for n, f in jit_kernels(mod).items():
+            setattr(mod, n, Recorder(f, f"{mod_name}.{n}", specialize, first_phase))
 
     def after(mod: str, name: str, result) -> None:
         orig = getattr(mods[mod], name)

@@ -25,27 +25,33 @@ BF16 = torch.bfloat16
 MIDDLES = (8160, 24570, 126944)
 
 
+def _compile_keys():
+    """``benchmarks/compile_keys.py`` (its recorder and kernel listing), ``benchmarks/`` on the path
+    only while it loads: its ``kernels.py`` would pass for a top-level ``kernels`` module."""
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        import compile_keys
+    finally:
+        sys.path.remove(BENCHMARKS)
+    return compile_keys
+
+
 @pytest.fixture
 def recorded(monkeypatch):
     """``set`` of ``(kernel, key)``, filled by the top-k module's kernels while the fixture is active
     (``benchmarks/compile_keys.py``'s recorder: the launch's key from Triton's own specialiser)."""
     from reattn_llm.kernels import triton_topk
 
-    sys.path.insert(0, BENCHMARKS)
+    ck = _compile_keys()
     try:
-        from compile_keys import Recorder, specialiser
-    finally:
-        sys.path.remove(BENCHMARKS)
-
-    try:
-        specialize = specialiser()
+        specialize = ck.specialiser()
     except ImportError as e:  # the specialiser is Triton's internal API
         pytest.skip(f"this Triton has no native_specialize_impl: {e}")
     keys: set = set()
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # only so the launchers accept CPU tensors
     monkeypatch.setattr(triton_topk, "sm_count", lambda device: 132)
     for name in ("_score_topk_kernel", "_merge_refine_kernel"):
-        rec = Recorder(getattr(triton_topk, name), name, specialize, lambda n, k: keys.add((n, k)))
+        rec = ck.Recorder(getattr(triton_topk, name), name, specialize, lambda n, k: keys.add((n, k)))
         monkeypatch.setattr(triton_topk, name, rec)
     return keys
 
@@ -114,3 +120,33 @@ def test_a_specialised_length_would_be_caught(recorded, monkeypatch) -> None:
     q = torch.empty(1, 32, 1, 128, dtype=BF16)
     per_length = _keys_per_length(recorded, lambda m: triton_topk.score_topk_triton(q, _middle(m), 4))
     assert per_length[0] != per_length[1]
+
+
+def test_unspecialised_lengths_name_real_arguments() -> None:
+    """Triton specialises an int argument on ``% 16 == 0`` and ``== 1``, and compiles anew when either
+    changes: the kernels' length arguments (key counts, splits, rows) are listed in
+    ``do_not_specialize``, so a long prompt reuses a short one's compiles. Triton ignores a listed
+    name that is not an argument, so a misspelling would bring the compiles back silently."""
+    compile_keys = _compile_keys()
+    kernels = [
+        f for m in compile_keys.triton_modules().values() for f in compile_keys.jit_kernels(m).values()
+    ]
+    assert len(kernels) >= 13
+    for f in kernels:
+        names = [f.arg_names[x] if isinstance(x, int) else x for x in f.do_not_specialize]
+        assert set(names) <= set(f.arg_names), f"{f.__name__}: {sorted(set(names) - set(f.arg_names))}"
+    by_name = {f.__name__: f for f in kernels}
+    score = by_name["_score_topk_kernel"]
+    assert {"M", "Q", "SPLITS", "ROWS", "GROW"} <= set(score.do_not_specialize)
+    # strides and pointers stay specialised: their 16-byte alignment keeps the K loads asynchronous
+    assert not {"sk_m", "k_ptr", "q_ptr"} & set(score.do_not_specialize)
+
+
+def test_merge_candidate_width_is_bucketed() -> None:
+    """The merge kernel's candidate width (a constexpr) takes few values as the split count grows
+    with the middle: one compile serves a 12K warm-up and a 1M prompt's decode alike."""
+    from reattn_llm.kernels.triton_topk import _candidate_bucket
+
+    assert {_candidate_bucket(s * 4, 0) for s in range(1, 257)} == {1024}
+    assert {_candidate_bucket(s * 4, 4) for s in range(1, 5)} == {16}
+    assert _candidate_bucket(1056, 0) == 2048 and _candidate_bucket(4 * 32, 4) == 128
