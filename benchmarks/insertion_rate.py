@@ -33,6 +33,13 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def blocks_with(need: torch.Tensor, block_r: int) -> int:
+    """How many ``block_r``-row blocks of ``need [rows]`` hold a True."""
+    return int(
+        torch.nn.functional.pad(need, (0, -need.shape[0] % block_r)).view(-1, block_r).any(dim=1).sum()
+    )
+
+
 def tiles_per_split(rows: int, m: int, batch: int, hkv: int, cfg: dict) -> int:
     """The kernel's tiles per key split (``triton_topk._launch``): a batch of ``batch`` entries
     (a joined forward's chunks) shares the GPU, so the split count follows the whole batch."""
@@ -78,14 +85,9 @@ def branch_rate(
                 # after the first insertion the k-th best is max(thr, 2nd-worst slot or the new one)
                 second_worst = vals.topk(2, dim=1, largest=False).values[:, 1]
                 thr1 = torch.where(best2[:, 0] > thr, torch.minimum(second_worst, best2[:, 0]), thr)
-                need2 = best2[:, 1] > thr1
-                for need, _ in ((need2, 0), (best2[:, 0] > thr, 1)):
-                    blocks = torch.nn.functional.pad(need, (0, -rows % block_r)).view(-1, block_r).any(dim=1)
-                    if _:
-                        touched += int(blocks.sum())
-                    else:
-                        taken += int(blocks.sum())
-                        steps += blocks.numel()
+                taken += blocks_with(best2[:, 1] > thr1, block_r)  # a row gains a second group
+                touched += blocks_with(best2[:, 0] > thr, block_r)  # a row gains one at all
+                steps += cdiv(rows, block_r)
                 vals = torch.cat([vals, gm], dim=1).topk(TOP_K, dim=1).values
     return taken / max(1, steps), touched / max(1, steps)
 
