@@ -135,7 +135,7 @@ def install(sms: int) -> None:
     after("triton_topk", "score_topk_triton", hits)
     after("triton_topk", "score_topk_blocks_triton", lambda r, *a, **kw: torch.zeros_like(r))
     after("triton_attention", "scope_attention_triton", lambda r, *a, **kw: r.zero_())
-    after("triton_flash", "rotate_rows", lambda r, *a, **kw: r.zero_())
+    after("triton_gather", "rotate_rows", lambda r, *a, **kw: r.zero_())
     for (mod, name), fn in twin.items():
         after(mod, name, lambda r, *a, fn=fn, **kw: fn(*a, **kw))
 

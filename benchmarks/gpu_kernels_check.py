@@ -148,6 +148,10 @@ def attn_case(B, H, Hkv, Q, T, N, D, dtype, seed=0, chunk_tail=False, config=Non
     e_t = ((twin.double() - ref).norm() / ref.norm()).item()
     assert e_k <= 2 * e_t + 1e-9, f"kernel error {e_k:.3g} > 2x twin error {e_t:.3g}"
     info = {"err_kernel": e_k, "err_twin": e_t}
+    if (config or {}).get("PREFIX") == "cudnn":  # the split ran, not its fallback
+        from reattn_llm.kernels import cudnn_prefix
+
+        assert cudnn_prefix.cudnn_prefix_available(q), f"cuDNN prefix unavailable: {cudnn_prefix._failed}"
     if chunk_tail and B > 1:  # a batch of chunks gives each what it gets alone, bit for bit
         for b in range(B):
             one = (*(a[b : b + 1] for a in args[:6]), *args[6:])  # cos, sin are tables
@@ -157,6 +161,29 @@ def attn_case(B, H, Hkv, Q, T, N, D, dtype, seed=0, chunk_tail=False, config=Non
             triton.testing.do_bench(lambda: scope_attention_triton(*args, scale, True, _config=config)) * 1e3
         )
     return info
+
+
+def prefix_case(B, Hkv, R, P, D, dtype, seed=0):
+    """cuDNN's prefix call against its twin (cudnn_prefix): the normalised output within the twin's
+    rounding, the log-sum-exp in natural log within fp32 error, padding keys (bias) left out."""
+    from reattn_llm.kernels.cudnn_prefix import MASKED, _prefix_cudnn, prefix_attention_torch
+
+    torch.manual_seed(seed)
+    qf = torch.randn(B, Hkv, R, D, device=DEV, dtype=dtype)
+    kp = torch.randn(B, Hkv, P + 7, D, device=DEV, dtype=dtype)[:, :, :P]  # strided, as sliced
+    vp = torch.randn(B, Hkv, P + 7, D, device=DEV, dtype=dtype)[:, :, :P]
+    width = -(-P // 8) * 8
+    bias = torch.zeros(B, width, device=DEV, dtype=dtype)[:, :P]
+    bias[:, 5:40] = MASKED
+    args = (qf, kp, vp, bias[:, None, None, :], D**-0.5)
+    out, lse = _prefix_cudnn(*args)
+    ref_o, ref_l = prefix_attention_torch(*args)
+    e_o = ((out.double() - ref_o.double()).norm() / ref_o.double().norm()).item()
+    e_l = (lse.double() - ref_l.double()).abs().max().item()
+    assert out.shape == ref_o.shape and lse.shape == ref_l.shape, (out.shape, lse.shape)
+    assert e_o < 2e-2 and e_l < 2e-3, f"cuDNN prefix differs: output {e_o:.3g}, lse {e_l:.3g} (log base?)"
+    us = triton.testing.do_bench(lambda: _prefix_cudnn(*args)) * 1e3
+    return {"err_out": e_o, "err_lse": e_l, "us": us, "TFLOP/s": 4 * B * Hkv * R * P * D / us / 1e6}
 
 
 def level2_case(B, H, Hkv, Q, M, D, bs, C, top_k, dtype, seed=0):
@@ -407,6 +434,21 @@ CASES = {
     ),
     "flash tail b16 Q512 N2560 H9/3 d64 bf16": lambda: attn_case(
         16, 9, 3, 512, 20000, 2560, 64, BF16, chunk_tail=True
+    ),
+    # the prefix before the chunk through cuDNN (cudnn_prefix), the chunk's own keys by the kernel
+    "cudnn prefix call b1 Hkv8 R4096 P8192 d128 bf16": lambda: prefix_case(1, 8, 4096, 8192, 128, BF16),
+    "cudnn prefix call b4 Hkv3 R1536 P2048 d64 fp16": lambda: prefix_case(4, 3, 1536, 2045, 64, F16),
+    "flash prefix cudnn Q1024 N9216 H32/8 d128 bf16": lambda: attn_case(
+        1, 32, 8, 1024, 131072, 9216, 128, BF16, chunk_tail=True, config=dict(PREFIX="cudnn")
+    ),
+    "flash prefix cudnn Q512 N2560 H9/3 d64 bf16": lambda: attn_case(
+        1, 9, 3, 512, 100000, 2560, 64, BF16, chunk_tail=True, config=dict(PREFIX="cudnn")
+    ),
+    "flash prefix cudnn b4 Q1024 N9216 H32/8 d128 bf16": lambda: attn_case(
+        4, 32, 8, 1024, 20000, 9216, 128, BF16, chunk_tail=True, config=dict(PREFIX="cudnn")
+    ),
+    "flash prefix cudnn b2 Q100 N3001 H14/2 d128 fp16": lambda: attn_case(
+        2, 14, 2, 100, 9000, 3001, 128, F16, chunk_tail=True, config=dict(PREFIX="cudnn")
     ),
     "old prefill kernel Q1024 N8192 H32/8 d128 bf16": lambda: attn_case(
         1, 32, 8, 1024, 131072, 8192, 128, BF16, config=dict(FLASH=False)

@@ -459,7 +459,7 @@ def attention(sweep: bool):
                 f"{flops / (ms * 1e-3) / 1e12:.0f} TFLOP/s; SDPA pre-gathered {ms_fl * 1e3:.0f} us",
             )
         if Q > 1:
-            from reattn_llm.kernels.triton_flash import gather_scope
+            from reattn_llm.kernels.triton_gather import gather_scope
 
             # the core's prefill call: the flash path with the chunk's promise (chunk_tail)
             ms_tail = bench(lambda: triton_attention.scope_attention_triton(*args, True), warmup=3, rep=20)
@@ -480,6 +480,21 @@ def attention(sweep: bool):
             )
             RESULTS["attn_prefill_tail_us"] = ms_tail * 1e3
             RESULTS["attn_prefill_before_us"] = ms_old * 1e3
+            from reattn_llm.kernels import cudnn_prefix
+
+            cudnn = dict(PREFIX="cudnn")
+            ms_cd = bench(lambda: triton_attention.scope_attention_triton(*args, True, _config=cudnn), 3, 20)
+            row(
+                "attention",
+                "Triton prefill, the prefix through cuDNN, own keys by the flash kernel (PREFIX=cudnn)",
+                ms_cd * 1e3,
+                "us",
+                "flash path + chunk_tail (one kernel)",
+                ms_tail * 1e3,
+                f"{flops / (ms_cd * 1e-3) / 1e12:.0f} TFLOP/s"
+                + (f"; FELL BACK: {cudnn_prefix._failed[0][:120]}" if cudnn_prefix._failed else ""),
+            )
+            RESULTS["attn_prefill_cudnn_prefix_us"] = ms_cd * 1e3
             ms_rot = bench(lambda: gather_scope(kc, vc, idx, kpos, cos, sin), warmup=3, rep=20)
             row(
                 "attention",
@@ -1175,6 +1190,12 @@ def main() -> int:
         help="prefill chunks attend with the kernel before the flash path (ATTN_PREFILL_BEFORE), the baseline",
     )
     ap.add_argument(
+        "--attn-prefix",
+        choices=["triton", "cudnn"],
+        default="triton",
+        help="prefill chunks: the keys before the chunk's own through cuDNN (kernels.cudnn_prefix) or not",
+    )
+    ap.add_argument(
         "--prefill-forward",
         type=int,
         default=None,
@@ -1212,6 +1233,11 @@ def main() -> int:
 
         triton_attention.CONFIG_OVERRIDES["prefill"] = dict(ATTN_PREFILL_BEFORE)
         RESULTS["attn_prefill"] = "before the flash path"
+    elif args.attn_prefix != "triton":
+        from reattn_llm.kernels import triton_attention
+
+        triton_attention.CONFIG_OVERRIDES["prefill"]["PREFIX"] = args.attn_prefix
+        RESULTS["attn_prefill"] = f"prefix through {args.attn_prefix}"
     RESULTS["device"] = torch.cuda.get_device_name()
     import transformers
     import triton
@@ -1232,8 +1258,9 @@ def main() -> int:
                 ceilings()
             e2e([w for w in args.e2e.split(",") if w])
     finally:
-        from reattn_llm.kernels import triton_attention, triton_select, triton_topk
+        from reattn_llm.kernels import cudnn_prefix, triton_attention, triton_select, triton_topk
 
+        RESULTS["cudnn_prefix_failed"] = cudnn_prefix._failed
         RESULTS["installed_configs"] = dict(
             topk=triton_topk.CONFIG_OVERRIDES,
             attention=triton_attention.CONFIG_OVERRIDES,

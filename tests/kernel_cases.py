@@ -293,7 +293,9 @@ def topk_cases():
 # ----------------------------------------------------------------------------- attention
 
 
-def attn_inputs(B, H, Hkv, Q, T, N, D, dtype, R=None, seed=0, shuffle=True, transpose_q=False):
+def attn_inputs(
+    B, H, Hkv, Q, T, N, D, dtype, R=None, seed=0, shuffle=True, transpose_q=False, bare_prefix=False
+):
     torch.manual_seed(seed)
     R = D if R is None else R
     if transpose_q:
@@ -309,6 +311,8 @@ def attn_inputs(B, H, Hkv, Q, T, N, D, dtype, R=None, seed=0, shuffle=True, tran
     kpos = torch.arange(N).expand(B, N).clone()
     if N > 12:  # padding entries (position -1) inside the scope; positions stay a permutation otherwise
         kpos[:, N // 3 : N // 3 + 3] = -1
+    if bare_prefix:  # every key before the chunk is padding: a query sees only its own chunk
+        kpos[:, : N - Q] = -1
     qpos = (torch.arange(Q) + N - Q).expand(B, Q).clone()  # bottom-right: the chunk is the scope's tail
     cos, sin = rope_tables(N + 3, R)
     return q, kc, vc, idx, kpos, qpos, cos, sin
@@ -329,6 +333,7 @@ def attn_case(
     shuffle=True,
     poison=False,
     chunk_tail=False,
+    bare_prefix=False,
 ):
     """Kernel and twin against fp64. ``poison``: the padding entries' rows hold NaN (as rows not
     written yet may), and both must give what they give with those rows finite. ``chunk_tail``:
@@ -337,7 +342,9 @@ def attn_case(
     from reattn_llm.kernels.torch_ops import scope_attention_torch
     from reattn_llm.kernels.triton_attention import scope_attention_triton
 
-    args = attn_inputs(B, H, Hkv, Q, T, N, D, dtype, R=R, transpose_q=transpose_q, shuffle=shuffle)
+    args = attn_inputs(
+        B, H, Hkv, Q, T, N, D, dtype, R=R, transpose_q=transpose_q, shuffle=shuffle, bare_prefix=bare_prefix
+    )
     if chunk_tail:
         kpos, qpos = args[4], args[5]
         assert bool((kpos[:, N - Q :] == qpos).all()) and bool((kpos[:, : N - Q] < qpos[:, :1]).all())
@@ -382,6 +389,8 @@ PREFILL_SPLIT = dict(
 # the flash path (triton_flash.py) at small tiles, one split or several
 FLASH_SMALL = dict(FLASH=True, BLOCK_R=32, BLOCK_N=16, num_warps=4, num_stages=1, splits=1)
 FLASH_SPLIT = dict(FLASH=True, BLOCK_R=16, BLOCK_N=16, num_warps=4, num_stages=1, splits=3)
+# the prefix before the chunk through cudnn_prefix's torch twin (cuDNN's contract), then the kernel
+FLASH_PREFIX = dict(FLASH_SPLIT, PREFIX="torch")
 
 
 def attn_cases():
@@ -431,6 +440,19 @@ def attn_cases():
     )
     cases["flash_nan_padding_rows_mask_f32"] = lambda: attn_case(
         1, 4, 2, 21, 300, 100, 64, F32, FLASH_SPLIT, poison=True
+    )
+    # the prefix split (cuDNN's part by its twin): odd row blocks, d 96, batch 2, NaN padding rows
+    cases["flash_prefix_g4_d128_f16"] = lambda: attn_case(
+        1, 8, 2, 24, 400, 181, 128, F16, FLASH_PREFIX, chunk_tail=True
+    )
+    cases["flash_prefix_d96_g1_b2_f32"] = lambda: attn_case(
+        2, 2, 2, 33, 300, 120, 96, F32, FLASH_PREFIX, chunk_tail=True, transpose_q=True
+    )
+    cases["flash_prefix_nan_padding_rows_f16"] = lambda: attn_case(
+        1, 3, 1, 40, 400, 200, 64, F16, FLASH_PREFIX, poison=True, chunk_tail=True
+    )
+    cases["flash_prefix_all_padding_f16"] = lambda: attn_case(
+        1, 4, 2, 20, 300, 90, 64, F16, FLASH_PREFIX, chunk_tail=True, bare_prefix=True
     )
     return cases
 

@@ -133,9 +133,9 @@ def scope_attention(
 
 def rotate_one(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: str = "torch") -> torch.Tensor:
     """Dispatch for :func:`rotate_one_torch` (same signature, ``backend`` already resolved): one
-    launch on Triton (:func:`~.triton_flash.rotate_rows`), where the readable ops take four."""
+    launch on Triton (:func:`~.triton_gather.rotate_rows`), where the readable ops take four."""
     if backend == "triton":
-        from .triton_flash import rotate_rows
+        from .triton_gather import rotate_rows
 
         return rotate_rows(q, None, cos[None], sin[None])
     return rotate_one_torch(q, cos, sin)

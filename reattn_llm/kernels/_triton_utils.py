@@ -9,6 +9,9 @@ import torch
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
+#: log2(e): the kernels' softmax runs in exp2, scores scaled by ``scaling * LOG2E``.
+LOG2E = 1.4426950408889634
+
 
 def interpreting() -> bool:
     """True when Triton runs its CPU interpreter (``TRITON_INTERPRET=1``): CPU tensors are allowed."""

@@ -20,7 +20,7 @@ decode and short chunks, and as the prefill baseline of the benchmarks (``FLASH=
 
 Long chunks (prefill, ``PREROT``): every row-block program reads every scope key, so
 re-rotating K in each of them costs more (cos/sin traffic, RoPE math) than rotating once:
-:func:`~.triton_flash.gather_scope` gathers + rotates the scope's keys into an ``[B, Hkv, N, D]``
+:func:`~.triton_gather.gather_scope` gathers + rotates the scope's keys into an ``[B, Hkv, N, D]``
 buffer first (N * D elements; 21 us of a 511 us call on the H100 at N 8192, about 0.7% of a 128K prefill),
 then the programs read that buffer; V is still read from the cache in place.
 Short query counts (decode: one query per head) stay fully fused (nothing is copied), split the
@@ -40,14 +40,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_utils import cdiv, check_device, check_float, next_pow2, sm_count
+from ._triton_utils import LOG2E, cdiv, check_device, check_float, next_pow2, sm_count
 from .torch_ops import scope_attention_torch
-from .triton_flash import flash_scope_attention, gather_scope
+from .triton_flash import flash_scope_attention
+from .triton_gather import gather_scope
 from .triton_online_softmax import combine, softmax_step
 
 __all__ = ["scope_attention_triton"]
-
-_LOG2E = 1.4426950408889634
 
 
 @triton.jit(do_not_specialize=["Q", "ROWS", "SPLITS", "sqp_b"])
@@ -333,7 +332,8 @@ def _pick_config(rows: int, N: int, D: int, n_sm: int) -> dict:
         cfg = dict(BLOCK_R=64, BLOCK_N=64, num_warps=4, num_stages=3)
     else:
         cfg = dict(BLOCK_R=64, BLOCK_N=32, num_warps=8, num_stages=2)
-    cfg.update(FLASH=True, CAUSAL_SKIP=False, PREROT=True, target=n_sm, min_tiles=16)
+    # PREFIX "cudnn": a chunk's keys before its own through cuDNN (cudnn_prefix.py), not yet timed
+    cfg.update(FLASH=True, CAUSAL_SKIP=False, PREROT=True, PREFIX="triton", target=n_sm, min_tiles=16)
     if bd <= 128:
         cfg.update(CONFIG_OVERRIDES["prefill"])
     return cfg
@@ -343,7 +343,7 @@ def _launch(
     q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, scaling, cfg, chunk_tail
 ) -> torch.Tensor:
     if cfg.get("FLASH"):
-        qk = float(scaling) * _LOG2E
+        qk = float(scaling) * LOG2E
         return flash_scope_attention(
             q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, qk, cfg, chunk_tail
         )
@@ -393,7 +393,7 @@ def _launch(
         tiles_per_split * BLOCK_N,
         splits,
         Hkv,
-        float(scaling) * _LOG2E,
+        float(scaling) * LOG2E,
         *q.stride(),
         *k_src.stride(),
         *v_cache.stride(),

@@ -32,151 +32,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_utils import cdiv, next_pow2
+from ._triton_utils import LOG2E, cdiv, next_pow2
+from .cudnn_prefix import prefix_attention
+from .triton_gather import gather_scope
 from .triton_online_softmax import combine, dot, softmax_step
 
-__all__ = ["flash_scope_attention", "gather_scope", "rotate_rows"]
-
-
-@triton.jit(do_not_specialize=["N"])
-def _gather_kernel(
-    k_ptr,
-    v_ptr,
-    idx_ptr,
-    kpos_ptr,
-    cos_ptr,
-    sin_ptr,
-    ko_ptr,
-    vo_ptr,
-    N,
-    HKV,
-    sk_b,
-    sk_h,
-    sk_t,
-    sk_d,
-    sv_b,
-    sv_h,
-    sv_t,
-    sv_d,
-    si_b,
-    si_n,
-    sp_b,
-    sp_n,
-    sc_p,
-    sc_r,
-    ss_p,
-    ss_r,
-    so_b,
-    so_h,
-    so_n,
-    D: tl.constexpr,
-    DH: tl.constexpr,
-    BLOCK_DH: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    WITH_V: tl.constexpr,
-    OWN_ROWS: tl.constexpr,
-    POS0: tl.constexpr,
-):
-    pid_n = tl.program_id(0)
-    pid = tl.program_id(1)
-    kvh = (pid % HKV).to(tl.int64)
-    b = (pid // HKV).to(tl.int64)
-    offs = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    nv = offs < N
-    dh = tl.arange(0, BLOCK_DH)
-    if OWN_ROWS:  # rows 0..N-1 of the source, in order (queries rotated in place of keys gathered)
-        idx = offs.to(tl.int64)
-    else:
-        idx = tl.load(idx_ptr + b * si_b + offs * si_n, mask=nv, other=0).to(tl.int64)
-    if POS0:  # every row rotated by the tables' row 0 (one RoPE for all)
-        kp = tl.where(nv, 0, -1)
-    else:
-        kp = tl.load(kpos_ptr + b * sp_b + offs * sp_n, mask=nv, other=-1)
-    real = nv & (kp >= 0)
-    kp = tl.maximum(kp, 0).to(tl.int64)
-    lm = real[:, None] & (dh < DH)[None, :]  # padding rows are not read: written as zeros
-    sm = nv[:, None] & (dh < DH)[None, :]
-    krow = k_ptr + b * sk_b + kvh * sk_h + idx[:, None] * sk_t
-    k1 = tl.load(krow + dh[None, :] * sk_d, mask=lm, other=0.0).to(tl.float32)
-    k2 = tl.load(krow + (dh[None, :] + DH) * sk_d, mask=lm, other=0.0).to(tl.float32)
-    crow = cos_ptr + kp[:, None] * sc_p
-    srow = sin_ptr + kp[:, None] * ss_p
-    c1 = tl.load(crow + dh[None, :] * sc_r, mask=lm, other=0.0).to(tl.float32)
-    c2 = tl.load(crow + (dh[None, :] + DH) * sc_r, mask=lm, other=0.0).to(tl.float32)
-    s1 = tl.load(srow + dh[None, :] * ss_r, mask=lm, other=0.0).to(tl.float32)
-    s2 = tl.load(srow + (dh[None, :] + DH) * ss_r, mask=lm, other=0.0).to(tl.float32)
-    dtype = ko_ptr.dtype.element_ty
-    orow = (b * so_b + kvh * so_h + offs.to(tl.int64) * so_n)[:, None]
-    tl.store(ko_ptr + orow + dh[None, :], (k1 * c1 - k2 * s1).to(dtype), mask=sm)
-    tl.store(ko_ptr + orow + DH + dh[None, :], (k2 * c2 + k1 * s2).to(dtype), mask=sm)
-    if WITH_V:
-        vrow = v_ptr + b * sv_b + kvh * sv_h + idx[:, None] * sv_t
-        v1 = tl.load(vrow + dh[None, :] * sv_d, mask=lm, other=0.0)
-        v2 = tl.load(vrow + (dh[None, :] + DH) * sv_d, mask=lm, other=0.0)
-        tl.store(vo_ptr + orow + dh[None, :], v1.to(dtype), mask=sm)
-        tl.store(vo_ptr + orow + DH + dh[None, :], v2.to(dtype), mask=sm)
-
-
-def _gather(src, vsrc, idx, pos, cos, sin, out, vout, out_strides) -> None:
-    """Launch :func:`_gather_kernel`: rows of ``src [B, heads, T, D]`` (and ``vsrc``) rotated at ``pos``
-    into ``out`` (and ``vout``) at ``out_strides`` (batch, head, row). ``idx [B, n]`` the rows to take,
-    or None: every row of ``src`` in order (``pos [B, T]``, or None: table row 0 for all)."""
-    B, heads, T, D = src.shape
-    n = T if idx is None else idx.shape[1]
-    v = vsrc if vsrc is not None else src
-    BN = 64 if D <= 128 else 32
-    _gather_kernel[(cdiv(n, BN), B * heads)](
-        src,
-        v,
-        cos if idx is None else idx,  # never read without idx (OWN_ROWS)
-        cos if pos is None else pos,  # never read without pos (POS0)
-        cos,
-        sin,
-        out,
-        vout if vout is not None else out,
-        n,
-        heads,
-        *src.stride(),
-        *v.stride(),
-        *((0, 0) if idx is None else idx.stride()),
-        *((0, 0) if pos is None else pos.stride()),
-        *cos.stride(),
-        *sin.stride(),
-        *out_strides,
-        D=D,
-        DH=D // 2,
-        BLOCK_DH=max(16, next_pow2(D // 2)),
-        BLOCK_N=BN,
-        WITH_V=vsrc is not None,
-        OWN_ROWS=idx is None,
-        POS0=pos is None,
-        num_warps=4,
-    )
-
-
-def gather_scope(k_cache, v_cache, gather_idx, key_pos, cos, sin) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(K', V')``, each ``[B, Hkv, N, D]`` contiguous in ``k_cache``'s dtype: the scope's keys
-    rotated at ``key_pos`` and its values, zeros at padding entries. ``v_cache`` None: the keys
-    alone (``V'`` None)."""
-    B, Hkv, _, D = k_cache.shape
-    N = gather_idx.shape[1]
-    ko = torch.empty((B, Hkv, N, D), device=k_cache.device, dtype=k_cache.dtype)
-    vo = torch.empty_like(ko) if v_cache is not None else None
-    _gather(k_cache, v_cache, gather_idx, key_pos, cos, sin, ko, vo, (Hkv * N * D, N * D, D))
-    return ko, vo
-
-
-def rotate_rows(
-    x: torch.Tensor, pos: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor
-) -> torch.Tensor:
-    """``x [B, H, S, D]`` (any strides) rotated at ``pos`` (``[B, S]`` integer rows of ``cos``/``sin``
-    ``[P, D]``; None: row 0 for all) as the gather rotates keys (rotate-half, fp32 math); returns
-    ``[B, H, S, D]`` in ``x``'s dtype, a view of a ``[B, S, H, D]`` contiguous buffer (the layer's
-    own layout of queries)."""
-    B, H, S, D = x.shape
-    out = torch.empty((B, S, H, D), device=x.device, dtype=x.dtype)
-    _gather(x, None, None, pos, cos, sin, out, None, (S * H * D, D, H * D))
-    return out.transpose(1, 2)
+__all__ = ["flash_scope_attention"]
 
 
 @triton.jit(do_not_specialize=["Q", "N", "ROWS", "SPLITS", "sqp_b"])
@@ -191,6 +52,8 @@ def _flash_kernel(
     o_ptr,
     po_ptr,
     pml_ptr,
+    io_ptr,
+    il_ptr,
     Q,
     N,
     G,
@@ -211,6 +74,12 @@ def _flash_kernel(
     sc_r,
     ss_p,
     ss_r,
+    sio_b,
+    sio_h,
+    sio_r,
+    sil_b,
+    sil_h,
+    sil_r,
     D: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_R: tl.constexpr,
@@ -218,6 +87,7 @@ def _flash_kernel(
     TAIL: tl.constexpr,
     IEEE: tl.constexpr,
     SPLIT: tl.constexpr,
+    INIT: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     pid = tl.program_id(1)
@@ -253,10 +123,22 @@ def _flash_kernel(
     k_base = k_ptr + kv_off
     v_base = v_ptr + kv_off
     kpos_base = kpos_ptr + b64 * sp_b
-    m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_R], tl.float32)
-    acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
-    start = split * KEYS_PER_SPLIT
+    if INIT:
+        # the keys before the chunk were attended elsewhere (cuDNN): start from their normalised
+        # output and log-sum-exp, read at that call's row j * Q + i (heads of the group, then queries)
+        prow = ((rows % G) * Q + qi).to(tl.int64)
+        ib = b64 * sio_b + kvh.to(tl.int64) * sio_h + prow * sio_r
+        acc = tl.load(io_ptr + ib[:, None] + d[None, :], mask=qm, other=0.0).to(tl.float32)
+        lse = tl.load(il_ptr + b64 * sil_b + kvh.to(tl.int64) * sil_h + prow * sil_r, mask=rvalid, other=0.0)
+        m_i = lse * 1.4426950408889634  # natural log -> the kernel's log2 units
+        l_i = tl.where(rvalid, 1.0, 0.0)
+        base = N - Q  # only the chunk's own keys are left
+    else:
+        m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_R], tl.float32)
+        acc = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
+        base = 0
+    start = base + split * KEYS_PER_SPLIT
     end = tl.minimum(start + KEYS_PER_SPLIT, N)
     offs_n = tl.arange(0, BLOCK_N)
     if TAIL:
@@ -264,7 +146,7 @@ def _flash_kernel(
         i0 = (pid_r * BLOCK_R) // G
         i1 = tl.minimum((pid_r * BLOCK_R + BLOCK_R - 1) // G, Q - 1)
         first = N - Q
-        open_end = ((first + i0) // BLOCK_N) * BLOCK_N
+        open_end = base + ((first + i0 - base) // BLOCK_N) * BLOCK_N
         causal_end = tl.minimum(end, first + i1 + 1)
         for n0 in range(start, tl.minimum(end, open_end), BLOCK_N):
             offs = n0 + offs_n
@@ -309,7 +191,8 @@ def flash_scope_attention(
     q, k_cache, v_cache, gather_idx, key_pos, q_pos, cos, sin, qk_scale, cfg, chunk_tail
 ):
     """The prefill path of :func:`~.triton_attention.scope_attention_triton` (arguments checked
-    there; ``qk_scale`` already in log2 units): gather, then flash attention over the copies."""
+    there; ``qk_scale`` already in log2 units): gather, then flash attention over the copies, the
+    prefix first through cuDNN where ``cfg["PREFIX"]`` asks for it (:mod:`.cudnn_prefix`)."""
     B, H, Q, D = q.shape
     Hkv = k_cache.shape[1]
     N = gather_idx.shape[1]
@@ -317,13 +200,16 @@ def flash_scope_attention(
     rows = g * Q
     BLOCK_R, BLOCK_N = cfg["BLOCK_R"], cfg["BLOCK_N"]
     n_rb = cdiv(rows, BLOCK_R)
-    tiles = cdiv(N, BLOCK_N)
-    splits = cfg.get("splits")
+    ko, vo = gather_scope(k_cache, v_cache, gather_idx, key_pos, cos, sin)
+    init = None
+    if cfg.get("PREFIX", "triton") != "triton" and chunk_tail and N > Q:
+        init = prefix_attention(cfg["PREFIX"], q, ko, vo, key_pos, q_pos, cos, sin, qk_scale / LOG2E)
+    tiles = cdiv(Q if init is not None else N, BLOCK_N)
+    splits = 1 if init is not None else cfg.get("splits")
     if splits is None:
         splits = max(1, min(cdiv(cfg["target"], n_rb * B * Hkv), cdiv(tiles, cfg["min_tiles"])))
     tiles_per_split = cdiv(tiles, splits)
     splits = cdiv(tiles, tiles_per_split)
-    ko, vo = gather_scope(k_cache, v_cache, gather_idx, key_pos, cos, sin)
     out = torch.empty((B, Q, H, D), device=q.device, dtype=q.dtype)
     split = splits > 1
     if split:
@@ -331,6 +217,7 @@ def flash_scope_attention(
         pml = torch.empty((B, H, Q, splits, 2), device=q.device, dtype=torch.float32)
     else:
         po = pml = out
+    io, il = init if init is not None else (out, out)
     _flash_kernel[(n_rb, B * Hkv * splits)](
         q,
         ko,
@@ -342,6 +229,8 @@ def flash_scope_attention(
         out,
         po,
         pml,
+        io,
+        il,
         Q,
         N,
         g,
@@ -355,6 +244,8 @@ def flash_scope_attention(
         *q_pos.stride(),
         *cos.stride(),
         *sin.stride(),
+        *(io.stride()[:2] + io.stride()[-2:-1] if init is not None else (0, 0, 0)),
+        *(il.stride() if init is not None else (0, 0, 0)),
         D=D,
         BLOCK_D=max(16, next_pow2(D)),
         BLOCK_R=BLOCK_R,
@@ -362,6 +253,7 @@ def flash_scope_attention(
         TAIL=bool(chunk_tail),
         IEEE=q.dtype == torch.float32,
         SPLIT=split,
+        INIT=init is not None,
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
