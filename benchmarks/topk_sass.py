@@ -1,6 +1,7 @@
 """What the scoring kernel's loop costs, from its sm_90 machine code: no GPU needed.
 
-    python benchmarks/topk_sass.py
+    python benchmarks/topk_sass.py            # the scoring kernel's key loop
+    python benchmarks/topk_sass.py --merge    # grouped mode's merge + refinement, per row
 
 Compiles ``triton_topk._score_topk_kernel`` for an H100/H200 (``cuda:90``) in the configurations
 below (the 8B shape: d 128, top-4; bf16, pointers and strides 16-byte aligned as at run time) and
@@ -8,6 +9,12 @@ prints, per configuration, the SASS instructions of each block of the key loop (
 of one tile: the block that ends with the backward branch is the loop; with lazy insertion the
 loop is split by the rarely taken branch), registers, shared memory and the async copies of the
 K loads in the TTGIR. Triton's bundled ``cuobjdump`` reads the registers.
+
+``--merge``: the merge of a prefill row's candidates and the exact rescoring of its chosen groups
+(top-4, groups of 8 keys, d 128): instructions a row (a program's SASS times its warps over its
+rows) and barriers a row, for one row a program (``_merge_refine_kernel``, before) and ``RB`` rows a
+program (``_refine_groups_kernel``, the default). The merge of a late 8K forward's 262,144 rows was
+issue-bound on the H200 before (about 0.74 ms of issue slots against 0.95 ms measured).
 """
 
 from __future__ import annotations
@@ -42,28 +49,31 @@ CONFIGS = [
 ]
 
 
-def compile_kernel(consts: dict, num_warps: int, num_stages: int):
+def compile_kernel(consts: dict, num_warps: int, num_stages: int, name: str = "_score_topk_kernel"):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from reattn_llm.kernels import triton_topk
 
-    fn = triton_topk._score_topk_kernel
+    fn = getattr(triton_topk, name)
     names = fn.arg_names
-    consts = dict(BS=0, D=128, BLOCK_D=128, TOPK=4, KP=4, IEEE=False, sq_d=1, sk_d=1, **consts)
-    ptr = {"cand_v_ptr": "*fp32", "cand_i_ptr": "*i32", "t_ptr": "*i32"}
+    consts = dict(BS=0, D=128, BLOCK_D=128, TOPK=4, KP=4, sq_d=1, sk_d=1, **consts)
+    if "IEEE" in names:
+        consts["IEEE"] = False
+    ptr = {"cand_v_ptr": "*fp32", "cand_i_ptr": "*i32", "t_ptr": "*i32", "out_ptr": "*i64"}
     sig = {
         n: "constexpr" if n in consts else ptr.get(n, "*bf16") if n.endswith("_ptr") else "i32" for n in names
     }
     aligned = [
         n for n in names if n.endswith("_ptr") or n in ("sq_b", "sq_h", "sq_q", "sk_b", "sk_h", "sk_m")
     ]
+    aligned += [n for n in ("KEYS_PER_SPLIT",) if n in names]
     src = ASTSource(
         fn=fn,
         signature=sig,
         constexprs={(names.index(k),): v for k, v in consts.items()},
-        attrs={(names.index(n),): [["tt.divisibility", 16]] for n in [*aligned, "KEYS_PER_SPLIT"]},
+        attrs={(names.index(n),): [["tt.divisibility", 16]] for n in aligned},
     )
     return triton.compile(
         src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=num_stages)
@@ -99,8 +109,35 @@ def registers(cubin: bytes) -> str:
     return m.group(1) if m else "?"
 
 
+def merge_table() -> None:
+    """Grouped mode's merge + refinement per row, one row a program against ``RB`` rows a program."""
+    from reattn_llm.kernels import triton_topk as tk
+
+    common = dict(KK=4, CP=16, CI=4, BLOCK_N=128)
+    rb = tk.REFINE_ROW_KEYS // (4 * 2 * common["CI"])
+    print("| merge + refinement (top-4, groups of 8 keys, d 128) | SASS a row | barriers a row | registers |")
+    print("|---|---|---|---|")
+    for name, consts, warps, rows in (
+        ("one row a program (`_merge_refine_kernel`, before)", common, 4, 1),
+        (
+            f"{rb} rows a program, head dim in slices of {tk.REFINE_DC} (`_refine_groups_kernel`)",
+            dict(common, RB=rb, DC=tk.REFINE_DC),
+            4,
+            rb,
+        ),
+    ):
+        k = compile_kernel(consts, warps, 1, "_merge_refine_kernel" if rows == 1 else "_refine_groups_kernel")
+        sass = k.asm["sass"]
+        n = sum(";" in x for x in sass.splitlines())
+        bars = sass.count("BAR.SYNC")
+        print(f"| {name} | {n * warps / rows:.0f} | {bars / rows:.1f} | {registers(k.asm['cubin'])} |")
+
+
 def main() -> None:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    if "--merge" in sys.argv[1:]:
+        merge_table()
+        return
     print(
         "| configuration | key loop, SASS per block (one warp, one tile; lazy: common, branch, end) "
         "| registers | shared memory | K copies async |"

@@ -50,7 +50,7 @@ def recorded(monkeypatch):
     keys: set = set()
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # only so the launchers accept CPU tensors
     monkeypatch.setattr(triton_topk, "sm_count", lambda device: 132)
-    for name in ("_score_topk_kernel", "_merge_refine_kernel"):
+    for name in ("_score_topk_kernel", "_merge_refine_kernel", "_refine_groups_kernel"):
         rec = ck.Recorder(getattr(triton_topk, name), name, specialize, lambda n, k: keys.add((n, k)))
         monkeypatch.setattr(triton_topk, name, rec)
     return keys
@@ -86,7 +86,8 @@ def test_score_topk_compiles_once_for_every_length(recorded, case) -> None:
             score_topk_triton(q, _middle(m), 4)
 
     per_length = _keys_per_length(recorded, launch)
-    assert {k[0] for k in per_length[0]} == {"_score_topk_kernel", "_merge_refine_kernel"}
+    merge = "_refine_groups_kernel" if case.startswith("prompt") else "_merge_refine_kernel"
+    assert {k[0] for k in per_length[0]} == {"_score_topk_kernel", merge}
     for m, keys in zip(MIDDLES[1:], per_length[1:], strict=True):
         new = {k[0] for k in keys - per_length[0]}
         assert not new, (

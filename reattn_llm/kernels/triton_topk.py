@@ -36,9 +36,13 @@ Algorithm (two launches, no host sync):
      themselves; decode is memory-bound, so the per-key work hides under the K stream.
 
    Each program writes its split's candidates: ``[B, H, Q, splits, top_k]`` values and ids.
-2. ``_merge_refine_kernel``: one program per row merges the candidates of all splits; in grouped
-   mode it then rescores the ``top_k * 2*CI`` keys of the chosen groups exactly (fp32) and keeps
-   the top-k keys. Ties go to the lower key index (plain mode), or to the lower group and then the
+2. ``_merge_refine_kernel``: one program per row merges the candidates of all splits (plain
+   mode). Grouped mode's merge, ``_refine_groups_kernel``, takes 16 rows a program (every ranking
+   step then reduces inside a warp: one row a program reduced across its four warps, 17 barriers and
+   2,720 sm_90 instructions a row against 3.4 and 784, ``benchmarks/topk_sass.py --merge``), picks
+   each row's ``top_k`` best groups, rescores their ``top_k * 2*CI`` keys exactly (fp32) and keeps
+   the top-k keys (``REFINE_ROWS=False`` in the config: the one-row kernel's grouped branch, the
+   baseline). Ties go to the lower key index (plain mode), or to the lower group and then the
    lower key among the chosen groups' (grouped mode). Either way the running top-k keeps the best
    under (value, then the lower id) and evicts the highest id among tied slots, so how the keys
    are split over programs (and a batch of chunks, which splits them otherwise) never changes
@@ -467,6 +471,103 @@ def _merge_refine_kernel(
             s = tl.where(key == sel, float("-inf"), s)
 
 
+@triton.jit(do_not_specialize=["Q", "M", "C", "NT", "TAIL", "GROW", "NROWS"])
+def _refine_groups_kernel(
+    cand_v_ptr,
+    cand_i_ptr,
+    q_ptr,
+    k_ptr,
+    out_ptr,
+    t_ptr,
+    Q,
+    M,
+    GROW,
+    G,
+    H,
+    C,
+    NT,
+    TAIL,
+    NROWS,
+    sq_b,
+    sq_h,
+    sq_q,
+    sq_d,
+    sk_b,
+    sk_h,
+    sk_m,
+    sk_d,
+    BS: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    TOPK: tl.constexpr,
+    KK: tl.constexpr,
+    KP: tl.constexpr,
+    CP: tl.constexpr,
+    CI: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    RB: tl.constexpr,
+    DC: tl.constexpr,
+):
+    """Grouped mode's merge and refinement (:func:`_merge_refine_kernel`'s ``CI > 0`` branch, the
+    same choices) for ``RB`` rows a program: each row's candidates and keys lie along the rows' own
+    axis, so every ranking step reduces inside a warp (one row a program reduced across warps, 17
+    barriers a row), and the exact rescoring walks the head dim in slices of ``DC``."""
+    row = tl.program_id(0).to(tl.int64) * RB + tl.arange(0, RB).to(tl.int64)  # (b * H + h) * Q + qi
+    rv = row < NROWS
+    c = tl.arange(0, CP)
+    cm = rv[:, None] & (c < C)[None, :]
+    cv = tl.load(cand_v_ptr + row[:, None] * C + c[None, :], mask=cm, other=float("-inf"))
+    cid = tl.load(cand_i_ptr + row[:, None] * C + c[None, :], mask=cm, other=-1)
+    b = row // (H * Q)
+    h = (row // Q) % H
+    kvh = h // G
+    qi = row % Q
+    MB, TAILB = _entry_keys(M, GROW, TAIL, b, BS)
+    zero = tl.zeros([RB], tl.int64)
+    # 1. each row's TOPK best groups over all splits
+    colk = tl.arange(0, KP)
+    grp = tl.full([RB, KP], -1, tl.int32)
+    for t in tl.static_range(TOPK):
+        m = tl.max(cv, axis=1)
+        sel = tl.min(tl.where(cv == m[:, None], cid, 2147483647), axis=1)
+        grp = tl.where(colk[None, :] == t, sel[:, None], grp)
+        cv = tl.where((cid == sel[:, None]) & (cv == m[:, None]), float("-inf"), cv)
+    # 2. their keys: group (tile, cb, t) holds columns 8 * (cb * CI + ci) + 2 * t + e
+    S: tl.constexpr = 2 * CI
+    GPT: tl.constexpr = (BLOCK_N // (8 * CI)) * 4
+    mem = tl.arange(0, S)
+    tile = grp // GPT
+    loc = grp % GPT
+    key = (
+        tile[:, :, None] * BLOCK_N
+        + 8 * ((loc // 4)[:, :, None] * CI + (mem // 2)[None, None, :])
+        + 2 * (loc % 4)[:, :, None]
+        + (mem % 2)[None, None, :]
+    )  # [RB, KP, S]
+    kvalid = (grp[:, :, None] >= 0) & (key < (zero + MB)[:, None, None])
+    key = tl.reshape(key, [RB, KP * S])
+    kvalid = tl.reshape(kvalid, [RB, KP * S])
+    if BS > 0:  # logical keys of the table -> their rows (increasing with the key when sorted)
+        t_base = t_ptr + (b * (H // G) + kvh) * NT
+        key = _block_rows(t_base[:, None], key, kvalid, NT, (zero + TAILB)[:, None], BS)
+    qrow = (q_ptr + b * sq_b + h * sq_h + qi * sq_q)[:, None]  # [RB, 1]
+    krow = (k_ptr + (b * sk_b + kvh * sk_h)[:, None] + key.to(tl.int64) * sk_m)[:, :, None]  # [RB, KP*S, 1]
+    kmask = kvalid[:, :, None]
+    dd = tl.arange(0, DC)
+    s = tl.zeros([RB, KP * S], tl.float32)
+    for d0 in tl.static_range(0, BLOCK_D, DC):
+        dm = (d0 + dd) < D
+        qc = tl.load(qrow + (d0 + dd)[None, :] * sq_d, mask=dm[None, :], other=0.0)  # [RB, DC]
+        kc = tl.load(krow + (d0 + dd)[None, None, :] * sk_d, mask=kmask & dm[None, None, :], other=0.0)
+        s += tl.sum(kc.to(tl.float32) * qc.to(tl.float32)[:, None, :], axis=2)
+    s = tl.where(kvalid, s, float("-inf"))
+    for t in tl.static_range(KK):
+        m = tl.max(s, axis=1)
+        sel = tl.min(tl.where(s == m[:, None], key, 2147483647), axis=1)
+        tl.store(out_ptr + row * KK + t, sel.to(tl.int64), mask=rv)
+        s = tl.where(key == sel[:, None], float("-inf"), s)
+
+
 # Tuning hook for benchmarks: ``{"decode": {...}, "prefill": {...}}`` merged into the picked config.
 CONFIG_OVERRIDES: dict[str, dict] = {"decode": {}, "prefill": {}}
 
@@ -587,6 +688,12 @@ def _launch(
     out = torch.empty((B, H, Q, kk), device=q.device, dtype=torch.int64)
     C = splits * top_k
     cp = _candidate_bucket(C, CI)
+    if CI > 0 and cfg.get("REFINE_ROWS", True):
+        bs = block_size if table is not None else 0
+        _refine_groups(
+            cand_v, cand_i, q, k, out, tab, (Q, m0, grow, g, H, C, nt, tail), bs, top_k, kk, cp, cfg
+        )
+        return out
     _merge_refine_kernel[(B * H * Q,)](
         cand_v,
         cand_i,
@@ -616,6 +723,44 @@ def _launch(
         num_warps=4 if CI > 0 or cp > 1024 else 1,  # one warp past 1,024 candidates spills registers
     )
     return out
+
+
+#: Grouped mode's merge: rows a program times keys rescored a row (``RB * KP * 2CI``), and the
+#: head-dim slice it rescores at a time (sm_90 SASS: ``benchmarks/topk_sass.py --merge``).
+REFINE_ROW_KEYS, REFINE_DC = 512, 8
+
+
+def _refine_groups(cand_v, cand_i, q, k, out, tab, sizes, bs, top_k, kk, cp, cfg) -> None:
+    """Launch :func:`_refine_groups_kernel` over every row (``sizes``: ``Q, M, GROW, G, H, C, NT,
+    TAIL`` as the scoring kernel's; ``bs``: the block table's block size, 0 without one)."""
+    B, H, Q, D = q.shape
+    kps = next_pow2(top_k) * 2 * cfg["CI"]
+    rb = max(1, min(64, REFINE_ROW_KEYS // kps))
+    rows = B * H * Q
+    _refine_groups_kernel[(cdiv(rows, rb),)](
+        cand_v,
+        cand_i,
+        q,
+        k,
+        out,
+        tab,
+        *sizes,
+        rows,
+        *q.stride(),
+        *k.stride(),
+        BS=bs,
+        D=D,
+        BLOCK_D=max(16, next_pow2(D)),
+        TOPK=top_k,
+        KK=kk,
+        KP=next_pow2(top_k),
+        CP=cp,
+        CI=cfg["CI"],
+        BLOCK_N=cfg["BLOCK_N"],
+        RB=rb,
+        DC=REFINE_DC,
+        num_warps=4,
+    )
 
 
 def _check(name: str, q: torch.Tensor, k: torch.Tensor, top_k: int) -> None:
