@@ -50,18 +50,24 @@ def tiles_per_split(rows: int, m: int, batch: int, hkv: int, cfg: dict) -> int:
 
 
 def branch_rate(
-    q: torch.Tensor, k: torch.Tensor, grouped: bool, batch: int = 1, sms: int = 132
+    q: torch.Tensor,
+    k: torch.Tensor,
+    grouped: bool,
+    batch: int = 1,
+    sms: int = 132,
+    tile: tuple[int, int] = (128, 128),
 ) -> tuple[float, float]:
     """Shares of (row block, tile) steps in which a row of the block gains 2+ groups from the tile
     (lazy insertion's branch), and 1+ (a block with none could skip the tile's first insertion).
 
     q ``[1, H, Q, D]``, k ``[1, Hkv, M, D]`` (un-rotated): rows are (query, head of the KV group),
-    query-major, as the kernel lays them out; ``batch``: the forward's chunks (the split count's)."""
+    query-major, as the kernel lays them out; ``batch``: the forward's chunks (the split count's);
+    ``tile``: the grouped mode's (rows, keys) a block and step."""
     _, h, nq, _ = q.shape
     hkv, m = k.shape[1], k.shape[2]
     g = h // hkv
     if grouped:
-        cfg = dict(block_r=128, block_n=128, ci=4, target=4 * sms, min_tiles=8)
+        cfg = dict(block_r=tile[0], block_n=tile[1], ci=4, target=4 * sms, min_tiles=8)
     else:
         cfg = dict(block_r=16, block_n=128, ci=0, target=16 * sms, min_tiles=4)
     block_r, block_n, ci = cfg["block_r"], cfg["block_n"], cfg["ci"]
@@ -99,7 +105,9 @@ def main() -> None:
     ap.add_argument("--text", default=None, help="prose to read (default: the package's Emma sample)")
     ap.add_argument("--batch", type=int, default=8, help="chunks a prefill forward joins (the engine's: 8)")
     ap.add_argument("--capture-file", default=None, help="keep the captured queries and keys here")
+    ap.add_argument("--tile", default="128x128", help="prefill block: rows x keys (the default kernel's)")
     args = ap.parse_args()
+    tile = tuple(int(x) for x in args.tile.split("x"))
     args.lengths = [int(x) for x in args.lengths.split(",")]
     import selection  # benchmarks/selection.py: real queries and middle keys
 
@@ -109,7 +117,9 @@ def main() -> None:
         data = selection.capture(args, torch.device("cpu"))
         if path:
             torch.save(data, path)
-    print(f"\nprefill forwards of {args.batch} chunks; decode one query")
+    print(
+        f"\nprefill forwards of {args.batch} chunks, {tile[0]}-row blocks, {tile[1]}-key tiles; decode one query"
+    )
     print(
         "| M | keys | layers | prefill: steps taking the branch | prefill: steps inserting at all | decode: steps taking the branch |"
     )
@@ -121,7 +131,7 @@ def main() -> None:
             for q, kmid in data[m]:
                 if kind == "random":
                     q, kmid = torch.randn_like(q), torch.randn_like(kmid)
-                two, one = branch_rate(q, kmid, grouped=True, batch=args.batch)
+                two, one = branch_rate(q, kmid, grouped=True, batch=args.batch, tile=tile)
                 pre.append(two)
                 any1.append(one)
                 dec.append(branch_rate(q[:, :, -1:], kmid, grouped=False)[0])

@@ -154,6 +154,7 @@ PREFILL_SWEEP = [
     _prefill_tile("pack lazy ci8 w8 s2", CI=8),
     _prefill_tile("pack lazy w4 s2", num_warps=4),
     _prefill_tile("pack lazy N64 w8 s2", BLOCK_N=64),
+    _prefill_tile("pack lazy R256 N64 w8 s2", BLOCK_R=256, BLOCK_N=64),
     _prefill_tile("pack w4 s2", EARLY_EXIT=0, num_warps=4),
     _prefill_tile("pack w4 s3", EARLY_EXIT=0, num_warps=4, num_stages=3),
     _prefill_tile("pack eager w8 s2 (the default before lazy insertion)", EARLY_EXIT=0),

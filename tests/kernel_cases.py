@@ -308,6 +308,10 @@ def topk_cases():
     cases["topk_grow_chunks_plain_split_f32"] = lambda: topk_grow_case(
         3, 4, 4, 2, 301, 96, 5, 100, F32, PLAIN_SPLIT
     )
+    # 256-row blocks of 64-key tiles (the A/B's half-the-L2-traffic variant): exact top-k still
+    cases["topk_r256_n64_lazy_f16"] = lambda: topk_case(
+        1, 8, 2, 70, 700, 64, 4, F16, dict(GROUPED_LAZY, BLOCK_R=256, BLOCK_N=64, splits=None)
+    )
     # grouped mode's merge: many rows a program (default) against one (REFINE_ROWS=False)
     cases["topk_refine_rows_default_f16"] = lambda: topk_refine_rows_case(F16, {})
     cases["topk_refine_rows_grow_packed_f16"] = lambda: topk_refine_rows_case(F16, GROUPED_PACK, grow=7)
