@@ -4,6 +4,8 @@
 # (and optionally end-to-end) benchmarks; end to end decodes from CUDA graphs too (kernels.py --graphs).
 #   bash benchmarks/run_kernels_gpu.sh "--micro --sweep" "llama32k,llama128k"
 #   AB=1 SKIP_CHECK= bash benchmarks/run_kernels_gpu.sh "" "llama32k"    # the scoring A/B, checks, one e2e
+#   PREFIX_AB=1 SKIP_CHECK=1 bash benchmarks/run_kernels_gpu.sh "" "llama32k"  # e2e, then again with the
+#     prefill prefix through cuDNN (kernels.py --attn-prefix cudnn), alternating, two of each
 # Logs and JSON land in $OUT (or ./gpu_out when OUT is unset).
 set -o pipefail
 OUT=${OUT:-gpu_out}
@@ -25,6 +27,13 @@ if [ -n "$AB" ]; then
 fi
 args=($MICRO)
 if [ -n "$E2E" ]; then args+=(--e2e "$E2E" --graphs); fi
+if [ -n "$PREFIX_AB" ] && [ -n "$E2E" ]; then
+  for r in 1 2; do for p in triton cudnn; do
+    PROFILE=none python3 benchmarks/kernels.py --e2e "$E2E" --attn-prefix $p --json "$OUT/e2e_${p}_$r.json" \
+      2>&1 | tee "$OUT/e2e_${p}_$r.log" | grep '^\[e2e\].*prefill'
+  done; done
+  exit 0
+fi
 python3 benchmarks/kernels.py "${args[@]}" --json "$OUT/kernels.json" 2>&1 | tee "$OUT/kernels.log" | grep -v -- '-sweep\]'
 # PREFILL_FORWARDS=1: the engine's prefill with whole chunks joined against a forward per chunk, on the
 # default model (gpu_setup.sh 1 and 2 first, call 2 carrying .gpu/data: the prose), BENCHMARKS.md "Prefill forwards"

@@ -95,6 +95,9 @@ KERNEL_CASES = {
     "chunk one span, ranked outside, pins": (2, 3, 7, 2, 50, 1, 5, 3, 10, True, 8),
     "chunk H9 Q128 k4 past MAX_FUSED": (1, 9, 128, 4, 3000, 16, 32, 0, 700, False, None),
     "decode 8B-like: H32 k4, 127 pins, 191 spans of 32": (1, 32, 1, 4, 5000, 191, 32, 127, None, True, None),
+    # scopes and q_pos past one output block: written by several programs (parts)
+    "chunk H3 Q1100 k1 ranked outside, 40 spans of 32": (2, 3, 1100, 1, 4000, 40, 32, 0, None, False, 8),
+    "chunk H9 Q7 k5 ranked outside, 40 spans of 32": (1, 9, 7, 5, 3000, 40, 32, 3, None, True, 8),
 }
 
 
