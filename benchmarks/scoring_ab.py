@@ -1,6 +1,7 @@
-"""A/B of ``score_topk`` tile configurations on one CUDA GPU: same inputs, same indices, time.
+"""A/B of ``score_topk`` tile configurations on one CUDA GPU: same inputs, same indices, time;
+and of a decode step's scope attention (its splits and tiles).
 
-    python benchmarks/scoring_ab.py                     # every variant below, prefill and decode
+    python benchmarks/scoring_ab.py                     # every variant below: prefill, decode, attention
     python benchmarks/scoring_ab.py --only prefill --repeats 5
 
 Each variant is the kernel's own configuration (``triton_topk._pick_config``) with a few keys
@@ -42,7 +43,23 @@ PREFILL = [
     ("merge one row a program (before _refine_groups_kernel)", dict(REFINE_ROWS=False)),
 ]
 #: decode variants (plain mode)
-DECODE = [("default", {}), ("eager insertion", dict(EARLY_EXIT=0)), ("lazy insertion", dict(EARLY_EXIT=3))]
+DECODE = [
+    ("default", {}),
+    ("eager insertion", dict(EARLY_EXIT=0)),
+    ("lazy insertion", dict(EARLY_EXIT=3)),
+    ("16 tiles a program (a quarter of the splits)", dict(min_tiles=16)),
+    ("4 stages", dict(num_stages=4)),
+    ("256-key tiles", dict(BLOCK_N=256)),
+    ("8 warps", dict(num_warps=8)),
+]
+#: decode scope attention variants (``triton_attention._pick_config``'s decode keys; target in SMs)
+ATTN_DECODE = [
+    ("default (splits for 2 programs an SM, 64-key tiles)", {}),
+    ("4 programs an SM", dict(target_mult=4)),
+    ("8 programs an SM (a tile or two each)", dict(target_mult=8, min_tiles=1)),
+    ("8 programs an SM, 32-key tiles", dict(target_mult=8, min_tiles=1, BLOCK_N=32)),
+    ("4 programs an SM, 2 stages", dict(target_mult=4, num_stages=2)),
+]
 #: (name, chunks, heads, KV heads, queries a chunk, middle keys, head dim, grow)
 PREFILL_SHAPES = [
     ("8B, 8 chunks x 1024, 120K middle", 8, 32, 8, 1024, 122880, 128, 1024),
@@ -87,7 +104,25 @@ def prefill(repeats: int) -> list[tuple]:
     return rows
 
 
-def decode(repeats: int, calls: int = 20) -> list[tuple]:
+def graph_ms(fn, repeats: int, calls: int = 20) -> float:
+    """One call of ``fn`` replayed from a CUDA graph of ``calls`` calls (compiled and warmed on a
+    side stream first): the kernels' time without the wrapper's host work."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    ms = best_ms(graph.replay, repeats) / calls
+    del graph
+    return ms
+
+
+def decode(repeats: int) -> list[tuple]:
     from reattn_llm.kernels.triton_topk import score_topk_triton
 
     rows = []
@@ -98,17 +133,7 @@ def decode(repeats: int, calls: int = 20) -> list[tuple]:
         base = None
         for name, cfg in DECODE:
             same = torch.equal(score_topk_triton(q, k, 4, _config=cfg), ref)
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # compile and warm outside the capture
-                for _ in range(3):
-                    score_topk_triton(q, k, 4, _config=cfg)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                for _ in range(calls):
-                    score_topk_triton(q, k, 4, _config=cfg)
-            ms = best_ms(graph.replay, repeats) / calls
+            ms = graph_ms(lambda cfg=cfg, q=q, k=k: score_topk_triton(q, k, 4, _config=cfg), repeats)
             base = base or ms
             kbytes = Hkv * M * D * 2
             rows.append(
@@ -122,15 +147,62 @@ def decode(repeats: int, calls: int = 20) -> list[tuple]:
                 )
             )
             print(" | ".join(map(str, rows[-1])), flush=True)
-            del graph
         del q, k
         torch.cuda.empty_cache()
     return rows
 
 
+def attention_decode(repeats: int) -> list[tuple]:
+    """A decode step's scope attention (one query, an 8,192-key scope gathered from a 128K cache,
+    the 8B shape): splits of the scope a KV head (flash-decoding) and tiles, from a CUDA graph.
+    Run 16's profile: 23.2 us a layer for about 68 MB read (K, V, RoPE rows): one wave of 256
+    programs walking 4 tiles each, its dependent loads (row index, then the row) in series."""
+    from reattn_llm.kernels.torch_ops import scope_attention_torch
+    from reattn_llm.kernels.triton_attention import scope_attention_triton
+
+    n_sm = torch.cuda.get_device_properties(0).multi_processor_count
+    B, H, Hkv, T, N, D = 1, 32, 8, 131072, 8192, 128
+    q = torch.randn(B, 1, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    kc = torch.randn(B, Hkv, T, D, device="cuda", dtype=torch.bfloat16)
+    vc = torch.randn_like(kc)
+    idx = torch.cat(
+        [torch.arange(32), torch.randperm(T - 2048 - 32)[: N - 2048 - 32] + 32, torch.arange(T - 2048, T)]
+    )
+    idx = idx.sort().values[None].to("cuda")
+    kpos = torch.arange(N, device="cuda")[None]
+    qpos = torch.full((1, 1), N - 1, device="cuda")
+    inv = 1.0 / 500000.0 ** (torch.arange(0, D, 2, device="cuda", dtype=torch.float64) / D)
+    f = torch.outer(torch.arange(N + 8, device="cuda", dtype=torch.float64), inv)
+    cos, sin = (torch.cat([f, f], -1).cos().bfloat16(), torch.cat([f, f], -1).sin().bfloat16())
+    args = (q, kc, vc, idx, kpos, qpos, cos, sin, D**-0.5)
+    ref = scope_attention_torch(*args).float()
+    rows, base = [], None
+    for name, cfg in ATTN_DECODE:
+        c = dict(cfg)
+        if "target_mult" in c:
+            c["target"] = c.pop("target_mult") * n_sm
+        got = scope_attention_triton(*args, _config=c).float()
+        err = ((got - ref).norm() / ref.norm()).item()
+        ms = graph_ms(lambda c=c: scope_attention_triton(*args, _config=c), repeats)
+        base = base or ms
+        nbytes = Hkv * N * (2 * D * 2 + 2 * D * 2 + 16)  # K and V rows, cos and sin rows, index and position
+        rows.append(
+            (
+                "8B decode attention, 8,192-key scope",
+                name,
+                f"{ms * 1e3:.1f} us",
+                f"{nbytes / (ms * 1e-3) / 1e9:.0f} GB/s read",
+                f"error {err:.1e}",
+                f"{base / ms:.3f}",
+            )
+        )
+        print(" | ".join(map(str, rows[-1])), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", choices=("prefill", "decode"), default=None)
+    ap.add_argument("--only", choices=("prefill", "decode", "attention"), default=None)
     ap.add_argument("--repeats", type=int, default=3, help="medians taken, the best reported")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -143,6 +215,8 @@ def main() -> None:
         rows += prefill(args.repeats)
     if args.only in (None, "decode"):
         rows += decode(args.repeats)
+    if args.only in (None, "attention"):
+        rows += attention_decode(args.repeats)
     print("\n| shape | variant | time | rate | same indices as default | speed vs default |")
     print("|---|---|---|---|---|---|")
     for r in rows:
