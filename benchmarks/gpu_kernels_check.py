@@ -435,6 +435,10 @@ CASES = {
     "flash tail b16 Q512 N2560 H9/3 d64 bf16": lambda: attn_case(
         16, 9, 3, 512, 20000, 2560, 64, BF16, chunk_tail=True
     ),
+    # the flash kernel alone: a batch splits its keys as each chunk alone (2 splits: the same sums)
+    "flash tail one kernel b16 Q512 N2560 H9/3 d64 bf16": lambda: attn_case(
+        16, 9, 3, 512, 20000, 2560, 64, BF16, chunk_tail=True, config=dict(PREFIX="triton")
+    ),
     # the prefix before the chunk through cuDNN (cudnn_prefix), the chunk's own keys by the kernel
     "cudnn prefix call b1 Hkv8 R4096 P8192 d128 bf16": lambda: prefix_case(1, 8, 4096, 8192, 128, BF16),
     "cudnn prefix call b4 Hkv3 R1536 P2048 d64 fp16": lambda: prefix_case(4, 3, 1536, 2045, 64, F16),

@@ -420,8 +420,8 @@ def attention(sweep: bool):
                 if Q == 1:
                     c["target"] = c.pop("target_mult") * n_sm
                     c.update(BLOCK_R=16, CAUSAL_SKIP=False, min_tiles=2)
-                else:
-                    c.update(target=n_sm, min_tiles=16, CAUSAL_SKIP=False)
+                else:  # the flash kernel's tiles over the whole scope (no cuDNN prefix)
+                    c.update(target=n_sm, min_tiles=16, CAUSAL_SKIP=False, PREFIX="triton")
             else:
                 name = "installed"
             try:
@@ -463,7 +463,10 @@ def attention(sweep: bool):
             from reattn_llm.kernels.triton_gather import gather_scope
 
             # the core's prefill call: the flash path with the chunk's promise (chunk_tail)
-            ms_tail = bench(lambda: triton_attention.scope_attention_triton(*args, True), warmup=3, rep=20)
+            one = dict(PREFIX="triton")  # the flash kernel alone (the default takes the prefix through cuDNN)
+            ms_tail = bench(
+                lambda: triton_attention.scope_attention_triton(*args, True, _config=one), warmup=3, rep=20
+            )
             ms_old = bench(
                 lambda: triton_attention.scope_attention_triton(*args, _config=dict(ATTN_PREFILL_BEFORE)),
                 warmup=3,
@@ -471,7 +474,7 @@ def attention(sweep: bool):
             )
             row(
                 "attention",
-                "Triton prefill, flash path + chunk_tail (the core's call)",
+                "Triton prefill, flash path + chunk_tail, one kernel (PREFIX=triton)",
                 ms_tail * 1e3,
                 "us",
                 "SDPA flash, no mask, pre-gathered",
@@ -487,7 +490,7 @@ def attention(sweep: bool):
             ms_cd = bench(lambda: triton_attention.scope_attention_triton(*args, True, _config=cudnn), 3, 20)
             row(
                 "attention",
-                "Triton prefill, the prefix through cuDNN, own keys by the flash kernel (PREFIX=cudnn)",
+                "Triton prefill, the prefix through cuDNN, own keys by the flash kernel (the core's call)",
                 ms_cd * 1e3,
                 "us",
                 "flash path + chunk_tail (one kernel)",
@@ -1192,9 +1195,10 @@ def main() -> int:
     )
     ap.add_argument(
         "--attn-prefix",
-        choices=["triton", "cudnn"],
-        default="triton",
-        help="prefill chunks: the keys before the chunk's own through cuDNN (kernels.cudnn_prefix) or not",
+        choices=["default", "triton", "cudnn"],
+        default="default",
+        help="prefill chunks: the keys before the chunk's own through cuDNN (kernels.cudnn_prefix, the "
+        "default) or all in the flash kernel (triton)",
     )
     ap.add_argument(
         "--prefill-forward",
@@ -1234,7 +1238,7 @@ def main() -> int:
 
         triton_attention.CONFIG_OVERRIDES["prefill"] = dict(ATTN_PREFILL_BEFORE)
         RESULTS["attn_prefill"] = "before the flash path"
-    elif args.attn_prefix != "triton":
+    elif args.attn_prefix != "default":
         from reattn_llm.kernels import triton_attention
 
         triton_attention.CONFIG_OVERRIDES["prefill"]["PREFIX"] = args.attn_prefix

@@ -332,8 +332,9 @@ def _pick_config(rows: int, N: int, D: int, n_sm: int) -> dict:
         cfg = dict(BLOCK_R=64, BLOCK_N=64, num_warps=4, num_stages=3)
     else:
         cfg = dict(BLOCK_R=64, BLOCK_N=32, num_warps=8, num_stages=2)
-    # PREFIX "cudnn": a chunk's keys before its own through cuDNN (cudnn_prefix.py), not yet timed
-    cfg.update(FLASH=True, CAUSAL_SKIP=False, PREROT=True, PREFIX="triton", target=n_sm, min_tiles=16)
+    # PREFIX "cudnn": a chunk's keys before its own through cuDNN where it runs (cudnn_prefix.py; H200,
+    # run 17: prefill 32K 1.622 s against 1.676, 128K 9.799 against 9.884), else all in the flash kernel
+    cfg.update(FLASH=True, CAUSAL_SKIP=False, PREROT=True, PREFIX="cudnn", target=n_sm, min_tiles=16)
     if bd <= 128:
         cfg.update(CONFIG_OVERRIDES["prefill"])
     return cfg

@@ -206,8 +206,8 @@ def flash_scope_attention(
         init = prefix_attention(cfg["PREFIX"], q, ko, vo, key_pos, q_pos, cos, sin, qk_scale / LOG2E)
     tiles = cdiv(Q if init is not None else N, BLOCK_N)
     splits = 1 if init is not None else cfg.get("splits")
-    if splits is None:
-        splits = max(1, min(cdiv(cfg["target"], n_rb * B * Hkv), cdiv(tiles, cfg["min_tiles"])))
+    if splits is None:  # per batch entry: a batch of chunks splits (and rounds) as each chunk alone
+        splits = max(1, min(cdiv(cfg["target"], n_rb * Hkv), cdiv(tiles, cfg["min_tiles"])))
     tiles_per_split = cdiv(tiles, splits)
     splits = cdiv(tiles, tiles_per_split)
     out = torch.empty((B, Q, H, D), device=q.device, dtype=q.dtype)

@@ -586,9 +586,16 @@ def _pick_config(rows: int, M: int, D: int, n_sm: int, batch_heads: int) -> dict
             target=16 * n_sm,
             min_tiles=4,
         )
+        # lazy insertion pays once a program walks 8+ tiles (H200, scoring_ab.py: 1.40x for SmolLM2
+        # at a 1M middle, 12 tiles a program; 0.88x for the 8B shape at 127K, 4 tiles a program)
+        tiles = cdiv(M, cfg["BLOCK_N"])
+        splits = max(1, min(cdiv(cfg["target"], batch_heads), cdiv(tiles, cfg["min_tiles"])))
+        if cdiv(tiles, splits) >= 8:
+            cfg["EARLY_EXIT"] = 3
         cfg.update(CONFIG_OVERRIDES["decode"])
     else:
-        # H100 sweep (benchmarks/kernels.py --sweep): 464 TFLOP/s at 2048 x 128K, d 128, top-4
+        # H100 sweep (benchmarks/kernels.py --sweep): 464 TFLOP/s at 2048 x 128K, d 128, top-4; d 64
+        # takes 3 stages (H200, scoring_ab.py: 1.23x for SmolLM2's 16 chunks x 512 at 128K, 0.86x at d 128)
         cfg = dict(
             BLOCK_R=128,
             BLOCK_N=128 if bd <= 128 else 64,
@@ -596,7 +603,7 @@ def _pick_config(rows: int, M: int, D: int, n_sm: int, batch_heads: int) -> dict
             EARLY_EXIT=3,
             PACK=True,
             num_warps=8,
-            num_stages=2,
+            num_stages=3 if bd <= 64 else 2,
             target=4 * n_sm,
             min_tiles=8,
         )
