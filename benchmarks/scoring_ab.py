@@ -40,7 +40,6 @@ PREFILL = [
     ("lazy, 4 warps", dict(EARLY_EXIT=3, num_warps=4)),
     ("lazy, 64-key tiles (3 programs an SM)", dict(EARLY_EXIT=3, BLOCK_N=64)),
     ("lazy, 256-row blocks x 64-key tiles (half the K read from L2 a FLOP)", dict(BLOCK_R=256, BLOCK_N=64)),
-    ("merge one row a program (before _refine_groups_kernel)", dict(REFINE_ROWS=False)),
 ]
 #: decode variants (plain mode)
 DECODE = [

@@ -212,27 +212,6 @@ GROUPED_LAZY = dict(GROUPED_PACK, EARLY_EXIT=3)
 PLAIN_LAZY = dict(PLAIN_SPLIT, EARLY_EXIT=3)
 
 
-def topk_refine_rows_case(dtype, config, table=False, grow=0):
-    """Grouped mode's merge, many rows a program (the default), names the keys the one-row kernel
-    (``REFINE_ROWS=False``) names: the same groups, the same exact rescoring, the same ties."""
-    from reattn_llm.kernels.triton_topk import score_topk_blocks_triton, score_topk_triton
-
-    torch.manual_seed(5)
-    B, H, Hkv, Q, M, D = (3 if grow else 1), 8, 2, 9, 400, 96
-    q = torch.randn(B, H, Q, D, dtype=dtype)
-    buf = torch.randn(1, Hkv, M + 9, D, dtype=dtype)
-    buf[:, :, 304:344] = buf[:, :, 204:244].clone()  # exact ties between groups
-    k = buf[:, :, 4 : 4 + M].expand(B, Hkv, M, D)  # one sequence's middle for every entry
-    one = dict(config, REFINE_ROWS=False)
-    if table:
-        blocks = torch.rand(B, Hkv, M // 16).topk(9, dim=2).indices.sort(dim=2).values
-        got, ref = (score_topk_blocks_triton(q, k, blocks, 16, 6, _config=c) for c in (config, one))
-    else:
-        got, ref = (score_topk_triton(q, k, 4, grow=grow, _config=c) for c in (config, one))
-    assert torch.equal(got, ref), f"{int((got != ref).sum())} of {got.numel()} indices differ"
-    return {"indices": got.numel()}
-
-
 def topk_lazy_case(dtype, config):
     """Lazy insertion returns the eager kernel's indices bit for bit: on random keys, on keys whose
     scores rise along the middle (every tile inserts several groups: the lazy branch is taken) and
@@ -312,10 +291,6 @@ def topk_cases():
     cases["topk_r256_n64_lazy_f16"] = lambda: topk_case(
         1, 8, 2, 70, 700, 64, 4, F16, dict(GROUPED_LAZY, BLOCK_R=256, BLOCK_N=64, splits=None)
     )
-    # grouped mode's merge: many rows a program (default) against one (REFINE_ROWS=False)
-    cases["topk_refine_rows_default_f16"] = lambda: topk_refine_rows_case(F16, {})
-    cases["topk_refine_rows_grow_packed_f16"] = lambda: topk_refine_rows_case(F16, GROUPED_PACK, grow=7)
-    cases["topk_refine_rows_blocks_small_f32"] = lambda: topk_refine_rows_case(F32, GROUPED_SMALL, table=True)
     return cases
 
 

@@ -38,11 +38,10 @@ Algorithm (two launches, no host sync):
    Each program writes its split's candidates: ``[B, H, Q, splits, top_k]`` values and ids.
 2. ``_merge_refine_kernel``: one program per row merges the candidates of all splits (plain
    mode). Grouped mode's merge, ``_refine_groups_kernel``, takes 16 rows a program (every ranking
-   step then reduces inside a warp: one row a program reduced across its four warps, 17 barriers and
-   2,720 sm_90 instructions a row against 3.4 and 784, ``benchmarks/topk_sass.py --merge``), picks
-   each row's ``top_k`` best groups, rescores their ``top_k * 2*CI`` keys exactly (fp32) and keeps
-   the top-k keys (``REFINE_ROWS=False`` in the config: the one-row kernel's grouped branch, the
-   baseline). Ties go to the lower key index (plain mode), or to the lower group and then the
+   step then reduces inside a warp; one row a program reduced across its four warps: 17 barriers
+   and 2,720 sm_90 instructions a row against 3.4 and 784, ``benchmarks/topk_sass.py --merge``;
+   0.1-1.3% of a scoring call faster on one H200), picks each row's ``top_k`` best groups,
+   rescores their ``top_k * 2*CI`` keys exactly (fp32) and keeps the top-k keys. Ties go to the lower key index (plain mode), or to the lower group and then the
    lower key among the chosen groups' (grouped mode). Either way the running top-k keeps the best
    under (value, then the lower id) and evicts the highest id among tied slots, so how the keys
    are split over programs (and a batch of chunks, which splits them otherwise) never changes
@@ -374,8 +373,6 @@ def _score_topk_kernel(
 def _merge_refine_kernel(
     cand_v_ptr,
     cand_i_ptr,
-    q_ptr,
-    k_ptr,
     out_ptr,
     t_ptr,
     Q,
@@ -386,24 +383,11 @@ def _merge_refine_kernel(
     C,
     NT,
     TAIL,
-    sq_b,
-    sq_h,
-    sq_q,
-    sq_d,
-    sk_b,
-    sk_h,
-    sk_m,
-    sk_d,
     BS: tl.constexpr,
-    D: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    TOPK: tl.constexpr,
     KK: tl.constexpr,
-    KP: tl.constexpr,
     CP: tl.constexpr,
-    CI: tl.constexpr,
-    BLOCK_N: tl.constexpr,
 ):
+    """Plain mode's merge: one program a row keeps the ``KK`` best of its splits' candidates."""
     row = tl.program_id(0).to(tl.int64)  # = (b * H + h) * Q + qi
     c = tl.arange(0, CP)
     cmask = c < C
@@ -413,62 +397,16 @@ def _merge_refine_kernel(
     h = (row // Q) % H
     kvh = h // G
     t_base = t_ptr + (b * (H // G) + kvh) * NT  # block table row (BS > 0)
-    MB, TAIL = _entry_keys(M, GROW, TAIL, b, BS)
-    if CI == 0:
-        for t in tl.static_range(KK):
-            m = tl.max(cv, axis=0)
-            sel = tl.min(tl.where(cv == m, cid, 2147483647), axis=0)
-            if BS > 0:  # a logical key of the table -> its row
-                out = _block_rows(t_base, sel, sel >= 0, NT, TAIL, BS)
-            else:
-                out = sel.to(tl.int64)
-            tl.store(out_ptr + row * KK + t, out)
-            cv = tl.where((cid == sel) & (cv == m), float("-inf"), cv)
-    else:
-        # 1. the TOPK best groups over all splits
-        colk = tl.arange(0, KP)
-        grp = tl.full([KP], -1, tl.int32)
-        for t in tl.static_range(TOPK):
-            m = tl.max(cv, axis=0)
-            sel = tl.min(tl.where(cv == m, cid, 2147483647), axis=0)
-            grp = tl.where(colk == t, sel, grp)
-            cv = tl.where((cid == sel) & (cv == m), float("-inf"), cv)
-        # 2. their keys: group (tile, cb, t) holds columns 8 * (cb * CI + ci) + 2 * t + e
-        S: tl.constexpr = 2 * CI
-        GPT: tl.constexpr = (BLOCK_N // (8 * CI)) * 4
-        mem = tl.arange(0, S)
-        tile = grp // GPT
-        loc = grp % GPT
-        key = (
-            tile[:, None] * BLOCK_N
-            + 8 * ((loc // 4)[:, None] * CI + (mem // 2)[None, :])
-            + 2 * (loc % 4)[:, None]
-            + (mem % 2)[None, :]
-        )  # [KP, S]
-        kvalid = (grp[:, None] >= 0) & (key < MB)
-        key = tl.reshape(key, [KP * S])
-        kvalid = tl.reshape(kvalid, [KP * S])
-        if BS > 0:  # logical keys of the table -> their rows (increasing with the key when sorted)
-            key = _block_rows(t_base, key, kvalid, NT, TAIL, BS)
-        qi = row % Q
-        offs_d = tl.arange(0, BLOCK_D)
-        dvalid = offs_d < D
-        q = tl.load(q_ptr + b * sq_b + h * sq_h + qi * sq_q + offs_d * sq_d, mask=dvalid, other=0.0).to(
-            tl.float32
-        )
-        kb = k_ptr + b * sk_b + kvh * sk_h
-        kt = tl.load(
-            kb + key.to(tl.int64)[:, None] * sk_m + offs_d[None, :] * sk_d,
-            mask=kvalid[:, None] & dvalid[None, :],
-            other=0.0,
-        ).to(tl.float32)
-        s = tl.sum(kt * q[None, :], axis=1)
-        s = tl.where(kvalid, s, float("-inf"))
-        for t in tl.static_range(KK):
-            m = tl.max(s, axis=0)
-            sel = tl.min(tl.where(s == m, key, 2147483647), axis=0)
-            tl.store(out_ptr + row * KK + t, sel.to(tl.int64))
-            s = tl.where(key == sel, float("-inf"), s)
+    _, TAIL = _entry_keys(M, GROW, TAIL, b, BS)
+    for t in tl.static_range(KK):
+        m = tl.max(cv, axis=0)
+        sel = tl.min(tl.where(cv == m, cid, 2147483647), axis=0)
+        if BS > 0:  # a logical key of the table -> its row
+            out = _block_rows(t_base, sel, sel >= 0, NT, TAIL, BS)
+        else:
+            out = sel.to(tl.int64)
+        tl.store(out_ptr + row * KK + t, out)
+        cv = tl.where((cid == sel) & (cv == m), float("-inf"), cv)
 
 
 @triton.jit(do_not_specialize=["Q", "M", "C", "NT", "TAIL", "GROW", "NROWS"])
@@ -508,10 +446,9 @@ def _refine_groups_kernel(
     RB: tl.constexpr,
     DC: tl.constexpr,
 ):
-    """Grouped mode's merge and refinement (:func:`_merge_refine_kernel`'s ``CI > 0`` branch, the
-    same choices) for ``RB`` rows a program: each row's candidates and keys lie along the rows' own
-    axis, so every ranking step reduces inside a warp (one row a program reduced across warps, 17
-    barriers a row), and the exact rescoring walks the head dim in slices of ``DC``."""
+    """Grouped mode's merge and refinement for ``RB`` rows a program: each row's candidates and
+    keys lie along the rows' own axis, so every ranking step reduces inside a warp, and the exact
+    rescoring walks the head dim in slices of ``DC``. Ties go to the lower group, then the lower key."""
     row = tl.program_id(0).to(tl.int64) * RB + tl.arange(0, RB).to(tl.int64)  # (b * H + h) * Q + qi
     rv = row < NROWS
     c = tl.arange(0, CP)
@@ -695,7 +632,7 @@ def _launch(
     out = torch.empty((B, H, Q, kk), device=q.device, dtype=torch.int64)
     C = splits * top_k
     cp = _candidate_bucket(C, CI)
-    if CI > 0 and cfg.get("REFINE_ROWS", True):
+    if CI > 0:
         bs = block_size if table is not None else 0
         _refine_groups(
             cand_v, cand_i, q, k, out, tab, (Q, m0, grow, g, H, C, nt, tail), bs, top_k, kk, cp, cfg
@@ -704,8 +641,6 @@ def _launch(
     _merge_refine_kernel[(B * H * Q,)](
         cand_v,
         cand_i,
-        q,
-        k,
         out,
         tab,
         Q,
@@ -716,18 +651,10 @@ def _launch(
         C,
         nt,
         tail,
-        *q.stride(),
-        *k.stride(),
         BS=block_size if table is not None else 0,
-        D=D,
-        BLOCK_D=max(16, next_pow2(D)),
-        TOPK=top_k,
         KK=kk,
-        KP=kp,
         CP=cp,
-        CI=CI,
-        BLOCK_N=BLOCK_N,
-        num_warps=4 if CI > 0 or cp > 1024 else 1,  # one warp past 1,024 candidates spills registers
+        num_warps=4 if cp > 1024 else 1,  # one warp past 1,024 candidates spills registers
     )
     return out
 
