@@ -26,11 +26,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
 
+from reattn_llm.kernels._triton_utils import cdiv
+from reattn_llm.kernels._triton_utils import tiles_per_split as kernel_tiles_per_split
+
 TOP_K = 4
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def blocks_with(need: torch.Tensor, block_r: int) -> int:
@@ -43,10 +42,8 @@ def blocks_with(need: torch.Tensor, block_r: int) -> int:
 def tiles_per_split(rows: int, m: int, batch: int, hkv: int, cfg: dict) -> int:
     """The kernel's tiles per key split (``triton_topk._launch``): a batch of ``batch`` entries
     (a joined forward's chunks) shares the GPU, so the split count follows the whole batch."""
-    tiles = cdiv(m, cfg["block_n"])
     base = cdiv(rows, cfg["block_r"]) * batch * hkv
-    splits = max(1, min(cdiv(cfg["target"], base), cdiv(tiles, cfg["min_tiles"])))
-    return cdiv(tiles, splits)
+    return kernel_tiles_per_split(cdiv(m, cfg["block_n"]), base, cfg)
 
 
 def branch_rate(

@@ -462,8 +462,8 @@ def attention(sweep: bool):
         if Q > 1:
             from reattn_llm.kernels.triton_gather import gather_scope
 
-            # the core's prefill call: the flash path with the chunk's promise (chunk_tail)
-            one = dict(PREFIX="triton")  # the flash kernel alone (the default takes the prefix through cuDNN)
+            # the flash path with the chunk's promise (chunk_tail), the flash kernel over the whole scope
+            one = dict(PREFIX="triton")  # (the core's call, below, takes the prefix through cuDNN)
             ms_tail = bench(
                 lambda: triton_attention.scope_attention_triton(*args, True, _config=one), warmup=3, rep=20
             )

@@ -38,6 +38,16 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def tiles_per_split(tiles: int, base: int, cfg: dict) -> int:
+    """Key tiles one program walks: ``tiles`` split over programs (flash-decoding) until ``base``
+    programs (row blocks x batch x KV heads) times the splits reach ``cfg["target"]``, each split
+    ``cfg["min_tiles"]`` or more; ``cfg["splits"]``, when given, fixes the count."""
+    splits = cfg.get("splits")
+    if splits is None:
+        splits = max(1, min(cdiv(cfg["target"], base), cdiv(tiles, cfg["min_tiles"])))
+    return cdiv(tiles, splits)
+
+
 def check_device(name: str, *tensors: torch.Tensor) -> None:
     """All tensors on one device; CUDA unless the interpreter runs."""
     dev = tensors[0].device

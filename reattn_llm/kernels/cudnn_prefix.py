@@ -28,6 +28,7 @@ import warnings
 
 import torch
 
+from ._triton_utils import cdiv
 from .triton_gather import rotate_rows
 
 __all__ = ["MASKED", "cudnn_prefix_available", "prefix_attention", "prefix_attention_torch"]
@@ -98,7 +99,7 @@ def prefix_attention(
     Hkv, N = ko.shape[1], ko.shape[2]
     P = N - Q
     qf = rotate_rows(q, q_pos, cos, sin, heads_first=True).view(B, Hkv, (H // Hkv) * Q, D)
-    width = -(-P // 8) * 8  # rows 16-byte aligned for cuDNN
+    width = cdiv(P, 8) * 8  # rows 16-byte aligned for cuDNN
     bias = torch.zeros((B, width), device=q.device, dtype=q.dtype)[:, :P]
     bias.masked_fill_(key_pos[:, :P] < 0, MASKED)
     args = (qf, ko[:, :, :P], vo[:, :, :P], bias[:, None, None, :], scale)

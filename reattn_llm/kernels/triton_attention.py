@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_utils import LOG2E, cdiv, check_device, check_float, next_pow2, sm_count
+from ._triton_utils import LOG2E, cdiv, check_device, check_float, next_pow2, sm_count, tiles_per_split
 from .torch_ops import scope_attention_torch
 from .triton_flash import flash_scope_attention
 from .triton_gather import gather_scope
@@ -356,12 +356,8 @@ def _launch(
     BLOCK_R, BLOCK_N = cfg["BLOCK_R"], cfg["BLOCK_N"]
     n_rb = cdiv(rows, BLOCK_R)
     tiles = cdiv(N, BLOCK_N)
-    base = n_rb * B * Hkv
-    splits = cfg.get("splits")
-    if splits is None:
-        splits = max(1, min(cdiv(cfg["target"], base), cdiv(tiles, cfg["min_tiles"])))
-    tiles_per_split = cdiv(tiles, splits)
-    splits = cdiv(tiles, tiles_per_split)
+    per_split = tiles_per_split(tiles, n_rb * B * Hkv, cfg)
+    splits = cdiv(tiles, per_split)
     out = torch.empty((B, Q, H, D), device=q.device, dtype=q.dtype)
     split = splits > 1
     if split:
@@ -391,7 +387,7 @@ def _launch(
         N,
         g,
         rows,
-        tiles_per_split * BLOCK_N,
+        per_split * BLOCK_N,
         splits,
         Hkv,
         float(scaling) * LOG2E,

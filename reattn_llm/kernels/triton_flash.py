@@ -32,12 +32,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_utils import LOG2E, cdiv, next_pow2
+from ._triton_utils import LOG2E, cdiv, next_pow2, tiles_per_split
 from .cudnn_prefix import prefix_attention
 from .triton_gather import gather_scope
 from .triton_online_softmax import combine, dot, softmax_step
 
 __all__ = ["flash_scope_attention"]
+
+_LOG2E = tl.constexpr(LOG2E)  # a jit function reads globals only as constexpr
 
 
 @triton.jit(do_not_specialize=["Q", "N", "ROWS", "SPLITS", "sqp_b"])
@@ -130,7 +132,7 @@ def _flash_kernel(
         ib = b64 * sio_b + kvh.to(tl.int64) * sio_h + prow * sio_r
         acc = tl.load(io_ptr + ib[:, None] + d[None, :], mask=qm, other=0.0).to(tl.float32)
         lse = tl.load(il_ptr + b64 * sil_b + kvh.to(tl.int64) * sil_h + prow * sil_r, mask=rvalid, other=0.0)
-        m_i = lse * 1.4426950408889634  # natural log -> the kernel's log2 units
+        m_i = lse * _LOG2E  # natural log -> the kernel's log2 units
         l_i = tl.where(rvalid, 1.0, 0.0)
         base = N - Q  # only the chunk's own keys are left
     else:
@@ -205,11 +207,10 @@ def flash_scope_attention(
     if cfg.get("PREFIX", "triton") != "triton" and chunk_tail and N > Q:
         init = prefix_attention(cfg["PREFIX"], q, ko, vo, key_pos, q_pos, cos, sin, qk_scale / LOG2E)
     tiles = cdiv(Q if init is not None else N, BLOCK_N)
-    splits = 1 if init is not None else cfg.get("splits")
-    if splits is None:  # per batch entry: a batch of chunks splits (and rounds) as each chunk alone
-        splits = max(1, min(cdiv(cfg["target"], n_rb * Hkv), cdiv(tiles, cfg["min_tiles"])))
-    tiles_per_split = cdiv(tiles, splits)
-    splits = cdiv(tiles, tiles_per_split)
+    # split per batch entry: a batch of chunks splits (and rounds) as each chunk alone; the own keys
+    # after cuDNN's prefix are never split
+    per_split = tiles if init is not None else tiles_per_split(tiles, n_rb * Hkv, cfg)
+    splits = cdiv(tiles, per_split)
     out = torch.empty((B, Q, H, D), device=q.device, dtype=q.dtype)
     split = splits > 1
     if split:
@@ -235,7 +236,7 @@ def flash_scope_attention(
         N,
         g,
         rows,
-        tiles_per_split * BLOCK_N,
+        per_split * BLOCK_N,
         splits,
         Hkv,
         qk_scale,

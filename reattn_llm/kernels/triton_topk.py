@@ -28,8 +28,9 @@ Algorithm (two launches, no host sync):
      the default model's keys the branch runs on 36% of a block's tiles at an 8K middle, 13% at
      32K, 4% at 128K: ``benchmarks/insertion_rate.py``); the result is the eager loop's bit for
      bit (a row without ``need`` is a no-op in it), and the next tile's K copy is issued before
-     the branch (its loads stay pipelined). Decode stays eager: a step's programs walk ~4 tiles
-     each and would take the branch on ~80% of them. (``EARLY_EXIT`` 1/2, plain mode only, skip
+     the branch (its loads stay pipelined). Decode (plain mode) is eager while a step's programs
+     walk fewer than 8 tiles (the 8B shape's ~4 take the branch on ~80% of them) and lazy past it
+     (SmolLM2 at 1M: 1.40x on the H200). (``EARLY_EXIT`` 1/2, plain mode only, skip
      insertions data-dependently from the first one; they measured slower on the H100 and stay as
      tested alternatives.)
    * **plain mode** (decode, tiny chunks, fp32): the same insertion on the key scores
@@ -41,8 +42,9 @@ Algorithm (two launches, no host sync):
    step then reduces inside a warp; one row a program reduced across its four warps: 17 barriers
    and 2,720 sm_90 instructions a row against 3.4 and 784, ``benchmarks/topk_sass.py --merge``;
    0.1-1.3% of a scoring call faster on one H200), picks each row's ``top_k`` best groups,
-   rescores their ``top_k * 2*CI`` keys exactly (fp32) and keeps the top-k keys. Ties go to the lower key index (plain mode), or to the lower group and then the
-   lower key among the chosen groups' (grouped mode). Either way the running top-k keeps the best
+   rescores their ``top_k * 2*CI`` keys exactly (fp32) and keeps the top-k keys. Ties go to the
+   lower key index (plain mode), or to the lower group and then the lower key among the chosen
+   groups' (grouped mode). Either way the running top-k keeps the best
    under (value, then the lower id) and evicts the highest id among tied slots, so how the keys
    are split over programs (and a batch of chunks, which splits them otherwise) never changes
    which of several exactly equal keys is kept: repeated tokens give equal un-rotated keys.
@@ -59,7 +61,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_utils import cdiv, check_device, check_float, next_pow2, sm_count
+from ._triton_utils import cdiv, check_device, check_float, next_pow2, sm_count, tiles_per_split
 from .torch_ops import grown_first
 
 __all__ = ["score_topk_blocks_triton", "score_topk_triton"]
@@ -525,9 +527,7 @@ def _pick_config(rows: int, M: int, D: int, n_sm: int, batch_heads: int) -> dict
         )
         # lazy insertion pays once a program walks 8+ tiles (H200, scoring_ab.py: 1.40x for SmolLM2
         # at a 1M middle, 12 tiles a program; 0.88x for the 8B shape at 127K, 4 tiles a program)
-        tiles = cdiv(M, cfg["BLOCK_N"])
-        splits = max(1, min(cdiv(cfg["target"], batch_heads), cdiv(tiles, cfg["min_tiles"])))
-        if cdiv(tiles, splits) >= 8:
+        if tiles_per_split(cdiv(M, cfg["BLOCK_N"]), batch_heads, cfg) >= 8:  # one row block a head
             cfg["EARLY_EXIT"] = 3
         cfg.update(CONFIG_OVERRIDES["decode"])
     else:
@@ -586,13 +586,9 @@ def _launch(
         raise ValueError(f"BLOCK_N={BLOCK_N} must be a multiple of 8*CI={8 * CI}")
     n_rb = cdiv(rows, BLOCK_R)
     tiles = cdiv(M, BLOCK_N)
-    base = n_rb * B * Hkv
-    splits = cfg.get("splits")
-    if splits is None:
-        splits = max(1, min(cdiv(cfg["target"], base), cdiv(tiles, cfg["min_tiles"])))
-    tiles_per_split = cdiv(tiles, splits)
-    keys_per_split = tiles_per_split * BLOCK_N
-    splits = cdiv(tiles, tiles_per_split)
+    per_split = tiles_per_split(tiles, n_rb * B * Hkv, cfg)
+    keys_per_split = per_split * BLOCK_N
+    splits = cdiv(tiles, per_split)
     kp = next_pow2(top_k)
     cand_v = torch.empty((B, H, Q, splits, top_k), device=q.device, dtype=torch.float32)
     cand_i = torch.empty((B, H, Q, splits, top_k), device=q.device, dtype=torch.int32)
@@ -632,8 +628,8 @@ def _launch(
     out = torch.empty((B, H, Q, kk), device=q.device, dtype=torch.int64)
     C = splits * top_k
     cp = _candidate_bucket(C, CI)
+    bs = block_size if table is not None else 0
     if CI > 0:
-        bs = block_size if table is not None else 0
         _refine_groups(
             cand_v, cand_i, q, k, out, tab, (Q, m0, grow, g, H, C, nt, tail), bs, top_k, kk, cp, cfg
         )
@@ -651,7 +647,7 @@ def _launch(
         C,
         nt,
         tail,
-        BS=block_size if table is not None else 0,
+        BS=bs,
         KK=kk,
         CP=cp,
         num_warps=4 if cp > 1024 else 1,  # one warp past 1,024 candidates spills registers
