@@ -234,37 +234,35 @@ def top_blocks_case(B, Hkv, n, c, seed=0):
 def candidate_blocks_case(B, H, Hkv, NB, D, c, dtype, seed=0):
     """A decode step's level 1 fused (summaries read once, two launches) against rank_blocks +
     top_blocks (three launches): the same blocks, and both timed."""
-    from reattn_llm.method.two_level import BOUND_WEIGHT as W
 
     torch.manual_seed(seed)
     q = torch.randn(B, H, 1, D, device=DEV, dtype=dtype)
     summ = torch.randn(B, Hkv, NB, 3 * D, device=DEV, dtype=dtype)
-    got = candidate_blocks_triton(q, summ, W, c)
-    ref = top_blocks_triton(rank_blocks_triton(q, summ, W), c)
+    got = candidate_blocks_triton(q, summ, c)
+    ref = top_blocks_triton(rank_blocks_triton(q, summ), c)
     assert torch.equal(got, ref), "fused and two-kernel level 1 pick different blocks"
-    t_f = triton.testing.do_bench(lambda: candidate_blocks_triton(q, summ, W, c), return_mode="median")
+    t_f = triton.testing.do_bench(lambda: candidate_blocks_triton(q, summ, c), return_mode="median")
     t_u = triton.testing.do_bench(
-        lambda: top_blocks_triton(rank_blocks_triton(q, summ, W), c), return_mode="median"
+        lambda: top_blocks_triton(rank_blocks_triton(q, summ), c), return_mode="median"
     )
     return {"fused_ms": round(t_f, 4), "rank_then_top_ms": round(t_u, 4)}
 
 
 def rank_blocks_case(B, H, Hkv, Q, NB, D, dtype, seed=0):
-    from reattn_llm.method.two_level import BOUND_WEIGHT as W
 
     torch.manual_seed(seed)
     q = torch.randn(B, H, Q, D, device=DEV, dtype=dtype)
     summ = torch.randn(B, Hkv, NB, 3 * D, device=DEV, dtype=dtype)
-    got = rank_blocks_triton(q, summ, W)
-    ref = rank_blocks_torch(q.double(), summ.double(), W)
+    got = rank_blocks_triton(q, summ)
+    ref = rank_blocks_torch(q.double(), summ.double())
     tol = 2 * 4 * 3 * D * 2.0**-24 * D * q.abs().max().item() * summ.abs().max().item()
     err = (got.double() - ref).abs().max().item()
     assert err <= tol, f"rank differs from fp64 by {err:.3g} (tol {tol:.3g})"
     del ref
-    t_tri = triton.testing.do_bench(lambda: rank_blocks_triton(q, summ, W), return_mode="median")
+    t_tri = triton.testing.do_bench(lambda: rank_blocks_triton(q, summ), return_mode="median")
     one = dict(splits=1)  # the row-best pass unsplit, as before the decode split
-    t_one = triton.testing.do_bench(lambda: rank_blocks_triton(q, summ, W, _config=one), return_mode="median")
-    t_torch = triton.testing.do_bench(lambda: rank_blocks_torch(q, summ, W), return_mode="median")
+    t_one = triton.testing.do_bench(lambda: rank_blocks_triton(q, summ, _config=one), return_mode="median")
+    t_torch = triton.testing.do_bench(lambda: rank_blocks_torch(q, summ), return_mode="median")
     return {
         "max_err": err,
         "triton_ms": round(t_tri, 4),
@@ -336,7 +334,6 @@ def grow_levels_case(C, H, Hkv, Q, M, D, bs, c, top_k, dtype, seed=0):
     from reattn_llm.kernels.triton_blocks import rank_blocks_triton
     from reattn_llm.kernels.triton_topk import score_topk_blocks_triton
     from reattn_llm.kv.summaries import block_summaries
-    from reattn_llm.method.two_level import BOUND_WEIGHT
 
     torch.manual_seed(seed)
     q = torch.randn(1, H, C * Q, D, device=DEV, dtype=dtype)[0].unflatten(1, (C, Q)).transpose(0, 1)
@@ -345,13 +342,13 @@ def grow_levels_case(C, H, Hkv, Q, M, D, bs, c, top_k, dtype, seed=0):
     n, gb = summ.shape[2], Q // bs
 
     def batch():
-        rank = rank_blocks_triton(q, summ.expand(C, -1, -1, -1), BOUND_WEIGHT, gb)
+        rank = rank_blocks_triton(q, summ.expand(C, -1, -1, -1), gb)
         blocks = top_blocks(rank, c, "triton")
         return rank, score_topk_blocks_triton(q, keys.expand(C, -1, -1, -1), blocks, bs, top_k, grow=Q)
 
     def alone(b):
         nb, mb = n - (C - 1 - b) * gb, M - (C - 1 - b) * Q
-        rank = rank_blocks_triton(q[b : b + 1], summ[:, :, :nb], BOUND_WEIGHT)
+        rank = rank_blocks_triton(q[b : b + 1], summ[:, :, :nb])
         blocks = top_blocks(rank, c, "triton")
         return rank, score_topk_blocks_triton(q[b : b + 1], keys[:, :, :mb], blocks, bs, top_k)
 

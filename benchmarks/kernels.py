@@ -1049,15 +1049,14 @@ def warm_wide_candidates(model, cfg=None) -> None:
     if cfg.selection != "two_level" or cfg.backend != "triton":
         return
     from reattn_llm.kernels.triton_blocks import MAX_TOP_BLOCKS, candidate_blocks_triton, top_blocks_triton
-    from reattn_llm.method.two_level import BOUND_WEIGHT
 
     mc = model.config
     c = min(cfg.resolve(mc.max_position_embeddings).candidates, MAX_TOP_BLOCKS)
     hkv, d = mc.num_key_value_heads, getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
     top_blocks_triton(torch.rand(1, hkv, MAX_TOP_BLOCKS, device=DEV), c)  # a prompt chunk's level 1
     q = torch.randn(1, mc.num_attention_heads, 1, d, device=DEV, dtype=model.dtype)
-    summaries = torch.randn(1, hkv, MAX_TOP_BLOCKS, 3 * d, device=DEV, dtype=model.dtype)
-    candidate_blocks_triton(q, summaries, BOUND_WEIGHT, c)  # a decode step's (two-level answers)
+    summaries = torch.randn(1, hkv, MAX_TOP_BLOCKS, 2 * d, device=DEV, dtype=model.dtype)
+    candidate_blocks_triton(q, summaries, c)  # a decode step's (two-level answers)
 
 
 def e2e_config(**kw):

@@ -14,7 +14,8 @@ adds other budgets). For each middle length M it times, per layer call:
   one chunk's new keys (``summ``);
 
 for a prefill chunk (Q = 1024) and a decode step (Q = 1), and counts FLOPs: exact
-``2·H·Q·M·D``; two-level ``6·H·Q·(M/bs)·D`` (level 1, a dot of width 3D per block) plus
+``2·H·Q·M·D``; two-level ``4·H·Q·(M/bs)·D`` (level 1, a dot of width 2D per block; the Triton
+kernel's two passes twice that) plus
 ``2·H·Q·(C·bs + r)·D`` (level 2).
 
 ``--recall`` (default on CPU) measures quality on real keys: the default model reads Emma in
@@ -74,7 +75,7 @@ def flops(q: int, m: int, c: int, bs: int) -> tuple[float, float]:
     if c >= n_full:
         return exact, exact
     level2 = c * bs + (m - n_full * bs)
-    return exact, 6.0 * H * q * n_full * D + 2.0 * H * q * level2 * D
+    return exact, 4.0 * H * q * n_full * D + 2.0 * H * q * level2 * D
 
 
 def run_speed(args, dev: torch.device, dtype: torch.dtype) -> list[dict]:

@@ -502,11 +502,10 @@ def rotate_cases():
 
 def rank_blocks_case(B, H, Hkv, Q, NB, D, dtype, config=None, seed=0, transpose_q=False):
     """Two-level selection's level 1: kernel and twin against fp64 (same rounded inputs), within
-    the fp32 accumulation error of the three D-term dots (doubled by the row normalisation)."""
+    the fp32 accumulation error of the two D-term dots (doubled by the row normalisation)."""
     from reattn_llm.kernels.torch_ops import rank_blocks_torch
     from reattn_llm.kernels.triton_blocks import rank_blocks_triton
     from reattn_llm.kv.summaries import block_summaries
-    from reattn_llm.method.two_level import BOUND_WEIGHT
 
     torch.manual_seed(seed)
     q = (
@@ -514,11 +513,11 @@ def rank_blocks_case(B, H, Hkv, Q, NB, D, dtype, config=None, seed=0, transpose_
         if transpose_q
         else torch.randn(B, H, Q, D, dtype=dtype)
     )
-    summ = block_summaries(torch.randn(B, Hkv, NB * 8, D, dtype=dtype), 8)  # [B, Hkv, NB, 3D]
-    got = rank_blocks_triton(q, summ, BOUND_WEIGHT, _config=config)
+    summ = block_summaries(torch.randn(B, Hkv, NB * 8, D, dtype=dtype), 8)  # [B, Hkv, NB, 2D]
+    got = rank_blocks_triton(q, summ, _config=config)
     assert got.shape == (B, Hkv, NB) and got.dtype == torch.float32, (tuple(got.shape), got.dtype)
-    ref = rank_blocks_torch(q.double(), summ.double(), BOUND_WEIGHT)
-    twin = rank_blocks_torch(q, summ, BOUND_WEIGHT)
+    ref = rank_blocks_torch(q.double(), summ.double())
+    twin = rank_blocks_torch(q, summ)
     tol = 2 * 4 * 3 * D * 2.0**-24 * D * q.abs().max().item() * summ.abs().max().item()
     err, err_t = (got.double() - ref).abs().max().item(), (twin.double() - ref).abs().max().item()
     assert err <= tol, f"kernel differs from fp64 by {err:.3g} (tol {tol:.3g}; twin {err_t:.3g})"
@@ -556,31 +555,30 @@ def candidate_blocks_case(B, H, Hkv, Q, NB, D, c, dtype, config=None, seed=0):
         top_blocks_triton,
     )
     from reattn_llm.kv.summaries import block_summaries
-    from reattn_llm.method.two_level import BOUND_WEIGHT
 
     torch.manual_seed(seed)
     q = torch.randn(B, H, Q, D, dtype=dtype)
     summ = block_summaries(torch.randn(B, Hkv, NB * 8, D, dtype=dtype), 8)
-    got = candidate_blocks_triton(q, summ, BOUND_WEIGHT, c, _config=config)
-    unfused = top_blocks_triton(rank_blocks_triton(q, summ, BOUND_WEIGHT, _config=config), c)
+    got = candidate_blocks_triton(q, summ, c, _config=config)
+    unfused = top_blocks_triton(rank_blocks_triton(q, summ, _config=config), c)
     assert got.shape == (B, Hkv, c) and got.dtype == torch.int64
     assert torch.equal(got, unfused), "fused and two-kernel level 1 pick different blocks"
-    twin = candidate_blocks_torch(q, summ, BOUND_WEIGHT, c)
+    twin = candidate_blocks_torch(q, summ, c)
     return {"same_as_twin": bool(torch.equal(got, twin))}
 
 
 def rank_blocks_errors_case():
     from reattn_llm.kernels.triton_blocks import rank_blocks_triton
 
-    q, summ = torch.randn(1, 4, 3, 64), torch.randn(1, 2, 5, 192)
+    q, summ = torch.randn(1, 4, 3, 64), torch.randn(1, 2, 5, 128)
     bad = [
-        lambda: rank_blocks_triton(q, torch.randn(1, 3, 5, 192), 0.3),  # 4 heads over 3 KV heads
-        lambda: rank_blocks_triton(q, torch.randn(1, 2, 5, 128), 0.3),  # not 3D
-        lambda: rank_blocks_triton(q.long(), summ, 0.3),
-        lambda: rank_blocks_triton(q[0], summ, 0.3),
+        lambda: rank_blocks_triton(q, torch.randn(1, 3, 5, 128)),  # 4 heads over 3 KV heads
+        lambda: rank_blocks_triton(q, torch.randn(1, 2, 5, 192)),  # not 2D
+        lambda: rank_blocks_triton(q.long(), summ),
+        lambda: rank_blocks_triton(q[0], summ),
     ]
     expect_value_errors(bad)
-    empty = rank_blocks_triton(q, torch.randn(1, 2, 0, 192), 0.3)
+    empty = rank_blocks_triton(q, torch.randn(1, 2, 0, 128))
     assert empty.shape == (1, 2, 0)
     return {}
 
@@ -597,20 +595,19 @@ def two_level_grow_case(C, H, Hkv, Q, M, D, bs, c, top_k, grow, dtype, config=No
     from reattn_llm.kernels.triton_blocks import rank_blocks_triton
     from reattn_llm.kernels.triton_topk import score_topk_blocks_triton
     from reattn_llm.kv.summaries import block_summaries
-    from reattn_llm.method.two_level import BOUND_WEIGHT
 
     torch.manual_seed(seed)
     q = torch.randn(1, H, C * Q, D, dtype=dtype)[0].unflatten(1, (C, Q)).transpose(0, 1)
     keys = torch.randn(1, Hkv, M + 11, D, dtype=dtype)[:, :, 3 : 3 + M]
-    summ = block_summaries(keys, bs)  # [1, Hkv, M // bs, 3D]
+    summ = block_summaries(keys, bs)  # [1, Hkv, M // bs, 2D]
     n, gb = summ.shape[2], grow // bs
-    rank = rank_blocks_triton(q, summ.expand(C, -1, -1, -1), BOUND_WEIGHT, gb, _config=config)
+    rank = rank_blocks_triton(q, summ.expand(C, -1, -1, -1), gb, _config=config)
     blocks = top_blocks_torch(rank, c)
     got = score_topk_blocks_triton(q, keys.expand(C, -1, -1, -1), blocks, bs, top_k, grow=grow)
     twin = score_topk_blocks_torch(q, keys.expand(C, -1, -1, -1), blocks, bs, top_k, grow)
     for b in range(C):
         nb, mb = n - (C - 1 - b) * gb, M - (C - 1 - b) * grow
-        alone = rank_blocks_triton(q[b : b + 1], summ[:, :, :nb], BOUND_WEIGHT, _config=config)
+        alone = rank_blocks_triton(q[b : b + 1], summ[:, :, :nb], _config=config)
         assert torch.equal(rank[b : b + 1, :, :nb], alone), f"chunk {b}: level 1 differs from alone"
         assert bool((rank[b, :, nb:] == float("-inf")).all()), f"chunk {b} ranks blocks past its middle"
         one = score_topk_blocks_triton(q[b : b + 1], keys[:, :, :mb], blocks[b : b + 1], bs, top_k)
@@ -621,7 +618,7 @@ def two_level_grow_case(C, H, Hkv, Q, M, D, bs, c, top_k, grow, dtype, config=No
         [
             lambda: score_topk_blocks_triton(q, k4, blocks, bs, top_k, grow=grow + 1),  # not whole blocks
             lambda: score_topk_blocks_triton(q, k4, top_blocks_torch(rank, n), bs, top_k, grow=grow),
-            lambda: rank_blocks_triton(q, summ.expand(C, -1, -1, -1), BOUND_WEIGHT, n),
+            lambda: rank_blocks_triton(q, summ.expand(C, -1, -1, -1), n),
         ]
     )
     return {"blocks_first": n - (C - 1) * gb, "blocks_last": n}

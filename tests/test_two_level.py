@@ -11,9 +11,9 @@ from reattn_llm import ConfigError, ReAttentionCache, ReAttentionConfig, patch
 from reattn_llm.kernels import rank_blocks_torch, score_topk_torch
 from reattn_llm.kv.dense import DenseLayer, TensorKV
 from reattn_llm.kv.layer import KVReader
-from reattn_llm.kv.summaries import KeySummaries, block_summaries
+from reattn_llm.kv.summaries import BOUND_WEIGHT, KeySummaries, block_summaries
 from reattn_llm.method.config import chunk_bounds
-from reattn_llm.method.two_level import BOUND_WEIGHT, block_bounds, two_level_topk
+from reattn_llm.method.two_level import block_scores, two_level_topk
 
 
 def _scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -33,7 +33,7 @@ def test_bound_is_an_upper_bound_of_every_key_in_its_block(dtype, bs):
     q = torch.randn(2, 6, 9, 64, generator=g, dtype=dtype) * 3
     k = torch.randn(2, 2, 20 * bs + bs // 2, 64, generator=g, dtype=dtype)
     k[..., 5] += 40  # an outlier channel, as real keys have
-    bounds = block_bounds(q, block_summaries(k, bs))  # [B, H, Q, 20]
+    bounds = block_scores(q, block_summaries(k, bs, 1.0))  # weight 1: Quest's bound, [B, H, Q, 20]
     assert bounds.shape == (2, 6, 9, 20)
     s = _scores(q, k)[..., : 20 * bs].reshape(2, 6, 9, 20, bs)
     # fp32 sums round: allow the summation error bound 2·D·eps·sum|q_d||k_d|
@@ -44,15 +44,35 @@ def test_bound_is_an_upper_bound_of_every_key_in_its_block(dtype, bs):
         assert torch.allclose(bounds.double(), s[..., 0], rtol=1e-4, atol=1e-3)
 
 
-def test_summaries_match_a_literal_min_max():
-    k = torch.randn(1, 3, 50, 8)
-    s = block_summaries(k, 16)
-    assert s.shape == (1, 3, 3, 24)
+def test_summaries_match_a_literal_min_max_mean():
+    k = torch.randn(1, 3, 50, 8, dtype=torch.float64)
+    s = block_summaries(k, 16, 0.3)
+    assert s.shape == (1, 3, 3, 16)
     for j in range(3):
         blk = k[:, :, 16 * j : 16 * j + 16]
-        assert torch.equal(s[:, :, j, :8], blk.max(dim=2).values)
-        assert torch.equal(s[:, :, j, 8:16], blk.min(dim=2).values)
-        assert torch.allclose(s[:, :, j, 16:], blk.mean(dim=2))
+        hi, lo, mean = blk.max(dim=2).values, blk.min(dim=2).values, blk.mean(dim=2)
+        assert torch.allclose(s[:, :, j, :8], 0.3 * (hi + lo) / 2 + 0.7 * mean)
+        assert torch.allclose(s[:, :, j, 8:], 0.3 * (hi - lo) / 2)
+    with pytest.raises(ValueError, match="weight must be in"):
+        block_summaries(k, 16, 1.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_two_dots_are_the_three_part_blend(dtype):
+    """``q·centre + |q|·radius`` is ``w·(relu(q)·max + min(q, 0)·min) + (1 - w)·q·mean``: the same
+    score within the rounding of the stored summary."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 4, 5, 32, generator=g, dtype=torch.float64)
+    k = torch.randn(1, 2, 12 * 16, 32, generator=g, dtype=torch.float64).to(dtype)
+    blk = k.double().reshape(1, 2, 12, 16, 32)
+    hi, lo, mean = blk.amax(3), blk.amin(3), blk.mean(3)
+    qg = q.reshape(1, 2, 10, 32)
+    three = (
+        BOUND_WEIGHT * (qg.clamp(min=0) @ hi.mT + qg.clamp(max=0) @ lo.mT) + (1 - BOUND_WEIGHT) * qg @ mean.mT
+    )
+    two = block_scores(q.to(dtype), block_summaries(k, 16)).double().reshape(1, 2, 10, 12)
+    tol = 1e-12 if dtype == torch.float64 else 2**-8 * 32 * qg.abs().max().item() * blk.abs().max().item()
+    assert (two - three).abs().max().item() <= tol
 
 
 @pytest.mark.parametrize("m,bs,c", [(200, 8, 25), (203, 8, 25), (203, 8, 40), (64, 16, 4)])
@@ -114,10 +134,10 @@ def test_rank_is_sliced_over_rows_without_changing_it(monkeypatch):
 
     q = torch.randn(2, 6, 50, 16, dtype=torch.float64)
     summ = block_summaries(torch.randn(2, 2, 8 * 30, 16, dtype=torch.float64), 8)
-    whole = rank_blocks_torch(q, summ, BOUND_WEIGHT)
+    whole = rank_blocks_torch(q, summ)
     monkeypatch.setitem(ops._SCORE_BLOCK_ELEMS, "cpu", 2 * 2 * 30 * 7)  # 7 rows per slice
     # fp64 so that a BLAS blocking that differs with the slice's row count stays far below 1e-12
-    assert torch.allclose(rank_blocks_torch(q, summ, BOUND_WEIGHT), whole, rtol=0, atol=1e-12)
+    assert torch.allclose(rank_blocks_torch(q, summ), whole, rtol=0, atol=1e-12)
     # a block's rank is its best row-normalised score: 0 for the best block of some row
     assert torch.allclose(whole.amax(-1), torch.zeros(2, 2, dtype=torch.float64))
 

@@ -164,14 +164,14 @@ def select_scope(
 
 
 def rank_blocks(
-    q: torch.Tensor, summaries: torch.Tensor, weight: float, backend: str = "torch", grow: int = 0
+    q: torch.Tensor, summaries: torch.Tensor, backend: str = "torch", grow: int = 0
 ) -> torch.Tensor:
     """Dispatch for :func:`rank_blocks_torch` (same signature, ``backend`` already resolved)."""
     if backend == "triton":
         from .triton_blocks import rank_blocks_triton
 
-        return rank_blocks_triton(q, summaries, weight, grow)
-    return rank_blocks_torch(q, summaries, weight, grow)
+        return rank_blocks_triton(q, summaries, grow)
+    return rank_blocks_torch(q, summaries, grow)
 
 
 def top_blocks(rank: torch.Tensor, c: int, backend: str = "torch") -> torch.Tensor:
@@ -201,7 +201,7 @@ def tie_ordered_keys(rank: torch.Tensor) -> torch.Tensor:
 
 
 def candidate_blocks(
-    q: torch.Tensor, summaries: torch.Tensor, weight: float, c: int, backend: str = "torch", grow: int = 0
+    q: torch.Tensor, summaries: torch.Tensor, c: int, backend: str = "torch", grow: int = 0
 ) -> torch.Tensor:
     """Dispatch for :func:`candidate_blocks_torch` (same signature, ``backend`` already resolved): on
     Triton a decode step's few rows take the fused path (``triton_blocks.candidate_blocks_triton``),
@@ -211,8 +211,8 @@ def candidate_blocks(
 
         rows = q.shape[1] // max(1, summaries.shape[1]) * q.shape[2]
         if 1 <= rows <= FUSED_ROWS and c <= summaries.shape[2] <= MAX_TOP_BLOCKS:
-            return candidate_blocks_triton(q, summaries, weight, c)
-    return top_blocks(rank_blocks(q, summaries, weight, backend, grow), c, backend)
+            return candidate_blocks_triton(q, summaries, c)
+    return top_blocks(rank_blocks(q, summaries, backend, grow), c, backend)
 
 
 def rank_spans(

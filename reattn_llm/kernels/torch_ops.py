@@ -215,20 +215,20 @@ def scope_attention_torch(
     return out.transpose(1, 2)
 
 
-def rank_blocks_torch(q: torch.Tensor, summaries: torch.Tensor, weight: float, grow: int = 0) -> torch.Tensor:
+def rank_blocks_torch(q: torch.Tensor, summaries: torch.Tensor, grow: int = 0) -> torch.Tensor:
     """Two-level selection's level-1 rank of every key block (:mod:`reattn_llm.method.two_level`):
-    ``q [B, H, Q, D]``, ``summaries [B, Hkv, n, 3D]`` (``[max | min | mean]`` per block) -> ``[B, Hkv, n]``
-    fp32 (fp64 for fp64 inputs): per KV head, the block's best over the head's rows (its GQA heads'
-    queries) of ``s - max_blocks s``, with ``s = weight·(relu(q)·max + min(q, 0)·min) + (1 - weight)·q·mean``
-    (Quest's bound of q.k blended with the mean key's score; higher is better). Rows are scored in
-    slices, so the ``[rows, n]`` matrix is never whole. ``grow``: batch entry b (a chunk of one
-    forward) has only its first ``n - (B - 1 - b)·grow`` blocks (:func:`grown_first`); the rest rank
-    ``-inf``."""
+    ``q [B, H, Q, D]``, ``summaries [B, Hkv, n, 2D]`` (``[centre | radius]`` per block,
+    :func:`~reattn_llm.kv.summaries.block_summaries`) -> ``[B, Hkv, n]`` fp32 (fp64 for fp64
+    inputs): per KV head, the block's best over the head's rows (its GQA heads' queries) of
+    ``s - max_blocks s``, with ``s = q·centre + |q|·radius`` (Quest's bound of q.k blended with the
+    mean key's score; higher is better). Rows are scored in slices, so the ``[rows, n]`` matrix is
+    never whole. ``grow``: batch entry b (a chunk of one forward) has only its first
+    ``n - (B - 1 - b)·grow`` blocks (:func:`grown_first`); the rest rank ``-inf``."""
     if grow:  # batch entry b ranks its first n - (B - 1 - b)·grow blocks alone, the rest -inf
         n = summaries.shape[2]
         first = grown_first("rank_blocks_torch", n, q.shape[0], grow)
         rows = [
-            rank_blocks_torch(q[i : i + 1], summaries[i : i + 1, :, : first + i * grow], weight)
+            rank_blocks_torch(q[i : i + 1], summaries[i : i + 1, :, : first + i * grow])
             for i in range(q.shape[0])
         ]
         return torch.cat([F.pad(r, (0, n - r.shape[2]), value=float("-inf")) for r in rows])
@@ -237,8 +237,8 @@ def rank_blocks_torch(q: torch.Tensor, summaries: torch.Tensor, weight: float, g
     rows = (h // hkv) * nq
     acc = torch.promote_types(q.dtype, torch.float32)
     qf = q.to(acc).reshape(b, hkv, rows, d)
-    qq = torch.cat([weight * qf.clamp(min=0), weight * qf.clamp(max=0), (1.0 - weight) * qf], dim=-1)
-    st = summaries.to(acc).transpose(-1, -2)  # [B, Hkv, 3D, n]
+    qq = torch.cat([qf, qf.abs()], dim=-1)
+    st = summaries.to(acc).transpose(-1, -2)  # [B, Hkv, 2D, n]
     step = max(1, _SCORE_BLOCK_ELEMS.get(q.device.type, 1 << 24) // max(1, b * hkv * n))
     best = torch.full((b, hkv, n), float("-inf"), dtype=acc, device=q.device)
     for r0 in range(0, rows, step):
@@ -255,9 +255,7 @@ def top_blocks_torch(rank: torch.Tensor, c: int) -> torch.Tensor:
     return best.sort(dim=-1).values
 
 
-def candidate_blocks_torch(
-    q: torch.Tensor, summaries: torch.Tensor, weight: float, c: int, grow: int = 0
-) -> torch.Tensor:
+def candidate_blocks_torch(q: torch.Tensor, summaries: torch.Tensor, c: int, grow: int = 0) -> torch.Tensor:
     """Two-level selection's level 1 whole: :func:`rank_blocks_torch`, then :func:`top_blocks_torch`
     -> ``[B, Hkv, c]`` int64 blocks, increasing (``grow``: as :func:`rank_blocks_torch`'s)."""
-    return top_blocks_torch(rank_blocks_torch(q, summaries, weight, grow), c)
+    return top_blocks_torch(rank_blocks_torch(q, summaries, grow), c)

@@ -1,8 +1,8 @@
 """Two-level selection's level 1 in Triton (twin: :func:`~reattn_llm.kernels.torch_ops.rank_blocks_torch`).
 
 Each (query head, query) row of a KV head scores every key block from its summary
-``[max | min | mean]``: ``s = w·(relu(q)·max + min(q, 0)·min) + (1 - w)·q·mean`` (Quest's upper
-bound of q.k blended with the mean key's score). A block's rank is its best *row-normalised*
+``[centre | radius]``: ``s = q·centre + |q|·radius`` (Quest's upper bound of q.k blended with the
+mean key's score, :mod:`reattn_llm.kv.summaries`). A block's rank is its best *row-normalised*
 score over the KV head's rows, ``max_r (s[r, n] - max_n' s[r, n'])``. The ``[rows, blocks]`` score
 matrix never exists (at 1M keys it would be ``H·Q·M/bs`` fp32 per chunk):
 
@@ -27,8 +27,8 @@ matrix never exists (at 1M keys it would be ``H·Q·M/bs`` fp32 per chunk):
    few rows), and the candidates kernel ranks the blocks from them, so the summaries are read
    once and pass 2 is not launched.
 
-Each pass recomputes the dots (three ``tl.dot`` per tile, fp32 accumulation, IEEE for fp32
-inputs): ``2 x 6·H·Q·n·D`` FLOPs, ``6/bs`` of exact scoring, and nothing written but the results.
+Each pass recomputes the dots (two ``tl.dot`` per tile, fp32 accumulation, IEEE for fp32
+inputs): ``2 x 4·H·Q·n·D`` FLOPs, ``4/bs`` of exact scoring, and nothing written but the results.
 Head dims up to 256 (non powers of two masked), fp16 / bf16 / fp32, any GQA group.
 """
 
@@ -61,22 +61,19 @@ _NEG = tl.constexpr(float("-inf"))  # a jit function reads globals only as const
 
 
 @triton.jit
-def _tile_scores(q, qp, qn, s_ptrs, nmask, dmask, D: tl.constexpr, W, IEEE: tl.constexpr):
-    """``[BR, BN]`` fp32 blended scores of row tile ``q`` (and its positive / negative parts)
-    against the summary tile at ``s_ptrs`` (``[BN, DP]`` pointers to the max part)."""
+def _tile_scores(q, qa, s_ptrs, nmask, dmask, D: tl.constexpr, IEEE: tl.constexpr):
+    """``[BR, BN]`` fp32 blended scores of row tile ``q`` (and ``qa = |q|``) against the summary tile
+    at ``s_ptrs`` (``[BN, DP]`` pointers to the centre part): ``q·centre + |q|·radius``."""
     m2 = nmask[:, None] & dmask[None, :]
-    smax = tl.load(s_ptrs, mask=m2, other=0.0)
-    smin = tl.load(s_ptrs + D, mask=m2, other=0.0)
-    smean = tl.load(s_ptrs + 2 * D, mask=m2, other=0.0)
+    centre = tl.load(s_ptrs, mask=m2, other=0.0)
+    radius = tl.load(s_ptrs + D, mask=m2, other=0.0)
     if IEEE:
-        bound = tl.dot(qp, tl.trans(smax), input_precision="ieee")
-        bound += tl.dot(qn, tl.trans(smin), input_precision="ieee")
-        mean = tl.dot(q, tl.trans(smean), input_precision="ieee")
+        s = tl.dot(q, tl.trans(centre), input_precision="ieee")
+        s = tl.dot(qa, tl.trans(radius), s, input_precision="ieee")
     else:
-        bound = tl.dot(qp, tl.trans(smax))
-        bound += tl.dot(qn, tl.trans(smin))
-        mean = tl.dot(q, tl.trans(smean))
-    return W * bound + (1.0 - W) * mean
+        s = tl.dot(q, tl.trans(centre))
+        s = tl.dot(qa, tl.trans(radius), s)
+    return s
 
 
 @triton.jit
@@ -90,9 +87,8 @@ def _entry(s_ptr, bh, HKV, NB, GROW, stride_sb, stride_sh):
 @triton.jit
 def _load_rows(q_ptr, r, rmask, d, dmask, stride_r):
     q = tl.load(q_ptr + r[:, None] * stride_r + d[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
-    zero = tl.zeros_like(q)
-    # bf16 maximum / minimum come back as fp32 in some Triton versions; tl.dot wants both sides alike
-    return q, tl.maximum(q, zero).to(q.dtype), tl.minimum(q, zero).to(q.dtype)
+    # bf16 abs may come back as fp32 in some Triton versions; tl.dot wants both sides alike
+    return q, tl.abs(q).to(q.dtype)
 
 
 @triton.jit(do_not_specialize=["NB", "S"])
@@ -110,7 +106,6 @@ def _row_best_kernel(
     stride_sb,
     stride_sh,
     stride_sn,
-    W,
     HKV,
     GROW,
     D: tl.constexpr,
@@ -126,7 +121,7 @@ def _row_best_kernel(
     rmask = r < R
     d = tl.arange(0, DP)
     dmask = d < D
-    q, qp, qn = _load_rows(q_ptr + bh * stride_qbh, r, rmask, d, dmask, stride_qr)
+    q, qa = _load_rows(q_ptr + bh * stride_qbh, r, rmask, d, dmask, stride_qr)
     s_base, nb = _entry(s_ptr, bh, HKV, NB, GROW, stride_sb, stride_sh)
     best = tl.full((BR,), _NEG, tl.float32)
     first = split * PER_SPLIT
@@ -134,7 +129,7 @@ def _row_best_kernel(
         n = n0 + tl.arange(0, BN)
         nmask = n < nb
         s_ptrs = s_base + n[:, None].to(tl.int64) * stride_sn + d[None, :]
-        s = _tile_scores(q, qp, qn, s_ptrs, nmask, dmask, D, W, IEEE)
+        s = _tile_scores(q, qa, s_ptrs, nmask, dmask, D, IEEE)
         s = tl.where(nmask[None, :], s, _NEG)
         if STORE:  # a decode step's few rows: keep the scores, [B*Hkv, R, NB], for the fused rank
             sc = sc_ptr + (bh * R + r[:, None]) * NB + n[None, :]  # (STORE: decode, GROW 0)
@@ -157,7 +152,6 @@ def _block_rank_kernel(
     stride_sb,
     stride_sh,
     stride_sn,
-    W,
     HKV,
     GROW,
     D: tl.constexpr,
@@ -177,8 +171,8 @@ def _block_rank_kernel(
     for r0 in range(0, R, BR):
         r = r0 + tl.arange(0, BR)
         rmask = r < R
-        q, qp, qn = _load_rows(q_ptr + bh * stride_qbh, r, rmask, d, dmask, stride_qr)
-        s = _tile_scores(q, qp, qn, s_ptrs, nmask, dmask, D, W, IEEE)
+        q, qa = _load_rows(q_ptr + bh * stride_qbh, r, rmask, d, dmask, stride_qr)
+        s = _tile_scores(q, qa, s_ptrs, nmask, dmask, D, IEEE)
         row_best = tl.full((BR,), _NEG, tl.float32)
         for split in range(0, S):
             part = tl.load(best_ptr + (bh * S + split) * R + r, mask=rmask, other=0.0)
@@ -190,21 +184,21 @@ def _block_rank_kernel(
 
 def _prepare(name: str, q: torch.Tensor, summaries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Checked ``q [B*Hkv, rows, D]`` (a KV head's GQA heads' queries, head-major) and summaries
-    ``[B, Hkv, n, 3D]`` (any batch stride: one sequence's, expanded over a batch of its chunks) in
+    ``[B, Hkv, n, 2D]`` (any batch stride: one sequence's, expanded over a batch of its chunks) in
     one dtype, and the rows per KV head."""
     check_float(name, "q", q)
     check_float(name, "summaries", summaries)
     check_device(name, q, summaries)
     if q.dim() != 4 or summaries.dim() != 4:
         raise ValueError(
-            f"{name}: q must be [B, H, Q, D] and summaries [B, Hkv, n, 3D], got "
+            f"{name}: q must be [B, H, Q, D] and summaries [B, Hkv, n, 2D], got "
             f"{tuple(q.shape)} and {tuple(summaries.shape)}"
         )
     b, h, nq, d = q.shape
     hkv = summaries.shape[1]
-    if summaries.shape[0] != b or summaries.shape[3] != 3 * d or hkv < 1 or h % hkv or d > 256:
+    if summaries.shape[0] != b or summaries.shape[3] != 2 * d or hkv < 1 or h % hkv or d > 256:
         raise ValueError(
-            f"{name}: summaries {tuple(summaries.shape)} do not fit q {tuple(q.shape)}: need [B, Hkv, n, 3D] "
+            f"{name}: summaries {tuple(summaries.shape)} do not fit q {tuple(q.shape)}: need [B, Hkv, n, 2D] "
             "with H a multiple of Hkv and D <= 256"
         )
     rows = (h // hkv) * nq
@@ -221,7 +215,6 @@ def _prepare(name: str, q: torch.Tensor, summaries: torch.Tensor) -> tuple[torch
 def _row_best(
     qr: torch.Tensor,
     sm: torch.Tensor,
-    weight: float,
     config: dict | None,
     scores: torch.Tensor | None = None,
     grow: int = 0,
@@ -231,7 +224,7 @@ def _row_best(
     batch entry b has ``n - (B - 1 - b)·grow`` blocks."""
     bh, rows, d = qr.shape
     nb = sm.shape[2]
-    tile = 64 if d <= 128 else 32  # six [tile, D] operands per step: keep them within shared memory
+    tile = 64 if d <= 128 else 32  # four [tile, D] operands per step: keep them within shared memory
     row_tile = min(tile, max(16, next_pow2(rows)))  # a decode step's few rows: no 64-row tile of padding
     cfg = {"BR": row_tile, "BN": tile, "num_warps": 4, **(config or {})}
     br, bn = cfg["BR"], cfg["BN"]
@@ -247,7 +240,6 @@ def _row_best(
         sm.stride(0),
         sm.stride(1),
         sm.stride(2),
-        float(weight),
         sm.shape[1],
         grow,
     )
@@ -270,10 +262,10 @@ def _row_best(
 
 
 def rank_blocks_triton(
-    q: torch.Tensor, summaries: torch.Tensor, weight: float, grow: int = 0, *, _config: dict | None = None
+    q: torch.Tensor, summaries: torch.Tensor, grow: int = 0, *, _config: dict | None = None
 ) -> torch.Tensor:
     """Triton twin of :func:`~reattn_llm.kernels.torch_ops.rank_blocks_torch`: ``q [B, H, Q, D]``,
-    ``summaries [B, Hkv, n, 3D]`` (``[max | min | mean]``) -> ``[B, Hkv, n]`` fp32; with ``grow``
+    ``summaries [B, Hkv, n, 2D]`` (``[centre | radius]``) -> ``[B, Hkv, n]`` fp32; with ``grow``
     batch entry b ranks its first ``n - (B - 1 - b)·grow`` blocks alone (the rest ``-inf``)."""
     name = "rank_blocks_triton"
     qr, sm, rows = _prepare(name, q, summaries)
@@ -283,13 +275,13 @@ def rank_blocks_triton(
     out = torch.empty(b, hkv, nb, dtype=torch.float32, device=q.device)
     if nb == 0 or rows == 0:
         return out.fill_(float("-inf"))
-    best, meta, args = _row_best(qr, sm, weight, _config, grow=grow)
+    best, meta, args = _row_best(qr, sm, _config, grow=grow)
     _block_rank_kernel[(b * hkv, cdiv(nb, meta["BN"]))](qr, sm, best, out, *args, **meta)
     return out
 
 
 def candidate_blocks_triton(
-    q: torch.Tensor, summaries: torch.Tensor, weight: float, c: int, *, _config: dict | None = None
+    q: torch.Tensor, summaries: torch.Tensor, c: int, *, _config: dict | None = None
 ) -> torch.Tensor:
     """Level 1 whole for a decode step (twin: :func:`~reattn_llm.kernels.torch_ops.candidate_blocks_torch`):
     ``[B, Hkv, c]`` int64, the ``c`` best-ranked blocks per KV head, increasing. Pass 1 keeps the
@@ -308,7 +300,7 @@ def candidate_blocks_triton(
     if c == 0:
         return out
     scores = torch.empty(b * hkv, rows, nb, dtype=torch.float32, device=q.device)
-    best, _, _ = _row_best(qr, sm, weight, _config, scores)
+    best, _, _ = _row_best(qr, sm, _config, scores)
     _launch_top(scores, out, nb, c, best)
     return out
 

@@ -106,7 +106,7 @@ class KVReader(ABC):
 
     @abstractmethod
     def block_summaries(self, origin: int, block_size: int, n_blocks: int) -> torch.Tensor:
-        """``[B, Hkv, n_blocks, 3D]`` ``[max | min | mean]`` of the key blocks from row ``origin``
+        """``[B, Hkv, n_blocks, 2D]`` ``[centre | radius]`` of the key blocks from row ``origin``
         (:func:`~reattn_llm.kv.summaries.block_summaries`)."""
 
     @abstractmethod

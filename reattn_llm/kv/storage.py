@@ -8,7 +8,7 @@ A *row* is one token's key (or value) for one KV head: ``D`` numbers. The cache 
   (``amax / 448``): ``D + 4`` bytes.
 
 ``offload`` moves rows to host memory: ``"values"`` every V row, ``"keys_values"`` every K row too
-(then the two-level block summaries of the keys, ``[max | min | mean]`` per block of
+(then the two-level block summaries of the keys, ``[centre | radius]`` per block of
 ``summary_block`` keys, stay on the device). :class:`KVStorage` answers these questions for the
 tiered cache layer (:mod:`reattn_llm.kv.tiered`) and for the capacity arithmetic
 (:mod:`reattn_llm.runtime.capacity`) alike.
@@ -122,7 +122,7 @@ class KVStorage:
         rows = (not self.keys_on_host) + (not self.values_on_host)
         summaries = 0
         if self.keys_on_host and self.summary_block:
-            summaries = -(-3 * head_dim * _itemsize(dtype) // self.summary_block)
+            summaries = -(-2 * head_dim * _itemsize(dtype) // self.summary_block)  # [centre | radius]
         return rows * self.row_bytes(head_dim, dtype) + summaries
 
     def host_bytes_per_row(self, head_dim: int, dtype: torch.dtype) -> int:

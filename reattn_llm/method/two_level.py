@@ -6,25 +6,23 @@ about the block size:
 
 * **Summaries.** The middle keys are cut into blocks of ``block_size`` consecutive cache rows,
   aligned at the start of the middle (row ``G``), so a block never holds a global key and every
-  full block stays the same block as the context grows. Per KV head and block the summary keeps
-  the per-dimension maximum, minimum and mean of the keys, ``[max | min | mean]`` along the last
-  dimension: ``[B, Hkv, n_blocks, 3D]``. Each cache layer keeps them
-  (:class:`~reattn_llm.kv.summaries.KeySummaries`, read through
+  full block stays the same block as the context grows. Each cache layer keeps a summary per KV
+  head and block (:class:`~reattn_llm.kv.summaries.KeySummaries`, read through
   :meth:`~reattn_llm.kv.layer.KVReader.block_summaries`): a block is summarised once, when it is
   first needed, so a forward reads ``M / block_size`` summaries, not ``M`` keys.
-* **Level 1.** ``sum_d max(q_d·min_d, q_d·max_d) = [relu(q) | min(q, 0)] · [max | min]`` is an
-  upper bound of ``q·k`` over the block (Quest's bound, :func:`block_bounds`); ``q · mean`` is the
-  block's average score. On real keys the bound alone ranks blocks poorly (it favours blocks whose
-  keys spread widely), the mean alone misses single strong keys; the blend
-  ``BOUND_WEIGHT · bound + (1 - BOUND_WEIGHT) · q·mean`` is one dot of width 3D,
-  ``[w·relu(q) | w·min(q, 0) | (1-w)·q] · [max | min | mean]``. Each (query head, query) row is
+* **Level 1.** ``sum_d max(q_d·min_d, q_d·max_d)`` is an upper bound of ``q·k`` over the block
+  (Quest's bound; :func:`block_scores`); ``q · mean`` is the block's average score. On real keys
+  the bound alone ranks blocks poorly (it favours blocks whose keys spread widely), the mean alone
+  misses single strong keys; the blend ``BOUND_WEIGHT · bound + (1 - BOUND_WEIGHT) · q·mean`` is
+  two dots of width D, ``q·centre + |q|·radius``, against the summary ``[centre | radius]``
+  (:mod:`reattn_llm.kv.summaries` derives it). Each (query head, query) row is
   normalised by its best block (``s - max_blocks s``), and a block's rank is its best normalised
   score over all the rows of its KV head (all GQA heads, all the chunk's queries): per KV head the
   ``candidate_blocks`` best blocks are the candidates: :func:`~reattn_llm.kernels.rank_blocks` (its
   Triton kernel, two passes that never write the ``[rows, blocks]`` scores, runs where
   :data:`LEVEL1_KERNEL` says), then :func:`~reattn_llm.kernels.top_blocks` (ties to the lower
   block); both as :func:`~reattn_llm.kernels.candidate_blocks`, which fuses them for a decode step's
-  few rows. Cost ``6·H·Q·(M/bs)·D`` per pass: ``3/bs`` of exact.
+  few rows. Cost ``4·H·Q·(M/bs)·D`` per pass: ``2/bs`` of exact.
 * **Level 2.** The candidates' keys (plus the partial block at the end of the middle, which has
   no summary and is always a candidate) are scored exactly by the layer
   (:meth:`~reattn_llm.kv.layer.KVReader.score_blocks`): keys on the device in the model's dtype in
@@ -51,13 +49,9 @@ import torch
 from ..kernels import candidate_blocks as level1_candidates
 from ..kv.dense import TensorKV
 from ..kv.layer import KVReader, exact_topk
+from ..kv.summaries import BOUND_WEIGHT
 
-__all__ = ["BOUND_WEIGHT", "block_bounds", "two_level_topk"]
-
-#: Weight of the upper bound against the mean score in the level-1 rank. On real keys of the default
-#: model (32K middle keys, 508 candidate blocks) the share of exact hits recalled was 0.80 with the
-#: mean alone (0), 0.85 / 0.84 / 0.83 with 0.2 / 0.3 / 0.5, and 0.78 with the bound alone (1).
-BOUND_WEIGHT = 0.3
+__all__ = ["BOUND_WEIGHT", "block_scores", "two_level_topk"]
 #: Backends whose level 1 runs as a kernel (:func:`~reattn_llm.kernels.rank_blocks`); the others run
 #: its torch twin. Triton's two-pass kernel passed ``benchmarks/gpu_kernels_check.py`` in bf16 on one
 #: H200 at 1M keys (32K blocks), 4.3 ms against the twin's 22.4 ms for the Llama-8B shape's 1024-query
@@ -65,16 +59,17 @@ BOUND_WEIGHT = 0.3
 LEVEL1_KERNEL: tuple[str, ...] = ("triton",)
 
 
-def block_bounds(q: torch.Tensor, summaries: torch.Tensor) -> torch.Tensor:
-    """Upper bounds of ``q·k`` per block: ``q [B, H, Q, D]``, ``summaries [B, Hkv, n, >= 2D]``
-    (``[max | min | ...]``) -> ``[B, H, Q, n]`` fp32 (fp64 for fp64 inputs). Query head h reads
-    KV head ``h // (H / Hkv)``."""
+def block_scores(q: torch.Tensor, summaries: torch.Tensor) -> torch.Tensor:
+    """Level 1's score of every block, unnormalised: ``q [B, H, Q, D]``, ``summaries [B, Hkv, n, 2D]``
+    (``[centre | radius]``) -> ``q·centre + |q|·radius``, ``[B, H, Q, n]`` fp32 (fp64 for fp64
+    inputs). Query head h reads KV head ``h // (H / Hkv)``. With summaries of bound weight 1
+    (``block_summaries(keys, bs, 1.0)``) it is Quest's upper bound of ``q·k`` over each block."""
     b, h, nq, d = q.shape
     hkv = summaries.shape[1]
     acc = torch.promote_types(q.dtype, torch.float32)
     qf = q.to(acc)
-    qq = torch.cat([qf.clamp(min=0), qf.clamp(max=0)], dim=-1).reshape(b, hkv, (h // hkv) * nq, 2 * d)
-    s = torch.matmul(qq, summaries[..., : 2 * d].to(acc).transpose(-1, -2))
+    qq = torch.cat([qf, qf.abs()], dim=-1).reshape(b, hkv, (h // hkv) * nq, 2 * d)
+    s = torch.matmul(qq, summaries.to(acc).transpose(-1, -2))
     return s.reshape(b, h, nq, -1)
 
 
@@ -121,7 +116,7 @@ def two_level_topk(
     # Level 1: rank the full blocks by their best row-normalised blended score; keep the best C.
     level1 = backend if backend in LEVEL1_KERNEL else "torch"
     summaries = kv.block_summaries(lo, block_size, n_full)
-    blocks = level1_candidates(q, summaries, BOUND_WEIGHT, c, level1)  # [B, Hkv, C], increasing
+    blocks = level1_candidates(q, summaries, c, level1)  # [B, Hkv, C], increasing
     # Level 2: exact scores over the candidates' keys and the partial block at the end.
     return kv.score_blocks(q, lo, hi, blocks, block_size, top_k, backend)
 
@@ -152,7 +147,5 @@ def _grown(
         return torch.cat(parts)
     summaries = kv.block_summaries(lo, block_size, (hi - lo) // block_size)
     level1 = backend if backend in LEVEL1_KERNEL else "torch"
-    blocks = level1_candidates(
-        q, summaries.expand(b, -1, -1, -1), BOUND_WEIGHT, c, level1, grow // block_size
-    )
+    blocks = level1_candidates(q, summaries.expand(b, -1, -1, -1), c, level1, grow // block_size)
     return kv.score_blocks(q, lo, hi, blocks, block_size, top_k, backend, grow)
