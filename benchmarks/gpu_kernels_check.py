@@ -164,18 +164,18 @@ def attn_case(B, H, Hkv, Q, T, N, D, dtype, seed=0, chunk_tail=False, config=Non
 
 
 def prefix_case(B, Hkv, R, P, D, dtype, seed=0):
-    """cuDNN's prefix call against its twin (cudnn_prefix): the normalised output within the twin's
-    rounding, the log-sum-exp in natural log within fp32 error, padding keys (bias) left out."""
-    from reattn_llm.kernels.cudnn_prefix import MASKED, _prefix_cudnn, prefix_attention_torch
+    """cuDNN's prefix call (cudnn_prefix, no mask: padding gathered as zero keys and values) against
+    its twin: the normalised output within the twin's rounding, the log-sum-exp in natural log within
+    fp32 error; timed beside the same call with run 17's padding bias, whose cost it avoids."""
+    from reattn_llm.kernels.cudnn_prefix import _prefix_cudnn, prefix_attention_torch
 
     torch.manual_seed(seed)
     qf = torch.randn(B, Hkv, R, D, device=DEV, dtype=dtype)
     kp = torch.randn(B, Hkv, P + 7, D, device=DEV, dtype=dtype)[:, :, :P]  # strided, as sliced
     vp = torch.randn(B, Hkv, P + 7, D, device=DEV, dtype=dtype)[:, :, :P]
-    width = -(-P // 8) * 8
-    bias = torch.zeros(B, width, device=DEV, dtype=dtype)[:, :P]
-    bias[:, 5:40] = MASKED
-    args = (qf, kp, vp, bias[:, None, None, :], D**-0.5)
+    kp[:, :, 5:40] = 0.0  # padding, as gathered
+    vp[:, :, 5:40] = 0.0
+    args = (qf, kp, vp, D**-0.5)
     out, lse = _prefix_cudnn(*args)
     ref_o, ref_l = prefix_attention_torch(*args)
     e_o = ((out.double() - ref_o.double()).norm() / ref_o.double().norm()).item()
@@ -183,7 +183,24 @@ def prefix_case(B, Hkv, R, P, D, dtype, seed=0):
     assert out.shape == ref_o.shape and lse.shape == ref_l.shape, (out.shape, lse.shape)
     assert e_o < 2e-2 and e_l < 2e-3, f"cuDNN prefix differs: output {e_o:.3g}, lse {e_l:.3g} (log base?)"
     us = triton.testing.do_bench(lambda: _prefix_cudnn(*args)) * 1e3
-    return {"err_out": e_o, "err_lse": e_l, "us": us, "TFLOP/s": 4 * B * Hkv * R * P * D / us / 1e6}
+    bias = torch.zeros(B, -(-P // 8) * 8, device=DEV, dtype=dtype)[:, None, None, :P]
+    bias[..., 5:40] = -30000.0
+
+    def biased():
+        return torch.ops.aten._scaled_dot_product_cudnn_attention(
+            qf, kp, vp, bias, True, 0.0, False, False, scale=D**-0.5
+        )
+
+    us_bias = triton.testing.do_bench(biased) * 1e3
+    tf = 4 * B * Hkv * R * P * D / 1e6
+    return {
+        "err_out": e_o,
+        "err_lse": e_l,
+        "us": us,
+        "TFLOP/s": tf / us,
+        "us_bias": us_bias,
+        "TFLOP/s_bias": tf / us_bias,
+    }
 
 
 def level2_case(B, H, Hkv, Q, M, D, bs, C, top_k, dtype, seed=0):

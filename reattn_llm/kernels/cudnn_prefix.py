@@ -9,17 +9,26 @@ an H200 where the Triton flash kernel reaches about 350 (BENCHMARKS.md, #13 item
    ``[B, Hkv, g·Q, D]``: each KV head's GQA group folded into the query axis (row ``j·Q + i`` for
    head ``j`` of the group and query ``i``), so cuDNN runs plain multi-head attention over the
    gathered ``[B, Hkv, N - Q, D]`` keys and values, with no GQA support needed;
-2. padding as an additive bias ``[B, 1, 1, N - Q]`` of :data:`MASKED` (finite in fp16 and bf16, so
-   a row with no real key in the prefix stays a number: its weight is 0 once merged);
-3. cuDNN's ``(out, lse)`` become the starting state of :mod:`.triton_flash`'s kernel (``INIT``),
-   which folds in the chunk's own keys with the causal mask.
+2. no mask: a padding key is gathered as zeros (key and value), so its score is exactly 0 for
+   every query and its value adds nothing; it only adds ``exp(0) = 1`` to each row's softmax sum.
+   The call returns the padding count per batch entry beside cuDNN's ``(out, lse)``, and
+   :mod:`.triton_flash`'s kernel takes the three as its starting state (``INIT``): numerator
+   ``out·e^lse`` (exact: padding values are 0), denominator ``e^lse - pad`` (clamped at 0: a prefix
+   of padding alone weighs nothing). An additive padding bias ``[B, 1, 1, N - Q]`` costs cuDNN a
+   third of its speed (run 17: 424 against 611 TFLOP/s);
+3. the flash kernel then folds in the chunk's own keys with the causal mask.
+
+The subtraction loses precision only where a row's real keys weigh less than its padding keys
+(``sum exp(s) < pad``, every real score below about ``log(pad)``): fp32 keeps ``e^lse`` to 2^-24,
+so the real part to ``2^-24·pad / sum exp(s)`` relative, bf16's own rounding (2^-9) until the real
+keys weigh 2^-15 of the padding. Attention sinks make real scores far larger in trained models.
 
 Chosen by the prefill configuration's ``PREFIX``: ``"cudnn"`` (the default; where cuDNN's fused
 attention is not available, the single-kernel flash path), ``"torch"`` (the twin, for tests),
 ``"triton"`` (no split). A cuDNN error falls back to the single-kernel path for the rest of the
-process, with one warning. Measured on one H200 (run 17, BENCHMARKS.md): cuDNN's call over 8,192
-keys x 4,096 folded rows 324 us (424 TFLOP/s, the padding bias included), the 8B shape's prefill
-3% faster at 32K and 1% at 128K than the flash kernel alone.
+process, with one warning. Measured on one H200 (run 17, BENCHMARKS.md, with the bias this
+replaced): cuDNN's call over 8,192 keys x 4,096 folded rows 324 us, the 8B shape's prefill 3%
+faster at 32K and 1% at 128K than the flash kernel alone.
 """
 
 from __future__ import annotations
@@ -28,13 +37,9 @@ import warnings
 
 import torch
 
-from ._triton_utils import cdiv
 from .triton_gather import rotate_rows
 
-__all__ = ["MASKED", "cudnn_prefix_available", "prefix_attention", "prefix_attention_torch"]
-
-#: The bias of a padding key: exp underflows to 0 against any real score, and it stays finite in fp16.
-MASKED = -30000.0
+__all__ = ["cudnn_prefix_available", "prefix_attention", "prefix_attention_torch"]
 
 _failed: list[str] = []  # the first cuDNN error, once seen: the split is off for the process
 
@@ -56,21 +61,20 @@ def cudnn_prefix_available(q: torch.Tensor) -> bool:
 
 
 def prefix_attention_torch(
-    qf: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, bias: torch.Tensor, scale: float
+    qf: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of ``qf [B, Hkv, R, D]`` over ``kp``/``vp [B, Hkv, P, D]`` with an additive ``bias``
-    broadcast to ``[B, Hkv, R, P]``, fp32 math: ``(out [B, Hkv, R, D]`` in ``qf``'s dtype, normalised,
-    ``lse [B, Hkv, R]`` fp32, natural log)."""
-    s = torch.matmul(qf.float(), kp.float().transpose(-1, -2)) * scale + bias.float()
+    """Attention of ``qf [B, Hkv, R, D]`` over every key of ``kp``/``vp [B, Hkv, P, D]``, fp32 math:
+    ``(out [B, Hkv, R, D]`` in ``qf``'s dtype, normalised, ``lse [B, Hkv, R]`` fp32, natural log)."""
+    s = torch.matmul(qf.float(), kp.float().transpose(-1, -2)) * scale
     lse = torch.logsumexp(s, dim=-1)
     out = torch.matmul(torch.exp(s - lse[..., None]), vp.float())
     return out.to(qf.dtype), lse
 
 
-def _prefix_cudnn(qf, kp, vp, bias, scale) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`prefix_attention_torch`'s contract through torch's cuDNN attention op."""
+def _prefix_cudnn(qf, kp, vp, scale) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`prefix_attention_torch`'s contract through torch's cuDNN attention op (no bias)."""
     res = torch.ops.aten._scaled_dot_product_cudnn_attention(
-        qf, kp, vp, bias, True, 0.0, False, False, scale=scale
+        qf, kp, vp, None, True, 0.0, False, False, scale=scale
     )
     out, lse = res[0], res[1]
     return out if out.stride(-1) == 1 else out.contiguous(), lse[..., 0] if lse.dim() == 4 else lse
@@ -86,11 +90,14 @@ def prefix_attention(
     cos: torch.Tensor,
     sin: torch.Tensor,
     scale: float,
-) -> tuple[torch.Tensor, torch.Tensor] | None:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """The prefix part of a ``chunk_tail`` scope: ``q [B, H, Q, D]`` un-rotated, ``ko``/``vo [B, Hkv,
     N, D]`` the gathered scope (rotated keys, zeros at padding), ``key_pos [B, N]``. Returns
-    ``(out [B, Hkv, g·Q, D], lse [B, Hkv, g·Q])`` by :func:`prefix_attention_torch`'s contract, or
-    None where ``kind`` is ``"cudnn"`` and cuDNN is not available or has failed."""
+    ``(out [B, Hkv, g·Q, D], lse [B, Hkv, g·Q], pad [B])``: :func:`prefix_attention_torch`'s contract
+    over all ``N - Q`` prefix keys, padding included, and ``pad`` the padding keys among them
+    (fp32), each of which added exactly 1 to every row's ``e^lse`` and nothing to ``out``'s
+    numerator (module docstring). None where ``kind`` is ``"cudnn"`` and cuDNN is not available or
+    has failed."""
     if kind not in ("cudnn", "torch"):
         raise ValueError(f"prefix_attention: kind must be 'cudnn' or 'torch', got {kind!r}")
     if kind == "cudnn" and not cudnn_prefix_available(q):
@@ -99,14 +106,12 @@ def prefix_attention(
     Hkv, N = ko.shape[1], ko.shape[2]
     P = N - Q
     qf = rotate_rows(q, q_pos, cos, sin, heads_first=True).view(B, Hkv, (H // Hkv) * Q, D)
-    width = cdiv(P, 8) * 8  # rows 16-byte aligned for cuDNN
-    bias = torch.zeros((B, width), device=q.device, dtype=q.dtype)[:, :P]
-    bias.masked_fill_(key_pos[:, :P] < 0, MASKED)
-    args = (qf, ko[:, :, :P], vo[:, :, :P], bias[:, None, None, :], scale)
+    pad = (key_pos[:, :P] < 0).sum(dim=1, dtype=torch.float32)
+    args = (qf, ko[:, :, :P], vo[:, :, :P], scale)
     if kind == "torch":
-        return prefix_attention_torch(*args)
+        return (*prefix_attention_torch(*args), pad)
     try:
-        return _prefix_cudnn(*args)
+        return (*_prefix_cudnn(*args), pad)
     except RuntimeError as e:  # an unsupported shape or a cuDNN build without the fused kernel
         _failed.append(str(e))
         warnings.warn(

@@ -56,6 +56,7 @@ def _flash_kernel(
     pml_ptr,
     io_ptr,
     il_ptr,
+    ip_ptr,
     Q,
     N,
     G,
@@ -127,13 +128,16 @@ def _flash_kernel(
     kpos_base = kpos_ptr + b64 * sp_b
     if INIT:
         # the keys before the chunk were attended elsewhere (cuDNN): start from their normalised
-        # output and log-sum-exp, read at that call's row j * Q + i (heads of the group, then queries)
+        # output and log-sum-exp, read at that call's row j * Q + i (heads of the group, then queries);
+        # its pad zero keys (score 0, value 0) each added 1 to e^lse: the sum relative to e^lse is 1 - pad / e^lse
         prow = ((rows % G) * Q + qi).to(tl.int64)
         ib = b64 * sio_b + kvh.to(tl.int64) * sio_h + prow * sio_r
         acc = tl.load(io_ptr + ib[:, None] + d[None, :], mask=qm, other=0.0).to(tl.float32)
         lse = tl.load(il_ptr + b64 * sil_b + kvh.to(tl.int64) * sil_h + prow * sil_r, mask=rvalid, other=0.0)
         m_i = lse * _LOG2E  # natural log -> the kernel's log2 units
-        l_i = tl.where(rvalid, 1.0, 0.0)
+        pad = tl.load(ip_ptr + b64)
+        real = tl.maximum(1.0 - pad * tl.exp2(-m_i), 0.0)  # (pad 0: 1 even where exp2 overflows)
+        l_i = tl.where(rvalid, tl.where(pad > 0, real, 1.0), 0.0)
         base = N - Q  # only the chunk's own keys are left
     else:
         m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
@@ -218,7 +222,7 @@ def flash_scope_attention(
         pml = torch.empty((B, H, Q, splits, 2), device=q.device, dtype=torch.float32)
     else:
         po = pml = out
-    io, il = init if init is not None else (out, out)
+    io, il, ip = init if init is not None else (out, out, out)
     _flash_kernel[(n_rb, B * Hkv * splits)](
         q,
         ko,
@@ -232,6 +236,7 @@ def flash_scope_attention(
         pml,
         io,
         il,
+        ip,
         Q,
         N,
         g,
