@@ -106,3 +106,32 @@ def test_cuDNN_is_never_taken_off_the_GPU_and_a_bad_kind_is_refused():
     assert prefix_attention("cudnn", q, ko, vo, kpos, qpos, cos, sin, 0.25) is None
     with pytest.raises(ValueError, match="'cudnn' or 'torch'"):
         prefix_attention("flash", q, ko, vo, kpos, qpos, cos, sin, 0.25)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_the_gpu_the_cudnn_prefix_prefill_matches_the_flash_kernel_alone(monkeypatch):
+    """The default model's prefill (bf16, Triton, 1,500 tokens of the package's sample text) with a
+    chunk's prefix through cuDNN (the default) and with the flash kernel alone: the same next token
+    and logits within bf16 rounding, and cuDNN's path really taken."""
+    from reattn_llm import ReAttentionConfig
+    from reattn_llm.cli import SAMPLE
+    from reattn_llm.kernels import cudnn_prefix, triton_attention
+    from reattn_llm.method.patch import make_cache
+    from reattn_llm.runtime.engine import Engine
+    from reattn_llm.runtime.models import load_tokenizer
+    from tests.conftest import SMALL_CONFIG_KWARGS
+
+    ids = load_tokenizer(None)(SAMPLE.read_text()[5000:30000], add_special_tokens=False)["input_ids"][:1500]
+    cfg = ReAttentionConfig(**SMALL_CONFIG_KWARGS, prefill_forward=3 * SMALL_CONFIG_KWARGS["chunk_size"])
+    engine = Engine(None, device="cuda", dtype="bf16", config=cfg, progress=False, keep_prefix=False)
+    logits = {}
+    for prefix in ("cudnn", "triton"):
+        monkeypatch.setitem(triton_attention.CONFIG_OVERRIDES, "prefill", {"PREFIX": prefix})
+        cache = make_cache(engine.model, reserve=len(ids))
+        logits[prefix] = engine.prefill(
+            torch.tensor([ids], device="cuda"), cache, question=len(ids) - 20
+        ).float()
+    assert not cudnn_prefix._failed, cudnn_prefix._failed
+    a, b = logits["cudnn"], logits["triton"]
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
+    assert ((a - b).norm() / b.norm()).item() < 2e-2
