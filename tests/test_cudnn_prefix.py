@@ -111,8 +111,11 @@ def test_cuDNN_is_never_taken_off_the_GPU_and_a_bad_kind_is_refused():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_the_gpu_the_cudnn_prefix_prefill_matches_the_flash_kernel_alone(monkeypatch):
     """The default model's prefill (bf16, Triton, 1,500 tokens of the package's sample text) with a
-    chunk's prefix through cuDNN (the default) and with the flash kernel alone: the same next token
-    and logits within bf16 rounding, and cuDNN's path really taken."""
+    chunk's prefix through cuDNN (the default), through the split's fp32 twin, and by the flash
+    kernel alone: cuDNN's logits are no further from the flash kernel's than the twin's are (bf16
+    rounding through 30 layers: about 1-2% of the logits' norm, ties in the top logit included),
+    each path's next token is a top token of the others within that rounding, and cuDNN's path
+    really ran."""
     from reattn_llm import ReAttentionConfig
     from reattn_llm.cli import SAMPLE
     from reattn_llm.kernels import cudnn_prefix, triton_attention
@@ -125,13 +128,22 @@ def test_on_the_gpu_the_cudnn_prefix_prefill_matches_the_flash_kernel_alone(monk
     cfg = ReAttentionConfig(**SMALL_CONFIG_KWARGS, prefill_forward=3 * SMALL_CONFIG_KWARGS["chunk_size"])
     engine = Engine(None, device="cuda", dtype="bf16", config=cfg, progress=False, keep_prefix=False)
     logits = {}
-    for prefix in ("cudnn", "triton"):
+    for prefix in ("cudnn", "torch", "triton"):
         monkeypatch.setitem(triton_attention.CONFIG_OVERRIDES, "prefill", {"PREFIX": prefix})
         cache = make_cache(engine.model, reserve=len(ids))
         logits[prefix] = engine.prefill(
             torch.tensor([ids], device="cuda"), cache, question=len(ids) - 20
         ).float()
     assert not cudnn_prefix._failed, cudnn_prefix._failed
-    a, b = logits["cudnn"], logits["triton"]
-    assert torch.equal(a.argmax(-1), b.argmax(-1))
-    assert ((a - b).norm() / b.norm()).item() < 2e-2
+    flash = logits["triton"]
+
+    def err(x):
+        return ((x - flash).norm() / flash.norm()).item()
+
+    assert err(logits["cudnn"]) <= 2 * err(logits["torch"]) + 1e-3, (
+        err(logits["cudnn"]),
+        err(logits["torch"]),
+    )
+    for a in logits.values():
+        for b in logits.values():
+            assert a[0, b.argmax()] >= a.max() - 0.5  # the others' next token: within rounding of the top

@@ -15,7 +15,7 @@ an H200 where the Triton flash kernel reaches about 350 (BENCHMARKS.md, #13 item
    :mod:`.triton_flash`'s kernel takes the three as its starting state (``INIT``): numerator
    ``out·e^lse`` (exact: padding values are 0), denominator ``e^lse - pad`` (clamped at 0: a prefix
    of padding alone weighs nothing). An additive padding bias ``[B, 1, 1, N - Q]`` costs cuDNN a
-   third of its speed (run 17: 424 against 611 TFLOP/s);
+   third of its speed (run 18: 424 against 640 TFLOP/s);
 3. the flash kernel then folds in the chunk's own keys with the causal mask.
 
 The subtraction loses precision only where a row's real keys weigh less than its padding keys
@@ -26,9 +26,9 @@ keys weigh 2^-15 of the padding. Attention sinks make real scores far larger in 
 Chosen by the prefill configuration's ``PREFIX``: ``"cudnn"`` (the default; where cuDNN's fused
 attention is not available, the single-kernel flash path), ``"torch"`` (the twin, for tests),
 ``"triton"`` (no split). A cuDNN error falls back to the single-kernel path for the rest of the
-process, with one warning. Measured on one H200 (run 17, BENCHMARKS.md, with the bias this
-replaced): cuDNN's call over 8,192 keys x 4,096 folded rows 324 us, the 8B shape's prefill 3%
-faster at 32K and 1% at 128K than the flash kernel alone.
+process, with one warning. Measured on one H100 (run 18, BENCHMARKS.md): cuDNN's call over 8,192
+keys x 4,096 folded rows 215 us unmasked (640 TFLOP/s) against 324 us with a padding bias; the 8B
+shape's 128K exact prefill 4.3% faster than with the flash kernel alone.
 """
 
 from __future__ import annotations
