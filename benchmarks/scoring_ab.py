@@ -1,7 +1,7 @@
 """A/B of ``score_topk`` tile configurations on one CUDA GPU: same inputs, same indices, time;
-and of a decode step's scope attention (its splits and tiles).
+and of a decode step's scope attention (its splits and tiles) and of two-level selection's level 1.
 
-    python benchmarks/scoring_ab.py                     # every variant below: prefill, decode, attention
+    python benchmarks/scoring_ab.py                     # every variant below: prefill, decode, attention, level 1
     python benchmarks/scoring_ab.py --only prefill --repeats 5
 
 Each variant is the kernel's own configuration (``triton_topk._pick_config``) with a few keys
@@ -50,6 +50,25 @@ DECODE = [
     ("4 stages", dict(num_stages=4)),
     ("256-key tiles", dict(BLOCK_N=256)),
     ("8 warps", dict(num_warps=8)),
+    # grouped mode (prefill's: a tile reduced to group maxima in registers, then the groups' keys
+    # rescored) for a step's few rows: 8x less insertion work a tile, a small refinement after
+    ("grouped, groups of 8 keys, eager", dict(CI=4, PACK=True, EARLY_EXIT=0)),
+    ("grouped, groups of 8 keys, lazy", dict(CI=4, PACK=True, EARLY_EXIT=3)),
+    ("grouped, groups of 4 keys, lazy, 64-key tiles", dict(CI=2, PACK=True, EARLY_EXIT=3, BLOCK_N=64)),
+]
+#: level-1 variants of two-level selection (``triton_blocks._row_best``'s tiles: rows x blocks)
+LEVEL1 = [
+    ("default (64 x 64, 4 warps)", {}),
+    ("64 x 64, 2 stages", dict(num_stages=2)),
+    ("128 x 64, 8 warps, 2 stages", dict(BR=128, BN=64, num_warps=8, num_stages=2)),
+    ("128 x 64, 4 warps, 2 stages", dict(BR=128, BN=64, num_warps=4, num_stages=2)),
+    ("64 x 128, 4 warps, 2 stages", dict(BR=64, BN=128, num_warps=4, num_stages=2)),
+    ("64 x 128, 8 warps, 2 stages", dict(BR=64, BN=128, num_warps=8, num_stages=2)),
+]
+#: (name, chunks, heads, KV heads, queries a chunk, middle keys, head dim)
+LEVEL1_SHAPES = [
+    ("8B, 8 chunks x 1024, 120K middle (3,840 blocks)", 8, 32, 8, 1024, 122880, 128),
+    ("SmolLM2, 16 chunks x 512, 1M middle (32K blocks)", 16, 9, 3, 512, 1 << 20, 64),
 ]
 #: decode scope attention variants (``triton_attention._pick_config``'s decode keys; target in SMs)
 ATTN_DECODE = [
@@ -99,6 +118,45 @@ def prefill(repeats: int) -> list[tuple]:
             rows.append((shape, name, f"{ms:.3f} ms", f"{tflops:.0f} TFLOP/s", same, f"{base / ms:.3f}"))
             print(" | ".join(map(str, rows[-1])), flush=True)
         del q, k
+        torch.cuda.empty_cache()
+    return rows
+
+
+def level1(repeats: int) -> list[tuple]:
+    """Level 1 of two-level selection (``rank_blocks``, both passes) over one forward's chunks."""
+    from reattn_llm.kernels.triton_blocks import rank_blocks_triton
+    from reattn_llm.kv.summaries import block_summaries
+
+    rows = []
+    for shape, C, H, Hkv, Q, M, D in LEVEL1_SHAPES:
+        q = torch.randn(C, H, Q, D, device="cuda", dtype=torch.bfloat16)
+        summ = block_summaries(torch.randn(1, Hkv, M, D, device="cuda", dtype=torch.bfloat16), 32)
+        summ = summ.expand(C, -1, -1, -1)
+        ref = rank_blocks_triton(q, summ)
+        base = None
+        for name, cfg in LEVEL1:
+            try:
+                got = rank_blocks_triton(q, summ, _config=cfg)
+            except Exception as e:  # a tile that does not fit shared memory
+                rows.append((shape, name, type(e).__name__, "", False, ""))
+                print(" | ".join(map(str, rows[-1])), flush=True)
+                continue
+            err = (got - ref).abs().max().item()
+            ms = best_ms(lambda cfg=cfg, q=q, s=summ: rank_blocks_triton(q, s, _config=cfg), repeats)
+            base = base or ms
+            tflops = 2 * 2 * 2 * H * Q * C * (M // 32) * D / (ms * 1e-3) / 1e12  # 2 passes x 2 dots
+            rows.append(
+                (
+                    shape,
+                    name,
+                    f"{ms:.3f} ms",
+                    f"{tflops:.0f} TFLOP/s",
+                    f"max diff {err:.1e}",
+                    f"{base / ms:.3f}",
+                )
+            )
+            print(" | ".join(map(str, rows[-1])), flush=True)
+        del q, summ
         torch.cuda.empty_cache()
     return rows
 
@@ -201,7 +259,7 @@ def attention_decode(repeats: int) -> list[tuple]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", choices=("prefill", "decode", "attention"), default=None)
+    ap.add_argument("--only", choices=("prefill", "decode", "attention", "level1"), default=None)
     ap.add_argument("--repeats", type=int, default=3, help="medians taken, the best reported")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -216,6 +274,8 @@ def main() -> None:
         rows += decode(args.repeats)
     if args.only in (None, "attention"):
         rows += attention_decode(args.repeats)
+    if args.only in (None, "level1"):
+        rows += level1(args.repeats)
     print("\n| shape | variant | time | rate | same indices as default | speed vs default |")
     print("|---|---|---|---|---|---|")
     for r in rows:
