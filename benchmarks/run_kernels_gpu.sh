@@ -18,10 +18,11 @@ python3 -c "import torch, triton, transformers; print(torch.__version__, triton.
 if [ -z "$SKIP_CHECK" ]; then
   python3 benchmarks/gpu_kernels_check.py --json "$OUT/check.json" 2>&1 | tee "$OUT/check.log" | grep -v '^PASS'
   python3 -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_select_kernel.py tests/test_batched_chunks.py \
-    -k "graph or cuda or gpu" \
+    tests/test_cudnn_prefix.py tests/test_phi3.py -k "graph or cuda or gpu or partial_rotary_itself" \
     2>&1 | tail -3 | tee "$OUT/pytest_gpu.log"
 fi
-# AB=1: score_topk's variants against the default first (same inputs; decode replayed from a graph)
+# AB=1: score_topk's, level 1's and decode attention's variants against their defaults first (same inputs;
+# decode replayed from a graph)
 if [ -n "$AB" ]; then
   python3 benchmarks/scoring_ab.py 2>&1 | tee "$OUT/scoring_ab.log" | grep '^|'
 fi
