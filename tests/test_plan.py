@@ -51,8 +51,8 @@ def test_storage_options_change_device_and_host_bytes_per_token():
     assert kv_bytes_per_token(SMOL, torch.bfloat16, values) == bf16 // 2
     assert host_kv_bytes_per_token(SMOL, torch.bfloat16, values) == bf16 // 2
     both = ReAttentionConfig(offload="keys_values", selection="two_level", kv_dtype="fp8").resolve(8192)
-    # only the two-level block summaries stay on the device: 3 x 64 bf16 values per 32-key block
-    assert kv_bytes_per_token(SMOL, torch.bfloat16, both) == 30 * 3 * 12
+    # only the two-level block summaries stay on the device: [centre | radius], 2 x 64 bf16 values per 32-key block
+    assert kv_bytes_per_token(SMOL, torch.bfloat16, both) == 30 * 3 * (2 * 64 * 2 // 32)
     assert host_kv_bytes_per_token(SMOL, torch.bfloat16, both) == fp8
     assert kv_bytes_per_token(SMOL, torch.bfloat16, cfg) == bf16
 
