@@ -244,9 +244,8 @@ def _row_best(
         grow,
     )
     meta = {"D": d, "DP": max(16, next_pow2(d)), "BR": br, "BN": bn, "IEEE": qr.dtype == torch.float32}
-    if (
-        "num_stages" in cfg
-    ):  # a tested override (benchmarks/scoring_ab.py --only level1); Triton's default else
+    # pipeline depth: Triton's default unless a tested override asks (benchmarks/scoring_ab.py --only level1)
+    if "num_stages" in cfg:
         meta["num_stages"] = cfg["num_stages"]
     _row_best_kernel[(bh, cdiv(rows, br), splits)](
         qr,

@@ -13,9 +13,9 @@ and a summary keeps ``[centre | radius]`` along the last dimension: ``[B, Hkv, n
 (:func:`block_summaries`; computed in fp32, stored in the keys' dtype). Two dots where
 ``[relu(q) | min(q, 0) | q]·[max | min | mean]`` took three: level 1's FLOPs and a summary's bytes
 are 2/3 of the three-part form's (one H100, BENCHMARKS.md run 18: the 8B shape's level 1 over a
-forward's chunks 3.20 ms against 4.87; on real keys the same recall). A cache layer's :class:`KeySummaries` summarises each block
-once, when a selection first needs it, and keeps it; :mod:`reattn_llm.method.two_level` ranks
-blocks from them.
+forward's chunks 3.20 ms against 4.87; on real keys the same recall). A cache layer's
+:class:`KeySummaries` summarises each block once, when a selection first needs it, and keeps it;
+:mod:`reattn_llm.method.two_level` ranks blocks from them.
 """
 
 from __future__ import annotations
