@@ -54,6 +54,8 @@ GRAPH_BUCKETS = [32]
 SELECTION = "exact"
 #: --exact-answer: ReAttentionConfig.exact_answer of --e2e (None: the default)
 EXACT_ANSWER: str | None = None
+#: ``--set``: more ReAttentionConfig fields for ``--e2e`` (e.g. ``candidate_blocks=254``)
+E2E_SET: dict = {}
 #: --prefill-forward: tokens per ReAttention prefill forward in --e2e, whole chunks joined as the engine
 #: does (method.chunks.forward_bounds; None: the engine's default); 0: the prompt (or its pieces) in one call
 PREFILL_FORWARD: int | None = None
@@ -1064,7 +1066,7 @@ def e2e_config(**kw):
     from reattn_llm import ReAttentionConfig
 
     return ReAttentionConfig(
-        **{"backend": "triton", "selection": SELECTION, "exact_answer": EXACT_ANSWER, **kw}
+        **{"backend": "triton", "selection": SELECTION, "exact_answer": EXACT_ANSWER, **E2E_SET, **kw}
     )
 
 
@@ -1212,6 +1214,11 @@ def main() -> int:
         help="a forward's whole prompt chunks select chunk by chunk (method.planning.BATCHED_CHUNKS off), "
         "the baseline of the batched selection",
     )
+    ap.add_argument(
+        "--set",
+        default="",
+        help="more ReAttentionConfig fields for --e2e, ruler.py's form: candidate_blocks=254,k=v",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     global GRAPHS, GRAPH_BUCKETS, SELECTION, EXACT_ANSWER, PREFILL_FORWARD
@@ -1223,6 +1230,11 @@ def main() -> int:
     RESULTS["selection"] = SELECTION
     EXACT_ANSWER = None if args.exact_answer == "default" else args.exact_answer
     RESULTS["exact_answer"] = EXACT_ANSWER
+    if args.set:
+        from ruler import _parse_overrides
+
+        E2E_SET.update(_parse_overrides([args.set]))
+        RESULTS["set"] = dict(E2E_SET)
     from reattn_llm.method import planning
 
     if args.fused_select != "default":
