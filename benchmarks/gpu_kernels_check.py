@@ -16,6 +16,8 @@ Run on a CUDA machine: ``python benchmarks/gpu_kernels_check.py [--json out.json
 * selection: the fused span selection equals, exactly, its torch twin and ``method.selection``'s
   ops (rank_centres, sort, expand_spans, build_scope), decode and prefill chunks, ranked inside
   the kernel and outside it.
+* the model's own ops (``method.model_ops``): RMSNorm and the gated activation in one kernel each,
+  within one rounding of their twins (the stock modules' ops), both timed.
 * a forward's chunks as one batch (``grow``): scoring, span votes and scope, and two-level
   selection's levels, equal each chunk's alone, bit for bit, timed against the chunk-by-chunk chain.
 """
@@ -409,7 +411,42 @@ def select_case(B, H, Q, k, M, P, n_spans, span, G, L, by_rank, spread=None, see
     return {"in_kernel": H * Q * k + P <= MAX_FUSED, "kept": int(got.middle_valid.sum())}
 
 
+def model_ops_case(rows: int, hidden: int, inter: int, dtype) -> dict:
+    """The model's RMSNorm (Llama's and Gemma's order) and gated activation (SiLU, GELU tanh) in one
+    kernel each against their twins (the stock modules' ops): within one rounding of the dtype, and
+    both timed (``us`` fused, ``us_stock`` the twin's chain of kernels)."""
+    from reattn_llm.kernels.torch_ops import gated_act_torch, rms_norm_torch
+    from reattn_llm.kernels.triton_gated import gated_act_triton
+    from reattn_llm.kernels.triton_norm import rms_norm_triton
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = (torch.randn(rows, hidden, device="cuda", generator=g) * 3).to(dtype)
+    w = torch.randn(hidden, device="cuda", generator=g).to(dtype)
+    gate = (torch.randn(rows, inter, device="cuda", generator=g) * 4).to(dtype)
+    up = torch.randn(rows, inter, device="cuda", generator=g).to(dtype)
+    eps = torch.finfo(dtype).eps
+    info = {}
+    for label, args in (("norm_llama", (1e-5, 0.0, True)), ("norm_gemma", (1e-6, 1.0, False))):
+        got, want = rms_norm_triton(x, w, *args), rms_norm_torch(x, w, *args)
+        ulp = ((got.double() - want.double()).abs() / (eps * want.double().abs().clamp_min(1.0))).max().item()
+        assert ulp <= 2.0, f"{label}: {ulp:.2f} ulp from the twin"
+        info[f"{label}_ulp"] = ulp
+        info[f"{label}_us"] = triton.testing.do_bench(lambda a=args: rms_norm_triton(x, w, *a)) * 1e3
+        info[f"{label}_us_stock"] = triton.testing.do_bench(lambda a=args: rms_norm_torch(x, w, *a)) * 1e3
+    for act in ("silu", "gelu_tanh"):
+        got, want = gated_act_triton(gate, up, act), gated_act_torch(gate, up, act)
+        ulp = ((got.double() - want.double()).abs() / (eps * want.double().abs().clamp_min(1.0))).max().item()
+        assert ulp <= 2.0, f"{act}: {ulp:.2f} ulp from the twin"
+        info[f"{act}_ulp"] = ulp
+        info[f"{act}_us"] = triton.testing.do_bench(lambda a=act: gated_act_triton(gate, up, a)) * 1e3
+        info[f"{act}_us_stock"] = triton.testing.do_bench(lambda a=act: gated_act_torch(gate, up, a)) * 1e3
+    return info
+
+
 CASES = {
+    "model ops 8B forward 8192 x 4096 / 14336 bf16": lambda: model_ops_case(8192, 4096, 14336, BF16),
+    "model ops 8B decode 1 x 4096 / 14336 bf16": lambda: model_ops_case(1, 4096, 14336, BF16),
+    "model ops SmolLM2 1000 x 576 / 1536 fp16": lambda: model_ops_case(1000, 576, 1536, F16),
     "topk prefill 2048x131071 H32/8 d128 bf16": lambda: topk_case(1, 32, 8, 2048, 131071, 128, 4, BF16),
     "topk prefill 1024x65537 H32/8 d128 fp16 k1": lambda: topk_case(1, 32, 8, 1024, 65537, 128, 1, F16),
     "topk decode 1x1000003 H32/8 d128 bf16": lambda: topk_case(1, 32, 8, 1, 1000003, 128, 4, BF16),

@@ -1215,6 +1215,11 @@ def main() -> int:
         "the baseline of the batched selection",
     )
     ap.add_argument(
+        "--stock-ops",
+        action="store_true",
+        help="--e2e with the model's RMSNorm and MLP forwards stock (method.model_ops.FUSE off), the baseline",
+    )
+    ap.add_argument(
         "--set",
         default="",
         help="more ReAttentionConfig fields for --e2e, ruler.py's form: candidate_blocks=254,k=v",
@@ -1230,6 +1235,11 @@ def main() -> int:
     RESULTS["selection"] = SELECTION
     EXACT_ANSWER = None if args.exact_answer == "default" else args.exact_answer
     RESULTS["exact_answer"] = EXACT_ANSWER
+    if args.stock_ops:
+        from reattn_llm.method import model_ops
+
+        model_ops.FUSE = False
+    RESULTS["fused_model_ops"] = not args.stock_ops
     if args.set:
         from ruler import _parse_overrides
 

@@ -913,6 +913,131 @@ def spans_errors_case():
     )
 
 
+# ----------------------------------------------------------------------------- the model's own ops
+
+
+def rms_norm_case(shape, n, dtype, gemma, row_pad=0, seed=0):
+    """``kernels.rms_norm`` on Triton against its twin (the stock modules' arithmetic, checked in
+    ``tests/test_model_ops.py``) and an fp64 reference: within one rounding of fp16 (a few fp32 ulp);
+    rows strided (``row_pad`` elements between them) and 3-D inputs included."""
+    from reattn_llm.kernels import rms_norm, rms_norm_torch
+
+    torch.manual_seed(seed)
+    x = (torch.randn(*shape, n + row_pad, dtype=dtype) * 3)[..., :n]
+    w = torch.randn(n, dtype=dtype)
+    off, cast_first = (1.0, False) if gemma else (0.0, True)
+    got = rms_norm(x, w, 1e-6, off, cast_first, backend="triton")
+    twin = rms_norm_torch(x, w, 1e-6, off, cast_first)
+    xd = x.double()
+    ref = xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-6) * (off + w.double())
+    assert got.shape == x.shape and got.dtype == twin.dtype, (got.shape, got.dtype, twin.dtype)
+    ulp = torch.finfo(dtype).eps * ref.abs().clamp_min(1.0)
+    err_twin = ((got.double() - twin.double()).abs() / ulp).max().item()
+    err_ref = ((got.double() - ref).abs() / ulp).max().item()
+    twin_ref = ((twin.double() - ref).abs() / ulp).max().item()
+    tol = 2.0 if dtype != F32 else 8.0  # fp32: the sum's order moves a few ulp of 24 bits
+    assert err_twin <= tol, f"{err_twin:.2f} ulp from the twin"
+    assert err_ref <= twin_ref + tol / 2, f"{err_ref:.2f} ulp from fp64 (twin {twin_ref:.2f})"
+    return {"ulp_vs_twin": err_twin, "ulp_vs_fp64": err_ref}
+
+
+def gated_act_case(shape, n, dtype, act, halves=False, seed=0):
+    """``kernels.gated_act`` on Triton against its twin (``F.silu`` / ``F.gelu(tanh)`` times ``up``):
+    within one rounding in fp16 (a few fp32 ulp in fp32); ``halves``: gate and up the two halves of one fused projection's rows."""
+    from reattn_llm.kernels import gated_act, gated_act_torch
+
+    torch.manual_seed(seed)
+    if halves:
+        gate, up = (torch.randn(*shape, 2 * n, dtype=dtype) * 4).chunk(2, dim=-1)
+    else:
+        gate, up = torch.randn(*shape, n, dtype=dtype) * 4, torch.randn(*shape, n, dtype=dtype)
+    gate[..., :3] = torch.tensor([-200.0, 200.0, 0.0], dtype=dtype)  # saturation both ways, zero
+    got = gated_act(gate, up, act, backend="triton")
+    twin = gated_act_torch(gate, up, act)
+    assert got.shape == twin.shape and got.dtype == twin.dtype and got.is_contiguous()
+    assert torch.isfinite(got).all()
+    ulp = torch.finfo(dtype).eps * twin.double().abs().clamp_min(1.0)
+    err = ((got.double() - twin.double()).abs() / ulp).max().item()
+    tol = 2.0 if dtype != F32 else 16.0  # fp32: exp / tanh formulas of their own, a few ulp of 24 bits
+    assert err <= tol, f"{err:.2f} ulp from the twin"
+    return {"ulp_vs_twin": err}
+
+
+def model_ops_errors_case():
+    from reattn_llm.kernels.triton_gated import gated_act_triton
+    from reattn_llm.kernels.triton_norm import rms_norm_triton
+
+    x = torch.randn(3, 8)
+    return expect_value_errors(
+        [
+            lambda: rms_norm_triton(x, torch.ones(7), 1e-6),
+            lambda: rms_norm_triton(x.to(torch.int32), torch.ones(8), 1e-6),
+            lambda: rms_norm_triton(x, torch.ones(8), 1e-6, offset=1.0, cast_first=True),
+            lambda: rms_norm_triton(torch.randn(2, 20000), torch.ones(20000), 1e-6),
+            lambda: gated_act_triton(x, x, "relu"),
+            lambda: gated_act_triton(x, x[:, :7], "silu"),
+            lambda: gated_act_triton(x, x.half(), "silu"),
+        ]
+    )
+
+
+def model_ops_models_case():
+    """The default model (SmolLM2, fp32) and tiny Qwen3 (per-head q/k norms) and Phi-3 (fused
+    ``gate_up_proj``) models, stock against their RMSNorm and MLP forwards fused
+    (``method.model_ops.fuse_model_ops`` with the Triton backend, interpreted): every known module
+    swapped, the logits within fp32 rounding, and ``remove()`` restores the stock forwards."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tiny_models import tiny_model
+
+    from reattn_llm.method.model_ops import fuse_model_ops
+    from reattn_llm.runtime.models import load_model
+
+    smol, _ = load_model(None, torch.device("cpu"), torch.float32)
+    models = {
+        "smollm2": (smol, 61, 30),
+        "qwen3": (tiny_model("qwen3", layers=2, seed=3), 2 * 4 + 1, 2),
+        "phi3": (tiny_model("phi3", heads=4, kv_heads=2, head_dim=16, layers=2, seed=4), 5, 2),
+    }
+    info = {}
+    for name, (model, norms, mlps) in models.items():
+        ids = torch.randint(3, model.config.vocab_size, (1, 37), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            want = model(ids).logits
+            swaps = fuse_model_ops(model.model if hasattr(model, "model") else model, "triton")
+            kinds = [type(s.module).__name__ for s in swaps]
+            try:
+                got = model(ids).logits
+            finally:
+                for s in swaps:
+                    s.remove()
+            again = model(ids).logits
+        n_mlp = sum(k.endswith("MLP") for k in kinds)
+        assert (len(kinds) - n_mlp, n_mlp) == (norms, mlps), (name, kinds)
+        assert not any("forward" in vars(s.module) for s in swaps), "remove() left a forward behind"
+        assert torch.equal(again, want), "stock forwards not restored"
+        err = (got - want).abs().max().item()
+        assert err <= 1e-4 * want.abs().max().item(), f"{name}: logits differ by {err:.3g}"
+        info[name] = {"swapped": len(kinds), "max_logit_diff": err}
+    return info
+
+
+def model_ops_cases():
+    return {
+        "rms_norm_llama_n576_f32": lambda: rms_norm_case((37,), 576, F32, gemma=False),
+        "rms_norm_llama_n130_strided_f16": lambda: rms_norm_case((2, 5), 130, F16, gemma=False, row_pad=6),
+        "rms_norm_gemma_n640_f16": lambda: rms_norm_case((9,), 640, F16, gemma=True),
+        "rms_norm_gemma_n64_rows_f32": lambda: rms_norm_case((3, 4, 33), 64, F32, gemma=True, row_pad=64),
+        "gated_silu_f16": lambda: gated_act_case((3, 11), 1500, F16, "silu"),
+        "gated_gelu_tanh_f32": lambda: gated_act_case((5,), 777, F32, "gelu_tanh"),
+        "gated_silu_halves_f16": lambda: gated_act_case((2, 7), 96, F16, "silu", halves=True),
+        "model_ops_errors": model_ops_errors_case,
+        "model_ops_models": model_ops_models_case,
+    }
+
+
 def all_cases():
     cases = {}
     cases.update(topk_cases())
@@ -921,6 +1046,7 @@ def all_cases():
     cases["argument_errors"] = errors_case
     cases.update(rank_blocks_cases())
     cases.update(spans_cases())
+    cases.update(model_ops_cases())
     return cases
 
 

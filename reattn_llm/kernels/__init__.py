@@ -6,8 +6,10 @@
 chunk's span centres by the hits their spans cover and ``scope_from_centres`` builds its scope
 from them. Two-level selection: ``rank_blocks`` ranks key blocks from their summaries (level 1),
 ``top_blocks`` picks the candidates, ``candidate_blocks`` is both (fused for a decode step), and
-``score_topk_blocks`` is ``score_topk`` over the candidate blocks read in place (level 2). Each has
-a Triton implementation (CUDA) and a torch twin of identical signature (CPU, and the reference).
+``score_topk_blocks`` is ``score_topk`` over the candidate blocks read in place (level 2). Around
+the attention, the model's own small ops: ``rms_norm`` and the gated MLP's ``gated_act``, one
+launch each (:mod:`reattn_llm.method.model_ops`). Each has a Triton implementation (CUDA) and a
+torch twin of identical signature (CPU, and the reference).
 The prompt-chunk kernels (``score_topk``, ``score_topk_blocks``, ``rank_blocks``, ``rank_spans``,
 ``scope_from_centres``) also take ``grow``: the batch is one forward's chunks, entry b's middle
 ``(B - 1 - b)·grow`` keys shorter than the last's, each selected as if alone in the same launches
@@ -22,7 +24,9 @@ import torch
 
 from .torch_ops import (
     candidate_blocks_torch,
+    gated_act_torch,
     rank_blocks_torch,
+    rms_norm_torch,
     rotate_one_torch,
     scope_attention_torch,
     score_topk_blocks_torch,
@@ -36,11 +40,15 @@ __all__ = [
     "SelectedScope",
     "candidate_blocks",
     "candidate_blocks_torch",
+    "gated_act",
+    "gated_act_torch",
     "rank_blocks",
     "rank_blocks_torch",
     "rank_spans",
     "rank_spans_torch",
     "resolve_backend",
+    "rms_norm",
+    "rms_norm_torch",
     "rotate_one",
     "rotate_one_torch",
     "scope_attention",
@@ -249,3 +257,30 @@ def scope_from_centres(
 
         return scope_from_centres_triton(*args)
     return scope_from_centres_torch(*args)
+
+
+def rms_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    offset: float = 0.0,
+    cast_first: bool = True,
+    backend: str = "torch",
+) -> torch.Tensor:
+    """Dispatch for :func:`rms_norm_torch` (same signature, ``backend`` already resolved)."""
+    if backend == "triton":
+        from .triton_norm import rms_norm_triton
+
+        return rms_norm_triton(x, weight, eps, offset, cast_first)
+    return rms_norm_torch(x, weight, eps, offset, cast_first)
+
+
+def gated_act(
+    gate: torch.Tensor, up: torch.Tensor, act: str = "silu", backend: str = "torch"
+) -> torch.Tensor:
+    """Dispatch for :func:`gated_act_torch` (same signature, ``backend`` already resolved)."""
+    if backend == "triton":
+        from .triton_gated import gated_act_triton
+
+        return gated_act_triton(gate, up, act)
+    return gated_act_torch(gate, up, act)

@@ -259,3 +259,36 @@ def candidate_blocks_torch(q: torch.Tensor, summaries: torch.Tensor, c: int, gro
     """Two-level selection's level 1 whole: :func:`rank_blocks_torch`, then :func:`top_blocks_torch`
     -> ``[B, Hkv, c]`` int64 blocks, increasing (``grow``: as :func:`rank_blocks_torch`'s)."""
     return top_blocks_torch(rank_blocks_torch(q, summaries, grow), c)
+
+
+def rms_norm_torch(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0, cast_first: bool = True
+) -> torch.Tensor:
+    """RMSNorm over the last dim, transformers' arithmetic: ``r = rsqrt(mean(x²) + eps)`` in fp32,
+    then Llama's order (``cast_first``: ``weight * (x·r).to(x.dtype)``, as Llama, Mistral, Qwen and
+    Phi-3 do) or Gemma's (``((x·r) * (offset + weight)).to(x.dtype)`` in fp32, ``offset`` 1).
+
+    Args:
+        x: ``[..., N]``.
+        weight: ``[N]``.
+
+    Returns:
+        ``[..., N]``: in ``promote(x.dtype, weight.dtype)`` with ``cast_first``, else ``x.dtype``.
+    """
+    if cast_first and offset:
+        raise ValueError("rms_norm: offset applies with cast_first=False (Gemma's order) only")
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    if cast_first:
+        return weight * y.to(x.dtype)
+    return (y * (offset + weight.float())).to(x.dtype)
+
+
+def gated_act_torch(gate: torch.Tensor, up: torch.Tensor, act: str = "silu") -> torch.Tensor:
+    """The gated MLP's ``act(gate) * up`` (``[..., N]`` each, one dtype), the stock ops: ``act``
+    ``"silu"`` (Llama, Mistral, Qwen, Phi-3) or ``"gelu_tanh"`` (Gemma 3's ``gelu_pytorch_tanh``)."""
+    if act == "silu":
+        return F.silu(gate) * up
+    if act == "gelu_tanh":
+        return F.gelu(gate, approximate="tanh") * up
+    raise ValueError(f"gated_act: act must be 'silu' or 'gelu_tanh', got {act!r}")

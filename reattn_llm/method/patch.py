@@ -13,6 +13,8 @@ What ``patch(model, config)`` installs:
   position 0, so no position at or beyond the window is ever evaluated;
 * ``config._attn_implementation = "reattention"``: the function in :mod:`reattn_llm.method.attention`,
   registered with ``AttentionInterface`` (and a mask function with ``AttentionMaskInterface``);
+* the RMSNorm and gated-MLP modules' forwards replaced by one-kernel ones where the Triton backend
+  runs (:func:`~reattn_llm.method.model_ops.fuse_model_ops`: the stock arithmetic, fewer launches);
 * a pre-hook on the base model that supplies a :class:`ReAttentionCache` when the caller asks for
   a cache but passes none, and a ``generate`` wrapper that does the same for generation.
 
@@ -50,6 +52,7 @@ from ..kv.storage import KVStorage
 from .attention import ATTN_NAME, CACHE_KWARG, reattention_forward, reattention_mask, set_stock_sliding
 from .config import ReAttentionConfig
 from .families import FULL, attention_window, check_model_config, sliding_layers, sliding_windows, text_config
+from .model_ops import fuse_model_ops
 from .rope import RopeTable, identity_rope, rotary_width, skip_identity_rope
 from .state import PatchState, SelectionRecorder
 
@@ -235,6 +238,7 @@ def patch(model: nn.Module, config: ReAttentionConfig | None = None) -> PatchHan
             handle._hooks.append(skip)
     for attn, order in zip(patched, orders, strict=False):
         handle._hooks.append(attn.qkv_proj.register_forward_hook(order))
+    handle._hooks.extend(fuse_model_ops(base, resolved.backend))  # RMSNorm, gated MLP: one kernel each
 
     def rotary_pre(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         if state.rope.building:
