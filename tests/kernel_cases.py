@@ -985,7 +985,8 @@ def model_ops_models_case():
     """The default model (SmolLM2, fp32) and tiny Qwen3 (per-head q/k norms) and Phi-3 (fused
     ``gate_up_proj``) models, stock against their RMSNorm and MLP forwards fused
     (``method.model_ops.fuse_model_ops`` with the Triton backend, interpreted): every known module
-    swapped, the logits within fp32 rounding, and ``remove()`` restores the stock forwards."""
+    swapped, the logits within fp32 rounding, stock with gradients on, and ``remove()`` restores the
+    stock forwards."""
     import sys
     from pathlib import Path
 
@@ -1010,6 +1011,8 @@ def model_ops_models_case():
             kinds = [type(s.module).__name__ for s in swaps]
             try:
                 got = model(ids).logits
+                with torch.enable_grad():  # parameters that want gradients: the stock forwards run
+                    assert torch.equal(model(ids).logits.detach(), want), "fused under autograd"
             finally:
                 for s in swaps:
                     s.remove()

@@ -94,14 +94,13 @@ def fuse_model_ops(model: nn.Module, backend: str = "auto") -> list[_Swap]:
     return swaps
 
 
-def _kernel_backend(backend: str, *tensors: torch.Tensor) -> str | None:
-    """``"triton"`` when the fused kernel runs on these tensors, else None (the stock forward)."""
-    t = tensors[0]
-    if torch.is_grad_enabled() and any(x.requires_grad for x in tensors):
+def _kernel_backend(backend: str, module: nn.Module, x: torch.Tensor) -> str | None:
+    """``"triton"`` when the fused kernel runs on ``x`` for ``module``, else None (the stock forward)."""
+    if x.device.type != "cuda" and not (interpreting() and backend == "triton"):
         return None
-    if t.device.type != "cuda" and not (interpreting() and backend == "triton"):
-        return None
-    return "triton" if resolve_backend(backend, t.device) == "triton" else None
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())):
+        return None  # no backward here: autograd keeps the stock ops
+    return "triton" if resolve_backend(backend, x.device) == "triton" else None
 
 
 def _norm_forward(module: nn.Module, backend: str, gemma: bool) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -109,7 +108,7 @@ def _norm_forward(module: nn.Module, backend: str, gemma: bool) -> Callable[[tor
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         w = module.weight
-        kb = _kernel_backend(backend, x, w)
+        kb = _kernel_backend(backend, module, x)
         if kb is None or x.shape[-1] > _MAX_WIDTH or x.stride(-1) != 1 or w.device != x.device:
             return stock(x)
         if gemma:
@@ -125,7 +124,7 @@ def _mlp_forward(
     stock = module.forward
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        kb = _kernel_backend(backend, x, *(p for p in module.parameters(recurse=True)))
+        kb = _kernel_backend(backend, module, x)
         if kb is None:
             return stock(x)
         if fused:
