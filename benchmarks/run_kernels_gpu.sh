@@ -4,6 +4,8 @@
 # (and optionally end-to-end) benchmarks; end to end decodes from CUDA graphs too (kernels.py --graphs).
 #   bash benchmarks/run_kernels_gpu.sh "--micro --sweep" "llama32k,llama128k"
 #   AB=1 SKIP_CHECK= bash benchmarks/run_kernels_gpu.sh "" "llama32k"    # the scoring A/B, checks, one e2e
+#   OPS_AB=1 SKIP_CHECK=1 bash benchmarks/run_kernels_gpu.sh "" "llama32k,llama128k"  # e2e (graphs) with the
+#     model's RMSNorm / MLP fused (the default) and stock (kernels.py --stock-ops), the model-ops checks first
 #   PREFIX_AB=1 SKIP_CHECK=1 bash benchmarks/run_kernels_gpu.sh "" "llama32k"  # e2e, then again with the
 #     prefill prefix through cuDNN (kernels.py --attn-prefix cudnn), alternating, two of each
 # Logs and JSON land in $OUT (or ./gpu_out when OUT is unset).
@@ -18,7 +20,7 @@ python3 -c "import torch, triton, transformers; print(torch.__version__, triton.
 if [ -z "$SKIP_CHECK" ]; then
   python3 benchmarks/gpu_kernels_check.py --json "$OUT/check.json" 2>&1 | tee "$OUT/check.log" | grep -v '^PASS'
   python3 -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_select_kernel.py tests/test_batched_chunks.py \
-    tests/test_cudnn_prefix.py tests/test_phi3.py -k "graph or cuda or gpu or partial_rotary_itself" \
+    tests/test_cudnn_prefix.py tests/test_phi3.py tests/test_model_ops.py -k "graph or cuda or gpu or partial_rotary_itself" \
     2>&1 | tail -3 | tee "$OUT/pytest_gpu.log"
 fi
 # AB=1: score_topk's, level 1's and decode attention's variants against their defaults first (same inputs;
@@ -28,6 +30,15 @@ if [ -n "$AB" ]; then
 fi
 args=($MICRO)
 if [ -n "$E2E" ]; then args+=(--e2e "$E2E" --graphs); fi
+if [ -n "$OPS_AB" ] && [ -n "$E2E" ]; then
+  python3 benchmarks/gpu_kernels_check.py --only "model ops" --json "$OUT/check_ops.json" 2>&1 | tee "$OUT/check_ops.log"
+  for ops in fused stock; do
+    flag=(); [ $ops = stock ] && flag=(--stock-ops)
+    PROFILE=none python3 benchmarks/kernels.py --e2e "$E2E" --graphs --graph-buckets 32 "${flag[@]}" \
+      --json "$OUT/e2e_ops_$ops.json" 2>&1 | tee "$OUT/e2e_ops_$ops.log" | grep '^\[e2e\]'
+  done
+  exit 0
+fi
 if [ -n "$PREFIX_AB" ] && [ -n "$E2E" ]; then
   for r in 1 2; do for p in triton cudnn; do
     PROFILE=none python3 benchmarks/kernels.py --e2e "$E2E" --attn-prefix $p --json "$OUT/e2e_${p}_$r.json" \
