@@ -89,6 +89,24 @@ def test_patch_fuses_unless_the_torch_backend_or_switched_off(monkeypatch: pytes
         assert swapped() == 0
 
 
+def test_modules_whose_forward_is_already_wrapped_are_left_alone() -> None:
+    """accelerate's ``device_map`` hooks replace a module's forward on the instance: fusing must
+    neither drop that wrapper nor delete it on removal."""
+    model = tiny_model("llama", heads=4, kv_heads=2, head_dim=16, layers=1)
+    mlp = model.model.layers[0].mlp
+    stock = mlp.forward
+
+    def wrapped(x: torch.Tensor) -> torch.Tensor:
+        return stock(x)
+
+    mlp.forward = wrapped
+    swaps = fuse_model_ops(model.model, "auto")
+    assert mlp not in {s.module for s in swaps} and len(swaps) == 3  # the norms only
+    for s in swaps:
+        s.remove()
+    assert mlp.forward is wrapped
+
+
 def test_unknown_activations_keep_the_stock_mlp() -> None:
     model = tiny_model("llama", heads=4, kv_heads=2, head_dim=16, layers=1, hidden_act="relu")
     kinds = {type(s.module).__name__ for s in fuse_model_ops(model.model, "auto")}

@@ -13,7 +13,8 @@ arithmetic (the same rounding points; only the mean's summation order differs).
 Which modules: the classes whose forward is known to be that arithmetic (:data:`LLAMA_NORMS`,
 :data:`GEMMA_NORMS`, :data:`GATED_MLPS`, :data:`FUSED_GATE_UP_MLPS`, checked against the stock
 modules by ``tests/test_model_ops.py``), and an MLP only when its activation is SiLU or GELU's tanh
-approximation. A fused forward runs where the Triton backend would (``ReAttentionConfig.backend``:
+approximation; a module whose forward is already replaced on the instance (accelerate's device
+hooks under ``device_map``) is left alone. A fused forward runs where the Triton backend would (``ReAttentionConfig.backend``:
 CUDA tensors, or Triton's interpreter), outside autograd (no backward: with gradients on, the
 stock forward runs); anywhere else the module's own forward runs. ``unpatch`` restores the
 modules. :data:`FUSE` switches it off for A/B measurements (``benchmarks/kernels.py --stock-ops``).
@@ -83,6 +84,10 @@ def fuse_model_ops(model: nn.Module, backend: str = "auto") -> list[_Swap]:
     swaps = []
     for module in model.modules():
         name = type(module).__name__
+        if "forward" in vars(
+            module
+        ):  # already wrapped (accelerate's device hooks, another patch): left alone
+            continue
         if name in LLAMA_NORMS or name in GEMMA_NORMS:
             swaps.append(_Swap(module, _norm_forward(module, backend, gemma=name in GEMMA_NORMS)))
         elif name in GATED_MLPS or name in FUSED_GATE_UP_MLPS:
