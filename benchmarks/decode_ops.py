@@ -189,19 +189,19 @@ def main() -> None:
     )
     args = ap.parse_args()
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton: CPU runs the interpreter
-    rows = [
-        ("stock", None),
-        ("reattention torch", "torch"),
-        ("reattention triton", "triton"),
-        ("", "stock-ops"),
+    from reattn_llm.method import model_ops
+
+    rows = [  # label, backend, the model's own norms and MLPs fused (method.model_ops.FUSE)
+        ("stock", None, True),
+        ("reattention torch", "torch", True),
+        ("reattention triton", "triton", True),
+        ("reattention triton, stock RMSNorm / MLP", "triton", False),
     ]
     results = {}
-    for label, backend in rows:
-        if backend == "stock-ops":  # the Triton backend with the model's own norms and MLPs left stock
-            from reattn_llm.method import model_ops
-
-            model_ops.FUSE, label, backend = False, "reattention triton, stock RMSNorm / MLP", "triton"
+    for label, backend, fuse in rows:
+        model_ops.FUSE = fuse
         results[label] = decode_counts(backend, args.prefill, args.selection, args.past_limit, args.joined)
+    model_ops.FUSE = True
     what = f"prompt chunk of {CONFIG['chunk_size']}" if args.prefill else "decode"
     if args.prefill and args.joined > 1:
         what += f", {args.joined} joined per forward,"

@@ -943,7 +943,8 @@ def rms_norm_case(shape, n, dtype, gemma, row_pad=0, seed=0):
 
 def gated_act_case(shape, n, dtype, act, halves=False, seed=0):
     """``kernels.gated_act`` on Triton against its twin (``F.silu`` / ``F.gelu(tanh)`` times ``up``):
-    within one rounding in fp16 (a few fp32 ulp in fp32); ``halves``: gate and up the two halves of one fused projection's rows."""
+    within one rounding in fp16 (a few fp32 ulp in fp32); ``halves``: gate and up the two halves of
+    one fused projection's rows."""
     from reattn_llm.kernels import gated_act, gated_act_torch
 
     torch.manual_seed(seed)

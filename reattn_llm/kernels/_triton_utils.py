@@ -9,6 +9,10 @@ import torch
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
+#: The widest row the RMSNorm kernel normalises in registers (a model's hidden size or a head's dims);
+#: here, not in ``triton_norm``, so callers check it without importing triton.
+MAX_NORM_WIDTH = 16384
+
 #: log2(e): the kernels' softmax runs in exp2, scores scaled by ``scaling * LOG2E``.
 LOG2E = 1.4426950408889634
 

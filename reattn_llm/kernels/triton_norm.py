@@ -15,12 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_utils import cdiv, check_device, next_pow2
+from ._triton_utils import MAX_NORM_WIDTH, cdiv, check_device, next_pow2
 
 __all__ = ["MAX_NORM_WIDTH", "rms_norm_triton"]
-
-#: The widest row one program normalises in registers (the model's hidden size or a head's dims).
-MAX_NORM_WIDTH = 16384
 
 
 @triton.jit(do_not_specialize=["M"])

@@ -14,9 +14,9 @@ Which modules: the classes whose forward is known to be that arithmetic (:data:`
 :data:`GEMMA_NORMS`, :data:`GATED_MLPS`, :data:`FUSED_GATE_UP_MLPS`, checked against the stock
 modules by ``tests/test_model_ops.py``), and an MLP only when its activation is SiLU or GELU's tanh
 approximation; a module whose forward is already replaced on the instance (accelerate's device
-hooks under ``device_map``) is left alone. A fused forward runs where the Triton backend would (``ReAttentionConfig.backend``:
-CUDA tensors, or Triton's interpreter), outside autograd (no backward: with gradients on, the
-stock forward runs); anywhere else the module's own forward runs. ``unpatch`` restores the
+hooks under ``device_map``) is left alone. A fused forward runs where the Triton backend would
+(``ReAttentionConfig.backend``: CUDA tensors, or Triton's interpreter), outside autograd (no
+backward: with gradients on, the stock forward runs); anywhere else the module's own forward runs. ``unpatch`` restores the
 modules. :data:`FUSE` switches it off for A/B measurements (``benchmarks/kernels.py --stock-ops``).
 """
 
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..kernels import gated_act, resolve_backend, rms_norm
-from ..kernels._triton_utils import interpreting
+from ..kernels._triton_utils import MAX_NORM_WIDTH, interpreting
 
 __all__ = ["FUSE", "FUSED_GATE_UP_MLPS", "GATED_MLPS", "GEMMA_NORMS", "LLAMA_NORMS", "fuse_model_ops"]
 
@@ -45,8 +45,6 @@ GEMMA_NORMS = frozenset({"Gemma3RMSNorm"})
 GATED_MLPS = frozenset({"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP", "Gemma3MLP", "SmolLM3MLP"})
 #: ``gate, up = gate_up_proj(x).chunk(2, -1); down_proj(up * activation_fn(gate))``
 FUSED_GATE_UP_MLPS = frozenset({"Phi3MLP"})
-#: most rows a norm kernel normalises in registers (``kernels.triton_norm.MAX_NORM_WIDTH``)
-_MAX_WIDTH = 16384
 
 
 class _Swap:
@@ -84,9 +82,8 @@ def fuse_model_ops(model: nn.Module, backend: str = "auto") -> list[_Swap]:
     swaps = []
     for module in model.modules():
         name = type(module).__name__
-        if "forward" in vars(
-            module
-        ):  # already wrapped (accelerate's device hooks, another patch): left alone
+        # a forward already replaced on the instance (accelerate's device hooks, another patch): left alone
+        if "forward" in vars(module):
             continue
         if name in LLAMA_NORMS or name in GEMMA_NORMS:
             swaps.append(_Swap(module, _norm_forward(module, backend, gemma=name in GEMMA_NORMS)))
@@ -114,7 +111,7 @@ def _norm_forward(module: nn.Module, backend: str, gemma: bool) -> Callable[[tor
     def forward(x: torch.Tensor) -> torch.Tensor:
         w = module.weight
         kb = _kernel_backend(backend, module, x)
-        if kb is None or x.shape[-1] > _MAX_WIDTH or x.stride(-1) != 1 or w.device != x.device:
+        if kb is None or x.shape[-1] > MAX_NORM_WIDTH or x.stride(-1) != 1 or w.device != x.device:
             return stock(x)
         if gemma:
             return rms_norm(x, w, module.eps, 1.0, False, backend=kb)
