@@ -67,15 +67,16 @@ def _time(fn, dev: torch.device, reps: int) -> float:
     return statistics.median(ts)
 
 
-def flops(q: int, m: int, c: int, bs: int) -> tuple[float, float]:
-    """(exact, two-level) scoring FLOPs of one layer call (two-level as :func:`two_level_topk` runs it)."""
+def flops(q: int, m: int, c: int, bs: int, stride: int = 1) -> tuple[float, float]:
+    """(exact, two-level) scoring FLOPs of one layer call (two-level as :func:`two_level_topk` runs it,
+    level 1 from every ``stride``-th query)."""
     exact = 2.0 * H * q * m * D
     n_full = m // bs
     c = max(c, -(-TOP_K // bs))
     if c >= n_full:
         return exact, exact
     level2 = c * bs + (m - n_full * bs)
-    return exact, 4.0 * H * q * n_full * D + 2.0 * H * q * level2 * D
+    return exact, 4.0 * H * -(-q // stride) * n_full * D + 2.0 * H * q * level2 * D
 
 
 def run_speed(args, dev: torch.device, dtype: torch.dtype) -> list[dict]:
@@ -93,16 +94,21 @@ def run_speed(args, dev: torch.device, dtype: torch.dtype) -> list[dict]:
             q = torch.randn(1, H, qn, D, device=dev, dtype=dtype, generator=gen)
             reps = args.reps if qn == 1 or m <= 32768 else max(1, args.reps // 2)
             t_exact = _time(lambda q=q, k=k: score_topk(q, k, TOP_K, backend=backend), dev, reps)
-            for c in args.candidates:
+            for c, s in itertools.product(args.candidates, args.level1_strides if qn > 1 else [1]):
                 t_two = _time(
-                    lambda q=q, c=c, kv=layer: two_level_topk(q, kv, TOP_K, c, SPAN, backend), dev, reps
+                    lambda q=q, c=c, s=s, kv=layer: two_level_topk(
+                        q, kv, TOP_K, c, SPAN, backend, level1_stride=s
+                    ),
+                    dev,
+                    reps,
                 )
                 t_summ = _time(lambda n=new: block_summaries(n, SPAN), dev, reps) if qn > 1 else 0.0
-                f_exact, f_two = flops(qn, m, c, SPAN)
+                f_exact, f_two = flops(qn, m, c, SPAN, s)
                 row = dict(
                     M=m,
                     Q=qn,
                     C=c,
+                    S=s,
                     exact_ms=t_exact * 1e3,
                     two_level_ms=t_two * 1e3,
                     summ_ms=t_summ * 1e3,
@@ -177,11 +183,11 @@ def run_recall(args, dev: torch.device) -> list[dict]:
             torch.save(data, path)
     rows = []
     for m in args.lengths:
-        for c in args.candidates:
+        for c, s in itertools.product(args.candidates, args.level1_strides):
             hit_r, span_r = [], []
             for q, kmid in data[m]:
                 exact = score_topk(q, kmid, TOP_K)
-                two = two_level_topk(q, kmid, TOP_K, c, SPAN)
+                two = two_level_topk(q, kmid, TOP_K, c, SPAN, level1_stride=s)
                 hit_r.append(float((two[..., :, None] == exact[..., None, :]).any(-2).float().mean()))
                 se, ve = select_spans(exact, m, SPANS, SPAN)
                 st, vt = select_spans(two, m, SPANS, SPAN)
@@ -193,6 +199,7 @@ def run_recall(args, dev: torch.device) -> list[dict]:
             row = dict(
                 M=m,
                 C=c,
+                S=s,
                 hit_recall=statistics.mean(hit_r),
                 span_recall=statistics.mean(span_r),
                 span_recall_min=min(span_r),
@@ -260,12 +267,12 @@ def ruler_recall(args, dev: torch.device) -> list[dict]:
             h.remove()
         local = max(needle) >= G + m  # the needle in the local window: every selection keeps it
         mid = torch.tensor([min(i - G, m - 1) for i in needle], device=dev)
-        for c in args.candidates:
+        for c, s in itertools.product(args.candidates, args.level1_strides):
             hit_r, span_r, in_exact, in_two = [], [], 0, 0
             for li in layers:
                 q, kmid = qs[li][:, :, -CHUNK:], cache.layers[li].keys[:, :, G : G + m]
                 exact = score_topk(q, kmid, TOP_K)
-                two = two_level_topk(q, kmid, TOP_K, c, SPAN)
+                two = two_level_topk(q, kmid, TOP_K, c, SPAN, level1_stride=s)
                 hit_r.append(float((two[..., :, None] == exact[..., None, :]).any(-2).float().mean()))
                 a_m, b_m = _scope_mask(exact, m), _scope_mask(two, m)
                 span_r.append(float((a_m & b_m).sum() / a_m.sum()))
@@ -276,6 +283,7 @@ def ruler_recall(args, dev: torch.device) -> list[dict]:
                 tokens=total,
                 M=m,
                 C=c,
+                S=s,
                 needle_at=needle[0],
                 needle_local=local,
                 hit_recall=statistics.mean(hit_r),
@@ -298,12 +306,13 @@ def ruler_table(args, dev: torch.device, name: str) -> int:
         f"prompt read in {args.read_mode} mode)"
     )
     print(
-        "| sample | tokens | C blocks | hit recall | span recall | needle kept, exact | needle kept, two-level |"
+        "| sample | tokens | C blocks | level-1 stride | hit recall | span recall | needle kept, exact | "
+        "needle kept, two-level |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['sample']} | {r['tokens']} | {r['C']} | {r['hit_recall']:.3f} | {r['span_recall']:.3f} | "
+            f"| {r['sample']} | {r['tokens']} | {r['C']} | {r['S']} | {r['hit_recall']:.3f} | {r['span_recall']:.3f} | "
             f"{r['needle_layers_exact']}/{r['layers']} | {r['needle_layers_two_level']}/{r['layers']} |"
         )
     if args.out:
@@ -316,6 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", default="8192,32768", help="middle lengths M")
     ap.add_argument("--candidates", default=f"{4 * SPANS},128", help="candidate_blocks values")
+    ap.add_argument(
+        "--level1-strides",
+        default="1",
+        help="level1_stride values (level 1 from every s-th query of a chunk)",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto", help="auto: fp32 on CPU, bf16 on CUDA")
     ap.add_argument("--backend", default="auto")
@@ -356,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         two_level.LEVEL1_KERNEL = ()
     args.lengths = [int(x) for x in args.lengths.split(",")]
     args.candidates = [int(x) for x in args.candidates.split(",")]
+    args.level1_strides = [int(x) for x in args.level1_strides.split(",")]
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
@@ -384,13 +399,13 @@ def main(argv: list[str] | None = None) -> int:
         f"\nScoring per layer call, {H}/{HKV} heads, d {D}, top-{TOP_K}, blocks of {SPAN} ({name}, {dtype})"
     )
     print(
-        "| M keys | Q | C blocks | exact ms | two-level ms | speed-up | + summarise chunk ms | exact GFLOP | "
-        "two-level GFLOP | FLOP ratio |"
+        "| M keys | Q | C blocks | level-1 stride | exact ms | two-level ms | speed-up | + summarise chunk ms | "
+        "exact GFLOP | two-level GFLOP | FLOP ratio |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in res["speed"]:
         print(
-            f"| {r['M']} | {r['Q']} | {r['C']} | {r['exact_ms']:.2f} | {r['two_level_ms']:.2f} | "
+            f"| {r['M']} | {r['Q']} | {r['C']} | {r['S']} | {r['exact_ms']:.2f} | {r['two_level_ms']:.2f} | "
             f"{r['exact_ms'] / r['two_level_ms']:.1f}x | {r['summ_ms']:.2f} | {r['exact_gflop']:.2f} | "
             f"{r['two_level_gflop']:.2f} | {r['exact_gflop'] / r['two_level_gflop']:.1f}x |"
         )
@@ -400,11 +415,13 @@ def main(argv: list[str] | None = None) -> int:
             f"\nTwo-level vs exact selection on real keys (Emma, {res['recall'][0]['layers']} layers, "
             "the 1024 queries ending at G + M + L tokens)"
         )
-        print("| M keys | C blocks | hit recall | span recall (mean) | span recall (worst layer) |")
-        print("|---|---|---|---|---|")
+        print(
+            "| M keys | C blocks | level-1 stride | hit recall | span recall (mean) | span recall (worst layer) |"
+        )
+        print("|---|---|---|---|---|---|")
         for r in res["recall"]:
             print(
-                f"| {r['M']} | {r['C']} | {r['hit_recall']:.3f} | {r['span_recall']:.3f} | "
+                f"| {r['M']} | {r['C']} | {r['S']} | {r['hit_recall']:.3f} | {r['span_recall']:.3f} | "
                 f"{r['span_recall_min']:.3f} |"
             )
     if args.out:

@@ -129,6 +129,39 @@ def test_two_level_reduces_to_top_k_of_its_candidates():
             assert torch.equal(got, best)
 
 
+@pytest.mark.parametrize("stride", [1, 3, 50])
+def test_level1_from_every_sth_query_and_level2_for_every_query(stride):
+    """``level1_stride=s``: the candidates are those of the queries ``q[:, :, ::s]`` alone (a literal
+    rank and top-C of their rows), and every query's hits are its own top-k inside them (and the
+    partial tail); a batch of one sequence's chunks (``grow``) selects each chunk as if alone."""
+    from reattn_llm.kernels import top_blocks_torch
+
+    gen = torch.Generator().manual_seed(stride)
+    q = torch.randn(2, 4, 12, 16, generator=gen, dtype=torch.float64)
+    k = torch.randn(1, 2, 8 * 30 + 3, 16, generator=gen, dtype=torch.float64)
+    hits = two_level_topk(
+        q, k.expand(2, -1, -1, -1), 3, candidate_blocks=5, block_size=8, level1_stride=stride
+    )
+    blocks = top_blocks_torch(
+        rank_blocks_torch(q[:, :, ::stride], block_summaries(k, 8).expand(2, -1, -1, -1)), 5
+    )
+    s = _scores(q, k.expand(2, -1, -1, -1))
+    for b in range(2):
+        for h in range(4):
+            cand = set(blocks[b, h // 2].tolist())
+            allowed = [r for r in range(k.shape[2]) if r // 8 in cand or r >= 240]
+            for i in range(12):
+                got = s[b, h, i, hits[b, h, i]].sort(descending=True).values
+                assert torch.equal(got, s[b, h, i, allowed].sort(descending=True).values[:3])
+    # two chunks of 8 queries, the second's middle 16 keys (two blocks) longer: each as if alone
+    kv = DenseLayer()
+    kv.update(k, k)
+    both = two_level_topk(q[:, :, :8], kv, 3, 5, 8, lo=3, grow=16, level1_stride=stride)
+    for b, hi in enumerate((k.shape[2] - 16, k.shape[2])):
+        alone = two_level_topk(q[b : b + 1, :, :8], kv, 3, 5, 8, lo=3, hi=hi, level1_stride=stride)
+        assert _same_hits(both[b : b + 1], alone)
+
+
 def test_rank_is_sliced_over_rows_without_changing_it(monkeypatch):
     import reattn_llm.kernels.torch_ops as ops
 
@@ -197,7 +230,8 @@ def test_config_fields_and_errors():
     assert c.candidates == 9 and c.summary_block == 64
     with pytest.raises(ConfigError, match="selection="):
         ReAttentionConfig(selection="approx")  # type: ignore[arg-type]
-    for name in ("candidate_blocks", "block_size"):
+    assert c.level1_stride == 1 and ReAttentionConfig(level1_stride=4).level1_stride == 4
+    for name in ("candidate_blocks", "block_size", "level1_stride"):
         with pytest.raises(ConfigError, match=name):
             ReAttentionConfig(**{name: 0})
 

@@ -37,6 +37,11 @@ PAPER_TOP_K = 4
 MAX_PREFILL_CHUNK = 1024
 CANDIDATES_PER_SPAN = 4
 DECODE_EXTRA_UNTIL = 1 << 18
+#: Fields that are positive integers (or None: their default).
+_POSITIVE = (
+    "candidate_blocks block_size level1_stride prefill_forward global_size local_size span_size top_k".split()
+)
+_POSITIVE += "prompt_top_k chunk_size window effective_window".split()
 #: The option fields and their allowed values, from the Literal types above (one spelling).
 _CHOICES: dict[str, tuple[str, ...]] = {
     "mode": get_args(Mode),
@@ -130,6 +135,8 @@ class ReAttentionConfig:
             ``4 * max_spans`` (:attr:`candidates`). When they cover the whole middle, the result is
             the exact selection's.
         block_size: keys per summarised block for two-level selection; default ``span_size``.
+        level1_stride: two-level selection ranks a document chunk's blocks (level 1) from every
+            ``level1_stride``-th query of the chunk; level 2 scores every query. Default 1.
         exact_answer: with ``selection="two_level"``, the forwards an answer is read from that score
             exactly: ``"all"``, the question (a forward's last chunk when shorter than ``chunk_size``:
             the question as its own chunk, or a prompt's last ``tail_size`` tokens) and each decode
@@ -174,6 +181,7 @@ class ReAttentionConfig:
     selection: Selection = "exact"
     candidate_blocks: int | None = None
     block_size: int | None = None
+    level1_stride: int = 1
     exact_answer: ExactAnswer | None = None
     kv_dtype: KVDtype = "model"
     offload: Offload = "none"
@@ -211,19 +219,7 @@ class ReAttentionConfig:
                 f"kv_dtype={self.kv_dtype!r} / offload={self.offload!r} apply to ReAttention's cache; mode='full' "
                 "is the stock model's attention: use mode='reattention' (or 'streaming'), or the defaults."
             )
-        for name in (
-            "candidate_blocks",
-            "block_size",
-            "prefill_forward",
-            "global_size",
-            "local_size",
-            "span_size",
-            "top_k",
-            "prompt_top_k",
-            "chunk_size",
-            "window",
-            "effective_window",
-        ):
+        for name in _POSITIVE:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"{name}={value!r}: must be a positive integer (or None for the default).")

@@ -173,7 +173,15 @@ def plan_scope(
             qs = _expected_queries(state, q, loc, spans, backend)  # type: ignore[arg-type]
         if cfg.two_level_for(qc, last):
             hits = two_level_topk(
-                qs, kv, cfg.hits_for(qc), cfg.candidates, cfg.summary_block, backend, lo=g, hi=g + m
+                qs,
+                kv,
+                cfg.hits_for(qc),
+                cfg.candidates,
+                cfg.summary_block,
+                backend,
+                lo=g,
+                hi=g + m,
+                level1_stride=cfg.level1_stride,
             )  # type: ignore[arg-type]
         else:
             hits = kv.score_middle(qs, g, g + m, cfg.hits_for(qc), backend)  # type: ignore[arg-type]
@@ -324,7 +332,9 @@ def _batched_scopes(
     k = cfg.hits_for(qc)
     if cfg.two_level_for(qc, hi == query.shape[2]):  # both levels for the batch, each chunk over its middle
         bs = cfg.summary_block
-        hits = two_level_topk(qs, kv, k, cfg.candidates, bs, backend, lo=g, hi=g + m, grow=qc)  # type: ignore[arg-type]
+        hits = two_level_topk(
+            qs, kv, k, cfg.candidates, bs, backend, lo=g, hi=g + m, grow=qc, level1_stride=cfg.level1_stride
+        )  # type: ignore[arg-type]
     else:
         hits = kv.score_middle(qs, g, g + m, k, backend, grow=qc)  # type: ignore[operator]
     centres, votes = rank_spans(hits, m, n_spans, span, backend, grow=qc)  # type: ignore[arg-type]

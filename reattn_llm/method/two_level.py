@@ -84,6 +84,7 @@ def two_level_topk(
     lo: int = 0,
     hi: int | None = None,
     grow: int = 0,
+    level1_stride: int = 1,
 ) -> torch.Tensor:
     """Top-k middle keys per (query head, query), scored exactly inside summary-picked candidates.
 
@@ -99,6 +100,8 @@ def two_level_topk(
         grow: ``q``'s batch is one sequence's chunks (``keys`` that sequence's): entry b's middle is
             ``[lo, hi - (B - 1 - b)·grow)``, selected as if alone. Both levels run once for the batch
             when every entry selects two-level and ``grow`` is whole blocks; else entry by entry.
+        level1_stride: level 1 ranks the blocks from every ``level1_stride``-th query of the chunk
+            (``q[:, :, ::s]``), level 2 scores every query: level 1 costs ``s`` times less.
 
     Returns:
         ``[B, H, Q, k']`` int64 middle positions in ``[0, hi - lo)``, like :func:`score_topk`. When
@@ -110,13 +113,13 @@ def two_level_topk(
     n_full = m // block_size
     c = max(candidate_blocks, -(-top_k // block_size))
     if grow:
-        return _grown(q, kv, top_k, candidate_blocks, block_size, backend, lo, hi, grow)
+        return _grown(q, kv, top_k, candidate_blocks, block_size, backend, lo, hi, grow, level1_stride)
     if c >= n_full:
         return exact_topk(q, kv, lo, hi, top_k, backend)
     # Level 1: rank the full blocks by their best row-normalised blended score; keep the best C.
     level1 = backend if backend in LEVEL1_KERNEL else "torch"
     summaries = kv.block_summaries(lo, block_size, n_full)
-    blocks = level1_candidates(q, summaries, c, level1)  # [B, Hkv, C], increasing
+    blocks = level1_candidates(q[:, :, ::level1_stride], summaries, c, level1)  # [B, Hkv, C], increasing
     # Level 2: exact scores over the candidates' keys and the partial block at the end.
     return kv.score_blocks(q, lo, hi, blocks, block_size, top_k, backend)
 
@@ -131,6 +134,7 @@ def _grown(
     lo: int,
     hi: int,
     grow: int,
+    level1_stride: int = 1,
 ) -> torch.Tensor:
     """:func:`two_level_topk` of a batch of one sequence's chunks (``grow``): the blocks of the last
     chunk's middle are summarised at once (a kept block is summarised once, whoever needs it
@@ -141,11 +145,22 @@ def _grown(
     ends = [hi - (b - 1 - i) * grow for i in range(b)]
     if grow % block_size or c >= (ends[0] - lo) // block_size:  # a chunk scores exactly, or blocks misalign
         parts = [
-            two_level_topk(q[i : i + 1], kv, top_k, candidate_blocks, block_size, backend, lo=lo, hi=e)
+            two_level_topk(
+                q[i : i + 1],
+                kv,
+                top_k,
+                candidate_blocks,
+                block_size,
+                backend,
+                lo=lo,
+                hi=e,
+                level1_stride=level1_stride,
+            )
             for i, e in enumerate(ends)
         ]
         return torch.cat(parts)
     summaries = kv.block_summaries(lo, block_size, (hi - lo) // block_size)
     level1 = backend if backend in LEVEL1_KERNEL else "torch"
-    blocks = level1_candidates(q, summaries.expand(b, -1, -1, -1), c, level1, grow // block_size)
+    q1 = q[:, :, ::level1_stride]
+    blocks = level1_candidates(q1, summaries.expand(b, -1, -1, -1), c, level1, grow // block_size)
     return kv.score_blocks(q, lo, hi, blocks, block_size, top_k, backend, grow)
