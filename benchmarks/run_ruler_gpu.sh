@@ -108,15 +108,17 @@ case "$phase" in
        --label re-two-c512 --variant re-two-c512-all:exact_answer=none --workers 2 --out "$out/two_level.jsonl" > "$out/two512_128k.log" 2>&1 &
     wait
     ;;
-  budget)  # two-level selection with half the default model's candidate blocks (62 of 124) against exact and
-    # the default budget: niah_single_2 and niah_multikey_1 at 32K (20 each), niah_single_2 at 128K (10)
-    T="timeout ${LIMIT_S:-300}"
-    half=(--set selection=two_level,candidate_blocks=${HALF:-62} --label re-two-half)
+  budget)  # two-level selection with half the default model's candidate blocks (62 of 124) and level 1 from every
+    # STRIDE-th query of a document chunk (level1_stride, default 4) against exact selection, and two-level with the
+    # default budget at that stride: niah_single_2 and niah_multikey_1 at 32K (20 each), niah_single_2 at 128K (10)
+    T="timeout ${LIMIT_S:-300}"; s=${STRIDE:-4}
+    half=(--set selection=two_level,candidate_blocks=${HALF:-62},level1_stride=$s --label re-two-half-s$s)
     $T $R --modes reattention --lengths 32768 --tasks niah_single_2,niah_multikey_1 --workers 4 --out "$out/budget.jsonl" > "$out/budget_exact32.log" 2>&1 &
     $T $R --modes reattention --lengths 131072 --tasks niah_single_2 --workers 4 --out "$out/budget.jsonl" > "$out/budget_exact128.log" 2>&1 &
     $T $R --modes reattention --lengths 32768 --tasks niah_single_2,niah_multikey_1 "${half[@]}" --workers 3 --out "$out/budget.jsonl" > "$out/budget_half32.log" 2>&1 &
     $T $R --modes reattention --lengths 131072 --tasks niah_single_2 "${half[@]}" --workers 3 --out "$out/budget.jsonl" > "$out/budget_half128.log" 2>&1 &
-    $T $R --modes reattention --lengths 32768 --tasks niah_multikey_1 --set selection=two_level --label re-two-level --workers 2 --out "$out/budget.jsonl" > "$out/budget_two32.log" 2>&1 &
+    $T $R --modes reattention --lengths 32768,131072 --tasks niah_single_2 --set selection=two_level,level1_stride=$s --label re-two-s$s \
+       --workers 3 --out "$out/budget.jsonl" > "$out/budget_two_s.log" 2>&1 &
     wait
     ;;
   two_level_tasks)  # two-level selection (the default exact answer forwards) against exact and streaming at 32K
