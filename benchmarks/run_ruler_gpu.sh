@@ -109,9 +109,9 @@ case "$phase" in
     wait
     ;;
   budget)  # two-level selection with half the default model's candidate blocks (62 of 124) and level 1 from every
-    # STRIDE-th query of a document chunk (level1_stride, default 4) against exact selection, and two-level with the
+    # STRIDE-th query of a document chunk (level1_stride, default 8) against exact selection, and two-level with the
     # default budget at that stride: niah_single_2 and niah_multikey_1 at 32K (20 each), niah_single_2 at 128K (10)
-    T="timeout ${LIMIT_S:-300}"; s=${STRIDE:-4}
+    T="timeout ${LIMIT_S:-300}"; s=${STRIDE:-8}
     half=(--set selection=two_level,candidate_blocks=${HALF:-62},level1_stride=$s --label re-two-half-s$s)
     $T $R --modes reattention --lengths 32768 --tasks niah_single_2,niah_multikey_1 --workers 4 --out "$out/budget.jsonl" > "$out/budget_exact32.log" 2>&1 &
     $T $R --modes reattention --lengths 131072 --tasks niah_single_2 --workers 4 --out "$out/budget.jsonl" > "$out/budget_exact128.log" 2>&1 &

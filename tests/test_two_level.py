@@ -230,7 +230,7 @@ def test_config_fields_and_errors():
     assert c.candidates == 9 and c.summary_block == 64
     with pytest.raises(ConfigError, match="selection="):
         ReAttentionConfig(selection="approx")  # type: ignore[arg-type]
-    assert c.level1_stride == 1 and ReAttentionConfig(level1_stride=4).level1_stride == 4
+    assert c.level1_stride == 8 and (c.level1_for(1024), c.level1_for(1023), c.level1_for(1)) == (8, 1, 1)
     for name in ("candidate_blocks", "block_size", "level1_stride"):
         with pytest.raises(ConfigError, match=name):
             ReAttentionConfig(**{name: 0})

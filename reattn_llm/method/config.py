@@ -135,8 +135,8 @@ class ReAttentionConfig:
             ``4 * max_spans`` (:attr:`candidates`). When they cover the whole middle, the result is
             the exact selection's.
         block_size: keys per summarised block for two-level selection; default ``span_size``.
-        level1_stride: two-level selection ranks a document chunk's blocks (level 1) from every
-            ``level1_stride``-th query of the chunk; level 2 scores every query. Default 1.
+        level1_stride: two-level level 1 ranks a full chunk's blocks from every ``level1_stride``-th query
+            (level 2 scores all): default 8, 8x cheaper, recall on real keys unmoved for strides 2-16.
         exact_answer: with ``selection="two_level"``, the forwards an answer is read from that score
             exactly: ``"all"``, the question (a forward's last chunk when shorter than ``chunk_size``:
             the question as its own chunk, or a prompt's last ``tail_size`` tokens) and each decode
@@ -181,7 +181,7 @@ class ReAttentionConfig:
     selection: Selection = "exact"
     candidate_blocks: int | None = None
     block_size: int | None = None
-    level1_stride: int = 1
+    level1_stride: int = 8
     exact_answer: ExactAnswer | None = None
     kv_dtype: KVDtype = "model"
     offload: Offload = "none"
@@ -270,6 +270,10 @@ class ReAttentionConfig:
         if queries == 1:  # a decode step
             return mode != "all"
         return not (mode != "none" and last and queries < self.chunk_size)  # type: ignore[operator]
+
+    def level1_for(self, queries: int) -> int:
+        """Level 1's query stride for a two-level chunk of ``queries`` queries: ``level1_stride`` for a full chunk."""
+        return self.level1_stride if queries >= (self.chunk_size or 0) else 1
 
     @property
     def is_resolved(self) -> bool:

@@ -181,7 +181,7 @@ def plan_scope(
                 backend,
                 lo=g,
                 hi=g + m,
-                level1_stride=cfg.level1_stride,
+                level1_stride=cfg.level1_for(qc),
             )  # type: ignore[arg-type]
         else:
             hits = kv.score_middle(qs, g, g + m, cfg.hits_for(qc), backend)  # type: ignore[arg-type]
@@ -333,7 +333,7 @@ def _batched_scopes(
     if cfg.two_level_for(qc, hi == query.shape[2]):  # both levels for the batch, each chunk over its middle
         bs = cfg.summary_block
         hits = two_level_topk(
-            qs, kv, k, cfg.candidates, bs, backend, lo=g, hi=g + m, grow=qc, level1_stride=cfg.level1_stride
+            qs, kv, k, cfg.candidates, bs, backend, lo=g, hi=g + m, grow=qc, level1_stride=cfg.level1_for(qc)
         )  # type: ignore[arg-type]
     else:
         hits = kv.score_middle(qs, g, g + m, k, backend, grow=qc)  # type: ignore[operator]
