@@ -231,6 +231,7 @@ def test_config_fields_and_errors():
     with pytest.raises(ConfigError, match="selection="):
         ReAttentionConfig(selection="approx")  # type: ignore[arg-type]
     assert c.level1_stride == 8 and (c.level1_for(1024), c.level1_for(1023), c.level1_for(1)) == (8, 1, 1)
+    assert ReAttentionConfig(level1_stride=None, chunk_size=64).level1_for(64) == 8  # type: ignore[arg-type]
     for name in ("candidate_blocks", "block_size", "level1_stride"):
         with pytest.raises(ConfigError, match=name):
             ReAttentionConfig(**{name: 0})

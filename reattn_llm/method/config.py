@@ -37,11 +37,10 @@ PAPER_TOP_K = 4
 MAX_PREFILL_CHUNK = 1024
 CANDIDATES_PER_SPAN = 4
 DECODE_EXTRA_UNTIL = 1 << 18
+LEVEL1_STRIDE = 8
 #: Fields that are positive integers (or None: their default).
-_POSITIVE = (
-    "candidate_blocks block_size level1_stride prefill_forward global_size local_size span_size top_k".split()
-)
-_POSITIVE += "prompt_top_k chunk_size window effective_window".split()
+_POSITIVE = "candidate_blocks block_size level1_stride prefill_forward global_size local_size".split()
+_POSITIVE += "span_size top_k prompt_top_k chunk_size window effective_window".split()
 #: The option fields and their allowed values, from the Literal types above (one spelling).
 _CHOICES: dict[str, tuple[str, ...]] = {
     "mode": get_args(Mode),
@@ -181,7 +180,7 @@ class ReAttentionConfig:
     selection: Selection = "exact"
     candidate_blocks: int | None = None
     block_size: int | None = None
-    level1_stride: int = 8
+    level1_stride: int = LEVEL1_STRIDE
     exact_answer: ExactAnswer | None = None
     kv_dtype: KVDtype = "model"
     offload: Offload = "none"
@@ -273,7 +272,7 @@ class ReAttentionConfig:
 
     def level1_for(self, queries: int) -> int:
         """Level 1's query stride for a two-level chunk of ``queries`` queries: ``level1_stride`` for a full chunk."""
-        return self.level1_stride if queries >= (self.chunk_size or 0) else 1
+        return (self.level1_stride or LEVEL1_STRIDE) if queries >= (self.chunk_size or 0) else 1
 
     @property
     def is_resolved(self) -> bool:
