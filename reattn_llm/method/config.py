@@ -271,7 +271,8 @@ class ReAttentionConfig:
         return not (mode != "none" and last and queries < self.chunk_size)  # type: ignore[operator]
 
     def level1_for(self, queries: int) -> int:
-        """Level 1's query stride for a two-level chunk of ``queries`` queries: ``level1_stride`` for a full chunk."""
+        """Level 1's query stride for a two-level chunk of ``queries`` queries: ``level1_stride`` for a
+        full chunk, 1 (every query) for a shorter one."""
         return (self.level1_stride or LEVEL1_STRIDE) if queries >= (self.chunk_size or 0) else 1
 
     @property

@@ -16,8 +16,9 @@ modules by ``tests/test_model_ops.py``), and an MLP only when its activation is 
 approximation; a module whose forward is already replaced on the instance (accelerate's device
 hooks under ``device_map``) is left alone. A fused forward runs where the Triton backend would
 (``ReAttentionConfig.backend``: CUDA tensors, or Triton's interpreter), outside autograd (no
-backward: with gradients on, the stock forward runs); anywhere else the module's own forward runs. ``unpatch`` restores the
-modules. :data:`FUSE` switches it off for A/B measurements (``benchmarks/kernels.py --stock-ops``).
+backward: with gradients on, the stock forward runs); anywhere else the module's own forward
+runs. ``unpatch`` restores the modules. :data:`FUSE` switches it off for A/B measurements
+(``benchmarks/kernels.py --stock-ops``).
 """
 
 from __future__ import annotations

@@ -134,7 +134,7 @@ def _grown(
     lo: int,
     hi: int,
     grow: int,
-    level1_stride: int = 1,
+    level1_stride: int,
 ) -> torch.Tensor:
     """:func:`two_level_topk` of a batch of one sequence's chunks (``grow``): the blocks of the last
     chunk's middle are summarised at once (a kept block is summarised once, whoever needs it
@@ -161,6 +161,6 @@ def _grown(
         return torch.cat(parts)
     summaries = kv.block_summaries(lo, block_size, (hi - lo) // block_size)
     level1 = backend if backend in LEVEL1_KERNEL else "torch"
-    q1 = q[:, :, ::level1_stride]
+    q1 = q[:, :, ::level1_stride]  # level 1's rows; level 2 scores every query
     blocks = level1_candidates(q1, summaries.expand(b, -1, -1, -1), c, level1, grow // block_size)
     return kv.score_blocks(q, lo, hi, blocks, block_size, top_k, backend, grow)
