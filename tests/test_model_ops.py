@@ -116,23 +116,30 @@ def test_unknown_activations_keep_the_stock_mlp() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_the_gpu_the_fused_ops_keep_the_default_models_logits() -> None:
-    """The default model in bf16 on the GPU, patched with and without the fused norms and MLPs: the
-    same next tokens, logits within bf16 rounding of each other."""
+    """The default model in bf16 on the GPU, patched with and without the fused norms and MLPs, each
+    against the same model in fp32 (stock ops): the fused path strays from fp32 no further than the
+    stock bf16 path does (bf16's own rounding through 30 layers is the tolerance, as in
+    ``test_cudnn_prefix``), and picks fp32's next token as often."""
     from reattn_llm.runtime.models import load_model
 
-    model, _ = load_model(None, torch.device("cuda"), torch.bfloat16)
-    ids = torch.randint(
-        3, model.config.vocab_size, (1, 300), generator=torch.Generator().manual_seed(0)
-    ).cuda()
+    ids = torch.randint(3, 49152, (1, 300), generator=torch.Generator().manual_seed(0)).cuda()
     out = {}
-    for fuse in (False, True):
+    for dtype, fuse in ((torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True)):
+        model, _ = load_model(None, torch.device("cuda"), dtype)
         model_ops.FUSE = fuse
         try:
             with torch.no_grad(), patch(model, ReAttentionConfig()):
-                out[fuse] = model(ids).logits.float()
+                out[dtype, fuse] = model(ids).logits.float()
         finally:
             model_ops.FUSE = True
-    err = (out[True] - out[False]).abs().max().item()
-    assert err <= 0.02 * out[False].abs().max().item(), err
-    agree = (out[True].argmax(-1) == out[False].argmax(-1)).float().mean().item()
-    assert agree >= 0.97, agree
+        del model
+    ref = out[torch.float32, False]
+    err_stock = (out[torch.bfloat16, False] - ref).abs().max().item()
+    err_fused = (out[torch.bfloat16, True] - ref).abs().max().item()
+    print(f"max |logit - fp32|: stock bf16 {err_stock:.4f}, fused bf16 {err_fused:.4f}")
+    assert err_fused <= 1.5 * err_stock, (err_fused, err_stock)
+    agree = {
+        f: (out[torch.bfloat16, f].argmax(-1) == ref.argmax(-1)).float().mean().item() for f in (False, True)
+    }
+    print(f"next token as fp32's: stock bf16 {agree[False]:.3f}, fused bf16 {agree[True]:.3f}")
+    assert agree[True] >= agree[False] - 0.02, agree
