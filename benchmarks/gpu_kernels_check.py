@@ -570,6 +570,9 @@ CASES = {
         1, 32, 1024, 4, 131072, 127, 32, 300
     ),
     "spans chunk Q512 H9 k4 M1048576 span32 keep31 b2": lambda: spans_case(2, 9, 512, 4, 1 << 20, 31, 32),
+    "spans batch B8 Q1024 H32 k4 M24576 span32 keep127 bands": lambda: spans_case(
+        8, 32, 1024, 4, 24576, 127, 32, 300
+    ),
     "spans chunk Q512 H9 k4 M40000 span7 keep63 bands": lambda: spans_case(1, 9, 512, 4, 40000, 63, 7, 50),
     "select chunk Q7 H3 k5 M < n*span": lambda: select_case(1, 3, 7, 5, 50, 0, 9, 8, 4, 16, False),
     # a forward's chunks as one batch: the 8B shape's 8 chunks of 1024 at 128K, SmolLM2's 16 of 512

@@ -705,9 +705,10 @@ def errors_case():
 # ----------------------------------------------------------------------------- span votes
 
 
-def spans_case(B, shape, M, keep, span, seed=0, cluster=None, strided=False):
+def spans_case(B, shape, M, keep, span, seed=0, cluster=None, strided=False, spaced=False):
     """A prompt chunk's span votes: the kernel equals the twin bit for bit. ``cluster``: the hits
-    fall in a few narrow bands (ties between neighbouring centres, as real hits give)."""
+    fall in a few narrow bands (ties between neighbouring centres, as real hits give); ``spaced``:
+    on every ``span``-th row, so every one is a centre and the kernel's list of centres is full."""
     from reattn_llm.kernels.torch_select import rank_spans_torch
     from reattn_llm.kernels.triton_spans import rank_spans_triton
 
@@ -719,6 +720,8 @@ def spans_case(B, shape, M, keep, span, seed=0, cluster=None, strided=False):
         pick = torch.randint(0, cluster, (B, int(torch.tensor(shape).prod())), generator=g)
         off = torch.randint(-span, span + 1, pick.shape, generator=g)
         hits = (centres.gather(1, pick) + off).clamp(0, M - 1).reshape(B, *shape)
+    if spaced:
+        hits = (torch.arange(hits.numel()) * span % (-(-M // span) * span)).reshape(hits.shape)
     if strided:  # a view with a gap between batch entries
         hits = torch.cat([hits, hits], dim=-1)[..., : shape[-1]]
     got = rank_spans_triton(hits, M, keep, span)
@@ -726,6 +729,8 @@ def spans_case(B, shape, M, keep, span, seed=0, cluster=None, strided=False):
     for a, w, what in zip(got, want, ("centres", "votes"), strict=True):
         assert a.dtype == torch.int64 and a.shape == w.shape, (what, a.shape, w.shape)
         assert torch.equal(a, w), f"{what} differ: {a.tolist()} vs {w.tolist()}"
+    if spaced:  # every span-th row a centre: the list is full, the best kept
+        assert int((got[0] < M).sum()) == B * keep
     return {"spans": int((got[0] < M).sum()), "votes_max": int(got[1].max())}
 
 
@@ -892,6 +897,8 @@ def spans_cases():
         "spans_clustered_span32": lambda: spans_case(1, (9, 40, 4), 4097, 31, 32, cluster=12),
         "spans_odd_span7_strided": lambda: spans_case(2, (4, 6), 733, 5, 7, cluster=5, strided=True),
         "spans_span1": lambda: spans_case(1, (50,), 300, 20, 1, cluster=3),
+        "spans_every_slot_a_centre": lambda: spans_case(2, (3, 126), 1001, 40, 8, spaced=True),
+        "spans_every_slot_kept": lambda: spans_case(1, (3, 126), 1001, 126, 8, spaced=True),
         "spans_few_hits_many_spans": lambda: spans_case(1, (2, 2), 5000, 100, 16),
         "spans_tiled_fits_budget": lambda: spans_case(2, (3, 7), 90, 12, 8),
         "spans_errors": spans_errors_case,
