@@ -38,6 +38,7 @@ import dataclasses
 import gc
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -54,6 +55,9 @@ GRAPH_BUCKETS = [32]
 SELECTION = "exact"
 #: --exact-answer: ReAttentionConfig.exact_answer of --e2e (None: the default)
 EXACT_ANSWER: str | None = None
+#: --prefill-repeats: prefills timed per mode in --e2e's llama cases (stock, then ReAttention); the
+#: figures are their medians (one run's spread was +-5% at 32K on one H100, BENCHMARKS.md run 19)
+PREFILL_REPEATS = 1
 #: ``--set``: more ReAttentionConfig fields for ``--e2e`` (e.g. ``candidate_blocks=254``)
 E2E_SET: dict = {}
 #: --prefill-forward: tokens per ReAttention prefill forward in --e2e, whole chunks joined as the engine
@@ -806,19 +810,10 @@ def engine_forwards(cfg, T: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def reattn_prefill_decode(
-    model, ids, steps=8, warm=3, piece=None, time_budget=None, profile_label=None, state=None, cache=None
-):
-    """Prefill ``ids`` in the engine's forwards (:func:`prefill_forwards`; ``piece``: their size with
-    ``--prefill-forward 0``), into ``cache`` if given, then decode;
-    returns dict. With the patch's ``state``, also decode with CUDA graphs (:func:`graph_decode`)."""
-    t_total = 0.0
-    pkv = cache
-    T = ids.shape[1]
-    done = 0
-    patched = state or model._reattn_handle.state
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
+def reattn_prefill(model, ids, patched, piece=None, time_budget=None, cache=None):
+    """``(seconds, tokens, cache)``: ``ids`` prefilled in the engine's forwards (:func:`prefill_forwards`),
+    each forward synced and timed, into ``cache`` if given; ``time_budget`` stops it early."""
+    t_total, done, pkv, T = 0.0, 0, cache, ids.shape[1]
     for s, e in prefill_forwards(patched, T, piece):
         chunk = ids[:, s:e]
         with patched.whole_chunks(e - s > patched.config.chunk_size):
@@ -830,6 +825,26 @@ def reattn_prefill_decode(
         if time_budget is not None and t_total > time_budget and done < T:
             log(f"  prefill stopped by the time budget at {done} tokens")
             break
+    return t_total, done, pkv
+
+
+def median_of(first: float, more) -> tuple[float, list[float]]:
+    """The median of ``first`` and the ``PREFILL_REPEATS - 1`` more samples ``more()`` gives, and all of them."""
+    samples = [first] + [more() for _ in range(PREFILL_REPEATS - 1)]
+    return statistics.median(samples), samples
+
+
+def reattn_prefill_decode(
+    model, ids, steps=8, warm=3, piece=None, time_budget=None, profile_label=None, state=None, cache=None
+):
+    """Prefill ``ids`` in the engine's forwards (:func:`prefill_forwards`; ``piece``: their size with
+    ``--prefill-forward 0``), into ``cache`` if given, then decode;
+    returns dict. With the patch's ``state``, also decode with CUDA graphs (:func:`graph_decode`)."""
+    T = ids.shape[1]
+    patched = state or model._reattn_handle.state
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    t_total, done, pkv = reattn_prefill(model, ids, patched, piece, time_budget, cache)
     peak_prefill = torch.cuda.max_memory_allocated()
     cache_bytes = torch.cuda.memory_allocated() - before
     log(f"  prefill: {done} tokens in {t_total:.1f} s, peak {peak_prefill / 2**30:.1f} GiB")
@@ -925,6 +940,7 @@ def e2e(which: list[str]):
             torch.cuda.reset_peak_memory_stats()
             t_stock, cache_stock = stock_prefill(model, ids)
             peak_stock = torch.cuda.max_memory_allocated()
+            t_stock, stock_samples = median_of(t_stock, lambda: stock_prefill(model, ids)[0])
             gc.collect()
             torch.cuda.empty_cache()
             d_stock = stock_decode_static(model, T)
@@ -938,6 +954,9 @@ def e2e(which: list[str]):
                     profile_label=f"ReAttention decode {w}" if w in PROFILE else None,
                     state=h.state if GRAPHS else None,
                 )
+                r["prefill_s"], samples = median_of(
+                    r["prefill_s"], lambda: reattn_prefill(model, ids, h.state)[0]
+                )
             finally:
                 h.unpatch()
             gc.collect()
@@ -950,7 +969,13 @@ def e2e(which: list[str]):
                 "s",
                 "stock SDPA",
                 t_stock,
-                f"ratio {r['prefill_s'] / t_stock:.2f} (target <= 1.1)",
+                f"ratio {r['prefill_s'] / t_stock:.2f} (target <= 1.1)"
+                + (
+                    f"; medians of {PREFILL_REPEATS}: ReAttention {', '.join(f'{t:.3f}' for t in samples)} s,"
+                    f" stock {', '.join(f'{t:.3f}' for t in stock_samples)} s"
+                    if PREFILL_REPEATS > 1
+                    else ""
+                ),
             )
             row(
                 "e2e",
@@ -1224,9 +1249,19 @@ def main() -> int:
         default="",
         help="more ReAttentionConfig fields for --e2e, ruler.py's form: candidate_blocks=254,k=v",
     )
+    ap.add_argument(
+        "--prefill-repeats",
+        type=int,
+        default=1,
+        help="--e2e (llama32k / llama128k): prefills timed per mode, the figures their medians",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    global GRAPHS, GRAPH_BUCKETS, SELECTION, EXACT_ANSWER, PREFILL_FORWARD
+    global GRAPHS, GRAPH_BUCKETS, SELECTION, EXACT_ANSWER, PREFILL_FORWARD, PREFILL_REPEATS
+    if args.prefill_repeats < 1:
+        ap.error(f"--prefill-repeats must be at least 1, got {args.prefill_repeats}")
+    PREFILL_REPEATS = args.prefill_repeats
+    RESULTS["prefill_repeats"] = PREFILL_REPEATS
     PREFILL_FORWARD = args.prefill_forward
     RESULTS["prefill_forward"] = PREFILL_FORWARD
     GRAPHS = args.graphs

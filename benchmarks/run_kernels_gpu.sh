@@ -8,6 +8,9 @@
 #     model's RMSNorm / MLP fused (the default) and stock (kernels.py --stock-ops), the model-ops checks first
 #   PREFIX_AB=1 SKIP_CHECK=1 bash benchmarks/run_kernels_gpu.sh "" "llama32k"  # e2e, then again with the
 #     prefill prefix through cuDNN (kernels.py --attn-prefix cudnn), alternating, two of each
+#   CARD=H200 bash benchmarks/run_kernels_gpu.sh "" "llama128k"   # only on that card (a target stated for the
+#     H200, the two-level decode's 10 ms): on any other the call stops after nvidia-smi, costing seconds
+#   PREFILL_REPEATS=5: --e2e's prefill figures are medians of 5 (stock and ReAttention; kernels.py --prefill-repeats)
 # Logs and JSON land in $OUT (or ./gpu_out when OUT is unset).
 set -o pipefail
 OUT=${OUT:-gpu_out}
@@ -16,6 +19,7 @@ export PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1 PYTHONWARNINGS=ignore
 MICRO=${1:-"--micro --sweep"}
 E2E=${2:-""}
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv | tee "$OUT/gpu.txt"
+if [ -n "$CARD" ] && ! grep -q "$CARD" "$OUT/gpu.txt"; then echo "not a $CARD: nothing run"; exit 0; fi
 python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)"
 if [ -z "$SKIP_CHECK" ]; then
   python3 benchmarks/gpu_kernels_check.py --json "$OUT/check.json" 2>&1 | tee "$OUT/check.log" | grep -v '^PASS'
@@ -29,7 +33,7 @@ if [ -n "$AB" ]; then
   python3 benchmarks/scoring_ab.py 2>&1 | tee "$OUT/scoring_ab.log" | grep '^|'
 fi
 args=($MICRO)
-if [ -n "$E2E" ]; then args+=(--e2e "$E2E" --graphs); fi
+if [ -n "$E2E" ]; then args+=(--e2e "$E2E" --graphs --prefill-repeats "${PREFILL_REPEATS:-1}"); fi
 if [ -n "$OPS_AB" ] && [ -n "$E2E" ]; then
   python3 benchmarks/gpu_kernels_check.py --only "model ops" --json "$OUT/check_ops.json" 2>&1 | tee "$OUT/check_ops.log"
   for ops in fused stock; do
