@@ -238,7 +238,8 @@ BATCHED_CHUNKS: tuple[str, ...] = ("triton",)
 #: order keys, the peaks); a longer run is cut into batches of fewer chunks (at least two), so a
 #: batch at millions of keys stays bounded (``runtime.capacity.working_reserve`` counts it).
 BATCH_BYTES = 256 << 20
-#: Bytes per chunk and middle key of a batch's span votes (``kernels.triton_spans``: int32 + 2 int64).
+#: Bytes per chunk and middle key of a batch's span votes (``kernels.triton_spans``: int32 hits, int64
+#: keys, and the centres' int64 list, one slot per ``span_size`` keys: at most 8 bytes a key at span 1).
 SPAN_BYTES_PER_KEY = 20
 
 
