@@ -121,6 +121,19 @@ case "$phase" in
        --workers 3 --out "$out/budget.jsonl" > "$out/budget_two_s.log" 2>&1 &
     wait
     ;;
+  query_stride)  # a document chunk's spans voted by every QS-th query (query_stride, default 2) against every
+    # query (exact, the default), exact and two-level: niah_single_2 and niah_multikey_1 at 32K (20 each), 128K (10)
+    T="timeout ${LIMIT_S:-300}"; qs=${QS:-2}
+    $T $R --modes reattention --lengths 32768 --tasks niah_single_2,niah_multikey_1 --workers 4 --out "$out/qstride.jsonl" > "$out/qs_exact32.log" 2>&1 &
+    $T $R --modes reattention --lengths 131072 --tasks niah_single_2 --workers 3 --out "$out/qstride.jsonl" > "$out/qs_exact128.log" 2>&1 &
+    $T $R --modes reattention --lengths 32768 --tasks niah_single_2,niah_multikey_1 --set query_stride=$qs --label re-qs$qs \
+       --workers 4 --out "$out/qstride.jsonl" > "$out/qs_32.log" 2>&1 &
+    $T $R --modes reattention --lengths 131072 --tasks niah_single_2 --set query_stride=$qs --label re-qs$qs --workers 3 \
+       --out "$out/qstride.jsonl" > "$out/qs_128.log" 2>&1 &
+    $T $R --modes reattention --lengths 32768,131072 --tasks niah_single_2 --set selection=two_level,query_stride=$qs \
+       --label re-two-qs$qs --workers 3 --out "$out/qstride.jsonl" > "$out/qs_two.log" 2>&1 &
+    wait
+    ;;
   two_level_tasks)  # two-level selection (the default exact answer forwards) against exact and streaming at 32K
     # on three more tasks (niah_multikey_1, niah_multivalue, qa_1: 20 samples each, generated like Run 2's)
     T="timeout ${LIMIT_S:-540}"

@@ -56,18 +56,20 @@ def small_state(**kw) -> PatchState:
 TWO_LEVEL = {"selection": "two_level", "candidate_blocks": 2}
 
 
+@pytest.mark.parametrize("stride", [1, 3])
 @pytest.mark.parametrize("selection", ["exact", "two_level"])
-def test_a_run_of_chunks_plans_the_scopes_of_chunk_by_chunk(selection):
+def test_a_run_of_chunks_plans_the_scopes_of_chunk_by_chunk(selection, stride):
     """A forward of 8 whole chunks and a 5-query remainder from row 10 of a 143-row layer: the first
     chunk within ``G + L`` (full scope), two whose middle the spans tile, five batched, the short
     remainder alone. Every scope field and the remembered centres equal chunk-by-chunk planning,
-    with exact and with two-level selection (2 candidate blocks of 8 keys: middles of 38 to 102 keys)."""
+    with exact and with two-level selection (2 candidate blocks of 8 keys: middles of 38 to 102 keys),
+    with every query voting and with a whole chunk's every third (``query_stride=3``)."""
     torch.manual_seed(0)
     h, hkv, d, total = 4, 2, 16, 143
     keys = torch.randn(1, hkv, total, d)
     query = torch.randn(1, h, 133, d)
     bounds = [(i, i + 16) for i in range(0, 128, 16)] + [(128, 133)]
-    kw = TWO_LEVEL if selection == "two_level" else {}
+    kw = {"query_stride": stride, **(TWO_LEVEL if selection == "two_level" else {})}
     got_state, want_state = small_state(**kw), small_state(**kw)
     got_kv, want_kv = TensorKV(keys, keys), TensorKV(keys, keys)
     level1 = two_level.level1_candidates
@@ -97,6 +99,43 @@ def test_a_run_of_chunks_plans_the_scopes_of_chunk_by_chunk(selection):
     assert torch.equal(got_kv.pinned, want_kv.pinned) and torch.equal(
         got_kv.pinned_votes, want_kv.pinned_votes
     )
+
+
+@pytest.mark.parametrize("selection", ["exact", "two_level"])
+def test_query_stride_scores_a_whole_chunks_every_sth_query_and_a_short_chunks_all(selection):
+    """``query_stride=3``: the queries whose hits vote are a whole chunk's 0, 3, 6, ... (the scoring
+    receives exactly ``q[:, :, ::3]``; two-level's level 1 strides within them), a short chunk's (the
+    question's) and a decode step's all; chunk by chunk and batched alike."""
+    torch.manual_seed(2)
+    keys = torch.randn(1, 2, 200, 16)
+    query = torch.randn(1, 4, 53, 16)
+    kw = {"query_stride": 3, **(TWO_LEVEL if selection == "two_level" else {})}
+    seen: list[tuple[torch.Tensor, int]] = []
+    kv = TensorKV(keys, keys)
+    score, two = kv.score_middle, planning.two_level_topk
+    kv.score_middle = lambda q, *a, **k: seen.append((q, 1)) or score(q, *a, **k)  # type: ignore[method-assign]
+    planning.two_level_topk = lambda q, *a, **k: seen.append((q, k["level1_stride"])) or two(q, *a, **k)
+    try:
+        for batched in (False, True):
+            seen.clear()
+            with batching(batched):
+                planning.plan_chunks(
+                    small_state(**kw), query, kv, [(0, 16), (16, 32), (32, 48), (48, 53)], "torch"
+                )
+            qs = [q for q, _ in seen]
+            if batched:  # the three whole chunks as one batch [3, H, Q, D], then the short one
+                assert torch.equal(qs[0], query[0, :, :48].unflatten(1, (3, 16)).transpose(0, 1)[:, :, ::3])
+            else:
+                for i in range(3):
+                    assert torch.equal(qs[i], query[:, :, 16 * i : 16 * i + 16 : 3])
+            assert torch.equal(qs[-1], query[:, :, 48:])  # the question's chunk: every query, exactly
+            if selection == "two_level":
+                assert [s for _, s in seen[:-1]] == [8] * len(seen[:-1])
+        seen.clear()
+        planning.plan_scope(small_state(**kw), query[:, :, :1], kv, 200, "torch")  # a decode step
+        assert seen[0][0].shape[2] == 1
+    finally:
+        planning.two_level_topk = two
 
 
 def test_the_remembered_spans_are_the_forwards_last_chunks_when_it_is_batched():

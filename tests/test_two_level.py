@@ -230,9 +230,13 @@ def test_config_fields_and_errors():
     assert c.candidates == 9 and c.summary_block == 64
     with pytest.raises(ConfigError, match="selection="):
         ReAttentionConfig(selection="approx")  # type: ignore[arg-type]
-    assert c.level1_stride == 8 and (c.level1_for(1024), c.level1_for(1023), c.level1_for(1)) == (8, 1, 1)
-    assert ReAttentionConfig(level1_stride=None, chunk_size=64).level1_for(64) == 8  # type: ignore[arg-type]
-    for name in ("candidate_blocks", "block_size", "level1_stride"):
+    assert c.level1_stride == 8 and c.query_stride == 1
+    assert (c.strides_for(1024), c.strides_for(1023), c.strides_for(1)) == ((1, 8), (1, 1), (1, 1))
+    c = ReAttentionConfig(query_stride=2, level1_stride=4, chunk_size=64)
+    assert (c.strides_for(64), c.strides_for(16)) == ((2, 4), (1, 1))
+    none = ReAttentionConfig(level1_stride=None, query_stride=None, chunk_size=64)  # type: ignore[arg-type]
+    assert none.strides_for(64) == (1, 8)
+    for name in ("candidate_blocks", "block_size", "level1_stride", "query_stride"):
         with pytest.raises(ConfigError, match=name):
             ReAttentionConfig(**{name: 0})
 

@@ -40,7 +40,7 @@ DECODE_EXTRA_UNTIL = 1 << 18
 LEVEL1_STRIDE = 8
 #: Fields that are positive integers (or None: their default).
 _POSITIVE = "candidate_blocks block_size level1_stride prefill_forward global_size local_size".split()
-_POSITIVE += "span_size top_k prompt_top_k chunk_size window effective_window".split()
+_POSITIVE += "query_stride span_size top_k prompt_top_k chunk_size window effective_window".split()
 #: The option fields and their allowed values, from the Literal types above (one spelling).
 _CHOICES: dict[str, tuple[str, ...]] = {
     "mode": get_args(Mode),
@@ -66,18 +66,15 @@ class ReAttentionConfig:
         top_k: hits per (query head, query token) in the position-agnostic scoring, at most 32
             (``kernels.MAX_TOP_K``, the Triton kernel's limit).
         prompt_top_k: hits per (query head, query token) for prompt chunks (more than one query);
-            default ``top_k``. Decode steps keep ``top_k``: a step's few queries rank their hits one
-            by one, and more of them drown the good ones. Meant for very long documents, where the
-            question's words recur as decoys; no better on the CPU needles, too slow at 1M (Run 7).
+            default ``top_k`` (decode steps keep it: more hits drown a step's good ones). No better on
+            the CPU needles, too slow at 1M (Run 7).
         max_spans: spans kept per layer per forward (the most-voted hits). 0 = streaming.
         chunk_size: queries per prefill chunk (and per in-layer split of a long forward); <= L.
-        tail_size: the last tokens of a prompt (at most this many) form a chunk of their own, so
-            the selection that feeds the first answer token is voted by the question alone, not
-            by the end of the document before it. 0 turns this off.
-        prefill_forward: the most prompt tokens the engine feeds in one model forward (default 8192 on
-            a GPU; one chunk on the CPU and with fp8 or offload: ``method.chunks.engine_forward``): whole
-            chunks join, the layers split them back and each selects as if fed alone, while the linear
-            layers run (and launch) once for all. The working reserve grows with it.
+        tail_size: the last tokens of a prompt (at most this many) form a chunk of their own, so the
+            selection that feeds the first answer token is voted by the question alone. 0: off.
+        prefill_forward: the most prompt tokens the engine feeds in one model forward (default 8192 on a
+            GPU; one chunk on the CPU and with fp8 or offload: ``method.chunks.engine_forward``): whole
+            chunks join, the layers split them back, each selecting as if fed alone.
         window: the trained context W that positions stay under; default ``max_position_embeddings``.
         effective_window: the longest context the model reads well (its own in-window accuracy
             holds), which sizes the scope: G + max_spans * span + L <= min(window, effective_window),
@@ -102,12 +99,10 @@ class ReAttentionConfig:
             hits; decoding then attends to the last ``local_size - decode_extra_spans * span_size``
             tokens instead of ``local_size``. Default: half the local window's worth of spans.
         decode_extra_until: the longest cache (tokens) at which ``"union"`` decode steps still add
-            spans of their own hits; past it they keep only the question's spans and the whole local
-            window, and score no key (a step's cost stops growing with the cache). A decode step's
-            own top hits among a million keys are decoys that take the attention from the fact the
-            question's spans hold: on RULER's niah_single_2 at 1M tokens two own spans already lost a
-            sample that the question's spans alone found, while at 128K the own spans found 10/10
-            against 8/10 (BENCHMARKS.md, Run 12). Default 262,144 (between the two); None: always.
+            spans of their own hits; past it they keep the question's spans and the whole local window,
+            and score no key. Among a million keys a step's own top hits are decoys: on RULER's
+            niah_single_2 two own spans lost a 1M sample the question's spans found, while at 128K they
+            found 10/10 against 8/10 (BENCHMARKS.md, Run 12). Default 262,144; None: always.
         span_shift: tokens by which each span moves past its hit: a hit at c selects
             ``[c + span_shift - span_size // 2, c + span_shift - span_size // 2 + span_size)`` (the hit
             capped at the middle's last token first). 0 centres the span on the hit (the paper); up to
@@ -135,7 +130,10 @@ class ReAttentionConfig:
             the exact selection's.
         block_size: keys per summarised block for two-level selection; default ``span_size``.
         level1_stride: two-level level 1 ranks a full chunk's blocks from every ``level1_stride``-th query
-            (level 2 scores all): default 8, 8x cheaper, recall on real keys unmoved for strides 2-16.
+            that scores (level 2 scores them all): default 8, 8x cheaper, recall on real keys unmoved.
+        query_stride: a full prompt chunk's hits (its span votes) come from every ``query_stride``-th
+            query, exactly or two-level; a shorter chunk (the question) and decode steps use all. 1
+            (default): all; 2 halves the scoring and keeps 88% of the scope's tokens (BENCHMARKS.md).
         exact_answer: with ``selection="two_level"``, the forwards an answer is read from that score
             exactly: ``"all"``, the question (a forward's last chunk when shorter than ``chunk_size``:
             the question as its own chunk, or a prompt's last ``tail_size`` tokens) and each decode
@@ -152,12 +150,11 @@ class ReAttentionConfig:
             ``selection="two_level"`` (level 1 reads per-block summaries kept on the device, level 2
             fetches only the candidate blocks' keys).
         cuda_graphs: on a CUDA device, run the engine's decode steps static and replay them from CUDA
-            graphs (:mod:`reattn_llm.runtime.graphs`): one launch per step instead of thousands (the
-            8B shape's step 10 ms instead of 74 at 32K on one H200). Each bucket of steps
-            (a sixteenth of the decode local window, at most 128) keeps one middle, and its first
-            steps see up to a sixteenth fewer local rows. On by default (RULER's answers hold with
-            it); False decodes eagerly. Not used on the CPU, with citations or offload (their
-            steps run eagerly); fp8 rows on the device decode from graphs too.
+            graphs (:mod:`reattn_llm.runtime.graphs`): one launch per step instead of thousands (the 8B
+            shape's step 10 ms instead of 74 at 32K on one H200). Each bucket of steps (a sixteenth of
+            the decode local window, at most 128) keeps one middle, its first steps up to a sixteenth
+            fewer local rows. On by default (RULER's answers hold); False decodes eagerly, as the CPU,
+            citations and offload do; fp8 rows on the device decode from graphs too.
         allow_extrapolation: let the scope reach RoPE positions at or past the model's trained
             window (``max_position_embeddings``), with a larger ``window`` or sizes that add up past
             it. Off by default: such a config is refused when it meets the model (``patch``, the
@@ -181,6 +178,7 @@ class ReAttentionConfig:
     candidate_blocks: int | None = None
     block_size: int | None = None
     level1_stride: int = LEVEL1_STRIDE
+    query_stride: int = 1
     exact_answer: ExactAnswer | None = None
     kv_dtype: KVDtype = "model"
     offload: Offload = "none"
@@ -270,10 +268,12 @@ class ReAttentionConfig:
             return mode != "all"
         return not (mode != "none" and last and queries < self.chunk_size)  # type: ignore[operator]
 
-    def level1_for(self, queries: int) -> int:
-        """Level 1's query stride for a two-level chunk of ``queries`` queries: ``level1_stride`` for a
-        full chunk, 1 (every query) for a shorter one."""
-        return (self.level1_stride or LEVEL1_STRIDE) if queries >= (self.chunk_size or 0) else 1
+    def strides_for(self, queries: int) -> tuple[int, int]:
+        """``(query_stride, level1_stride)`` of a chunk of ``queries`` queries: a full chunk's hits come from
+        every ``query_stride``-th query, two-level's level 1 from every ``level1_stride``-th of those; a
+        shorter chunk (a question) and decode steps use every query: ``(1, 1)``."""
+        full = queries >= (self.chunk_size or 0)
+        return (self.query_stride or 1, self.level1_stride or LEVEL1_STRIDE) if full else (1, 1)
 
     @property
     def is_resolved(self) -> bool:

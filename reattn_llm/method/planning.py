@@ -171,6 +171,8 @@ def plan_scope(
         qs = q if scored is None else scored
         if cfg.scoring == "expected" and scored is None:  # the logit a key gets at the distances a span takes
             qs = _expected_queries(state, q, loc, spans, backend)  # type: ignore[arg-type]
+        stride, stride1 = cfg.strides_for(qc)
+        qs = qs[:, :, ::stride]  # the queries whose hits vote (query_stride: a full chunk's every s-th)
         if cfg.two_level_for(qc, last):
             hits = two_level_topk(
                 qs,
@@ -181,7 +183,7 @@ def plan_scope(
                 backend,
                 lo=g,
                 hi=g + m,
-                level1_stride=cfg.level1_for(qc),
+                level1_stride=stride1,
             )  # type: ignore[arg-type]
         else:
             hits = kv.score_middle(qs, g, g + m, cfg.hits_for(qc), backend)  # type: ignore[arg-type]
@@ -331,10 +333,12 @@ def _batched_scopes(
     if cfg.scoring == "expected" and scored is None:
         qs = _expected_queries(state, qs, loc, n_spans * span, backend)  # type: ignore[arg-type, operator]
     k = cfg.hits_for(qc)
+    stride, stride1 = cfg.strides_for(qc)
+    qs = qs[:, :, ::stride]  # [C, H, Q / stride, D]: the queries whose hits vote
     if cfg.two_level_for(qc, hi == query.shape[2]):  # both levels for the batch, each chunk over its middle
         bs = cfg.summary_block
         hits = two_level_topk(
-            qs, kv, k, cfg.candidates, bs, backend, lo=g, hi=g + m, grow=qc, level1_stride=cfg.level1_for(qc)
+            qs, kv, k, cfg.candidates, bs, backend, lo=g, hi=g + m, grow=qc, level1_stride=stride1
         )  # type: ignore[arg-type]
     else:
         hits = kv.score_middle(qs, g, g + m, k, backend, grow=qc)  # type: ignore[operator]
