@@ -168,11 +168,10 @@ def plan_scope(
         return scope if static is None else mask_unwritten(scope, static.total)
     if n_spans:
         spans = n_spans * cfg.span_size  # type: ignore[operator]
-        qs = q if scored is None else scored
-        if cfg.scoring == "expected" and scored is None:  # the logit a key gets at the distances a span takes
-            qs = _expected_queries(state, q, loc, spans, backend)  # type: ignore[arg-type]
         stride, stride1 = cfg.strides_for(qc)
-        qs = qs[:, :, ::stride]  # the queries whose hits vote (query_stride: a full chunk's every s-th)
+        qs = (q if scored is None else scored)[:, :, ::stride]  # the queries whose hits vote (query_stride)
+        if cfg.scoring == "expected" and scored is None:  # the logit a key gets at the distances a span takes
+            qs = _expected_queries(state, qs, loc, spans, backend)  # type: ignore[arg-type]
         if cfg.two_level_for(qc, last):
             hits = two_level_topk(
                 qs,
@@ -329,12 +328,11 @@ def _batched_scopes(
     total = start + hi  # the run's last chunk's keys
     m = total - g - loc  # type: ignore[operator]
     src = query if scored is None else scored
-    qs = src[0, :, lo:hi].unflatten(1, (c, qc)).transpose(0, 1)  # [C, H, Q, D]
+    stride, stride1 = cfg.strides_for(qc)
+    qs = src[0, :, lo:hi].unflatten(1, (c, qc)).transpose(0, 1)[:, :, ::stride]  # [C, H, Q / stride, D]
     if cfg.scoring == "expected" and scored is None:
         qs = _expected_queries(state, qs, loc, n_spans * span, backend)  # type: ignore[arg-type, operator]
     k = cfg.hits_for(qc)
-    stride, stride1 = cfg.strides_for(qc)
-    qs = qs[:, :, ::stride]  # [C, H, Q / stride, D]: the queries whose hits vote
     if cfg.two_level_for(qc, hi == query.shape[2]):  # both levels for the batch, each chunk over its middle
         bs = cfg.summary_block
         hits = two_level_topk(
