@@ -8,6 +8,8 @@
 #     model's RMSNorm / MLP fused (the default) and stock (kernels.py --stock-ops), the model-ops checks first
 #   PREFIX_AB=1 SKIP_CHECK=1 bash benchmarks/run_kernels_gpu.sh "" "llama32k"  # e2e, then again with the
 #     prefill prefix through cuDNN (kernels.py --attn-prefix cudnn), alternating, two of each
+#   QS_AB=1 SKIP_CHECK=1 bash benchmarks/run_kernels_gpu.sh "" "llama32k,llama128k"  # e2e prefills (medians of
+#     PREFILL_REPEATS, default 3) with every query voting and with query_stride=2, exact, then two-level at 128K
 #   CARD=H200 bash benchmarks/run_kernels_gpu.sh "" "llama128k"   # only on that card (a target stated for the
 #     H200, the two-level decode's 10 ms): on any other the call stops after nvidia-smi, costing seconds
 #   PREFILL_REPEATS=5: --e2e's prefill figures are medians of 5 (stock and ReAttention; kernels.py --prefill-repeats)
@@ -40,6 +42,16 @@ if [ -n "$OPS_AB" ] && [ -n "$E2E" ]; then
     flag=(); [ $ops = stock ] && flag=(--stock-ops)
     PROFILE=none python3 benchmarks/kernels.py --e2e "$E2E" --graphs --graph-buckets 32 "${flag[@]}" \
       --json "$OUT/e2e_ops_$ops.json" 2>&1 | tee "$OUT/e2e_ops_$ops.log" | grep '^\[e2e\]'
+  done
+  exit 0
+fi
+if [ -n "$QS_AB" ] && [ -n "$E2E" ]; then
+  for sel in exact two_level; do
+    e=$E2E; [ $sel = two_level ] && e=llama128k
+    for qs in 1 2; do
+      PROFILE=none python3 benchmarks/kernels.py --e2e "$e" --selection $sel --prefill-repeats "${PREFILL_REPEATS:-3}" \
+        --set query_stride=$qs --json "$OUT/e2e_${sel}_qs$qs.json" 2>&1 | tee "$OUT/e2e_${sel}_qs$qs.log" | grep '^\[e2e\].*prefill'
+    done
   done
   exit 0
 fi
