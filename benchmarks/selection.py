@@ -220,10 +220,10 @@ def query_stride_recall(args, data: dict) -> list[dict]:
     queries' spans put in scope that the strided queries' spans put there too."""
     rows = []
     for m in args.lengths:
+        fulls = [_scope_mask(score_topk(q, kmid, TOP_K), m) for q, kmid in data[m]]  # once per layer
         for s in args.query_strides:
             rec = []
-            for q, kmid in data[m]:
-                full = _scope_mask(score_topk(q, kmid, TOP_K), m)
+            for full, (q, kmid) in zip(fulls, data[m], strict=True):
                 part = _scope_mask(score_topk(q[:, :, ::s], kmid, TOP_K), m)
                 rec.append(float((full & part).sum() / full.sum()))
             row = dict(
