@@ -236,6 +236,43 @@ def topk_lazy_case(dtype, config):
     return out
 
 
+def guarded_tensor(shape, dtype):
+    """A contiguous CPU tensor whose last byte ends right before a page the process may not read
+    (``mprotect(PROT_NONE)``): a kernel that loads past it under the interpreter dies with SIGSEGV
+    instead of reading whatever the heap holds there. Linux / POSIX only."""
+    import ctypes
+    import mmap
+
+    n = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+    page = mmap.PAGESIZE
+    total = -(-n // page) * page + page
+    buf = mmap.mmap(-1, total, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    if libc.mprotect(ctypes.c_void_p(base + total - page), page, 0) != 0:
+        raise OSError(ctypes.get_errno(), "mprotect failed")
+    t = torch.frombuffer(buf, dtype=torch.uint8, count=n, offset=total - page - n)
+    return t.view(dtype).view(shape), buf  # keep buf alive as long as the tensor
+
+
+def topk_padding_rows_case(dtype):
+    """The grouped refine walks rows in blocks (32 here) and its last block has rows past ``B*H*Q``:
+    those rows must load nothing. ``q`` ends right before an unreadable page, where a padding row's
+    address falls (batch entry 1 of a batch of one): a run on the GPU faulted there once ``q``'s
+    allocation ended a mapping (RULER at 128K, five jobs sharing one card; BENCHMARKS.md run 20)."""
+    from reattn_llm.kernels.triton_topk import score_topk_triton
+
+    torch.manual_seed(5)
+    q, keep = guarded_tensor((1, 2, 5, 16), dtype)  # 10 rows, one refine block of 32
+    q.copy_(torch.randn(1, 2, 5, 16, dtype=dtype))
+    k = torch.randn(1, 1, 97, 16, dtype=dtype)
+    got = score_topk_triton(q, k, 4, _config=GROUPED_SMALL)
+    info = topk_check(q, k, 4, got)
+    del keep
+    return info
+
+
 def topk_cases():
     cases = {}
     for dt in (F16, F32):
@@ -1049,6 +1086,14 @@ def model_ops_cases():
     }
 
 
+#: Cases that read next to an unreadable page: a regression kills their process (SIGSEGV), so
+#: ``tests/test_kernels.py`` runs them apart from the others.
+GUARDED = {
+    "guarded_topk_padding_rows_f16": lambda: topk_padding_rows_case(F16),
+    "guarded_topk_padding_rows_f32_grouped": lambda: topk_padding_rows_case(F32),
+}
+
+
 def all_cases():
     cases = {}
     cases.update(topk_cases())
@@ -1058,6 +1103,7 @@ def all_cases():
     cases.update(rank_blocks_cases())
     cases.update(spans_cases())
     cases.update(model_ops_cases())
+    cases.update(GUARDED)
     return cases
 
 

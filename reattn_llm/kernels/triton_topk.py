@@ -496,7 +496,8 @@ def _refine_groups_kernel(
     s = tl.zeros([RB, KP * S], tl.float32)
     for d0 in tl.static_range(0, BLOCK_D, DC):
         dm = (d0 + dd) < D
-        qc = tl.load(qrow + (d0 + dd)[None, :] * sq_d, mask=dm[None, :], other=0.0)  # [RB, DC]
+        # padding rows (row >= NROWS) must not load: their address lies past q (a fault when q ends a mapping)
+        qc = tl.load(qrow + (d0 + dd)[None, :] * sq_d, mask=rv[:, None] & dm[None, :], other=0.0)  # [RB, DC]
         kc = tl.load(krow + (d0 + dd)[None, None, :] * sk_d, mask=kmask & dm[None, None, :], other=0.0)
         s += tl.sum(kc.to(tl.float32) * qc.to(tl.float32)[:, None, :], axis=2)
     s = tl.where(kvalid, s, float("-inf"))
