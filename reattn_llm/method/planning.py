@@ -167,11 +167,7 @@ def plan_scope(
         scope = Scope(*scope_from_centres(pins, m, cfg.span_size, g, loc_rows, total, qc, backend))  # type: ignore[arg-type]
         return scope if static is None else mask_unwritten(scope, static.total)
     if n_spans:
-        spans = n_spans * cfg.span_size  # type: ignore[operator]
-        stride, stride1 = cfg.strides_for(qc)
-        qs = (q if scored is None else scored)[:, :, ::stride]  # the queries whose hits vote (query_stride)
-        if cfg.scoring == "expected" and scored is None:  # the logit a key gets at the distances a span takes
-            qs = _expected_queries(state, qs, loc, spans, backend)  # type: ignore[arg-type]
+        qs, stride1 = _voting_queries(state, q, scored, loc, n_spans, backend)  # type: ignore[arg-type]
         if cfg.two_level_for(qc, last):
             hits = two_level_topk(
                 qs,
@@ -200,6 +196,22 @@ def plan_scope(
         sel, valid = expand_spans(centres, m, cfg.span_size)  # type: ignore[arg-type]
     scope = build_scope(sel, valid, total, qc, g, loc_rows, b, q.device)  # type: ignore[arg-type]
     return scope if static is None else mask_unwritten(scope, static.total)
+
+
+def _voting_queries(
+    state: PatchState, q: torch.Tensor, scored: torch.Tensor | None, local: int, n_spans: int, backend: str
+) -> tuple[torch.Tensor, int]:
+    """The queries whose hits vote for a chunk's spans, and two-level's level-1 stride among them:
+    every ``query_stride``-th of a full chunk's ``q [B, H, Q, D]`` (all of a shorter chunk's,
+    :meth:`~.config.ReAttentionConfig.strides_for`), taken from ``scored`` (the same queries already
+    rotated for ``scoring="expected"``) when given, else rotated here when that scoring is on (only
+    the voting ones: the logit a key gets at the distances a span takes)."""
+    cfg = state.config
+    stride, stride1 = cfg.strides_for(q.shape[2])
+    qs = (q if scored is None else scored)[:, :, ::stride]
+    if cfg.scoring == "expected" and scored is None:
+        qs = _expected_queries(state, qs, local, n_spans * cfg.span_size, backend)  # type: ignore[operator]
+    return qs, stride1
 
 
 def _expected_queries(
@@ -327,11 +339,13 @@ def _batched_scopes(
     lo, hi = run[0][0], run[-1][1]
     total = start + hi  # the run's last chunk's keys
     m = total - g - loc  # type: ignore[operator]
-    src = query if scored is None else scored
-    stride, stride1 = cfg.strides_for(qc)
-    qs = src[0, :, lo:hi].unflatten(1, (c, qc)).transpose(0, 1)[:, :, ::stride]  # [C, H, Q / stride, D]
-    if cfg.scoring == "expected" and scored is None:
-        qs = _expected_queries(state, qs, loc, n_spans * span, backend)  # type: ignore[arg-type, operator]
+
+    def chunks(t: torch.Tensor) -> torch.Tensor:  # [1, H, ., D] -> the run's chunks [C, H, Q, D]
+        return t[0, :, lo:hi].unflatten(1, (c, qc)).transpose(0, 1)
+
+    qs, stride1 = _voting_queries(
+        state, chunks(query), None if scored is None else chunks(scored), loc, n_spans, backend
+    )  # type: ignore[arg-type]
     k = cfg.hits_for(qc)
     if cfg.two_level_for(qc, hi == query.shape[2]):  # both levels for the batch, each chunk over its middle
         bs = cfg.summary_block
