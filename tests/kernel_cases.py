@@ -1010,6 +1010,7 @@ def gated_act_case(shape, n, dtype, act, halves=False, seed=0):
 
 def model_ops_errors_case():
     from reattn_llm.kernels.triton_gated import gated_act_triton
+    from reattn_llm.kernels.triton_gather import rotate_rows
     from reattn_llm.kernels.triton_norm import rms_norm_triton
 
     x = torch.randn(3, 8)
@@ -1022,6 +1023,7 @@ def model_ops_errors_case():
             lambda: gated_act_triton(x, x, "relu"),
             lambda: gated_act_triton(x, x[:, :7], "silu"),
             lambda: gated_act_triton(x, x.half(), "silu"),
+            lambda: rotate_rows(torch.randn(1, 2, 3, 8), None, torch.ones(1, 1, 4), torch.zeros(1, 1, 4)),
         ]
     )
 
@@ -1086,11 +1088,29 @@ def model_ops_cases():
     }
 
 
+def rms_norm_expanded_weight_case():
+    """An expanded weight (``[1]`` broadcast to ``[N]``, stride 0) next to an unreadable page: the
+    kernel reads a dense weight, so the wrapper makes it one; equal to the twin."""
+    from reattn_llm.kernels.torch_ops import rms_norm_torch
+    from reattn_llm.kernels.triton_norm import rms_norm_triton
+
+    w, keep = guarded_tensor((1,), F32)
+    w.fill_(1.5)
+    x = torch.randn(3, 40)
+    got = rms_norm_triton(x, w.expand(40), 1e-6)
+    want = rms_norm_torch(x, w.expand(40), 1e-6)
+    del keep
+    err = (got - want).abs().max().item()
+    assert err <= 1e-5, f"{err:.3g} from the twin"
+    return {"max_diff": err}
+
+
 #: Cases that read next to an unreadable page: a regression kills their process (SIGSEGV), so
 #: ``tests/test_kernels.py`` runs them apart from the others.
 GUARDED = {
     "guarded_topk_padding_rows_f16": lambda: topk_padding_rows_case(F16),
     "guarded_topk_padding_rows_f32_grouped": lambda: topk_padding_rows_case(F32),
+    "guarded_rms_norm_expanded_weight": rms_norm_expanded_weight_case,
 }
 
 

@@ -160,6 +160,11 @@ def rotate_rows(
     ``[B, H, S, D]`` in ``x``'s dtype, a view of a ``[B, S, H, D]`` contiguous buffer (the layer's
     own layout of queries), or with ``heads_first`` itself contiguous."""
     B, H, S, D = x.shape
+    if cos.shape[-1] != D or sin.shape[-1] != D:
+        raise ValueError(
+            f"rotate_rows: cos/sin must span the head dim {D}, got {cos.shape[-1]} and {sin.shape[-1]}; "
+            "rotate a partial rotary width with the torch twin"
+        )
     if heads_first:
         out = torch.empty((B, H, S, D), device=x.device, dtype=x.dtype)
         _gather(x, None, None, pos, cos, sin, out, None, (H * S * D, S * D, D))

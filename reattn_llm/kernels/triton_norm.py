@@ -80,6 +80,7 @@ def rms_norm_triton(
     x2 = x.reshape(-1, n)
     if n > 1 and x2.stride(-1) != 1:
         x2 = x2.contiguous()
+    weight = weight.contiguous()  # the kernel reads it densely (an expanded weight would read past it)
     m = x2.shape[0]
     dtype = torch.promote_types(x.dtype, weight.dtype) if cast_first else x.dtype
     out = torch.empty(m, n, device=x.device, dtype=dtype)

@@ -44,6 +44,7 @@ def _hist_kernel(hits_ptr, own_ptr, n, M, s_hb, s_hn, BLOCK: tl.constexpr):
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     ok = offs < n
     h = tl.load(hits_ptr + b * s_hb + offs.to(tl.int64) * s_hn, mask=ok, other=0).to(tl.int64)
+    ok = ok & (h >= 0) & (h < M)  # a hit outside the middle counts nowhere (never a write past ``own``)
     tl.atomic_add(own_ptr + b * M + h, tl.full([BLOCK], 1, tl.int32), mask=ok)
 
 
