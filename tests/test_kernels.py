@@ -35,11 +35,16 @@ def results() -> dict[str, dict]:
     return kernel_cases.interpret(CASES, _case_names())
 
 
+def _assert_case(results: dict[str, dict], name: str, died: str) -> None:
+    """Case ``name`` reported and passed; ``died`` says what its silence would mean."""
+    r = results.get(name)
+    assert r is not None, f"case {name} did not report: {died}"
+    assert r["ok"], f"{r['error']}\n{r.get('trace', '')}"
+
+
 @pytest.mark.parametrize("name", _case_names())
 def test_kernel_case(results: dict[str, dict], name: str) -> None:
-    r = results.get(name)
-    assert r is not None, f"case {name} did not report (the subprocess died?)"
-    assert r["ok"], f"{r['error']}\n{r.get('trace', '')}"
+    _assert_case(results, name, "the subprocess died?")
 
 
 def test_kernels_load_nothing_past_their_tensors() -> None:
@@ -49,6 +54,4 @@ def test_kernels_load_nothing_past_their_tensors() -> None:
 
     out = kernel_cases.interpret(CASES, sorted(kernel_cases.GUARDED), timeout=300)
     for name in kernel_cases.GUARDED:
-        r = out.get(name)
-        assert r is not None, f"case {name} did not report: its process died (a load past the tensor?)"
-        assert r["ok"], f"{r['error']}\n{r.get('trace', '')}"
+        _assert_case(out, name, "its process died (a load past the tensor?)")
