@@ -1250,6 +1250,12 @@ def main() -> int:
         help="more ReAttentionConfig fields for --e2e, ruler.py's form: candidate_blocks=254,k=v",
     )
     ap.add_argument(
+        "--topk",
+        default="",
+        help="score_topk's prefill tile configuration, k=v,... over the default's (triton_topk.CONFIG_OVERRIDES), "
+        "e.g. OVERLAP=1: an A/B of a kernel variant end to end",
+    )
+    ap.add_argument(
         "--prefill-repeats",
         type=int,
         default=1,
@@ -1289,6 +1295,15 @@ def main() -> int:
     if args.unbatched:
         planning.BATCHED_CHUNKS = ()
     RESULTS["batched_chunks"] = planning.BATCHED_CHUNKS
+    if args.topk:
+        from reattn_llm.kernels import triton_topk
+
+        for kv in args.topk.split(","):
+            key, _, val = kv.partition("=")
+            if not key or not val.lstrip("-").isdigit():
+                ap.error(f"--topk takes k=integer pairs, got {kv!r}")
+            triton_topk.CONFIG_OVERRIDES["prefill"][key] = int(val)
+        RESULTS["topk_prefill"] = dict(triton_topk.CONFIG_OVERRIDES["prefill"])
     if args.attn_before:
         from reattn_llm.kernels import triton_attention
 

@@ -40,6 +40,10 @@ PREFILL = [
     ("lazy, 4 warps", dict(EARLY_EXIT=3, num_warps=4)),
     ("lazy, 64-key tiles (3 programs an SM)", dict(EARLY_EXIT=3, BLOCK_N=64)),
     ("lazy, 256-row blocks x 64-key tiles (half the K read from L2 a FLOP)", dict(BLOCK_R=256, BLOCK_N=64)),
+    ("next tile's dot before this tile's merge", dict(OVERLAP=True)),
+    ("next tile's dot first, 3 stages", dict(OVERLAP=True, num_stages=3)),
+    ("next tile's dot first, 64-key tiles", dict(OVERLAP=True, BLOCK_N=64)),
+    ("next tile's dot first, 4 warps", dict(OVERLAP=True, num_warps=4)),
 ]
 #: decode variants (plain mode)
 DECODE = [
@@ -83,8 +87,15 @@ PREFILL_SHAPES = [
     ("8B, 8 chunks x 1024, 120K middle", 8, 32, 8, 1024, 122880, 128, 1024),
     ("8B, 1 chunk x 1024, 64K middle", 1, 32, 8, 1024, 65536, 128, 0),
     ("8B, 1 chunk x 1024, 24K middle", 1, 32, 8, 1024, 24576, 128, 0),
+    ("8B, 8 chunks x 1024, 27K middle (a late 32K forward)", 8, 32, 8, 1024, 27648, 128, 1024),
     ("SmolLM2, 16 chunks x 512, 128K middle", 16, 9, 3, 512, 131072, 64, 512),
 ]
+#: level 2 of two-level selection: (name, chunks, heads, KV heads, queries, middle, head dim, grow), each
+#: chunk scoring ``LEVEL2_CANDIDATES`` blocks of ``LEVEL2_BLOCK`` keys read in place (the 8B default budget)
+LEVEL2_SHAPES = [
+    ("8B level 2, 8 chunks x 1024, 508 blocks of 32 in a 120K middle", 8, 32, 8, 1024, 122880, 128, 1024)
+]
+LEVEL2_BLOCK, LEVEL2_CANDIDATES = 32, 508
 #: (name, heads, KV heads, middle keys, head dim)
 DECODE_SHAPES = [
     ("8B decode, 126,944 middle", 32, 8, 126944, 128),
@@ -99,20 +110,31 @@ def best_ms(fn, repeats: int) -> float:
 
 
 def prefill(repeats: int) -> list[tuple]:
-    from reattn_llm.kernels.triton_topk import score_topk_triton
+    from reattn_llm.kernels.triton_topk import score_topk_blocks_triton, score_topk_triton
 
     rows = []
-    for shape, C, H, Hkv, Q, M, D, grow in PREFILL_SHAPES:
+    for shape, C, H, Hkv, Q, M, D, grow in PREFILL_SHAPES + LEVEL2_SHAPES:
         q = torch.randn(1, C * Q, H, D, device="cuda", dtype=torch.bfloat16).view(C, Q, H, D).transpose(1, 2)
         k = torch.randn(1, Hkv, M, D, device="cuda", dtype=torch.bfloat16).expand(C, Hkv, M, D)
         keys = sum(M - (C - 1 - c) * grow for c in range(C))
-        ref = score_topk_triton(q, k, 4, grow=grow)
+        if shape in dict((s[0], s) for s in LEVEL2_SHAPES):  # level 2: the chunks' candidate blocks in place
+            first = M - (C - 1) * grow
+            blocks = torch.rand(C, Hkv, first // LEVEL2_BLOCK, device="cuda").topk(LEVEL2_CANDIDATES, dim=2)
+            blocks = blocks.indices.sort(dim=2).values.to(torch.int32).contiguous()
+            keys = C * (LEVEL2_CANDIDATES * LEVEL2_BLOCK + M % LEVEL2_BLOCK)
+
+            def run(cfg, q=q, k=k, g=grow, t=blocks):
+                return score_topk_blocks_triton(q, k, t, LEVEL2_BLOCK, 4, grow=g, _config=cfg)
+        else:
+
+            def run(cfg, q=q, k=k, g=grow):
+                return score_topk_triton(q, k, 4, grow=g, _config=cfg)
+
+        ref = run(None)
         base = None
         for name, cfg in PREFILL:
-            same = torch.equal(score_topk_triton(q, k, 4, grow=grow, _config=cfg), ref)
-            ms = best_ms(
-                lambda cfg=cfg, q=q, k=k, g=grow: score_topk_triton(q, k, 4, grow=g, _config=cfg), repeats
-            )
+            same = torch.equal(run(cfg), ref)
+            ms = best_ms(lambda cfg=cfg, run=run: run(cfg), repeats)
             base = base or ms
             tflops = 2 * H * Q * keys * D / (ms * 1e-3) / 1e12
             rows.append((shape, name, f"{ms:.3f} ms", f"{tflops:.0f} TFLOP/s", same, f"{base / ms:.3f}"))
@@ -261,6 +283,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", choices=("prefill", "decode", "attention", "level1"), default=None)
     ap.add_argument("--repeats", type=int, default=3, help="medians taken, the best reported")
+    ap.add_argument(
+        "--variants",
+        default="",
+        help="prefill: only the variants whose names contain one of these (comma list)",
+    )
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit(
@@ -268,6 +295,9 @@ def main() -> None:
         )
     torch.manual_seed(0)
     rows = []
+    if args.variants:
+        want = [w for w in args.variants.split(",") if w]
+        PREFILL[:] = [v for v in PREFILL if v[0] == "default" or any(w in v[0] for w in want)]
     if args.only in (None, "prefill"):
         rows += prefill(args.repeats)
     if args.only in (None, "decode"):

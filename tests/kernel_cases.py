@@ -236,6 +236,39 @@ def topk_lazy_case(dtype, config):
     return out
 
 
+def topk_overlap_case(dtype, config, names=("random", "rising", "repeated")):
+    """The next tile's dot issued before this tile's merge (``OVERLAP``) returns the kernel's
+    indices bit for bit: one forward's chunks (``grow``, splits with no full tile and with a partial
+    one), keys in place through a block table, rising keys (every tile inserts) and repeated keys."""
+    from reattn_llm.kernels.triton_topk import score_topk_blocks_triton, score_topk_triton
+
+    torch.manual_seed(5)
+    C, H, Hkv, Q, M, D = 3, 4, 2, 3, 301, 64
+    q = torch.randn(C, H, Q, D, dtype=dtype)
+    rising = q[:1, ::2].float().mean(2, keepdim=True) * torch.linspace(0.0, 2.0, M).view(1, 1, M, 1)
+    keyset = {
+        "random": torch.randn(1, Hkv, M, D, dtype=dtype),
+        "rising": (rising + 0.05 * torch.randn(1, Hkv, M, D)).to(dtype),
+        "repeated": torch.randn(1, Hkv, 7, D, dtype=dtype)[:, :, torch.randint(0, 7, (M,))],
+    }
+    on = dict(config, OVERLAP=True)
+    gaps = {}
+    for name in names:
+        k = keyset[name]
+        kb = k.expand(C, -1, -1, -1)
+        for splits in (1, 5):
+            cfg = dict(config, splits=splits)
+            want = score_topk_triton(q, kb, 4, grow=61, _config=cfg)
+            got = score_topk_triton(q, kb, 4, grow=61, _config=dict(on, splits=splits))
+            assert torch.equal(got, want), f"{name} keys, {splits} splits: the overlapped kernel differs"
+        blocks = torch.rand(1, Hkv, M // 16).topk(12, dim=2).indices.sort(dim=2).values
+        want = score_topk_blocks_triton(q[:1], k, blocks, 16, 4, _config=config)
+        got = score_topk_blocks_triton(q[:1], k, blocks, 16, 4, _config=on)
+        assert torch.equal(got, want), f"{name} keys in blocks: the overlapped kernel differs"
+        gaps[name] = topk_check(q[:1], k, 4, score_topk_triton(q[:1], k, 4, _config=on))["max_score_gap"]
+    return gaps
+
+
 def guarded_tensor(shape, dtype):
     """A contiguous CPU tensor whose last byte ends right before a page the process may not read
     (``mprotect(PROT_NONE)``): a kernel that loads past it under the interpreter dies with SIGSEGV
@@ -295,6 +328,8 @@ def topk_cases():
         cases[f"topk_planted_plain_{n}"] = lambda dt=dt: topk_planted_case(dt, PLAIN_SPLIT)
     cases["topk_lazy_packed_f16"] = lambda: topk_lazy_case(F16, GROUPED_LAZY)
     cases["topk_lazy_plain_f32"] = lambda: topk_lazy_case(F32, PLAIN_LAZY)
+    cases["topk_overlap_packed_f16"] = lambda: topk_overlap_case(F16, GROUPED_LAZY)
+    cases["topk_overlap_plain_f32"] = lambda: topk_overlap_case(F32, PLAIN_LAZY, ("rising",))
     cases["topk_M1025_g7_ee0_splits_f16"] = lambda: topk_case(1, 7, 1, 5, 1025, 64, 4, F16, GROUPED_EE0)
     cases["topk_M97_d256_g2_f16"] = lambda: topk_case(1, 4, 2, 3, 97, 256, 4, F16)
     cases["topk_M97_d96_g1_f32"] = lambda: topk_case(1, 2, 2, 3, 97, 96, 4, F32)

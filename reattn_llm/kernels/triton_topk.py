@@ -107,32 +107,10 @@ def _insert(vals, ids, thr, gm, gidx, tile, m, need, colk, KP: tl.constexpr, PAC
 
 
 @triton.jit
-def _topk_tile(
-    q,
-    kptrs,
-    n0,
-    end,
-    offs_n,
-    dvalid,
-    vals,
-    ids,
-    thr,
-    gcol,
-    colk,
-    BLOCK_R: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    GPT: tl.constexpr,
-    CI: tl.constexpr,
-    TOPK: tl.constexpr,
-    KP: tl.constexpr,
-    EARLY_EXIT: tl.constexpr,
-    PACK: tl.constexpr,
-    IEEE: tl.constexpr,
-    EVEN_D: tl.constexpr,
-    MASKED: tl.constexpr,
+def _tile_scores(
+    q, kptrs, n0, end, offs_n, dvalid, IEEE: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr
 ):
-    """Score one K tile against the row block and merge it into the running top-k."""
-    NEG: tl.constexpr = float("-inf")
+    """One K tile's scores against the row block: ``[BLOCK_R, BLOCK_N]`` fp32, -inf past ``end``."""
     if MASKED:
         nvalid = (n0 + offs_n) < end
         if EVEN_D:
@@ -149,7 +127,30 @@ def _topk_tile(
     else:
         s = tl.dot(q, tl.trans(kv))
     if MASKED:
-        s = tl.where(nvalid[None, :], s, NEG)
+        s = tl.where(nvalid[None, :], s, float("-inf"))
+    return s
+
+
+@triton.jit
+def _merge_scores(
+    s,
+    n0,
+    vals,
+    ids,
+    thr,
+    gcol,
+    colk,
+    BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    GPT: tl.constexpr,
+    CI: tl.constexpr,
+    TOPK: tl.constexpr,
+    KP: tl.constexpr,
+    EARLY_EXIT: tl.constexpr,
+    PACK: tl.constexpr,
+):
+    """Merge one tile's scores ``s`` (keys ``n0 ..``) into the running top-k."""
+    NEG: tl.constexpr = float("-inf")
     if CI > 0:
         # group = the 2*CI columns one thread holds in the MMA accumulator: a register-only max
         NCB: tl.constexpr = BLOCK_N // (8 * CI)
@@ -191,6 +192,35 @@ def _topk_tile(
         for _ in tl.static_range(TOPK):
             vals, ids, thr, gm, m, need = _insert(vals, ids, thr, gm, gidx, tile, m, need, colk, KP, PACK)
     return vals, ids, thr
+
+
+@triton.jit
+def _tile_ptrs(
+    k_base,
+    t_base,
+    n0,
+    end,
+    offs_n,
+    offs_d,
+    k_offs,
+    sk_m,
+    sk_d,
+    NT,
+    TAIL,
+    BS: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    """Pointers of the K tile of logical keys ``n0 ..``: in place through the block table
+    (``BS > 0``; a ``MASKED`` tile reads no table entry past ``end``), else rows of the middle."""
+    if BS > 0:
+        if MASKED:
+            valid = n0 + offs_n < end
+        else:
+            valid = offs_n >= 0
+        rows_n = _block_rows(t_base, n0 + offs_n, valid, NT, TAIL, BS)
+        return k_base + rows_n[:, None] * sk_m + offs_d[None, :] * sk_d
+    else:
+        return k_base + tl.cast(n0, tl.int64) * sk_m + k_offs
 
 
 @triton.jit
@@ -253,6 +283,7 @@ def _score_topk_kernel(
     EARLY_EXIT: tl.constexpr,
     PACK: tl.constexpr,
     IEEE: tl.constexpr,
+    OVERLAP: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     pid = tl.program_id(1)
@@ -296,69 +327,58 @@ def _score_topk_kernel(
         thr = tl.full([BLOCK_R], float("-inf"), tl.float32)
     ids = tl.full([BLOCK_R, KP], -1, tl.int32)
 
-    kt = k_base + start.to(tl.int64) * sk_m
     k_offs = offs_n[:, None] * sk_m + offs_d[None, :] * sk_d
     t_base = t_ptr + (b.to(tl.int64) * HKV + kvh) * NT  # block table row (BS > 0)
-    for n0 in range(start, full_end, BLOCK_N):  # full tiles: no masks
-        if BS > 0:  # keys in place through the block table
-            rows_n = _block_rows(t_base, n0 + offs_n, offs_n >= 0, NT, TAIL, BS)
-            kptrs = k_base + rows_n[:, None] * sk_m + offs_d[None, :] * sk_d
-        else:
-            kptrs = kt + k_offs
-        vals, ids, thr = _topk_tile(
-            q,
-            kptrs,
-            n0,
-            end,
-            offs_n,
-            dvalid,
-            vals,
-            ids,
-            thr,
-            gcol,
-            colk,
-            BLOCK_R,
-            BLOCK_N,
-            GPT,
-            CI,
-            TOPK,
-            KP,
-            EARLY_EXIT,
-            PACK,
-            IEEE,
-            EVEN_D,
-            False,
-        )
-        kt += BLOCK_N * sk_m
+    if OVERLAP:
+        # the next tile's dot is issued before this tile's merge, so the tensor cores can run it
+        # while the merge's reductions run (the merge's order and arithmetic are unchanged)
+        if full_end > start:
+            kptrs = _tile_ptrs(
+                k_base, t_base, start, end, offs_n, offs_d, k_offs, sk_m, sk_d, NT, TAIL, BS, False
+            )
+            s = _tile_scores(q, kptrs, start, end, offs_n, dvalid, IEEE, EVEN_D, False)
+            for n0 in range(start, full_end - BLOCK_N, BLOCK_N):
+                kptrs = _tile_ptrs(
+                    k_base, t_base, n0 + BLOCK_N, end, offs_n, offs_d, k_offs, sk_m, sk_d, NT, TAIL, BS, False
+                )
+                s_next = _tile_scores(q, kptrs, n0 + BLOCK_N, end, offs_n, dvalid, IEEE, EVEN_D, False)
+                vals, ids, thr = _merge_scores(
+                    s, n0, vals, ids, thr, gcol, colk, BLOCK_R, BLOCK_N, GPT, CI, TOPK, KP, EARLY_EXIT, PACK
+                )
+                s = s_next
+            vals, ids, thr = _merge_scores(
+                s,
+                full_end - BLOCK_N,
+                vals,
+                ids,
+                thr,
+                gcol,
+                colk,
+                BLOCK_R,
+                BLOCK_N,
+                GPT,
+                CI,
+                TOPK,
+                KP,
+                EARLY_EXIT,
+                PACK,
+            )
+    else:
+        for n0 in range(start, full_end, BLOCK_N):  # full tiles: no masks
+            kptrs = _tile_ptrs(
+                k_base, t_base, n0, end, offs_n, offs_d, k_offs, sk_m, sk_d, NT, TAIL, BS, False
+            )
+            s = _tile_scores(q, kptrs, n0, end, offs_n, dvalid, IEEE, EVEN_D, False)
+            vals, ids, thr = _merge_scores(
+                s, n0, vals, ids, thr, gcol, colk, BLOCK_R, BLOCK_N, GPT, CI, TOPK, KP, EARLY_EXIT, PACK
+            )
     if full_end < end:  # the split's partial last tile
-        if BS > 0:
-            rows_n = _block_rows(t_base, full_end + offs_n, full_end + offs_n < end, NT, TAIL, BS)
-            kptrs = k_base + rows_n[:, None] * sk_m + offs_d[None, :] * sk_d
-        else:
-            kptrs = kt + k_offs
-        vals, ids, thr = _topk_tile(
-            q,
-            kptrs,
-            full_end,
-            end,
-            offs_n,
-            dvalid,
-            vals,
-            ids,
-            thr,
-            gcol,
-            colk,
-            BLOCK_R,
-            BLOCK_N,
-            GPT,
-            CI,
-            TOPK,
-            KP,
-            EARLY_EXIT,
-            PACK,
-            IEEE,
-            EVEN_D,
-            True,
+        kptrs = _tile_ptrs(
+            k_base, t_base, full_end, end, offs_n, offs_d, k_offs, sk_m, sk_d, NT, TAIL, BS, True
+        )
+        s = _tile_scores(q, kptrs, full_end, end, offs_n, dvalid, IEEE, EVEN_D, True)
+        vals, ids, thr = _merge_scores(
+            s, full_end, vals, ids, thr, gcol, colk, BLOCK_R, BLOCK_N, GPT, CI, TOPK, KP, EARLY_EXIT, PACK
         )
 
     # candidates [B, H, Q, SPLITS, TOPK], contiguous
@@ -623,6 +643,7 @@ def _launch(
         EARLY_EXIT=cfg["EARLY_EXIT"],
         PACK=cfg.get("PACK", False) and CI > 0,
         IEEE=ieee,
+        OVERLAP=cfg.get("OVERLAP", False),
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
