@@ -44,6 +44,7 @@ PREFILL = [
     ("next tile's dot first, 3 stages", dict(OVERLAP=True, num_stages=3)),
     ("next tile's dot first, 64-key tiles", dict(OVERLAP=True, BLOCK_N=64)),
     ("next tile's dot first, 4 warps", dict(OVERLAP=True, num_warps=4)),
+    ("next tile's dot first, groups of 16 keys", dict(OVERLAP=True, CI=8)),
 ]
 #: decode variants (plain mode)
 DECODE = [
