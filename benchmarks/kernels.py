@@ -735,7 +735,8 @@ def profile_steps(fn, steps=3, label=""):
     """Print where one decode step's time goes (CPU and CUDA), for whoever tunes the core."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    # under no_grad as every timed path: with gradients on, the fused model ops step aside (model_ops)
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             fn()
         torch.cuda.synchronize()

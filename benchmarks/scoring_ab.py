@@ -45,6 +45,15 @@ PREFILL = [
     ("next tile's dot first, 64-key tiles", dict(OVERLAP=True, BLOCK_N=64)),
     ("next tile's dot first, 4 warps", dict(OVERLAP=True, num_warps=4)),
     ("next tile's dot first, groups of 16 keys", dict(OVERLAP=True, CI=8)),
+    # the merge's exact rescoring (_refine_groups_kernel): the head dim in wider slices (a 32-byte
+    # sector a key per load at 16 bf16 values), fewer rows a program, more warps
+    ("refine: head-dim slices of 16", dict(REFINE_DC=16)),
+    ("refine: head-dim slices of 32, 8 warps", dict(REFINE_DC=32, REFINE_WARPS=8)),
+    ("refine: slices of 16, 8 rows a program", dict(REFINE_DC=16, REFINE_ROW_KEYS=256)),
+    (
+        "refine: slices of 64, 8 warps, 8 rows a program",
+        dict(REFINE_DC=64, REFINE_WARPS=8, REFINE_ROW_KEYS=256),
+    ),
 ]
 #: decode variants (plain mode)
 DECODE = [

@@ -687,7 +687,7 @@ def _refine_groups(cand_v, cand_i, q, k, out, tab, sizes, bs, top_k, kk, cp, cfg
     TAIL`` as the scoring kernel's; ``bs``: the block table's block size, 0 without one)."""
     B, H, Q, D = q.shape
     kps = next_pow2(top_k) * 2 * cfg["CI"]
-    rb = max(1, min(64, REFINE_ROW_KEYS // kps))
+    rb = max(1, min(64, cfg.get("REFINE_ROW_KEYS", REFINE_ROW_KEYS) // kps))
     rows = B * H * Q
     _refine_groups_kernel[(cdiv(rows, rb),)](
         cand_v,
@@ -710,8 +710,8 @@ def _refine_groups(cand_v, cand_i, q, k, out, tab, sizes, bs, top_k, kk, cp, cfg
         CI=cfg["CI"],
         BLOCK_N=cfg["BLOCK_N"],
         RB=rb,
-        DC=REFINE_DC,
-        num_warps=4,
+        DC=cfg.get("REFINE_DC", REFINE_DC),
+        num_warps=cfg.get("REFINE_WARPS", 4),
     )
 
 
