@@ -116,13 +116,14 @@ def merge_table() -> None:
 
     consts = dict(KK=4, CP=16, CI=4, BLOCK_N=128)
     rb = tk.REFINE_ROW_KEYS // (4 * 2 * consts["CI"])
-    k = compile_kernel(dict(consts, RB=rb, DC=tk.REFINE_DC), 4, 1, "_refine_groups_kernel")
+    k = compile_kernel(dict(consts, RB=rb, DC=tk.REFINE_DC), tk.REFINE_WARPS, 1, "_refine_groups_kernel")
     sass = k.asm["sass"]
     n = sum(";" in x for x in sass.splitlines())
     print("| merge + refinement (top-4, groups of 8 keys, d 128) | SASS a row | barriers a row | registers |")
     print("|---|---|---|---|")
     print(
-        f"| {rb} rows a program, head dim in slices of {tk.REFINE_DC} | {n * 4 / rb:.0f} | "
+        f"| {rb} rows a program, head dim in slices of {tk.REFINE_DC}, {tk.REFINE_WARPS} warps | "
+        f"{n * tk.REFINE_WARPS / rb:.0f} | "
         f"{sass.count('BAR.SYNC') / rb:.1f} | {registers(k.asm['cubin'])} |"
     )
 

@@ -677,9 +677,13 @@ def _launch(
     return out
 
 
-#: Grouped mode's merge: rows a program times keys rescored a row (``RB * KP * 2CI``), and the
-#: head-dim slice it rescores at a time (sm_90 SASS: ``benchmarks/topk_sass.py --merge``).
-REFINE_ROW_KEYS, REFINE_DC = 512, 8
+#: Grouped mode's merge: rows a program times keys rescored a row (``RB * KP * 2CI``), the head-dim
+#: slice it rescores at a time and its warps. A slice of 32 bf16 values reads whole 32-byte sectors
+#: of each gathered key (a slice of 8 read half of each sector it fetched, 16 times a key): on an
+#: H100 (``benchmarks/scoring_ab.py``, session 28) the whole scoring call 1.085x at a late 32K
+#: forward's 8 chunks, 1.106x for level 2's 508 candidate blocks, 1.01x at a 120K middle, SmolLM2
+#: (d 64) 1.005x, against slices of 8 with 4 warps.
+REFINE_ROW_KEYS, REFINE_DC, REFINE_WARPS = 512, 32, 8
 
 
 def _refine_groups(cand_v, cand_i, q, k, out, tab, sizes, bs, top_k, kk, cp, cfg) -> None:
@@ -711,7 +715,7 @@ def _refine_groups(cand_v, cand_i, q, k, out, tab, sizes, bs, top_k, kk, cp, cfg
         BLOCK_N=cfg["BLOCK_N"],
         RB=rb,
         DC=cfg.get("REFINE_DC", REFINE_DC),
-        num_warps=cfg.get("REFINE_WARPS", 4),
+        num_warps=cfg.get("REFINE_WARPS", REFINE_WARPS),
     )
 
 
