@@ -40,11 +40,12 @@ PREFILL = [
     ("lazy, 4 warps", dict(EARLY_EXIT=3, num_warps=4)),
     ("lazy, 64-key tiles (3 programs an SM)", dict(EARLY_EXIT=3, BLOCK_N=64)),
     ("lazy, 256-row blocks x 64-key tiles (half the K read from L2 a FLOP)", dict(BLOCK_R=256, BLOCK_N=64)),
-    ("next tile's dot before this tile's merge", dict(OVERLAP=True)),
-    ("next tile's dot first, 3 stages", dict(OVERLAP=True, num_stages=3)),
-    ("next tile's dot first, 64-key tiles", dict(OVERLAP=True, BLOCK_N=64)),
+    ("8 warps, no overlapped dot (the exact default before session 28)", dict(OVERLAP=False, num_warps=8)),
+    ("next tile's dot before this tile's merge, 8 warps", dict(OVERLAP=True, num_warps=8)),
+    ("next tile's dot first, 8 warps, 3 stages", dict(OVERLAP=True, num_warps=8, num_stages=3)),
+    ("next tile's dot first, 8 warps, 64-key tiles", dict(OVERLAP=True, num_warps=8, BLOCK_N=64)),
     ("next tile's dot first, 4 warps", dict(OVERLAP=True, num_warps=4)),
-    ("next tile's dot first, groups of 16 keys", dict(OVERLAP=True, CI=8)),
+    ("next tile's dot first, 8 warps, groups of 16 keys", dict(OVERLAP=True, num_warps=8, CI=8)),
     # the merge's exact rescoring (_refine_groups_kernel): the head dim in wider slices (a 32-byte
     # sector a key per load at 16 bf16 values), fewer rows a program, more warps
     ("refine: head-dim slices of 16", dict(REFINE_DC=16)),

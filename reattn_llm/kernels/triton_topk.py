@@ -36,6 +36,10 @@ Algorithm (two launches, no host sync):
    * **plain mode** (decode, tiny chunks, fp32): the same insertion on the key scores
      themselves; decode is memory-bound, so the per-key work hides under the K stream.
 
+   With ``OVERLAP`` (:data:`EXACT_PREFILL`: a prompt chunk scoring the middle itself, 4 warps) the
+   loop issues the next tile's dot before it merges this tile's scores; same order, same arithmetic,
+   the same indices bit for bit. (With 8 warps it lost 0.72-0.80x: two live accumulators.)
+
    Each program writes its split's candidates: ``[B, H, Q, splits, top_k]`` values and ids.
 2. ``_merge_refine_kernel``: one program per row merges the candidates of all splits (plain
    mode). Grouped mode's merge, ``_refine_groups_kernel``, takes 16 rows a program (every ranking
@@ -532,8 +536,17 @@ def _refine_groups_kernel(
 CONFIG_OVERRIDES: dict[str, dict] = {"decode": {}, "prefill": {}}
 
 
-def _pick_config(rows: int, M: int, D: int, n_sm: int, batch_heads: int) -> dict:
-    """Tile configuration for ``rows = g * Q`` rows per KV head and ``M`` keys."""
+#: Exact scoring of a prompt chunk over the middle itself (no block table), d <= 128: the next tile's
+#: dot issued before this tile's merge, with 4 warps. H100, ``benchmarks/scoring_ab.py`` (session 28),
+#: the same indices as 8 warps without it: 1.085x at 8 chunks x 1024 over a 120K middle (522 TFLOP/s),
+#: 1.039x at 64K, 1.024x at a late 32K forward, 1.014x at 24K, SmolLM2 1.012x. Level 2 (keys through
+#: a block table) keeps 8 warps without it: 0.876x there (each tile's table lookups on half the threads).
+EXACT_PREFILL = dict(OVERLAP=True, num_warps=4)
+
+
+def _pick_config(rows: int, M: int, D: int, n_sm: int, batch_heads: int, table: bool = False) -> dict:
+    """Tile configuration for ``rows = g * Q`` rows per KV head and ``M`` keys (``table``: read
+    through a block table, two-level selection's level 2)."""
     bd = next_pow2(D)
     if rows <= 64:  # decode / tiny chunks: memory-bound, plain mode
         cfg = dict(
@@ -566,6 +579,8 @@ def _pick_config(rows: int, M: int, D: int, n_sm: int, batch_heads: int) -> dict
             min_tiles=8,
         )
         if bd <= 128:
+            if not table:
+                cfg.update(EXACT_PREFILL)
             cfg.update(CONFIG_OVERRIDES["prefill"])
     return cfg
 
@@ -740,11 +755,19 @@ def _check(name: str, q: torch.Tensor, k: torch.Tensor, top_k: int) -> None:
     check_device(name, q, k)
 
 
-def _config_for(q: torch.Tensor, hkv: int, m: int, _config: dict | None) -> dict:
+def _config_for(q: torch.Tensor, hkv: int, m: int, _config: dict | None, table: bool = False) -> dict:
     B, H, Q, D = q.shape
-    cfg = _pick_config((H // hkv) * Q, m, D, sm_count(q.device), B * hkv)
+    cfg = _pick_config((H // hkv) * Q, m, D, sm_count(q.device), B * hkv, table)
     if q.dtype == torch.float32:  # IEEE fp32 dots run on the FMA units: small tiles, plain mode
-        cfg.update(BLOCK_N=min(cfg["BLOCK_N"], 64), num_warps=4, num_stages=1, CI=0, EARLY_EXIT=0, PACK=False)
+        cfg.update(
+            BLOCK_N=min(cfg["BLOCK_N"], 64),
+            num_warps=4,
+            num_stages=1,
+            CI=0,
+            EARLY_EXIT=0,
+            PACK=False,
+            OVERLAP=False,
+        )
         cfg["BLOCK_R"] = min(cfg["BLOCK_R"], 64)
     if _config:
         cfg.update(_config)
@@ -807,7 +830,8 @@ def score_topk_blocks_triton(
     if B * H * Q == 0 or kk == 0:
         return torch.empty((B, H, Q, kk), device=q.device, dtype=torch.int64)
     table = blocks if blocks.is_contiguous() else blocks.contiguous()
-    return _launch(q, k, top_k, _config_for(q, k.shape[1], n_keys, _config), table, block_size, grow)
+    cfg = _config_for(q, k.shape[1], n_keys, _config, table=True)
+    return _launch(q, k, top_k, cfg, table, block_size, grow)
 
 
 def _check_blocks(name: str, k: torch.Tensor, blocks: torch.Tensor, block_size: int, grow: int = 0) -> None:
