@@ -835,6 +835,7 @@ def median_of(first: float, more) -> tuple[float, list[float]]:
     return statistics.median(samples), samples
 
 
+@torch.no_grad()  # decode, graphs and profiles too: with gradients on, the fused model ops step aside
 def reattn_prefill_decode(
     model, ids, steps=8, warm=3, piece=None, time_budget=None, profile_label=None, state=None, cache=None
 ):
