@@ -55,8 +55,10 @@ Algorithm (two launches, no host sync):
 
 Supported: head dims up to 256 (any size; non powers of two are masked), any ``M``, any GQA
 group size, top_k up to 32, fp16 / bf16 / fp32, strided views (the middle slice of the cache).
-Measured on an H100 (BENCHMARKS.md, "Kernels"): 465 TFLOP/s for 2048 queries x 128K keys,
-32/8 heads, d 128, bf16, top-4; decode reads K at 79% (128K) to 99% (1M) of the copy rate.
+Measured on an H100 (BENCHMARKS.md, "Kernels" and run 21): 522 TFLOP/s for a forward's 8 chunks of
+1024 queries over a 120K middle, 32/8 heads, d 128, bf16, top-4 (both launches; 391-411 TFLOP/s at a
+late 32K forward's 27K middle, 318 for level 2's 508 blocks read in place); decode reads K at 79%
+(128K) to 99% (1M) of the copy rate.
 """
 
 from __future__ import annotations
