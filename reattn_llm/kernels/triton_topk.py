@@ -757,20 +757,15 @@ def _check(name: str, q: torch.Tensor, k: torch.Tensor, top_k: int) -> None:
     check_device(name, q, k)
 
 
+#: fp32 inputs (IEEE dots on the FMA units): plain mode, one stage, tiles of at most 64 x 64
+FP32_PLAIN = dict(num_warps=4, num_stages=1, CI=0, EARLY_EXIT=0, PACK=False, OVERLAP=False)
+
+
 def _config_for(q: torch.Tensor, hkv: int, m: int, _config: dict | None, table: bool = False) -> dict:
     B, H, Q, D = q.shape
     cfg = _pick_config((H // hkv) * Q, m, D, sm_count(q.device), B * hkv, table)
     if q.dtype == torch.float32:  # IEEE fp32 dots run on the FMA units: small tiles, plain mode
-        cfg.update(
-            BLOCK_N=min(cfg["BLOCK_N"], 64),
-            num_warps=4,
-            num_stages=1,
-            CI=0,
-            EARLY_EXIT=0,
-            PACK=False,
-            OVERLAP=False,
-        )
-        cfg["BLOCK_R"] = min(cfg["BLOCK_R"], 64)
+        cfg.update(FP32_PLAIN, BLOCK_N=min(cfg["BLOCK_N"], 64), BLOCK_R=min(cfg["BLOCK_R"], 64))
     if _config:
         cfg.update(_config)
     return cfg
