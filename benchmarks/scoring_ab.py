@@ -46,6 +46,8 @@ PREFILL = [
     ("next tile's dot first, 8 warps, 64-key tiles", dict(OVERLAP=True, num_warps=8, BLOCK_N=64)),
     ("next tile's dot first, 4 warps", dict(OVERLAP=True, num_warps=4)),
     ("next tile's dot first, 8 warps, groups of 16 keys", dict(OVERLAP=True, num_warps=8, CI=8)),
+    ("table tiles' rows in int64 (level 2 before session 28; the same rows)", dict(OFF32=False)),
+    ("4 warps, no overlapped dot", dict(num_warps=4, OVERLAP=False)),
     # the merge's exact rescoring (_refine_groups_kernel): the head dim in wider slices (a 32-byte
     # sector a key per load at 16 bf16 values), fewer rows a program, more warps
     ("refine: head-dim slices of 16", dict(REFINE_DC=16)),

@@ -32,13 +32,31 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = [
     ("prefill, eager insertion", dict(EARLY_EXIT=0, CI=4, BLOCK_R=128, BLOCK_N=128, PACK=True), 8, 2),
     (
-        "prefill, lazy insertion (default)",
+        "prefill, lazy insertion, 8 warps (exact default before session 28; level 2's)",
         dict(EARLY_EXIT=3, CI=4, BLOCK_R=128, BLOCK_N=128, PACK=True),
         8,
         2,
     ),
     ("prefill, lazy, groups of 16 keys", dict(EARLY_EXIT=3, CI=8, BLOCK_R=128, BLOCK_N=128, PACK=True), 8, 2),
     ("prefill, lazy, 64-key tiles", dict(EARLY_EXIT=3, CI=4, BLOCK_R=128, BLOCK_N=64, PACK=True), 8, 2),
+    (
+        "prefill, lazy, next tile's dot first, 4 warps (exact default since session 28)",
+        dict(EARLY_EXIT=3, CI=4, BLOCK_R=128, BLOCK_N=128, PACK=True, OVERLAP=True),
+        4,
+        2,
+    ),
+    (
+        "level 2 (block table of 32-key blocks), rows in int64 (before session 28)",
+        dict(EARLY_EXIT=3, CI=4, BLOCK_R=128, BLOCK_N=128, PACK=True, BS=32),
+        8,
+        2,
+    ),
+    (
+        "level 2, rows and offsets in int32 (default where they fit)",
+        dict(EARLY_EXIT=3, CI=4, BLOCK_R=128, BLOCK_N=128, PACK=True, BS=32, OFF32=True),
+        8,
+        2,
+    ),
     (
         "decode, eager insertion (default)",
         dict(EARLY_EXIT=0, CI=0, BLOCK_R=16, BLOCK_N=128, PACK=False),
@@ -58,7 +76,9 @@ def compile_kernel(consts: dict, num_warps: int, num_stages: int, name: str = "_
 
     fn = getattr(triton_topk, name)
     names = fn.arg_names
-    consts = dict(BS=0, D=128, BLOCK_D=128, TOPK=4, KP=4, sq_d=1, sk_d=1, **consts)
+    consts = {**dict(BS=0, D=128, BLOCK_D=128, TOPK=4, KP=4, sq_d=1, sk_d=1), **consts}
+    if name == "_score_topk_kernel":
+        consts = {"OVERLAP": False, "OFF32": False, **consts}
     if "IEEE" in names:
         consts["IEEE"] = False
     ptr = {"cand_v_ptr": "*fp32", "cand_i_ptr": "*i32", "t_ptr": "*i32", "out_ptr": "*i64"}

@@ -269,6 +269,28 @@ def topk_overlap_case(dtype, config, names=("random", "rising", "repeated")):
     return gaps
 
 
+def topk_blocks_rows32_case(dtype, config):
+    """Level 2's table tiles with rows and offsets in int32 (the default where they fit) return the
+    int64 path's rows bit for bit: blocks that divide the tile width and blocks that do not (tiles
+    off the block grid), a forward's chunks (``grow``) with a partial block each, a partial tile."""
+    from reattn_llm.kernels.triton_topk import score_topk_blocks_triton
+
+    torch.manual_seed(6)
+    out = {}
+    for bs, n_blocks in ((16, 9), (6, 25)):
+        C, H, Hkv, Q, M, D = 2, 4, 2, 3, 230, 64
+        q = torch.randn(C, H, Q, D, dtype=dtype)
+        k = torch.randn(1, Hkv, M + 5, D, dtype=dtype)[:, :, 2 : 2 + M].expand(C, -1, -1, -1)
+        grow = 2 * bs
+        first = M - (C - 1) * grow
+        blocks = torch.rand(C, Hkv, first // bs).topk(n_blocks, dim=2).indices.sort(dim=2).values
+        want = score_topk_blocks_triton(q, k, blocks, bs, 4, grow=grow, _config=dict(config, OFF32=False))
+        got = score_topk_blocks_triton(q, k, blocks, bs, 4, grow=grow, _config=config)
+        assert torch.equal(got, want), f"block size {bs}: int32 and int64 rows differ"
+        out[f"bs{bs}"] = int(got.max())
+    return out
+
+
 def guarded_tensor(shape, dtype):
     """A contiguous CPU tensor whose last byte ends right before a page the process may not read
     (``mprotect(PROT_NONE)``): a kernel that loads past it under the interpreter dies with SIGSEGV
@@ -329,6 +351,8 @@ def topk_cases():
     cases["topk_lazy_packed_f16"] = lambda: topk_lazy_case(F16, GROUPED_LAZY)
     cases["topk_lazy_plain_f32"] = lambda: topk_lazy_case(F32, PLAIN_LAZY)
     cases["topk_overlap_packed_f16"] = lambda: topk_overlap_case(F16, GROUPED_LAZY)
+    cases["topk_blocks_rows32_packed_f16"] = lambda: topk_blocks_rows32_case(F16, GROUPED_LAZY)
+    cases["topk_blocks_rows32_plain_f32"] = lambda: topk_blocks_rows32_case(F32, PLAIN_SPLIT)
     cases["topk_overlap_plain_f32"] = lambda: topk_overlap_case(F32, PLAIN_LAZY, ("rising",))
     cases["topk_M1025_g7_ee0_splits_f16"] = lambda: topk_case(1, 7, 1, 5, 1025, 64, 4, F16, GROUPED_EE0)
     cases["topk_M97_d256_g2_f16"] = lambda: topk_case(1, 4, 2, 3, 97, 256, 4, F16)

@@ -215,18 +215,37 @@ def _tile_ptrs(
     TAIL,
     BS: tl.constexpr,
     MASKED: tl.constexpr,
+    OFF32: tl.constexpr = False,
 ):
     """Pointers of the K tile of logical keys ``n0 ..``: in place through the block table
-    (``BS > 0``; a ``MASKED`` tile reads no table entry past ``end``), else rows of the middle."""
+    (``BS > 0``; a ``MASKED`` tile reads no table entry past ``end``), else rows of the middle.
+    ``OFF32``: every row offset within the KV head fits int32 (the host checks the buffer's extent),
+    so a table tile's rows and offsets are computed in 32 bits, and a tile that starts on a block
+    boundary (``n0 % BS == 0``: every tile when ``BS`` divides the tile width) takes its blocks and
+    in-block rows from loop-invariant ``offs_n // BS`` and ``offs_n % BS``."""
     if BS > 0:
         if MASKED:
             valid = n0 + offs_n < end
         else:
             valid = offs_n >= 0
+        if OFF32:
+            rows32 = _block_rows32(t_base, n0, offs_n, valid, NT, TAIL, BS)
+            return k_base + (rows32[:, None] * sk_m + offs_d[None, :] * sk_d)
         rows_n = _block_rows(t_base, n0 + offs_n, valid, NT, TAIL, BS)
         return k_base + rows_n[:, None] * sk_m + offs_d[None, :] * sk_d
     else:
         return k_base + tl.cast(n0, tl.int64) * sk_m + k_offs
+
+
+@triton.jit
+def _block_rows32(t_base, n0, offs_n, valid, NT, TAIL, BS: tl.constexpr):
+    """:func:`_block_rows` of the keys ``n0 + offs_n`` in int32 (rows that fit it)."""
+    j = n0 // BS + offs_n // BS
+    r = n0 % BS + offs_n % BS
+    j = tl.where(r >= BS, j + 1, j)  # a tile off the block grid (BS does not divide the tile width)
+    r = tl.where(r >= BS, r - BS, r)
+    blk = tl.load(t_base + j, mask=valid & (j < NT), other=0).to(tl.int32)
+    return tl.where(j < NT, blk * BS + r, TAIL + (n0 + offs_n - NT * BS))
 
 
 @triton.jit
@@ -290,6 +309,7 @@ def _score_topk_kernel(
     PACK: tl.constexpr,
     IEEE: tl.constexpr,
     OVERLAP: tl.constexpr,
+    OFF32: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     pid = tl.program_id(1)
@@ -340,12 +360,25 @@ def _score_topk_kernel(
         # while the merge's reductions run (the merge's order and arithmetic are unchanged)
         if full_end > start:
             kptrs = _tile_ptrs(
-                k_base, t_base, start, end, offs_n, offs_d, k_offs, sk_m, sk_d, NT, TAIL, BS, False
+                k_base, t_base, start, end, offs_n, offs_d, k_offs, sk_m, sk_d, NT, TAIL, BS, False, OFF32
             )
             s = _tile_scores(q, kptrs, start, end, offs_n, dvalid, IEEE, EVEN_D, False)
             for n0 in range(start, full_end - BLOCK_N, BLOCK_N):
                 kptrs = _tile_ptrs(
-                    k_base, t_base, n0 + BLOCK_N, end, offs_n, offs_d, k_offs, sk_m, sk_d, NT, TAIL, BS, False
+                    k_base,
+                    t_base,
+                    n0 + BLOCK_N,
+                    end,
+                    offs_n,
+                    offs_d,
+                    k_offs,
+                    sk_m,
+                    sk_d,
+                    NT,
+                    TAIL,
+                    BS,
+                    False,
+                    OFF32,
                 )
                 s_next = _tile_scores(q, kptrs, n0 + BLOCK_N, end, offs_n, dvalid, IEEE, EVEN_D, False)
                 vals, ids, thr = _merge_scores(
@@ -372,7 +405,7 @@ def _score_topk_kernel(
     else:
         for n0 in range(start, full_end, BLOCK_N):  # full tiles: no masks
             kptrs = _tile_ptrs(
-                k_base, t_base, n0, end, offs_n, offs_d, k_offs, sk_m, sk_d, NT, TAIL, BS, False
+                k_base, t_base, n0, end, offs_n, offs_d, k_offs, sk_m, sk_d, NT, TAIL, BS, False, OFF32
             )
             s = _tile_scores(q, kptrs, n0, end, offs_n, dvalid, IEEE, EVEN_D, False)
             vals, ids, thr = _merge_scores(
@@ -380,7 +413,7 @@ def _score_topk_kernel(
             )
     if full_end < end:  # the split's partial last tile
         kptrs = _tile_ptrs(
-            k_base, t_base, full_end, end, offs_n, offs_d, k_offs, sk_m, sk_d, NT, TAIL, BS, True
+            k_base, t_base, full_end, end, offs_n, offs_d, k_offs, sk_m, sk_d, NT, TAIL, BS, True, OFF32
         )
         s = _tile_scores(q, kptrs, full_end, end, offs_n, dvalid, IEEE, EVEN_D, True)
         vals, ids, thr = _merge_scores(
@@ -594,6 +627,13 @@ def _candidate_bucket(c: int, ci: int) -> int:
     return max(16 if ci > 0 else 1024, next_pow2(c))
 
 
+def _fits_int32(k: torch.Tensor) -> bool:
+    """Whether every element offset within one ``k[b, h]`` fits int32 (a table tile's row
+    offsets are then computed in 32 bits)."""
+    extent = sum((n - 1) * abs(st) for n, st in zip(k.shape[2:], k.stride()[2:], strict=True))
+    return extent < 2**31
+
+
 def _launch(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -661,6 +701,7 @@ def _launch(
         PACK=cfg.get("PACK", False) and CI > 0,
         IEEE=ieee,
         OVERLAP=cfg.get("OVERLAP", False),
+        OFF32=table is not None and cfg.get("OFF32", True) and _fits_int32(k),
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
