@@ -229,7 +229,7 @@ def _tile_ptrs(
         else:
             valid = offs_n >= 0
         if OFF32:
-            rows32 = _block_rows32(t_base, n0, offs_n, valid, NT, TAIL, BS)
+            rows32 = _block_rows32(t_base, n0, offs_n, valid, NT, TAIL, BS, offs_n.shape[0] % BS == 0)
             return k_base + (rows32[:, None] * sk_m + offs_d[None, :] * sk_d)
         rows_n = _block_rows(t_base, n0 + offs_n, valid, NT, TAIL, BS)
         return k_base + rows_n[:, None] * sk_m + offs_d[None, :] * sk_d
@@ -238,12 +238,18 @@ def _tile_ptrs(
 
 
 @triton.jit
-def _block_rows32(t_base, n0, offs_n, valid, NT, TAIL, BS: tl.constexpr):
-    """:func:`_block_rows` of the keys ``n0 + offs_n`` in int32 (rows that fit it)."""
-    j = n0 // BS + offs_n // BS
-    r = n0 % BS + offs_n % BS
-    j = tl.where(r >= BS, j + 1, j)  # a tile off the block grid (BS does not divide the tile width)
-    r = tl.where(r >= BS, r - BS, r)
+def _block_rows32(t_base, n0, offs_n, valid, NT, TAIL, BS: tl.constexpr, ON_GRID: tl.constexpr):
+    """:func:`_block_rows` of the keys ``n0 + offs_n`` in int32 (rows that fit it). ``ON_GRID``: BS
+    divides the tile width, and tiles start at multiples of it (a split holds whole tiles), so every
+    tile starts on a block boundary and its in-block rows are the loop-invariant ``offs_n % BS``."""
+    if ON_GRID:
+        j = n0 // BS + offs_n // BS
+        r = offs_n % BS
+    else:
+        j = n0 // BS + offs_n // BS
+        r = n0 % BS + offs_n % BS
+        j = tl.where(r >= BS, j + 1, j)
+        r = tl.where(r >= BS, r - BS, r)
     blk = tl.load(t_base + j, mask=valid & (j < NT), other=0).to(tl.int32)
     return tl.where(j < NT, blk * BS + r, TAIL + (n0 + offs_n - NT * BS))
 
