@@ -48,6 +48,10 @@ PREFILL = [
     ("next tile's dot first, 8 warps, groups of 16 keys", dict(OVERLAP=True, num_warps=8, CI=8)),
     ("table tiles' rows in int64 (level 2 before session 28; the same rows)", dict(OFF32=False)),
     ("4 warps, no overlapped dot", dict(num_warps=4, OVERLAP=False)),
+    # wider tiles: fewer key-loop instructions a row and key in sm_90 SASS (benchmarks/topk_sass.py,
+    # session 28: 13.7 and 11.9 a row a 128 keys against 16.0 for the default's 4 warps x 128 x 128)
+    ("8 warps, 256-key tiles", dict(num_warps=8, OVERLAP=False, BLOCK_N=256)),
+    ("8 warps, 256-key tiles, groups of 16 keys", dict(num_warps=8, OVERLAP=False, BLOCK_N=256, CI=8)),
     # the merge's exact rescoring (_refine_groups_kernel): the head dim in wider slices (a 32-byte
     # sector a key per load at 16 bf16 values), fewer rows a program, more warps
     ("refine: head-dim slices of 16", dict(REFINE_DC=16)),

@@ -46,6 +46,12 @@ CONFIGS = [
         2,
     ),
     (
+        "prefill, lazy, 256-key tiles, 8 warps",
+        dict(EARLY_EXIT=3, CI=4, BLOCK_R=128, BLOCK_N=256, PACK=True),
+        8,
+        2,
+    ),
+    (
         "level 2 (block table of 32-key blocks), rows in int64 (before session 28)",
         dict(EARLY_EXIT=3, CI=4, BLOCK_R=128, BLOCK_N=128, PACK=True, BS=32),
         8,
