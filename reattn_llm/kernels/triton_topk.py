@@ -581,7 +581,8 @@ CONFIG_OVERRIDES: dict[str, dict] = {"decode": {}, "prefill": {}}
 #: dot issued before this tile's merge, with 4 warps. H100, ``benchmarks/scoring_ab.py`` (session 28),
 #: the same indices as 8 warps without it: 1.085x at 8 chunks x 1024 over a 120K middle (522 TFLOP/s),
 #: 1.039x at 64K, 1.024x at a late 32K forward, 1.014x at 24K, SmolLM2 1.012x. Level 2 (keys through
-#: a block table) keeps 8 warps without it: 0.876x there (each tile's table lookups on half the threads).
+#: a block table) keeps 8 warps without it: 0.876x there. (In SASS the 4-warp loop is 513 instructions a
+#: warp a tile against 293 for 8 warps: 16.0 a row and 128 keys against 18.3; ``benchmarks/topk_sass.py``.)
 EXACT_PREFILL = dict(OVERLAP=True, num_warps=4)
 
 
