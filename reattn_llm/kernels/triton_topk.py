@@ -370,23 +370,11 @@ def _score_topk_kernel(
             )
             s = _tile_scores(q, kptrs, start, end, offs_n, dvalid, IEEE, EVEN_D, False)
             for n0 in range(start, full_end - BLOCK_N, BLOCK_N):
+                nx = n0 + BLOCK_N
                 kptrs = _tile_ptrs(
-                    k_base,
-                    t_base,
-                    n0 + BLOCK_N,
-                    end,
-                    offs_n,
-                    offs_d,
-                    k_offs,
-                    sk_m,
-                    sk_d,
-                    NT,
-                    TAIL,
-                    BS,
-                    False,
-                    OFF32,
+                    k_base, t_base, nx, end, offs_n, offs_d, k_offs, sk_m, sk_d, NT, TAIL, BS, False, OFF32
                 )
-                s_next = _tile_scores(q, kptrs, n0 + BLOCK_N, end, offs_n, dvalid, IEEE, EVEN_D, False)
+                s_next = _tile_scores(q, kptrs, nx, end, offs_n, dvalid, IEEE, EVEN_D, False)
                 vals, ids, thr = _merge_scores(
                     s, n0, vals, ids, thr, gcol, colk, BLOCK_R, BLOCK_N, GPT, CI, TOPK, KP, EARLY_EXIT, PACK
                 )
