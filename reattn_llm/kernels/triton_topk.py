@@ -114,9 +114,30 @@ def _insert(vals, ids, thr, gm, gidx, tile, m, need, colk, KP: tl.constexpr, PAC
 
 @triton.jit
 def _tile_scores(
-    q, kptrs, n0, end, offs_n, dvalid, IEEE: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr
+    q,
+    k_base,
+    t_base,
+    n0,
+    end,
+    offs_n,
+    offs_d,
+    k_offs,
+    dvalid,
+    sk_m,
+    sk_d,
+    NT,
+    TAIL,
+    BS: tl.constexpr,
+    OFF32: tl.constexpr,
+    IEEE: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    MASKED: tl.constexpr,
 ):
-    """One K tile's scores against the row block: ``[BLOCK_R, BLOCK_N]`` fp32, -inf past ``end``."""
+    """The scores of the K tile of logical keys ``n0 ..`` (:func:`_tile_ptrs`) against the row
+    block: ``[BLOCK_R, BLOCK_N]`` fp32, -inf past ``end``."""
+    kptrs = _tile_ptrs(
+        k_base, t_base, n0, end, offs_n, offs_d, k_offs, sk_m, sk_d, NT, TAIL, BS, MASKED, OFF32
+    )
     if MASKED:
         nvalid = (n0 + offs_n) < end
         if EVEN_D:
@@ -215,7 +236,7 @@ def _tile_ptrs(
     TAIL,
     BS: tl.constexpr,
     MASKED: tl.constexpr,
-    OFF32: tl.constexpr = False,
+    OFF32: tl.constexpr,
 ):
     """Pointers of the K tile of logical keys ``n0 ..``: in place through the block table
     (``BS > 0``; a ``MASKED`` tile reads no table entry past ``end``), else rows of the middle.
@@ -242,11 +263,10 @@ def _block_rows32(t_base, n0, offs_n, valid, NT, TAIL, BS: tl.constexpr, ON_GRID
     """:func:`_block_rows` of the keys ``n0 + offs_n`` in int32 (rows that fit it). ``ON_GRID``: BS
     divides the tile width, and tiles start at multiples of it (a split holds whole tiles), so every
     tile starts on a block boundary and its in-block rows are the loop-invariant ``offs_n % BS``."""
+    j = n0 // BS + offs_n // BS
     if ON_GRID:
-        j = n0 // BS + offs_n // BS
         r = offs_n % BS
     else:
-        j = n0 // BS + offs_n // BS
         r = n0 % BS + offs_n % BS
         j = tl.where(r >= BS, j + 1, j)
         r = tl.where(r >= BS, r - BS, r)
@@ -365,51 +385,37 @@ def _score_topk_kernel(
         # the next tile's dot is issued before this tile's merge, so the tensor cores can run it
         # while the merge's reductions run (the merge's order and arithmetic are unchanged)
         if full_end > start:
-            kptrs = _tile_ptrs(
-                k_base, t_base, start, end, offs_n, offs_d, k_offs, sk_m, sk_d, NT, TAIL, BS, False, OFF32
-            )
-            s = _tile_scores(q, kptrs, start, end, offs_n, dvalid, IEEE, EVEN_D, False)
+            s = _tile_scores(
+                q, k_base, t_base, start, end, offs_n, offs_d, k_offs, dvalid, sk_m, sk_d, NT, TAIL,
+                BS, OFF32, IEEE, EVEN_D, False,
+            )  # fmt: skip
             for n0 in range(start, full_end - BLOCK_N, BLOCK_N):
-                nx = n0 + BLOCK_N
-                kptrs = _tile_ptrs(
-                    k_base, t_base, nx, end, offs_n, offs_d, k_offs, sk_m, sk_d, NT, TAIL, BS, False, OFF32
-                )
-                s_next = _tile_scores(q, kptrs, nx, end, offs_n, dvalid, IEEE, EVEN_D, False)
+                s_next = _tile_scores(
+                    q, k_base, t_base, n0 + BLOCK_N, end, offs_n, offs_d, k_offs, dvalid, sk_m, sk_d, NT,
+                    TAIL, BS, OFF32, IEEE, EVEN_D, False,
+                )  # fmt: skip
                 vals, ids, thr = _merge_scores(
                     s, n0, vals, ids, thr, gcol, colk, BLOCK_R, BLOCK_N, GPT, CI, TOPK, KP, EARLY_EXIT, PACK
                 )
                 s = s_next
+            last = full_end - BLOCK_N
             vals, ids, thr = _merge_scores(
-                s,
-                full_end - BLOCK_N,
-                vals,
-                ids,
-                thr,
-                gcol,
-                colk,
-                BLOCK_R,
-                BLOCK_N,
-                GPT,
-                CI,
-                TOPK,
-                KP,
-                EARLY_EXIT,
-                PACK,
+                s, last, vals, ids, thr, gcol, colk, BLOCK_R, BLOCK_N, GPT, CI, TOPK, KP, EARLY_EXIT, PACK
             )
     else:
         for n0 in range(start, full_end, BLOCK_N):  # full tiles: no masks
-            kptrs = _tile_ptrs(
-                k_base, t_base, n0, end, offs_n, offs_d, k_offs, sk_m, sk_d, NT, TAIL, BS, False, OFF32
-            )
-            s = _tile_scores(q, kptrs, n0, end, offs_n, dvalid, IEEE, EVEN_D, False)
+            s = _tile_scores(
+                q, k_base, t_base, n0, end, offs_n, offs_d, k_offs, dvalid, sk_m, sk_d, NT, TAIL,
+                BS, OFF32, IEEE, EVEN_D, False,
+            )  # fmt: skip
             vals, ids, thr = _merge_scores(
                 s, n0, vals, ids, thr, gcol, colk, BLOCK_R, BLOCK_N, GPT, CI, TOPK, KP, EARLY_EXIT, PACK
             )
     if full_end < end:  # the split's partial last tile
-        kptrs = _tile_ptrs(
-            k_base, t_base, full_end, end, offs_n, offs_d, k_offs, sk_m, sk_d, NT, TAIL, BS, True, OFF32
-        )
-        s = _tile_scores(q, kptrs, full_end, end, offs_n, dvalid, IEEE, EVEN_D, True)
+        s = _tile_scores(
+            q, k_base, t_base, full_end, end, offs_n, offs_d, k_offs, dvalid, sk_m, sk_d, NT, TAIL,
+            BS, OFF32, IEEE, EVEN_D, True,
+        )  # fmt: skip
         vals, ids, thr = _merge_scores(
             s, full_end, vals, ids, thr, gcol, colk, BLOCK_R, BLOCK_N, GPT, CI, TOPK, KP, EARLY_EXIT, PACK
         )
