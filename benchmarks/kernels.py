@@ -732,11 +732,11 @@ def stock_decode_static(model, T, steps=8, warm=3):
 
 
 def profile_steps(fn, steps=3, label=""):
-    """Print where one decode step's time goes (CPU and CUDA), for whoever tunes the core."""
+    """Print where one decode step's time goes (CPU and CUDA), for whoever tunes the core. Its caller
+    (:func:`reattn_prefill_decode`) runs under ``no_grad``, as every timed path."""
     from torch.profiler import ProfilerActivity, profile
 
-    # under no_grad as every timed path: with gradients on, the fused model ops step aside (model_ops)
-    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             fn()
         torch.cuda.synchronize()
@@ -1298,13 +1298,15 @@ def main() -> int:
         planning.BATCHED_CHUNKS = ()
     RESULTS["batched_chunks"] = planning.BATCHED_CHUNKS
     if args.topk:
+        from ruler import _parse_overrides
+
         from reattn_llm.kernels import triton_topk
 
-        for kv in args.topk.split(","):
-            key, _, val = kv.partition("=")
-            if not key or not val.lstrip("-").isdigit():
-                ap.error(f"--topk takes k=integer pairs, got {kv!r}")
-            triton_topk.CONFIG_OVERRIDES["prefill"][key] = int(val)
+        tile = _parse_overrides([args.topk])
+        bad = [f"{k}={v}" for k, v in tile.items() if not k or type(v) is not int]
+        if bad:
+            ap.error(f"--topk takes k=integer pairs, got {', '.join(bad)}")
+        triton_topk.CONFIG_OVERRIDES["prefill"].update(tile)
         RESULTS["topk_prefill"] = dict(triton_topk.CONFIG_OVERRIDES["prefill"])
     if args.attn_before:
         from reattn_llm.kernels import triton_attention

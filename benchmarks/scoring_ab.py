@@ -130,11 +130,12 @@ def prefill(repeats: int) -> list[tuple]:
     from reattn_llm.kernels.triton_topk import score_topk_blocks_triton, score_topk_triton
 
     rows = []
+    level2 = {s[0] for s in LEVEL2_SHAPES}
     for shape, C, H, Hkv, Q, M, D, grow in PREFILL_SHAPES + LEVEL2_SHAPES:
         q = torch.randn(1, C * Q, H, D, device="cuda", dtype=torch.bfloat16).view(C, Q, H, D).transpose(1, 2)
         k = torch.randn(1, Hkv, M, D, device="cuda", dtype=torch.bfloat16).expand(C, Hkv, M, D)
         keys = sum(M - (C - 1 - c) * grow for c in range(C))
-        if shape in dict((s[0], s) for s in LEVEL2_SHAPES):  # level 2: the chunks' candidate blocks in place
+        if shape in level2:  # level 2: the chunks' candidate blocks read in place
             first = M - (C - 1) * grow
             blocks = torch.rand(C, Hkv, first // LEVEL2_BLOCK, device="cuda").topk(LEVEL2_CANDIDATES, dim=2)
             blocks = blocks.indices.sort(dim=2).values.to(torch.int32).contiguous()
