@@ -63,6 +63,11 @@ E2E_SET: dict = {}
 #: --prefill-forward: tokens per ReAttention prefill forward in --e2e, whole chunks joined as the engine
 #: does (method.chunks.forward_bounds; None: the engine's default); 0: the prompt (or its pieces) in one call
 PREFILL_FORWARD: int | None = None
+#: --reserve: --e2e's ReAttention prefills into a cache reserved for the prompt and DECODE_ROOM, as the
+#: engine reserves prompt + answer tokens (None: the buffers grow by half as the forwards append)
+RESERVE = False
+#: --forward-times: log each forward's seconds of every ReAttention prefill (warm-ups too)
+FORWARD_TIMES = False
 BF16 = torch.bfloat16
 RESULTS: dict = {"rows": []}
 
@@ -823,6 +828,8 @@ def reattn_prefill(model, ids, patched, piece=None, time_budget=None, cache=None
         del out
         t_total += dt
         done = e
+        if FORWARD_TIMES:
+            log(f"  forward [{s}, {e}): {dt * 1e3:.1f} ms")
         if time_budget is not None and t_total > time_budget and done < T:
             log(f"  prefill stopped by the time budget at {done} tokens")
             break
@@ -955,9 +962,10 @@ def e2e(which: list[str]):
                     ids,
                     profile_label=f"ReAttention decode {w}" if w in PROFILE else None,
                     state=h.state if GRAPHS else None,
+                    cache=e2e_cache(model, T),
                 )
                 r["prefill_s"], samples = median_of(
-                    r["prefill_s"], lambda: reattn_prefill(model, ids, h.state)[0]
+                    r["prefill_s"], lambda: reattn_prefill(model, ids, h.state, cache=e2e_cache(model, T))[0]
                 )
             finally:
                 h.unpatch()
@@ -972,6 +980,7 @@ def e2e(which: list[str]):
                 "stock SDPA",
                 t_stock,
                 f"ratio {r['prefill_s'] / t_stock:.2f} (target <= 1.1)"
+                + ("; ReAttention's cache reserved (--reserve)" if RESERVE else "")
                 + (
                     f"; medians of {PREFILL_REPEATS}: ReAttention {', '.join(f'{t:.3f}' for t in samples)} s,"
                     f" stock {', '.join(f'{t:.3f}' for t in stock_samples)} s"
@@ -1086,6 +1095,14 @@ def warm_wide_candidates(model, cfg=None) -> None:
     q = torch.randn(1, mc.num_attention_heads, 1, d, device=DEV, dtype=model.dtype)
     summaries = torch.randn(1, hkv, MAX_TOP_BLOCKS, 2 * d, device=DEV, dtype=model.dtype)
     candidate_blocks_triton(q, summaries, c)  # a decode step's (two-level answers)
+
+
+def e2e_cache(model, tokens: int):
+    """The cache of an ``--e2e`` ReAttention prefill of ``tokens``: reserved for them and DECODE_ROOM with
+    ``--reserve`` (the engine's way), else None (the model makes one whose buffers grow)."""
+    from reattn_llm.method.patch import make_cache
+
+    return make_cache(model, reserve=tokens + DECODE_ROOM) if RESERVE else None
 
 
 def e2e_config(**kw):
@@ -1263,14 +1280,31 @@ def main() -> int:
         default=1,
         help="--e2e (llama32k / llama128k): prefills timed per mode, the figures their medians",
     )
+    ap.add_argument(
+        "--reserve",
+        action="store_true",
+        help="--e2e: ReAttention prefills into a cache reserved for the prompt and the decode steps, as "
+        "the engine reserves prompt + answer tokens (default: buffers that grow as forwards append)",
+    )
+    ap.add_argument("--forward-times", action="store_true", help="--e2e: log each prefill forward's time")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    global GRAPHS, GRAPH_BUCKETS, SELECTION, EXACT_ANSWER, PREFILL_FORWARD, PREFILL_REPEATS
+    global \
+        GRAPHS, \
+        GRAPH_BUCKETS, \
+        SELECTION, \
+        EXACT_ANSWER, \
+        PREFILL_FORWARD, \
+        PREFILL_REPEATS, \
+        RESERVE, \
+        FORWARD_TIMES
     if args.prefill_repeats < 1:
         ap.error(f"--prefill-repeats must be at least 1, got {args.prefill_repeats}")
     PREFILL_REPEATS = args.prefill_repeats
     RESULTS["prefill_repeats"] = PREFILL_REPEATS
     PREFILL_FORWARD = args.prefill_forward
+    RESERVE, FORWARD_TIMES = args.reserve, args.forward_times
+    RESULTS["reserve"] = RESERVE
     RESULTS["prefill_forward"] = PREFILL_FORWARD
     GRAPHS = args.graphs
     GRAPH_BUCKETS = [int(b) for b in args.graph_buckets.split(",") if b]
