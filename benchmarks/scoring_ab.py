@@ -46,7 +46,10 @@ PREFILL = [
     ("next tile's dot first, 8 warps, 64-key tiles", dict(OVERLAP=True, num_warps=8, BLOCK_N=64)),
     ("next tile's dot first, 4 warps", dict(OVERLAP=True, num_warps=4)),
     ("next tile's dot first, 8 warps, groups of 16 keys", dict(OVERLAP=True, num_warps=8, CI=8)),
-    ("table tiles' rows in int64 (level 2 before session 28; the same rows)", dict(OFF32=False)),
+    (
+        "table tiles' rows in int64, 8 warps, no overlapped dot (level 2 before session 28; the same rows)",
+        dict(OFF32=False, OVERLAP=False, num_warps=8),
+    ),
     ("4 warps, no overlapped dot", dict(num_warps=4, OVERLAP=False)),
     # wider tiles: fewer key-loop instructions a row and key in sm_90 SASS (benchmarks/topk_sass.py,
     # session 28: 13.7 and 11.9 a row a 128 keys against 16.0 for the default's 4 warps x 128 x 128)

@@ -36,9 +36,10 @@ Algorithm (two launches, no host sync):
    * **plain mode** (decode, tiny chunks, fp32): the same insertion on the key scores
      themselves; decode is memory-bound, so the per-key work hides under the K stream.
 
-   With ``OVERLAP`` (:data:`EXACT_PREFILL`: a prompt chunk scoring the middle itself, 4 warps) the
-   loop issues the next tile's dot before it merges this tile's scores; same order, same arithmetic,
-   the same indices bit for bit. (With 8 warps it lost 0.72-0.80x: two live accumulators.)
+   With ``OVERLAP`` (:data:`EXACT_PREFILL`: a prompt chunk's scoring with 4 warps, over the middle
+   or through a block table whose rows fit 32 bits) the loop issues the next tile's dot before it
+   merges this tile's scores; same order, same arithmetic, the same indices bit for bit. (With 8
+   warps it lost 0.72-0.80x: two live accumulators.)
 
    Each program writes its split's candidates: ``[B, H, Q, splits, top_k]`` values and ids.
 2. ``_merge_refine_kernel``: one program per row merges the candidates of all splits (plain
@@ -571,18 +572,20 @@ def _refine_groups_kernel(
 CONFIG_OVERRIDES: dict[str, dict] = {"decode": {}, "prefill": {}}
 
 
-#: Exact scoring of a prompt chunk over the middle itself (no block table), d <= 128: the next tile's
-#: dot issued before this tile's merge, with 4 warps. H100, ``benchmarks/scoring_ab.py`` (session 28),
-#: the same indices as 8 warps without it: 1.085x at 8 chunks x 1024 over a 120K middle (522 TFLOP/s),
-#: 1.039x at 64K, 1.024x at a late 32K forward, 1.014x at 24K, SmolLM2 1.012x. Level 2 (keys through
-#: a block table) keeps 8 warps without it: 0.876x there. (In SASS the 4-warp loop is 513 instructions a
-#: warp a tile against 293 for 8 warps: 16.0 a row and 128 keys against 18.3; ``benchmarks/topk_sass.py``.)
+#: A prompt chunk's scoring, d <= 128: the next tile's dot issued before this tile's merge, with 4 warps.
+#: H100, ``benchmarks/scoring_ab.py``, the same indices as 8 warps without it. Over the middle itself
+#: (session 28): 1.085x at 8 chunks x 1024 over a 120K middle (522 TFLOP/s), 1.039x at 64K, 1.024x at a
+#: late 32K forward, 1.014x at 24K, SmolLM2 1.012x. Through a block table (level 2, session 29: 1.026x
+#: for 8 chunks' 508 blocks of 32, 375 TFLOP/s) only while its rows are computed in 32 bits: with int64
+#: rows (a KV head past 2^31 elements) it lost 0.876x, so those keep 8 warps without it. (In SASS the
+#: 4-warp loop is 513 instructions a warp a tile against 293 for 8 warps: 16.0 a row and 128 keys
+#: against 18.3; ``benchmarks/topk_sass.py``.)
 EXACT_PREFILL = dict(OVERLAP=True, num_warps=4)
 
 
-def _pick_config(rows: int, M: int, D: int, n_sm: int, batch_heads: int, table: bool = False) -> dict:
-    """Tile configuration for ``rows = g * Q`` rows per KV head and ``M`` keys (``table``: read
-    through a block table, two-level selection's level 2)."""
+def _pick_config(rows: int, M: int, D: int, n_sm: int, batch_heads: int, rows64: bool = False) -> dict:
+    """Tile configuration for ``rows = g * Q`` rows per KV head and ``M`` keys (``rows64``: read
+    through a block table whose rows need int64, :func:`_fits_int32`)."""
     bd = next_pow2(D)
     if rows <= 64:  # decode / tiny chunks: memory-bound, plain mode
         cfg = dict(
@@ -615,7 +618,7 @@ def _pick_config(rows: int, M: int, D: int, n_sm: int, batch_heads: int, table: 
             min_tiles=8,
         )
         if bd <= 128:
-            if not table:
+            if not rows64:
                 cfg.update(EXACT_PREFILL)
             cfg.update(CONFIG_OVERRIDES["prefill"])
     return cfg
@@ -803,9 +806,9 @@ def _check(name: str, q: torch.Tensor, k: torch.Tensor, top_k: int) -> None:
 FP32_PLAIN = dict(num_warps=4, num_stages=1, CI=0, EARLY_EXIT=0, PACK=False, OVERLAP=False)
 
 
-def _config_for(q: torch.Tensor, hkv: int, m: int, _config: dict | None, table: bool = False) -> dict:
+def _config_for(q: torch.Tensor, hkv: int, m: int, _config: dict | None, rows64: bool = False) -> dict:
     B, H, Q, D = q.shape
-    cfg = _pick_config((H // hkv) * Q, m, D, sm_count(q.device), B * hkv, table)
+    cfg = _pick_config((H // hkv) * Q, m, D, sm_count(q.device), B * hkv, rows64)
     if q.dtype == torch.float32:  # IEEE fp32 dots run on the FMA units: small tiles, plain mode
         cfg.update(FP32_PLAIN, BLOCK_N=min(cfg["BLOCK_N"], 64), BLOCK_R=min(cfg["BLOCK_R"], 64))
     if _config:
@@ -869,7 +872,7 @@ def score_topk_blocks_triton(
     if B * H * Q == 0 or kk == 0:
         return torch.empty((B, H, Q, kk), device=q.device, dtype=torch.int64)
     table = blocks if blocks.is_contiguous() else blocks.contiguous()
-    cfg = _config_for(q, k.shape[1], n_keys, _config, table=True)
+    cfg = _config_for(q, k.shape[1], n_keys, _config, rows64=not _fits_int32(k))
     return _launch(q, k, top_k, cfg, table, block_size, grow)
 
 
