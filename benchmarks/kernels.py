@@ -1097,6 +1097,17 @@ def warm_wide_candidates(model, cfg=None) -> None:
     candidate_blocks_triton(q, summaries, c)  # a decode step's (two-level answers)
 
 
+def _int_pairs(ap, flag: str, text: str) -> dict:
+    """``k=v,...`` of a tile-configuration flag (ruler.py's parser), every value an integer, else a usage error."""
+    from ruler import _parse_overrides
+
+    pairs = _parse_overrides([text])
+    bad = [f"{k}={v}" for k, v in pairs.items() if not k or type(v) is not int]
+    if bad:
+        ap.error(f"{flag} takes k=integer pairs, got {', '.join(bad)}")
+    return pairs
+
+
 def e2e_cache(model, tokens: int):
     """The cache of an ``--e2e`` ReAttention prefill of ``tokens``: reserved for them and DECODE_ROOM with
     ``--reserve`` (the engine's way), else None (the model makes one whose buffers grow)."""
@@ -1275,6 +1286,12 @@ def main() -> int:
         "e.g. OVERLAP=1: an A/B of a kernel variant end to end",
     )
     ap.add_argument(
+        "--attn",
+        default="",
+        help="scope attention's prefill configuration, k=v,... over the default's (triton_attention."
+        "CONFIG_OVERRIDES), e.g. BLOCK_R=128,num_warps=8: an A/B of the flash kernel's tiles end to end",
+    )
+    ap.add_argument(
         "--prefill-repeats",
         type=int,
         default=1,
@@ -1332,16 +1349,15 @@ def main() -> int:
         planning.BATCHED_CHUNKS = ()
     RESULTS["batched_chunks"] = planning.BATCHED_CHUNKS
     if args.topk:
-        from ruler import _parse_overrides
-
         from reattn_llm.kernels import triton_topk
 
-        tile = _parse_overrides([args.topk])
-        bad = [f"{k}={v}" for k, v in tile.items() if not k or type(v) is not int]
-        if bad:
-            ap.error(f"--topk takes k=integer pairs, got {', '.join(bad)}")
-        triton_topk.CONFIG_OVERRIDES["prefill"].update(tile)
+        triton_topk.CONFIG_OVERRIDES["prefill"].update(_int_pairs(ap, "--topk", args.topk))
         RESULTS["topk_prefill"] = dict(triton_topk.CONFIG_OVERRIDES["prefill"])
+    if args.attn:
+        from reattn_llm.kernels import triton_attention
+
+        triton_attention.CONFIG_OVERRIDES["prefill"].update(_int_pairs(ap, "--attn", args.attn))
+        RESULTS["attn_prefill_tiles"] = dict(triton_attention.CONFIG_OVERRIDES["prefill"])
     if args.attn_before:
         from reattn_llm.kernels import triton_attention
 

@@ -105,6 +105,19 @@ ATTN_DECODE = [
     ("8 programs an SM, 32-key tiles", dict(target_mult=8, min_tiles=1, BLOCK_N=32)),
     ("4 programs an SM, 2 stages", dict(target_mult=4, num_stages=2)),
 ]
+#: prefill scope attention variants: the flash kernel's tiles for a chunk's own keys after cuDNN's prefix
+#: (``triton_attention._pick_config``'s prefill keys; its default R64 N64 w4 s3 was swept over whole scopes)
+ATTN_PREFILL = [
+    ("default (64 x 64, 4 warps, 3 stages)", {}),
+    ("128 x 64, 8 warps, 3 stages", dict(BLOCK_R=128, BLOCK_N=64, num_warps=8, num_stages=3)),
+    ("128 x 64, 4 warps, 3 stages", dict(BLOCK_R=128, BLOCK_N=64, num_warps=4, num_stages=3)),
+    ("128 x 128, 8 warps, 2 stages", dict(BLOCK_R=128, BLOCK_N=128, num_warps=8, num_stages=2)),
+    ("64 x 128, 4 warps, 2 stages", dict(BLOCK_R=64, BLOCK_N=128, num_warps=4, num_stages=2)),
+    ("64 x 32, 4 warps, 3 stages", dict(BLOCK_R=64, BLOCK_N=32, num_warps=4, num_stages=3)),
+    ("64 x 64, 4 warps, 2 stages", dict(BLOCK_R=64, BLOCK_N=64, num_warps=4, num_stages=2)),
+    ("64 x 64, 8 warps, 3 stages", dict(BLOCK_R=64, BLOCK_N=64, num_warps=8, num_stages=3)),
+    ("128 x 32, 4 warps, 4 stages", dict(BLOCK_R=128, BLOCK_N=32, num_warps=4, num_stages=4)),
+]
 #: (name, chunks, heads, KV heads, queries a chunk, middle keys, head dim, grow)
 PREFILL_SHAPES = [
     ("8B, 8 chunks x 1024, 120K middle", 8, 32, 8, 1024, 122880, 128, 1024),
@@ -308,9 +321,62 @@ def attention_decode(repeats: int) -> list[tuple]:
     return rows
 
 
+def attention_prefill(repeats: int) -> list[tuple]:
+    """One forward's 8 prompt chunks of 1024 queries attending over their 8,192-key scopes (32 global
+    rows, spans from a 128K cache, 3,072 local rows, the chunk's own 1,024), the 8B shape, as the core
+    calls it (``chunk_tail``): gather, the prefix through cuDNN, the own keys by the flash kernel,
+    whose tiles the variants change."""
+    from reattn_llm.kernels.torch_ops import scope_attention_torch
+    from reattn_llm.kernels.triton_attention import scope_attention_triton
+
+    C, H, Hkv, T, N, Q, D = 8, 32, 8, 131072, 8192, 1024, 128
+    q = torch.randn(1, C * Q, H, D, device="cuda", dtype=torch.bfloat16).view(C, Q, H, D).transpose(1, 2)
+    kc = torch.randn(1, Hkv, T, D, device="cuda", dtype=torch.bfloat16).expand(C, -1, -1, -1)
+    vc = torch.randn(1, Hkv, T, D, device="cuda", dtype=torch.bfloat16).expand(C, -1, -1, -1)
+    idx = []
+    for c in range(C):
+        end = T - (C - 1 - c) * Q  # the chunk's own rows end here; 4,096 local rows (its own last)
+        mid = torch.randperm(end - 4096 - 32)[: N - 4096 - 32].sort().values + 32
+        idx.append(torch.cat([torch.arange(32), mid, torch.arange(end - 4096, end)]))
+    idx = torch.stack(idx).to("cuda")
+    kpos = torch.arange(N, device="cuda")[None].expand(C, -1).contiguous()
+    qpos = (torch.arange(Q, device="cuda") + N - Q)[None].expand(C, -1).contiguous()
+    inv = 1.0 / 500000.0 ** (torch.arange(0, D, 2, device="cuda", dtype=torch.float64) / D)
+    f = torch.outer(torch.arange(N + 8, device="cuda", dtype=torch.float64), inv)
+    cos, sin = (torch.cat([f, f], -1).cos().bfloat16(), torch.cat([f, f], -1).sin().bfloat16())
+    args = (q, kc, vc, idx, kpos, qpos, cos, sin, D**-0.5)
+    ref = scope_attention_torch(*(a[:1] for a in args[:6]), *args[6:]).float()  # chunk 0
+    rows, base = [], None
+    flops = 4 * H * Q * D * C * (N - Q / 2)  # the prefix whole, the own keys' causal half
+    for name, cfg in ATTN_PREFILL:
+        c = dict(cfg, PREFIX="cudnn")
+        try:
+            got = scope_attention_triton(*args, True, _config=c)[:1].float()
+        except Exception as e:  # a variant that does not compile: say so, time the rest
+            rows.append(("8B prefill attention, 8 chunks", name, "failed", f"{type(e).__name__}", "", ""))
+            continue
+        err = ((got - ref).norm() / ref.norm()).item()
+        ms = best_ms(lambda c=c: scope_attention_triton(*args, True, _config=c), repeats)
+        base = base or ms
+        rows.append(
+            (
+                "8B prefill attention, 8 chunks x 1024, 8,192-key scopes",
+                name,
+                f"{ms * 1e3:.1f} us",
+                f"{flops / (ms * 1e-3) / 1e12:.0f} TFLOP/s",
+                f"error {err:.1e}",
+                f"{base / ms:.3f}",
+            )
+        )
+        print(" | ".join(map(str, rows[-1])), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", choices=("prefill", "decode", "attention", "level1"), default=None)
+    ap.add_argument(
+        "--only", choices=("prefill", "decode", "attention", "attention_prefill", "level1"), default=None
+    )
     ap.add_argument("--repeats", type=int, default=3, help="medians taken, the best reported")
     ap.add_argument(
         "--variants",
@@ -342,6 +408,8 @@ def main() -> None:
         rows += decode(args.repeats)
     if args.only in (None, "attention"):
         rows += attention_decode(args.repeats)
+    if args.only in (None, "attention_prefill"):
+        rows += attention_prefill(args.repeats)
     if args.only in (None, "level1"):
         rows += level1(args.repeats)
     print("\n| shape | variant | time | rate | same indices as default | speed vs default |")

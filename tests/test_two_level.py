@@ -162,6 +162,37 @@ def test_level1_from_every_sth_query_and_level2_for_every_query(stride):
         assert _same_hits(both[b : b + 1], alone)
 
 
+def test_a_batch_straddling_the_candidate_budget_selects_in_two_batched_calls(monkeypatch):
+    """A forward's chunks whose first middles the candidates cover (they score exactly) and whose
+    later ones they do not: each chunk's hits are the ones it gets alone, from one exact call for
+    the first chunks and one two-level call (one level 1) for the rest, not one call a chunk."""
+    import reattn_llm.method.two_level as tl
+
+    calls = {"exact": 0, "level1": 0}
+
+    def counted(name, fn):
+        def wrapper(*a, **kw):
+            calls[name] += 1
+            return fn(*a, **kw)
+
+        return wrapper
+
+    gen = torch.Generator().manual_seed(7)
+    q = torch.randn(4, 4, 8, 16, generator=gen, dtype=torch.float64)
+    k = torch.randn(1, 2, 80, 16, generator=gen, dtype=torch.float64)
+    kv = DenseLayer()
+    kv.update(k, k)
+    # middles [3, end): 24, 40, 56, 72 keys = 3, 5, 7, 9 full blocks of 8 against 5 candidates
+    ends = (27, 43, 59, 75)
+    alone = [two_level_topk(q[b : b + 1], kv, 3, 5, 8, lo=3, hi=e) for b, e in enumerate(ends)]
+    monkeypatch.setattr(tl, "exact_topk", counted("exact", tl.exact_topk))
+    monkeypatch.setattr(tl, "level1_candidates", counted("level1", tl.level1_candidates))
+    both = two_level_topk(q, kv, 3, 5, 8, lo=3, hi=75, grow=16)
+    assert calls == {"exact": 1, "level1": 1}
+    for b in range(4):
+        assert _same_hits(both[b : b + 1], alone[b])
+
+
 def test_rank_is_sliced_over_rows_without_changing_it(monkeypatch):
     import reattn_llm.kernels.torch_ops as ops
 

@@ -139,11 +139,23 @@ def _grown(
     """:func:`two_level_topk` of a batch of one sequence's chunks (``grow``): the blocks of the last
     chunk's middle are summarised at once (a kept block is summarised once, whoever needs it
     first), then level 1 ranks each chunk's own blocks and level 2 scores each chunk's candidates
-    and partial block, for the whole batch in the same launches."""
+    and partial block, for the whole batch in the same launches. The first chunks whose middles the
+    candidates cover score exactly as one batch of their own, the rest as above: each chunk's
+    result is the one it gets alone, in two batches (entry by entry only where ``grow`` is not
+    whole blocks)."""
     b = q.shape[0]
     c = max(candidate_blocks, -(-top_k // block_size))
     ends = [hi - (b - 1 - i) * grow for i in range(b)]
-    if grow % block_size or c >= (ends[0] - lo) // block_size:  # a chunk scores exactly, or blocks misalign
+    n_exact = sum(c >= (e - lo) // block_size for e in ends)  # a prefix: the middles grow
+    if n_exact and not grow % block_size:
+        exact = exact_topk(q[:n_exact], kv, lo, ends[n_exact - 1], top_k, backend, grow)
+        if n_exact == b:
+            return exact
+        rest = _grown(
+            q[n_exact:], kv, top_k, candidate_blocks, block_size, backend, lo, hi, grow, level1_stride
+        )
+        return torch.cat([exact, rest])
+    if grow % block_size:  # blocks misalign: entry by entry
         parts = [
             two_level_topk(
                 q[i : i + 1],
