@@ -2,6 +2,7 @@
 and of a decode step's scope attention (its splits and tiles) and of two-level selection's level 1.
 
     python benchmarks/scoring_ab.py                     # every variant below: prefill, decode, attention, level 1
+    python benchmarks/scoring_ab.py --only attention_prefill   # the flash kernel's tiles after cuDNN's prefix
     python benchmarks/scoring_ab.py --only prefill --repeats 5
 
 Each variant is the kernel's own configuration (``triton_topk._pick_config``) with a few keys
@@ -139,6 +140,19 @@ DECODE_SHAPES = [
 ]
 
 
+def rope_tables(n: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Llama-3's RoPE tables (base 500,000, rotate-half) of positions ``[0, n)``: cos, sin ``[n, d]``."""
+    inv = 1.0 / 500000.0 ** (torch.arange(0, d, 2, device="cuda", dtype=torch.float64) / d)
+    f = torch.outer(torch.arange(n, device="cuda", dtype=torch.float64), inv)
+    return torch.cat([f, f], -1).cos().bfloat16(), torch.cat([f, f], -1).sin().bfloat16()
+
+
+def add_row(rows: list, *cells) -> None:
+    """One result row: kept for the final table and printed as it comes."""
+    rows.append(cells)
+    print(" | ".join(map(str, cells)), flush=True)
+
+
 def best_ms(fn, repeats: int) -> float:
     import triton.testing
 
@@ -173,14 +187,12 @@ def prefill(repeats: int) -> list[tuple]:
             try:
                 same = torch.equal(run(cfg), ref)
             except Exception as e:  # a variant that does not compile: say so, time the rest
-                rows.append((shape, name, "failed", f"{type(e).__name__}: {str(e)[:80]}", "", ""))
-                print(" | ".join(map(str, rows[-1])), flush=True)
+                add_row(rows, shape, name, "failed", f"{type(e).__name__}: {str(e)[:80]}", "", "")
                 continue
             ms = best_ms(lambda cfg=cfg, run=run: run(cfg), repeats)
             base = base or ms
             tflops = 2 * H * Q * keys * D / (ms * 1e-3) / 1e12
-            rows.append((shape, name, f"{ms:.3f} ms", f"{tflops:.0f} TFLOP/s", same, f"{base / ms:.3f}"))
-            print(" | ".join(map(str, rows[-1])), flush=True)
+            add_row(rows, shape, name, f"{ms:.3f} ms", f"{tflops:.0f} TFLOP/s", same, f"{base / ms:.3f}")
         del q, k
         torch.cuda.empty_cache()
     return rows
@@ -202,24 +214,21 @@ def level1(repeats: int) -> list[tuple]:
             try:
                 got = rank_blocks_triton(q, summ, _config=cfg)
             except Exception as e:  # a tile that does not fit shared memory
-                rows.append((shape, name, type(e).__name__, "", False, ""))
-                print(" | ".join(map(str, rows[-1])), flush=True)
+                add_row(rows, shape, name, type(e).__name__, "", False, "")
                 continue
             err = (got - ref).abs().max().item()
             ms = best_ms(lambda cfg=cfg, q=q, s=summ: rank_blocks_triton(q, s, _config=cfg), repeats)
             base = base or ms
             tflops = 2 * 2 * 2 * H * Q * C * (M // 32) * D / (ms * 1e-3) / 1e12  # 2 passes x 2 dots
-            rows.append(
-                (
-                    shape,
-                    name,
-                    f"{ms:.3f} ms",
-                    f"{tflops:.0f} TFLOP/s",
-                    f"max diff {err:.1e}",
-                    f"{base / ms:.3f}",
-                )
+            add_row(
+                rows,
+                shape,
+                name,
+                f"{ms:.3f} ms",
+                f"{tflops:.0f} TFLOP/s",
+                f"max diff {err:.1e}",
+                f"{base / ms:.3f}",
             )
-            print(" | ".join(map(str, rows[-1])), flush=True)
         del q, summ
         torch.cuda.empty_cache()
     return rows
@@ -257,17 +266,15 @@ def decode(repeats: int) -> list[tuple]:
             ms = graph_ms(lambda cfg=cfg, q=q, k=k: score_topk_triton(q, k, 4, _config=cfg), repeats)
             base = base or ms
             kbytes = Hkv * M * D * 2
-            rows.append(
-                (
-                    shape,
-                    name,
-                    f"{ms * 1e3:.1f} us",
-                    f"{kbytes / (ms * 1e-3) / 1e9:.0f} GB/s of K",
-                    same,
-                    f"{base / ms:.3f}",
-                )
+            add_row(
+                rows,
+                shape,
+                name,
+                f"{ms * 1e3:.1f} us",
+                f"{kbytes / (ms * 1e-3) / 1e9:.0f} GB/s of K",
+                same,
+                f"{base / ms:.3f}",
             )
-            print(" | ".join(map(str, rows[-1])), flush=True)
         del q, k
         torch.cuda.empty_cache()
     return rows
@@ -292,9 +299,7 @@ def attention_decode(repeats: int) -> list[tuple]:
     idx = idx.sort().values[None].to("cuda")
     kpos = torch.arange(N, device="cuda")[None]
     qpos = torch.full((1, 1), N - 1, device="cuda")
-    inv = 1.0 / 500000.0 ** (torch.arange(0, D, 2, device="cuda", dtype=torch.float64) / D)
-    f = torch.outer(torch.arange(N + 8, device="cuda", dtype=torch.float64), inv)
-    cos, sin = (torch.cat([f, f], -1).cos().bfloat16(), torch.cat([f, f], -1).sin().bfloat16())
+    cos, sin = rope_tables(N + 8, D)
     args = (q, kc, vc, idx, kpos, qpos, cos, sin, D**-0.5)
     ref = scope_attention_torch(*args).float()
     rows, base = [], None
@@ -307,17 +312,15 @@ def attention_decode(repeats: int) -> list[tuple]:
         ms = graph_ms(lambda c=c: scope_attention_triton(*args, _config=c), repeats)
         base = base or ms
         nbytes = Hkv * N * (2 * D * 2 + 2 * D * 2 + 16)  # K and V rows, cos and sin rows, index and position
-        rows.append(
-            (
-                "8B decode attention, 8,192-key scope",
-                name,
-                f"{ms * 1e3:.1f} us",
-                f"{nbytes / (ms * 1e-3) / 1e9:.0f} GB/s read",
-                f"error {err:.1e}",
-                f"{base / ms:.3f}",
-            )
+        add_row(
+            rows,
+            "8B decode attention, 8,192-key scope",
+            name,
+            f"{ms * 1e3:.1f} us",
+            f"{nbytes / (ms * 1e-3) / 1e9:.0f} GB/s read",
+            f"error {err:.1e}",
+            f"{base / ms:.3f}",
         )
-        print(" | ".join(map(str, rows[-1])), flush=True)
     return rows
 
 
@@ -341,9 +344,7 @@ def attention_prefill(repeats: int) -> list[tuple]:
     idx = torch.stack(idx).to("cuda")
     kpos = torch.arange(N, device="cuda")[None].expand(C, -1).contiguous()
     qpos = (torch.arange(Q, device="cuda") + N - Q)[None].expand(C, -1).contiguous()
-    inv = 1.0 / 500000.0 ** (torch.arange(0, D, 2, device="cuda", dtype=torch.float64) / D)
-    f = torch.outer(torch.arange(N + 8, device="cuda", dtype=torch.float64), inv)
-    cos, sin = (torch.cat([f, f], -1).cos().bfloat16(), torch.cat([f, f], -1).sin().bfloat16())
+    cos, sin = rope_tables(N + 8, D)
     args = (q, kc, vc, idx, kpos, qpos, cos, sin, D**-0.5)
     ref = scope_attention_torch(*(a[:1] for a in args[:6]), *args[6:]).float()  # chunk 0
     rows, base = [], None
@@ -353,22 +354,20 @@ def attention_prefill(repeats: int) -> list[tuple]:
         try:
             got = scope_attention_triton(*args, True, _config=c)[:1].float()
         except Exception as e:  # a variant that does not compile: say so, time the rest
-            rows.append(("8B prefill attention, 8 chunks", name, "failed", f"{type(e).__name__}", "", ""))
+            add_row(rows, "8B prefill attention, 8 chunks", name, "failed", f"{type(e).__name__}", "", "")
             continue
         err = ((got - ref).norm() / ref.norm()).item()
         ms = best_ms(lambda c=c: scope_attention_triton(*args, True, _config=c), repeats)
         base = base or ms
-        rows.append(
-            (
-                "8B prefill attention, 8 chunks x 1024, 8,192-key scopes",
-                name,
-                f"{ms * 1e3:.1f} us",
-                f"{flops / (ms * 1e-3) / 1e12:.0f} TFLOP/s",
-                f"error {err:.1e}",
-                f"{base / ms:.3f}",
-            )
+        add_row(
+            rows,
+            "8B prefill attention, 8 chunks x 1024, 8,192-key scopes",
+            name,
+            f"{ms * 1e3:.1f} us",
+            f"{flops / (ms * 1e-3) / 1e12:.0f} TFLOP/s",
+            f"error {err:.1e}",
+            f"{base / ms:.3f}",
         )
-        print(" | ".join(map(str, rows[-1])), flush=True)
     return rows
 
 
