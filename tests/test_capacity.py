@@ -187,3 +187,35 @@ def test_phi3_head_size_and_parameters_come_from_hidden_over_heads():
     for model in (tiny_phi3(), tiny_gemma3(), tiny_model("llama")):
         real = sum(p.numel() for p in model.parameters())
         assert abs(parameter_count(model.config) - real) <= 0.01 * real, type(model).__name__
+
+
+def test_span_vote_keys_bound_the_capacity_and_the_kernels_refuse_past_them(monkeypatch):
+    """The span votes rank middle rows by one int64 key, ``(votes·(n + 1) + own)·M + ...`` for ``n``
+    hits a prompt chunk: 64 query heads x 1,024 queries x ``top_k=32`` reach 2^63 at a 2.1M-token
+    middle, so the capacity stops there (and says why) while memory would hold far more; the 8B shape's
+    defaults stay at 5.4e8 tokens. Past the bound the ranking refuses before allocating anything."""
+    from transformers import LlamaConfig
+
+    from reattn_llm.kernels.torch_select import check_vote_keys, rank_spans_torch
+    from reattn_llm.runtime.capacity import estimate_capacity, vote_key_tokens
+
+    wide = LlamaConfig(
+        hidden_size=8192, num_attention_heads=64, num_key_value_heads=8, num_hidden_layers=2, vocab_size=256
+    )
+    cfg = ReAttentionConfig(top_k=32, chunk_size=1024)
+    n = 64 * 1024 * 32
+    assert vote_key_tokens(wide, cfg) == (2**63 - 1) // (n + 1) ** 2 == 2_097_150
+    eight_b = LlamaConfig(hidden_size=4096, num_attention_heads=32, num_key_value_heads=8)
+    assert (
+        vote_key_tokens(eight_b, ReAttentionConfig()) == (2**63 - 1) // (32 * 1024 * 4 + 1) ** 2 > 5 * 10**8
+    )
+    assert vote_key_tokens(wide, ReAttentionConfig(mode="streaming")) > 10**18  # no span votes
+    monkeypatch.setattr(capacity_mod, "available_bytes", lambda device: 10**15)
+    cap = estimate_capacity(wide, torch.device("cpu"), torch.bfloat16, cfg, weights_loaded=True)
+    assert cap.max_tokens == cap.vote_key_tokens == 2_097_150
+    assert "span votes exact up to 2,097,150 tokens" in cap.explain()
+    check_vote_keys("x", 3, 2**63 // 16 - 1)  # (3 + 1)^2 * M < 2^63
+    with pytest.raises(ValueError, match="top_k"):
+        check_vote_keys("x", 3, 2**63 // 16)
+    with pytest.raises(ValueError, match="overflow the span votes' int64 keys"):
+        rank_spans_torch(torch.zeros(1, 3, dtype=torch.int64), 2**61, 4, 8)  # a [1, 2^61] array never made

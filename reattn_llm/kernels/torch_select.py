@@ -167,6 +167,17 @@ def select_scope_torch(
     return SelectedScope(*scope, centres, votes)
 
 
+def check_vote_keys(name: str, hits: int, middle: int) -> None:
+    """Raise unless the span votes' int64 order keys (``(votes·(hits + 1) + own)·middle + ...``) fit:
+    ``(hits + 1)²·middle < 2^63`` for ``hits`` hits a batch entry over a ``middle``-key middle (the
+    engine's capacity keeps clear of it, :func:`~reattn_llm.runtime.capacity.vote_key_tokens`)."""
+    if (hits + 1) ** 2 * middle >= 2**63:
+        raise ValueError(
+            f"{name}: {hits} hits a batch entry over a {middle}-key middle overflow the span votes' int64 "
+            f"keys ((hits + 1)^2 * middle must stay below 2^63): score fewer hits (top_k) or shorter chunks"
+        )
+
+
 def rank_spans_torch(
     hits: torch.Tensor, middle_len: int, max_spans: int, span_size: int, grow: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,6 +198,7 @@ def rank_spans_torch(
         return torch.cat([c[:, :keep] for c, _ in rows]), torch.cat([v[:, :keep] for _, v in rows])
     dev = hits.device
     flat = hits.reshape(b, -1)
+    check_vote_keys("rank_spans_torch", flat.shape[1], m)
     own = torch.zeros(b, m, dtype=torch.int64, device=dev)
     own.scatter_add_(1, flat, torch.ones_like(flat))
     half = span_size // 2

@@ -32,7 +32,7 @@ import triton.language as tl
 
 from ._triton_utils import cdiv, check_device, next_pow2
 from .torch_ops import grown_first
-from .torch_select import rank_spans_torch
+from .torch_select import check_vote_keys, rank_spans_torch
 
 __all__ = ["rank_spans_triton"]
 
@@ -135,6 +135,7 @@ def rank_spans_triton(
     flat = hits.reshape(b, -1)
     n = flat.shape[1]
     scale = n + 1  # the twin's n_hits: more than any span's votes
+    check_vote_keys(name, n, m)  # the order keys below are int64
     dev = hits.device
     own = torch.zeros((b, m), dtype=torch.int32, device=dev)
     if n:

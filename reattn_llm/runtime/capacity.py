@@ -50,6 +50,8 @@ class Capacity:
     device: str
     max_cache_bytes: int | None = None  # the cap on one request's KV cache, when one is set
     sliding_bytes: int = 0  # the sliding-window layers' fixed K/V (Gemma 3), beside the per-token cache
+    #: the longest context whose span-vote keys stay exact (:func:`vote_key_tokens`)
+    vote_key_tokens: int = sys.maxsize
 
     def within(self, max_bytes: int | None) -> Capacity:
         """This budget with one request's KV cache capped at ``max_bytes`` (None: no cap): the rows each
@@ -74,6 +76,11 @@ class Capacity:
                 ""
                 if self.max_cache_bytes is None
                 else f", the KV cache capped at {self.max_cache_bytes:,} bytes"
+            )
+            + (
+                ""
+                if self.vote_key_tokens > self.max_tokens
+                else f", span votes exact up to {self.vote_key_tokens:,} tokens (lower top_k or chunk_size)"
             )
         )
 
@@ -210,6 +217,19 @@ def working_reserve(
     return int(max(attention, mlp) + logits + (64 << 20))
 
 
+def vote_key_tokens(model_config: Any, config: ReAttentionConfig) -> int:
+    """The most tokens whose span votes rank exactly: the order key of a middle row is int64,
+    ``(votes·(n + 1) + own)·M + M - 1 - row`` for ``n`` hits a prompt chunk (all query heads, its
+    queries, ``hits_for`` each; :mod:`~reattn_llm.kernels.triton_spans`), so a middle of ``M`` keys
+    needs ``(n + 1)²·M < 2^63``. Far past any memory at the defaults (the 8B shape: 5.4e8 tokens);
+    64 heads with ``top_k=32`` reach it at 2.1M. Unbounded outside ``mode="reattention"``."""
+    if config.mode != "reattention":
+        return sys.maxsize
+    heads = text_config(model_config).num_attention_heads
+    n = heads * prefill_chunk(config) * max(config.top_k, config.prompt_top_k or 0)
+    return (2**63 - 1) // (n + 1) ** 2
+
+
 def _selection_bytes(
     config: ReAttentionConfig,
     heads: int,
@@ -289,11 +309,15 @@ def estimate_capacity(
     reserve = working_reserve(model_config, config, dtype, device)
     slide = sliding_kv_bytes(model_config, dtype)
     usable = max(0, int(avail * _SAFETY) - weights - reserve - slide)
+    votes = vote_key_tokens(model_config, config)
     max_tokens = min(
         usable // per_tok,
         _host_token_limit(model_config, dtype, config, (weights if device.type == "cpu" else 0) - kept_host),
+        votes,
     )
-    return Capacity(max_tokens, per_tok, avail, weights, reserve, str(device), sliding_bytes=slide)
+    return Capacity(
+        max_tokens, per_tok, avail, weights, reserve, str(device), sliding_bytes=slide, vote_key_tokens=votes
+    )
 
 
 def _host_token_limit(
@@ -343,7 +367,8 @@ def estimate_capacity_split(
         )
         for dev in counts
     )
-    max_tokens = min(max_tokens, _host_token_limit(model_config, dtype, config, 0))
+    votes = vote_key_tokens(model_config, config)
+    max_tokens = min(max_tokens, _host_token_limit(model_config, dtype, config, 0), votes)
     names = ", ".join(f"{d} ({n} layers)" for d, n in counts.items())
     return Capacity(
         max_tokens,
@@ -353,6 +378,7 @@ def estimate_capacity_split(
         reserve * len(counts),
         names,
         sliding_bytes=sum(fixed.values()),
+        vote_key_tokens=votes,
     )
 
 
