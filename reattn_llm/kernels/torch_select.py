@@ -167,11 +167,16 @@ def select_scope_torch(
     return SelectedScope(*scope, centres, votes)
 
 
+def max_vote_middle(hits: int) -> int:
+    """The longest middle whose span votes' int64 order keys, ``(votes·(hits + 1) + own)·M + M - 1 - row``
+    for ``hits`` hits a batch entry, stay exact: ``(hits + 1)²·M < 2^63``."""
+    return (2**63 - 1) // (hits + 1) ** 2
+
+
 def check_vote_keys(name: str, hits: int, middle: int) -> None:
-    """Raise unless the span votes' int64 order keys (``(votes·(hits + 1) + own)·middle + ...``) fit:
-    ``(hits + 1)²·middle < 2^63`` for ``hits`` hits a batch entry over a ``middle``-key middle (the
-    engine's capacity keeps clear of it, :func:`~reattn_llm.runtime.capacity.vote_key_tokens`)."""
-    if (hits + 1) ** 2 * middle >= 2**63:
+    """Raise unless a ``middle``-key middle fits :func:`max_vote_middle` (the engine's capacity keeps
+    clear of it, :func:`~reattn_llm.runtime.capacity.vote_key_tokens`)."""
+    if middle > max_vote_middle(hits):
         raise ValueError(
             f"{name}: {hits} hits a batch entry over a {middle}-key middle overflow the span votes' int64 "
             f"keys ((hits + 1)^2 * middle must stay below 2^63): score fewer hits (top_k) or shorter chunks"

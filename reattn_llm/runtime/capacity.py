@@ -218,16 +218,17 @@ def working_reserve(
 
 
 def vote_key_tokens(model_config: Any, config: ReAttentionConfig) -> int:
-    """The most tokens whose span votes rank exactly: the order key of a middle row is int64,
-    ``(votes·(n + 1) + own)·M + M - 1 - row`` for ``n`` hits a prompt chunk (all query heads, its
-    queries, ``hits_for`` each; :mod:`~reattn_llm.kernels.triton_spans`), so a middle of ``M`` keys
-    needs ``(n + 1)²·M < 2^63``. Far past any memory at the defaults (the 8B shape: 5.4e8 tokens);
-    64 heads with ``top_k=32`` reach it at 2.1M. Unbounded outside ``mode="reattention"``."""
+    """The most tokens whose span votes rank exactly: a middle no longer than
+    :func:`~reattn_llm.kernels.torch_select.max_vote_middle` of a prompt chunk's hits (all query
+    heads, its queries, ``hits_for`` each), counted on the whole context. Far past any memory at the
+    defaults (the 8B shape: 5.4e8 tokens); 64 heads with ``top_k=32`` reach it at 2.1M. Unbounded
+    outside ``mode="reattention"``."""
+    from ..kernels.torch_select import max_vote_middle
+
     if config.mode != "reattention":
         return sys.maxsize
     heads = text_config(model_config).num_attention_heads
-    n = heads * prefill_chunk(config) * max(config.top_k, config.prompt_top_k or 0)
-    return (2**63 - 1) // (n + 1) ** 2
+    return max_vote_middle(heads * prefill_chunk(config) * max(config.top_k, config.prompt_top_k or 0))
 
 
 def _selection_bytes(
