@@ -35,7 +35,8 @@ if [ -n "$AB" ]; then
   python3 benchmarks/scoring_ab.py 2>&1 | tee "$OUT/scoring_ab.log" | grep '^|'
 fi
 args=($MICRO)
-if [ -n "$E2E" ]; then args+=(--e2e "$E2E" --graphs --prefill-repeats "${PREFILL_REPEATS:-1}"); fi
+# the prefill into a cache reserved for the prompt and the decode steps, as the engine reserves (run 22 on)
+if [ -n "$E2E" ]; then args+=(--e2e "$E2E" --graphs --reserve --prefill-repeats "${PREFILL_REPEATS:-1}"); fi
 if [ -n "$OPS_AB" ] && [ -n "$E2E" ]; then
   python3 benchmarks/gpu_kernels_check.py --only "model ops" --json "$OUT/check_ops.json" 2>&1 | tee "$OUT/check_ops.log"
   for ops in fused stock; do
