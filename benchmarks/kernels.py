@@ -64,7 +64,7 @@ E2E_SET: dict = {}
 #: does (method.chunks.forward_bounds; None: the engine's default); 0: the prompt (or its pieces) in one call
 PREFILL_FORWARD: int | None = None
 #: --reserve: --e2e's ReAttention prefills into a cache reserved for the prompt and DECODE_ROOM, as the
-#: engine reserves prompt + answer tokens (None: the buffers grow by half as the forwards append)
+#: engine reserves prompt + answer tokens (off: the buffers grow by half as the forwards append)
 RESERVE = False
 #: --forward-times: log each forward's seconds of every ReAttention prefill (warm-ups too)
 FORWARD_TIMES = False
@@ -962,7 +962,7 @@ def e2e(which: list[str]):
                     ids,
                     profile_label=f"ReAttention decode {w}" if w in PROFILE else None,
                     state=h.state if GRAPHS else None,
-                    cache=e2e_cache(model, T),
+                    cache=e2e_cache(model, T, profiled=w in PROFILE, state=h.state),
                 )
                 r["prefill_s"], samples = median_of(
                     r["prefill_s"], lambda: reattn_prefill(model, ids, h.state, cache=e2e_cache(model, T))[0]
@@ -1108,12 +1108,18 @@ def _int_pairs(ap, flag: str, text: str) -> dict:
     return pairs
 
 
-def e2e_cache(model, tokens: int):
+def e2e_cache(model, tokens: int, profiled: bool = False, state=None):
     """The cache of an ``--e2e`` ReAttention prefill of ``tokens``: reserved for them and DECODE_ROOM with
-    ``--reserve`` (the engine's way), else None (the model makes one whose buffers grow)."""
+    ``--reserve`` (the engine's way), and for the forward a profile appends after the decode steps
+    (``profiled``; ``state``: the patch's), else None (the model makes one whose buffers grow)."""
     from reattn_llm.method.patch import make_cache
 
-    return make_cache(model, reserve=tokens + DECODE_ROOM) if RESERVE else None
+    if not RESERVE:
+        return None
+    room = DECODE_ROOM
+    if profiled:
+        room += max(e - s for s, e in prefill_forwards(state, tokens, None))
+    return make_cache(model, reserve=tokens + room)
 
 
 def e2e_config(**kw):
@@ -1306,15 +1312,8 @@ def main() -> int:
     ap.add_argument("--forward-times", action="store_true", help="--e2e: log each prefill forward's time")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    global \
-        GRAPHS, \
-        GRAPH_BUCKETS, \
-        SELECTION, \
-        EXACT_ANSWER, \
-        PREFILL_FORWARD, \
-        PREFILL_REPEATS, \
-        RESERVE, \
-        FORWARD_TIMES
+    global GRAPHS, GRAPH_BUCKETS, SELECTION, EXACT_ANSWER
+    global PREFILL_FORWARD, PREFILL_REPEATS, RESERVE, FORWARD_TIMES
     if args.prefill_repeats < 1:
         ap.error(f"--prefill-repeats must be at least 1, got {args.prefill_repeats}")
     PREFILL_REPEATS = args.prefill_repeats
@@ -1353,11 +1352,6 @@ def main() -> int:
 
         triton_topk.CONFIG_OVERRIDES["prefill"].update(_int_pairs(ap, "--topk", args.topk))
         RESULTS["topk_prefill"] = dict(triton_topk.CONFIG_OVERRIDES["prefill"])
-    if args.attn:
-        from reattn_llm.kernels import triton_attention
-
-        triton_attention.CONFIG_OVERRIDES["prefill"].update(_int_pairs(ap, "--attn", args.attn))
-        RESULTS["attn_prefill_tiles"] = dict(triton_attention.CONFIG_OVERRIDES["prefill"])
     if args.attn_before:
         from reattn_llm.kernels import triton_attention
 
@@ -1368,6 +1362,11 @@ def main() -> int:
 
         triton_attention.CONFIG_OVERRIDES["prefill"]["PREFIX"] = args.attn_prefix
         RESULTS["attn_prefill"] = f"prefix through {args.attn_prefix}"
+    if args.attn:  # the tiles over --attn-before's or --attn-prefix's configuration
+        from reattn_llm.kernels import triton_attention
+
+        triton_attention.CONFIG_OVERRIDES["prefill"].update(_int_pairs(ap, "--attn", args.attn))
+        RESULTS["attn_prefill_tiles"] = dict(triton_attention.CONFIG_OVERRIDES["prefill"])
     RESULTS["device"] = torch.cuda.get_device_name()
     import transformers
     import triton
