@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = [
     ("prefill, eager insertion", dict(EARLY_EXIT=0, CI=4, BLOCK_R=128, BLOCK_N=128, PACK=True), 8, 2),
     (
-        "prefill, lazy insertion, 8 warps (exact default before session 28; level 2's)",
+        "prefill, lazy insertion, 8 warps (exact default before session 28; level 2's in session 28)",
         dict(EARLY_EXIT=3, CI=4, BLOCK_R=128, BLOCK_N=128, PACK=True),
         8,
         2,
@@ -58,7 +58,7 @@ CONFIGS = [
         2,
     ),
     (
-        "level 2, rows and offsets in int32 (default where they fit)",
+        "level 2, rows and offsets in int32 (where they fit), 8 warps (session 28; now 4, overlapped)",
         dict(EARLY_EXIT=3, CI=4, BLOCK_R=128, BLOCK_N=128, PACK=True, BS=32, OFF32=True),
         8,
         2,

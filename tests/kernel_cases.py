@@ -251,18 +251,18 @@ def topk_overlap_case(dtype, config, names=("random", "rising", "repeated")):
         "rising": (rising + 0.05 * torch.randn(1, Hkv, M, D)).to(dtype),
         "repeated": torch.randn(1, Hkv, 7, D, dtype=dtype)[:, :, torch.randint(0, 7, (M,))],
     }
-    on = dict(config, OVERLAP=True)
+    on, off = dict(config, OVERLAP=True), dict(config, OVERLAP=False)  # off: whatever the default becomes
     gaps = {}
     for name in names:
         k = keyset[name]
         kb = k.expand(C, -1, -1, -1)
         for splits in (1, 5):
-            cfg = dict(config, splits=splits)
+            cfg = dict(off, splits=splits)
             want = score_topk_triton(q, kb, 4, grow=61, _config=cfg)
             got = score_topk_triton(q, kb, 4, grow=61, _config=dict(on, splits=splits))
             assert torch.equal(got, want), f"{name} keys, {splits} splits: the overlapped kernel differs"
         blocks = torch.rand(1, Hkv, M // 16).topk(12, dim=2).indices.sort(dim=2).values
-        want = score_topk_blocks_triton(q[:1], k, blocks, 16, 4, _config=config)
+        want = score_topk_blocks_triton(q[:1], k, blocks, 16, 4, _config=off)
         got = score_topk_blocks_triton(q[:1], k, blocks, 16, 4, _config=on)
         assert torch.equal(got, want), f"{name} keys in blocks: the overlapped kernel differs"
         gaps[name] = topk_check(q[:1], k, 4, score_topk_triton(q[:1], k, 4, _config=on))["max_score_gap"]

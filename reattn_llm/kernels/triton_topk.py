@@ -646,10 +646,12 @@ def _launch(
     table: torch.Tensor | None = None,
     block_size: int = 0,
     grow: int = 0,
+    rows32: bool = False,
 ) -> torch.Tensor:
     """Both launches; with ``table [B, Hkv, NT]`` the keys are its blocks, then the partial block
-    at the end of ``k`` (:func:`score_topk_blocks_triton`); with ``grow`` batch entry b scores the
-    first ``M - (B - 1 - b)·grow`` keys (:func:`score_topk_triton`)."""
+    at the end of ``k`` (:func:`score_topk_blocks_triton`; ``rows32``: :func:`_fits_int32` of
+    ``k``); with ``grow`` batch entry b scores the first ``M - (B - 1 - b)·grow`` keys
+    (:func:`score_topk_triton`)."""
     B, H, Q, D = q.shape
     Hkv = k.shape[1]
     M, tab, nt, tail = k.shape[2], k, 0, 0  # without a table (BS = 0) tab is never read
@@ -705,7 +707,7 @@ def _launch(
         PACK=cfg.get("PACK", False) and CI > 0,
         IEEE=ieee,
         OVERLAP=cfg.get("OVERLAP", False),
-        OFF32=table is not None and cfg.get("OFF32", True) and _fits_int32(k),
+        OFF32=table is not None and rows32 and cfg.get("OFF32", True),
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
@@ -872,8 +874,9 @@ def score_topk_blocks_triton(
     if B * H * Q == 0 or kk == 0:
         return torch.empty((B, H, Q, kk), device=q.device, dtype=torch.int64)
     table = blocks if blocks.is_contiguous() else blocks.contiguous()
-    cfg = _config_for(q, k.shape[1], n_keys, _config, rows64=not _fits_int32(k))
-    return _launch(q, k, top_k, cfg, table, block_size, grow)
+    rows32 = _fits_int32(k)
+    cfg = _config_for(q, k.shape[1], n_keys, _config, rows64=not rows32)
+    return _launch(q, k, top_k, cfg, table, block_size, grow, rows32)
 
 
 def _check_blocks(name: str, k: torch.Tensor, blocks: torch.Tensor, block_size: int, grow: int = 0) -> None:
