@@ -185,10 +185,10 @@ def run(model, tokens: int, steps: int, cfg, phase: str) -> None:
         ids = torch.randint(0, model.config.vocab_size, (1, tokens))
         pkv = None
         PHASE[0] = f"{phase} prefill"
-        for s, e in bench_module().engine_forwards(c, tokens):
-            with handle.state.whole_chunks(e - s > c.chunk_size):
+        for f in bench_module().engine_forwards(c, tokens):
+            with handle.state.running(f):
                 pkv = model(
-                    ids[:, s:e], past_key_values=pkv, use_cache=True, logits_to_keep=1
+                    ids[:, f.start : f.end], past_key_values=pkv, use_cache=True, logits_to_keep=1
                 ).past_key_values
         PHASE[0] = f"{phase} decode"
         for _ in range(steps):

@@ -140,6 +140,7 @@ def decode_counts(
     from tiny_models import distinct_ids, tiny_model
 
     from reattn_llm import ReAttentionCache, ReAttentionConfig, patch
+    from reattn_llm.method.chunks import chunk_bounds, plan_forwards
 
     model = tiny_model("llama", layers=LAYERS, window=512, seed=1)
     handle = None
@@ -154,9 +155,11 @@ def decode_counts(
             model(ids[:, PROMPT : PROMPT + 1], past_key_values=cache)  # first step: lazy tables built
         if prefill:  # the prompt's next chunk(s): ``joined`` whole chunks of the same prompt in one forward
             state = handle.state if handle is not None else None
-            ctx = state.whole_chunks(joined > 1) if state is not None else contextlib.nullcontext()
+            n = joined * CONFIG["chunk_size"]
+            (f,) = plan_forwards(chunk_bounds(n, CONFIG["chunk_size"], 0), n, answer=False)
+            ctx = state.running(f) if state is not None else contextlib.nullcontext()
             with counting() as counts, ctx:
-                model(distinct_ids(1, joined * CONFIG["chunk_size"], seed=3), past_key_values=cache)
+                model(distinct_ids(1, n, seed=3), past_key_values=cache)
             return collections.Counter({name: n / joined for name, n in counts.items()})
         with counting() as counts:
             model(ids[:, PROMPT + 1 : PROMPT + 2], past_key_values=cache)

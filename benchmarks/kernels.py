@@ -61,7 +61,7 @@ PREFILL_REPEATS = 1
 #: ``--set``: more ReAttentionConfig fields for ``--e2e`` (e.g. ``candidate_blocks=254``)
 E2E_SET: dict = {}
 #: --prefill-forward: tokens per ReAttention prefill forward in --e2e, whole chunks joined as the engine
-#: does (method.chunks.forward_bounds; None: the engine's default); 0: the prompt (or its pieces) in one call
+#: does (method.chunks.plan_forwards; None: the engine's default); 0: the prompt (or its pieces) in one call
 PREFILL_FORWARD: int | None = None
 #: --reserve: --e2e's ReAttention prefills into a cache reserved for the prompt and DECODE_ROOM, as the
 #: engine reserves prompt + answer tokens (off: the buffers grow by half as the forwards append)
@@ -796,23 +796,29 @@ def graph_decode(model, cache, state, tok, buckets=None):
     return dict(graphs=out)
 
 
-def prefill_forwards(state, T: int, piece: int | None) -> list[tuple[int, int]]:
-    """The ``[start, end)`` forwards of a ``T``-token prompt: the engine's (the chunks of
-    ``chunk_bounds``, whole ones joined up to ``--prefill-forward``), or with ``--prefill-forward 0``
-    pieces of ``piece`` tokens (the whole prompt if None), each split by the layers."""
+def prefill_forwards(state, T: int, piece: int | None) -> list:
+    """The forwards (``method.chunks.Forward``) of a ``T``-token prompt: the engine's (the chunks of
+    ``chunk_bounds`` joined up to ``--prefill-forward``), or with ``--prefill-forward 0`` pieces of
+    ``piece`` tokens (the whole prompt if None), each cut as the layers cut a forward alone."""
+    from reattn_llm.method.chunks import Forward, chunk_bounds
+
     if PREFILL_FORWARD == 0:
-        piece = piece or T
-        return [(s, min(s + piece, T)) for s in range(0, T, piece)]
+        c, piece = state.config, piece or T
+        return [
+            Forward(s, e, tuple(chunk_bounds(e - s, c.chunk_size, c.tail_size)), e == T)
+            for s in range(0, T, piece)
+            for e in [min(s + piece, T)]
+        ]
     return engine_forwards(state.config, T)
 
 
-def engine_forwards(cfg, T: int) -> list[tuple[int, int]]:
-    """The engine's ``[start, end)`` forwards of a ``T``-token prompt on a GPU for a resolved
-    config: the chunks of ``chunk_bounds``, whole ones joined up to ``--prefill-forward``."""
-    from reattn_llm.method.chunks import chunk_bounds, engine_forward, forward_bounds
+def engine_forwards(cfg, T: int) -> list:
+    """The engine's forwards (``method.chunks.Forward``) of a ``T``-token prompt on a GPU for a resolved
+    config: the chunks of ``chunk_bounds`` joined up to ``--prefill-forward`` tokens."""
+    from reattn_llm.method.chunks import chunk_bounds, engine_forward, plan_forwards
 
     tokens = engine_forward(dataclasses.replace(cfg, prefill_forward=PREFILL_FORWARD), cfg.chunk_size, "cuda")
-    return forward_bounds(chunk_bounds(T, cfg.chunk_size, cfg.tail_size), cfg.chunk_size, tokens)
+    return plan_forwards(chunk_bounds(T, cfg.chunk_size, cfg.tail_size), tokens)
 
 
 @torch.no_grad()
@@ -820,16 +826,16 @@ def reattn_prefill(model, ids, patched, piece=None, time_budget=None, cache=None
     """``(seconds, tokens, cache)``: ``ids`` prefilled in the engine's forwards (:func:`prefill_forwards`),
     each forward synced and timed, into ``cache`` if given; ``time_budget`` stops it early."""
     t_total, done, pkv, T = 0.0, 0, cache, ids.shape[1]
-    for s, e in prefill_forwards(patched, T, piece):
-        chunk = ids[:, s:e]
-        with patched.whole_chunks(e - s > patched.config.chunk_size):
+    for f in prefill_forwards(patched, T, piece):
+        chunk = ids[:, f.start : f.end]
+        with patched.running(f):
             dt, out = sync_time(lambda: model(chunk, past_key_values=pkv, use_cache=True, logits_to_keep=1))
         pkv = out.past_key_values
         del out
         t_total += dt
-        done = e
+        done = f.end
         if FORWARD_TIMES:
-            log(f"  forward [{s}, {e}): {dt * 1e3:.1f} ms")
+            log(f"  forward [{f.start}, {f.end}): {dt * 1e3:.1f} ms")
         if time_budget is not None and t_total > time_budget and done < T:
             log(f"  prefill stopped by the time budget at {done} tokens")
             break
@@ -870,10 +876,11 @@ def reattn_prefill_decode(
             profile_steps(
                 lambda: model(tok, past_key_values=pkv, use_cache=True, logits_to_keep=1), 3, profile_label
             )
-            # one prefill forward as the engine feeds them (whole chunks joined), past the prompt
-            span = max(e - s for s, e in prefill_forwards(patched, T, piece))
+            # one prefill forward as the engine feeds them (chunks joined), past the prompt
+            f = max(prefill_forwards(patched, T, piece), key=lambda f: f.end - f.start)
+            span = f.end - f.start
             chunk = ids[:, :span]
-            with patched.whole_chunks(span > patched.config.chunk_size):
+            with patched.running(dataclasses.replace(f, start=0, end=span, answer=False)):
                 profile_steps(
                     lambda: model(chunk, past_key_values=pkv, use_cache=True, logits_to_keep=1),
                     1,
@@ -1074,7 +1081,7 @@ def warm_configs(model, warm_tokens: int, cfg=None) -> list:
     if cfg.selection == "two_level":
         rc = cfg.resolve(model.config.max_position_embeddings)
         fwd = engine_forwards(rc, warm_tokens)
-        joined = [s for s, e in fwd if e - s > rc.chunk_size] or [s for s, _ in fwd]
+        joined = [f.start for f in fwd if f.end - f.start > rc.chunk_size] or [f.start for f in fwd]
         blocks = (joined[-1] - rc.global_size - rc.local_size) // rc.summary_block
         cfgs.append(dataclasses.replace(cfg, candidate_blocks=max(1, blocks - 1)))
     return cfgs
@@ -1118,7 +1125,7 @@ def e2e_cache(model, tokens: int, profiled: bool = False, state=None):
         return None
     room = DECODE_ROOM
     if profiled:
-        room += max(e - s for s, e in prefill_forwards(state, tokens, None))
+        room += max(f.end - f.start for f in prefill_forwards(state, tokens, None))
     return make_cache(model, reserve=tokens + room)
 
 

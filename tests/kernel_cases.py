@@ -941,7 +941,7 @@ def e2e_prompt_kernels_case():
 
 def joined_forwards_case(selection: str):
     """A small patched model (fp32, ``backend="triton"``, every kernel interpreted) prefilled in
-    forwards of four whole chunks (``PatchState.whole_chunks``: one expected-distance rotation a
+    forwards of four whole chunks (``PatchState.running``: one expected-distance rotation a
     forward, the chunks' scope attention in one launch over K/V with a zero batch stride; the chunks
     past the tiled middles select as one batch, ``planning.plan_chunks``) against a forward per
     chunk: the same logits, bit for bit."""

@@ -34,9 +34,9 @@ def batching(on: bool) -> Iterator[list[int]]:
     saved = planning.BATCHED_CHUNKS, planning.SPAN_KERNELS, planning._batched_scopes
     runs: list[int] = []
 
-    def counted(state, query, kv, start, run, backend, scored):
+    def counted(state, query, kv, start, run, backend, scored, mode):
         runs.append(len(run))
-        return saved[2](state, query, kv, start, run, backend, scored)
+        return saved[2](state, query, kv, start, run, backend, scored, mode)
 
     planning.BATCHED_CHUNKS = planning.SPAN_KERNELS = ("torch",) if on else ()
     planning._batched_scopes = counted

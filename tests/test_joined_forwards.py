@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from reattn_llm import ReAttentionConfig
-from reattn_llm.method.chunks import PREFILL_FORWARD, engine_forward, forward_bounds, prefill_bounds
+from reattn_llm.method.chunks import (
+    PREFILL_FORWARD,
+    Forward,
+    engine_forward,
+    plan_forwards,
+    prefill_bounds,
+    prompt_reusable,
+    reusable_length,
+)
 from reattn_llm.method.patch import make_cache
 from reattn_llm.runtime.capacity import working_reserve
 from reattn_llm.runtime.engine import Engine
@@ -20,25 +28,51 @@ from tests.tiny_models import SMOLLM2_SHAPE
 CHUNK = SMALL_CONFIG_KWARGS["chunk_size"]
 
 
-def test_forward_bounds_join_runs_of_whole_chunks_only():
+def spans(forwards: list[Forward]) -> list[tuple[int, int]]:
+    return [(f.start, f.end) for f in forwards]
+
+
+def test_plan_forwards_join_chunks_up_to_the_forward_size():
     # a 1000-token document on the grid of 128, its 104-token remainder, then a 40-token question
     bounds = prefill_bounds(1040, 128, 16, question_start=1000)
-    assert forward_bounds(bounds, 128, 3 * 128 + 50) == [
-        (0, 384),
-        (384, 768),
-        (768, 896),
-        (896, 1000),
-        (1000, 1040),
-    ]
-    assert forward_bounds(bounds, 128, 128) == bounds  # a forward per chunk
-    assert forward_bounds(bounds, 128, 1) == bounds  # at least one chunk
-    assert forward_bounds(bounds, 128, 10**6) == [(0, 896), (896, 1000), (1000, 1040)]
-    # no question: the body's whole chunks join, the short body chunk and the tail stay apart
+    assert spans(plan_forwards(bounds, 3 * 128 + 50)) == [(0, 384), (384, 768), (768, 1040)]
+    assert spans(plan_forwards(bounds, 128)) == bounds  # 104 + 40 tokens: 144 > 128, apart
+    assert spans(plan_forwards(bounds, 144))[-1] == (896, 1040)
+    assert spans(plan_forwards(bounds, 1)) == bounds  # at least one chunk
+    (whole,) = plan_forwards(bounds, 10**6)
+    assert whole.chunks == tuple(bounds) and whole.answer  # the chunks, relative to the forward's start
+    last = plan_forwards(bounds, 384)[-1]  # (768, 1040): one whole chunk, the remainder, the question
+    assert last.chunks == ((0, 128), (128, 232), (232, 272)) and last.answer
+    assert not any(f.answer for f in plan_forwards(bounds, 384)[:-1])
+    assert not plan_forwards(bounds, 384, answer=False)[-1].answer  # a document alone (warm)
+    # a forward ends at each of ``ends`` (a sliding-window layer's snapshot where a prompt may reuse it)
+    assert spans(plan_forwards(bounds, 10**6, ends=(896,))) == [(0, 896), (896, 1040)]
+    # no question: the body's remainder and the 16-token tail join the whole chunks before them
     tail = prefill_bounds(700, 128, 16)
-    assert forward_bounds(tail, 128, 10**6) == [(0, 640), (640, 684), (684, 700)]
-    # a question longer than a chunk: its whole chunks join too (they are whole, on its own grid)
-    q = prefill_bounds(700, 128, 16, question_start=100)
-    assert forward_bounds(q, 128, 10**6) == [(0, 100), (100, 612), (612, 700)]
+    assert spans(plan_forwards(tail, 10**6)) == [(0, 700)]
+    assert spans(plan_forwards(tail, 256)) == [(0, 256), (256, 512), (512, 700)]
+    # the 131,072-token prompt on the grid of 1,024: 16 forwards of 8,192 (127 whole chunks, 1,008, 16)
+    big = plan_forwards(prefill_bounds(1 << 17, 1024, 16), PREFILL_FORWARD)
+    assert len(big) == 16 and {f.end - f.start for f in big} == {PREFILL_FORWARD}
+    assert big[-1].chunks[-2:] == ((7168, 8176), (8176, 8192))
+
+
+def test_prompt_reusable_is_the_documents_whole_chunks():
+    assert prompt_reusable(1040, 128, 16, 1000) == 896 == reusable_length(1000, 128)
+    assert prompt_reusable(700, 128, 16) == 640 == reusable_length(700, 128, 16)
+    assert prompt_reusable(700, 128, 16, 0) == 640  # no question inside: the tail rule, as prefill_bounds
+
+
+def test_a_forward_fed_other_tokens_than_announced_is_refused():
+    from tiny_models import distinct_ids, tiny_model
+
+    from reattn_llm import patch
+
+    model = tiny_model("llama", layers=1, window=512, seed=1)
+    cfg = ReAttentionConfig(global_size=4, local_size=48, span_size=8, max_spans=6, top_k=3, chunk_size=16)
+    (f,) = plan_forwards(prefill_bounds(40, 16, 4), 64)
+    with patch(model, cfg) as handle, handle.state.running(f), pytest.raises(RuntimeError, match="announced"):
+        model(input_ids=distinct_ids(1, 32, seed=1))
 
 
 def test_engine_forward_rules():
@@ -113,16 +147,29 @@ def prefill(forward: int, selection: str, ids: list[int], question: int) -> tupl
 
 
 @pytest.mark.parametrize("selection", ["exact", "two_level"])
-def test_joined_forwards_equal_a_forward_per_chunk(prose_ids, selection):
+def test_joined_forwards_equal_a_forward_per_chunk(prose_ids, selection, monkeypatch):
     """1,500 tokens of prose, 3x the shrunk window, the last 20 as the question: forwards of 3
     chunks against one chunk each, the same logits, K/V rows and pinned span centres."""
+    from reattn_llm.method import planning
+
     question = len(prose_ids) - 20
+    scored: list[int] = []  # the queries of each chunk that selects two-level, layer by layer
+    real = planning.two_level_topk
+    monkeypatch.setattr(
+        planning, "two_level_topk", lambda q, *a, **k: scored.append(q.shape[-2]) or real(q, *a, **k)
+    )
     a, rows_a, pins_a, calls_a, _ = prefill(CHUNK, selection, prose_ids, question)
+    scored_a, scored[:] = list(scored), []
     b, rows_b, pins_b, calls_b, seen_b = prefill(3 * CHUNK, selection, prose_ids, question)
+    assert set(scored) == set(
+        scored_a
+    )  # chunks of the same sizes two-level (a batch of whole chunks: one call)
+    if selection == "two_level":  # the document's 72-token remainder too; the question (20) exactly
+        assert 72 in scored and 20 not in scored
     # 11 whole chunks of the document (1408 tokens), its 72-token remainder, the question
-    assert calls_a == [CHUNK] * 11 + [72, 20]
-    assert calls_b == [3 * CHUNK] * 3 + [2 * CHUNK, 72, 20]
-    assert seen_b == [384, 768, 1152, 1408, 1480, 1500]  # progress after each forward
+    assert calls_a == [CHUNK] * 11 + [72 + 20]  # the remainder and the question: 92 tokens, one forward
+    assert calls_b == [3 * CHUNK] * 3 + [2 * CHUNK + 72 + 20]
+    assert seen_b == [384, 768, 1152, 1500]  # progress after each forward
     assert torch.equal(a, b)
     assert all(torch.equal(x, y) for x, y in zip(rows_a, rows_b, strict=True))
     assert all(p is not None for p in pins_a)  # the question selected spans in every layer
@@ -148,6 +195,6 @@ def test_joined_forwards_on_tiny_models_with_sliding_layers(family):
         logits[tokens], layers = prefill_in_forwards(model, cfg, ids, 290, tokens)
         sliding = [layer for layer in layers if isinstance(layer, SlidingLayer)]
         assert (family == "gemma3") == bool(sliding)
-        assert all(layer.can_crop(288) for layer in sliding)  # the last joined forward's end
+        assert all(layer.can_crop(288) for layer in sliding)  # a forward ends at the document's whole chunks
     # Llama: bit for bit; Gemma's stock sliding SDPA sums a longer forward in another order (4e-7)
-    assert torch.allclose(logits[16], logits[64], atol=1e-5, rtol=0)
+    assert torch.allclose(logits[16][:, -12:], logits[64][:, -12:], atol=1e-5, rtol=0)  # the last 12 queries

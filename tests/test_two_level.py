@@ -398,10 +398,15 @@ def test_exact_answer_scores_the_question_and_decode_steps_exactly(monkeypatch):
 
 
 def test_exact_answer_config():
-    """Which chunks select two-level: ``two_level_for(queries, last)``."""
+    """Which chunks select two-level: ``two_level_for(queries, answer)``."""
     c = ReAttentionConfig(selection="two_level").resolve(8192)  # "all": question and decode steps exact
-    assert (c.two_level_for(1), c.two_level_for(11), c.two_level_for(11, last=False)) == (False, False, True)
-    assert c.two_level_for(c.chunk_size)  # a full chunk is the document's
+    assert (c.two_level_for(1), c.two_level_for(11), c.two_level_for(11, answer=False)) == (
+        False,
+        False,
+        True,
+    )
+    assert c.two_level_for(c.chunk_size)  # not said: a full chunk is taken for the document's
+    assert not c.two_level_for(c.chunk_size, answer=True)  # the engine's answer chunk, whatever its size
     c = ReAttentionConfig(selection="two_level", exact_answer="none").resolve(8192)
     assert c.two_level_for(1) and c.two_level_for(11)
     c = ReAttentionConfig(selection="two_level", exact_answer="question").resolve(8192)

@@ -184,17 +184,23 @@ def prefill_in_forwards(
     model, cfg, ids: torch.Tensor, question: int, tokens: int
 ) -> tuple[torch.Tensor, list]:
     """``model`` patched with ``cfg`` (unpatched after) prefilled on the engine's grid (the question
-    from ``question`` apart), whole chunks joined in forwards of ``tokens`` (``PatchState.whole_chunks``).
+    from ``question`` apart), chunks joined in forwards of ``tokens`` (``PatchState.running``).
     Returns the last forward's logits ``[1, q, V]`` and the cache's layers."""
     from reattn_llm import patch
-    from reattn_llm.method.chunks import forward_bounds, prefill_bounds
+    from reattn_llm.method.chunks import plan_forwards, prefill_bounds, prompt_reusable
     from reattn_llm.method.patch import make_cache
 
     chunk = cfg.chunk_size
     bounds = prefill_bounds(ids.shape[1], chunk, cfg.tail_size, question_start=question)
     with patch(model, cfg) as handle, torch.no_grad():
         cache = make_cache(model, reserve=ids.shape[1])
-        for s, e in forward_bounds(bounds, chunk, tokens):
-            with handle.state.whole_chunks(e - s > chunk):
-                out = model(input_ids=ids[:, s:e], past_key_values=cache, use_cache=True)
+        # as the engine: a sliding-window layer's forwards end where a later prompt may reuse the cache
+        ends = (
+            (prompt_reusable(ids.shape[1], chunk, cfg.tail_size, question),)
+            if cache.cut_at_forward_ends
+            else ()
+        )
+        for f in plan_forwards(bounds, tokens, ends=ends):
+            with handle.state.running(f):
+                out = model(input_ids=ids[:, f.start : f.end], past_key_values=cache, use_cache=True)
     return out.logits, cache.layers

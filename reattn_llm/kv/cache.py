@@ -203,6 +203,12 @@ class ReAttentionCache(Cache):
             )
         self._reserve = reserve
 
+    @property
+    def cut_at_forward_ends(self) -> bool:
+        """Whether some layer (a :class:`SlidingLayer`) can be cut back only to the end of one of its
+        last prefill forwards, so a prefill's forwards must end where a later prompt may reuse it."""
+        return any(isinstance(layer, SlidingLayer) for layer in self.layers)
+
     def host_nbytes(self) -> int:
         """Bytes kept in host memory (offloaded rows)."""
         return sum(layer.host_nbytes() for layer in self.layers)  # type: ignore[union-attr]

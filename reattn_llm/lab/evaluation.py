@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ..method.chunks import forward_bounds
+from ..method.chunks import plan_forwards
 from ..method.config import ReAttentionConfig, chunk_bounds
 from ..method.patch import make_cache, model_window, patch
 
@@ -83,18 +83,18 @@ def greedy_continue(
 ) -> list[int]:
     """Chunked prefill of ``ids [1, T]`` through a fresh :class:`ReAttentionCache`, then greedy decode.
     As the engine does it on a patched model: its config's chunks (the last ``tail`` tokens apart),
-    whole ones joined in forwards of ``chunk`` tokens; an unpatched model takes forwards of ``chunk``."""
+    joined in forwards of ``chunk`` tokens; an unpatched model takes forwards of ``chunk``."""
     cache = make_cache(model, reserve=ids.shape[1] + max_new_tokens)
     handle = getattr(model, "_reattn_handle", None)
     state = handle.state if handle is not None and handle.active else None
     size = chunk if state is None else state.config.chunk_size
-    forwards = chunk_bounds(ids.shape[1], size, tail)
-    if state is not None:
-        forwards = forward_bounds(forwards, size, chunk)
+    bounds = chunk_bounds(ids.shape[1], size, tail)
     logits = None
-    for s, e in forwards:
-        with state.whole_chunks(e - s > size) if state is not None else contextlib.nullcontext():
-            out = model(input_ids=ids[:, s:e], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    for f in plan_forwards(bounds, 1 if state is None else chunk):  # unpatched: a forward per chunk
+        with state.running(f) if state is not None else contextlib.nullcontext():
+            out = model(
+                input_ids=ids[:, f.start : f.end], past_key_values=cache, use_cache=True, logits_to_keep=1
+            )
         logits = out.logits
     out: list[int] = []
     for _ in range(max_new_tokens):

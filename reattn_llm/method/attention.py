@@ -6,9 +6,9 @@ the keys and values through the layer's :class:`~reattn_llm.kv.layer.KVReader`: 
 the patch's ``self_attn`` pre-hook passes in as ``reattn_cache`` knows the layer, whatever its
 storage; a plain transformers cache or none gives the raw tensors.
 
-A forward with more queries than one chunk is split into chunks of ``chunk_size`` (the last
-``tail_size`` queries apart, unless the engine joined whole chunks: ``PatchState.whole_chunks``),
-each selecting against the keys before it, so any single ``model(ids)`` call stays in distribution.
+A forward with more queries than one chunk is split into chunks: those the engine planned
+(``PatchState.running``), else of ``chunk_size`` with the last ``tail_size`` queries apart, each
+selecting against the keys before it, so any single ``model(ids)`` call stays in distribution.
 Each chunk's scope comes from :mod:`.planning` (a run of whole chunks selects as one batch there);
 the chunks whose scopes have one shape attend in one launch (:func:`_attend`).
 """
@@ -22,7 +22,6 @@ import torch
 
 from ..kernels import resolve_backend, scope_attention
 from ..kv.cache import layer_reader
-from .config import chunk_bounds
 from .planning import plan_chunks, prompt_scoring_queries
 from .selection import Scope
 from .state import PatchState
@@ -96,12 +95,15 @@ def reattention_forward(
     cos, sin = state.rope.get(query.device, query.dtype)
     q_len, total = query.shape[2], kv.length
     within = total <= cfg.global_size + cfg.local_size  # type: ignore[operator]
-    tail = 0 if state.joined else cfg.tail_size  # a joined forward's chunks are all whole (whole_chunks)
-    bounds = [(0, q_len)] if within else chunk_bounds(q_len, cfg.chunk_size, tail)  # type: ignore[arg-type]
+    bounds, answer = state.chunks_of(q_len)  # as the engine planned the forward, else the tail apart
+    if within:
+        bounds = [(0, q_len)]
     outs: list[torch.Tensor] = []
     group: list[_Chunk] = []  # chunks that attend in one launch (_joins)
     scored = prompt_scoring_queries(state, query, backend) if len(bounds) > 1 else None
-    for (c0, c1), scope in zip(bounds, plan_chunks(state, query, kv, bounds, backend, scored), strict=True):
+    for (c0, c1), scope in zip(
+        bounds, plan_chunks(state, query, kv, bounds, backend, scored, answer), strict=True
+    ):
         qc = query[:, :, c0:c1]
         state.note_positions(scope)
         k_src, v_src, idx = kv.read_scope(scope.gather_idx)

@@ -1,9 +1,10 @@
 """The prefill grid: how a prompt's queries are cut into chunks, each selecting against the keys
 before it (:func:`chunk_bounds`, :func:`prefill_bounds`), which chunks one model forward carries
-(:func:`forward_bounds`), and which of its tokens a later prompt can reuse (:func:`reusable_length`)."""
+(:func:`plan_forwards`), and which of its tokens a later prompt can reuse (:func:`reusable_length`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 #: Prompt tokens per engine prefill forward by default (``ReAttentionConfig.prefill_forward``).
@@ -61,6 +62,14 @@ def reusable_length(total: int, chunk: int, tail: int = 0) -> int:
     return n
 
 
+def prompt_reusable(total: int, chunk: int, tail: int, question_start: int | None = None) -> int:
+    """:func:`reusable_length` of a ``total``-token prompt cut by :func:`prefill_bounds`: the whole grid
+    chunks of its document (before ``question_start``, else before its ``tail``)."""
+    if question_start is not None and 0 < question_start < total:
+        return reusable_length(question_start, chunk)
+    return reusable_length(total, chunk, tail)
+
+
 def forward_size(chunk: int, tokens: int | None) -> int:
     """Tokens of a joined prefill forward: ``tokens`` (None: :data:`PREFILL_FORWARD`) rounded down to
     whole chunks of ``chunk``, at least one chunk."""
@@ -81,22 +90,42 @@ def engine_forward(config: Any, chunk: int, device: str) -> int:
     return forward_size(chunk, config.prefill_forward)
 
 
-def forward_bounds(bounds: list[tuple[int, int]], chunk: int, tokens: int) -> list[tuple[int, int]]:
-    """The model forwards that feed the chunks ``bounds`` (contiguous ``[start, end)``): each run of
-    whole chunks (``chunk`` tokens) joined into forwards of at most ``tokens`` tokens (whole chunks,
-    at least one: :func:`engine_forward` gives the engine's); any other chunk a forward of its own.
-    A joined forward splits back into its chunks inside the layers
-    (:meth:`~reattn_llm.method.state.PatchState.whole_chunks`), each selecting against the keys before
-    it as if fed alone, while the linear layers run once for all."""
-    per = max(1, tokens // chunk)
-    out: list[tuple[int, int]] = []
-    joined = 0  # whole chunks in the last forward of ``out``, 0 if it is not a run of whole chunks
+@dataclass(frozen=True)
+class Forward:
+    """One model forward of a prefill: queries ``[start, end)`` of the prompt, cut into ``chunks``
+    (``[s, e)`` relative to ``start``, in order, covering it), each selecting against the keys before
+    it as if fed alone (:meth:`~reattn_llm.method.state.PatchState.running`). ``answer``: its last chunk
+    is the one an answer is read from (the question, or the prompt's tail), which two-level selection
+    scores exactly (``ReAttentionConfig.exact_answer``); a document's chunks are never that chunk,
+    however the forwards cut them."""
+
+    start: int
+    end: int
+    chunks: tuple[tuple[int, int], ...]
+    answer: bool = False
+
+
+def plan_forwards(
+    bounds: list[tuple[int, int]], tokens: int, answer: bool = True, ends: tuple[int, ...] = ()
+) -> list[Forward]:
+    """The model forwards that feed the chunks ``bounds`` (contiguous ``[start, end)``): consecutive
+    chunks joined while a forward holds at most ``tokens`` tokens (at least one chunk each;
+    :func:`engine_forward` gives the engine's) and does not run past one of ``ends`` (positions where
+    a forward must end: a sliding-window layer can be cut back only to a forward's end), so the linear
+    layers run once for all while the layers split each forward back into its chunks. A prompt's short
+    last chunks (the document's remainder, the question, the tail) join the chunks before them: a
+    131,072-token prompt on the grid of 1,024 with a 16-token tail is 16 forwards of 8,192, not 18.
+    ``answer``: the last forward's last chunk is the answer's (False: the prompt is a document
+    alone, :meth:`~reattn_llm.runtime.engine.Engine.warm`)."""
+    out: list[list[tuple[int, int]]] = []
     for s, e in bounds:
-        whole = e - s == chunk
-        if whole and 0 < joined < per and out[-1][1] == s:
-            out[-1] = (out[-1][0], e)
-            joined += 1
+        if out and e - out[-1][0][0] <= tokens and s not in ends:
+            out[-1].append((s, e))
         else:
-            out.append((s, e))
-            joined = 1 if whole else 0
-    return out
+            out.append([(s, e)])
+    return [
+        Forward(
+            f[0][0], f[-1][1], tuple((s - f[0][0], e - f[0][0]) for s, e in f), answer and i == len(out) - 1
+        )
+        for i, f in enumerate(out)
+    ]

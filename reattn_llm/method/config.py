@@ -259,14 +259,19 @@ class ReAttentionConfig:
         step, ``prompt_top_k`` (when set) for a prompt chunk."""
         return self.top_k if queries == 1 or self.prompt_top_k is None else self.prompt_top_k
 
-    def two_level_for(self, queries: int, last: bool = True) -> bool:
-        """Whether a chunk of ``queries`` queries (``last``: it ends its forward) selects two-level."""
+    def two_level_for(self, queries: int, answer: bool | None = None) -> bool:
+        """Whether a chunk of ``queries`` queries selects two-level. ``answer``: the chunk is the one an
+        answer is read from (a prefill's last chunk: the question or the tail, as the engine plans it,
+        :class:`~reattn_llm.method.chunks.Forward`); False: a document's; None (not said): a chunk
+        shorter than ``chunk_size`` is taken to be the answer's (a forward's ``tail_size`` tail)."""
         if self.selection != "two_level":
             return False
         mode = self.exact_answer or ("question" if self.offload == "keys_values" else "all")
         if queries == 1:  # a decode step
             return mode != "all"
-        return not (mode != "none" and last and queries < self.chunk_size)  # type: ignore[operator]
+        if answer is None:
+            answer = queries < self.chunk_size  # type: ignore[operator]
+        return not (mode != "none" and answer)
 
     def strides_for(self, queries: int) -> tuple[int, int]:
         """``(query_stride, level1_stride)`` of a chunk of ``queries`` queries: a full chunk's hits come from

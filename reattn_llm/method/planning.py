@@ -136,6 +136,7 @@ def plan_scope(
     backend: str,
     last: bool = True,
     scored: torch.Tensor | None = None,
+    answer: bool | None = None,
 ) -> Scope:
     """The scope of one query chunk: stock full attention within ``G + L``, else global + selected + local.
 
@@ -147,6 +148,8 @@ def plan_scope(
             centres are remembered for the decode steps).
         scored: a prompt chunk's queries already rotated for ``scoring="expected"`` (a forward of
             several chunks rotates them all at once, :func:`prompt_scoring_queries`), or None.
+        answer: with ``last``, whether the chunk is the answer's (``ReAttentionConfig.two_level_for``;
+            None: when shorter than a chunk); a chunk that does not end its forward never is.
     """
     cfg = state.config
     b, _, qc, _ = q.shape
@@ -168,7 +171,7 @@ def plan_scope(
         return scope if static is None else mask_unwritten(scope, static.total)
     if n_spans:
         qs, stride1 = _voting_queries(state, q, scored, loc, n_spans, backend)  # type: ignore[arg-type]
-        if cfg.two_level_for(qc, last):
+        if cfg.two_level_for(qc, answer if last else False):
             hits = two_level_topk(
                 qs,
                 kv,
@@ -263,15 +266,19 @@ def plan_chunks(
     bounds: list[tuple[int, int]],
     backend: str,
     scored: torch.Tensor | None = None,
+    answer: bool | None = None,
 ) -> list[Scope]:
     """The scope of every chunk ``bounds`` (query ranges, in order) of one forward: :func:`plan_scope`
     each, but runs of two or more whole prompt chunks that :func:`_batch_mode` admits as one batch
     (:func:`_batched_scopes`). ``query [B, H, Q, D]`` is the forward's (its last query is the
-    layer's last row); ``scored`` its queries rotated for scoring (:func:`prompt_scoring_queries`)."""
+    layer's last row); ``scored`` its queries rotated for scoring (:func:`prompt_scoring_queries`);
+    ``answer``: whether its last chunk is the answer's (``PatchState.chunks_of``; None: not said)."""
     q_len = query.shape[2]
     start = kv.length - q_len  # the forward's first query is cache row ``start``
+    answers = [answer if c1 == q_len else False for _, c1 in bounds]
     modes = [
-        _batch_mode(state, query.shape[0], start + c1, c1 - c0, c1 == q_len, backend) for c0, c1 in bounds
+        _batch_mode(state, query.shape[0], start + c1, c1 - c0, a, backend)
+        for (c0, c1), a in zip(bounds, answers, strict=True)
     ]
     scopes: list[Scope] = []
     i = 0
@@ -282,27 +289,33 @@ def plan_chunks(
                 break  # the batch's span-vote arrays would pass BATCH_BYTES
             j += 1
         if j - i > 1:
-            scopes.extend(_batched_scopes(state, query, kv, start, bounds[i:j], backend, scored))
+            scopes.extend(_batched_scopes(state, query, kv, start, bounds[i:j], backend, scored, modes[i]))
         else:
             c0, c1 = bounds[i]
             qs = scored[:, :, c0:c1] if scored is not None and c1 - c0 > 1 else None
-            scopes.append(plan_scope(state, query[:, :, c0:c1], kv, start + c1, backend, c1 == q_len, qs))
+            last = c1 == q_len
+            scopes.append(
+                plan_scope(state, query[:, :, c0:c1], kv, start + c1, backend, last, qs, answers[i])
+            )
         i = j
     return scopes
 
 
-def _batch_mode(state: PatchState, batch: int, total: int, qc: int, last: bool, backend: str) -> str | None:
-    """How a chunk of ``qc`` queries seeing ``total`` keys (``last``: it ends its forward) scores, when
-    it takes :func:`plan_scope`'s path that :func:`_batched_scopes` batches (one sequence, a prompt
-    chunk past ``G + L`` whose middle the spans do not tile, span votes in kernels, no ``span_shift``):
-    ``"exact"`` or ``"two_level"``; else None. A run batches chunks of one mode."""
+def _batch_mode(
+    state: PatchState, batch: int, total: int, qc: int, answer: bool | None, backend: str
+) -> str | None:
+    """How a chunk of ``qc`` queries seeing ``total`` keys (``answer``: the answer's, as
+    ``ReAttentionConfig.two_level_for`` takes it) scores, when it takes :func:`plan_scope`'s path that
+    :func:`_batched_scopes` batches (one sequence, a prompt chunk past ``G + L`` whose middle the spans
+    do not tile, span votes in kernels, no ``span_shift``): ``"exact"`` or ``"two_level"``; else None.
+    A run batches chunks of one mode."""
     cfg = state.config
     g, span = cfg.global_size, cfg.span_size
     if backend not in BATCHED_CHUNKS or batch != 1 or qc < 2 or total <= g + cfg.local_size:  # type: ignore[operator]
         return None
     loc, n_spans = cfg.decode_sizes(pinned=False)
     m = total - g - loc  # type: ignore[operator]
-    two_level = cfg.two_level_for(qc, last)
+    two_level = cfg.two_level_for(qc, answer)
     if (
         n_spans > 0
         and m > n_spans * span  # type: ignore[operator]
@@ -324,8 +337,10 @@ def _batched_scopes(
     run: list[tuple[int, int]],
     backend: str,
     scored: torch.Tensor | None,
+    mode: str,
 ) -> list[Scope]:
-    """The scopes of ``run``, C consecutive chunks of Q queries that :func:`_batch_mode` admits, selected
+    """The scopes of ``run``, C consecutive chunks of Q queries that :func:`_batch_mode` admits (all in
+    ``mode``: ``"exact"`` or ``"two_level"``), selected
     as one batch of C: their queries ``[C, H, Q, D]`` (a view of ``query [1, H, ., D]``) over the
     layer's middle expanded to C with batch stride 0, chunk c scoring, ranking and building its scope
     over its own middle (``grow=Q``), under two-level selection too
@@ -347,7 +362,7 @@ def _batched_scopes(
         state, chunks(query), None if scored is None else chunks(scored), loc, n_spans, backend
     )  # type: ignore[arg-type]
     k = cfg.hits_for(qc)
-    if cfg.two_level_for(qc, hi == query.shape[2]):  # both levels for the batch, each chunk over its middle
+    if mode == "two_level":  # both levels for the batch, each chunk over its middle
         bs = cfg.summary_block
         hits = two_level_topk(
             qs, kv, k, cfg.candidates, bs, backend, lo=g, hi=g + m, grow=qc, level1_stride=stride1

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..kernels.torch_ops import apply_rope, gather_kv
+from .chunks import Forward, chunk_bounds
 from .config import ReAttentionConfig
 from .rope import RopeTable
 from .selection import Scope
@@ -169,23 +170,38 @@ class PatchState:
     observers: list[ScopeObserver] = field(default_factory=list)
     #: set while decode steps run static (:class:`StaticStep`, :mod:`reattn_llm.runtime.graphs`), else None
     static: StaticStep | None = None
-    #: set while a forward carries whole chunks only (:meth:`whole_chunks`): no tail is split off it
-    joined: bool = False
+    #: the forward running as the engine planned it (:meth:`running`), else None: the layers cut a
+    #: forward by :func:`~reattn_llm.method.chunks.chunk_bounds`, its last ``tail_size`` queries apart
+    forward: Forward | None = None
     _max: torch.Tensor | None = field(default=None, init=False, repr=False)
     #: ``q_pos [B, Q]`` of the chunks noted since :attr:`_max` was last brought up to date.
     _pending: list[torch.Tensor] = field(default_factory=list, init=False, repr=False)
 
     @contextlib.contextmanager
-    def whole_chunks(self, joined: bool = True) -> Iterator[None]:
-        """While the block runs (``joined``), forwards carry whole chunks joined on the prefill grid
-        (:func:`~reattn_llm.method.chunks.forward_bounds`): the layers split each at every
-        ``chunk_size`` and set no ``tail_size`` tail apart, so every chunk is the one it would be fed
-        alone."""
-        before, self.joined = self.joined, joined or self.joined
+    def running(self, forward: Forward) -> Iterator[None]:
+        """While the block runs, the model's forwards are ``forward``
+        (:func:`~reattn_llm.method.chunks.plan_forwards`): the layers split each into its chunks, so
+        every chunk is the one it would be fed alone, and score its last chunk exactly (two-level
+        selection's ``exact_answer``) only if it is the answer's."""
+        before, self.forward = self.forward, forward
         try:
             yield
         finally:
-            self.joined = before
+            self.forward = before
+
+    def chunks_of(self, queries: int) -> tuple[list[tuple[int, int]], bool | None]:
+        """The chunks ``[s, e)`` of a forward of ``queries`` queries, and whether its last chunk is the
+        answer's (None: not said; a last chunk shorter than ``chunk_size`` is taken to be, a forward
+        fed without :meth:`running` cutting its last ``tail_size`` queries apart)."""
+        f = self.forward
+        if f is None:
+            return chunk_bounds(queries, self.config.chunk_size, self.config.tail_size), None  # type: ignore[arg-type]
+        if f.end - f.start != queries:
+            raise RuntimeError(
+                f"A forward of {queries} queries ran while PatchState.running() announced "
+                f"[{f.start}, {f.end}): feed exactly the announced tokens in that block."
+            )
+        return list(f.chunks), f.answer
 
     @property
     def max_position(self) -> torch.Tensor | None:

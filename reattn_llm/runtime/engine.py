@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..kv.cache import ReAttentionCache
-from ..method.chunks import engine_forward, forward_bounds, prefill_chunk
+from ..method.chunks import engine_forward, plan_forwards, prefill_chunk, prompt_reusable
 from ..method.config import ReAttentionConfig, prefill_bounds, reusable_length
 from ..method.patch import PatchHandle, make_cache, patch, resolve_for_model
 from .capacity import Capacity, check_fits, engine_capacity
@@ -192,25 +192,30 @@ class Engine:
         start: int = 0,
         tail: int | None = None,
         question: int | None = None,
+        answer: bool = True,
     ) -> torch.Tensor:
         """Feed ``ids [1, T]`` from ``start`` (a multiple of the chunk: the cache already holds
         ``ids[:, :start]``) in chunks of ``chunk_size``: with ``question`` (the token where the
         question starts, >= ``start``) the document on the grid and the question as its own chunk,
         else the last ``tail_size`` tokens apart (:func:`~reattn_llm.method.config.prefill_bounds`),
-        whole chunks joined in forwards of :attr:`prefill_forward` tokens; return the last logits ``[1, V]``."""
+        the chunks joined in forwards of :attr:`prefill_forward` tokens
+        (:func:`~reattn_llm.method.chunks.plan_forwards`; ``answer``: the last chunk is the answer's,
+        False for a document alone); return the last logits ``[1, V]``."""
         total, chunk = ids.shape[1], self.prefill_chunk
         tail = self.config.tail_size if tail is None else tail
         logits = None
         self.last_prefill_tokens = total - start
         state = self._handle.state if self._handle is not None else None
         bounds = prefill_bounds(total - start, chunk, tail, None if question is None else question - start)
+        # a sliding-window layer keeps its rows only at forward ends: one ends where a later prompt may reuse
+        ends = (prompt_reusable(total, chunk, tail, question) - start,) if cache.cut_at_forward_ends else ()
         with PrefillProgress(total - start, self.progress and total - start > chunk, on_progress) as progress:
-            for s, e in forward_bounds(bounds, chunk, self.prefill_forward):
-                piece = ids[:, start + s : start + e]
-                with state.whole_chunks(e - s > chunk) if state is not None else contextlib.nullcontext():
+            for f in plan_forwards(bounds, self.prefill_forward, answer, ends):
+                piece = ids[:, start + f.start : start + f.end]
+                with state.running(f) if state is not None else contextlib.nullcontext():
                     out = self.model(input_ids=piece, past_key_values=cache, use_cache=True, logits_to_keep=1)
                 logits = out.logits[:, -1].to(self.device)  # from the last layer's device (device_map)
-                progress.update(e)
+                progress.update(f.end)
         assert logits is not None  # an empty prompt is refused before any prefill
         return logits
 
@@ -303,8 +308,8 @@ class Engine:
             rest = answer.flush()  # the tail held back for stop strings, after EOS or the budget
             t2 = time.perf_counter()
             with turn:
-                doc = (question, 0) if question is not None else (len(ids), self.config.tail_size)
-                self.prefixes.keep(ids, cache, reusable_length(doc[0], self.prefill_chunk, doc[1]))
+                reusable = prompt_reusable(len(ids), self.prefill_chunk, self.config.tail_size, question)
+                self.prefixes.keep(ids, cache, reusable)
             cache = None
             if rest:
                 yield rest
@@ -369,7 +374,9 @@ class Engine:
         with self._lock:
             cache, start = self._cache_for(ids, len(ids))
             if start < len(ids):
-                self.prefill(torch.tensor([ids], device=self.device), cache, start=start, tail=0)
+                self.prefill(
+                    torch.tensor([ids], device=self.device), cache, start=start, tail=0, answer=False
+                )
             reusable = reusable_length(len(ids), self.prefill_chunk)
             self.prefixes.keep(ids, cache, reusable)
         return reusable
