@@ -263,6 +263,8 @@ def test_config_fields_and_errors():
         ReAttentionConfig(selection="approx")  # type: ignore[arg-type]
     assert c.level1_stride == 8 and c.query_stride == 1
     assert (c.strides_for(1024), c.strides_for(1023), c.strides_for(1)) == ((1, 8), (1, 1), (1, 1))
+    # as the engine says: a document's short remainder keeps its strides, the answer's chunk takes every query
+    assert (c.strides_for(1000, answer=False), c.strides_for(1024, answer=True)) == ((1, 8), (1, 1))
     c = ReAttentionConfig(query_stride=2, level1_stride=4, chunk_size=64)
     assert (c.strides_for(64), c.strides_for(16)) == ((2, 4), (1, 1))
     none = ReAttentionConfig(level1_stride=None, query_stride=None, chunk_size=64)  # type: ignore[arg-type]

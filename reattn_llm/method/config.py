@@ -273,12 +273,18 @@ class ReAttentionConfig:
             answer = queries < self.chunk_size  # type: ignore[operator]
         return not (mode != "none" and answer)
 
-    def strides_for(self, queries: int) -> tuple[int, int]:
-        """``(query_stride, level1_stride)`` of a chunk of ``queries`` queries: a full chunk's hits come from
-        every ``query_stride``-th query, two-level's level 1 from every ``level1_stride``-th of those; a
-        shorter chunk (a question) and decode steps use every query: ``(1, 1)``."""
-        full = queries >= (self.chunk_size or 0)
-        return (self.query_stride or 1, self.level1_stride or LEVEL1_STRIDE) if full else (1, 1)
+    def strides_for(self, queries: int, answer: bool | None = None) -> tuple[int, int]:
+        """``(query_stride, level1_stride)`` of a chunk of ``queries`` queries: a document chunk's hits
+        come from every ``query_stride``-th query, two-level's level 1 from every ``level1_stride``-th of
+        those; the answer's chunk (``answer``, as :meth:`two_level_for` takes it: None counts a chunk
+        shorter than ``chunk_size`` as the answer's) and decode steps use every query: ``(1, 1)``."""
+        if answer is None:
+            answer = queries < (self.chunk_size or 0)
+        return (
+            (1, 1)
+            if queries == 1 or answer
+            else (self.query_stride or 1, self.level1_stride or LEVEL1_STRIDE)
+        )
 
     @property
     def is_resolved(self) -> bool:

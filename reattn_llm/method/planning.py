@@ -170,8 +170,9 @@ def plan_scope(
         scope = Scope(*scope_from_centres(pins, m, cfg.span_size, g, loc_rows, total, qc, backend))  # type: ignore[arg-type]
         return scope if static is None else mask_unwritten(scope, static.total)
     if n_spans:
-        qs, stride1 = _voting_queries(state, q, scored, loc, n_spans, backend)  # type: ignore[arg-type]
-        if cfg.two_level_for(qc, answer if last else False):
+        answer = answer if last else False
+        qs, stride1 = _voting_queries(state, q, scored, loc, n_spans, backend, answer)  # type: ignore[arg-type]
+        if cfg.two_level_for(qc, answer):
             hits = two_level_topk(
                 qs,
                 kv,
@@ -202,15 +203,21 @@ def plan_scope(
 
 
 def _voting_queries(
-    state: PatchState, q: torch.Tensor, scored: torch.Tensor | None, local: int, n_spans: int, backend: str
+    state: PatchState,
+    q: torch.Tensor,
+    scored: torch.Tensor | None,
+    local: int,
+    n_spans: int,
+    backend: str,
+    answer: bool | None = None,
 ) -> tuple[torch.Tensor, int]:
     """The queries whose hits vote for a chunk's spans, and two-level's level-1 stride among them:
-    every ``query_stride``-th of a full chunk's ``q [B, H, Q, D]`` (all of a shorter chunk's,
-    :meth:`~.config.ReAttentionConfig.strides_for`), taken from ``scored`` (the same queries already
+    every ``query_stride``-th of a document chunk's ``q [B, H, Q, D]`` (all of the answer's chunk,
+    ``answer``: :meth:`~.config.ReAttentionConfig.strides_for`), taken from ``scored`` (the same queries already
     rotated for ``scoring="expected"``) when given, else rotated here when that scoring is on (only
     the voting ones: the logit a key gets at the distances a span takes)."""
     cfg = state.config
-    stride, stride1 = cfg.strides_for(q.shape[2])
+    stride, stride1 = cfg.strides_for(q.shape[2], answer)
     qs = (q if scored is None else scored)[:, :, ::stride]
     if cfg.scoring == "expected" and scored is None:
         qs = _expected_queries(state, qs, local, n_spans * cfg.span_size, backend)  # type: ignore[operator]
@@ -276,8 +283,8 @@ def plan_chunks(
     q_len = query.shape[2]
     start = kv.length - q_len  # the forward's first query is cache row ``start``
     answers = [answer if c1 == q_len else False for _, c1 in bounds]
-    modes = [
-        _batch_mode(state, query.shape[0], start + c1, c1 - c0, a, backend)
+    modes = [  # the answer's chunk (its own strides) selects alone
+        None if a else _batch_mode(state, query.shape[0], start + c1, c1 - c0, a, backend)
         for (c0, c1), a in zip(bounds, answers, strict=True)
     ]
     scopes: list[Scope] = []
