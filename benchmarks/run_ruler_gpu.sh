@@ -134,6 +134,17 @@ case "$phase" in
        --label re-two-qs$qs --workers 3 --out "$out/qstride.jsonl" > "$out/qs_two.log" 2>&1 &
     wait
     ;;
+  remainder)  # session 30: a document's short remainder chunk two-level (its strides too) and joined with the
+    # question into one forward (method.chunks.plan_forwards), the answer's chunk alone exact; two-level with the
+    # default budget beside exact selection: niah_single_2 at 32K (20) and 128K (10), niah_multikey_1 at 32K (20)
+    T="timeout ${LIMIT_S:-480}"
+    two=(--set selection=two_level --label re-two-level)
+    $T $R --modes reattention --lengths 32768 --tasks niah_single_2,niah_multikey_1 --workers 3 --out "$out/remainder.jsonl" > "$out/rem_exact32.log" 2>&1 &
+    $T $R --modes reattention --lengths 131072 --tasks niah_single_2 --workers 3 --out "$out/remainder.jsonl" > "$out/rem_exact128.log" 2>&1 &
+    $T $R --modes reattention --lengths 32768 --tasks niah_single_2,niah_multikey_1 "${two[@]}" --workers 3 --out "$out/remainder.jsonl" > "$out/rem_two32.log" 2>&1 &
+    $T $R --modes reattention --lengths 131072 --tasks niah_single_2 "${two[@]}" --workers 3 --out "$out/remainder.jsonl" > "$out/rem_two128.log" 2>&1 &
+    wait
+    ;;
   two_level_tasks)  # two-level selection (the default exact answer forwards) against exact and streaming at 32K
     # on three more tasks (niah_multikey_1, niah_multivalue, qa_1: 20 samples each, generated like Run 2's)
     T="timeout ${LIMIT_S:-540}"
