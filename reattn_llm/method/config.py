@@ -73,8 +73,9 @@ class ReAttentionConfig:
         tail_size: the last tokens of a prompt (at most this many) form a chunk of their own, so the
             selection that feeds the first answer token is voted by the question alone. 0: off.
         prefill_forward: the most prompt tokens the engine feeds in one model forward (default 8192 on a
-            GPU; one chunk on the CPU and with fp8 or offload: ``method.chunks.engine_forward``): whole
-            chunks join, the layers split them back, each selecting as if fed alone.
+            GPU; one chunk on the CPU and with fp8 or offload: ``method.chunks.engine_forward``):
+            consecutive chunks join (``method.chunks.plan_forwards``; a prompt's short last chunks with
+            the whole ones before them), the layers split them back, each selecting as if fed alone.
         window: the trained context W that positions stay under; default ``max_position_embeddings``.
         effective_window: the longest context the model reads well (its own in-window accuracy
             holds), which sizes the scope: G + max_spans * span + L <= min(window, effective_window),
@@ -131,13 +132,15 @@ class ReAttentionConfig:
         block_size: keys per summarised block for two-level selection; default ``span_size``.
         level1_stride: two-level level 1 ranks a full chunk's blocks from every ``level1_stride``-th query
             that scores (level 2 scores them all): default 8, 8x cheaper, recall on real keys unmoved.
-        query_stride: a full prompt chunk's hits (its span votes) come from every ``query_stride``-th
-            query, exactly or two-level; a shorter chunk (the question) and decode steps use all. 1
+        query_stride: a document chunk's hits (its span votes) come from every ``query_stride``-th
+            query, exactly or two-level; the answer's chunk (the question) and decode steps use all. 1
             (default): all; 2 halves the scoring and keeps 88% of the scope's tokens (BENCHMARKS.md).
         exact_answer: with ``selection="two_level"``, the forwards an answer is read from that score
-            exactly: ``"all"``, the question (a forward's last chunk when shorter than ``chunk_size``:
-            the question as its own chunk, or a prompt's last ``tail_size`` tokens) and each decode
-            step; ``"question"``; ``"none"``. A document's full chunks stay two-level. RULER's
+            exactly: ``"all"``, the question (the prompt's last chunk, as the engine plans the prefill,
+            :func:`~reattn_llm.method.chunks.plan_forwards`: the question as its own chunk, or a
+            prompt's last ``tail_size`` tokens; a forward fed without that plan: its last chunk when
+            shorter than ``chunk_size``) and each decode step; ``"question"``; ``"none"``. A
+            document's chunks, its short remainder too, stay two-level. RULER's
             niah_single_2 (one H200): 100 at 32K and 128K with ``"all"``, as exact selection, 55 and 30
             with ``"none"``. None (default): ``"all"``, or ``"question"`` with ``offload="keys_values"``
             (K streamed from host once per question, not for every token).

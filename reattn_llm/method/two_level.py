@@ -35,8 +35,8 @@ in the candidate budget (``candidate_blocks * block_size >= M``), exact scoring 
 (:func:`~reattn_llm.kv.layer.exact_topk`), so the result is exactly the exact selection's.
 Otherwise it is an approximation: a query's true top-k key is missed when its block is not among
 the candidates of its KV head (``benchmarks/selection.py`` measures how often, on real keys). So
-by default only a document's chunks select this way; the forwards an answer is read from (a
-forward's last, shorter chunk: the question; each decode step) score exactly
+by default only a document's chunks select this way; the chunks an answer is read from (the
+prompt's last: the question or its tail; each decode step) score exactly
 (``ReAttentionConfig.exact_answer``, :meth:`~reattn_llm.method.config.ReAttentionConfig.two_level_for`):
 with them two-level too, RULER's natural-prose needle was lost in 16 of 30 samples that exact
 selection found.

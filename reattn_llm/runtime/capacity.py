@@ -167,7 +167,7 @@ def working_reserve(
     prompt: int | None = None,
 ) -> int:
     """Bytes one prefill forward needs beside the weights and the KV cache, at its peak, for a
-    forward of ``tokens`` (whole chunks joined up to ``prefill_forward``,
+    forward of ``tokens`` (chunks joined up to ``prefill_forward``,
     :func:`~reattn_llm.method.chunks.engine_forward`; no more than a ``prompt`` of that many tokens
     needs, when given). A layer's attention and its MLP do not hold their temporaries at once, so
     the larger of the two phases counts:

@@ -347,8 +347,8 @@ class Engine:
 
     @property
     def prefill_forward(self) -> int:
-        """Tokens per prefill forward: whole chunks joined up to the config's ``prefill_forward``
-        (:func:`~reattn_llm.method.chunks.engine_forward`)."""
+        """Tokens per prefill forward: chunks joined up to the config's ``prefill_forward``
+        (:func:`~reattn_llm.method.chunks.engine_forward`, :func:`~reattn_llm.method.chunks.plan_forwards`)."""
         return engine_forward(self.config, self.prefill_chunk, self.device.type)
 
     def _cache_for(self, ids: list[int], reserve: int) -> tuple[ReAttentionCache, int]:
