@@ -49,6 +49,8 @@ import torch
 DEV = "cuda"
 #: --graphs: also decode with CUDA graphs (reattn_llm.runtime.graphs) in --e2e
 GRAPHS = False
+#: --graph-profile: after --graphs, profile a bucket's replayed steps (:func:`profile_replays`)
+GRAPH_PROFILE = False
 #: --graph-buckets: the bucket sizes --graphs decodes with (reattn_llm.runtime.graphs.GraphDecoder)
 GRAPH_BUCKETS = [32]
 #: --selection: the ReAttention selection of --e2e
@@ -752,6 +754,36 @@ def profile_steps(fn, steps=3, label=""):
     log(ka.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
 
 
+def profile_replays(model, cache, state, tok, start_len, bucket):
+    """Where a step replayed from a CUDA graph spends its GPU time (``--graph-profile``): the second
+    bucket's replays after its capture, profiled; the kernels' summed time a step against the step's
+    wall time tells how much is launch gaps and small kernels' tails rather than reading memory."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from reattn_llm.runtime.graphs import GraphDecoder
+
+    for layer in cache.layers:
+        layer.rewind(start_len)
+    n = bucket - 2
+    with GraphDecoder(model, cache, state, bucket=bucket) as dec:
+        for _ in range(bucket + 1):  # the first bucket, then the second's eager step and capture
+            dec.step(tok)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(n):
+                dec.step(tok)
+            torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) / n
+    ka = prof.key_averages()
+    kernels = sum(getattr(e, "self_device_time_total", 0) or 0 for e in ka) / n / 1e3
+    log(
+        f"--- graph replays (bucket {bucket}): {n} steps, {wall * 1e3:.2f} ms a step profiled, kernels {kernels:.2f} ms"
+    )
+    log(ka.table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70))
+    return dict(profiled_step_s=wall, kernel_ms=kernels)
+
+
 def _static_steps(model, cache, state, tok, start_len, bucket, n, capture):
     """``n`` static steps in buckets of ``bucket`` from the first ``start_len`` rows (replayed from
     CUDA graphs with ``capture``, else eager): (seconds per step, logits per step, captures)."""
@@ -793,6 +825,9 @@ def graph_decode(model, cache, state, tok, buckets=None):
             diff = max((a - b).abs().max().item() for a, b in zip(ref, outs, strict=True))
             r.update(static_eager_s=sorted(eager)[len(eager) // 2], max_diff=diff)
         out[bucket] = r
+    if GRAPH_PROFILE:
+        prof = profile_replays(model, cache, state, tok, start_len, (buckets or GRAPH_BUCKETS)[0])
+        return dict(graphs=out, graph_profile=prof)
     return dict(graphs=out)
 
 
@@ -1243,6 +1278,9 @@ def main() -> int:
     )
     ap.add_argument("--graphs", action="store_true", help="--e2e also decodes with CUDA graphs")
     ap.add_argument(
+        "--graph-profile", action="store_true", help="--graphs: profile the replayed steps' kernels"
+    )
+    ap.add_argument(
         "--graph-buckets", default="32", help="comma list of the bucket sizes --graphs decodes with"
     )
     ap.add_argument(
@@ -1319,7 +1357,7 @@ def main() -> int:
     ap.add_argument("--forward-times", action="store_true", help="--e2e: log each prefill forward's time")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    global GRAPHS, GRAPH_BUCKETS, SELECTION, EXACT_ANSWER
+    global GRAPHS, GRAPH_PROFILE, GRAPH_BUCKETS, SELECTION, EXACT_ANSWER
     global PREFILL_FORWARD, PREFILL_REPEATS, RESERVE, FORWARD_TIMES
     if args.prefill_repeats < 1:
         ap.error(f"--prefill-repeats must be at least 1, got {args.prefill_repeats}")
@@ -1329,7 +1367,7 @@ def main() -> int:
     RESERVE, FORWARD_TIMES = args.reserve, args.forward_times
     RESULTS["reserve"] = RESERVE
     RESULTS["prefill_forward"] = PREFILL_FORWARD
-    GRAPHS = args.graphs
+    GRAPHS, GRAPH_PROFILE = args.graphs, args.graph_profile
     GRAPH_BUCKETS = [int(b) for b in args.graph_buckets.split(",") if b]
     SELECTION = args.selection
     RESULTS["selection"] = SELECTION
