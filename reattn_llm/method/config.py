@@ -41,6 +41,16 @@ LEVEL1_STRIDE = 8
 #: Fields that are positive integers (or None: their default).
 _POSITIVE = "candidate_blocks block_size level1_stride prefill_forward global_size local_size".split()
 _POSITIVE += "query_stride span_size top_k prompt_top_k chunk_size window effective_window".split()
+#: ``(field, least value, what it must be)`` of every integer field (None: its default, not in _NEEDED).
+_COUNTS = (
+    *((name, 1, "a positive integer (or None for the default)") for name in _POSITIVE),
+    ("tail_size", 0, "an integer >= 0 (0 turns it off)"),
+    ("decode_extra_spans", 0, "an integer >= 0 (or None for the default)"),
+    ("decode_extra_until", 1, "a positive number of tokens, or None (no limit)"),
+    ("span_shift", 0, "an integer >= 0 (0 centres spans on their hits)"),
+    ("max_spans", 0, "an integer >= 0 (0 means streaming)"),
+)
+_NEEDED = ("tail_size", "span_shift")
 #: The option fields and their allowed values, from the Literal types above (one spelling).
 _CHOICES: dict[str, tuple[str, ...]] = {
     "mode": get_args(Mode),
@@ -136,11 +146,9 @@ class ReAttentionConfig:
             query, exactly or two-level; the answer's chunk (the question) and decode steps use all. 1
             (default): all; 2 halves the scoring and keeps 88% of the scope's tokens (BENCHMARKS.md).
         exact_answer: with ``selection="two_level"``, the forwards an answer is read from that score
-            exactly: ``"all"``, the question (the prompt's last chunk, as the engine plans the prefill,
-            :func:`~reattn_llm.method.chunks.plan_forwards`: the question as its own chunk, or a
-            prompt's last ``tail_size`` tokens; a forward fed without that plan: its last chunk when
-            shorter than ``chunk_size``) and each decode step; ``"question"``; ``"none"``. A
-            document's chunks, its short remainder too, stay two-level. RULER's
+            exactly: ``"all"``, the question (the prompt's last chunk, :func:`~.chunks.plan_forwards`:
+            the question, or its last ``tail_size`` tokens) and each decode step; ``"question"``;
+            ``"none"``. Every document chunk, a short remainder too, stays two-level. RULER's
             niah_single_2 (one H200): 100 at 32K and 128K with ``"all"``, as exact selection, 55 and 30
             with ``"none"``. None (default): ``"all"``, or ``"question"`` with ``offload="keys_values"``
             (K streamed from host once per question, not for every token).
@@ -219,10 +227,11 @@ class ReAttentionConfig:
                 f"kv_dtype={self.kv_dtype!r} / offload={self.offload!r} apply to ReAttention's cache; mode='full' "
                 "is the stock model's attention: use mode='reattention' (or 'streaming'), or the defaults."
             )
-        for name in _POSITIVE:
+        for name, low, hint in _COUNTS:
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ConfigError(f"{name}={value!r}: must be a positive integer (or None for the default).")
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+            if not ok and (value is not None or name in _NEEDED):
+                raise ConfigError(f"{name}={value!r}: must be {hint}.")
         for name, k in (("top_k", self.top_k), ("prompt_top_k", self.prompt_top_k or 0)):
             if k > MAX_TOP_K:
                 raise ConfigError(
@@ -230,30 +239,12 @@ class ReAttentionConfig:
                     f"(backend='auto' uses it on CUDA): use {name} <= {MAX_TOP_K}, and raise span_size or "
                     "max_spans to select more."
                 )
-        if not isinstance(self.tail_size, int) or self.tail_size < 0:
-            raise ConfigError(f"tail_size={self.tail_size!r}: must be an integer >= 0 (0 turns it off).")
         extra = self.decode_extra_spans
-        if extra is not None and (not isinstance(extra, int) or isinstance(extra, bool) or extra < 0):
-            raise ConfigError(
-                f"decode_extra_spans={extra!r}: must be an integer >= 0 (or None for the default)."
-            )
         if extra and self.decode_spans != "union":
             raise ConfigError(
                 f"decode_extra_spans={extra} applies only to decode_spans='union' (it is {self.decode_spans!r}): "
                 "add decode_spans='union', or leave decode_extra_spans unset."
             )
-        until = self.decode_extra_until
-        if until is not None and (not isinstance(until, int) or isinstance(until, bool) or until < 1):
-            raise ConfigError(
-                f"decode_extra_until={until!r}: must be a positive number of tokens, or None (no limit)."
-            )
-        shift = self.span_shift
-        if not isinstance(shift, int) or isinstance(shift, bool) or shift < 0:
-            raise ConfigError(
-                f"span_shift={shift!r}: must be an integer >= 0 (0 centres spans on their hits)."
-            )
-        if self.max_spans is not None and (not isinstance(self.max_spans, int) or self.max_spans < 0):
-            raise ConfigError(f"max_spans={self.max_spans!r}: must be an integer >= 0 (0 means streaming).")
         if self.is_resolved:
             self._check_complete(self)
 
@@ -263,31 +254,26 @@ class ReAttentionConfig:
         return self.top_k if queries == 1 or self.prompt_top_k is None else self.prompt_top_k
 
     def two_level_for(self, queries: int, answer: bool | None = None) -> bool:
-        """Whether a chunk of ``queries`` queries selects two-level. ``answer``: the chunk is the one an
-        answer is read from (a prefill's last chunk: the question or the tail, as the engine plans it,
-        :class:`~reattn_llm.method.chunks.Forward`); False: a document's; None (not said): a chunk
-        shorter than ``chunk_size`` is taken to be the answer's (a forward's ``tail_size`` tail)."""
+        """Whether a chunk of ``queries`` queries selects two-level. ``answer``: it is the chunk an
+        answer is read from (the prompt's last, :class:`~reattn_llm.method.chunks.Forward`); False: a
+        document's; None (not said): a chunk shorter than ``chunk_size`` is (a forward's tail)."""
         if self.selection != "two_level":
             return False
         mode = self.exact_answer or ("question" if self.offload == "keys_values" else "all")
         if queries == 1:  # a decode step
             return mode != "all"
-        if answer is None:
-            answer = queries < self.chunk_size  # type: ignore[operator]
-        return not (mode != "none" and answer)
+        return not (mode != "none" and self._answers(queries, answer))
 
     def strides_for(self, queries: int, answer: bool | None = None) -> tuple[int, int]:
-        """``(query_stride, level1_stride)`` of a chunk of ``queries`` queries: a document chunk's hits
-        come from every ``query_stride``-th query, two-level's level 1 from every ``level1_stride``-th of
-        those; the answer's chunk (``answer``, as :meth:`two_level_for` takes it: None counts a chunk
-        shorter than ``chunk_size`` as the answer's) and decode steps use every query: ``(1, 1)``."""
-        if answer is None:
-            answer = queries < (self.chunk_size or 0)
-        return (
-            (1, 1)
-            if queries == 1 or answer
-            else (self.query_stride or 1, self.level1_stride or LEVEL1_STRIDE)
-        )
+        """``(query_stride, level1_stride)``: a document chunk's hits from every ``query_stride``-th
+        query, level 1 from every ``level1_stride``-th of those; the answer's chunk (``answer`` as in
+        :meth:`two_level_for`) and decode steps use every query: ``(1, 1)``."""
+        if queries == 1 or self._answers(queries, answer):
+            return (1, 1)
+        return (self.query_stride or 1, self.level1_stride or LEVEL1_STRIDE)
+
+    def _answers(self, queries: int, answer: bool | None) -> bool:
+        return queries < (self.chunk_size or 0) if answer is None else answer
 
     @property
     def is_resolved(self) -> bool:
