@@ -1147,6 +1147,44 @@ def model_ops_cases():
     }
 
 
+def mask_unwritten_case(b: int, n: int, q_len: int, written: int, dtype: torch.dtype, strided: bool = False):
+    """A static decode step's scope cut to the rows written (``mask_unwritten``): a scope of global,
+    middle (some padding, -1) and local rows reaching past ``written``, the Triton kernel against its
+    torch twin, equal (gather rows, positions, the queries' positions); ``strided``: views of wider rows."""
+    from reattn_llm.kernels.torch_select import mask_unwritten_torch
+    from reattn_llm.kernels.triton_static import mask_unwritten_triton
+
+    g = torch.Generator().manual_seed(n + b)
+    idx = torch.randint(0, written + n // 10 + 8, (b, n), generator=g).to(dtype)  # some rows unwritten
+    pos = torch.arange(n).expand(b, n).clone()
+    pos[torch.rand(b, n, generator=g) < 0.2] = -1  # padding of the middle
+    pos = pos.to(dtype)
+    if strided:
+        idx = torch.cat([idx, idx], dim=1)[:, ::2]
+        pos = torch.cat([pos, pos], dim=1)[:, ::2]
+        idx, pos = idx[:, :n], pos[:, :n]
+    total = torch.tensor([written])
+    peaks = torch.tensor([5]), torch.tensor([5])  # the largest query position so far, raised in place
+    got = mask_unwritten_triton(idx, pos, total, q_len, peaks[0])
+    want = mask_unwritten_torch(idx, pos, total, q_len, peaks[1])
+    for a, w, what in zip(
+        (*got, peaks[0]), (*want, peaks[1]), ("gather_idx", "key_pos", "q_pos", "max"), strict=True
+    ):
+        assert a.dtype == w.dtype and torch.equal(a, w), f"{what} differs: {a} vs {w}"
+    assert int(peaks[0]) == int(want[2].max()) > 5
+    kept = int((want[1] >= 0).sum())
+    assert kept < b * n  # some rows cut, as the case means
+    return {"kept": kept, "of": b * n}
+
+
+def mask_unwritten_cases():
+    return {
+        "mask_unwritten_b1_n8226_i64": lambda: mask_unwritten_case(1, 8226, 1, 8000, torch.int64),
+        "mask_unwritten_b3_n77_q5_i32": lambda: mask_unwritten_case(3, 77, 5, 60, torch.int32),
+        "mask_unwritten_b2_n1030_strided": lambda: mask_unwritten_case(2, 1030, 1, 900, torch.int64, True),
+    }
+
+
 def rms_norm_expanded_weight_case():
     """An expanded weight (``[1]`` broadcast to ``[N]``, stride 0) next to an unreadable page: the
     kernel reads a dense weight, so the wrapper makes it one; equal to the twin."""
@@ -1182,6 +1220,7 @@ def all_cases():
     cases.update(rank_blocks_cases())
     cases.update(spans_cases())
     cases.update(model_ops_cases())
+    cases.update(mask_unwritten_cases())
     cases.update(GUARDED)
     return cases
 

@@ -159,7 +159,8 @@ def test_buckets_keep_the_bound_and_answer_from_far_back(shared_engine, eager_ru
     state.max_position = None
     s_tokens, _, dec, _ = _decode(shared_engine, enc, 16, 8)
     cfg = shared_engine.config
-    assert 0 <= state.largest_position() < cfg.scope  # positions never leave the scope's bound
+    steps_max = int(dec._step.max_position)  # what the static steps kept (planning._unwritten), from -1
+    assert 0 < steps_max <= state.largest_position() < cfg.scope  # positions never leave the scope's bound
     eager_text = shared_engine.tokenizer.decode(tokens)
     static_text = shared_engine.tokenizer.decode(s_tokens)
     assert "73914" in eager_text, eager_text  # the fact lies about 700 tokens before the question

@@ -8,7 +8,8 @@ from them. Two-level selection: ``rank_blocks`` ranks key blocks from their summ
 ``top_blocks`` picks the candidates, ``candidate_blocks`` is both (fused for a decode step), and
 ``score_topk_blocks`` is ``score_topk`` over the candidate blocks read in place (level 2). Around
 the attention, the model's own small ops: ``rms_norm`` and the gated MLP's ``gated_act``, one
-launch each (:mod:`reattn_llm.method.model_ops`). Each has a Triton implementation (CUDA) and a
+launch each (:mod:`reattn_llm.method.model_ops`); a static decode step's scope cut to the rows
+written: ``mask_unwritten``. Each has a Triton implementation (CUDA) and a
 torch twin of identical signature (CPU, and the reference).
 The prompt-chunk kernels (``score_topk``, ``score_topk_blocks``, ``rank_blocks``, ``rank_spans``,
 ``scope_from_centres``) also take ``grow``: the batch is one forward's chunks, entry b's middle
@@ -33,7 +34,13 @@ from .torch_ops import (
     score_topk_torch,
     top_blocks_torch,
 )
-from .torch_select import SelectedScope, rank_spans_torch, scope_from_centres_torch, select_scope_torch
+from .torch_select import (
+    SelectedScope,
+    mask_unwritten_torch,
+    rank_spans_torch,
+    scope_from_centres_torch,
+    select_scope_torch,
+)
 
 __all__ = [
     "MAX_TOP_K",
@@ -42,6 +49,8 @@ __all__ = [
     "candidate_blocks_torch",
     "gated_act",
     "gated_act_torch",
+    "mask_unwritten",
+    "mask_unwritten_torch",
     "rank_blocks",
     "rank_blocks_torch",
     "rank_spans",
@@ -284,3 +293,20 @@ def gated_act(
 
         return gated_act_triton(gate, up, act)
     return gated_act_torch(gate, up, act)
+
+
+def mask_unwritten(
+    gather_idx: torch.Tensor,
+    key_pos: torch.Tensor,
+    total: torch.Tensor,
+    q_len: int,
+    max_position: torch.Tensor | None = None,
+    backend: str = "torch",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dispatch for :func:`mask_unwritten_torch` (same signature, ``backend`` already resolved)."""
+    args = (gather_idx, key_pos, total, q_len, max_position)
+    if backend == "triton":
+        from .triton_static import mask_unwritten_triton
+
+        return mask_unwritten_triton(*args)
+    return mask_unwritten_torch(*args)

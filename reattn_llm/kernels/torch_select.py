@@ -241,3 +241,27 @@ def rank_spans_torch(
     centre = (m - 1) - (top % m)
     votes = top // m // n_hits
     return torch.where(empty, torch.full_like(centre, m), centre), torch.where(empty, 0, votes)
+
+
+def mask_unwritten_torch(
+    gather_idx: torch.Tensor,
+    key_pos: torch.Tensor,
+    total: torch.Tensor,
+    q_len: int,
+    max_position: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A static decode step's scope (its cache view reaching past the rows written so far) with the
+    unwritten rows made padding: ``gather_idx [B, N]`` and ``key_pos [B, N]`` (-1: padding) of a scope,
+    ``total`` (``[1]`` int64 on the device: the rows written, this step's included) -> ``(gather_idx,
+    key_pos, q_pos [B, q_len])``. A row stays when it is not padding and ``gather_idx < total``; the
+    positions close up over the kept rows, numbered as a scope built without the others; padding
+    reads row 0 (a written row), and the queries take the last ``q_len`` positions. ``max_position``
+    (``[1]`` int64, or None): raised in place to the largest query position."""
+    valid = (key_pos >= 0) & (gather_idx < total)
+    pos = valid.long().cumsum(dim=1) - 1
+    q_pos = pos[:, -1:] + 1 - q_len + torch.arange(q_len, device=pos.device)
+    key_pos = torch.where(valid, pos, torch.full_like(pos, -1)).to(key_pos.dtype)
+    gather_idx = torch.where(valid, gather_idx, torch.zeros_like(gather_idx))
+    if max_position is not None and q_len:
+        max_position.clamp_(min=q_pos.max())
+    return gather_idx, key_pos, q_pos.to(key_pos.dtype)

@@ -168,7 +168,7 @@ def plan_scope(
         # a step that keeps the question's spans and adds none (decode_spans="question", or "union" past
         # decode_extra_until): its own hits could only fill slots the question left empty; none are scored
         scope = Scope(*scope_from_centres(pins, m, cfg.span_size, g, loc_rows, total, qc, backend))  # type: ignore[arg-type]
-        return scope if static is None else mask_unwritten(scope, static.total)
+        return scope if static is None else _unwritten(state, scope, backend)
     if n_spans:
         answer = answer if last else False
         qs, stride1 = _voting_queries(state, q, scored, loc, n_spans, backend, answer)  # type: ignore[arg-type]
@@ -193,13 +193,21 @@ def plan_scope(
         span_votes = qc > 1 and cfg.vote_pooling == "span" and not running
         if backend in FUSED_SELECT["decode" if qc == 1 else "prefill"] and not (running or span_votes):
             scope = _fused_scope(cfg, kv, hits, (m, n_spans, loc_rows, total), qc, backend, last)  # type: ignore[arg-type]
-            return scope if static is None else mask_unwritten(scope, static.total)
+            return scope if static is None else _unwritten(state, scope, backend)
         if span_votes and backend in SPAN_KERNELS:
             return _span_scope(cfg, kv, hits, (m, n_spans, loc_rows, total), qc, backend, last)  # type: ignore[arg-type]
         centres = _select(cfg, kv, hits, m, qc, n_spans, span_votes, backend, last).sort(dim=1).values
         sel, valid = expand_spans(centres, m, cfg.span_size)  # type: ignore[arg-type]
     scope = build_scope(sel, valid, total, qc, g, loc_rows, b, q.device)  # type: ignore[arg-type]
-    return scope if static is None else mask_unwritten(scope, static.total)
+    return scope if static is None else _unwritten(state, scope, backend)
+
+
+def _unwritten(state: PatchState, scope: Scope, backend: str) -> Scope:
+    """A static decode step's scope cut to the rows written (:func:`mask_unwritten`), its largest
+    query position kept in the same launch (:meth:`PatchState.note_positions` then has nothing to do)."""
+    static = state.static
+    track = static.max_position if state.track_positions else None  # type: ignore[union-attr]
+    return mask_unwritten(scope, static.total, backend, track)  # type: ignore[union-attr]
 
 
 def _voting_queries(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..kernels import mask_unwritten as kernel_mask_unwritten
 from ..kernels import rank_spans as kernel_rank_spans
 
 
@@ -209,17 +210,19 @@ def build_scope(
     return Scope(gather_idx=idx, key_pos=key_pos, q_pos=q_pos, middle=middle, middle_valid=middle_valid)
 
 
-def mask_unwritten(scope: Scope, total: torch.Tensor) -> Scope:
+def mask_unwritten(
+    scope: Scope, total: torch.Tensor, backend: str = "torch", max_position: torch.Tensor | None = None
+) -> Scope:
     """The scope of a decode step whose cache view reaches past the rows written so far (a static
     step, :class:`~reattn_llm.method.state.StaticStep`): scope rows at or past ``total`` (``[1]`` int64
     on the device, the rows written including this step's) become padding, and positions close up
-    over the rest, as :func:`build_scope` would have numbered a scope without them. Padding reads
-    row 0, a written row; the attention never lets a padding row's content (an unwritten row may
-    hold NaN) reach its output either."""
-    valid = (scope.key_pos >= 0) & (scope.gather_idx < total)
-    key_pos = valid.long().cumsum(dim=1) - 1
+    over the rest, as :func:`build_scope` would have numbered a scope without them
+    (:func:`~reattn_llm.kernels.mask_unwritten`: one launch on Triton, which also raises
+    ``max_position``, ``[1]`` int64, to the largest query position when given). Padding reads row 0, a
+    written row; the attention never lets a padding row's content (an unwritten row may hold NaN)
+    reach its output either."""
     q_len = scope.q_pos.shape[1]
-    q_pos = key_pos[:, -1:] + 1 - q_len + torch.arange(q_len, device=key_pos.device)
-    key_pos = torch.where(valid, key_pos, torch.full_like(key_pos, -1))
-    gather_idx = torch.where(valid, scope.gather_idx, torch.zeros_like(scope.gather_idx))
-    return Scope(gather_idx, key_pos, q_pos, scope.middle, scope.middle_valid, chunk_tail=False)
+    idx, key_pos, q_pos = kernel_mask_unwritten(
+        scope.gather_idx, scope.key_pos, total, q_len, max_position, backend
+    )
+    return Scope(idx, key_pos, q_pos, scope.middle, scope.middle_valid, chunk_tail=False)

@@ -215,9 +215,9 @@ class PatchState:
     def note_positions(self, scope: Scope) -> None:
         """Keep the chunk's query positions for :attr:`max_position`: no op per layer, their largest
         is taken when it is read (or once :data:`_PENDING_MAX` chunks wait), still without a host sync."""
-        if self.track_positions and self.static is not None:  # in place: a graph replay keeps it too
-            self.static.max_position.clamp_(min=scope.q_pos.max())
-        elif self.track_positions:
+        if self.static is not None:  # a static step's is kept where its scope is cut (planning._unwritten)
+            return
+        if self.track_positions:
             self._pending.append(scope.q_pos)
             if len(self._pending) >= _PENDING_MAX:
                 self._fold()
