@@ -448,7 +448,34 @@ def model_ops_case(rows: int, hidden: int, inter: int, dtype) -> dict:
     return info
 
 
+def unwritten_case(B: int, N: int, written: int, q_len: int) -> dict:
+    """A static decode step's scope cut to the rows written (``mask_unwritten``, one launch) against
+    its twin's chain of torch ops: equal, the largest position too, and both timed (``us`` the
+    kernel, ``us_twin`` the chain; from a graph each of the twin's ~15 kernels costs 1-3 us)."""
+    from reattn_llm.kernels.torch_select import mask_unwritten_torch
+    from reattn_llm.kernels.triton_static import mask_unwritten_triton
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    idx = torch.randint(0, written + N // 8, (B, N), device="cuda", generator=g)
+    pos = torch.arange(N, device="cuda").expand(B, N).clone()
+    pos[torch.rand(B, N, device="cuda", generator=g) < 0.1] = -1
+    total = torch.tensor([written], device="cuda")
+    peaks = [torch.tensor([3], device="cuda") for _ in range(2)]
+    got = mask_unwritten_triton(idx, pos, total, q_len, peaks[0])
+    want = mask_unwritten_torch(idx, pos, total, q_len, peaks[1])
+    for a, w in zip((*got, peaks[0]), (*want, peaks[1]), strict=True):
+        assert torch.equal(a, w), "differs from the twin"
+    return {
+        "kept": int((got[1] >= 0).sum()),
+        "us": triton.testing.do_bench(lambda: mask_unwritten_triton(idx, pos, total, q_len, peaks[0])) * 1e3,
+        "us_twin": triton.testing.do_bench(lambda: mask_unwritten_torch(idx, pos, total, q_len, peaks[1]))
+        * 1e3,
+    }
+
+
 CASES = {
+    "unwritten decode N8226 (8B scope)": lambda: unwritten_case(1, 8226, 8100, 1),
+    "unwritten b2 N1030 q3": lambda: unwritten_case(2, 1030, 1000, 3),
     "model ops 8B forward 8192 x 4096 / 14336 bf16": lambda: model_ops_case(8192, 4096, 14336, BF16),
     "model ops 8B decode 1 x 4096 / 14336 bf16": lambda: model_ops_case(1, 4096, 14336, BF16),
     "model ops SmolLM2 1000 x 576 / 1536 fp16": lambda: model_ops_case(1000, 576, 1536, F16),
