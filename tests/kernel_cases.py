@@ -1182,6 +1182,7 @@ def mask_unwritten_cases():
         "mask_unwritten_b1_n8226_i64": lambda: mask_unwritten_case(1, 8226, 1, 8000, torch.int64),
         "mask_unwritten_b3_n77_q5_i32": lambda: mask_unwritten_case(3, 77, 5, 60, torch.int32),
         "mask_unwritten_b2_n1030_strided": lambda: mask_unwritten_case(2, 1030, 1, 900, torch.int64, True),
+        "mask_unwritten_b1_n20011_two_tiles": lambda: mask_unwritten_case(1, 20011, 2, 19000, torch.int64),
     }
 
 
