@@ -22,8 +22,10 @@ Sections
              at MAX_FUSED hits, to set that threshold. ``--select`` runs this section alone.
   e2e        Llama-3.1-8B-shaped model (random weights, bf16): prefill and per-token decode,
              ReAttention (backend "triton", the paper's 8192 scope; prefill in the engine's forwards,
-             whole chunks joined: --prefill-forward) against stock SDPA full attention (prefill in
-             one call, decode with a StaticCache), at 32K and 128K; SmolLM2-135M-shaped at 1M.
+             chunks joined as method.chunks.plan_forwards plans them: --prefill-forward) against
+             stock SDPA full attention (prefill in one call, decode with a StaticCache), at 32K and
+             128K; SmolLM2-135M-shaped at 1M. --graphs decodes from CUDA graphs too, --graph-profile
+             lists a replayed step's kernels, --forward-times each prefill forward's time.
 ``--sweep`` times several tile configurations per kernel and installs the fastest (through the
 modules' ``CONFIG_OVERRIDES``) before the later sections run.
 """
