@@ -15,6 +15,7 @@ from reattn_llm.method.chunks import (
     Forward,
     engine_forward,
     plan_forwards,
+    plan_prefill,
     prefill_bounds,
     prompt_reusable,
     reusable_length,
@@ -47,6 +48,13 @@ def test_plan_forwards_join_chunks_up_to_the_forward_size():
     assert not plan_forwards(bounds, 384, answer=False)[-1].answer  # a document alone (warm)
     # a forward ends at each of ``ends`` (a sliding-window layer's snapshot where a prompt may reuse it)
     assert spans(plan_forwards(bounds, 10**6, ends=(896,))) == [(0, 896), (896, 1040)]
+    # the engine's plan: the grid, the reuse end (a sliding-window model), relative to a kept prefix's end
+    assert spans(plan_prefill(1040, 128, 16, 10**6, 1000, end_at_reuse=True)) == [(0, 896), (896, 1040)]
+    assert spans(plan_prefill(1040, 128, 16, 10**6, 1000, start=256, end_at_reuse=True)) == [
+        (0, 640),
+        (640, 784),
+    ]
+    assert plan_prefill(1040, 128, 16, 10**6, 1000) == plan_forwards(bounds, 10**6)
     # no question: the body's remainder and the 16-token tail join the whole chunks before them
     tail = prefill_bounds(700, 128, 16)
     assert spans(plan_forwards(tail, 10**6)) == [(0, 700)]

@@ -187,20 +187,16 @@ def prefill_in_forwards(
     from ``question`` apart), chunks joined in forwards of ``tokens`` (``PatchState.running``).
     Returns the last forward's logits ``[1, q, V]`` and the cache's layers."""
     from reattn_llm import patch
-    from reattn_llm.method.chunks import plan_forwards, prefill_bounds, prompt_reusable
+    from reattn_llm.method.chunks import plan_prefill
     from reattn_llm.method.patch import make_cache
 
-    chunk = cfg.chunk_size
-    bounds = prefill_bounds(ids.shape[1], chunk, cfg.tail_size, question_start=question)
     with patch(model, cfg) as handle, torch.no_grad():
         cache = make_cache(model, reserve=ids.shape[1])
+        t = ids.shape[1]
         # as the engine: a sliding-window layer's forwards end where a later prompt may reuse the cache
-        ends = (
-            (prompt_reusable(ids.shape[1], chunk, cfg.tail_size, question),)
-            if cache.cut_at_forward_ends
-            else ()
-        )
-        for f in plan_forwards(bounds, tokens, ends=ends):
+        for f in plan_prefill(
+            t, cfg.chunk_size, cfg.tail_size, tokens, question, end_at_reuse=cache.cut_at_forward_ends
+        ):
             with handle.state.running(f):
                 out = model(input_ids=ids[:, f.start : f.end], past_key_values=cache, use_cache=True)
     return out.logits, cache.layers

@@ -90,6 +90,27 @@ def engine_forward(config: Any, chunk: int, device: str) -> int:
     return forward_size(chunk, config.prefill_forward)
 
 
+def plan_prefill(
+    total: int,
+    chunk: int,
+    tail: int,
+    tokens: int,
+    question_start: int | None = None,
+    start: int = 0,
+    answer: bool = True,
+    end_at_reuse: bool = False,
+) -> list[Forward]:
+    """The forwards of a prefill of prompt tokens ``[start, total)`` (``start`` on the grid: the cache
+    holds the rest), relative to ``start``: :func:`prefill_bounds`' chunks joined by
+    :func:`plan_forwards` into forwards of at most ``tokens``. ``end_at_reuse``: a forward ends where a
+    later prompt may reuse the cache (:func:`prompt_reusable`; a sliding-window layer keeps its rows
+    only at forward ends, ``ReAttentionCache.cut_at_forward_ends``)."""
+    q = None if question_start is None else question_start - start
+    bounds = prefill_bounds(total - start, chunk, tail, q)
+    ends = (prompt_reusable(total, chunk, tail, question_start) - start,) if end_at_reuse else ()
+    return plan_forwards(bounds, tokens, answer, ends)
+
+
 @dataclass(frozen=True)
 class Forward:
     """One model forward of a prefill: queries ``[start, end)`` of the prompt, cut into ``chunks``

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 from ..kv.cache import ReAttentionCache
-from ..method.chunks import engine_forward, plan_forwards, prefill_chunk, prompt_reusable
-from ..method.config import ReAttentionConfig, prefill_bounds, reusable_length
+from ..method.chunks import engine_forward, plan_prefill, prefill_chunk, prompt_reusable
+from ..method.config import ReAttentionConfig, reusable_length
 from ..method.patch import PatchHandle, make_cache, patch, resolve_for_model
 from .capacity import Capacity, check_fits, engine_capacity
 from .citations import cite
@@ -199,18 +199,18 @@ class Engine:
         question starts, >= ``start``) the document on the grid and the question as its own chunk,
         else the last ``tail_size`` tokens apart (:func:`~reattn_llm.method.config.prefill_bounds`),
         the chunks joined in forwards of :attr:`prefill_forward` tokens
-        (:func:`~reattn_llm.method.chunks.plan_forwards`; ``answer``: the last chunk is the answer's,
+        (:func:`~reattn_llm.method.chunks.plan_prefill`; ``answer``: the last chunk is the answer's,
         False for a document alone); return the last logits ``[1, V]``."""
         total, chunk = ids.shape[1], self.prefill_chunk
         tail = self.config.tail_size if tail is None else tail
         logits = None
         self.last_prefill_tokens = total - start
         state = self._handle.state if self._handle is not None else None
-        bounds = prefill_bounds(total - start, chunk, tail, None if question is None else question - start)
-        # a sliding-window layer keeps its rows only at forward ends: one ends where a later prompt may reuse
-        ends = (prompt_reusable(total, chunk, tail, question) - start,) if cache.cut_at_forward_ends else ()
+        forwards = plan_prefill(
+            total, chunk, tail, self.prefill_forward, question, start, answer, cache.cut_at_forward_ends
+        )
         with PrefillProgress(total - start, self.progress and total - start > chunk, on_progress) as progress:
-            for f in plan_forwards(bounds, self.prefill_forward, answer, ends):
+            for f in forwards:
                 piece = ids[:, start + f.start : start + f.end]
                 with state.running(f) if state is not None else contextlib.nullcontext():
                     out = self.model(input_ids=piece, past_key_values=cache, use_cache=True, logits_to_keep=1)
